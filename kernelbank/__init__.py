@@ -1,0 +1,10 @@
+"""kernelbank: convolutional autoregressive kernels and kernel banks, at scale.
+
+The math layer (:mod:`kernelbank.core`) imports neither Ray nor any IO library.
+"""
+
+from .core import Basis, FitResult, SingularGramWarning, fit
+
+__version__ = "0.1.0"
+
+__all__ = ["Basis", "FitResult", "SingularGramWarning", "fit", "__version__"]

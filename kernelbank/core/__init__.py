@@ -1,0 +1,8 @@
+"""The math layer: pure PyTorch/NumPy, no Ray and no IO."""
+
+from .basis import Basis
+from .fit import FitResult, fit, normal_equations, normalize_images, pyramid_level
+from .solve import SingularGramWarning, solve_normal_equations
+
+__all__ = ["Basis", "FitResult", "fit", "normal_equations", "normalize_images",
+           "pyramid_level", "solve_normal_equations", "SingularGramWarning"]
