@@ -1,0 +1,39 @@
+"""The ``kernelbank`` command line: argparse in, one function call per subcommand out.
+
+Each subcommand lives in :mod:`kernelbank.commands` as a module with two functions,
+``add_parser(subparsers)`` and ``main(args) -> int``; this file only wires them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .commands import datasets_cmd  # noqa: F401  (one import line per subcommand module)
+
+COMMANDS = (datasets_cmd,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kernelbank",
+        description="Learn convolutional AR kernels and kernel banks from images.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        print(f"kernelbank {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
