@@ -216,3 +216,19 @@ def test_bad_parameters():
         kb.fit(images, kb.Basis.isotropic(2), dilations=[0])
     with pytest.raises(TypeError, match="Basis"):
         kb.fit(images, "isotropic")
+
+
+@pytest.mark.parametrize("basis", [kb.Basis.isotropic(3), kb.Basis.full(2, dilation=2),
+                                   kb.Basis.isotropic(1, ndim=3)], ids=repr)
+def test_strips_and_image_chunks_sum_to_the_whole(monkeypatch, basis):
+    # tiny strips force many row strips and many image chunks; the sums must not change
+    rng = np.random.default_rng(10)
+    shape = (37, 45) if basis.ndim == 2 else (11, 12, 13)
+    images = _images(rng, 7, shape)
+    whole = kb.fit(images, basis)
+    monkeypatch.setattr("kernelbank.core.responses._STRIP_ELEMENTS", 50)
+    pieces = kb.fit(images, basis)
+    assert torch.allclose(pieces.gram, whole.gram, rtol=1e-12)
+    assert torch.allclose(pieces.coef, whole.coef, rtol=1e-10, atol=1e-12)
+    reference, _ = lstsq_fit(images[6], basis.kernels.numpy(), basis.dilation)
+    assert torch.allclose(pieces.coef[6], reference, rtol=1e-8, atol=1e-10)
