@@ -8,3 +8,8 @@ from .core import Basis, FitResult, SingularGramWarning, fit
 __version__ = "0.1.0"
 
 __all__ = ["Basis", "FitResult", "SingularGramWarning", "fit", "__version__"]
+
+from .core.stats import ClassStats  # noqa: E402
+from .core.bank import KernelBank  # noqa: E402
+
+__all__ += ["ClassStats", "KernelBank"]

@@ -6,3 +6,7 @@ from .solve import SingularGramWarning, solve_normal_equations
 
 __all__ = ["Basis", "FitResult", "fit", "normal_equations", "normalize_images",
            "pyramid_level", "solve_normal_equations", "SingularGramWarning"]
+from .stats import ClassStats
+from .bank import KernelBank
+
+__all__ += ["ClassStats", "KernelBank"]

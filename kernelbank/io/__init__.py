@@ -1,0 +1,1 @@
+"""Data IO: decoding, readers and writers, bank files (fsspec/pyarrow)."""
