@@ -1,0 +1,376 @@
+"""Train the end-to-end model (:mod:`kernelbank.nn`) with Ray Train.
+
+``run_train(config)`` reads the train and test splits as Ray Datasets, trains a
+:class:`~kernelbank.nn.EndToEndClassifier` with a ``TorchTrainer`` (data sharded to the
+workers, DDP on gloo or NCCL), reports per-epoch metrics and a checkpoint through
+``ray.train.report`` to a local or ``s3://`` storage path, resumes from the latest
+checkpoint of a run with the same name, and exports the best model (by test accuracy)
+as one file that :func:`kernelbank.nn.load_model` and ``kernelbank predict`` read.
+
+Outputs under ``OUTPUT/train/``: ``model.pt`` (the exported model), ``summary.json``
+and, unless ``storage_path`` says otherwise, ``runs/<run_name>/`` (Ray's checkpoints).
+
+A checkpoint (``state.pt``) holds the model, the optimizer state, the epoch counter,
+the per-epoch history and the best weights so far, so a resumed run continues its
+history and exports the best model even when that epoch's checkpoint was rotated out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..io.storage import is_local, join, ray_filesystem, resolve
+
+__all__ = ["TrainConfig", "train_loop_per_worker", "fit_end_to_end", "load_train_test",
+           "run_train"]
+
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the ``train`` stage (model, optimisation, Ray resources, storage).
+
+    Parameters
+    ----------
+    output : str
+        Output URL; the stage writes under ``OUTPUT/train/``.
+    input : str, optional
+        Images URL (folder or Parquet layouts of ``kernelbank run``, with train and test
+        splits); ``None`` uses the built-in textures in memory.
+    init : {"random", "gabor", "bank"}, default="random"
+        Initial kernels; ``"bank"`` needs ``init_bank``.
+    init_bank : str, optional
+        URL of a saved :class:`kernelbank.KernelBank`; implies ``init="bank"``.
+    workers : int, default=2
+        Ray Train workers (one GPU each with ``use_gpu``).
+    cpus_per_worker : float, default=0.5
+        Keep below the CPUs per node so that Ray Data's read tasks still get a CPU.
+    epochs, batch_size, lr, weight_decay : optimisation (Adam).
+    radius, basis, dilations, n_kernels, grid, hidden, norm, gain :
+        The model (see :class:`kernelbank.nn.ModelConfig`).
+    patch_size : int, default=32
+        Patch side of the built-in textures (when ``input`` is ``None``).
+    classes : tuple of str, optional
+        Restrict the built-in textures to these classes.
+    storage_path : str, optional
+        Where Ray keeps checkpoints; default ``OUTPUT/train/runs``.
+    run_name : str, default="end_to_end"
+        A second run with the same name and storage resumes from its latest checkpoint.
+    fail_after_epoch : int, optional
+        Fault drill: raise after checkpointing this epoch (0-based) on rank 0.
+    random_state : int, default=0
+    """
+
+    output: str
+    input: str | None = None
+    init: str = "random"
+    init_bank: str | None = None
+    workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    radius: int = 2
+    basis: str = "isotropic"
+    dilations: tuple[int, ...] = (1, 2, 4)
+    n_kernels: int = 8
+    grid: int = 2
+    hidden: int = 64
+    norm: str = "layer"
+    gain: bool = False
+    patch_size: int = 32
+    classes: tuple[str, ...] | None = None
+    storage_path: str | None = None
+    run_name: str = "end_to_end"
+    fail_after_epoch: int | None = None
+    random_state: int = 0
+    s3_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.init_bank and self.init == "random":
+            object.__setattr__(self, "init", "bank")
+        if self.init not in ("random", "gabor", "bank"):
+            raise ValueError(f"init must be 'random', 'gabor' or 'bank', got {self.init!r}")
+        if self.init == "bank" and not self.init_bank:
+            raise ValueError("init='bank' needs init_bank=URL of a saved KernelBank")
+        for name in ("workers", "epochs", "batch_size", "patch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0 or not self.cpus_per_worker > 0:
+            raise ValueError(f"lr and cpus_per_worker must be > 0, got lr={self.lr!r}, "
+                             f"cpus_per_worker={self.cpus_per_worker!r}")
+        object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+
+    def model_config(self, class_names: Sequence[str]):
+        from ..nn import ModelConfig
+        return ModelConfig(class_names=tuple(class_names), radius=self.radius, basis=self.basis,
+                           dilations=self.dilations, n_kernels=self.n_kernels, grid=self.grid,
+                           hidden=self.hidden, norm=self.norm, gain=self.gain)
+
+    @property
+    def train_url(self) -> str:
+        return join(self.output.rstrip("/"), "train")
+
+
+# ---------------------------------------------------------------------------- worker side
+def _initial_model(loop: dict):
+    """The model every worker starts from (identical on all ranks: seeded, or loaded)."""
+    import torch
+    from ..nn import EndToEndClassifier, ModelConfig
+    model = EndToEndClassifier(ModelConfig.from_dict(loop["model"]))
+    torch.manual_seed(loop["random_state"])
+    model.init_random(random_state=loop["random_state"])
+    if loop.get("init_kernels") is not None:
+        model.init_from_kernels(torch.as_tensor(np.asarray(loop["init_kernels"])),
+                                loop["init_dilations"])
+    return model
+
+
+def _shape_groups(images: np.ndarray, labels: np.ndarray):
+    """Split a batch into runs of equal image size (an object column may mix sizes)."""
+    if images.dtype != object:
+        yield images, labels
+        return
+    shapes = [np.shape(im) for im in images]
+    for shape in dict.fromkeys(shapes):
+        keep = [i for i, s in enumerate(shapes) if s == shape]
+        yield np.stack([images[i] for i in keep]), labels[keep]
+
+
+def _grey(images: np.ndarray) -> np.ndarray:
+    """``(n, H, W, C)`` colour → luminance-like mean; 2-D images pass through."""
+    return images.mean(-1) if images.ndim == 4 else images
+
+
+def _batches(iterator, loop: dict, device, seed: int | None):
+    import torch
+    index = {name: i for i, name in enumerate(loop["model"]["class_names"])}
+    kwargs = {"local_shuffle_buffer_size": 4 * loop["batch_size"], "local_shuffle_seed": seed} \
+        if seed is not None else {}
+    for batch in iterator.iter_batches(batch_size=loop["batch_size"], batch_format="numpy",
+                                       **kwargs):
+        labels = np.array([index[str(c)] for c in batch["label"]], dtype=np.int64)
+        for images, y in _shape_groups(batch["image"], labels):
+            yield (torch.as_tensor(_grey(np.asarray(images, dtype=np.float32)), device=device),
+                   torch.as_tensor(y, device=device))
+
+
+def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    import torch
+    import torch.distributed as dist
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def _evaluate(model, iterator, loop: dict, device) -> tuple[int, int]:
+    import torch
+    correct = total = 0
+    model.eval()
+    with torch.no_grad():
+        for images, y in _batches(iterator, loop, device, seed=None):
+            correct += int((model(images).argmax(1) == y).sum())
+            total += len(y)
+    return correct, total
+
+
+def train_loop_per_worker(loop: dict) -> None:
+    """The per-worker loop ``TorchTrainer`` runs (``loop``: plain dict, see ``fit_end_to_end``)."""
+    import torch
+    import ray.train
+    import ray.train.torch as rtt
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(loop["threads"])))
+    device = rtt.get_device()
+    raw = _initial_model(loop)
+    optimizer = torch.optim.Adam(raw.parameters(), lr=loop["lr"], weight_decay=loop["weight_decay"])
+    start, history, best = 0, [], {"test_accuracy": -1.0, "epoch": -1, "state": None}
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu",
+                               weights_only=False)
+        raw.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history, best = state["epoch"] + 1, state["history"], state["best"]
+    model = rtt.prepare_model(raw)
+    train_shard = ray.train.get_dataset_shard("train")
+    test_shard = ray.train.get_dataset_shard("test")
+
+    for epoch in range(start, loop["epochs"]):
+        model.train()
+        began = time.perf_counter()
+        loss_sum = correct = count = 0.0
+        for images, y in _batches(train_shard, loop, device, seed=loop["random_state"] + 1000 * epoch + rank):
+            logits = model(images)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss) * len(y)
+            correct += float((logits.argmax(1) == y).sum())
+            count += len(y)
+        elapsed = time.perf_counter() - began
+        loss_sum, correct, count = _all_reduce([loss_sum, correct, count])
+        (elapsed,) = _all_reduce([elapsed], op="max")
+        test_correct, test_total = _evaluate(raw, test_shard, loop, device)
+        test_correct, test_total = _all_reduce([test_correct, test_total])
+        steps = max((int(s["step"]) for s in optimizer.state_dict()["state"].values()), default=0)
+        metrics = {"epoch": epoch, "loss": loss_sum / max(count, 1),
+                   "train_accuracy": correct / max(count, 1),
+                   "test_accuracy": test_correct / max(test_total, 1),
+                   "train_images": int(count), "test_images": int(test_total),
+                   "images_per_s": count / max(elapsed, 1e-9), "epoch_seconds": elapsed,
+                   "optimizer_steps": steps, "workers": world}
+        history.append(metrics)
+        if metrics["test_accuracy"] > best["test_accuracy"]:
+            best = {"test_accuracy": metrics["test_accuracy"], "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                            "epoch": epoch, "history": history, "best": best,
+                            "model_config": loop["model"]}, os.path.join(folder, STATE_FILE))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+        if loop.get("fail_after_epoch") == epoch:
+            raise RuntimeError(f"fault drill: stopping after the checkpoint of epoch {epoch}")
+
+
+# ---------------------------------------------------------------------------- driver side
+def _init_kernels(config: TrainConfig) -> tuple[list | None, list | None]:
+    """Kernels and dilations to start from, as plain lists (they travel in the loop config)."""
+    from ..core.bank import KernelBank
+    if config.init == "random":
+        return None, None
+    if config.init == "bank":
+        bank = KernelBank.load(config.init_bank)
+        if bank.radius > config.radius:
+            raise ValueError(f"init bank {config.init_bank} has radius {bank.radius}, larger than "
+                             f"the model radius {config.radius}; pass radius >= {bank.radius}")
+    else:
+        bank = KernelBank.concat([KernelBank.gabor(radius=config.radius, dilation=d)
+                                  for d in config.dilations])
+    return bank.kernels.numpy().tolist(), [int(d) for d in bank.dilations.tolist()]
+
+
+def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConfig) -> dict:
+    """Train on ``datasets["train"]``, score on ``datasets["test"]``, export the best model.
+
+    Parameters
+    ----------
+    datasets : dict with keys "train" and "test" of ray.data.Dataset
+        Rows with ``image`` (2-D array, or ``(H, W, C)``; equal sizes batch together) and
+        ``label`` (a name in ``class_names``).
+    class_names : sequence of str
+        Output classes, in logit order.
+    config : TrainConfig
+
+    Returns
+    -------
+    dict
+        The summary also written to ``OUTPUT/train/summary.json``.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ..nn import EndToEndClassifier, ModelConfig, save_model
+
+    model_config = config.model_config(class_names)
+    kernels, dilations = _init_kernels(config)
+    loop = {"model": model_config.to_dict(), "random_state": config.random_state,
+            "lr": config.lr, "weight_decay": config.weight_decay, "epochs": config.epochs,
+            "batch_size": config.batch_size, "threads": max(1, int(config.cpus_per_worker)),
+            "init_kernels": kernels, "init_dilations": dilations,
+            "fail_after_epoch": config.fail_after_epoch}
+    storage_fs, storage_path = resolve(config.storage_path or join(config.train_url, "runs"),
+                                       s3_endpoint=config.s3_endpoint)
+    if is_local(storage_fs):
+        os.makedirs(storage_path, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker}),
+        datasets={"train": datasets["train"], "test": datasets["test"]},
+        run_config=ray.train.RunConfig(
+            name=config.run_name, storage_path=storage_path,
+            storage_filesystem=ray_filesystem(storage_fs),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+    began = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - began
+    with result.checkpoint.as_directory() as folder:
+        import torch
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+
+    model = EndToEndClassifier(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["best"]["state"])
+    history = state["history"]
+    model_url = join(config.train_url, "model.pt")
+    best = state["best"]
+    save_model(model, model_url, metadata={"test_accuracy": best["test_accuracy"],
+                                           "epoch": best["epoch"]})
+    seconds = sum(h["epoch_seconds"] for h in history)
+    summary = {
+        "stage": "train", "test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
+        "checkpoint": model_url, "run_checkpoint": result.checkpoint.path,
+        "epochs": history, "class_names": list(class_names),
+        "images_per_s": sum(h["train_images"] for h in history) / max(seconds, 1e-9),
+        "fit_seconds": wall, "workers": config.workers, "use_gpu": config.use_gpu,
+        "resumed_from_epoch": history[0]["epoch"] if history else 0,
+        "model": model_config.to_dict(), "n_parameters": sum(p.numel() for p in model.parameters()),
+        "config": {k: v for k, v in asdict(config).items() if k != "s3_endpoint"},
+    }
+    _write_json(join(config.train_url, "summary.json"), summary, config.s3_endpoint)
+    return summary
+
+
+def _write_json(url: str, payload: dict, s3_endpoint: str | None) -> None:
+    fs, path = resolve(url, s3_endpoint=s3_endpoint)
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    with fs.open(path, "w") as f:
+        json.dump(payload, f, indent=1, default=str)
+
+
+def load_train_test(config: TrainConfig) -> tuple[dict, list[str]]:
+    """``{"train": Dataset, "test": Dataset}`` and the sorted class names for ``config``."""
+    import ray.data
+    if config.input is None:
+        from ..datasets import load_textures
+        images, labels, splits = load_textures(patch_size=config.patch_size, classes=config.classes)
+        class_names = sorted(set(labels.tolist()))
+        datasets = {split: ray.data.from_items(
+            [{"image": im, "label": str(lb)} for im, lb, sp in zip(images, labels, splits)
+             if sp == split]) for split in ("train", "test")}
+        return datasets, class_names
+    return _read_input(config)
+
+
+def _read_input(config: TrainConfig) -> tuple[dict, list[str]]:
+    raise NotImplementedError("reading --input is wired to kernelbank.io once it exists")
+
+
+def run_train(config: TrainConfig) -> dict:
+    """Read the data of ``config``, train, export, write the summary; returns the summary."""
+    datasets, class_names = load_train_test(config)
+    if len(class_names) < 2:
+        raise ValueError(f"training needs at least 2 classes, found {class_names}")
+    return fit_end_to_end(datasets, class_names, config)
