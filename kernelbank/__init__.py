@@ -12,4 +12,6 @@ __all__ = ["Basis", "FitResult", "SingularGramWarning", "fit", "__version__"]
 from .core.stats import ClassStats  # noqa: E402
 from .core.bank import KernelBank  # noqa: E402
 
-__all__ += ["ClassStats", "KernelBank"]
+from .core.features import ar_features, bank_features  # noqa: E402
+
+__all__ += ["ClassStats", "KernelBank", "ar_features", "bank_features"]

@@ -9,4 +9,6 @@ __all__ = ["Basis", "FitResult", "fit", "normal_equations", "normalize_images",
 from .stats import ClassStats
 from .bank import KernelBank
 
-__all__ += ["ClassStats", "KernelBank"]
+from .features import ar_features, bank_features
+
+__all__ += ["ClassStats", "KernelBank", "ar_features", "bank_features"]

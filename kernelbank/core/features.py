@@ -1,0 +1,232 @@
+r"""Features of an image from a kernel bank: how well does each kernel predict it?
+
+For an image ``x`` (z-scored by default) and a bank kernel ``k`` at dilation ``δ``, the
+prediction is ``p = k ⋆ x`` (cross-correlation with taps ``δ`` pixels apart, valid
+pixels only). With the optimal scalar gain ``g = ⟨p, x⟩ / ⟨p, p⟩`` (the least-squares
+fit of ``x ≈ g p``; 0 when ``p = 0``) the residual is ``e = x - g p``, and per kernel::
+
+    mae     mean |e|
+    mse     mean e²
+    var     mean e² - (mean e)²
+    gain    g
+    energy_i_j   mean e² over cell (i, j) of a grid × grid partition of the image
+                 (adaptive average pooling: any image size, cells differ by ≤ 1 pixel)
+
+and per kernel ``win``: the fraction of pixels where this kernel has the smallest
+``|e|`` of the whole bank. All statistics use one common region: the pixels whose
+window fits at the bank's largest reach, so every kernel is compared on the same
+pixels. With ``joint=True`` the coefficients of the least-squares fit of the image on
+the bank kernels of each dilation, used together as a basis (``(PPᵀ + λnI)⁻¹ P x``
+over the same common region), are appended.
+
+:func:`ar_features` is the original ConvAR descriptor: the image's own fitted AR
+coefficients at several dilations.
+
+Notes
+-----
+Convolutions run in the images' dtype and device (one ``conv2d``/``conv3d`` per
+dilation with all kernels of that dilation as output channels); reductions accumulate
+in float64 and features are returned as float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .bank import KernelBank
+from .basis import Basis
+from .fit import _as_tensor_list, _check_values, _compute_dtype, fit, normalize_images
+from .solve import solve_normal_equations
+
+__all__ = ["bank_features", "bank_feature_names", "ar_features", "ar_feature_names"]
+
+# Elements of one (images × kernels × pixels) prediction block; bounds peak memory.
+_BLOCK_ELEMENTS = 8 * 1024 * 1024
+_PER_KERNEL = ("mae", "mse", "var", "gain")
+
+
+def _cells(grid: int, ndim: int) -> list[str]:
+    return ["_".join(map(str, c)) for c in itertools.product(range(grid), repeat=ndim)]
+
+
+def bank_feature_names(bank: KernelBank, grid: int = 2, joint: bool = False) -> list[str]:
+    """Column names of :func:`bank_features`, in order.
+
+    Per kernel ``<name>_mae, _mse, _var, _gain, _energy_<i>_<j>…``, then
+    ``<name>_win`` for every kernel, then ``joint_<name>`` when ``joint``.
+    """
+    per = [f"{n}_{s}" for n in bank.kernel_names
+           for s in list(_PER_KERNEL) + [f"energy_{c}" for c in _cells(grid, bank.ndim)]]
+    names = per + [f"{n}_win" for n in bank.kernel_names]
+    if joint:
+        names += [f"joint_{n}" for n in _joint_order(bank)[1]]
+    return names
+
+
+def _joint_order(bank: KernelBank) -> tuple[list[torch.Tensor], list[str]]:
+    groups = [torch.nonzero(bank.dilations == d).flatten()
+              for d in sorted(set(bank.dilations.tolist()))]
+    names = bank.kernel_names
+    return groups, [names[i] for g in groups for i in g.tolist()]
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    conv = F.conv2d if x.ndim == 4 else F.conv3d
+    return conv(x, weight, dilation=dilation)
+
+
+def _features_same_size(batch: torch.Tensor, bank: KernelBank, grid: int,
+                        joint_ridge: float | None) -> torch.Tensor:
+    """(n, F) features of same-sized, already normalised images."""
+    n, spatial = batch.shape[0], tuple(batch.shape[1:])
+    r, reach = bank.radius, bank.max_reach
+    valid = tuple(s - 2 * reach for s in spatial)
+    m = len(bank)
+    target = batch[(slice(None), None) + tuple(slice(reach, reach + v) for v in valid)]
+    kernels = bank.kernels.to(batch.device, batch.dtype)[:, None]
+    pred = batch.new_empty((n, m) + valid)
+    x = batch[:, None]
+    for d in sorted(set(bank.dilations.tolist())):
+        index = torch.nonzero(bank.dilations == d).flatten().to(batch.device)
+        off = reach - r * d
+        out = _conv(x, kernels[index], d)
+        pred[:, index] = out[(slice(None), slice(None)) + tuple(slice(off, off + v) for v in valid)]
+    flat_p = pred.flatten(2)
+    flat_t = target.flatten(2)
+    joint = [] if joint_ridge is None else _joint_coef(flat_p, flat_t, bank, joint_ridge)
+    pp = (flat_p * flat_p).sum(-1, dtype=torch.float64)
+    pt = (flat_p * flat_t).sum(-1, dtype=torch.float64)
+    gain = torch.where(pp > 0, pt / pp.clamp_min(torch.finfo(torch.float64).tiny),
+                       torch.zeros_like(pp))
+    err = pred.mul_(-gain.to(pred.dtype).reshape((n, m) + (1,) * len(valid))).add_(target)
+    flat_e = err.flatten(2)
+    count = flat_e.shape[-1]
+    mae = flat_e.abs().sum(-1, dtype=torch.float64) / count
+    sq = flat_e.square()
+    mse = sq.sum(-1, dtype=torch.float64) / count
+    mean = flat_e.sum(-1, dtype=torch.float64) / count
+    var = (mse - mean.square()).clamp_min(0)
+    pool = F.adaptive_avg_pool2d if len(valid) == 2 else F.adaptive_avg_pool3d
+    energy = pool(sq.reshape(err.shape).to(torch.float64), grid).flatten(2)
+    winner = flat_e.abs().argmin(1)                                     # (n, pixels)
+    wins = torch.zeros((n, m), dtype=torch.float64, device=batch.device)
+    wins.scatter_add_(1, winner, torch.ones_like(winner, dtype=torch.float64))
+    per_kernel = torch.cat([torch.stack([mae, mse, var, gain], -1), energy], -1)  # (n, m, 4+cells)
+    return torch.cat([per_kernel.flatten(1), wins / count] + joint, 1)
+
+
+def _joint_coef(flat_p: torch.Tensor, flat_t: torch.Tensor, bank: KernelBank,
+                ridge: float) -> list[torch.Tensor]:
+    """Least-squares coefficients of the bank kernels of each dilation used as a basis."""
+    count = torch.full((flat_p.shape[0],), flat_p.shape[-1], dtype=torch.int64,
+                       device=flat_p.device)
+    out = []
+    for index in _joint_order(bank)[0]:
+        p = flat_p[:, index.to(flat_p.device)]
+        gram = torch.bmm(p, p.transpose(1, 2)).to(torch.float64)
+        rhs = torch.bmm(p, flat_t.transpose(1, 2)).squeeze(-1).to(torch.float64)
+        out.append(solve_normal_equations(gram, rhs, count, ridge))
+    return out
+
+
+def bank_features(images, bank: KernelBank, grid: int = 2, normalize: bool = True,
+                  joint: bool = False, ridge: float = 1e-6) -> tuple[torch.Tensor, list[str]]:
+    """Residual features of every image under every bank kernel.
+
+    Parameters
+    ----------
+    images : array or tensor of shape (N, H, W) or (N, D, H, W), or a list of them
+        Images of any (possibly different) sizes, each at least ``2 * bank.max_reach + 1``
+        on every side. Same-sized images are processed together.
+    bank : KernelBank
+    grid : int, default=2
+        Cells per axis of the residual-energy grid.
+    normalize : bool, default=True
+        Z-score each image first (as :func:`~kernelbank.core.fit.fit` does).
+    joint : bool, default=False
+        Append the joint least-squares coefficients of the bank kernels of each dilation
+        (ordered dilation by dilation).
+    ridge : float, default=1e-6
+        Ridge of the joint fit.
+
+    Returns
+    -------
+    features : torch.Tensor of shape (N, F), float64, on the images' device
+    names : list of str of length F
+        See :func:`bank_feature_names`.
+
+    Examples
+    --------
+    >>> import numpy as np, kernelbank as kb
+    >>> bank = kb.KernelBank.gabor(radius=2, n_orientations=2, frequencies=(0.25,))
+    >>> feats, names = kb.bank_features(np.random.default_rng(0).normal(size=(3, 16, 16)), bank)
+    >>> feats.shape, names[:2], names[-1]
+    (torch.Size([3, 18]), ['k00_gabor_d1_mae', 'k00_gabor_d1_mse'], 'k01_gabor_d1_win')
+    """
+    if not isinstance(bank, KernelBank):
+        raise TypeError(f"bank must be a kernelbank.KernelBank, got {type(bank).__name__}")
+    if not isinstance(grid, (int, np.integer)) or grid < 1:
+        raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
+    items = _as_tensor_list(images, bank.ndim)
+    dtype = _compute_dtype(items)
+    device = items[0].device
+    need = 2 * bank.max_reach + 1
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, item in enumerate(items):
+        if min(item.shape) < need:
+            raise ValueError(
+                f"image {index} has shape {tuple(item.shape)}, smaller than the {need}-pixel "
+                f"window of the bank (radius {bank.radius}, largest dilation "
+                f"{int(bank.dilations.max())}); drop it or use a bank with smaller dilations")
+        groups.setdefault(tuple(item.shape), []).append(index)
+    n_cols = len(bank) * (len(_PER_KERNEL) + grid ** bank.ndim + 1 + int(joint))
+    out = torch.empty((len(items), n_cols), dtype=torch.float64, device=device)
+    for shape, indices in groups.items():
+        batch = torch.stack([items[i] for i in indices]).to(device=device, dtype=dtype)
+        _check_values(batch, indices)
+        if normalize:
+            batch = normalize_images(batch)
+        per_image = len(bank) * int(np.prod([s - 2 * bank.max_reach for s in shape]))
+        chunk = max(1, _BLOCK_ELEMENTS // max(1, per_image))
+        for i0 in range(0, len(indices), chunk):
+            rows = torch.tensor(indices[i0:i0 + chunk], device=device)
+            out[rows] = _features_same_size(batch[i0:i0 + chunk], bank, grid,
+                                            ridge if joint else None)
+    return out, bank_feature_names(bank, grid, joint)
+
+
+def ar_feature_names(basis: Basis, dilations: Sequence[int] = (1, 2, 3, 4, 5)) -> list[str]:
+    """Column names of :func:`ar_features`: ``ar_d<dilation>_c<component>``."""
+    width = max(2, len(str(basis.n_components - 1)))
+    return [f"ar_d{d}_c{j:0{width}d}" for d in dilations for j in range(basis.n_components)]
+
+
+def ar_features(images, basis: Basis, dilations: Sequence[int] = (1, 2, 3, 4, 5),
+                ridge: float = 1e-6, normalize: bool = True) -> tuple[torch.Tensor, list[str]]:
+    """The original ConvAR descriptor: fitted AR coefficients at several dilations.
+
+    Parameters
+    ----------
+    images : array, tensor or list of images
+    basis : Basis
+        Its dilation is replaced by each of ``dilations``.
+    dilations : sequence of int, default=(1, 2, 3, 4, 5)
+    ridge : float, default=1e-6
+    normalize : bool, default=True
+
+    Returns
+    -------
+    features : torch.Tensor of shape (N, len(dilations) * m), float64
+        Dilation-major: the m coefficients at the first dilation, then the next.
+    names : list of str
+    """
+    dilations = [int(d) for d in dilations]
+    if not dilations:
+        raise ValueError("dilations must name at least one dilation")
+    result = fit(images, basis, ridge=ridge, normalize=normalize, dilations=dilations)
+    return result.coef.to(torch.float64).flatten(1), ar_feature_names(basis, dilations)
