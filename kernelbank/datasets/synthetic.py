@@ -97,7 +97,7 @@ def gmrf_spectral_density(kernel, shape: Sequence[int], sigma: float = 1.0) -> n
     Returns
     -------
     np.ndarray of the ``numpy.fft.rfftn`` half-spectrum shape for ``shape``
-        ``S`` at each DFT frequency; ``irfftn(S, shape)`` is the autocovariance.
+        ``S`` at each DFT frequency; ``irfftn(S, s=shape, axes=...)`` is the autocovariance.
 
     Raises
     ------
