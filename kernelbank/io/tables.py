@@ -1,0 +1,126 @@
+"""Write a stage's rows as two Parquet tables in one pass: good rows and error rows.
+
+A stage's output rows carry ``stage``/``reason`` columns that are null for good rows.
+:class:`SplitParquetSink` (a Ray Data ``Datasink``) writes each write task's rows to
+``<ok_dir>/<prefix>-<task>.parquet`` and its error rows to
+``<errors_dir>/<prefix>-<task>.parquet`` (columns ``id, path, label, split, stage,
+reason``). File names depend only on the task index, so a retried task overwrites its
+own files: every row lands exactly once. Each task returns its counts, which the driver
+adds up in :meth:`SplitParquetSink.on_write_complete` — the summary needs no extra pass.
+
+Writes go through fsspec (s3fs for ``s3://``): credentials are found on each worker
+the standard way and never pass through this code.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .storage import join
+
+__all__ = ["ERROR_COLUMNS", "SplitParquetSink", "write_table", "parquet_files"]
+
+ERROR_COLUMNS = ["id", "path", "label", "split", "stage", "reason"]
+
+
+def write_table(table: pa.Table, fs, path: str) -> None:
+    """Write one Parquet file with ``fs`` (creating parent folders on local disks)."""
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        pq.write_table(table, handle, compression="zstd")
+
+
+def parquet_files(fs, path: str) -> list[str]:
+    """Sorted ``*.parquet`` files below ``path`` (empty when it does not exist)."""
+    if not fs.exists(path):
+        return []
+    return sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+
+
+def _sink_base():
+    from ray.data.datasource import Datasink
+    return Datasink
+
+
+class SplitParquetSink(_sink_base()):
+    """Ray Data sink writing good rows and error rows of a stage to two folders.
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+    ok_dir, errors_dir : str
+        Protocol-free folders (see :func:`kernelbank.io.storage.resolve`).
+    prefix : str
+        File-name prefix, the stage name (``fit``, ``features``).
+    drop : sequence of str
+        Columns not written to the good table (besides ``stage`` and ``reason``).
+    metadata : dict of str to str, optional
+        Key/values added to every good file's Parquet schema metadata.
+
+    Attributes
+    ----------
+    counts : collections.Counter
+        After the write: ``("ok", split, label)`` and ``("error", stage)`` counts.
+    """
+
+    def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str,
+                 drop: Iterable[str] = (), metadata: dict[str, str] | None = None):
+        self.fs, self.ok_dir, self.errors_dir, self.prefix = fs, ok_dir, errors_dir, prefix
+        self.drop = list(drop)
+        self.metadata = dict(metadata or {})
+        self.counts: Counter = Counter()
+
+    def write(self, blocks, ctx) -> dict[str, Any]:
+        from ray.data.block import BlockAccessor
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        counts: Counter = Counter()
+        if not tables:
+            return {"counts": counts}
+        table = pa.concat_tables(tables, promote_options="default")
+        failed = pc.is_valid(table.column("reason"))
+        good = table.filter(pc.invert(failed))
+        bad = table.filter(failed)
+        name = f"{self.prefix}-{ctx.task_idx:06d}.parquet"
+        if good.num_rows:
+            drop = {"stage", "reason", *self.drop} & set(good.column_names)
+            good = good.drop_columns(sorted(drop))
+            if self.metadata:
+                good = good.replace_schema_metadata(
+                    {**(good.schema.metadata or {}), **self.metadata})
+            write_table(good, self.fs, join(self.ok_dir, name))
+            for split, label in zip(good.column("split").to_pylist(),
+                                    good.column("label").to_pylist()):
+                counts[("ok", split, label)] += 1
+        if bad.num_rows:
+            write_table(bad.select(ERROR_COLUMNS), self.fs, join(self.errors_dir, name))
+            for stage in bad.column("stage").to_pylist():
+                counts[("error", stage)] += 1
+        return {"counts": counts}
+
+    def on_write_complete(self, write_result) -> None:
+        for part in write_result.write_returns:
+            if part:
+                self.counts.update(part["counts"])
+
+    def get_name(self) -> str:
+        return f"Write{self.prefix.capitalize()}"
+
+    # ------------------------------------------------------------------ summaries
+    def per_split_and_class(self) -> dict[str, dict[str, int]]:
+        """Good rows as ``{split: {label: n}}`` (sorted)."""
+        out: dict[str, dict[str, int]] = {}
+        for key, n in sorted(self.counts.items()):
+            if key[0] == "ok":
+                out.setdefault(key[1], {})[key[2]] = n
+        return out
+
+    def errors_by_stage(self) -> dict[str, int]:
+        """Error rows per stage that produced them."""
+        return {key[1]: n for key, n in sorted(self.counts.items()) if key[0] == "error"}

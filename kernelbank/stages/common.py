@@ -1,0 +1,94 @@
+"""What every stage shares: joining Ray, the actor-pool settings, progress lines, timing."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+__all__ = ["connect_ray", "actor_pool_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
+           "make_basis"]
+
+#: Splits whose images build the banks and train the classifier.
+TRAIN_SPLITS = ("train", "unsplit")
+TEST_SPLIT = "test"
+
+
+def log(message: str) -> None:
+    """One progress line on stderr (visible in ``ray job logs`` too)."""
+    print(f"[kernelbank] {message}", file=sys.stderr, flush=True)
+
+
+def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str, Any]:
+    """Join a cluster (``address`` or ``RAY_ADDRESS``) or start an embedded local Ray.
+
+    An already initialised Ray (a test session, a job driver that called ``ray.init``)
+    is reused as it is.
+
+    Returns
+    -------
+    dict
+        ``mode`` (``"existing"``, ``"cluster"`` or ``"embedded"``), ``seconds`` it took,
+        and the cluster's ``resources``.
+    """
+    import ray
+    start = time.perf_counter()
+    if ray.is_initialized():
+        mode = "existing"
+    else:
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+            mode = "cluster"
+        else:
+            ray.init(include_dashboard=False)
+            mode = "embedded"
+    seconds = time.perf_counter() - start
+    resources = {k: float(v) for k, v in ray.cluster_resources().items()
+                 if k in ("CPU", "GPU", "memory", "object_store_memory")}
+    if not quiet and mode != "existing":
+        log(f"ray {mode} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs) "
+            f"ready in {seconds:.1f} s")
+    return {"mode": mode, "seconds": seconds, "resources": resources}
+
+
+def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
+                    batch_size: int) -> dict[str, Any]:
+    """``map_batches`` keyword arguments for an autoscaling actor pool.
+
+    GPU use is decided by the config (``num_gpus``), never by probing the cluster: an
+    autoscaling cluster reports 0 GPUs until a GPU node starts, and a GPU request on a
+    cluster without GPUs waits forever. The pool scales from 1 actor up, so reads are
+    never starved by actors holding every CPU (a fixed pool on a small machine hangs).
+    """
+    import ray
+    import ray.data
+    if num_gpus > 0:
+        upper = num_gpus
+        resources = {"num_gpus": 1, "num_cpus": 1}
+    else:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        upper = max_actors or max(1, cpus // threads)
+        resources = {"num_cpus": threads}
+    return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, upper),
+                                                  max_tasks_in_flight_per_actor=2),
+            "batch_size": batch_size, **resources}
+
+
+def make_basis(kind: str, radius: int, ndim: int = 2):
+    """The fit basis at dilation 1 (``isotropic`` or ``full``)."""
+    import kernelbank as kb
+    builder = kb.Basis.isotropic if getattr(kind, "value", kind) == "isotropic" else kb.Basis.full
+    return builder(radius=radius, ndim=ndim)
+
+
+@contextmanager
+def timed(record: dict[str, Any], key: str = "seconds") -> Iterator[None]:
+    """Store the wall time of the ``with`` block in ``record[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        record[key] = round(time.perf_counter() - start, 3)
