@@ -201,7 +201,8 @@ def random_stable_kernel(basis_or_radius: Basis | int, *, ndim: int = 2, max_res
     Returns
     -------
     np.ndarray of shape (2 r δ + 1,) * ndim, float64
-        Zero-centre symmetric kernel, stable on every torus size.
+        Zero-centre symmetric kernel; ``max K̂ = max_response`` over continuous
+        frequencies (up to a fine grid's resolution), so it is stable on every torus.
     """
     if not 0 < max_response < 1:
         raise ValueError(f"max_response must be in (0, 1), got {max_response!r}")
@@ -212,10 +213,11 @@ def random_stable_kernel(basis_or_radius: Basis | int, *, ndim: int = 2, max_res
     kernel = basis.to_kernels(torch.from_numpy(coef)).numpy()
     kernel = 0.5 * (kernel + kernel[(slice(None, None, -1),) * kernel.ndim])
     kernel = _dilate(kernel, basis.dilation)
-    # A fine frequency grid approximates max over continuous ω; every torus's DFT
-    # frequencies lie (close to) on it, and the 10 % margin absorbs the rest.
-    fine = (128,) * kernel.ndim if kernel.ndim == 2 else (48,) * kernel.ndim
-    fine = tuple(max(f, side) for f, side in zip(fine, kernel.shape))
+    # K̂ is a trigonometric polynomial of degree `reach`; a grid of >= 16 points per unit
+    # of degree finds its maximum over continuous ω to well within the margin below 1, so
+    # the kernel is stable on a torus of any size.
+    reach = kernel.shape[0] // 2
+    fine = (max(128 if kernel.ndim == 2 else 48, 16 * reach),) * kernel.ndim
     peak = _kernel_response(kernel, fine).max()
     if peak <= 0:  # only the zero kernel: mean of K̂ over frequency is k(0) = 0
         raise ValueError("the drawn kernel is zero; use another random_state")

@@ -24,6 +24,7 @@ Larger photographs are centre-cropped to ``max_size`` so the classes are balance
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -191,8 +192,8 @@ def write_textures(root: str | Path, patch_size: int = 64, test_fraction: float 
 
     ``row`` and ``col`` are the pixel coordinates of the patch's top-left corner in the
     (cropped) source photograph, zero-padded to 4 digits. Patches are uint8 greyscale
-    PNGs. A summary is also written to ``root/textures.json``; rewriting with other
-    parameters first deletes the files the previous summary lists.
+    PNGs. A summary is also written to ``root/textures.json``. Patch files left in
+    ``root`` by an earlier write (any parameters) are deleted first; other files are kept.
 
     Parameters
     ----------
@@ -240,12 +241,17 @@ def write_textures(root: str | Path, patch_size: int = 64, test_fraction: float 
 
 
 def _remove_previous(root: Path) -> None:
-    manifest = root / MANIFEST
-    if not manifest.exists():
-        return
-    for record in json.loads(manifest.read_text()).get("patches", []):
-        (root / record["path"]).unlink(missing_ok=True)
-    manifest.unlink()
+    """Delete the patch files an earlier write left: only ``<class>_<row>_<col>.png`` files
+    in ``root/{train,test}/<class>/`` folders of known classes, and the manifest."""
+    for split in ("train", "test"):
+        for name in TEXTURE_CLASSES:
+            folder = root / split / name
+            if folder.is_dir():
+                pattern = re.compile(rf"^{name}_\d{{4}}_\d{{4}}\.png$")
+                for path in folder.iterdir():
+                    if pattern.match(path.name):
+                        path.unlink()
+    (root / MANIFEST).unlink(missing_ok=True)
 
 
 def ensure_textures(root: str | Path, patch_size: int = 64, test_fraction: float = 0.3,

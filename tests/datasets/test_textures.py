@@ -123,9 +123,11 @@ def test_ensure_textures_reuses_then_rewrites(tmp_path):
     probe.unlink()  # a missing file triggers a rewrite
     ensure_textures(tmp_path, patch_size=128, classes=["brick", "grass"])
     assert probe.exists()
+    (tmp_path / "train" / "grass" / "mine.png").write_bytes(b"not ours")
     other = ensure_textures(tmp_path, patch_size=96, classes=["brick"])
     on_disk = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
-    assert on_disk == sorted(p["path"] for p in other["patches"])  # old 128-pixel files removed
+    # Old 128-pixel patches are removed, a file that is not a patch is kept.
+    assert on_disk == sorted([p["path"] for p in other["patches"]] + ["train/grass/mine.png"])
 
 
 @pytest.mark.parametrize("shape, patch_size, test_fraction, gap", [
