@@ -6,9 +6,10 @@ from .solve import SingularGramWarning, solve_normal_equations
 
 __all__ = ["Basis", "FitResult", "fit", "normal_equations", "normalize_images",
            "pyramid_level", "solve_normal_equations", "SingularGramWarning"]
-from .stats import ClassStats
+
 from .bank import KernelBank
-
 from .features import ar_features, bank_features
+from .likelihood import LikelihoodClassifier
+from .stats import ClassStats
 
-__all__ += ["ClassStats", "KernelBank", "ar_features", "bank_features"]
+__all__ += ["ClassStats", "KernelBank", "LikelihoodClassifier", "ar_features", "bank_features"]

@@ -1,0 +1,258 @@
+r"""A generative classifier from class statistics alone: one AR model per class.
+
+Class ``c`` is modelled by its pooled kernel ``k_c`` (coefficients ``α_c``) and the
+residual variance ``σ_c²`` of its training images under that kernel, which the
+statistics give exactly:
+
+    σ_c² = (Σx² - 2 α_cᵀ Σh + α_cᵀ ΣG α_c) / Σn
+
+For an image with its own sums ``G, h, s, n`` (one fit call, shared by all classes) the
+residual MSE under every class is a quadratic form,
+``mse_c(x) = (s - 2 α_cᵀ h + α_cᵀ G α_c) / n``, and its per-pixel average Gaussian
+log-likelihood is
+
+    ℓ_c(x) = -½ log(2π σ_c²) - mse_c(x) / (2 σ_c²)
+
+With several models (dilations or pyramid scales, one :class:`ClassStats` each) the
+per-pixel log-likelihoods add. The prediction is ``argmax_c Σ_models ℓ_c``.
+Probabilities are ``softmax(Σ_models n · ℓ)``, i.e. the full Gaussian likelihood of the
+``n`` valid pixels as if residuals were independent (a temperature of ``1/n`` on the
+per-pixel average); they are therefore very confident. Pass ``temperature=t`` for
+``softmax(Σ_models ℓ / t)`` instead.
+
+**Unknown.** Each class also keeps, over its training images, the mean and standard
+deviation of two numbers: the *level* ``log mse_c(x)`` and the *excess*
+``log(mse_c(x) / mse_own(x))``, how much worse the class kernel predicts the image than
+the image's own least-squares kernel (≥ 0). Class ``c`` explains ``x`` when both its
+``|level z-score|`` and its excess z-score (one-sided), averaged over the models, stay
+within ``z``; an image no class explains is "unknown". From statistics alone the level
+mean is ``log σ_c²``, the excess mean is ``log(σ_c² / mean own-fit mse)`` and both
+widths are the log-normal width matching the spread of the own-fit MSEs (a rough
+guess); :meth:`LikelihoodClassifier.calibrate` replaces them with the exact values
+measured on given images, which is recommended whenever the training images are at hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .basis import Basis
+from .fit import fit
+from .solve import solve_normal_equations
+from .stats import ClassStats
+
+__all__ = ["LikelihoodClassifier", "UNKNOWN"]
+
+UNKNOWN = "unknown"
+_MIN_LOG_STD = 0.02     # floor on s_c: a class of near-identical images still gets a range
+
+
+@dataclass
+class _Model:
+    basis: Basis
+    scale: int
+    coef: torch.Tensor        # (C, m) float64
+    variance: torch.Tensor    # (C,)
+    log_mean: torch.Tensor    # (C,) training log mse_c
+    log_std: torch.Tensor     # (C,)
+    excess_mean: torch.Tensor  # (C,) training log(mse_c / own-fit mse)
+    excess_std: torch.Tensor   # (C,)
+
+
+def _quadratic_mse(result, coef: torch.Tensor) -> torch.Tensor:
+    """(N, C) residual MSE of every image under every coefficient row."""
+    gram, rhs = result.gram.cpu(), result.rhs.cpu()
+    quad = torch.einsum("cm,nmk,ck->nc", coef, gram, coef)
+    lin = rhs @ coef.T
+    mse = (result.sum_sq.cpu()[:, None] - 2 * lin + quad) / result.n_pixels.cpu()[:, None]
+    return mse.clamp_min(torch.finfo(torch.float64).tiny)
+
+
+class LikelihoodClassifier:
+    """Per-class pooled AR models scored by Gaussian residual likelihood.
+
+    Build with :meth:`from_stats`; see the module docstring for the math.
+
+    Attributes
+    ----------
+    classes : list of str
+    models : list
+        One per ClassStats given: basis, scale, class coefficients (C, m), variances,
+        and the training range of log MSE per class.
+    z : float or None
+        Rejection threshold in training standard deviations; None never rejects.
+    temperature : float or None
+    normalize : bool
+
+    Examples
+    --------
+    >>> import numpy as np, kernelbank as kb
+    >>> rng = np.random.default_rng(0)
+    >>> smooth, rough = rng.normal(size=(8, 24, 24)).cumsum(2), rng.normal(size=(8, 24, 24))
+    >>> basis = kb.Basis.isotropic(radius=1)
+    >>> result = kb.fit(np.concatenate([smooth, rough]), basis)
+    >>> stats = kb.ClassStats.from_fit(result, ["smooth"] * 8 + ["rough"] * 8)
+    >>> clf = kb.LikelihoodClassifier.from_stats(stats)
+    >>> list(clf.predict(np.stack([smooth[0], rough[0]])))
+    ['smooth', 'rough']
+    """
+
+    def __init__(self, classes: Sequence[str], models: list[_Model], z: float | None = 4.0,
+                 temperature: float | None = None, normalize: bool = True):
+        self.classes = list(classes)
+        self.models = models
+        self.z = z
+        self.temperature = temperature
+        self.normalize = normalize
+
+    @classmethod
+    def from_stats(cls, stats: ClassStats | Sequence[ClassStats], *, ridge: float = 1e-6,
+                   z: float | None = 4.0, temperature: float | None = None,
+                   normalize: bool = True) -> "LikelihoodClassifier":
+        """One model per :class:`ClassStats` (e.g. one per dilation), same classes in each.
+
+        Parameters
+        ----------
+        stats : ClassStats or sequence of ClassStats
+        ridge : float, default=1e-6
+            Per-pixel ridge of the pooled solve.
+        z : float or None, default=4.0
+            Rejection threshold (see the module docstring); None disables "unknown".
+        temperature : float or None, default=None
+            None: probabilities ``softmax(n · ℓ)``; a float t: ``softmax(ℓ / t)``.
+        normalize : bool, default=True
+            Must match how the statistics were fitted (z-scored images by default).
+        """
+        parts = [stats] if isinstance(stats, ClassStats) else list(stats)
+        if not parts:
+            raise ValueError("stats is empty: pass at least one ClassStats")
+        classes = parts[0].classes
+        models = []
+        for part in parts:
+            basis = part.require_basis()
+            if part.classes != classes:
+                raise ValueError(f"every ClassStats needs the same classes; got {part.classes} "
+                                 f"and {classes}")
+            sums = [part[c] for c in classes]
+            gram = torch.from_numpy(np.stack([s.sum_gram for s in sums]))
+            rhs = torch.from_numpy(np.stack([s.sum_rhs for s in sums]))
+            n_pix = torch.tensor([s.n_pixels for s in sums])
+            coef = solve_normal_equations(gram, rhs, n_pix, ridge)
+            sum_sq = torch.tensor([s.sum_sq for s in sums], dtype=torch.float64)
+            explained = 2 * (coef * rhs).sum(-1) - torch.einsum("cm,cmk,ck->c", coef, gram, coef)
+            variance = ((sum_sq - explained) / n_pix).clamp_min(torch.finfo(torch.float64).tiny)
+            mean_own = torch.tensor([s.sum_mse / s.n for s in sums], dtype=torch.float64)
+            var_own = torch.tensor([max(s.sum_mse_sq / s.n - (s.sum_mse / s.n) ** 2, 0.0)
+                                    for s in sums], dtype=torch.float64)
+            log_std = torch.sqrt(torch.log1p(var_own / mean_own.clamp_min(1e-300) ** 2))
+            log_std = log_std.clamp_min(_MIN_LOG_STD)
+            excess = (variance / mean_own.clamp_min(1e-300)).log().clamp_min(0)
+            models.append(_Model(basis, part.scale, coef, variance, variance.log(), log_std,
+                                 excess, log_std.clone()))
+        return cls(classes, models, z, temperature, normalize)
+
+    # ------------------------------------------------------------------ scoring
+    def _fits(self, images) -> list:
+        return [fit(images, m.basis, normalize=self.normalize, scales=m.scale)
+                for m in self.models]
+
+    def residual_mse(self, images) -> torch.Tensor:
+        """Residual MSE of every image under every class and model, shape (N, n_models, C)."""
+        return torch.stack([_quadratic_mse(r, m.coef) for r, m in
+                            zip(self._fits(images), self.models)], 1)
+
+    def _scores(self, images):
+        fits = self._fits(images)
+        mse = torch.stack([_quadratic_mse(r, m.coef) for r, m in zip(fits, self.models)], 1)
+        variance = torch.stack([m.variance for m in self.models])        # (S, C)
+        loglik = -0.5 * torch.log(2 * np.pi * variance) - mse / (2 * variance)   # (N, S, C)
+        n_pix = torch.stack([r.n_pixels.cpu() for r in fits], 1).to(torch.float64)  # (N, S)
+        deviation = self._deviation(mse, fits)
+        return loglik, n_pix, deviation
+
+    def _deviation(self, mse: torch.Tensor, fits: list) -> torch.Tensor:
+        """(N, C): per class, the larger of the level and excess z-scores, mean over models."""
+        stack = lambda key: torch.stack([getattr(m, key) for m in self.models])  # noqa: E731
+        own = torch.stack([r.mse.cpu().to(torch.float64) for r in fits], 1)      # (N, S)
+        log_mse = mse.log()
+        level = ((log_mse - stack("log_mean")) / stack("log_std")).abs()
+        excess = (log_mse - own.clamp_min(1e-300).log()[:, :, None] - stack("excess_mean")) \
+            / stack("excess_std")
+        return torch.maximum(level, excess).mean(1)
+
+    def log_likelihood(self, images) -> torch.Tensor:
+        """Per-pixel average Gaussian log-likelihood ``ℓ_c``, summed over models, (N, C)."""
+        return self._scores(images)[0].sum(1)
+
+    def predict_log_proba(self, images) -> torch.Tensor:
+        """Log posterior over classes (uniform prior), shape (N, C), float64."""
+        loglik, n_pix, _ = self._scores(images)
+        if self.temperature is None:
+            logits = (loglik * n_pix[:, :, None]).sum(1)
+        else:
+            logits = loglik.sum(1) / self.temperature
+        return torch.log_softmax(logits, dim=1)
+
+    def predict_proba(self, images) -> torch.Tensor:
+        """Posterior probabilities over classes, shape (N, C)."""
+        return self.predict_log_proba(images).exp()
+
+    def deviation(self, images) -> torch.Tensor:
+        """Training-standard-deviations between each image's log MSE and each class's, (N, C)."""
+        return self._scores(images)[2]
+
+    def predict(self, images) -> np.ndarray:
+        """Most likely class name per image, or ``"unknown"`` where no class explains it.
+
+        Returns
+        -------
+        ndarray of shape (N,), dtype object
+        """
+        loglik, _, deviation = self._scores(images)
+        names = np.array(self.classes, dtype=object)[loglik.sum(1).argmax(1).numpy()]
+        if self.z is not None:
+            names[(deviation > self.z).all(1).numpy()] = UNKNOWN
+        return names
+
+    def calibrate(self, images, labels: Sequence[str]) -> "LikelihoodClassifier":
+        """Replace each class's log-MSE range by the exact one measured on ``images``.
+
+        Parameters
+        ----------
+        images : images of the classes (usually the training set)
+        labels : sequence of str, one per image
+
+        Returns
+        -------
+        self
+        """
+        labels = np.array([str(v) for v in labels], dtype=object)
+        fits = self._fits(images)
+        log_mse = torch.stack([_quadratic_mse(r, m.coef) for r, m in zip(fits, self.models)],
+                              1).log()                                    # (N, S, C)
+        own = torch.stack([r.mse.cpu().to(torch.float64) for r in fits], 1).clamp_min(1e-300).log()
+        if len(labels) != log_mse.shape[0]:
+            raise ValueError(f"labels has {len(labels)} entries for {log_mse.shape[0]} images")
+        for c, name in enumerate(self.classes):
+            rows = torch.from_numpy(np.nonzero(labels == name)[0])
+            if len(rows) == 0:
+                continue
+            values = log_mse[rows, :, c]                                  # (n_c, S)
+            excess = values - own[rows]
+            for s, model in enumerate(self.models):
+                model.log_mean[c], model.log_std[c] = _mean_std(values[:, s])
+                model.excess_mean[c], model.excess_std[c] = _mean_std(excess[:, s])
+        return self
+
+    def __repr__(self) -> str:
+        return (f"LikelihoodClassifier(classes={self.classes}, models={len(self.models)}, "
+                f"z={self.z}, temperature={self.temperature})")
+
+
+def _mean_std(values: torch.Tensor) -> tuple[float, float]:
+    spread = float(values.std(correction=0)) if len(values) > 1 else 0.0
+    return float(values.mean()), max(spread, _MIN_LOG_STD)
