@@ -142,14 +142,19 @@ def _compute_dtype(items: list[torch.Tensor]) -> torch.dtype:
 def normalize_images(batch: torch.Tensor) -> torch.Tensor:
     """Z-score each image: subtract its mean, divide by its standard deviation.
 
-    Constant images become all zeros (not NaN). Statistics accumulate in float64.
+    Constant images become all zeros (not NaN). Sums accumulate in float64, and the
+    variance is taken of the already-centred values so that a large offset (uint8
+    images around 128, say) does not cancel away float32 digits.
     """
     dims = tuple(range(1, batch.ndim))
-    mean = batch.mean(dim=dims, keepdim=True, dtype=torch.float64)
-    var = ((batch - mean) ** 2).mean(dim=dims, keepdim=True)
-    std = var.sqrt()
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return ((batch - mean) / std).to(batch.dtype)
+    shape = (-1,) + (1,) * (batch.ndim - 1)
+    mean = batch.mean(dim=dims, dtype=torch.float64).to(batch.dtype).reshape(shape)
+    centred = batch - mean
+    var = (centred * centred).mean(dim=dims, dtype=torch.float64) - \
+        centred.mean(dim=dims, dtype=torch.float64) ** 2
+    std = var.clamp_min(0).sqrt()
+    inverse = torch.where(std > 0, 1 / std, torch.zeros_like(std)).to(batch.dtype)
+    return centred.mul_(inverse.reshape(shape))
 
 
 def pyramid_level(batch: torch.Tensor, factor: int) -> torch.Tensor:
