@@ -139,33 +139,39 @@ def _initial_model(loop: dict):
     return model
 
 
-def _shape_groups(images: np.ndarray, labels: np.ndarray):
-    """Split a batch into runs of equal image size (an object column may mix sizes)."""
-    if images.dtype != object:
-        yield images, labels
-        return
-    shapes = [np.shape(im) for im in images]
+def _shape_groups(images: list[np.ndarray], labels: np.ndarray):
+    """Split a batch into runs of equal image size (stacked), in first-seen order."""
+    shapes = [im.shape for im in images]
     for shape in dict.fromkeys(shapes):
         keep = [i for i, s in enumerate(shapes) if s == shape]
         yield np.stack([images[i] for i in keep]), labels[keep]
 
 
-def _grey(images: np.ndarray) -> np.ndarray:
-    """``(n, H, W, C)`` colour → luminance-like mean; 2-D images pass through."""
-    return images.mean(-1) if images.ndim == 4 else images
+def _batches(iterator, loop: dict, device, seed: int | None, errors: list | None = None):
+    """Tensors ``(images (n, *spatial) float32, labels (n,) int64)`` from decoded rows.
 
-
-def _batches(iterator, loop: dict, device, seed: int | None):
+    Error rows (no pixels) are skipped; with ``errors`` given, their path and reason
+    are appended to it.
+    """
     import torch
+    from ..io.readers import images_from_batch
     index = {name: i for i, name in enumerate(loop["model"]["class_names"])}
     kwargs = {"local_shuffle_buffer_size": 4 * loop["batch_size"], "local_shuffle_seed": seed} \
         if seed is not None else {}
     for batch in iterator.iter_batches(batch_size=loop["batch_size"], batch_format="numpy",
                                        **kwargs):
-        labels = np.array([index[str(c)] for c in batch["label"]], dtype=np.int64)
-        for images, y in _shape_groups(batch["image"], labels):
-            yield (torch.as_tensor(_grey(np.asarray(images, dtype=np.float32)), device=device),
-                   torch.as_tensor(y, device=device))
+        images = images_from_batch(batch)
+        keep = [i for i, im in enumerate(images)
+                if im is not None and str(batch["label"][i]) in index]
+        if errors is not None:
+            errors.extend({"path": str(batch["path"][i]), "reason": str(batch["reason"][i])
+                           if images[i] is None else f"unknown label {batch['label'][i]!r}"}
+                          for i in range(len(images)) if i not in keep)
+        if not keep:
+            continue
+        labels = np.array([index[str(batch["label"][i])] for i in keep], dtype=np.int64)
+        for stacked, y in _shape_groups([images[i] for i in keep], labels):
+            yield torch.as_tensor(stacked, device=device), torch.as_tensor(y, device=device)
 
 
 def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
@@ -177,12 +183,12 @@ def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
     return tensor.tolist()
 
 
-def _evaluate(model, iterator, loop: dict, device) -> tuple[int, int]:
+def _evaluate(model, iterator, loop: dict, device, errors: list | None) -> tuple[int, int]:
     import torch
     correct = total = 0
     model.eval()
     with torch.no_grad():
-        for images, y in _batches(iterator, loop, device, seed=None):
+        for images, y in _batches(iterator, loop, device, seed=None, errors=errors):
             correct += int((model(images).argmax(1) == y).sum())
             total += len(y)
     return correct, total
@@ -218,7 +224,9 @@ def train_loop_per_worker(loop: dict) -> None:
         model.train()
         began = time.perf_counter()
         loss_sum = correct = count = 0.0
-        for images, y in _batches(train_shard, loop, device, seed=loop["random_state"] + 1000 * epoch + rank):
+        errors = [] if epoch == start else None          # bad rows are the same every epoch
+        seed = loop["random_state"] + 1000 * epoch + rank
+        for images, y in _batches(train_shard, loop, device, seed=seed, errors=errors):
             logits = model(images)
             loss = torch.nn.functional.cross_entropy(logits, y)
             optimizer.zero_grad()
@@ -230,8 +238,9 @@ def train_loop_per_worker(loop: dict) -> None:
         elapsed = time.perf_counter() - began
         loss_sum, correct, count = _all_reduce([loss_sum, correct, count])
         (elapsed,) = _all_reduce([elapsed], op="max")
-        test_correct, test_total = _evaluate(raw, test_shard, loop, device)
-        test_correct, test_total = _all_reduce([test_correct, test_total])
+        test_correct, test_total = _evaluate(raw, test_shard, loop, device, errors)
+        test_correct, test_total, n_errors = _all_reduce(
+            [test_correct, test_total, len(errors) if errors is not None else -1])
         steps = max((int(s["step"]) for s in optimizer.state_dict()["state"].values()), default=0)
         metrics = {"epoch": epoch, "loss": loss_sum / max(count, 1),
                    "train_accuracy": correct / max(count, 1),
@@ -239,6 +248,9 @@ def train_loop_per_worker(loop: dict) -> None:
                    "train_images": int(count), "test_images": int(test_total),
                    "images_per_s": count / max(elapsed, 1e-9), "epoch_seconds": elapsed,
                    "optimizer_steps": steps, "workers": world}
+        if errors is not None:
+            metrics["skipped_rows"] = int(n_errors)
+            metrics["skipped_examples"] = errors[:5]
         history.append(metrics)
         if metrics["test_accuracy"] > best["test_accuracy"]:
             best = {"test_accuracy": metrics["test_accuracy"], "epoch": epoch,
@@ -350,27 +362,74 @@ def _write_json(url: str, payload: dict, s3_endpoint: str | None) -> None:
         json.dump(payload, f, indent=1, default=str)
 
 
+def _texture_rows(config: TrainConfig) -> list[dict]:
+    """The built-in textures as rows of the reader's schema (:data:`DECODED_SCHEMA`)."""
+    from ..datasets import load_textures
+    images, labels, splits = load_textures(patch_size=config.patch_size, classes=config.classes)
+    rows = []
+    for i, (image, label, split) in enumerate(zip(images, labels, splits)):
+        pixels = np.ascontiguousarray(image, dtype=np.float32)
+        rows.append({"id": f"textures#{i}", "path": f"textures/{split}/{label}/{i}",
+                     "label": str(label), "split": str(split), "shape": list(pixels.shape),
+                     "pixels": pixels.tobytes(), "stage": None, "reason": None})
+    return rows
+
+
+def _assign_split(batch: dict, test_fraction: float) -> dict:
+    """Keep ``train``/``test`` rows; give unsplit rows a stable split by a hash of their id."""
+    import zlib
+    splits = []
+    for rid, split in zip(batch["id"], batch["split"]):
+        split = str(split)
+        if split not in ("train", "test", "val", "validation"):
+            bucket = zlib.crc32(str(rid).encode()) % 1000
+            split = "test" if bucket < 1000 * test_fraction else "train"
+        splits.append(split)
+    batch["split"] = np.array(splits, dtype=object)
+    return batch
+
+
 def load_train_test(config: TrainConfig) -> tuple[dict, list[str]]:
-    """``{"train": Dataset, "test": Dataset}`` and the sorted class names for ``config``."""
+    """``{"train": Dataset, "test": Dataset}`` of decoded rows and the sorted class names.
+
+    With ``config.input`` the shared reader (:func:`kernelbank.io.read_dataset`) reads
+    folders or Parquet; rows without a ``train``/``test`` split are assigned one by a
+    hash of their id (30 % test), ``val`` rows are left out. Without an input, the
+    built-in textures are used. Class names are ``config.classes`` or else the labels
+    of the train split (for an input URL this costs one streaming pass, no shuffle).
+    """
     import ray.data
+    from ..io.readers import DECODED_SCHEMA
     if config.input is None:
-        from ..datasets import load_textures
-        images, labels, splits = load_textures(patch_size=config.patch_size, classes=config.classes)
-        class_names = sorted(set(labels.tolist()))
-        datasets = {split: ray.data.from_items(
-            [{"image": im, "label": str(lb)} for im, lb, sp in zip(images, labels, splits)
-             if sp == split]) for split in ("train", "test")}
-        return datasets, class_names
-    return _read_input(config)
-
-
-def _read_input(config: TrainConfig) -> tuple[dict, list[str]]:
-    raise NotImplementedError("reading --input is wired to kernelbank.io once it exists")
+        import pyarrow as pa
+        rows = _texture_rows(config)
+        ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=DECODED_SCHEMA))
+        found = {row["label"] for row in rows}
+    else:
+        from ..config import ReadConfig
+        from ..io.readers import read_dataset
+        min_side = 2 * config.radius * max(config.dilations) + config.grid
+        ds = read_dataset(config=ReadConfig(url=config.input, s3_endpoint=config.s3_endpoint,
+                                            min_side=min_side))
+        ds = ds.map_batches(_assign_split, batch_format="numpy",
+                            fn_kwargs={"test_fraction": 0.3})
+        found = None
+    datasets = {split: ds.filter(lambda row, split=split: row["split"] == split)
+                for split in ("train", "test")}
+    if config.classes is not None:
+        return datasets, sorted(config.classes)
+    if found is None:
+        found = set()
+        for batch in datasets["train"].select_columns(["label"]).iter_batches(
+                batch_size=4096, batch_format="numpy"):
+            found.update(str(c) for c in batch["label"] if c)
+    return datasets, sorted(found)
 
 
 def run_train(config: TrainConfig) -> dict:
     """Read the data of ``config``, train, export, write the summary; returns the summary."""
     datasets, class_names = load_train_test(config)
     if len(class_names) < 2:
-        raise ValueError(f"training needs at least 2 classes, found {class_names}")
+        raise ValueError(f"training needs at least 2 classes in the train split of "
+                         f"{config.input or 'the built-in textures'}, found {class_names}")
     return fit_end_to_end(datasets, class_names, config)
