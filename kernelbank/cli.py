@@ -11,8 +11,9 @@ import sys
 from typing import Sequence
 
 from .commands import datasets_cmd  # noqa: F401  (one import line per subcommand module)
+from .commands import train_cmd  # noqa: F401
 
-COMMANDS = (datasets_cmd,)
+COMMANDS = (datasets_cmd, train_cmd,)
 
 
 def build_parser() -> argparse.ArgumentParser:
