@@ -204,9 +204,12 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class ClassifyConfig:
-    """The classify stage: streaming ridge classifier on standardized features."""
+    """The classify stage: streaming ridge classifier on standardized features.
 
-    ridge: float = 1e-3
+    ``ridge`` is the ``alpha`` of scikit-learn's ``RidgeClassifier`` (same default).
+    """
+
+    ridge: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.ridge > 0:

@@ -15,7 +15,12 @@ from typing import Any
 
 import fsspec
 
-__all__ = ["resolve", "ray_filesystem", "join", "is_local", "redact"]
+__all__ = ["resolve", "storage_options", "url_of", "ray_filesystem", "join", "is_local", "redact"]
+
+
+def storage_options(url: str, s3_endpoint: str | None = None) -> dict[str, Any]:
+    """fsspec options for ``url``: only the S3 endpoint, when there is one (no credentials)."""
+    return _storage_options(fsspec.utils.get_protocol(url), s3_endpoint)
 
 
 def _storage_options(protocol: str, s3_endpoint: str | None) -> dict[str, Any]:
@@ -51,6 +56,11 @@ def resolve(url: str, *, s3_endpoint: str | None = None
     if is_local(fs):
         path = os.path.abspath(path)
     return fs, path.rstrip("/") or "/"
+
+
+def url_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The URL of a protocol-free ``path`` on ``fs`` (plain path for local files)."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
