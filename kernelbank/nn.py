@@ -383,8 +383,19 @@ class EndToEndClassifier(nn.Module):
                                       [int(d) for d in torch.as_tensor(bank.dilations).tolist()])
 
     # ------------------------------------------------------------------ forward
+    @property
+    def min_image_size(self) -> int:
+        """Smallest image side: the largest dilated window plus a ``grid``-pixel residual."""
+        return self.bank.min_image_size + self.config.grid - 1
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Log residual metrics before the norm, shape (N, config.n_features)."""
+        if images.ndim == self.config.ndim + 1 and min(images.shape[1:]) < self.min_image_size:
+            raise ValueError(
+                f"images of size {tuple(images.shape[1:])} are too small for this model: radius "
+                f"{self.config.radius} at dilation {max(self.config.dilations)} with a "
+                f"{self.config.grid}x{self.config.grid} grid needs a side of at least "
+                f"{self.min_image_size}; use larger images")
         x = normalize_images(images.to(self.bank.coef.dtype))
         per_dilation = [self.metrics(e) for e in self.bank(x)]
         return torch.cat(per_dilation, dim=1).flatten(1)

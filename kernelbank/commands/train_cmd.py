@@ -130,11 +130,11 @@ def predict_main(args: argparse.Namespace) -> int:
     model = load_model(args.model, map_location=args.device)
     images = [_read_image(url) for url in args.images]
     too_small = [(url, im.shape) for url, im in zip(args.images, images)
-                 if min(im.shape) < model.bank.min_image_size + model.config.grid - 1]
+                 if min(im.shape) < model.min_image_size]
     if too_small:
         url, shape = too_small[0]
         raise ValueError(f"image {url} has shape {shape}; this model needs a side of at least "
-                         f"{model.bank.min_image_size + model.config.grid - 1} pixels")
+                         f"{model.min_image_size} pixels")
     for url, label in zip(args.images, model.predict(images)):
         print(f"{url}\t{label}")
     sys.stdout.flush()

@@ -408,7 +408,7 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str]]:
     else:
         from ..config import ReadConfig
         from ..io.readers import read_dataset
-        min_side = 2 * config.radius * max(config.dilations) + config.grid
+        min_side = 2 * config.radius * max(config.dilations) + config.grid   # model.min_image_size
         ds = read_dataset(config=ReadConfig(url=config.input, s3_endpoint=config.s3_endpoint,
                                             min_side=min_side))
         ds = ds.map_batches(_assign_split, batch_format="numpy",
