@@ -12,8 +12,9 @@ from typing import Sequence
 
 from .commands import datasets_cmd  # noqa: F401  (one import line per subcommand module)
 from .commands import train_cmd  # noqa: F401
+from .commands import run_cmd, stage_cmds  # noqa: F401
 
-COMMANDS = (datasets_cmd, train_cmd,)
+COMMANDS = (datasets_cmd, train_cmd, run_cmd, stage_cmds,)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as error:
         print(f"kernelbank {args.command}: error: {error}", file=sys.stderr)
         return 2
 
