@@ -22,8 +22,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A real embedded Ray with 2 CPUs, shut down at the end of the session."""
+def ray_local(request):
+    """A real embedded Ray with 2 CPUs, shut down at the end of the session.
+
+    The S3 endpoint starts first: Ray workers copy the driver's environment at
+    ``ray.init``, so they find the endpoint's AWS variables the way cluster workers would.
+    """
+    request.getfixturevalue("s3_endpoint")
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
