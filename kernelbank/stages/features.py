@@ -63,7 +63,7 @@ class BankFeaturizer:
         self.names = kb.core.features.bank_feature_names(self.bank, grid=config.grid)
 
     def _features(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-        batch = [self.torch.from_numpy(i).to(self.device) for i in images]
+        batch = [self.torch.tensor(i, device=self.device) for i in images]
         feats, _ = self.kb.bank_features(batch, self.bank, grid=self.config.grid,
                                          normalize=self.config.normalize)
         predicted = list(self.classifier.predict(images)) if self.classifier else [""] * len(images)

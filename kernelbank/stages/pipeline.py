@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..io.layout import SUMMARY, Staging, write_json
-from ..io.storage import join, redact, url_of
+from ..io.storage import is_local, join, redact, url_of
 from .classify import write_classify
 from .common import connect_ray, log
 from .features import write_features
@@ -72,5 +72,6 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     acc = summary["test_accuracy"]
     log(f"done in {summary['seconds']:.1f} s: {summary['images']} images, {errors} errors, "
         f"test accuracy {'n/a' if acc is None else f'{acc:.3f}'}")
-    log(f"outputs in {redact(config.output)} (fit/ banks/ features/ errors/ summary.json)")
+    where = staging.final if is_local(staging.fs) else config.output
+    log(f"outputs in {redact(where)} (fit/ banks/ features/ errors/ summary.json)")
     return summary

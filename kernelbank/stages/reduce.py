@@ -36,7 +36,7 @@ _STATS_COLUMNS = ["label", "split", "coef", "mse", "gram", "rhs", "sum_sq", "n_p
 
 def _column(table: pa.Table, name: str, shape: tuple[int, ...]) -> np.ndarray:
     flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape((table.num_rows,) + shape)
+    return np.array(flat).reshape((table.num_rows,) + shape)     # writable copy for torch
 
 
 def partial_stats(table: pa.Table, *, meta: dict[str, Any]) -> pa.Table:
@@ -89,8 +89,8 @@ def merge_fit_table(fit_url: str, *, s3_endpoint: str | None = None) -> dict[int
     meta = read_json(fs, join(path, FIT_META))
     if meta is None:
         raise FileNotFoundError(f"{fit_url!r} has no {FIT_META}: run the fit stage first")
-    ds = ray.data.read_parquet(path, filesystem=ray_filesystem(fs), columns=_STATS_COLUMNS,
-                               file_extensions=["parquet"])
+    ds = ray.data.read_parquet(path, filesystem=ray_filesystem(fs),
+                               file_extensions=["parquet"]).select_columns(_STATS_COLUMNS)
     partials = ds.map_batches(partial_stats, batch_format="pyarrow", batch_size=None,
                               fn_kwargs={"meta": meta})
     merged: dict[int, Any] = {d: kb.ClassStats.empty() for d in meta["dilations"]}

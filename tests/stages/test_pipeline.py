@@ -1,0 +1,165 @@
+"""The whole pipeline on a real local Ray, checked against the in-process computation.
+
+One module-scoped run (3 GMRF classes, 32x32 PNGs, radius 2, dilations 1 and 2, plus a
+corrupt file, a too-small image and a NaN volume) feeds every test here.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+import kernelbank as kb
+from kernelbank.config import FitConfig, PipelineConfig, ReadConfig, ReduceConfig
+from kernelbank.stages.pipeline import run_pipeline
+
+from .pipeline_data import BAD_RECORDS, write_dataset
+
+pytestmark = [pytest.mark.ray]
+DILATIONS = (1, 2)
+
+
+@pytest.fixture(scope="module")
+def run(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    data = root / "images"
+    write_dataset(data, classes=3, per_class=6, size=32)
+    config = PipelineConfig(
+        read=ReadConfig(str(data), override_num_blocks=4),
+        output=str(root / "out"),
+        fit=FitConfig(radius=2, dilations=DILATIONS, batch_size=4, max_actors=2),
+        reduce=ReduceConfig(method="pooled"))
+    summary = run_pipeline(config)
+    return {"data": data, "out": root / "out", "summary": summary, "config": config}
+
+
+def _good_files(data: Path) -> list[Path]:
+    bad = {data / p for p in BAD_RECORDS}
+    return sorted(p for p in data.rglob("*") if p.suffix in (".png", ".npy") and p not in bad)
+
+
+def _reference_images(files: list[Path]) -> list[np.ndarray]:
+    # independent decode: Pillow's uint8 greyscale as float32
+    return [np.asarray(Image.open(p), dtype=np.float32) for p in files]
+
+
+def test_every_record_lands_exactly_once(run):
+    data, out = run["data"], run["out"]
+    fit = pq.read_table(out / "fit")
+    errors = pq.read_table(out / "errors")
+    fit_ids, error_ids = fit.column("id").to_pylist(), errors.column("id").to_pylist()
+    assert len(fit_ids) == len(set(fit_ids)) and len(error_ids) == len(set(error_ids))
+    every = {str(p) for p in data.rglob("*") if p.suffix in (".png", ".npy")}
+    assert set(fit_ids) | set(error_ids) == every
+    assert not set(fit_ids) & set(error_ids)
+    reasons = dict(zip(errors.column("path").to_pylist(), errors.column("reason").to_pylist()))
+    for rel, text in BAD_RECORDS.items():
+        assert text in reasons[str(data / rel)], reasons
+    assert set(errors.column("stage").to_pylist()) == {"decode"}
+
+
+def test_summary_counts(run):
+    summary = json.loads((run["out"] / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(run["summary"]))
+    assert summary["records"] == 3 * 6 * 2 + 3 and summary["images"] == 36
+    assert summary["errors"] == 3 and summary["stages"]["fit"]["errors"] == {"decode": 3}
+    assert summary["stages"]["fit"]["counts"] == {
+        "test": {"c0": 6, "c1": 6, "c2": 6}, "train": {"c0": 6, "c1": 6, "c2": 6}}
+    assert summary["stages"]["reduce"]["classes"] == {"c0": 6, "c1": 6, "c2": 6}
+    assert summary["stages"]["features"]["images"] == 36
+    for stage in ("fit", "reduce", "features", "classify"):
+        assert summary["stages"][stage]["seconds"] > 0
+        assert summary["stages"][stage]["images_per_second"] > 0
+    assert 0 <= summary["test_accuracy"] <= 1
+    # nothing left behind by the staging area
+    assert sorted(p.name for p in run["out"].iterdir()) == \
+        ["banks", "errors", "features", "fit", "summary.json"]
+    assert not list(run["out"].parent.glob("out.partial-*"))
+
+
+def test_fit_rows_equal_in_process_fit(run):
+    files = _good_files(run["data"])
+    fit = pq.read_table(run["out"] / "fit").to_pylist()
+    by_id = {row["id"]: row for row in fit}
+    result = kb.fit(_reference_images(files), kb.Basis.isotropic(2), dilations=list(DILATIONS))
+    coef = np.array([by_id[str(p)]["coef"] for p in files]).reshape(result.coef.shape)
+    np.testing.assert_allclose(coef, result.coef.double().numpy(), rtol=0, atol=1e-12)
+    mse = np.array([by_id[str(p)]["mse"] for p in files])
+    np.testing.assert_allclose(mse, result.mse.double().numpy(), rtol=1e-12)
+    assert by_id[str(files[0])]["shape"] == [32, 32]
+    assert by_id[str(files[0])]["split"] in ("train", "test")
+
+
+def test_reduce_equals_in_process_statistics_and_bank(run):
+    out = run["out"]
+    fit_files = sorted((out / "fit").glob("*.parquet"))
+    # the classes must be spread over several files (blocks), or a broken merge would pass
+    per_file = [set(pq.read_table(f, columns=["label"]).column("label").to_pylist())
+                for f in fit_files]
+    assert len(fit_files) >= 2 and any(sum(c in s for s in per_file) >= 2 for c in ("c0", "c1", "c2"))
+    train = [p for p in _good_files(run["data"]) if p.parts[-3] == "train"]
+    labels = [p.parts[-2] for p in train]
+    result = kb.fit(_reference_images(train), kb.Basis.isotropic(2), dilations=list(DILATIONS))
+    banks = []
+    for index, dilation in enumerate(DILATIONS):
+        # reference: fitted in two halves and merged, as the docs promise sums merge
+        half = len(train) // 2
+        first = kb.fit(_reference_images(train[:half]), kb.Basis.isotropic(2), dilations=list(DILATIONS))
+        second = kb.fit(_reference_images(train[half:]), kb.Basis.isotropic(2), dilations=list(DILATIONS))
+        expected = kb.ClassStats.from_fit(first, labels[:half], scale=index) + \
+            kb.ClassStats.from_fit(second, labels[half:], scale=index)
+        whole = kb.ClassStats.from_fit(result, labels, scale=index)
+        got = kb.ClassStats.from_dict(pickle.loads((out / f"banks/stats_d{dilation}.pkl").read_bytes()))
+        assert got.classes == expected.classes == ["c0", "c1", "c2"]
+        for name in got.classes:
+            for field in ("sum_coef", "sum_outer", "sum_gram", "sum_rhs"):
+                np.testing.assert_allclose(getattr(got[name], field), getattr(expected[name], field),
+                                           rtol=1e-10, atol=1e-10)
+                np.testing.assert_allclose(getattr(got[name], field), getattr(whole[name], field),
+                                           rtol=1e-10, atol=1e-10)
+            assert got[name].n == 6 and got[name].n_pixels == whole[name].n_pixels
+        banks.append(kb.KernelBank.from_stats(expected, "pooled"))
+    bank = kb.KernelBank.load(str(out / "banks/bank.npz"))
+    reference = kb.KernelBank.concat(banks)
+    np.testing.assert_allclose(bank.kernels.numpy(), reference.kernels.numpy(), atol=1e-10)
+    assert bank.dilations.tolist() == [1, 1, 1, 2, 2, 2]
+
+
+def test_features_are_named_columns_equal_to_bank_features(run):
+    out = run["out"]
+    table = pq.read_table(out / "features")
+    bank = kb.KernelBank.load(str(out / "banks/bank.npz"))
+    files = _good_files(run["data"])
+    expected, names = kb.bank_features(_reference_images(files), bank, grid=2)
+    assert table.column_names[:4] == ["id", "path", "label", "split"]
+    assert table.column_names[4:-1] == names and table.column_names[-1] == "likelihood_prediction"
+    rows = {r["id"]: r for r in table.to_pylist()}
+    got = np.array([[rows[str(p)][n] for n in names] for p in files])
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_classify_equals_scikit_learn(run):
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    out = run["out"]
+    table = pq.read_table(out / "features").to_pandas()
+    names = json.loads((out / "features/_kernelbank.json").read_text())["feature_names"]
+    train, test = table[table.split == "train"], table[table.split == "test"]
+    model = make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0))
+    model.fit(train[names].to_numpy(), train.label.to_numpy())
+    predicted = model.predict(test[names].to_numpy())
+    summary = run["summary"]["stages"]["classify"]
+    assert summary["test_accuracy"] == pytest.approx(float((predicted == test.label).mean()))
+    from sklearn.metrics import confusion_matrix
+    expected = confusion_matrix(test.label, predicted, labels=["c0", "c1", "c2"])
+    assert summary["splits"]["test"]["confusion"] == expected.tolist()
+    likelihood = float((test.likelihood_prediction == test.label).mean())
+    assert summary["likelihood_test_accuracy"] == pytest.approx(likelihood)
