@@ -247,7 +247,7 @@ def train_loop_per_worker(loop: dict) -> None:
                    "test_accuracy": test_correct / max(test_total, 1),
                    "train_images": int(count), "test_images": int(test_total),
                    "images_per_s": count / max(elapsed, 1e-9), "epoch_seconds": elapsed,
-                   "optimizer_steps": steps, "workers": world}
+                   "optimizer_steps": steps, "workers": world, "run_start_epoch": start}
         if errors is not None:
             metrics["skipped_rows"] = int(n_errors)
             metrics["skipped_examples"] = errors[:5]
@@ -284,6 +284,21 @@ def _init_kernels(config: TrainConfig) -> tuple[list | None, list | None]:
     return bank.kernels.numpy().tolist(), [int(d) for d in bank.dilations.tolist()]
 
 
+def _checkpoint_storage(config: TrainConfig):
+    """Filesystem and path for Ray's checkpoints, without a listings cache.
+
+    fsspec caches one instance per URL, with directory listings: a listing cached by a
+    previous run in the same process would hide the checkpoints a new run writes.
+    """
+    fs, path = resolve(config.storage_path or join(config.train_url, "runs"),
+                       s3_endpoint=config.s3_endpoint)
+    if is_local(fs):
+        os.makedirs(path, exist_ok=True)
+        return fs, path
+    options = {**fs.storage_options, "use_listings_cache": False, "skip_instance_cache": True}
+    return type(fs)(**options), path
+
+
 def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConfig) -> dict:
     """Train on ``datasets["train"]``, score on ``datasets["test"]``, export the best model.
 
@@ -312,10 +327,7 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
             "batch_size": config.batch_size, "threads": max(1, int(config.cpus_per_worker)),
             "init_kernels": kernels, "init_dilations": dilations,
             "fail_after_epoch": config.fail_after_epoch}
-    storage_fs, storage_path = resolve(config.storage_path or join(config.train_url, "runs"),
-                                       s3_endpoint=config.s3_endpoint)
-    if is_local(storage_fs):
-        os.makedirs(storage_path, exist_ok=True)
+    storage_fs, storage_path = _checkpoint_storage(config)
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop,
         scaling_config=ray.train.ScalingConfig(
@@ -347,7 +359,7 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
         "epochs": history, "class_names": list(class_names),
         "images_per_s": sum(h["train_images"] for h in history) / max(seconds, 1e-9),
         "fit_seconds": wall, "workers": config.workers, "use_gpu": config.use_gpu,
-        "resumed_from_epoch": history[0]["epoch"] if history else 0,
+        "resumed_from_epoch": history[-1]["run_start_epoch"] if history else 0,
         "model": model_config.to_dict(), "n_parameters": sum(p.numel() for p in model.parameters()),
         "config": {k: v for k, v in asdict(config).items() if k != "s3_endpoint"},
     }
