@@ -13,8 +13,9 @@ from typing import Sequence
 from .commands import datasets_cmd  # noqa: F401  (one import line per subcommand module)
 from .commands import train_cmd  # noqa: F401
 from .commands import run_cmd, stage_cmds  # noqa: F401
+from .commands import report_cmd  # noqa: F401
 
-COMMANDS = (datasets_cmd, train_cmd, run_cmd, stage_cmds,)
+COMMANDS = (datasets_cmd, train_cmd, run_cmd, stage_cmds, report_cmd,)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,262 @@
+"""Gather what a report shows from a run's output folder, reading only bounded samples.
+
+Everything is read through fsspec, so the output may be a local folder or ``s3://…``.
+Tables are scanned in batches and only counts plus a few rows are kept, so collecting
+costs the same memory for a hundred images as for millions: the shape histogram stops
+after :data:`MAX_SCANNED_ROWS` rows, the error table keeps its first ``max_error_rows``
+rows and the test images are the first ``samples_per_class`` of each class.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..io.layout import SUMMARY, read_json
+from ..io.storage import join, resolve
+
+__all__ = ["RunData", "collect_run", "MAX_SCANNED_ROWS"]
+
+#: Rows of ``fit/`` scanned for image sizes and sample images (a bound, not a sample size).
+MAX_SCANNED_ROWS = 200_000
+
+
+@dataclass
+class RunData:
+    """What a report needs from one output folder (any part may be missing).
+
+    Attributes
+    ----------
+    url : str
+        The output URL as given.
+    summary : dict or None
+        ``OUTPUT/summary.json`` of ``kernelbank run`` (or of single stages).
+    train_summary : dict or None
+        ``OUTPUT/train/summary.json`` of an end-to-end run.
+    bank : KernelBank or None
+        ``OUTPUT/banks/bank.npz``.
+    variance_ratio : ndarray of shape (n_kernels,) or None
+        For PCA banks, each kernel's explained variance divided by the total coefficient
+        variance of its class at its dilation (NaN for mean kernels).
+    ndim : int
+        2 for images, 3 for volumes.
+    shapes : Counter
+        Image shape → number of fitted images with it (first :data:`MAX_SCANNED_ROWS`).
+    scanned_rows : int
+        Rows of ``fit/`` the shape histogram covers.
+    errors : list of dict
+        The first rows of ``errors/*.parquet`` (``id, path, label, split, stage, reason``).
+    n_errors : int
+        All rows of ``errors/*.parquet``.
+    errors_by_stage : dict of str to int
+        Error rows per stage, from the error table itself.
+    samples : list of dict
+        Up to ``samples_per_class`` test images per class: ``label``, ``split``, ``path``,
+        ``image`` (float32 array) or ``problem`` (why it could not be read).
+    learned : dict or None
+        End-to-end model kernels: ``kernels`` (n_dilations, n_kernels, *window) and
+        ``dilations``.
+    """
+
+    url: str
+    summary: dict | None = None
+    train_summary: dict | None = None
+    bank: Any = None
+    variance_ratio: np.ndarray | None = None
+    ndim: int = 2
+    shapes: Counter = field(default_factory=Counter)
+    scanned_rows: int = 0
+    errors: list[dict] = field(default_factory=list)
+    n_errors: int = 0
+    errors_by_stage: dict[str, int] = field(default_factory=dict)
+    samples: list[dict] = field(default_factory=list)
+    learned: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _pyarrow_fs(fs):
+    from ..io.storage import is_local
+    if is_local(fs):
+        return None
+    import pyarrow.fs as pafs
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _batches(fs, path: str, columns: list[str]):
+    """Record batches of the Parquet files below ``path`` (nothing when there are none)."""
+    import pyarrow.dataset as pads
+    from ..io.tables import parquet_files
+    files = parquet_files(fs, path)
+    if not files:
+        return
+    dataset = pads.dataset(files, format="parquet", filesystem=_pyarrow_fs(fs))
+    present = [c for c in columns if c in dataset.schema.names]
+    yield from dataset.to_batches(columns=present, batch_size=8192)
+
+
+def _read_bank(fs, root: str, data: RunData, s3_endpoint: str | None) -> None:
+    from ..io.storage import storage_options, url_of
+    import kernelbank as kb
+    path = join(root, "banks", "bank.npz")
+    if not fs.exists(path):
+        return
+    url = url_of(fs, path)
+    data.bank = kb.KernelBank.load(url, **storage_options(url, s3_endpoint))
+    data.ndim = data.bank.ndim
+    if data.bank.explained_variance is not None:
+        data.variance_ratio = _variance_ratio(fs, root, data.bank)
+
+
+def _variance_ratio(fs, root: str, bank) -> np.ndarray | None:
+    """Explained variance over the class's total coefficient variance, per kernel."""
+    import kernelbank as kb
+    totals: dict[tuple[int, str], float] = {}
+    for d in sorted(set(bank.dilations.tolist())):
+        path = join(root, "banks", f"stats_d{d}.pkl")
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as handle:
+            stats = kb.ClassStats.from_dict(pickle.load(handle))
+        for name in stats.classes:
+            totals[(d, name)] = float(np.trace(stats[name].covariance))
+    ratio = np.full(len(bank), np.nan)
+    for i, (d, c) in enumerate(zip(bank.dilations.tolist(), bank.class_index.tolist())):
+        total = totals.get((d, bank.class_names[c])) if c >= 0 else None
+        if total:
+            ratio[i] = float(bank.explained_variance[i]) / total
+    return ratio
+
+
+def _scan_fit(fs, root: str, data: RunData, samples_per_class: int, max_classes: int) -> None:
+    """Shape histogram and the first test rows of each class from ``fit/``."""
+    picked: dict[str, list[dict]] = {}
+    fallback: dict[str, list[dict]] = {}
+    for batch in _batches(fs, join(root, "fit"), ["path", "label", "split", "shape"]):
+        rows = batch.to_pydict()
+        for path, label, split, shape in zip(rows["path"], rows["label"], rows["split"],
+                                             rows["shape"]):
+            data.shapes[tuple(shape)] += 1
+            target = picked if split == "test" else fallback
+            chosen = target.setdefault(label, [])
+            if len(chosen) < samples_per_class:
+                chosen.append({"path": path, "label": label, "split": split})
+        data.scanned_rows += batch.num_rows
+        if data.scanned_rows >= MAX_SCANNED_ROWS:
+            data.notes.append(f"image sizes are counted over the first {data.scanned_rows} "
+                              "rows of fit/")
+            break
+    for label in sorted(set(picked) | set(fallback))[:max_classes]:
+        data.samples.extend(picked.get(label) or fallback.get(label, []))
+
+
+def _load_sample(sample: dict, input_url: str | None, ndim: int,
+                 s3_endpoint: str | None) -> None:
+    """Decode the image of one sample row in place (``image``) or say why not (``problem``)."""
+    from ..io.decode import decode_bytes
+    if not input_url:
+        sample["problem"] = "summary.json does not name the input"
+        return
+    try:
+        fs, _ = resolve(input_url, s3_endpoint=s3_endpoint)
+        path, _, row_id = sample["path"].partition("#")
+        if row_id:
+            sample["image"] = _parquet_image(fs, path, row_id, ndim)
+        else:
+            with fs.open(path, "rb") as handle:
+                sample["image"] = decode_bytes(handle.read(), path, ndim)
+    except Exception as error:  # a missing or moved input must not stop the report
+        sample["problem"] = f"cannot read {sample['path']}: {type(error).__name__}: {error}"
+
+
+def _parquet_image(fs, path: str, row_id: str, ndim: int) -> np.ndarray:
+    """The image of row ``row_id`` (id column value or content hash) of a Parquet file."""
+    import hashlib
+    import pyarrow.parquet as pq
+    from ..io.decode import decode_record
+    from ..io.readers import _cell_value
+    with fs.open(path, "rb") as handle:
+        table = pq.read_table(handle)
+    images = table.column("image").to_pylist()
+    ids = table.column("id").to_pylist() if "id" in table.column_names else None
+    for i, cell in enumerate(images):
+        value = _cell_value(cell)
+        if ids is not None:
+            match = str(ids[i]) == row_id
+        else:
+            content = value if isinstance(value, bytes) else np.ascontiguousarray(value).tobytes()
+            match = hashlib.sha1(content).hexdigest()[:16] == row_id
+        if match:
+            image, _ = decode_record(value, "", ndim, 1)
+            if image is None:
+                raise ValueError("undecodable image cell")
+            return image
+    raise ValueError(f"no row {row_id!r} in {path}")
+
+
+def _scan_errors(fs, root: str, data: RunData, max_error_rows: int) -> None:
+    by_stage: Counter = Counter()
+    for batch in _batches(fs, join(root, "errors"), ["id", "path", "label", "split", "stage",
+                                                     "reason"]):
+        rows = batch.to_pylist()
+        by_stage.update(r.get("stage") or "" for r in rows)
+        data.n_errors += len(rows)
+        data.errors.extend(rows[:max(0, max_error_rows - len(data.errors))])
+    data.errors_by_stage = dict(sorted(by_stage.items()))
+
+
+def _read_learned(fs, root: str, data: RunData) -> None:
+    path = join(root, "train", "model.pt")
+    if not fs.exists(path):
+        return
+    from ..nn import load_model
+    with fs.open(path, "rb") as handle:
+        model = load_model(io.BytesIO(handle.read()))
+    data.learned = {"kernels": model.bank.kernels().detach().numpy(),
+                    "dilations": list(model.bank.dilations)}
+    data.ndim = model.config.ndim
+
+
+def collect_run(url: str, *, s3_endpoint: str | None = None, samples_per_class: int = 2,
+                max_classes: int = 12, max_error_rows: int = 50) -> RunData:
+    """Read the summaries, bank, error sample and sample images of the output at ``url``.
+
+    Parameters
+    ----------
+    url : str
+        Output folder of ``kernelbank run`` (or ``kernelbank train``), local or fsspec URL.
+    s3_endpoint : str, optional
+        S3-compatible endpoint (default ``AWS_ENDPOINT_URL``).
+    samples_per_class : int, default=2
+        Test images per class drawn with their residual and winner maps.
+    max_classes : int, default=12
+        Classes that get sample images.
+    max_error_rows : int, default=50
+        Rows of the error table kept for the report.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``url`` holds neither ``summary.json`` nor ``train/summary.json``.
+    """
+    fs, root = resolve(url, s3_endpoint=s3_endpoint)
+    data = RunData(url=url)
+    data.summary = read_json(fs, join(root, SUMMARY))
+    data.train_summary = read_json(fs, join(root, "train", "summary.json"))
+    if data.summary is None and data.train_summary is None:
+        raise FileNotFoundError(f"{url!r} holds no {SUMMARY} and no train/{SUMMARY}: pass the "
+                                "output folder of `kernelbank run` or `kernelbank train`")
+    fit_meta = read_json(fs, join(root, "fit", "_kernelbank.json")) or {}
+    data.ndim = int(fit_meta.get("ndim", 2))
+    _read_bank(fs, root, data, s3_endpoint)
+    _scan_fit(fs, root, data, samples_per_class, max_classes)
+    input_url = (data.summary or {}).get("input")
+    for sample in data.samples:
+        _load_sample(sample, input_url, data.ndim, s3_endpoint)
+    _scan_errors(fs, root, data, max_error_rows)
+    _read_learned(fs, root, data)
+    return data

@@ -1,0 +1,208 @@
+"""The report's pictures, drawn with matplotlib's Agg backend and returned as PNG bytes.
+
+Every function takes plain arrays and labels and returns the bytes of one PNG at a
+modest resolution (:data:`DPI`), so a report stays a few MB whatever the dataset size.
+Kernels are drawn on a symmetric diverging scale (``RdBu_r``, white = 0) whose limit the
+caller shares across a whole bank; volumes and 3-D kernels are drawn as the middle slice
+along each axis.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+__all__ = ["DPI", "KERNEL_CMAP", "middle_slices", "kernel_grid", "sample_panel",
+           "confusion_figure", "counts_figure", "stages_figure", "curves_figure",
+           "category_colors"]
+
+DPI = 80
+KERNEL_CMAP = "RdBu_r"
+AXIS_NAMES = ("axis 0 (depth)", "axis 1 (rows)", "axis 2 (columns)")
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def middle_slices(array: np.ndarray) -> list[np.ndarray]:
+    """``[array]`` for 2-D arrays; the three middle slices (one per axis) for 3-D ones."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        return [array]
+    return [np.take(array, array.shape[axis] // 2, axis=axis) for axis in range(3)]
+
+
+def category_colors(n: int) -> np.ndarray:
+    """``n`` distinguishable RGBA colours (tab10, tab20, then evenly spaced hues)."""
+    if n <= 10:
+        return plt.get_cmap("tab10")(np.arange(n))
+    if n <= 20:
+        return plt.get_cmap("tab20")(np.arange(n))
+    return plt.get_cmap("hsv")(np.linspace(0, 1, n, endpoint=False))
+
+
+def kernel_grid(kernels: Sequence[np.ndarray], titles: Sequence[str], vmax: float,
+                ncols: int = 8) -> bytes:
+    """Kernels as small images on one symmetric colour scale ``[-vmax, vmax]``.
+
+    Parameters
+    ----------
+    kernels : sequence of arrays of shape (k, k) or (k, k, k)
+        3-D kernels take one row each: their middle slice along every axis.
+    titles : sequence of str
+        One caption per kernel.
+    vmax : float
+        Colour limit shared by every kernel of the bank (so colours compare across
+        figures of one report).
+    ncols : int, default=8
+        Kernels per row for 2-D kernels.
+    """
+    vmax = float(vmax) if vmax > 0 else 1.0
+    three_d = np.asarray(kernels[0]).ndim == 3
+    n = len(kernels)
+    cols = 3 if three_d else min(ncols, n)
+    rows = n if three_d else -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols + 0.8, 1.35 * rows + 0.2),
+                             squeeze=False)
+    image = None
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i, (kernel, title) in enumerate(zip(kernels, titles)):
+        slices = middle_slices(kernel)
+        for j, part in enumerate(slices):
+            ax = axes[i, j] if three_d else axes.flat[i]
+            image = ax.imshow(part, cmap=KERNEL_CMAP, vmin=-vmax, vmax=vmax,
+                              interpolation="nearest")
+            ax.set_title(title if j == 0 else AXIS_NAMES[j], fontsize=7)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="tap weight")
+    return _png(fig)
+
+
+def sample_panel(image: np.ndarray, residual: np.ndarray, categories: np.ndarray,
+                 names: Sequence[str], title: str) -> bytes:
+    """One test image, the residual of its best kernel, and the per-pixel winner map.
+
+    Parameters
+    ----------
+    image, residual : arrays of shape (H, W) or (D, H, W)
+        The z-scored image and the residual map (NaN where no kernel reaches).
+    categories : int array, same shape
+        Category of the best kernel at each pixel (-1 where no kernel reaches).
+    names : sequence of str
+        Legend label of each category.
+    title : str
+    """
+    colors = category_colors(len(names))
+    cmap = ListedColormap(np.vstack([[1, 1, 1, 1], colors]))       # -1 (border) is white
+    rows = list(zip(middle_slices(image), middle_slices(residual), middle_slices(categories)))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 2.7 * len(rows) + 0.4), squeeze=False)
+    limit = float(np.nanmax(np.abs(residual))) if np.isfinite(residual).any() else 1.0
+    for r, (img, res, cat) in enumerate(rows):
+        suffix = f" — {AXIS_NAMES[r]}" if len(rows) > 1 else ""
+        axes[r, 0].imshow(img, cmap="gray", interpolation="nearest")
+        axes[r, 0].set_title("image (z-scored)" + suffix, fontsize=8)
+        shown = axes[r, 1].imshow(res, cmap=KERNEL_CMAP, vmin=-limit, vmax=limit,
+                                  interpolation="nearest")
+        axes[r, 1].set_title("residual of best kernel" + suffix, fontsize=8)
+        fig.colorbar(shown, ax=axes[r, 1], shrink=0.8)
+        axes[r, 2].imshow(cat + 1, cmap=cmap, vmin=0, vmax=len(names),
+                          interpolation="nearest")
+        axes[r, 2].set_title("best kernel per pixel" + suffix, fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    present = np.unique(categories[categories >= 0])
+    handles = [Patch(color=colors[c], label=names[c]) for c in present[:24]]
+    axes[0, 2].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      fontsize=7, frameon=False, title="kernel" if handles else None,
+                      title_fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)
+
+
+def confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
+    """Confusion counts (rows true, columns predicted), coloured by row fraction."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    n = len(labels)
+    fractions = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    side = min(2.0 + 0.45 * n, 14.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    shown = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if fractions[i, j] > 0.5 else "black")
+    ticks = np.arange(n) if n <= 40 else []
+    ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=ax, shrink=0.8, label="fraction of true class")
+    return _png(fig)
+
+
+def counts_figure(counts: dict[str, dict[str, int]]) -> bytes:
+    """Images per class, one bar per split."""
+    splits = sorted(counts)
+    classes = sorted({c for part in counts.values() for c in part})
+    y = np.arange(len(classes))
+    height = 0.8 / max(len(splits), 1)
+    fig, ax = plt.subplots(figsize=(6.0, 0.6 + 0.28 * len(classes) * max(1, len(splits)) ** 0.5))
+    for i, split in enumerate(splits):
+        ax.barh(y + i * height, [counts[split].get(c, 0) for c in classes], height,
+                label=split, color=category_colors(max(len(splits), 1))[i])
+    ax.set_yticks(y + height * (len(splits) - 1) / 2, classes, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("images")
+    ax.legend(fontsize=7, frameon=False)
+    return _png(fig)
+
+
+def stages_figure(names: Sequence[str], seconds: Sequence[float],
+                  rates: Sequence[float | None]) -> bytes:
+    """Wall seconds and images per second of each stage."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 0.8 + 0.35 * len(names)))
+    y = np.arange(len(names))
+    left.barh(y, seconds, color="#4c72b0")
+    left.set_yticks(y, names)
+    left.invert_yaxis()
+    left.set_xlabel("seconds")
+    right.barh(y, [r or 0 for r in rates], color="#55a868")
+    right.set_yticks(y, names)
+    right.invert_yaxis()
+    right.set_xlabel("images / s")
+    return _png(fig)
+
+
+def curves_figure(epochs: Sequence[dict]) -> bytes:
+    """Loss and train/test accuracy per epoch of an end-to-end run."""
+    x = [e["epoch"] for e in epochs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 2.8))
+    left.plot(x, [e["loss"] for e in epochs], "o-", color="#c44e52")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss")
+    for key, color in (("train_accuracy", "#4c72b0"), ("test_accuracy", "#55a868")):
+        right.plot(x, [e.get(key) for e in epochs], "o-", color=color,
+                   label=key.replace("_", " "))
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy")
+    right.set_ylim(0, 1.02)
+    right.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _png(fig)

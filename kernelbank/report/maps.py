@@ -1,0 +1,107 @@
+r"""Per-pixel pictures of how a kernel bank explains one image.
+
+For an image ``x`` (z-scored) and each bank kernel ``k`` at dilation ``δ``, the prediction
+is ``p = k ⋆ x`` and, with the least-squares gain ``g = ⟨p, x⟩ / ⟨p, p⟩``, the residual is
+``e = x − g p`` — exactly the residual whose statistics :func:`kernelbank.bank_features`
+turns into features, on the same common region (pixels whose window fits at the bank's
+largest reach). From the residuals of all kernels this module draws
+
+* the residual map of the *best* kernel (smallest mean ``e²`` over the image), and
+* the *winner* map: at each pixel, the index of the kernel with the smallest ``|e|``
+  (the per-pixel version of the ``<kernel>_win`` feature), a segmentation-like picture.
+
+Both maps are returned at the image's full size; the border the windows cannot reach is
+NaN (residual) or -1 (winner).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.bank import KernelBank
+from ..core.fit import normalize_images
+
+__all__ = ["BankMaps", "bank_maps"]
+
+
+@dataclass(frozen=True)
+class BankMaps:
+    """The maps of one image under one bank.
+
+    Attributes
+    ----------
+    image : ndarray of shape (H, W) or (D, H, W), float64
+        The z-scored image.
+    residual : ndarray, same shape as ``image``
+        Residual ``e`` of the best kernel; NaN on the unreachable border.
+    winner : ndarray of int64, same shape as ``image``
+        Index of the bank kernel with the smallest ``|e|`` at each pixel; -1 on the border.
+    mse : ndarray of shape (n_kernels,)
+        Mean ``e²`` of every kernel over the common region.
+    best : int
+        ``argmin(mse)``.
+    """
+
+    image: np.ndarray
+    residual: np.ndarray
+    winner: np.ndarray
+    mse: np.ndarray
+    best: int
+
+
+def bank_maps(image: np.ndarray, bank: KernelBank, normalize: bool = True) -> BankMaps:
+    """Residual and winner maps of ``image`` under every kernel of ``bank``.
+
+    Parameters
+    ----------
+    image : array of shape (H, W) or (D, H, W)
+        One image (volume) with ``bank.ndim`` dimensions, each side at least
+        ``2 * bank.max_reach + 1``.
+    bank : KernelBank
+    normalize : bool, default=True
+        Z-score the image first, as the fit and feature stages do.
+
+    Returns
+    -------
+    BankMaps
+    """
+    x = torch.as_tensor(np.asarray(image), dtype=torch.float64)
+    if x.ndim != bank.ndim:
+        raise ValueError(f"image has {x.ndim} dimensions (shape {tuple(x.shape)}) but the bank "
+                         f"is {bank.ndim}-D")
+    reach, r = bank.max_reach, bank.radius
+    need = 2 * reach + 1
+    if min(x.shape) < need:
+        raise ValueError(f"image of shape {tuple(x.shape)} is smaller than the {need}-pixel "
+                         f"window of the bank (radius {r}, largest dilation "
+                         f"{int(bank.dilations.max())})")
+    if normalize:
+        x = normalize_images(x[None].clone())[0]
+    valid = tuple(s - 2 * reach for s in x.shape)
+    inner = tuple(slice(reach, reach + v) for v in valid)
+    conv = F.conv2d if bank.ndim == 2 else F.conv3d
+    kernels = bank.kernels.to(torch.float64)[:, None]
+    pred = torch.empty((len(bank),) + valid, dtype=torch.float64)
+    for d in sorted(set(bank.dilations.tolist())):
+        index = torch.nonzero(bank.dilations == d).flatten()
+        off = reach - r * d
+        out = conv(x[None, None], kernels[index], dilation=d)[0]
+        pred[index] = out[(slice(None),) + tuple(slice(off, off + v) for v in valid)]
+    target = x[inner]
+    flat_p, flat_t = pred.flatten(1), target.flatten()
+    pp, pt = (flat_p * flat_p).sum(1), flat_p @ flat_t
+    gain = torch.where(pp > 0, pt / pp.clamp_min(torch.finfo(torch.float64).tiny),
+                       torch.zeros_like(pp))
+    err = target[None] - gain.reshape((-1,) + (1,) * bank.ndim) * pred
+    mse = err.flatten(1).square().mean(1)
+    best = int(mse.argmin())
+    residual = np.full(tuple(x.shape), np.nan)
+    residual[inner] = err[best].numpy()
+    winner = np.full(tuple(x.shape), -1, dtype=np.int64)
+    winner[inner] = err.abs().argmin(0).numpy()
+    return BankMaps(image=x.numpy(), residual=residual, winner=winner, mse=mse.numpy(),
+                    best=best)

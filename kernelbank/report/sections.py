@@ -1,0 +1,315 @@
+"""The sections of the report page, each from :class:`~kernelbank.report.collect.RunData`.
+
+Each ``*_section(data, images)`` returns the section's HTML (empty when the run has
+nothing for it) and adds the PNGs it references to ``images`` (file name → bytes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import figures
+from .collect import RunData
+from .html import figure, number, table, text
+from .maps import bank_maps
+
+__all__ = ["overview_section", "dataset_section", "bank_section", "samples_section",
+           "results_section", "performance_section", "training_section", "precision_recall"]
+
+STAGES = ("fit", "reduce", "features", "classify")
+#: Banks with at most this many kernels colour the winner map per kernel, else per class.
+MAX_KERNEL_CATEGORIES = 20
+
+
+def _stages(data: RunData) -> dict[str, Any]:
+    return (data.summary or {}).get("stages", {})
+
+
+def overview_section(data: RunData, images: dict[str, bytes]) -> str:
+    s = data.summary
+    if not s:
+        return ""
+    cards = [("images fitted", "images", 0, False), ("records read", "records", 0, False),
+             ("error rows", "errors", 0, False), ("test accuracy", "test_accuracy", 2, True),
+             ("run seconds", "seconds", 1, False)]
+    body = '<div class="cards">' + "".join(
+        f'<div class="card"><b>{number(s.get(k), k, digits=d, percent=p)}</b>{label}</div>'
+        for label, k, d, p in cards if k in s) + "</div>"
+    settings = s.get("settings", {})
+    if settings:
+        body += "<h3>Settings</h3>" + table(
+            ["setting", "value"],
+            [[text(k), number(v, f"settings.{k}")] for k, v in settings.items()])
+    return body
+
+
+def dataset_section(data: RunData, images: dict[str, bytes]) -> str:
+    body = ""
+    fit = _stages(data).get("fit", {})
+    counts = fit.get("counts", {})
+    if counts:
+        splits = sorted(counts)
+        classes = sorted({c for part in counts.values() for c in part})
+        rows = [[text(c)] + [number(counts[sp].get(c), f"stages.fit.counts.{sp}.{c}")
+                             if c in counts[sp] else "0" for sp in splits] for c in classes]
+        body += "<h3>Images per class and split</h3>" + table(
+            ["class"] + [text(sp) for sp in splits], rows, numeric=range(1, len(splits) + 1),
+            key="counts")
+        images["counts.png"] = figures.counts_figure(counts)
+        body += figure("counts.png", "Fitted images per class, one bar per split.",
+                       "images per class and split")
+    if data.shapes:
+        top = data.shapes.most_common(15)
+        body += "<h3>Image sizes</h3>" + table(
+            ["shape", "images"], [[text(" × ".join(map(str, s))), str(n)] for s, n in top],
+            numeric=[1]) + (f"<p>{len(data.shapes)} distinct shapes; the 15 most common are "
+                            f"shown.</p>" if len(data.shapes) > 15 else "")
+    body += "<h3>Errors</h3>" + _errors_html(data)
+    return body
+
+
+def _errors_html(data: RunData) -> str:
+    per_stage = {name: st.get("errors", {}) for name, st in _stages(data).items()
+                 if isinstance(st, dict) and st.get("errors")}
+    if not per_stage and not data.n_errors:
+        return "<p>No record was rejected.</p>"
+    rows = [[text(stage), text(kind), number(n, f"stages.{stage}.errors.{kind}")]
+            for stage, kinds in per_stage.items() for kind, n in kinds.items()]
+    body = table(["stage", "error kind", "records"], rows, numeric=[2], key="errors-per-stage")
+    shown = len(data.errors)
+    body += (f'<p class="err">{number(data.n_errors, "n_errors", "derived", 0)} rows in '
+             f"<code>errors/</code>; {'all' if shown == data.n_errors else f'the first {shown}'}"
+             " shown.</p>")
+    body += table(["path", "label", "split", "stage", "reason"],
+                  [[text(r.get("path")), text(r.get("label")), text(r.get("split")),
+                    text(r.get("stage")), text(r.get("reason"))] for r in data.errors],
+                  key="errors")
+    return body
+
+
+def _kernel_captions(bank, data: RunData) -> list[str]:
+    """A short caption per kernel: role (pooled, mean, ±pc), dilation, explained variance."""
+    captions, seen = [], {}
+    for i, (c, d, method) in enumerate(zip(bank.class_index.tolist(), bank.dilations.tolist(),
+                                           bank.kernel_methods)):
+        position = seen.get((c, d), 0)
+        seen[(c, d)] = position + 1
+        if method == "pca":
+            role = "mean" if position == 0 else \
+                f"{'+' if position % 2 else '−'}pc{(position + 1) // 2}"
+            ratio = None if data.variance_ratio is None else data.variance_ratio[i]
+            if role != "mean" and ratio is not None and np.isfinite(ratio):
+                role += f" {100 * ratio:.0f}%"
+        elif method == "kmeans":
+            role = f"centre {position + 1}"
+        else:
+            role = method
+        captions.append(f"{role} · d{d}")
+    return captions
+
+
+def bank_section(data: RunData, images: dict[str, bytes], max_classes: int = 24) -> str:
+    bank = data.bank
+    if bank is None:
+        return ""
+    vmax = float(bank.kernels.abs().max())
+    captions = _kernel_captions(bank, data)
+    body = (f"<p>Method <b>{text(bank.method)}</b>, {len(bank)} kernels of radius {bank.radius} "
+            f"at dilations {text(sorted(set(bank.dilations.tolist())))}. All kernels share one "
+            f"colour scale (red positive, blue negative, limit ±{vmax:.3g}); the centre tap is "
+            f"always 0. <i>d</i> is the dilation (tap spacing).</p>")
+    groups = [(c, bank.class_names[c]) for c in range(len(bank.class_names))]
+    if (bank.class_index < 0).any():
+        groups.append((-1, "class-free kernels"))
+    kernels = bank.kernels.numpy()
+    for n, (c, name) in enumerate(groups):
+        index = [i for i in range(len(bank)) if bank.class_index[i] == c]
+        if not index:
+            continue
+        if n >= max_classes:
+            body += f'<p class="note">Banks of {len(groups) - n} more classes not drawn.</p>'
+            break
+        file = f"bank_{n:03d}.png"
+        images[file] = figures.kernel_grid([kernels[i] for i in index],
+                                           [captions[i] for i in index], vmax)
+        body += f"<h3>{text(name)}</h3>" + figure(
+            file, f"{len(index)} kernels of {text(name)}.", f"bank kernels of {name}")
+    if bank.explained_variance is not None:
+        rows = []
+        names = bank.kernel_names
+        for i in range(len(bank)):
+            ev = float(bank.explained_variance[i])
+            if not np.isfinite(ev) or captions[i].startswith("−"):
+                continue
+            ratio = None if data.variance_ratio is None else float(data.variance_ratio[i])
+            rows.append([text(names[i]), text(captions[i].split(" ")[0]),
+                         f"{ev:.4g}", "n/a" if ratio is None else f"{100 * ratio:.1f} %"])
+        body += ("<h3>PCA explained variance</h3><p>Variance of the class's AR coefficients "
+                 "along each principal direction, and its share of the class's total "
+                 "coefficient variance at that dilation (kernels are mean ± one standard "
+                 "deviation along the direction).</p>" +
+                 table(["kernel", "direction", "variance", "share"], rows, numeric=[2, 3]))
+    return body
+
+
+def _categories(bank, winner: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Winner map as categories: kernels for small banks, their classes for large ones."""
+    if len(bank) <= MAX_KERNEL_CATEGORIES:
+        return winner, list(bank.kernel_names)
+    owners = bank.class_index.numpy()
+    names = list(bank.class_names)
+    if (owners < 0).any():
+        owners = np.where(owners < 0, len(names), owners)
+        names.append("class-free")
+    return np.where(winner >= 0, owners[np.clip(winner, 0, None)], -1), names
+
+
+def samples_section(data: RunData, images: dict[str, bytes]) -> str:
+    bank = data.bank
+    if bank is None or not data.samples:
+        return ""
+    per = "kernel" if len(bank) <= MAX_KERNEL_CATEGORIES else "class of the kernel"
+    body = (f"<p>For a few test images per class: the image, the residual "
+            f"<i>e = x − g (k ⋆ x)</i> of the bank kernel with the smallest mean squared "
+            f"residual, and, at each pixel, the {per} with the smallest |<i>e</i>| (white: "
+            f"border the largest dilated window cannot reach).</p>")
+    names = bank.kernel_names
+    for n, sample in enumerate(data.samples):
+        title = f"{sample['label']} ({sample['split']}): {sample['path'].rsplit('/', 1)[-1]}"
+        if "image" not in sample:
+            body += f'<p class="err">{text(title)}: {text(sample.get("problem"))}</p>'
+            continue
+        try:
+            maps = bank_maps(sample["image"], bank)
+        except ValueError as error:
+            body += f'<p class="err">{text(title)}: {text(error)}</p>'
+            continue
+        categories, labels = _categories(bank, maps.winner)
+        file = f"sample_{n:03d}.png"
+        images[file] = figures.sample_panel(maps.image, maps.residual, categories, labels, title)
+        body += figure(file, f"{text(sample['path'])} — best kernel "
+                             f"<code>{text(names[maps.best])}</code>, residual MSE "
+                             f"{maps.mse[maps.best]:.4f}", f"maps of {title}")
+    return body
+
+
+def precision_recall(matrix: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, F1 and support from confusion counts (rows true)."""
+    from sklearn.metrics import precision_recall_fscore_support
+    matrix = np.asarray(matrix)
+    rows, cols = np.nonzero(matrix)
+    names = np.asarray(labels, dtype=object)
+    p, r, f, s = precision_recall_fscore_support(
+        names[rows], names[cols], labels=labels, sample_weight=matrix[rows, cols],
+        zero_division=0)
+    return {"precision": p, "recall": r, "f1": f, "support": matrix.sum(1)}
+
+
+def results_section(data: RunData, images: dict[str, bytes]) -> str:
+    classify = _stages(data).get("classify")
+    body = ""
+    methods = []
+    if classify:
+        methods += [("ridge classifier on bank features", classify.get("test_accuracy"),
+                     "stages.classify.test_accuracy", "summary"),
+                    ("likelihood (per-class AR models)", classify.get("likelihood_test_accuracy"),
+                     "stages.classify.likelihood_test_accuracy", "summary")]
+    if data.train_summary:
+        methods.append(("end-to-end model (best epoch)", data.train_summary.get("test_accuracy"),
+                        "test_accuracy", "train"))
+    if not methods:
+        return ""
+    body += "<h3>Test accuracy per method</h3>" + table(
+        ["method", "test accuracy"],
+        [[text(m), number(v, k, src, digits=4)] for m, v, k, src in methods], numeric=[1],
+        key="accuracy")
+    splits = (classify or {}).get("splits", {})
+    split = "test" if "test" in splits else next(iter(sorted(splits)), None)
+    if split is None:
+        return body
+    part = splits[split]
+    labels, matrix = part["labels"], np.asarray(part["confusion"])
+    images["confusion.png"] = figures.confusion_figure(
+        matrix, labels, f"ridge classifier, {split} split")
+    body += f"<h3>Confusion matrix ({text(split)} split)</h3>" + figure(
+        "confusion.png", "Rows: true class; columns: predicted class; colour: fraction of the "
+                         "true class.", "confusion matrix")
+    if len(labels) <= 30:
+        key = f"stages.classify.splits.{split}.confusion"
+        body += table(["true \\ predicted"] + [text(c) for c in labels],
+                      [[text(c)] + [number(int(v), f"{key}.{i}.{j}") for j, v in enumerate(row)]
+                       for i, (c, row) in enumerate(zip(labels, matrix.tolist()))],
+                      numeric=range(1, len(labels) + 1), key="confusion")
+    scores = precision_recall(matrix, labels)
+    body += "<h3>Per-class precision and recall</h3>" + table(
+        ["class", "precision", "recall", "F1", "support"],
+        [[text(c)] + [number(float(scores[m][i]), f"{m}.{c}", "derived", 3)
+                      for m in ("precision", "recall", "f1")] +
+         [number(int(scores["support"][i]), f"support.{c}", "derived")]
+         for i, c in enumerate(labels)], numeric=[1, 2, 3, 4], key="precision-recall")
+    body += ("<p>Computed with <code>sklearn.metrics.precision_recall_fscore_support</code> from "
+             "the confusion counts in <code>summary.json</code> (the pipeline stores counts, "
+             "not per-image predictions).</p>")
+    return body
+
+
+def performance_section(data: RunData, images: dict[str, bytes]) -> str:
+    stages = _stages(data)
+    names = [s for s in STAGES if s in stages] + [s for s in stages if s not in STAGES]
+    if not names:
+        return ""
+    rows = []
+    for s in names:
+        st = stages[s]
+        errors = sum((st.get("errors") or {}).values()) if isinstance(st.get("errors"), dict) \
+            else 0
+        rows.append([text(s), number(st.get("seconds"), f"stages.{s}.seconds", digits=2),
+                     number(st.get("images"), f"stages.{s}.images") if "images" in st else "",
+                     number(st.get("images_per_second"), f"stages.{s}.images_per_second",
+                            digits=1),
+                     str(errors)])
+    body = table(["stage", "seconds", "images", "images/s", "errors"], rows,
+                 numeric=[1, 2, 3, 4], key="stages")
+    images["stages.png"] = figures.stages_figure(
+        names, [stages[s].get("seconds") or 0 for s in names],
+        [stages[s].get("images_per_second") for s in names])
+    body += figure("stages.png", "Wall time and throughput per stage.", "stage timings")
+    ray = (data.summary or {}).get("ray")
+    if ray:
+        res = ray.get("resources", {})
+        body += (f"<p>Ray ({text(ray.get('mode'))}): {res.get('CPU', 0):g} CPUs, "
+                 f"{res.get('GPU', 0):g} GPUs; start-up "
+                 f"{number(ray.get('seconds'), 'ray.seconds', digits=1)} s.</p>")
+    return body
+
+
+def training_section(data: RunData, images: dict[str, bytes]) -> str:
+    t = data.train_summary
+    if not t:
+        return ""
+    epochs = t.get("epochs") or []
+    body = (f"<p>Best epoch {number(t.get('best_epoch'), 'best_epoch', 'train')} with test "
+            f"accuracy {number(t.get('test_accuracy'), 'test_accuracy', 'train', 4)}; "
+            f"{number(t.get('images_per_s'), 'images_per_s', 'train', 1)} training images/s; "
+            f"model <code>{text(t.get('checkpoint'))}</code>.</p>")
+    if epochs:
+        images["learning_curves.png"] = figures.curves_figure(epochs)
+        body += figure("learning_curves.png", "Training loss and accuracy per epoch.",
+                       "learning curves")
+        keys = ("loss", "train_accuracy", "test_accuracy", "images_per_s")
+        body += table(["epoch"] + list(keys),
+                      [[str(e.get("epoch"))] + [number(e.get(k), f"epochs.{i}.{k}", "train", 4)
+                                                for k in keys] for i, e in enumerate(epochs)],
+                      numeric=range(1, 5), key="epochs")
+    if data.learned:
+        kernels, dilations = data.learned["kernels"], data.learned["dilations"]
+        flat = [kernels[i, j] for i in range(kernels.shape[0]) for j in range(kernels.shape[1])]
+        titles = [f"k{j} · d{d}" for d in dilations for j in range(kernels.shape[1])]
+        images["learned_kernels.png"] = figures.kernel_grid(
+            flat, titles, float(np.abs(kernels).max()), ncols=kernels.shape[1])
+        body += "<h3>Learned kernels</h3>" + figure(
+            "learned_kernels.png", "Kernels of the exported end-to-end model, one row per "
+                                   "dilation, on one shared colour scale.", "learned kernels")
+    return body
