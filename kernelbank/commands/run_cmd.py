@@ -6,7 +6,9 @@
 
 Prints one line per stage (Ray Data shows per-operator progress while it runs) and
 where the outputs are; exits 0 when the run completed, even if some records were bad
-(they are in ``OUTPUT/errors/`` and counted in ``OUTPUT/summary.json``).
+(they are in ``OUTPUT/errors/`` and counted in ``OUTPUT/summary.json``). Then writes
+the report ``OUTPUT/report/index.html`` and prints its path as the last line
+(``--no-report`` skips it; ``kernelbank report OUTPUT`` writes it later).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "compute bank features and classify; writes OUTPUT/{fit,banks,features,"
                     "errors}/ and OUTPUT/summary.json.")
     add_pipeline_options(parser)
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip writing OUTPUT/report/index.html (see `kernelbank report`)")
     parser.set_defaults(handler=main)
     return parser
 
@@ -36,4 +40,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {summary['output']}: {summary['images']} images, {summary['errors']} errors, "
           f"test_accuracy={'n/a' if acc is None else f'{acc:.4f}'}; see "
           f"{summary['output'].rstrip('/')}/summary.json")
+    if not getattr(args, "no_report", False):
+        from ..report import write_report
+        print(write_report(summary["output"], s3_endpoint=getattr(args, "s3_endpoint", None)))
     return 0
