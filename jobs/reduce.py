@@ -1,0 +1,17 @@
+"""Ray job entry point for the reduce stage; same options as ``kernelbank reduce``.
+
+    ray job submit --working-dir . -- python jobs/reduce.py --help
+
+Inside a job, ``ray.init()`` joins the cluster through the ``RAY_ADDRESS`` the job
+runner sets; input and output must be shared storage (s3://, gs://, NFS).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the shipped working dir
+
+from kernelbank.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["reduce", *sys.argv[1:]]))
