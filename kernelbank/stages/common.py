@@ -68,6 +68,9 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
     if num_gpus > 0:
         upper = num_gpus
         resources = {"num_gpus": 1, "num_cpus": 1}
+        if not ray.cluster_resources().get("GPU"):
+            log(f"asked for {num_gpus} GPU actor(s) but the cluster has no GPU now: an "
+                "autoscaler must add GPU nodes, otherwise the stage waits (use --num-gpus 0)")
     else:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         upper = max_actors or max(1, cpus // threads)
