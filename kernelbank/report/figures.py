@@ -92,7 +92,7 @@ def kernel_grid(kernels: Sequence[np.ndarray], titles: Sequence[str], vmax: floa
 
 
 def sample_panel(image: np.ndarray, residual: np.ndarray, categories: np.ndarray,
-                 names: Sequence[str], title: str) -> bytes:
+                 names: Sequence[str], title: str, legend_title: str = "kernel") -> bytes:
     """One test image, the residual of its best kernel, and the per-pixel winner map.
 
     Parameters
@@ -104,11 +104,14 @@ def sample_panel(image: np.ndarray, residual: np.ndarray, categories: np.ndarray
     names : sequence of str
         Legend label of each category.
     title : str
+    legend_title : str, default="kernel"
+        What a category is (``kernel``, ``class of kernel``).
     """
     colors = category_colors(len(names))
     cmap = ListedColormap(np.vstack([[1, 1, 1, 1], colors]))       # -1 (border) is white
     rows = list(zip(middle_slices(image), middle_slices(residual), middle_slices(categories)))
-    fig, axes = plt.subplots(len(rows), 3, figsize=(8.4, 2.7 * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9.0, 2.6 * len(rows) + 0.4), squeeze=False,
+                             layout="constrained")
     limit = float(np.nanmax(np.abs(residual))) if np.isfinite(residual).any() else 1.0
     for r, (img, res, cat) in enumerate(rows):
         suffix = f" — {AXIS_NAMES[r]}" if len(rows) > 1 else ""
@@ -117,7 +120,7 @@ def sample_panel(image: np.ndarray, residual: np.ndarray, categories: np.ndarray
         shown = axes[r, 1].imshow(res, cmap=KERNEL_CMAP, vmin=-limit, vmax=limit,
                                   interpolation="nearest")
         axes[r, 1].set_title("residual of best kernel" + suffix, fontsize=8)
-        fig.colorbar(shown, ax=axes[r, 1], shrink=0.8)
+        fig.colorbar(shown, ax=axes[r, 1], shrink=0.8, label="residual")
         axes[r, 2].imshow(cat + 1, cmap=cmap, vmin=0, vmax=len(names),
                           interpolation="nearest")
         axes[r, 2].set_title("best kernel per pixel" + suffix, fontsize=8)
@@ -127,7 +130,7 @@ def sample_panel(image: np.ndarray, residual: np.ndarray, categories: np.ndarray
     present = np.unique(categories[categories >= 0])
     handles = [Patch(color=colors[c], label=names[c]) for c in present[:24]]
     axes[0, 2].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                      fontsize=7, frameon=False, title="kernel" if handles else None,
+                      fontsize=7, frameon=False, title=legend_title if handles else None,
                       title_fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _png(fig)
@@ -170,14 +173,15 @@ def counts_figure(counts: dict[str, dict[str, int]]) -> bytes:
     ax.set_yticks(y + height * (len(splits) - 1) / 2, classes, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("images")
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
 
 
 def stages_figure(names: Sequence[str], seconds: Sequence[float],
                   rates: Sequence[float | None]) -> bytes:
     """Wall seconds and images per second of each stage."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 0.8 + 0.35 * len(names)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 0.8 + 0.35 * len(names)),
+                                      layout="constrained")
     y = np.arange(len(names))
     left.barh(y, seconds, color="#4c72b0")
     left.set_yticks(y, names)

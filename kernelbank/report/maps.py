@@ -9,6 +9,9 @@ largest reach). From the residuals of all kernels this module draws
 * the residual map of the *best* kernel (smallest mean ``e²`` over the image), and
 * the *winner* map: at each pixel, the index of the kernel with the smallest ``|e|``
   (the per-pixel version of the ``<kernel>_win`` feature), a segmentation-like picture.
+  With ``smooth = s > 0`` the winner is the kernel with the smallest mean ``e²`` over the
+  ``(2s+1)``-wide box around the pixel (clipped to the common region), which turns the
+  pixel noise into regions.
 
 Both maps are returned at the image's full size; the border the windows cannot reach is
 NaN (residual) or -1 (winner).
@@ -53,7 +56,8 @@ class BankMaps:
     best: int
 
 
-def bank_maps(image: np.ndarray, bank: KernelBank, normalize: bool = True) -> BankMaps:
+def bank_maps(image: np.ndarray, bank: KernelBank, normalize: bool = True,
+              smooth: int = 0) -> BankMaps:
     """Residual and winner maps of ``image`` under every kernel of ``bank``.
 
     Parameters
@@ -64,11 +68,16 @@ def bank_maps(image: np.ndarray, bank: KernelBank, normalize: bool = True) -> Ba
     bank : KernelBank
     normalize : bool, default=True
         Z-score the image first, as the fit and feature stages do.
+    smooth : int, default=0
+        Half-width of the box over which squared residuals are averaged before the
+        per-pixel winner is chosen; 0 compares ``|e|`` pixel by pixel.
 
     Returns
     -------
     BankMaps
     """
+    if not isinstance(smooth, (int, np.integer)) or smooth < 0:
+        raise ValueError(f"smooth must be an integer >= 0, got {smooth!r}")
     x = torch.as_tensor(np.asarray(image), dtype=torch.float64)
     if x.ndim != bank.ndim:
         raise ValueError(f"image has {x.ndim} dimensions (shape {tuple(x.shape)}) but the bank "
@@ -102,6 +111,12 @@ def bank_maps(image: np.ndarray, bank: KernelBank, normalize: bool = True) -> Ba
     residual = np.full(tuple(x.shape), np.nan)
     residual[inner] = err[best].numpy()
     winner = np.full(tuple(x.shape), -1, dtype=np.int64)
-    winner[inner] = err.abs().argmin(0).numpy()
+    if smooth:
+        pool = F.avg_pool2d if bank.ndim == 2 else F.avg_pool3d
+        local = pool(err.square()[None], 2 * smooth + 1, stride=1, padding=smooth,
+                     count_include_pad=False)[0]
+        winner[inner] = local.argmin(0).numpy()
+    else:
+        winner[inner] = err.abs().argmin(0).numpy()
     return BankMaps(image=x.numpy(), residual=residual, winner=winner, mse=mse.numpy(),
                     best=best)

@@ -21,6 +21,8 @@ __all__ = ["overview_section", "dataset_section", "bank_section", "samples_secti
 STAGES = ("fit", "reduce", "features", "classify")
 #: Banks with at most this many kernels colour the winner map per kernel, else per class.
 MAX_KERNEL_CATEGORIES = 20
+#: Half-width of the box over which the winner map compares squared residuals.
+WINNER_SMOOTH = 2
 
 
 def _stages(data: RunData) -> dict[str, Any]:
@@ -32,7 +34,7 @@ def overview_section(data: RunData, images: dict[str, bytes]) -> str:
     if not s:
         return ""
     cards = [("images fitted", "images", 0, False), ("records read", "records", 0, False),
-             ("error rows", "errors", 0, False), ("test accuracy", "test_accuracy", 2, True),
+             ("error rows", "errors", 0, False), ("test accuracy", "test_accuracy", 3, True),
              ("run seconds", "seconds", 1, False)]
     body = '<div class="cards">' + "".join(
         f'<div class="card"><b>{number(s.get(k), k, digits=d, percent=p)}</b>{label}</div>'
@@ -132,8 +134,11 @@ def bank_section(data: RunData, images: dict[str, bytes], max_classes: int = 24)
             body += f'<p class="note">Banks of {len(groups) - n} more classes not drawn.</p>'
             break
         file = f"bank_{n:03d}.png"
+        per_dilation = max(int((bank.dilations[index] == d).sum())
+                           for d in set(bank.dilations[index].tolist()))
         images[file] = figures.kernel_grid([kernels[i] for i in index],
-                                           [captions[i] for i in index], vmax)
+                                           [captions[i] for i in index], vmax,
+                                           ncols=max(per_dilation, 2) if per_dilation <= 10 else 8)
         body += f"<h3>{text(name)}</h3>" + figure(
             file, f"{len(index)} kernels of {text(name)}.", f"bank kernels of {name}")
     if bank.explained_variance is not None:
@@ -173,8 +178,9 @@ def samples_section(data: RunData, images: dict[str, bytes]) -> str:
     per = "kernel" if len(bank) <= MAX_KERNEL_CATEGORIES else "class of the kernel"
     body = (f"<p>For a few test images per class: the image, the residual "
             f"<i>e = x − g (k ⋆ x)</i> of the bank kernel with the smallest mean squared "
-            f"residual, and, at each pixel, the {per} with the smallest |<i>e</i>| (white: "
-            f"border the largest dilated window cannot reach).</p>")
+            f"residual, and, at each pixel, the {per} with the smallest mean <i>e</i>² over the "
+            f"{2 * WINNER_SMOOTH + 1}-pixel box around it (white: the border the largest "
+            f"dilated window cannot reach).</p>")
     names = bank.kernel_names
     for n, sample in enumerate(data.samples):
         title = f"{sample['label']} ({sample['split']}): {sample['path'].rsplit('/', 1)[-1]}"
@@ -182,13 +188,15 @@ def samples_section(data: RunData, images: dict[str, bytes]) -> str:
             body += f'<p class="err">{text(title)}: {text(sample.get("problem"))}</p>'
             continue
         try:
-            maps = bank_maps(sample["image"], bank)
+            maps = bank_maps(sample["image"], bank, smooth=WINNER_SMOOTH)
         except ValueError as error:
             body += f'<p class="err">{text(title)}: {text(error)}</p>'
             continue
         categories, labels = _categories(bank, maps.winner)
         file = f"sample_{n:03d}.png"
-        images[file] = figures.sample_panel(maps.image, maps.residual, categories, labels, title)
+        images[file] = figures.sample_panel(
+            maps.image, maps.residual, categories, labels, title,
+            "kernel" if len(bank) <= MAX_KERNEL_CATEGORIES else "class of kernel")
         body += figure(file, f"{text(sample['path'])} — best kernel "
                              f"<code>{text(names[maps.best])}</code>, residual MSE "
                              f"{maps.mse[maps.best]:.4f}", f"maps of {title}")
