@@ -338,10 +338,11 @@ class EndToEndClassifier(nn.Module):
                      else nn.BatchNorm1d(n, **factory))
         n_classes = len(config.class_names)
         if config.hidden:
-            self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(n, config.hidden, **factory),
-                                      nn.GELU(), nn.Linear(config.hidden, n_classes, **factory))
+            layers = [nn.Linear(n, config.hidden, **factory), nn.GELU(),
+                      nn.Linear(config.hidden, n_classes, **factory)]
         else:
-            self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(n, n_classes, **factory))
+            layers = [nn.Linear(n, n_classes, **factory)]
+        self.head = nn.Sequential(nn.Dropout(config.dropout), *layers)
 
     # ------------------------------------------------------------------ init
     def init_random(self, scale: float = 0.3, random_state: int | None = 0) -> "EndToEndClassifier":

@@ -129,7 +129,8 @@ def test_residuals_match_direct_convolution():
                                                                   q + reach + dilation * b]
                            for a in range(-radius, radius + 1) for b in range(-radius, radius + 1))
                 expected[p, q] = x[0, p + reach, q + reach] - pred
-        np.testing.assert_allclose(residual[0, k].detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(residual[0, k].detach().numpy(), expected,
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_projection_is_exact_for_full_and_ring_mean_for_isotropic():
@@ -173,7 +174,8 @@ def test_save_load_roundtrip_and_predict(tmp_path):
     loaded = load_model(str(path))
     assert loaded.config == model.config and loaded.metadata == {"test_accuracy": 0.5}
     torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
-    mixed = [np.random.default_rng(i).normal(size=s) for i, s in enumerate([(24, 24), (30, 20), (24, 24)])]
+    mixed = [np.random.default_rng(i).normal(size=s)
+             for i, s in enumerate([(24, 24), (30, 20), (24, 24)])]
     expected = [CLASSES[int(model(torch.as_tensor(m, dtype=torch.float32)[None]).argmax())]
                 for m in mixed]
     assert loaded.predict(mixed) == expected

@@ -4,7 +4,8 @@
                      [--epochs E] [--lr LR] [--use-gpu] ...
     kernelbank predict MODEL IMAGE [IMAGE ...] [--device cpu|cuda]
 
-``train`` needs no option: it trains on the built-in textures and writes
+``train`` needs no option: it trains on the built-in texture patches (the default
+input of ``kernelbank run``) and writes
 ``kernelbank_output/train/{model.pt,summary.json}``. ``predict`` prints one
 ``<image>\t<class>`` line per image.
 """
@@ -29,13 +30,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--input", default=None,
                       help="images URL (folder or Parquet, with train/test splits); "
-                           "default: the built-in textures")
+                           "default: the built-in texture patches, as for 'kernelbank run'")
     data.add_argument("--output", default=DEFAULT_OUTPUT,
                       help=f"output URL; writes OUTPUT/train/ (default {DEFAULT_OUTPUT})")
     data.add_argument("--classes", default=None, type=lambda s: tuple(s.split(",")),
                       help="comma-separated classes to use (default: all in the train split)")
-    data.add_argument("--patch-size", type=int, default=32,
-                      help="patch side of the built-in textures (default 32)")
     data.add_argument("--s3-endpoint", default=None,
                       help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     model = parser.add_argument_group("model")
@@ -48,19 +47,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--dilations", type=_int_list, default=(1, 2, 4),
                        help="comma-separated dilations (default 1,2,4)")
     model.add_argument("--n-kernels", type=int, default=8, help="kernels per dilation (default 8)")
-    model.add_argument("--grid", type=int, default=2, help="residual-energy pooling grid (default 2)")
-    model.add_argument("--hidden", type=int, default=64, help="MLP hidden width, 0 = linear (default 64)")
+    model.add_argument("--grid", type=int, default=2,
+                       help="residual-energy pooling grid (default 2)")
+    model.add_argument("--hidden", type=int, default=64,
+                       help="MLP hidden width, 0 = linear (default 64)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
     train.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
     train.add_argument("--batch-size", type=int, default=32, help="batch per worker (default 32)")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    train.add_argument("--weight-decay", type=float, default=0.0,
+                       help="Adam weight decay (default 0)")
     train.add_argument("--seed", type=int, default=0, help="random_state (default 0)")
     ray_group = parser.add_argument_group("Ray")
     ray_group.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     ray_group.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     ray_group.add_argument("--cpus-per-worker", type=float, default=0.5,
-                           help="CPUs reserved per worker; leave some for data reading (default 0.5)")
+                           help="CPUs reserved per worker; leave some for data reading "
+                                "(default 0.5)")
     ray_group.add_argument("--storage-path", default=None,
                            help="checkpoint storage URL (default OUTPUT/train/runs)")
     ray_group.add_argument("--run-name", default="end_to_end",
@@ -82,7 +85,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "predict", help="classify images with an exported end-to-end model",
         description="Print '<image>\\t<class>' for each image.")
     predict.add_argument("model", help="model file written by 'kernelbank train' (path or URL)")
-    predict.add_argument("images", nargs="+", help="image files (paths or URLs; PNG/JPEG/TIFF/.npy)")
+    predict.add_argument("images", nargs="+",
+                         help="image files (paths or URLs; PNG/JPEG/TIFF/.npy)")
     predict.add_argument("--device", default="cpu", help="torch device (default cpu)")
     predict.set_defaults(handler=predict_main)
     return parser
@@ -97,17 +101,19 @@ def config_from_args(args: argparse.Namespace):
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, radius=args.radius, basis=args.basis,
         dilations=args.dilations, n_kernels=args.n_kernels, grid=args.grid, hidden=args.hidden,
-        patch_size=args.patch_size, classes=args.classes, storage_path=args.storage_path,
+        classes=args.classes, storage_path=args.storage_path,
         run_name=args.run_name, random_state=args.seed, s3_endpoint=args.s3_endpoint)
 
 
 def main(args: argparse.Namespace) -> int:
     """Train, print the per-epoch metrics and where the model went."""
+    if args.input is None:                  # the same built-in data as `kernelbank run`
+        from .pipeline_args import default_input
+        args.input = default_input()
     config = config_from_args(args)
-    import ray
+    from ..stages.common import connect_ray
     from ..stages.train import run_train
-    if not ray.is_initialized():
-        ray.init(address=args.ray_address, log_to_driver=False, configure_logging=False)
+    connect_ray(args.ray_address)
     summary = run_train(config)
     for h in summary["epochs"]:
         print(f"epoch {h['epoch']}: loss {h['loss']:.4f}  train acc {h['train_accuracy']:.3f}  "
