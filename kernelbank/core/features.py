@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from .bank import KernelBank
 from .basis import Basis
-from .fit import _as_tensor_list, _check_values, _compute_dtype, fit, normalize_images
+from .fit import check_finite, fit, group_by_shape, normalize_images
 from .solve import solve_normal_equations
 
 __all__ = ["bank_features", "bank_feature_names", "ar_features", "ar_feature_names"]
@@ -172,23 +172,20 @@ def bank_features(images, bank: KernelBank, grid: int = 2, normalize: bool = Tru
         raise TypeError(f"bank must be a kernelbank.KernelBank, got {type(bank).__name__}")
     if not isinstance(grid, (int, np.integer)) or grid < 1:
         raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
-    items = _as_tensor_list(images, bank.ndim)
-    dtype = _compute_dtype(items)
-    device = items[0].device
+    groups, dtype, device = group_by_shape(images, bank.ndim)
     need = 2 * bank.max_reach + 1
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, item in enumerate(items):
-        if min(item.shape) < need:
+    for indices, batch in groups:
+        if min(batch.shape[1:]) < need:
             raise ValueError(
-                f"image {index} has shape {tuple(item.shape)}, smaller than the {need}-pixel "
-                f"window of the bank (radius {bank.radius}, largest dilation "
+                f"image {indices[0]} has shape {tuple(batch.shape[1:])}, smaller than the "
+                f"{need}-pixel window of the bank (radius {bank.radius}, largest dilation "
                 f"{int(bank.dilations.max())}); drop it or use a bank with smaller dilations")
-        groups.setdefault(tuple(item.shape), []).append(index)
+    n_images = sum(len(indices) for indices, _ in groups)
     n_cols = len(bank) * (len(_PER_KERNEL) + grid ** bank.ndim + 1 + int(joint))
-    out = torch.empty((len(items), n_cols), dtype=torch.float64, device=device)
-    for shape, indices in groups.items():
-        batch = torch.stack([items[i] for i in indices]).to(device=device, dtype=dtype)
-        _check_values(batch, indices)
+    out = torch.empty((n_images, n_cols), dtype=torch.float64, device=device)
+    for indices, batch in groups:
+        shape = tuple(batch.shape[1:])
+        check_finite(batch, indices)
         if normalize:
             batch = normalize_images(batch)
         per_image = len(bank) * int(np.prod([s - 2 * bank.max_reach for s in shape]))

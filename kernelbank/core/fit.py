@@ -36,7 +36,8 @@ from .basis import Basis
 from .responses import augmented_gram, residual_sums
 from .solve import solve_normal_equations
 
-__all__ = ["FitResult", "fit", "normal_equations", "normalize_images", "pyramid_level"]
+__all__ = ["FitResult", "check_finite", "fit", "group_by_shape", "normal_equations",
+           "normalize_images", "pyramid_level"]
 
 ImageBatch = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]
 
@@ -90,38 +91,50 @@ class FitResult:
 
 
 # ---------------------------------------------------------------------------- checks
-def _as_tensor_list(images: ImageBatch, ndim: int) -> list[torch.Tensor]:
-    """Turn the accepted image containers into a list of tensors, checking each."""
+def group_by_shape(images: ImageBatch, ndim: int
+                    ) -> tuple[list[tuple[list[int], torch.Tensor]], torch.dtype, torch.device]:
+    """Split the accepted containers into batches of equal shape, checking each image.
+
+    Returns ``[(indices, batch)]`` with floating batches, the compute dtype and device.
+    A single array or tensor is one batch and is not copied unless its dtype changes.
+    """
+    spatial = f"(N, {'D, ' if ndim == 3 else ''}H, W)"
     if isinstance(images, (np.ndarray, torch.Tensor)):
         if images.ndim == ndim:
-            raise ValueError(
-                f"expected a batch of shape (N, {'D, ' if ndim == 3 else ''}H, W), got a "
-                f"single image of shape {tuple(images.shape)}; pass images[None] to fit "
-                "one image")
+            raise ValueError(f"expected a batch of shape {spatial}, got a single image of "
+                             f"shape {tuple(images.shape)}; pass images[None] to fit one image")
         if images.ndim != ndim + 1:
-            raise ValueError(
-                f"images must have {ndim + 1} dimensions (N, {'D, ' if ndim == 3 else ''}"
-                f"H, W) for a {ndim}-D basis, got shape {tuple(images.shape)}")
-        items = list(torch.as_tensor(images)) if len(images) else []
-    else:
-        items = [torch.as_tensor(np.asarray(i) if not isinstance(i, torch.Tensor) else i)
-                 for i in images]
+            raise ValueError(f"images must have {ndim + 1} dimensions {spatial} for a "
+                             f"{ndim}-D basis, got shape {tuple(images.shape)}")
+        if len(images) == 0:
+            raise ValueError("images is empty: fit needs at least one image")
+        batch = torch.as_tensor(images)
+        dtype = batch.dtype if batch.dtype in (torch.float32, torch.float64) else torch.float32
+        return [(list(range(len(batch))), batch.to(dtype))], dtype, batch.device
+    items = [i if isinstance(i, torch.Tensor) else torch.as_tensor(np.asarray(i)) for i in images]
     if not items:
         raise ValueError("images is empty: fit needs at least one image")
     for index, item in enumerate(items):
         if item.ndim != ndim:
-            raise ValueError(
-                f"image {index} has {item.ndim} dimensions (shape {tuple(item.shape)}); a "
-                f"{ndim}-D basis needs {ndim}-D images")
-    return items
+            raise ValueError(f"image {index} has {item.ndim} dimensions (shape "
+                             f"{tuple(item.shape)}); a {ndim}-D basis needs {ndim}-D images")
+    dtype = torch.float64 if any(i.dtype == torch.float64 for i in items) else torch.float32
+    device = items[0].device
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(tuple(item.shape), []).append(index)
+    return ([(indices, torch.stack([items[i] for i in indices]).to(device, dtype))
+             for indices in groups.values()], dtype, device)
 
 
-def _check_values(batch: torch.Tensor, indices: Sequence[int]) -> None:
-    bad = ~torch.isfinite(batch).reshape(batch.shape[0], -1).all(1)
-    if bad.any():
-        first = int(torch.nonzero(bad)[0])
-        count = int((~torch.isfinite(batch[first])).sum())
-        raise ValueError(f"image {indices[first]} contains {count} NaN or inf values")
+def check_finite(batch: torch.Tensor, indices: Sequence[int]) -> None:
+    # One cheap pass: a sum is finite unless some value is NaN/inf (or it overflows, in
+    # which case the exact check below clears the image).
+    suspect = ~torch.isfinite(batch.reshape(batch.shape[0], -1).sum(1))
+    for position in torch.nonzero(suspect).flatten().tolist():
+        count = int((~torch.isfinite(batch[position])).sum())
+        if count:
+            raise ValueError(f"image {indices[position]} contains {count} NaN or inf values")
 
 
 def _check_size(shape: tuple[int, ...], index: int, basis: Basis, scale: int) -> None:
@@ -134,25 +147,20 @@ def _check_size(shape: tuple[int, ...], index: int, basis: Basis, scale: int) ->
             "or dilation, or drop this image")
 
 
-def _compute_dtype(items: list[torch.Tensor]) -> torch.dtype:
-    return torch.float64 if any(i.dtype == torch.float64 for i in items) else torch.float32
-
-
 # ---------------------------------------------------------------------------- preprocessing
 def normalize_images(batch: torch.Tensor) -> torch.Tensor:
     """Z-score each image: subtract its mean, divide by its standard deviation.
 
-    Constant images become all zeros (not NaN). Sums accumulate in float64, and the
-    variance is taken of the already-centred values so that a large offset (uint8
-    images around 128, say) does not cancel away float32 digits.
+    Constant images become all zeros (not NaN). The variance is taken of the centred
+    values, so a large offset (uint8 images around 128, say) cancels no digits; the
+    sums are PyTorch's cascaded reductions, accurate to a few float32 ulps.
     """
-    dims = tuple(range(1, batch.ndim))
-    shape = (-1,) + (1,) * (batch.ndim - 1)
-    mean = batch.mean(dim=dims, dtype=torch.float64).to(batch.dtype).reshape(shape)
-    centred = batch - mean
-    var = (centred * centred).mean(dim=dims, dtype=torch.float64) - \
-        centred.mean(dim=dims, dtype=torch.float64) ** 2
-    std = var.clamp_min(0).sqrt()
+    n = batch.shape[0]
+    shape = (n,) + (1,) * (batch.ndim - 1)
+    centred = batch - batch.reshape(n, -1).mean(1).reshape(shape)
+    flat = centred.reshape(n, 1, -1)
+    var = torch.bmm(flat, flat.transpose(1, 2)).reshape(n) / flat.shape[-1]
+    std = var.to(torch.float64).sqrt()
     inverse = torch.where(std > 0, 1 / std, torch.zeros_like(std)).to(batch.dtype)
     return centred.mul_(inverse.reshape(shape))
 
@@ -309,24 +317,17 @@ def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: boo
         not (scales is None or isinstance(scales, (int, np.integer)))
     dilation_list = _as_tuple(dilations, basis.dilation, "dilations")
     scale_list = _as_tuple(scales, 1, "scales")
-    items = _as_tensor_list(images, basis.ndim)
-    dtype = _compute_dtype(items)
-    device = items[0].device
+    groups, dtype, device = group_by_shape(images, basis.ndim)
     scale_index = [(s, d) for s in scale_list for d in dilation_list]
-
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, item in enumerate(items):
-        groups.setdefault(tuple(item.shape), []).append(index)
-    for shape, indices in groups.items():
+    for indices, batch in groups:
         for s, d in scale_index:
-            scaled = tuple(-(-v // s) for v in shape)
+            scaled = tuple(-(-v // s) for v in batch.shape[1:])
             _check_size(scaled, indices[0], basis.with_dilation(d), s)
 
     per_key: dict[str, list[torch.Tensor]] = {}
     order: list[int] = []
-    for shape, indices in groups.items():
-        batch = torch.stack([items[i] for i in indices]).to(device=device, dtype=dtype)
-        _check_values(batch, indices)
+    for indices, batch in groups:
+        check_finite(batch, indices)
         entries = []
         for s in scale_list:
             level = pyramid_level(batch, s)
