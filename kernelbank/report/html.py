@@ -43,6 +43,8 @@ def _format(value: Any, digits: int) -> str:
     if isinstance(value, int):
         return f"{value:,}".replace(",", " ") if abs(value) >= 10_000 else str(value)
     if isinstance(value, float):
+        if value != 0 and abs(value) < 10 ** -digits:
+            return f"{value:.3g}"
         return f"{value:.{digits}f}"
     return str(value)
 

@@ -21,6 +21,8 @@ __all__ = ["overview_section", "dataset_section", "bank_section", "samples_secti
 STAGES = ("fit", "reduce", "features", "classify")
 #: Banks with at most this many kernels colour the winner map per kernel, else per class.
 MAX_KERNEL_CATEGORIES = 20
+#: Longest per-kernel table drawn.
+MAX_TABLE_ROWS = 60
 #: Half-width of the box over which the winner map compares squared residuals.
 WINNER_SMOOTH = 2
 
@@ -150,12 +152,17 @@ def bank_section(data: RunData, images: dict[str, bytes], max_classes: int = 24)
                 continue
             ratio = None if data.variance_ratio is None else float(data.variance_ratio[i])
             rows.append([text(names[i]), text(captions[i].split(" ")[0]),
-                         f"{ev:.4g}", "n/a" if ratio is None else f"{100 * ratio:.1f} %"])
+                         number(ev, f"explained_variance.{names[i]}", "derived", 6),
+                         number(ratio, f"variance_share.{names[i]}", "derived", 3,
+                                percent=True)])
         body += ("<h3>PCA explained variance</h3><p>Variance of the class's AR coefficients "
                  "along each principal direction, and its share of the class's total "
                  "coefficient variance at that dilation (kernels are mean ± one standard "
                  "deviation along the direction).</p>" +
-                 table(["kernel", "direction", "variance", "share"], rows, numeric=[2, 3]))
+                 table(["kernel", "direction", "variance", "share"], rows[:MAX_TABLE_ROWS],
+                       numeric=[2, 3], key="explained-variance") +
+                 (f'<p class="note">{len(rows) - MAX_TABLE_ROWS} more rows not shown.</p>'
+                  if len(rows) > MAX_TABLE_ROWS else ""))
     return body
 
 
@@ -204,15 +211,18 @@ def samples_section(data: RunData, images: dict[str, bytes]) -> str:
 
 
 def precision_recall(matrix: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
-    """Per-class precision, recall, F1 and support from confusion counts (rows true)."""
-    from sklearn.metrics import precision_recall_fscore_support
-    matrix = np.asarray(matrix)
-    rows, cols = np.nonzero(matrix)
-    names = np.asarray(labels, dtype=object)
-    p, r, f, s = precision_recall_fscore_support(
-        names[rows], names[cols], labels=labels, sample_weight=matrix[rows, cols],
-        zero_division=0)
-    return {"precision": p, "recall": r, "f1": f, "support": matrix.sum(1)}
+    """Per-class precision, recall, F1 and support from confusion counts (rows true).
+
+    The definitions of ``sklearn.metrics.precision_recall_fscore_support`` with
+    ``zero_division=0``: precision ``C_cc / Σ_r C_rc``, recall ``C_cc / Σ_k C_ck``.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64).reshape(len(labels), len(labels))
+    hits, predicted, actual = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+    ratio = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)  # noqa: E731
+    precision, recall = ratio(hits, predicted), ratio(hits, actual)
+    f1 = ratio(2 * precision * recall, precision + recall)
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "support": actual.astype(np.int64)}
 
 
 def results_section(data: RunData, images: dict[str, bytes]) -> str:
@@ -257,9 +267,8 @@ def results_section(data: RunData, images: dict[str, bytes]) -> str:
                       for m in ("precision", "recall", "f1")] +
          [number(int(scores["support"][i]), f"support.{c}", "derived")]
          for i, c in enumerate(labels)], numeric=[1, 2, 3, 4], key="precision-recall")
-    body += ("<p>Computed with <code>sklearn.metrics.precision_recall_fscore_support</code> from "
-             "the confusion counts in <code>summary.json</code> (the pipeline stores counts, "
-             "not per-image predictions).</p>")
+    body += ("<p>From the confusion counts in <code>summary.json</code> (the pipeline stores "
+             "counts, not per-image predictions).</p>")
     return body
 
 
