@@ -1,0 +1,135 @@
+"""scikit-learn estimators: equal to the core functions, usable in Pipeline/GridSearchCV."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import kernelbank as kb
+from kernelbank.datasets.synthetic import random_stable_kernel, simulate_gmrf
+from kernelbank.sklearn import ARFeatures, ARLikelihoodClassifier, BankFeatures
+
+BASIS = kb.Basis.isotropic(radius=1)
+KERNELS = [random_stable_kernel(BASIS, max_response=0.95, random_state=s) for s in (1, 2, 3)]
+
+
+def _draw(n, seed, side=20):
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([simulate_gmrf(k, (side, side), n=n, random_state=rng) for k in KERNELS])
+    return X, np.repeat([10, 2, 7], n)          # integer labels whose str order differs
+
+
+X_TRAIN, Y_TRAIN = _draw(12, 0)
+X_TEST, Y_TEST = _draw(6, 1)
+
+
+def test_ar_features_equal_core():
+    est = ARFeatures(radius=1, dilations=(1, 2))
+    out = est.fit_transform(X_TRAIN)
+    core, names = kb.ar_features(X_TRAIN, BASIS, (1, 2))
+    np.testing.assert_array_equal(out, core.numpy())
+    assert list(est.get_feature_names_out()) == names
+    # flattened rows with an explicit shape give the same features
+    flat = ARFeatures(radius=1, dilations=(1, 2), image_shape=(20, 20))
+    np.testing.assert_array_equal(flat.fit_transform(X_TRAIN.reshape(36, -1)), core.numpy())
+    assert flat.n_features_in_ == 400
+
+
+def test_bank_features_equal_core_with_log():
+    est = BankFeatures(radius=1, basis="isotropic", dilations=(1, 2), grid=2).fit(X_TRAIN, Y_TRAIN)
+    stats = [kb.ClassStats.from_fit(kb.fit(X_TRAIN, BASIS.with_dilation(d)), Y_TRAIN) for d in (1, 2)]
+    bank = kb.KernelBank.concat([kb.KernelBank.from_stats(s) for s in stats])
+    np.testing.assert_allclose(est.bank_.kernels, bank.kernels, rtol=1e-12)
+    assert est.bank_.class_names == ["10", "2", "7"]
+    core, names = kb.bank_features(X_TEST, bank, grid=2)
+    out = est.transform(X_TEST)
+    out_names = list(est.get_feature_names_out())
+    assert len(out_names) == out.shape[1] == len(names) == 6 * (4 + 4 + 1)
+    for j, (raw, logged) in enumerate(zip(names, out_names)):
+        if raw.endswith(("_mae", "_mse", "_var")) or "_energy_" in raw:
+            assert "_log_" in logged
+            np.testing.assert_allclose(out[:, j], np.log(core[:, j].numpy()), rtol=1e-12)
+        else:
+            assert logged == raw
+            np.testing.assert_allclose(out[:, j], core[:, j].numpy(), rtol=1e-12)
+    assert out_names[1] == "k00_10_d1_log_mse" and out_names[4] == "k00_10_d1_log_energy_0_0"
+    # images of another size: same columns
+    assert est.transform(list(X_TEST[:2, :15, :17])).shape == (2, out.shape[1])
+
+
+def test_likelihood_classifier_equals_core_and_orders_classes():
+    clf = ARLikelihoodClassifier(radius=1, basis="isotropic", dilations=(1,)).fit(X_TRAIN, Y_TRAIN)
+    assert list(clf.classes_) == [2, 7, 10]
+    core = kb.LikelihoodClassifier.from_stats(kb.ClassStats.from_fit(kb.fit(X_TRAIN, BASIS), Y_TRAIN))
+    proba = clf.predict_proba(X_TEST)
+    np.testing.assert_allclose(proba, core.predict_proba(X_TEST).numpy()[:, [1, 2, 0]], rtol=1e-9)
+    np.testing.assert_array_equal(clf.predict(X_TEST), core.predict(X_TEST).astype(int))
+    assert clf.score(X_TEST, Y_TEST) >= 0.9
+    rejecting = ARLikelihoodClassifier(radius=1, basis="isotropic", dilations=(1,),
+                                       unknown_z=4.0).fit(X_TRAIN, Y_TRAIN)
+    assert list(rejecting.predict(np.random.default_rng(0).normal(size=(2, 20, 20)) * 0
+                                  + np.linspace(0, 1, 20))) == ["unknown"] * 2
+
+
+def test_pipeline_grid_search_clone_pickle():
+    pipe = make_pipeline(BankFeatures(radius=1, basis="isotropic", dilations=(1,)),
+                         StandardScaler(), LogisticRegression(max_iter=500))
+    search = GridSearchCV(pipe, {"bankfeatures__grid": [1, 2],
+                                 "logisticregression__C": [0.1, 10.0]}, cv=3)
+    search.fit(X_TRAIN, Y_TRAIN)
+    assert search.score(X_TEST, Y_TEST) >= 0.8
+    names = search.best_estimator_[:-1].get_feature_names_out()
+    assert names[0] == "x0" or names[0].startswith("k00_")   # StandardScaler passes names through
+    clf_search = GridSearchCV(ARLikelihoodClassifier(radius=1, basis="isotropic"),
+                              {"dilations": [(1,), (1, 2)]}, cv=3).fit(X_TRAIN, Y_TRAIN)
+    assert clf_search.best_score_ >= 0.8
+    est = BankFeatures(radius=1, basis="isotropic", dilations=(1,)).fit(X_TRAIN, Y_TRAIN)
+    again = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(again.transform(X_TEST), est.transform(X_TEST))
+    assert clone(est).get_params() == est.get_params() and not hasattr(clone(est), "bank_")
+
+
+# --------------------------------------------------------------------------- sklearn's checks
+# X in scikit-learn's checks is a table of 1-10 numeric features; ours is images. 2-D X is
+# accepted as flattened square images, so checks whose X happens to be (n, k²) with
+# k >= 3 run; the rest cannot produce a single image the radius-1 window fits in.
+_NOT_IMAGES = ("the check's X has 2-10 features per row: not a square image of at least "
+               "3x3 pixels (the radius-1 window)")
+_SHAPE_CHECKS = [
+    "check_fit_score_takes_y", "check_estimators_overwrite_params",
+    "check_dont_overwrite_parameters", "check_estimators_fit_returns_self",
+    "check_readonly_memmap_input", "check_n_features_in_after_fitting",
+    "check_positive_only_tag_during_fit", "check_estimators_dtypes", "check_pipeline_consistency",
+    "check_estimators_nan_inf", "check_estimators_pickle", "check_f_contiguous_array_estimator",
+    "check_transformer_data_not_an_array", "check_transformer_general",
+    "check_transformer_preserve_dtypes", "check_methods_sample_order_invariance",
+    "check_methods_subset_invariance", "check_fit2d_1sample", "check_fit2d_1feature",
+    "check_dict_unchanged", "check_fit_idempotent", "check_fit_check_is_fitted",
+    "check_n_features_in", "check_fit2d_predict1d", "check_dtype_object",
+    "check_classifier_data_not_an_array", "check_classifiers_classes", "check_classifiers_train",
+    "check_supervised_y_2d", "check_classifiers_one_label",
+]
+# ARFeatures learns nothing, so it passes where X only needs to be valid, not an image
+_STATELESS_PASSES = {"check_n_features_in_after_fitting", "check_positive_only_tag_during_fit",
+                     "check_fit2d_1feature"}
+
+
+def _expected_failures(estimator):
+    skip = _STATELESS_PASSES if isinstance(estimator, ARFeatures) else set()
+    return {name: _NOT_IMAGES for name in _SHAPE_CHECKS if name not in skip}
+
+
+@parametrize_with_checks([ARFeatures(radius=1, dilations=(1,)),
+                          BankFeatures(radius=1, basis="isotropic", dilations=(1,), grid=1),
+                          ARLikelihoodClassifier(radius=1, basis="isotropic", dilations=(1,))],
+                         expected_failed_checks=_expected_failures)
+def test_sklearn_checks(estimator, check):
+    check(estimator)
