@@ -9,15 +9,17 @@ fit of ``x ≈ g p``; 0 when ``p = 0``) the residual is ``e = x - g p``, and per
     mse     mean e²
     var     mean e² - (mean e)²
     gain    g
-    energy_i_j   mean e² over cell (i, j) of a grid × grid partition of the image
+    energy_i_j   mean e² over cell (i, j) of a grid × grid partition of those pixels
                  (adaptive average pooling: any image size, cells differ by ≤ 1 pixel)
 
-and per kernel ``win``: the fraction of pixels where this kernel has the smallest
-``|e|`` of the whole bank. All statistics use one common region: the pixels whose
-window fits at the bank's largest reach, so every kernel is compared on the same
-pixels. With ``joint=True`` the coefficients of the least-squares fit of the image on
-the bank kernels of each dilation, used together as a basis (``(PPᵀ + λnI)⁻¹ P x``
-over the same common region), are appended.
+over the kernel's own valid pixels (those whose window at its dilation fits inside
+the image), and per kernel ``win``: the fraction of pixels where this kernel has the
+smallest ``|e|`` of the whole bank, counted on one common region (the pixels whose
+window fits at the bank's largest reach) so every kernel competes on the same pixels.
+With ``joint=True`` the coefficients of the least-squares fit of the image on the bank
+kernels of each dilation, used together as a basis (``(PPᵀ + λnI)⁻¹ P x`` over that
+dilation's valid pixels, as :func:`~kernelbank.core.fit.fit` with
+``Basis.from_kernels`` computes them), are appended.
 
 :func:`ar_features` is the original ConvAR descriptor: the image's own fitted AR
 coefficients at several dilations.
@@ -80,58 +82,60 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
     return conv(x, weight, dilation=dilation)
 
 
+def _crop(t: torch.Tensor, margin: int, size: tuple[int, ...]) -> torch.Tensor:
+    """Spatial window ``[margin, margin + size)`` of a (n, c, *spatial) tensor."""
+    return t[(slice(None), slice(None)) + tuple(slice(margin, margin + v) for v in size)]
+
+
 def _features_same_size(batch: torch.Tensor, bank: KernelBank, grid: int,
                         joint_ridge: float | None) -> torch.Tensor:
     """(n, F) features of same-sized, already normalised images."""
     n, spatial = batch.shape[0], tuple(batch.shape[1:])
-    r, reach = bank.radius, bank.max_reach
-    valid = tuple(s - 2 * reach for s in spatial)
-    m = len(bank)
-    target = batch[(slice(None), None) + tuple(slice(reach, reach + v) for v in valid)]
+    r, reach, m = bank.radius, bank.max_reach, len(bank)
+    common = tuple(s - 2 * reach for s in spatial)
     kernels = bank.kernels.to(batch.device, batch.dtype)[:, None]
-    pred = batch.new_empty((n, m) + valid)
+    pool = F.adaptive_avg_pool2d if len(spatial) == 2 else F.adaptive_avg_pool3d
     x = batch[:, None]
+    per_kernel = torch.empty((n, m, len(_PER_KERNEL) + grid ** len(spatial)), dtype=torch.float64,
+                             device=batch.device)
+    abs_common = batch.new_empty((n, m) + common)
+    joint = []
     for d in sorted(set(bank.dilations.tolist())):
         index = torch.nonzero(bank.dilations == d).flatten().to(batch.device)
-        off = reach - r * d
-        out = _conv(x, kernels[index], d)
-        pred[:, index] = out[(slice(None), slice(None)) + tuple(slice(off, off + v) for v in valid)]
-    flat_p = pred.flatten(2)
-    flat_t = target.flatten(2)
-    joint = [] if joint_ridge is None else _joint_coef(flat_p, flat_t, bank, joint_ridge)
-    pp = (flat_p * flat_p).sum(-1, dtype=torch.float64)
-    pt = (flat_p * flat_t).sum(-1, dtype=torch.float64)
-    gain = torch.where(pp > 0, pt / pp.clamp_min(torch.finfo(torch.float64).tiny),
-                       torch.zeros_like(pp))
-    err = pred.mul_(-gain.to(pred.dtype).reshape((n, m) + (1,) * len(valid))).add_(target)
-    flat_e = err.flatten(2)
-    count = flat_e.shape[-1]
-    mae = flat_e.abs().sum(-1, dtype=torch.float64) / count
-    sq = flat_e.square()
-    mse = sq.sum(-1, dtype=torch.float64) / count
-    mean = flat_e.sum(-1, dtype=torch.float64) / count
-    var = (mse - mean.square()).clamp_min(0)
-    pool = F.adaptive_avg_pool2d if len(valid) == 2 else F.adaptive_avg_pool3d
-    energy = pool(sq.reshape(err.shape).to(torch.float64), grid).flatten(2)
-    winner = flat_e.abs().argmin(1)                                     # (n, pixels)
+        own = tuple(s - 2 * r * d for s in spatial)
+        pred = _conv(x, kernels[index], d)                         # (n, m_d, *own)
+        target = _crop(x, r * d, own)
+        flat_p, flat_t = pred.flatten(2), target.flatten(2)
+        if joint_ridge is not None:
+            joint.append(_joint_coef(flat_p, flat_t, joint_ridge))
+        pp = (flat_p * flat_p).sum(-1, dtype=torch.float64)
+        pt = (flat_p * flat_t).sum(-1, dtype=torch.float64)
+        gain = torch.where(pp > 0, pt / pp.clamp_min(torch.finfo(torch.float64).tiny),
+                           torch.zeros_like(pp))
+        err = pred.mul_(-gain.to(pred.dtype).reshape(gain.shape + (1,) * len(own))).add_(target)
+        flat_e = err.flatten(2)
+        count = flat_e.shape[-1]
+        sq = flat_e.square()
+        mse = sq.sum(-1, dtype=torch.float64) / count
+        mean = flat_e.sum(-1, dtype=torch.float64) / count
+        stats = [flat_e.abs().sum(-1, dtype=torch.float64) / count, mse,
+                 (mse - mean.square()).clamp_min(0), gain]
+        energy = pool(sq.reshape(err.shape).to(torch.float64), grid).flatten(2)
+        per_kernel[:, index] = torch.cat([torch.stack(stats, -1), energy], -1)
+        abs_common[:, index] = _crop(err, reach - r * d, common).abs()
+    winner = abs_common.flatten(2).argmin(1)                             # (n, pixels)
     wins = torch.zeros((n, m), dtype=torch.float64, device=batch.device)
     wins.scatter_add_(1, winner, torch.ones_like(winner, dtype=torch.float64))
-    per_kernel = torch.cat([torch.stack([mae, mse, var, gain], -1), energy], -1)  # (n, m, 4+cells)
-    return torch.cat([per_kernel.flatten(1), wins / count] + joint, 1)
+    return torch.cat([per_kernel.flatten(1), wins / winner.shape[1]] + joint, 1)
 
 
-def _joint_coef(flat_p: torch.Tensor, flat_t: torch.Tensor, bank: KernelBank,
-                ridge: float) -> list[torch.Tensor]:
-    """Least-squares coefficients of the bank kernels of each dilation used as a basis."""
+def _joint_coef(flat_p: torch.Tensor, flat_t: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Least-squares coefficients of the predictions used together as regressors."""
     count = torch.full((flat_p.shape[0],), flat_p.shape[-1], dtype=torch.int64,
                        device=flat_p.device)
-    out = []
-    for index in _joint_order(bank)[0]:
-        p = flat_p[:, index.to(flat_p.device)]
-        gram = torch.bmm(p, p.transpose(1, 2)).to(torch.float64)
-        rhs = torch.bmm(p, flat_t.transpose(1, 2)).squeeze(-1).to(torch.float64)
-        out.append(solve_normal_equations(gram, rhs, count, ridge))
-    return out
+    gram = torch.bmm(flat_p, flat_p.transpose(1, 2)).to(torch.float64)
+    rhs = torch.bmm(flat_p, flat_t.transpose(1, 2)).squeeze(-1).to(torch.float64)
+    return solve_normal_equations(gram, rhs, count, ridge)
 
 
 def bank_features(images, bank: KernelBank, grid: int = 2, normalize: bool = True,

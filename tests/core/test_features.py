@@ -22,16 +22,17 @@ def _reference(image, bank, grid):
     x = zscore(image)
     r = bank.radius
     reach = bank.max_reach
-    h, w = x.shape[0] - 2 * reach, x.shape[1] - 2 * reach
-    target = x[reach:reach + h, reach:reach + w]
     errors, rows = [], []
     for k, d in zip(bank.kernels.numpy(), bank.dilations.tolist()):
+        own = r * d                                   # this kernel's own valid region
+        h, w = x.shape[0] - 2 * own, x.shape[1] - 2 * own
+        target = x[own:own + h, own:own + w]
         p = np.zeros((h, w))
         for i in range(h):
             for j in range(w):
                 for a in range(-r, r + 1):
                     for b in range(-r, r + 1):
-                        p[i, j] += k[a + r, b + r] * x[reach + i + a * d, reach + j + b * d]
+                        p[i, j] += k[a + r, b + r] * x[own + i + a * d, own + j + b * d]
         g = (p * target).sum() / (p * p).sum()
         e = target - g * p
         cells = []
@@ -41,7 +42,8 @@ def _reference(image, bank, grid):
                 j0, j1 = (cj * w) // grid, -((-(cj + 1) * w) // grid)
                 cells.append((e[i0:i1, j0:j1] ** 2).mean())
         rows.append([np.abs(e).mean(), (e ** 2).mean(), e.var(), g] + cells)
-        errors.append(np.abs(e))
+        cut = reach - own                 # the win rate compares kernels on the common region
+        errors.append(np.abs(e[cut:h - cut, cut:w - cut]))
     winner = np.argmin(np.stack(errors), axis=0)
     wins = [(winner == m).mean() for m in range(len(errors))]
     return np.concatenate([np.ravel(rows), wins])
