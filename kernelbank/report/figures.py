@@ -75,7 +75,7 @@ def kernel_grid(kernels: Sequence[np.ndarray], titles: Sequence[str], vmax: floa
     n = len(kernels)
     cols = 3 if three_d else min(ncols, n)
     rows = n if three_d else -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols + 0.8, 1.35 * rows + 0.2),
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 0.8, 1.5 * rows + 0.2),
                              squeeze=False)
     image = None
     for ax in axes.flat:

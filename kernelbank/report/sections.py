@@ -21,10 +21,21 @@ __all__ = ["overview_section", "dataset_section", "bank_section", "samples_secti
 STAGES = ("fit", "reduce", "features", "classify")
 #: Banks with at most this many kernels colour the winner map per kernel, else per class.
 MAX_KERNEL_CATEGORIES = 20
-#: Longest per-kernel table drawn.
+#: Longest per-class or per-kernel table drawn.
 MAX_TABLE_ROWS = 60
+#: Banks with at most this many kernels per class are drawn as one figure.
+SMALL_CLASS_BANK = 2
+#: Most classes drawn in the per-class counts figure.
+MAX_FIGURE_CLASSES = 40
 #: Half-width of the box over which the winner map compares squared residuals.
 WINNER_SMOOTH = 2
+
+
+def _more(total: int) -> str:
+    """A note when a table was cut at :data:`MAX_TABLE_ROWS` rows."""
+    if total <= MAX_TABLE_ROWS:
+        return ""
+    return f'<p class="note">{total - MAX_TABLE_ROWS} more rows not shown.</p>'
 
 
 def _stages(data: RunData) -> dict[str, Any]:
@@ -57,13 +68,15 @@ def dataset_section(data: RunData, images: dict[str, bytes]) -> str:
         splits = sorted(counts)
         classes = sorted({c for part in counts.values() for c in part})
         rows = [[text(c)] + [number(counts[sp].get(c), f"stages.fit.counts.{sp}.{c}")
-                             if c in counts[sp] else "0" for sp in splits] for c in classes]
+                             if c in counts[sp] else "0" for sp in splits]
+                for c in classes[:MAX_TABLE_ROWS]]
         body += "<h3>Images per class and split</h3>" + table(
             ["class"] + [text(sp) for sp in splits], rows, numeric=range(1, len(splits) + 1),
-            key="counts")
-        images["counts.png"] = figures.counts_figure(counts)
-        body += figure("counts.png", "Fitted images per class, one bar per split.",
-                       "images per class and split")
+            key="counts") + _more(len(classes))
+        if len(classes) <= MAX_FIGURE_CLASSES:
+            images["counts.png"] = figures.counts_figure(counts)
+            body += figure("counts.png", "Fitted images per class, one bar per split.",
+                           "images per class and split")
     if data.shapes:
         top = data.shapes.most_common(15)
         body += "<h3>Image sizes</h3>" + table(
@@ -128,12 +141,25 @@ def bank_section(data: RunData, images: dict[str, bytes], max_classes: int = 24)
     if (bank.class_index < 0).any():
         groups.append((-1, "class-free kernels"))
     kernels = bank.kernels.numpy()
-    for n, (c, name) in enumerate(groups):
-        index = [i for i in range(len(bank)) if bank.class_index[i] == c]
-        if not index:
-            continue
+    members = [(c, name, [i for i in range(len(bank)) if bank.class_index[i] == c])
+               for c, name in groups]
+    members = [m for m in members if m[2]]
+    if max(len(index) for _, _, index in members) <= SMALL_CLASS_BANK and \
+            len(members) <= max_classes:
+        # a few kernels per class (pooled banks): one figure, each kernel titled by class
+        order = [i for _, _, index in members for i in index]
+        per_row = max(len(index) for _, _, index in members)
+        names = {c: name for c, name, _ in members}
+        images["bank_000.png"] = figures.kernel_grid(
+            [kernels[i] for i in order],
+            [f"{names[int(bank.class_index[i])]}\n{captions[i]}" for i in order], vmax,
+            ncols=per_row * max(1, 8 // per_row))
+        return body + figure("bank_000.png", "The kernels of every class's bank, titled by "
+                             "class, role and dilation.", "bank kernels of every class") + \
+            _variance_table(bank, data, captions)
+    for n, (c, name, index) in enumerate(members):
         if n >= max_classes:
-            body += f'<p class="note">Banks of {len(groups) - n} more classes not drawn.</p>'
+            body += f'<p class="note">Banks of {len(members) - n} more classes not drawn.</p>'
             break
         file = f"bank_{n:03d}.png"
         per_dilation = max(int((bank.dilations[index] == d).sum())
@@ -143,6 +169,12 @@ def bank_section(data: RunData, images: dict[str, bytes], max_classes: int = 24)
                                            ncols=max(per_dilation, 2) if per_dilation <= 10 else 8)
         body += f"<h3>{text(name)}</h3>" + figure(
             file, f"{len(index)} kernels of {text(name)}.", f"bank kernels of {name}")
+    return body + _variance_table(bank, data, captions)
+
+
+def _variance_table(bank, data: RunData, captions: list[str]) -> str:
+    """PCA banks: each direction's variance and its share of the class's total."""
+    body = ""
     if bank.explained_variance is not None:
         rows = []
         names = bank.kernel_names
@@ -160,9 +192,7 @@ def bank_section(data: RunData, images: dict[str, bytes], max_classes: int = 24)
                  "coefficient variance at that dilation (kernels are mean ± one standard "
                  "deviation along the direction).</p>" +
                  table(["kernel", "direction", "variance", "share"], rows[:MAX_TABLE_ROWS],
-                       numeric=[2, 3], key="explained-variance") +
-                 (f'<p class="note">{len(rows) - MAX_TABLE_ROWS} more rows not shown.</p>'
-                  if len(rows) > MAX_TABLE_ROWS else ""))
+                       numeric=[2, 3], key="explained-variance") + _more(len(rows)))
     return body
 
 
@@ -183,11 +213,12 @@ def samples_section(data: RunData, images: dict[str, bytes]) -> str:
     if bank is None or not data.samples:
         return ""
     per = "kernel" if len(bank) <= MAX_KERNEL_CATEGORIES else "class of the kernel"
+    box = 2 * WINNER_SMOOTH + 1
     body = (f"<p>For a few test images per class: the image, the residual "
             f"<i>e = x − g (k ⋆ x)</i> of the bank kernel with the smallest mean squared "
             f"residual, and, at each pixel, the {per} with the smallest mean <i>e</i>² over the "
-            f"{2 * WINNER_SMOOTH + 1}-pixel box around it (white: the border the largest "
-            f"dilated window cannot reach).</p>")
+            f"{box}×{box} box around it (white: the border the largest dilated window cannot "
+            f"reach).</p>")
     names = bank.kernel_names
     for n, sample in enumerate(data.samples):
         title = f"{sample['label']} ({sample['split']}): {sample['path'].rsplit('/', 1)[-1]}"
@@ -230,19 +261,25 @@ def results_section(data: RunData, images: dict[str, bytes]) -> str:
     body = ""
     methods = []
     if classify:
-        methods += [("ridge classifier on bank features", classify.get("test_accuracy"),
-                     "stages.classify.test_accuracy", "summary"),
-                    ("likelihood (per-class AR models)", classify.get("likelihood_test_accuracy"),
-                     "stages.classify.likelihood_test_accuracy", "summary")]
+        train = classify.get("splits", {}).get("train", {})
+        methods += [("ridge classifier on bank features", "summary",
+                     ("stages.classify.test_accuracy", classify.get("test_accuracy")),
+                     ("stages.classify.train_accuracy", classify.get("train_accuracy"))),
+                    ("likelihood (per-class AR models)", "summary",
+                     ("stages.classify.likelihood_test_accuracy",
+                      classify.get("likelihood_test_accuracy")),
+                     ("stages.classify.splits.train.likelihood_accuracy",
+                      train.get("likelihood_accuracy")))]
     if data.train_summary:
-        methods.append(("end-to-end model (best epoch)", data.train_summary.get("test_accuracy"),
-                        "test_accuracy", "train"))
+        methods.append(("end-to-end model (best epoch)", "train",
+                        ("test_accuracy", data.train_summary.get("test_accuracy")), None))
     if not methods:
         return ""
-    body += "<h3>Test accuracy per method</h3>" + table(
-        ["method", "test accuracy"],
-        [[text(m), number(v, k, src, digits=4)] for m, v, k, src in methods], numeric=[1],
-        key="accuracy")
+    body += "<h3>Accuracy per method</h3>" + table(
+        ["method", "test accuracy", "train accuracy"],
+        [[text(m), number(test[1], test[0], src, digits=4),
+          number(fit[1], fit[0], src, digits=4) if fit and fit[1] is not None else "n/a"]
+         for m, src, test, fit in methods], numeric=[1, 2], key="accuracy")
     splits = (classify or {}).get("splits", {})
     split = "test" if "test" in splits else next(iter(sorted(splits)), None)
     if split is None:
@@ -266,7 +303,8 @@ def results_section(data: RunData, images: dict[str, bytes]) -> str:
         [[text(c)] + [number(float(scores[m][i]), f"{m}.{c}", "derived", 3)
                       for m in ("precision", "recall", "f1")] +
          [number(int(scores["support"][i]), f"support.{c}", "derived")]
-         for i, c in enumerate(labels)], numeric=[1, 2, 3, 4], key="precision-recall")
+         for i, c in enumerate(labels[:MAX_TABLE_ROWS])], numeric=[1, 2, 3, 4],
+        key="precision-recall") + _more(len(labels))
     body += ("<p>From the confusion counts in <code>summary.json</code> (the pipeline stores "
              "counts, not per-image predictions).</p>")
     return body

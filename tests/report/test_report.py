@@ -171,6 +171,7 @@ def test_errors_are_listed_with_their_reasons(run):
         assert row["reason"] in shown
 
 
+@pytest.mark.s3
 def test_report_command_on_s3(run, s3_endpoint, s3_bucket, capsys):
     import s3fs
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
