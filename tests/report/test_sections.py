@@ -24,3 +24,35 @@ def test_precision_recall_equal_scikit_learn_on_expanded_predictions():
     np.testing.assert_allclose(ours["f1"], f, atol=1e-12)
     np.testing.assert_array_equal(ours["support"], s)
     assert not np.allclose(p, r)           # the data tell precision and recall apart
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("with_id", [True, False])
+def test_sample_images_are_read_back_from_parquet_rows(tmp_path, with_id):
+    """Parquet records are named ``<file>#<id or content hash>``, as the reader names them."""
+    import hashlib
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from kernelbank.report.collect import _load_sample
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 255, size=(12, 9), dtype=np.uint8) for _ in range(3)]
+    blobs = [_png(a) for a in arrays]
+    columns = {"image": blobs, "label": ["a", "b", "a"]}
+    if with_id:
+        columns["id"] = ["r0", "r1", "r2"]
+    path = tmp_path / "part.parquet"
+    pq.write_table(pa.table(columns), path)
+    row_id = "r1" if with_id else hashlib.sha1(blobs[1]).hexdigest()[:16]
+    sample = {"path": f"{path}#{row_id}", "label": "b", "split": "test"}
+    _load_sample(sample, str(tmp_path), 2, None)
+    np.testing.assert_array_equal(sample["image"], arrays[1].astype(np.float32))
+    missing = {"path": f"{path}#nope", "label": "b", "split": "test"}
+    _load_sample(missing, str(tmp_path), 2, None)
+    assert "image" not in missing and "no row 'nope'" in missing["problem"]
