@@ -61,6 +61,8 @@ def overview_section(data: RunData, images: dict[str, bytes]) -> str:
 
 
 def dataset_section(data: RunData, images: dict[str, bytes]) -> str:
+    if data.summary is None and not data.n_errors and not data.shapes:
+        return ""                                   # an end-to-end output alone
     body = ""
     fit = _stages(data).get("fit", {})
     counts = fit.get("counts", {})
