@@ -77,12 +77,16 @@ def test_ray_job_submit_pipeline(tmp_path):
                     pytest.fail("ray start --head did not bring up its dashboard in 120 s")
                 time.sleep(1)
         out = tmp_path / "out"
-        job = subprocess.run(
-            [str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(REPO),
-             "--runtime-env-json", json.dumps({"excludes": ["runs/", "bench/", "tests/"]}),
-             "--", "python", "jobs/pipeline.py", "--input", str(data), "--output", str(out),
-             "--radius", "2", "--batch-size", "8"],
-            env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        submit = [str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(REPO),
+                  "--runtime-env-json", json.dumps({"excludes": ["runs/", "bench/", "tests/"]}),
+                  "--", "python", "jobs/pipeline.py", "--input", str(data), "--output", str(out),
+                  "--radius", "2", "--batch-size", "8"]
+        for _ in range(30):      # the dashboard answers before its job agent is ready
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300,
+                                 cwd=REPO)
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout + job.stderr
         assert "[kernelbank] fit:" in job.stdout + job.stderr      # progress lines reach the client

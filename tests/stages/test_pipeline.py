@@ -1,7 +1,9 @@
-"""The whole pipeline on a real local Ray, checked against the in-process computation.
+"""The whole pipeline on a real local Ray, from and to a real S3 endpoint (moto server),
+checked against the in-process computation.
 
 One module-scoped run (3 GMRF classes, 32x32 PNGs, radius 2, dilations 1 and 2, plus a
-corrupt file, a too-small image and a NaN volume) feeds every test here.
+corrupt file, a too-small image and a NaN volume, uploaded to a bucket) feeds every test
+here; its outputs are written to the bucket and downloaded for the checks.
 """
 
 from __future__ import annotations
@@ -13,31 +15,53 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 import kernelbank as kb
-from kernelbank.config import FitConfig, PipelineConfig, ReadConfig, ReduceConfig
-from kernelbank.stages.pipeline import run_pipeline
+from kernelbank.cli import main
 
 from .pipeline_data import BAD_RECORDS, write_dataset
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.s3]
 DILATIONS = (1, 2)
+SECRET = "testing-secret-do-not-log"        # the s3_endpoint fixture's secret key
 
 
 @pytest.fixture(scope="module")
-def run(ray_local, tmp_path_factory):
+def run(ray_local, s3_endpoint, tmp_path_factory):
+    import s3fs
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    bucket = "kb-pipeline"
+    if fs.exists(bucket):
+        fs.rm(bucket, recursive=True)
+    fs.mkdir(bucket)
     root = tmp_path_factory.mktemp("pipeline")
     data = root / "images"
     write_dataset(data, classes=3, per_class=6, size=32)
-    config = PipelineConfig(
-        read=ReadConfig(str(data), override_num_blocks=4),
-        output=str(root / "out"),
-        fit=FitConfig(radius=2, dilations=DILATIONS, batch_size=4, max_actors=2),
-        reduce=ReduceConfig(method="pooled"))
-    summary = run_pipeline(config)
-    return {"data": data, "out": root / "out", "summary": summary, "config": config}
+    fs.put(str(data), f"{bucket}/images", recursive=True)
+    fs.touch(f"{bucket}/images/train/c0/")          # a zero-byte "directory marker" key
+    log = root / "log.txt"
+    import contextlib
+    import io
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main(["run", "--input", f"s3://{bucket}/images", "--output", f"s3://{bucket}/out",
+                     "--radius", "2", "--dilations", *map(str, DILATIONS),
+                     "--batch-size", "4", "--max-actors", "2", "--bank-method", "pooled"])
+    log.write_text(printed.getvalue())
+    assert code == 0, printed.getvalue()[-3000:]
+    fs.invalidate_cache()
+    objects = {p: fs.cat(p) for p in fs.find(f"{bucket}/out")}
+    leftovers = [p for p in fs.find(bucket) if ".partial-" in p]
+    fs.get(f"{bucket}/out", str(root / "out"), recursive=True)
+    # downloaded output paths say s3 bucket/images/...; map ids back to the local copy
+    return {"data": data, "out": root / "out", "prefix": f"{bucket}/images",
+            "summary": json.loads((root / "out/summary.json").read_text()),
+            "objects": objects, "leftovers": leftovers, "printed": printed.getvalue()}
+
+
+def _local(run, record_id: str) -> str:
+    return str(run["data"]) + record_id[len(run["prefix"]):]
 
 
 def _good_files(data: Path) -> list[Path]:
@@ -54,20 +78,20 @@ def test_every_record_lands_exactly_once(run):
     data, out = run["data"], run["out"]
     fit = pq.read_table(out / "fit")
     errors = pq.read_table(out / "errors")
-    fit_ids, error_ids = fit.column("id").to_pylist(), errors.column("id").to_pylist()
+    fit_ids = [_local(run, i) for i in fit.column("id").to_pylist()]
+    error_ids = [_local(run, i) for i in errors.column("id").to_pylist()]
     assert len(fit_ids) == len(set(fit_ids)) and len(error_ids) == len(set(error_ids))
     every = {str(p) for p in data.rglob("*") if p.suffix in (".png", ".npy")}
     assert set(fit_ids) | set(error_ids) == every
     assert not set(fit_ids) & set(error_ids)
-    reasons = dict(zip(errors.column("path").to_pylist(), errors.column("reason").to_pylist()))
+    reasons = dict(zip(error_ids, errors.column("reason").to_pylist()))
     for rel, text in BAD_RECORDS.items():
         assert text in reasons[str(data / rel)], reasons
     assert set(errors.column("stage").to_pylist()) == {"decode"}
 
 
-def test_summary_counts(run):
-    summary = json.loads((run["out"] / "summary.json").read_text())
-    assert summary == json.loads(json.dumps(run["summary"]))
+def test_summary_counts_and_layout(run):
+    summary = run["summary"]
     assert summary["records"] == 3 * 6 * 2 + 3 and summary["images"] == 36
     assert summary["errors"] == 3 and summary["stages"]["fit"]["errors"] == {"decode": 3}
     assert summary["stages"]["fit"]["counts"] == {
@@ -78,16 +102,23 @@ def test_summary_counts(run):
         assert summary["stages"][stage]["seconds"] > 0
         assert summary["stages"][stage]["images_per_second"] > 0
     assert 0 <= summary["test_accuracy"] <= 1
-    # nothing left behind by the staging area
     assert sorted(p.name for p in run["out"].iterdir()) == \
-        ["banks", "errors", "features", "fit", "summary.json"]
-    assert not list(run["out"].parent.glob("out.partial-*"))
+        ["banks", "errors", "features", "fit", "report", "summary.json"]   # report: `run` adds it
+    assert not run["leftovers"]                 # the staging prefix is gone
+    assert "[kernelbank] fit:" in run["printed"] and "wrote s3://kb-pipeline/out" in run["printed"]
+
+
+def test_no_credentials_in_outputs_or_logs(run):
+    assert run["objects"]
+    for path, content in run["objects"].items():
+        assert SECRET.encode() not in content, path
+    assert SECRET not in run["printed"]
 
 
 def test_fit_rows_equal_in_process_fit(run):
     files = _good_files(run["data"])
     fit = pq.read_table(run["out"] / "fit").to_pylist()
-    by_id = {row["id"]: row for row in fit}
+    by_id = {_local(run, row["id"]): row for row in fit}
     result = kb.fit(_reference_images(files), kb.Basis.isotropic(2), dilations=list(DILATIONS))
     coef = np.array([by_id[str(p)]["coef"] for p in files]).reshape(result.coef.shape)
     np.testing.assert_allclose(coef, result.coef.double().numpy(), rtol=0, atol=1e-12)
@@ -140,7 +171,7 @@ def test_features_are_named_columns_equal_to_bank_features(run):
     expected, names = kb.bank_features(_reference_images(files), bank, grid=2)
     assert table.column_names[:4] == ["id", "path", "label", "split"]
     assert table.column_names[4:-1] == names and table.column_names[-1] == "likelihood_prediction"
-    rows = {r["id"]: r for r in table.to_pylist()}
+    rows = {_local(run, r["id"]): r for r in table.to_pylist()}
     got = np.array([[rows[str(p)][n] for n in names] for p in files])
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-9, atol=1e-9)
 
