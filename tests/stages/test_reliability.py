@@ -59,3 +59,10 @@ def test_rerun_refuses_then_replaces_without_mixing(ray_local, tmp_path, capsys)
     assert json.loads((tmp_path / "out/fit/_kernelbank.json").read_text())["radius"] == 1
     assert not (tmp_path / "out/errors").exists() or not list((tmp_path / "out/errors").iterdir())
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".partial")]
+    # the next stage alone, through its subcommand, on the replaced fit table
+    assert main(["reduce", "--output", out, "--bank-method", "kmeans", "--n-components", "2"]) == 0
+    bank = json.loads((tmp_path / "out/banks/bank.json").read_text())
+    assert bank["method"] == "kmeans" and bank["train_counts"] == {"c0": 3, "c1": 3}
+    assert bank["n_kernels"] == 4                           # 2 centres x 2 classes
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert set(summary["stages"]) == {"fit", "reduce"} and summary["stages"]["fit"]["images"] == 6
