@@ -12,29 +12,33 @@ kernelbank
     ``ar_svm``         AR coefficients at dilations 1-5 (isotropic, radius 4) + SVM:
                        the original ConvAR recipe.
     ``bank_svm``       residual features of per-class pooled kernels at dilations 1-3
-                       (isotropic, radius 4; log mae/mse/var/grid energy, gain, win rate) + SVM.
-    ``bank_full_svm``  the same with the full (unconstrained 9x9) kernel basis.
-    ``likelihood``     per-class pooled full kernels at dilations 1-3, Gaussian residual
-                       likelihood; no classifier training at all.
+                       (isotropic, radius 4; mae/mse/var/grid energy, gain, win rate) + SVM.
+    ``likelihood``     per-class pooled kernels, Gaussian residual likelihood; no
+                       classifier training at all.
 peers
-    ``lbp_svm``        uniform LBP histograms (skimage), radii 1, 2, 3 with 8r points.
-    ``gabor_svm``      Gabor filter-bank energy (skimage.filters.gabor): mean and std of
-                       the magnitude, 4 frequencies x 6 orientations.
-    ``scattering_svm`` wavelet scattering (kymatio, J=3, L=8), spatial mean of each of
-                       the 217 channels; skipped with a message if kymatio is missing.
+    ``lbp_svm``        LBP histograms (skimage.feature.local_binary_pattern), 8r points
+                       at radii 1-3 or 1-5, uniform or non-rotation-invariant uniform.
+    ``gabor_svm``      Gabor filter-bank energy (skimage.filters.gabor_kernel, FFT
+                       convolution): mean and std of the magnitude per filter.
+    ``scattering_svm`` wavelet scattering (kymatio, L=8), spatial mean of each channel;
+                       skipped with a message if kymatio is missing.
 
-Every "*_svm" method gets the same classifier and the same tuning: StandardScaler + SVC,
-5-fold grid search on the training set over kernel {linear, rbf} x C {0.1, 1, 10, 100}.
-Features are extracted once per image (the bank of ``bank_*`` is learned from the whole
-training set before the grid search, so its CV scores are optimistic; the test set is
-never seen). ``images/s`` is inference throughput on the test set: feature extraction
-plus prediction, measured in this run, single process. The machine is shared, so read
-the ratio column (against ``lbp_svm``), not the absolute numbers.
+Same effort for every method: each has a few recipe variants (listed in
+:func:`methods`), and each "*_svm" method the same classifier, StandardScaler + SVC with
+kernel {linear, rbf} x C {0.1, 1, 10, 100}. The (variant, SVC) pair with the best
+5-fold cross-validated accuracy on the training set is refitted on all of it and
+scored once on the test set, which plays no part in any choice. Label-dependent
+features (a kernel bank) are relearned on every fold's training part.
+
+``images/s`` is inference throughput on the test set: feature extraction plus
+prediction, single process, measured in this run. The machine is shared, so read the
+ratio column (against ``lbp_svm``), not the absolute numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import tempfile
@@ -44,7 +48,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -84,7 +88,23 @@ def as_batch(images: list[np.ndarray]):
 
 
 # ---------------------------------------------------------------------------- peers
-def lbp_features(images, radii=(1, 2, 3)) -> np.ndarray:
+class Extractor:
+    """Label-free features: ``fit`` does nothing, ``transform`` maps images to rows."""
+
+    supervised = False
+
+    def __init__(self, function, **params):
+        self.function, self.params = function, params
+
+    def fit(self, images, y=None):
+        return self
+
+    def transform(self, images) -> np.ndarray:
+        return self.function(images, **self.params)
+
+
+def lbp_features(images, radii=(1, 2, 3), method="uniform", grid=1) -> np.ndarray:
+    """Histograms of LBP codes with 8r points at each radius (per grid cell)."""
     from skimage.feature import local_binary_pattern
 
     rows = []
@@ -93,31 +113,36 @@ def lbp_features(images, radii=(1, 2, 3)) -> np.ndarray:
         parts = []
         for r in radii:
             p = 8 * r
-            codes = local_binary_pattern(image, p, r, method="uniform")
-            hist, _ = np.histogram(codes, bins=np.arange(p + 3), density=True)
-            parts.append(hist)
+            codes = local_binary_pattern(image, p, r, method=method)
+            n_bins = p + 2 if method == "uniform" else p * (p - 1) + 3
+            for band in np.array_split(codes, grid, axis=0):
+                for cell in np.array_split(band, grid, axis=1):
+                    hist, _ = np.histogram(cell, bins=np.arange(n_bins + 1), density=True)
+                    parts.append(hist)
         rows.append(np.concatenate(parts))
     return np.array(rows)
 
 
 def gabor_features(images, frequencies=(0.05, 0.1, 0.2, 0.4), n_orientations=6) -> np.ndarray:
-    from skimage.filters import gabor
+    """Mean and std of the Gabor magnitude (skimage.filters.gabor_kernel, FFT convolution)."""
+    from scipy.signal import fftconvolve
+    from skimage.filters import gabor_kernel
 
+    kernels = [gabor_kernel(f, theta=np.pi * i / n_orientations)
+               for f in frequencies for i in range(n_orientations)]
     rows = []
     for image in images:
         image = np.asarray(image, dtype=np.float64)
         image = (image - image.mean()) / max(image.std(), 1e-12)
         parts = []
-        for f in frequencies:
-            for i in range(n_orientations):
-                real, imag = gabor(image, frequency=f, theta=np.pi * i / n_orientations)
-                magnitude = np.hypot(real, imag)
-                parts += [magnitude.mean(), magnitude.std()]
+        for k in kernels:
+            magnitude = np.abs(fftconvolve(image, k, mode="same"))
+            parts += [magnitude.mean(), magnitude.std()]
         rows.append(parts)
     return np.array(rows)
 
 
-def scattering_extractor() -> Callable | None:
+def scattering_function() -> Callable | None:
     try:   # the 2-D frontend only: kymatio 0.3's 3-D module breaks on scipy >= 1.15
         from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
     except ImportError as error:
@@ -125,72 +150,144 @@ def scattering_extractor() -> Callable | None:
         return None
     import torch
 
-    cache: dict[tuple[int, int], object] = {}
+    operators: dict = {}
+    last: dict = {}         # the log variant reuses the coefficients of the same images
 
-    def extract(images) -> np.ndarray:
-        rows = []
-        for image in images:
-            image = np.asarray(image, dtype=np.float32)
-            image = (image - image.mean()) / max(float(image.std()), 1e-12)
-            shape = image.shape
-            if shape not in cache:
-                cache[shape] = ScatteringTorch2D(J=3, shape=shape, L=8)
-            out = cache[shape](torch.from_numpy(image)[None])
-            rows.append(out.mean(dim=(-2, -1)).flatten().numpy())
-        return np.array(rows)
+    def scattering(images, J=3, log=False) -> np.ndarray:
+        """Spatial mean of every scattering channel (J scales, 8 angles), batched by shape."""
+        key = (J, id(images), len(images))
+        if key not in last:
+            last.clear()
+            last[key] = _scattering(images, J)
+        return np.log(last[key] + 1e-6) if log else last[key]
 
-    return extract
+    def _scattering(images, J):
+        images = [np.asarray(i, dtype=np.float32) for i in images]
+        out = [None] * len(images)
+        groups: dict = {}
+        for index, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(index)
+        for shape, indices in groups.items():
+            if (J, shape) not in operators:
+                operators[(J, shape)] = ScatteringTorch2D(J=J, shape=shape, L=8)
+            batch = np.stack([images[i] for i in indices])
+            batch = (batch - batch.mean((1, 2), keepdims=True)) / np.maximum(
+                batch.std((1, 2), keepdims=True), 1e-12)
+            with torch.no_grad():
+                coef = operators[(J, shape)](torch.from_numpy(batch)).mean(dim=(-2, -1))
+            for i, row in zip(indices, coef.numpy()):
+                out[i] = row
+        return np.array(out)
 
-
-# ---------------------------------------------------------------------------- runs
-def svm_search(seed: int) -> GridSearchCV:
-    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
-    return GridSearchCV(make_pipeline(StandardScaler(), SVC()), GRID, cv=cv, n_jobs=1)
-
-
-def run_features(transform_fit, transform, train, y_train, test, y_test, seed):
-    features = transform_fit(train, y_train)
-    search = svm_search(seed).fit(features, y_train)
-    start = time.perf_counter()
-    predicted = search.predict(transform(test))
-    seconds = time.perf_counter() - start
-    params = {k.split("__")[1]: v for k, v in search.best_params_.items()}
-    return float(np.mean(predicted == y_test)), len(test) / seconds, params
+    return scattering
 
 
-def methods(seed: int) -> dict[str, tuple[str, Callable]]:
-    def transformer(make):
-        def run(train, y_train, test, y_test):
-            est = make()
-            return run_features(lambda x, y: est.fit(x, y).transform(x), est.transform,
-                                train, y_train, test, y_test, seed)
-        return run
+# ---------------------------------------------------------------------------- protocol
+class Likelihood:
+    """The likelihood classifier as an extractor-like object: no SVM on top."""
 
-    def plain(extract):
-        return lambda train, y_train, test, y_test: run_features(
-            lambda x, y: extract(x), extract, train, y_train, test, y_test, seed)
+    def __init__(self, **params):
+        self.params = params
 
-    def likelihood(train, y_train, test, y_test):
-        clf = ARLikelihoodClassifier(radius=4, basis="full", dilations=(1, 2, 3)).fit(train, y_train)
+    def fit(self, images, y):
+        self.model = ARLikelihoodClassifier(**self.params).fit(images, y)
+        return self
+
+    def predict(self, images):
+        return self.model.predict(images)
+
+
+def _subset(images, index):
+    return images[index] if isinstance(images, np.ndarray) else [images[i] for i in index]
+
+
+def _svm(params: dict):
+    return make_pipeline(StandardScaler(), SVC(**params))
+
+
+TRANSFORM_PARAMS = ("grid", "log", "joint")    # BankFeatures parameters used by transform only
+SVM_GRID = [{"kernel": k, "C": c} for k in GRID["svc__kernel"] for c in GRID["svc__C"]]
+
+
+def select_and_test(make, variants: dict[str, dict], svm: bool, train, y_train, test, y_test,
+                    seed: int):
+    """Pick (variant, SVM parameters) by 5-fold CV on train; refit; score on test.
+
+    Label-free features are computed once per variant; label-dependent ones (a bank)
+    are refitted on every fold's training part, so no fold sees its own validation.
+    """
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(
+        np.zeros(len(y_train)), y_train))
+    scores: dict[tuple[str, int], list[float]] = {}
+    fitted: dict = {}     # banks differing only in transform-time parameters are learned once
+    for name, params in variants.items():
+        extractor = make(**params)
+        shared = None
+        if svm and isinstance(extractor, (Extractor, ARFeatures)):     # label-free features
+            shared = extractor.fit(train).transform(train)
+        for fold, (fit_index, val_index) in enumerate(folds):
+            y_fit, y_val = y_train[fit_index], y_train[val_index]
+            if not svm:
+                model = make(**params).fit(_subset(train, fit_index), y_fit)
+                accuracy = np.mean(model.predict(_subset(train, val_index)) == y_val)
+                scores.setdefault((name, -1), []).append(accuracy)
+                continue
+            if shared is not None:
+                f_fit, f_val = shared[fit_index], shared[val_index]
+            else:
+                key = (fold, tuple(sorted((k, v) for k, v in params.items()
+                                          if k not in TRANSFORM_PARAMS)))
+                if key not in fitted:
+                    fitted[key] = make(**params).fit(_subset(train, fit_index), y_fit)
+                est = copy.copy(fitted[key]).set_params(
+                    **{k: v for k, v in params.items() if k in TRANSFORM_PARAMS})
+                f_fit, f_val = est.transform(_subset(train, fit_index)), \
+                    est.transform(_subset(train, val_index))
+            for j, svm_params in enumerate(SVM_GRID):
+                model = _svm(svm_params).fit(f_fit, y_fit)
+                scores.setdefault((name, j), []).append(np.mean(model.predict(f_val) == y_val))
+    (name, j), cv = max(scores.items(), key=lambda item: np.mean(item[1]))
+    model = make(**variants[name]).fit(train, y_train)
+    if svm:
+        head = _svm(SVM_GRID[j]).fit(model.transform(train), y_train)
         start = time.perf_counter()
-        predicted = clf.predict(test)
-        seconds = time.perf_counter() - start
-        return float(np.mean(predicted == y_test)), len(test) / seconds, {}
+        predicted = head.predict(model.transform(test))
+    else:
+        start = time.perf_counter()
+        predicted = model.predict(test)
+    seconds = time.perf_counter() - start
+    chosen = name + (f" {SVM_GRID[j]['kernel']} C={SVM_GRID[j]['C']:g}" if svm else "")
+    return float(np.mean(predicted == y_test)), len(y_test) / seconds, chosen, float(np.mean(cv))
+
+
+def methods() -> dict[str, tuple[str, bool, Callable, dict[str, dict]]]:
+    """name -> (family, uses the SVM, factory, recipe variants chosen among by CV)."""
+    def bank(**params):
+        return BankFeatures(radius=4, method="pooled", **params)
 
     table = {
-        "ar_svm": ("kernelbank", transformer(lambda: ARFeatures(radius=4, basis="isotropic",
-                                                                dilations=(1, 2, 3, 4, 5)))),
-        "bank_svm": ("kernelbank", transformer(lambda: BankFeatures(
-            radius=4, basis="isotropic", method="pooled", dilations=(1, 2, 3)))),
-        "bank_full_svm": ("kernelbank", transformer(lambda: BankFeatures(
-            radius=4, basis="full", method="pooled", dilations=(1, 2, 3)))),
-        "likelihood": ("kernelbank", likelihood),
-        "lbp_svm": ("peer", plain(lbp_features)),
-        "gabor_svm": ("peer", plain(gabor_features)),
+        "ar_svm": ("kernelbank", True, lambda **p: ARFeatures(radius=4, basis="isotropic", **p),
+                   {"d1-5": {"dilations": (1, 2, 3, 4, 5)}}),
+        "bank_svm": ("kernelbank", True, bank, {
+            f"{b} d1-3 grid{g}{'' if log else ' raw'}":
+                {"basis": b, "dilations": (1, 2, 3), "grid": g, "log": log}
+            for b in ("isotropic",) for g in (1, 2, 4) for log in (True, False)}),
+        "likelihood": ("kernelbank", False, Likelihood, {
+            f"{b} d{'-'.join(map(str, d))}": {"radius": 4, "basis": b, "dilations": d}
+            for b in ("full", "isotropic") for d in ((1,), (1, 2), (1, 2, 3))}),
+        "lbp_svm": ("peer", True, lambda **p: Extractor(lbp_features, **p), {
+            f"r{'-'.join(map(str, r))} {m} grid{g}": {"radii": r, "method": m, "grid": g}
+            for r in ((1, 2, 3), (1, 2, 3, 4, 5)) for m, g in
+            (("uniform", 1), ("uniform", 2), ("nri_uniform", 1))}),
+        "gabor_svm": ("peer", True, lambda **p: Extractor(gabor_features, **p), {
+            f"f{len(f)} o{o}": {"frequencies": f, "n_orientations": o}
+            for f in ((0.1, 0.2, 0.4), (0.05, 0.1, 0.2, 0.4)) for o in (4, 6, 8)}),
     }
-    scattering = scattering_extractor()
+    scattering = scattering_function()
     if scattering is not None:
-        table["scattering_svm"] = ("peer", plain(scattering))
+        table["scattering_svm"] = ("peer", True, lambda **p: Extractor(scattering, **p), {
+            f"J{J}{' log' if log else ''}": {"J": J, "log": log}
+            for J in (2, 3) for log in (False, True)})
     return table
 
 
@@ -218,28 +315,32 @@ def main(argv=None) -> int:
     print(f"# {root}: {len(y_train)} train / {len(y_test)} test images, {len(classes)} classes "
           f"({', '.join(classes)})")
 
-    table = methods(args.seed)
+    table = methods()
     chosen = list(table) if not args.methods else args.methods.split(",")
     unknown = [m for m in chosen if m not in table]
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(table)}")
     results = {}
     for name in chosen:
-        family, run = table[name]
+        family, svm, make, variants = table[name]
+        started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            accuracy, speed, params = run(train, y_train, test, y_test)
+            accuracy, speed, recipe, cv = select_and_test(make, variants, svm, train, y_train,
+                                                          test, y_test, args.seed)
         results[name] = {"accuracy": accuracy, "images_per_s": speed, "family": family,
-                         "params": params}
-        print(f"# done {name}: {accuracy:.4f}", file=sys.stderr, flush=True)
+                         "recipe": recipe, "cv": cv}
+        print(f"# done {name}: {accuracy:.4f} ({recipe}; {time.perf_counter() - started:.0f} s)",
+              file=sys.stderr, flush=True)
 
     base = results.get("lbp_svm", {}).get("images_per_s")
-    print(f"{'method':<16}{'family':<12}{'accuracy':>9}{'error':>8}{'images/s':>10}"
-          f"{'vs lbp':>8}  classifier")
+    print(f"{'method':<16}{'family':<12}{'accuracy':>9}{'errors':>8}{'cv':>7}{'images/s':>10}"
+          f"{'vs lbp':>8}  recipe chosen by CV")
     for name, r in results.items():
         ratio = f"{r['images_per_s'] / base:7.2f}x" if base else "      -"
-        print(f"{name:<16}{r['family']:<12}{r['accuracy']:>9.4f}{1 - r['accuracy']:>8.4f}"
-              f"{r['images_per_s']:>10.1f}{ratio:>8}  {r['params'] or 'none'}")
+        errors = round((1 - r["accuracy"]) * len(y_test))
+        print(f"{name:<16}{r['family']:<12}{r['accuracy']:>9.4f}{errors:>8d}{r['cv']:>7.3f}"
+              f"{r['images_per_s']:>10.1f}{ratio:>8}  {r['recipe']}")
     ours = [r["accuracy"] for r in results.values() if r["family"] == "kernelbank"]
     peers = [r["accuracy"] for r in results.values() if r["family"] == "peer"]
     if ours and peers:

@@ -173,7 +173,7 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
         return feats.cpu().numpy()
 
 
-class BankFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
+class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
     """Residual features of every kernel of a bank learned from labelled images.
 
     ``fit(X, y)`` fits every training image at each dilation, merges the fits into
@@ -209,7 +209,6 @@ class BankFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator)
     stats_ : list of ClassStats
         One per dilation.
     classes_ : ndarray
-    feature_names_out_ : list of str
     """
 
     def __init__(self, radius=4, basis="full", method="pooled", dilations=(1, 2, 3),
@@ -238,22 +237,32 @@ class BankFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator)
         self.bank_ = KernelBank.concat([
             KernelBank.from_stats(s, self.method, n_components=self.n_components,
                                   ridge=self.ridge, random_state=rng) for s in self.stats_])
-        names = bank_feature_names(self.bank_, self.grid, self.joint)
-        self._log_columns = np.array([n.rsplit("_", 1)[-1] in _LOGGED or "_energy_" in n
-                                      for n in names])
-        self.feature_names_out_ = [_log_name(n) if logged and self.log else n
-                                   for n, logged in zip(names, self._log_columns)]
         return self
 
+    def _names_and_logged(self) -> tuple[list[str], np.ndarray]:
+        names = bank_feature_names(self.bank_, self.grid, self.joint)
+        logged = np.array([bool(self.log) and (n.rsplit("_", 1)[-1] in _LOGGED or "_energy_" in n)
+                           for n in names], dtype=bool)
+        return [_log_name(n) if flag else n for n, flag in zip(names, logged)], logged
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """Names of the output columns, e.g. ``k03_brick_d2_log_mse``."""
+        check_is_fitted(self, "bank_")
+        return np.asarray(self._names_and_logged()[0], dtype=object)
+
     def transform(self, X) -> np.ndarray:
-        """Bank features, shape (n_samples, n_features_out), float64."""
+        """Bank features, shape (n_samples, n_features_out), float64.
+
+        ``grid``, ``joint`` and ``log`` act here only, so changing them with
+        ``set_params`` after ``fit`` needs no refit.
+        """
         check_is_fitted(self, "bank_")
         images = self._images(X, reset=False)
         feats, _ = bank_features(images, self.bank_, self.grid, self.normalize, self.joint,
                                  ridge=self.ridge)
         out = feats.cpu().numpy()
-        if self.log:
-            out[:, self._log_columns] = np.log(np.maximum(out[:, self._log_columns], 1e-12))
+        logged = self._names_and_logged()[1]
+        out[:, logged] = np.log(np.maximum(out[:, logged], 1e-12))
         return out
 
 

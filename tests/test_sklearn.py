@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import RidgeClassifier
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -81,9 +81,9 @@ def test_likelihood_classifier_equals_core_and_orders_classes():
 
 def test_pipeline_grid_search_clone_pickle():
     pipe = make_pipeline(BankFeatures(radius=1, basis="isotropic", dilations=(1,)),
-                         StandardScaler(), LogisticRegression(max_iter=500))
+                         StandardScaler(), RidgeClassifier())
     search = GridSearchCV(pipe, {"bankfeatures__grid": [1, 2],
-                                 "logisticregression__C": [0.1, 10.0]}, cv=3)
+                                 "ridgeclassifier__alpha": [1.0, 100.0]}, cv=3)
     search.fit(X_TRAIN, Y_TRAIN)
     assert search.score(X_TEST, Y_TEST) >= 0.8
     names = search.best_estimator_[:-1].get_feature_names_out()

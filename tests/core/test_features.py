@@ -107,3 +107,21 @@ def test_bad_input_names_the_image():
         kb.bank_features([np.zeros((20, 20)), np.zeros((4, 30))], bank)
     with pytest.raises(ValueError, match="grid"):
         kb.bank_features(np.zeros((1, 20, 20)), bank, grid=0)
+
+
+def test_volumes_match_scipy_correlate():
+    from scipy.signal import correlate
+
+    rng = np.random.default_rng(6)
+    k = rng.normal(size=(2, 3, 3, 3))
+    k[:, 1, 1, 1] = 0
+    bank = kb.KernelBank(k, [1, 1], [-1, -1], [], "random")
+    volume = rng.normal(size=(9, 10, 11)).cumsum(0)
+    feats, names = kb.bank_features(volume[None], bank, grid=1)
+    x = zscore(volume)
+    target = x[1:-1, 1:-1, 1:-1]
+    for m in range(2):
+        p = correlate(x, k[m], mode="valid")
+        e = target - (p * target).sum() / (p * p).sum() * p
+        np.testing.assert_allclose(feats[0, 5 * m + 1].item(), (e ** 2).mean(), rtol=1e-10)
+    assert names[5] == "k01_random_d1_mae" and names[4] == "k00_random_d1_energy_0_0_0"
