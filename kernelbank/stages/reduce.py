@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 
 from ..config import ReduceConfig
 from ..io.layout import Staging, read_json, write_json
-from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
+from ..io.storage import join, resolve, storage_options, url_of
+from ..io.tables import parquet_files
 from .common import TRAIN_SPLITS, log, make_basis, timed
 from .fit import FIT_META
 
@@ -31,6 +32,7 @@ __all__ = ["partial_stats", "merge_fit_table", "banks_from_stats", "run_reduce",
            "BANK_FILE"]
 
 BANK_FILE = "bank.npz"
+MAX_READ_TASKS = 1024
 _STATS_COLUMNS = ["label", "split", "coef", "mse", "gram", "rhs", "sum_sq", "n_pixels"]
 
 
@@ -70,13 +72,26 @@ def partial_stats(table: pa.Table, *, meta: dict[str, Any]) -> pa.Table:
                      "stats": pa.array(out["stats"], pa.large_binary())})
 
 
-def merge_fit_table(fit_url: str, *, s3_endpoint: str | None = None) -> dict[int, Any]:
+def _partials_of_files(batch: dict[str, Any], *, fs, meta: dict[str, Any]) -> pa.Table:
+    """Partial statistics of each fit file named in ``batch["path"]``."""
+    import pyarrow.parquet as pq
+    parts = []
+    for path in batch["path"]:
+        with fs.open(str(path), "rb") as handle:
+            parts.append(partial_stats(pq.read_table(handle, columns=_STATS_COLUMNS), meta=meta))
+    return pa.concat_tables(parts)
+
+
+def merge_fit_table(fit_url: str, *, s3_endpoint: str | None = None,
+                    partials_seen: list[int] | None = None) -> dict[int, Any]:
     """Exact per-class statistics of the train rows of a fit table, per dilation.
 
     Parameters
     ----------
     fit_url : str
         The ``fit/`` folder written by the fit stage.
+    partials_seen : list, optional
+        Gets the number of partial statistics (blocks with train rows) merged.
 
     Returns
     -------
@@ -89,15 +104,24 @@ def merge_fit_table(fit_url: str, *, s3_endpoint: str | None = None) -> dict[int
     meta = read_json(fs, join(path, FIT_META))
     if meta is None:
         raise FileNotFoundError(f"{fit_url!r} has no {FIT_META}: run the fit stage first")
-    ds = ray.data.read_parquet(path, filesystem=ray_filesystem(fs),
-                               file_extensions=["parquet"]).select_columns(_STATS_COLUMNS)
-    partials = ds.map_batches(partial_stats, batch_format="pyarrow", batch_size=None,
-                              fn_kwargs={"meta": meta})
+    files = parquet_files(fs, path)
+    if not files:
+        raise FileNotFoundError(f"{fit_url!r} holds no Parquet files: the fit stage fitted no image")
+    # one partial per file (each file is one write task's rows, so bounded): Ray's
+    # read_parquet would pack small files into one block and hide the merge
+    ds = ray.data.from_items([{"path": p} for p in files],
+                             override_num_blocks=min(len(files), MAX_READ_TASKS))
+    partials = ds.map_batches(_partials_of_files, batch_format="numpy", batch_size=1,
+                              fn_kwargs={"fs": fs, "meta": meta})
     merged: dict[int, Any] = {d: kb.ClassStats.empty() for d in meta["dilations"]}
+    count = 0
     for batch in partials.iter_batches(batch_format="pyarrow", batch_size=None):
         for dilation, blob in zip(batch.column("dilation").to_pylist(),
                                   batch.column("stats").to_pylist()):
             merged[dilation] = merged[dilation] + kb.ClassStats.from_dict(pickle.loads(blob))
+            count += 1
+    if partials_seen is not None:
+        partials_seen.append(count // max(1, len(meta["dilations"])))
     return merged
 
 
@@ -121,8 +145,9 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging: Staging, *,
     """Run the reduce stage into ``staging.dir("banks")``; returns the stage summary."""
     summary: dict[str, Any] = {}
     log(f"reduce: {fit_url} method={config.method.value}")
+    partials: list[int] = []
     with timed(summary):
-        stats = merge_fit_table(fit_url, s3_endpoint=s3_endpoint)
+        stats = merge_fit_table(fit_url, s3_endpoint=s3_endpoint, partials_seen=partials)
         bank = banks_from_stats(stats, config)
     fs, banks = staging.fs, staging.dir("banks")
     fs.makedirs(banks, exist_ok=True)
@@ -139,6 +164,7 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging: Staging, *,
     write_json(fs, join(banks, "bank.json"), info)
     images = sum(counts.values())
     summary.update({"images": images, "classes": counts, "n_kernels": len(bank),
+                    "partial_stats_merged": partials[0],
                     "method": config.method.value,
                     "images_per_second": round(images / max(summary["seconds"], 1e-9), 2)})
     log(f"reduce: {images} train images, {len(counts)} classes -> {len(bank)} kernels "

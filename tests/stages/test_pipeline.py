@@ -135,6 +135,7 @@ def test_reduce_equals_in_process_statistics_and_bank(run):
     per_file = [set(pq.read_table(f, columns=["label"]).column("label").to_pylist())
                 for f in fit_files]
     assert len(fit_files) >= 2 and any(sum(c in s for s in per_file) >= 2 for c in ("c0", "c1", "c2"))
+    assert run["summary"]["stages"]["reduce"]["partial_stats_merged"] >= 2
     train = [p for p in _good_files(run["data"]) if p.parts[-3] == "train"]
     labels = [p.parts[-2] for p in train]
     result = kb.fit(_reference_images(train), kb.Basis.isotropic(2), dilations=list(DILATIONS))
