@@ -38,8 +38,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--s3-endpoint", default=None,
                       help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
     model = parser.add_argument_group("model")
-    model.add_argument("--init", choices=("random", "gabor", "bank"), default="random",
-                       help="initial kernels (default random; --init-bank implies bank)")
+    model.add_argument("--init", choices=("gabor", "random", "bank"), default="gabor",
+                       help="initial kernels (default gabor; --init-bank implies bank)")
     model.add_argument("--init-bank", default=None, help="URL of a saved KernelBank to start from")
     model.add_argument("--radius", type=int, default=2, help="kernel radius (default 2)")
     model.add_argument("--basis", choices=("isotropic", "full"), default="isotropic",
@@ -51,12 +51,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="residual-energy pooling grid (default 2)")
     model.add_argument("--hidden", type=int, default=64,
                        help="MLP hidden width, 0 = linear (default 64)")
+    model.add_argument("--norm", choices=("batch", "layer"), default="batch",
+                       help="feature normalisation before the head (default batch)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
     train.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
     train.add_argument("--batch-size", type=int, default=32, help="batch per worker (default 32)")
     train.add_argument("--weight-decay", type=float, default=0.0,
                        help="Adam weight decay (default 0)")
+    train.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                       help="learning rate per epoch (default cosine decay)")
     train.add_argument("--seed", type=int, default=0, help="random_state (default 0)")
     ray_group = parser.add_argument_group("Ray")
     ray_group.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
@@ -99,7 +103,8 @@ def config_from_args(args: argparse.Namespace):
         output=args.output, input=args.input, init=args.init, init_bank=args.init_bank,
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, radius=args.radius, basis=args.basis,
+        weight_decay=args.weight_decay, schedule=args.schedule, norm=args.norm,
+        radius=args.radius, basis=args.basis,
         dilations=args.dilations, n_kernels=args.n_kernels, grid=args.grid, hidden=args.hidden,
         classes=args.classes, storage_path=args.storage_path,
         run_name=args.run_name, random_state=args.seed, s3_endpoint=args.s3_endpoint)

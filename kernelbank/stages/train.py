@@ -18,6 +18,7 @@ history and exports the best model even when that epoch's checkpoint was rotated
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -45,8 +46,9 @@ class TrainConfig:
     input : str, optional
         Images URL (folder or Parquet layouts of ``kernelbank run``, with train and test
         splits); ``None`` uses the built-in textures in memory.
-    init : {"random", "gabor", "bank"}, default="random"
-        Initial kernels; ``"bank"`` needs ``init_bank``.
+    init : {"gabor", "random", "bank"}, default="gabor"
+        Initial kernels (Gabor filters at every dilation, projected on the basis; random;
+        or a saved bank). ``init_bank`` implies ``"bank"``.
     init_bank : str, optional
         URL of a saved :class:`kernelbank.KernelBank`; implies ``init="bank"``.
     workers : int, default=2
@@ -54,6 +56,9 @@ class TrainConfig:
     cpus_per_worker : float, default=0.5
         Keep below the CPUs per node so that Ray Data's read tasks still get a CPU.
     epochs, batch_size, lr, weight_decay : optimisation (Adam).
+    schedule : {"cosine", "constant"}, default="cosine"
+        Learning rate per epoch: ``lr · (1 + cos(π e / epochs)) / 2`` or constant. It
+        depends only on the epoch counter, so a resumed run continues it exactly.
     radius, basis, dilations, n_kernels, grid, hidden, norm, gain :
         The model (see :class:`kernelbank.nn.ModelConfig`).
     patch_size : int, default=32
@@ -65,13 +70,15 @@ class TrainConfig:
     run_name : str, default="end_to_end"
         A second run with the same name and storage resumes from its latest checkpoint.
     fail_after_epoch : int, optional
-        Fault drill: raise after checkpointing this epoch (0-based) on rank 0.
+        Fault drill: every worker raises right after reporting this epoch (0-based). A
+        rerun resumes from the latest checkpoint Ray's controller registered: this
+        epoch's, or the one before when the failure overtook the report.
     random_state : int, default=0
     """
 
     output: str
     input: str | None = None
-    init: str = "random"
+    init: str = "gabor"
     init_bank: str | None = None
     workers: int = 2
     use_gpu: bool = False
@@ -80,13 +87,14 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-2
     weight_decay: float = 0.0
+    schedule: str = "cosine"
     radius: int = 2
     basis: str = "isotropic"
     dilations: tuple[int, ...] = (1, 2, 4)
     n_kernels: int = 8
     grid: int = 2
     hidden: int = 64
-    norm: str = "layer"
+    norm: str = "batch"
     gain: bool = False
     patch_size: int = 32
     classes: tuple[str, ...] | None = None
@@ -97,10 +105,12 @@ class TrainConfig:
     s3_endpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if self.init_bank and self.init == "random":
+        if self.init_bank:
             object.__setattr__(self, "init", "bank")
         if self.init not in ("random", "gabor", "bank"):
             raise ValueError(f"init must be 'random', 'gabor' or 'bank', got {self.init!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.init == "bank" and not self.init_bank:
             raise ValueError("init='bank' needs init_bank=URL of a saved KernelBank")
         for name in ("workers", "epochs", "batch_size", "patch_size"):
@@ -183,6 +193,25 @@ def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
     return tensor.tolist()
 
 
+def _average_buffers(model) -> None:
+    """Average the batch-norm running statistics over the workers.
+
+    DDP keeps parameters equal on every rank, but each rank updates its running
+    statistics from its own batches; without this, rank 1 would score the test set with
+    other statistics than the model rank 0 checkpoints and exports.
+    """
+    import torch
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for norm in norms:
+            for buffer in (norm.running_mean, norm.running_var):
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer /= dist.get_world_size()
+
+
 def _evaluate(model, iterator, loop: dict, device, errors: list | None) -> tuple[int, int]:
     import torch
     correct = total = 0
@@ -192,6 +221,12 @@ def _evaluate(model, iterator, loop: dict, device, errors: list | None) -> tuple
             correct += int((model(images).argmax(1) == y).sum())
             total += len(y)
     return correct, total
+
+
+def _learning_rate(loop: dict, epoch: int) -> float:
+    if loop["schedule"] == "constant":
+        return loop["lr"]
+    return loop["lr"] * 0.5 * (1 + math.cos(math.pi * epoch / loop["epochs"]))
 
 
 def train_loop_per_worker(loop: dict) -> None:
@@ -221,12 +256,16 @@ def train_loop_per_worker(loop: dict) -> None:
     test_shard = ray.train.get_dataset_shard("test")
 
     for epoch in range(start, loop["epochs"]):
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(loop, epoch)
         model.train()
         began = time.perf_counter()
         loss_sum = correct = count = 0.0
         errors = [] if epoch == start else None          # bad rows are the same every epoch
         seed = loop["random_state"] + 1000 * epoch + rank
         for images, y in _batches(train_shard, loop, device, seed=seed, errors=errors):
+            if len(y) < 2:                  # batch norm cannot train on one image
+                continue
             logits = model(images)
             loss = torch.nn.functional.cross_entropy(logits, y)
             optimizer.zero_grad()
@@ -238,6 +277,7 @@ def train_loop_per_worker(loop: dict) -> None:
         elapsed = time.perf_counter() - began
         loss_sum, correct, count = _all_reduce([loss_sum, correct, count])
         (elapsed,) = _all_reduce([elapsed], op="max")
+        _average_buffers(raw)
         test_correct, test_total = _evaluate(raw, test_shard, loop, device, errors)
         test_correct, test_total, n_errors = _all_reduce(
             [test_correct, test_total, len(errors) if errors is not None else -1])
@@ -247,7 +287,8 @@ def train_loop_per_worker(loop: dict) -> None:
                    "test_accuracy": test_correct / max(test_total, 1),
                    "train_images": int(count), "test_images": int(test_total),
                    "images_per_s": count / max(elapsed, 1e-9), "epoch_seconds": elapsed,
-                   "optimizer_steps": steps, "workers": world, "run_start_epoch": start}
+                   "optimizer_steps": steps, "workers": world, "run_start_epoch": start,
+                   "lr": optimizer.param_groups[0]["lr"]}
         if errors is not None:
             metrics["skipped_rows"] = int(n_errors)
             metrics["skipped_examples"] = errors[:5]
@@ -324,6 +365,7 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
     kernels, dilations = _init_kernels(config)
     loop = {"model": model_config.to_dict(), "random_state": config.random_state,
             "lr": config.lr, "weight_decay": config.weight_decay, "epochs": config.epochs,
+            "schedule": config.schedule,
             "batch_size": config.batch_size, "threads": max(1, int(config.cpus_per_worker)),
             "init_kernels": kernels, "init_dilations": dilations,
             "fail_after_epoch": config.fail_after_epoch}
