@@ -1,4 +1,4 @@
-"""Ray job entry point for the whole pipeline (fit, reduce, features, classify); same options as ``kernelbank run``.
+"""Ray job entry point for the whole pipeline; same options as ``kernelbank run``.
 
     ray job submit --working-dir . -- python jobs/pipeline.py --help
 
