@@ -56,7 +56,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
     train.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
-    train.add_argument("--batch-size", type=int, default=32, help="batch per worker (default 32)")
+    train.add_argument("--batch-size", type=int, default=32,
+                       help="global batch, split over the workers (default 32)")
     train.add_argument("--weight-decay", type=float, default=0.0,
                        help="Adam weight decay (default 0)")
     train.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",

@@ -17,6 +17,7 @@ history and exports the best model even when that epoch's checkpoint was rotated
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -55,7 +56,11 @@ class TrainConfig:
         Ray Train workers (one GPU each with ``use_gpu``).
     cpus_per_worker : float, default=0.5
         Keep below the CPUs per node so that Ray Data's read tasks still get a CPU.
-    epochs, batch_size, lr, weight_decay : optimisation (Adam).
+    epochs, lr, weight_decay : optimisation (Adam).
+    batch_size : int, default=32
+        Global batch: each of the ``workers`` gets ``batch_size // workers`` images per
+        step (at least 2), so the number of steps per epoch, and the result, hardly
+        depend on the number of workers.
     schedule : {"cosine", "constant"}, default="cosine"
         Learning rate per epoch: ``lr · (1 + cos(π e / epochs)) / 2`` or constant. It
         depends only on the epoch counter, so a resumed run continues it exactly.
@@ -193,6 +198,16 @@ def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
     return tensor.tolist()
 
 
+def _gather(items: list) -> list:
+    """The concatenation of ``items`` from every rank (rank order)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(items)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(items))
+    return [item for part in gathered for item in part]
+
+
 def _average_buffers(model) -> None:
     """Average the batch-norm running statistics over the workers.
 
@@ -263,17 +278,20 @@ def train_loop_per_worker(loop: dict) -> None:
         loss_sum = correct = count = 0.0
         errors = [] if epoch == start else None          # bad rows are the same every epoch
         seed = loop["random_state"] + 1000 * epoch + rank
-        for images, y in _batches(train_shard, loop, device, seed=seed, errors=errors):
-            if len(y) < 2:                  # batch norm cannot train on one image
-                continue
-            logits = model(images)
-            loss = torch.nn.functional.cross_entropy(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss) * len(y)
-            correct += float((logits.argmax(1) == y).sum())
-            count += len(y)
+        # error rows, mixed image sizes and skipped 1-image batches give the ranks uneven
+        # step counts; DDP's join() keeps the gradient all-reduces matched until all finish
+        with model.join() if hasattr(model, "join") else contextlib.nullcontext():
+            for images, y in _batches(train_shard, loop, device, seed=seed, errors=errors):
+                if len(y) < 2:              # batch norm cannot train on one image
+                    continue
+                logits = model(images)
+                loss = torch.nn.functional.cross_entropy(logits, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss) * len(y)
+                correct += float((logits.argmax(1) == y).sum())
+                count += len(y)
         elapsed = time.perf_counter() - began
         loss_sum, correct, count = _all_reduce([loss_sum, correct, count])
         (elapsed,) = _all_reduce([elapsed], op="max")
@@ -291,7 +309,7 @@ def train_loop_per_worker(loop: dict) -> None:
                    "lr": optimizer.param_groups[0]["lr"]}
         if errors is not None:
             metrics["skipped_rows"] = int(n_errors)
-            metrics["skipped_examples"] = errors[:5]
+            metrics["skipped_examples"] = _gather(errors[:5])[:5]
         history.append(metrics)
         if metrics["test_accuracy"] > best["test_accuracy"]:
             best = {"test_accuracy": metrics["test_accuracy"], "epoch": epoch,
@@ -366,7 +384,8 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
     loop = {"model": model_config.to_dict(), "random_state": config.random_state,
             "lr": config.lr, "weight_decay": config.weight_decay, "epochs": config.epochs,
             "schedule": config.schedule,
-            "batch_size": config.batch_size, "threads": max(1, int(config.cpus_per_worker)),
+            "batch_size": max(2, config.batch_size // config.workers),
+            "threads": max(1, int(config.cpus_per_worker)),
             "init_kernels": kernels, "init_dilations": dilations,
             "fail_after_epoch": config.fail_after_epoch}
     storage_fs, storage_path = _checkpoint_storage(config)
