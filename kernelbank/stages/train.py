@@ -61,6 +61,11 @@ class TrainConfig:
         Global batch: each of the ``workers`` gets ``batch_size // workers`` images per
         step (at least 2), so the number of steps per epoch, and the result, hardly
         depend on the number of workers.
+    shuffle_buffer : int, default=1024
+        Rows each worker mixes before batching; the train split's blocks are also read in
+        a random order each epoch. Inputs are usually sorted by class (folders), and
+        class-sorted batches ruin batch norm's statistics, so keep this well above the
+        number of rows in one block.
     schedule : {"cosine", "constant"}, default="cosine"
         Learning rate per epoch: ``lr · (1 + cos(π e / epochs)) / 2`` or constant. It
         depends only on the epoch counter, so a resumed run continues it exactly.
@@ -93,6 +98,7 @@ class TrainConfig:
     lr: float = 1e-2
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    shuffle_buffer: int = 1024
     radius: int = 2
     basis: str = "isotropic"
     dilations: tuple[int, ...] = (1, 2, 4)
@@ -118,7 +124,7 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.init == "bank" and not self.init_bank:
             raise ValueError("init='bank' needs init_bank=URL of a saved KernelBank")
-        for name in ("workers", "epochs", "batch_size", "patch_size"):
+        for name in ("workers", "epochs", "batch_size", "patch_size", "shuffle_buffer"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -171,8 +177,8 @@ def _batches(iterator, loop: dict, device, seed: int | None, errors: list | None
     import torch
     from ..io.readers import images_from_batch
     index = {name: i for i, name in enumerate(loop["model"]["class_names"])}
-    kwargs = {"local_shuffle_buffer_size": 4 * loop["batch_size"], "local_shuffle_seed": seed} \
-        if seed is not None else {}
+    kwargs = {"local_shuffle_buffer_size": max(loop["shuffle_buffer"], 4 * loop["batch_size"]),
+              "local_shuffle_seed": seed} if seed is not None else {}
     for batch in iterator.iter_batches(batch_size=loop["batch_size"], batch_format="numpy",
                                        **kwargs):
         images = images_from_batch(batch)
@@ -383,7 +389,7 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
     kernels, dilations = _init_kernels(config)
     loop = {"model": model_config.to_dict(), "random_state": config.random_state,
             "lr": config.lr, "weight_decay": config.weight_decay, "epochs": config.epochs,
-            "schedule": config.schedule,
+            "schedule": config.schedule, "shuffle_buffer": config.shuffle_buffer,
             "batch_size": max(2, config.batch_size // config.workers),
             "threads": max(1, int(config.cpus_per_worker)),
             "init_kernels": kernels, "init_dilations": dilations,
@@ -394,7 +400,7 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers, use_gpu=config.use_gpu,
             resources_per_worker={"CPU": config.cpus_per_worker}),
-        datasets={"train": datasets["train"], "test": datasets["test"]},
+        datasets={"train": datasets["train"].randomize_block_order(), "test": datasets["test"]},
         run_config=ray.train.RunConfig(
             name=config.run_name, storage_path=storage_path,
             storage_filesystem=ray_filesystem(storage_fs),
@@ -476,7 +482,8 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str]]:
     if config.input is None:
         import pyarrow as pa
         rows = _texture_rows(config)
-        ds = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=DECODED_SCHEMA))
+        ds = ray.data.from_arrow([pa.Table.from_pylist(rows[i:i + 64], schema=DECODED_SCHEMA)
+                                  for i in range(0, len(rows), 64)])    # blocks to shuffle
         found = {row["label"] for row in rows}
     else:
         from ..config import ReadConfig
