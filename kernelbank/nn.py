@@ -26,7 +26,7 @@ The module imports torch and the math layer only (no Ray); :func:`save_model` an
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, BinaryIO, Sequence
 
 import numpy as np
@@ -265,7 +265,6 @@ class ModelConfig:
     gain: bool = False
     dropout: float = 0.0
     ndim: int = 2
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))

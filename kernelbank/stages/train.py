@@ -23,8 +23,8 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 
