@@ -62,8 +62,13 @@ def test_ray_job_submit_pipeline(tmp_path):
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={temp}",
-         f"--ray-client-server-port={_free_port()}", f"--min-worker-port={_free_port()}",
-         "--max-worker-port=0"],
+         # every port of its own: another Ray on this machine (the test session's) holds
+         # the defaults, and a dashboard agent that cannot bind leaves jobs unsubmittable
+         f"--ray-client-server-port={_free_port()}", f"--node-manager-port={_free_port()}",
+         f"--object-manager-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+         f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
@@ -80,8 +85,8 @@ def test_ray_job_submit_pipeline(tmp_path):
         submit = [str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(REPO),
                   "--runtime-env-json", json.dumps({"excludes": ["runs/", "bench/", "tests/"]}),
                   "--", "python", "jobs/pipeline.py", "--input", str(data), "--output", str(out),
-                  "--radius", "2", "--batch-size", "8"]
-        for _ in range(30):      # the dashboard answers before its job agent is ready
+                  "--radius", "2", "--batch-size", "8", "--no-report"]
+        for _ in range(15):      # the dashboard answers before its job agent is ready
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300,
                                  cwd=REPO)
             if "No available agent" not in job.stdout + job.stderr:
