@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
 
 __all__ = ["BasisKind", "BankMethod", "InputFormat", "ReadConfig", "FitConfig",
            "ReduceConfig", "FeatureConfig", "ClassifyConfig", "PipelineConfig",
@@ -243,7 +242,3 @@ class PipelineConfig:
         if not isinstance(self.output, str) or not self.output:
             raise ValueError(f"output url must be a non-empty string, got {self.output!r}")
 
-
-def as_int_tuple(values: Sequence[int] | int) -> tuple[int, ...]:
-    """``3`` or ``[1, 2]`` as a tuple of ints (CLI helper)."""
-    return (int(values),) if isinstance(values, int) else tuple(int(v) for v in values)

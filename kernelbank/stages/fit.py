@@ -38,17 +38,14 @@ FIT_COLUMNS = ["id", "path", "label", "split", "shape", "coef", "mse", "gram", "
 FIT_META = "_kernelbank.json"
 
 
-def _fixed(values: list[np.ndarray], width: int, dtype) -> pa.Array:
-    """Rows of ``width`` numbers as a fixed-size list column (nulls for missing rows)."""
-    mask = np.array([v is None for v in values])
+def _fixed(values: list[np.ndarray | None], width: int, dtype) -> pa.Array:
+    """Rows of ``width`` numbers as a fixed-size list column (null for ``None`` rows)."""
+    missing = np.array([v is None for v in values], dtype=bool)
     flat = np.concatenate([np.zeros(width, dtype) if v is None else
                            np.asarray(v, dtype).reshape(-1) for v in values]) \
         if values else np.zeros(0, dtype)
-    array = pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
-    if mask.any():
-        array = pa.FixedSizeListArray.from_arrays(pa.array(flat), width,
-                                                  mask=pa.array(mask))
-    return array
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(flat), width, mask=pa.array(missing) if missing.any() else None)
 
 
 class KernelFitter:
