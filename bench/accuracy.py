@@ -10,23 +10,27 @@ default: the built-in textures (``kernelbank.datasets.textures``), written once 
 
 kernelbank
     ``ar_svm``         AR coefficients at dilations 1-5 (isotropic, radius 4) + SVM:
-                       the original ConvAR recipe.
-    ``bank_svm``       residual features of per-class pooled kernels at dilations 1-3
-                       (isotropic, radius 4; mae/mse/var/grid energy, gain, win rate) + SVM.
+                       the original ConvAR recipe (dilations that do not fit are dropped).
+    ``bank_svm``       residual features of per-class pooled full kernels (radius 2 at
+                       dilations 1-4, or radius 4 at 1-3): log mae/mse/var/grid energy,
+                       gain, win rate, optionally the joint coefficients; + SVM.
     ``likelihood``     per-class pooled kernels, Gaussian residual likelihood; no
                        classifier training at all.
 peers
     ``lbp_svm``        LBP histograms (skimage.feature.local_binary_pattern), 8r points
-                       at radii 1-3 or 1-5, uniform or non-rotation-invariant uniform.
+                       at radii 1-2, 1-3 or 1-5; uniform (whole image or 2x2 cells) or
+                       non-rotation-invariant uniform.
     ``gabor_svm``      Gabor filter-bank energy (skimage.filters.gabor_kernel, FFT
-                       convolution): mean and std of the magnitude per filter.
-    ``scattering_svm`` wavelet scattering (kymatio, L=8), spatial mean of each channel;
-                       skipped with a message if kymatio is missing.
+                       convolution): mean and std of the magnitude per filter; 3 frequency
+                       sets x 4/6/8 orientations.
+    ``scattering_svm`` wavelet scattering (kymatio 2-D, J 2/3, L 4/8, raw or log), spatial
+                       mean of each channel; skipped with a message if kymatio is missing.
 
 Same effort for every method: each has a few recipe variants (listed in
 :func:`methods`), and each "*_svm" method the same classifier, StandardScaler + SVC with
 kernel {linear, rbf} x C {0.1, 1, 10, 100}. The (variant, SVC) pair with the best
-5-fold cross-validated accuracy on the training set is refitted on all of it and
+5-fold cross-validated accuracy on the training set (unshuffled folds: contiguous
+bands of the photographs for the built-in textures) is refitted on all of it and
 scored once on the test set, which plays no part in any choice. Label-dependent
 features (a kernel bank) are relearned on every fold's training part.
 
@@ -153,28 +157,28 @@ def scattering_function() -> Callable | None:
     operators: dict = {}
     last: dict = {}         # the log variant reuses the coefficients of the same images
 
-    def scattering(images, J=3, log=False) -> np.ndarray:
-        """Spatial mean of every scattering channel (J scales, 8 angles), batched by shape."""
-        key = (J, id(images), len(images))
+    def scattering(images, J=3, L=8, log=False) -> np.ndarray:
+        """Spatial mean of every scattering channel (J scales, L angles), batched by shape."""
+        key = (J, L, id(images), len(images))
         if key not in last:
             last.clear()
-            last[key] = _scattering(images, J)
-        return np.log(last[key] + 1e-6) if log else last[key]
+            last[key] = _scattering(images, J, L)
+        return np.log(np.abs(last[key]) + 1e-6) if log else last[key]
 
-    def _scattering(images, J):
+    def _scattering(images, J, L):
         images = [np.asarray(i, dtype=np.float32) for i in images]
         out = [None] * len(images)
         groups: dict = {}
         for index, image in enumerate(images):
             groups.setdefault(image.shape, []).append(index)
         for shape, indices in groups.items():
-            if (J, shape) not in operators:
-                operators[(J, shape)] = ScatteringTorch2D(J=J, shape=shape, L=8)
+            if (J, L, shape) not in operators:
+                operators[(J, L, shape)] = ScatteringTorch2D(J=J, shape=shape, L=L)
             batch = np.stack([images[i] for i in indices])
             batch = (batch - batch.mean((1, 2), keepdims=True)) / np.maximum(
                 batch.std((1, 2), keepdims=True), 1e-12)
             with torch.no_grad():
-                coef = operators[(J, shape)](torch.from_numpy(batch)).mean(dim=(-2, -1))
+                coef = operators[(J, L, shape)](torch.from_numpy(batch)).mean(dim=(-2, -1))
             for i, row in zip(indices, coef.numpy()):
                 out[i] = row
         return np.array(out)
@@ -209,15 +213,16 @@ TRANSFORM_PARAMS = ("grid", "log", "joint")    # BankFeatures parameters used by
 SVM_GRID = [{"kernel": k, "C": c} for k in GRID["svc__kernel"] for c in GRID["svc__C"]]
 
 
-def select_and_test(make, variants: dict[str, dict], svm: bool, train, y_train, test, y_test,
-                    seed: int):
+def select_and_test(make, variants: dict[str, dict], svm: bool, train, y_train, test, y_test):
     """Pick (variant, SVM parameters) by 5-fold CV on train; refit; score on test.
 
     Label-free features are computed once per variant; label-dependent ones (a bank)
     are refitted on every fold's training part, so no fold sees its own validation.
     """
-    folds = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(
-        np.zeros(len(y_train)), y_train))
+    # unshuffled folds are contiguous in file order: for patches named by position (the
+    # built-in textures) each fold is a band of the photograph, so CV sees a shift like
+    # the test split's instead of near-duplicate neighbours of its training patches
+    folds = list(StratifiedKFold(5).split(np.zeros(len(y_train)), y_train))
     scores: dict[tuple[str, int], list[float]] = {}
     fitted: dict = {}     # banks differing only in transform-time parameters are learned once
     for name, params in variants.items():
@@ -260,34 +265,50 @@ def select_and_test(make, variants: dict[str, dict], svm: bool, train, y_train, 
     return float(np.mean(predicted == y_test)), len(y_test) / seconds, chosen, float(np.mean(cv))
 
 
-def methods() -> dict[str, tuple[str, bool, Callable, dict[str, dict]]]:
-    """name -> (family, uses the SVM, factory, recipe variants chosen among by CV)."""
-    def bank(**params):
-        return BankFeatures(radius=4, method="pooled", **params)
+def fitting(dilations: tuple[int, ...], radius: int, min_side: int) -> tuple[int, ...]:
+    """The dilations whose window (2·radius·d + 1 pixels) fits in the smallest image."""
+    kept = tuple(d for d in dilations if 2 * radius * d + 1 <= min_side)
+    if not kept:
+        raise SystemExit(f"images of side {min_side} are smaller than a radius-{radius} window")
+    return kept
 
+
+def methods(min_side: int) -> dict[str, tuple[str, bool, Callable, dict[str, dict]]]:
+    """name -> (family, uses the SVM, factory, recipe variants chosen among by CV).
+
+    Dilations that do not fit ``min_side`` are dropped (and the variant named accordingly).
+    """
+    def span(dilations, radius=4):
+        kept = fitting(dilations, radius, min_side)
+        return kept, f"d{kept[0]}-{kept[-1]}" if len(kept) > 1 else f"d{kept[0]}"
+
+    shapes = {"r2": (2, (1, 2, 3, 4)), "r4": (4, (1, 2, 3))}   # radius, dilations
     table = {
         "ar_svm": ("kernelbank", True, lambda **p: ARFeatures(radius=4, basis="isotropic", **p),
-                   {"d1-5": {"dilations": (1, 2, 3, 4, 5)}}),
-        "bank_svm": ("kernelbank", True, bank, {
-            f"{b} d1-3 grid{g}{'' if log else ' raw'}":
-                {"basis": b, "dilations": (1, 2, 3), "grid": g, "log": log}
-            for b in ("isotropic",) for g in (1, 2, 4) for log in (True, False)}),
+                   {span((1, 2, 3, 4, 5))[1]: {"dilations": span((1, 2, 3, 4, 5))[0]}}),
+        "bank_svm": ("kernelbank", True, lambda **p: BankFeatures(basis="full", method="pooled", **p), {
+            f"full {r} {span(d, radius)[1]} grid{g}{' joint' if joint else ''}":
+                {"radius": radius, "dilations": span(d, radius)[0], "grid": g, "joint": joint}
+            for r, (radius, d) in shapes.items() for g in (1, 2) for joint in (False, True)}),
         "likelihood": ("kernelbank", False, Likelihood, {
-            f"{b} d{'-'.join(map(str, d))}": {"radius": 4, "basis": b, "dilations": d}
-            for b in ("full", "isotropic") for d in ((1,), (1, 2), (1, 2, 3))}),
+            f"{b} r{radius} {span(d, radius)[1]}":
+                {"radius": radius, "basis": b, "dilations": span(d, radius)[0]}
+            for b in ("full", "isotropic") for radius, d in ((2, (1,)), (4, (1,)), (4, (1, 2, 3)),
+                                                             (2, (1, 2, 3, 4)))}),
         "lbp_svm": ("peer", True, lambda **p: Extractor(lbp_features, **p), {
             f"r{'-'.join(map(str, r))} {m} grid{g}": {"radii": r, "method": m, "grid": g}
-            for r in ((1, 2, 3), (1, 2, 3, 4, 5)) for m, g in
+            for r in ((1, 2), (1, 2, 3), (1, 2, 3, 4, 5)) for m, g in
             (("uniform", 1), ("uniform", 2), ("nri_uniform", 1))}),
         "gabor_svm": ("peer", True, lambda **p: Extractor(gabor_features, **p), {
-            f"f{len(f)} o{o}": {"frequencies": f, "n_orientations": o}
-            for f in ((0.1, 0.2, 0.4), (0.05, 0.1, 0.2, 0.4)) for o in (4, 6, 8)}),
+            f"f{'-'.join(map(str, f))} o{o}": {"frequencies": f, "n_orientations": o}
+            for f in ((0.1, 0.2, 0.4), (0.05, 0.1, 0.2, 0.4), (0.15, 0.25, 0.35, 0.45))
+            for o in (4, 6, 8)}),
     }
     scattering = scattering_function()
     if scattering is not None:
         table["scattering_svm"] = ("peer", True, lambda **p: Extractor(scattering, **p), {
-            f"J{J}{' log' if log else ''}": {"J": J, "log": log}
-            for J in (2, 3) for log in (False, True)})
+            f"J{J} L{L}{' log' if log else ''}": {"J": J, "L": L, "log": log}
+            for J in (2, 3) for L in (4, 8) for log in (False, True)})
     return table
 
 
@@ -299,7 +320,6 @@ def main(argv=None) -> int:
     parser.add_argument("--patch-size", type=int, default=64, help="built-in textures only")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "kernelbank-textures"),
                         help="where the built-in textures are written (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     if args.root:
@@ -315,7 +335,8 @@ def main(argv=None) -> int:
     print(f"# {root}: {len(y_train)} train / {len(y_test)} test images, {len(classes)} classes "
           f"({', '.join(classes)})")
 
-    table = methods()
+    min_side = min(min(i.shape) for i in list(train) + list(test))
+    table = methods(min_side)
     chosen = list(table) if not args.methods else args.methods.split(",")
     unknown = [m for m in chosen if m not in table]
     if unknown:
@@ -327,7 +348,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             accuracy, speed, recipe, cv = select_and_test(make, variants, svm, train, y_train,
-                                                          test, y_test, args.seed)
+                                                          test, y_test)
         results[name] = {"accuracy": accuracy, "images_per_s": speed, "family": family,
                          "recipe": recipe, "cv": cv}
         print(f"# done {name}: {accuracy:.4f} ({recipe}; {time.perf_counter() - started:.0f} s)",
