@@ -6,8 +6,6 @@ shares no code with the strip engine in kernelbank.core.responses.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 
@@ -27,12 +25,11 @@ def design_matrix(image: np.ndarray, kernels: np.ndarray, dilation: int):
     columns = []
     for kernel in kernels:
         acc = torch.zeros(valid, dtype=torch.float64)
-        for offset in itertools.product(range(-radius, radius + 1), repeat=x.ndim):
-            weight = float(kernel[tuple(o + radius for o in offset)])
-            if weight:
-                window = tuple(slice(reach + o * dilation, reach + o * dilation + v)
-                               for o, v in zip(offset, valid))
-                acc += weight * x[window]
+        for position in zip(*np.nonzero(kernel)):
+            offset = [int(p) - radius for p in position]
+            window = tuple(slice(reach + o * dilation, reach + o * dilation + v)
+                           for o, v in zip(offset, valid))
+            acc += float(kernel[position]) * x[window]
         columns.append(acc.flatten())
     target = x[tuple(slice(reach, reach + v) for v in valid)].flatten()
     return torch.stack(columns, 1), target
