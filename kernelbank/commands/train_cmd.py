@@ -54,7 +54,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--norm", choices=("batch", "layer"), default="batch",
                        help="feature normalisation before the head (default batch)")
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
+    train.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     train.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
     train.add_argument("--batch-size", type=int, default=32,
                        help="global batch, split over the workers (default 32)")
