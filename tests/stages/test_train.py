@@ -41,7 +41,7 @@ def _saved_states(fs, runs: str) -> dict[int, dict]:
     return states
 
 
-# s3_endpoint before ray_local: Ray's workers inherit the endpoint and test credentials
+# ray_local starts the S3 endpoint first, so the Train workers inherit its AWS variables
 def test_interrupt_resume_export_on_s3(s3_endpoint, ray_local, s3_bucket, tmp_path, capsys):
     import ray.train
     fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": s3_endpoint})
