@@ -10,18 +10,16 @@ as one file that :func:`kernelbank.nn.load_model` and ``kernelbank predict`` rea
 Outputs under ``OUTPUT/train/``: ``model.pt`` (the exported model), ``summary.json``
 and, unless ``storage_path`` says otherwise, ``runs/<run_name>/`` (Ray's checkpoints).
 
-A checkpoint (``state.pt``) holds the model, the optimizer state, the epoch counter,
+The loop each worker runs lives in :mod:`kernelbank.stages.train_worker`. A checkpoint
+(``state.pt``) holds the model, the optimizer state, the epoch counter,
 the per-epoch history and the best weights so far, so a resumed run continues its
 history and exports the best model even when that epoch's checkpoint was rotated out.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -29,11 +27,10 @@ from typing import Sequence
 import numpy as np
 
 from ..io.storage import is_local, join, ray_filesystem, resolve
+from .train_worker import STATE_FILE, train_loop_per_worker
 
-__all__ = ["TrainConfig", "train_loop_per_worker", "fit_end_to_end", "load_train_test",
-           "run_train"]
-
-STATE_FILE = "state.pt"
+__all__ = ["TrainConfig", "STATE_FILE", "train_loop_per_worker", "fit_end_to_end",
+           "load_train_test", "run_train"]
 
 
 @dataclass(frozen=True)
@@ -144,192 +141,6 @@ class TrainConfig:
     @property
     def train_url(self) -> str:
         return join(self.output.rstrip("/"), "train")
-
-
-# ---------------------------------------------------------------------------- worker side
-def _initial_model(loop: dict):
-    """The model every worker starts from (identical on all ranks: seeded, or loaded)."""
-    import torch
-    from ..nn import EndToEndClassifier, ModelConfig
-    model = EndToEndClassifier(ModelConfig.from_dict(loop["model"]))
-    torch.manual_seed(loop["random_state"])
-    model.init_random(random_state=loop["random_state"])
-    if loop.get("init_kernels") is not None:
-        model.init_from_kernels(torch.as_tensor(np.asarray(loop["init_kernels"])),
-                                loop["init_dilations"])
-    return model
-
-
-def _shape_groups(images: list[np.ndarray], labels: np.ndarray):
-    """Split a batch into runs of equal image size (stacked), in first-seen order."""
-    shapes = [im.shape for im in images]
-    for shape in dict.fromkeys(shapes):
-        keep = [i for i, s in enumerate(shapes) if s == shape]
-        yield np.stack([images[i] for i in keep]), labels[keep]
-
-
-def _batches(iterator, loop: dict, device, seed: int | None, errors: list | None = None):
-    """Tensors ``(images (n, *spatial) float32, labels (n,) int64)`` from decoded rows.
-
-    Error rows (no pixels) are skipped; with ``errors`` given, their path and reason
-    are appended to it.
-    """
-    import torch
-    from ..io.readers import images_from_batch
-    index = {name: i for i, name in enumerate(loop["model"]["class_names"])}
-    kwargs = {"local_shuffle_buffer_size": max(loop["shuffle_buffer"], 4 * loop["batch_size"]),
-              "local_shuffle_seed": seed} if seed is not None else {}
-    for batch in iterator.iter_batches(batch_size=loop["batch_size"], batch_format="numpy",
-                                       **kwargs):
-        images = images_from_batch(batch)
-        keep = [i for i, im in enumerate(images)
-                if im is not None and str(batch["label"][i]) in index]
-        if errors is not None:
-            errors.extend({"path": str(batch["path"][i]), "reason": str(batch["reason"][i])
-                           if images[i] is None else f"unknown label {batch['label'][i]!r}"}
-                          for i in range(len(images)) if i not in keep)
-        if not keep:
-            continue
-        labels = np.array([index[str(batch["label"][i])] for i in keep], dtype=np.int64)
-        for stacked, y in _shape_groups([images[i] for i in keep], labels):
-            yield torch.as_tensor(stacked, device=device), torch.as_tensor(y, device=device)
-
-
-def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
-    import torch
-    import torch.distributed as dist
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return tensor.tolist()
-
-
-def _gather(items: list) -> list:
-    """The concatenation of ``items`` from every rank (rank order)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return list(items)
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, list(items))
-    return [item for part in gathered for item in part]
-
-
-def _average_buffers(model) -> None:
-    """Average the batch-norm running statistics over the workers.
-
-    DDP keeps parameters equal on every rank, but each rank updates its running
-    statistics from its own batches; without this, rank 1 would score the test set with
-    other statistics than the model rank 0 checkpoints and exports.
-    """
-    import torch
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
-        for norm in norms:
-            for buffer in (norm.running_mean, norm.running_var):
-                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-                buffer /= dist.get_world_size()
-
-
-def _evaluate(model, iterator, loop: dict, device, errors: list | None) -> tuple[int, int]:
-    import torch
-    correct = total = 0
-    model.eval()
-    with torch.no_grad():
-        for images, y in _batches(iterator, loop, device, seed=None, errors=errors):
-            correct += int((model(images).argmax(1) == y).sum())
-            total += len(y)
-    return correct, total
-
-
-def _learning_rate(loop: dict, epoch: int) -> float:
-    if loop["schedule"] == "constant":
-        return loop["lr"]
-    return loop["lr"] * 0.5 * (1 + math.cos(math.pi * epoch / loop["epochs"]))
-
-
-def train_loop_per_worker(loop: dict) -> None:
-    """The per-worker loop ``TorchTrainer`` runs (``loop``: plain dict, see ``fit_end_to_end``)."""
-    import torch
-    import ray.train
-    import ray.train.torch as rtt
-
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(loop["threads"])))
-    device = rtt.get_device()
-    raw = _initial_model(loop)
-    optimizer = torch.optim.Adam(raw.parameters(), lr=loop["lr"], weight_decay=loop["weight_decay"])
-    start, history, best = 0, [], {"test_accuracy": -1.0, "epoch": -1, "state": None}
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu",
-                               weights_only=False)
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history, best = state["epoch"] + 1, state["history"], state["best"]
-    model = rtt.prepare_model(raw)
-    train_shard = ray.train.get_dataset_shard("train")
-    test_shard = ray.train.get_dataset_shard("test")
-
-    for epoch in range(start, loop["epochs"]):
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(loop, epoch)
-        model.train()
-        began = time.perf_counter()
-        loss_sum = correct = count = 0.0
-        errors = [] if epoch == start else None          # bad rows are the same every epoch
-        seed = loop["random_state"] + 1000 * epoch + rank
-        # error rows, mixed image sizes and skipped 1-image batches give the ranks uneven
-        # step counts; DDP's join() keeps the gradient all-reduces matched until all finish
-        with model.join() if hasattr(model, "join") else contextlib.nullcontext():
-            for images, y in _batches(train_shard, loop, device, seed=seed, errors=errors):
-                if len(y) < 2:              # batch norm cannot train on one image
-                    continue
-                logits = model(images)
-                loss = torch.nn.functional.cross_entropy(logits, y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.item() * len(y)
-                correct += float((logits.argmax(1) == y).sum())
-                count += len(y)
-        elapsed = time.perf_counter() - began
-        loss_sum, correct, count = _all_reduce([loss_sum, correct, count])
-        (elapsed,) = _all_reduce([elapsed], op="max")
-        _average_buffers(raw)
-        test_correct, test_total = _evaluate(raw, test_shard, loop, device, errors)
-        test_correct, test_total, n_errors = _all_reduce(
-            [test_correct, test_total, len(errors) if errors is not None else -1])
-        steps = max((int(s["step"]) for s in optimizer.state_dict()["state"].values()), default=0)
-        metrics = {"epoch": epoch, "loss": loss_sum / max(count, 1),
-                   "train_accuracy": correct / max(count, 1),
-                   "test_accuracy": test_correct / max(test_total, 1),
-                   "train_images": int(count), "test_images": int(test_total),
-                   "images_per_s": count / max(elapsed, 1e-9), "epoch_seconds": elapsed,
-                   "optimizer_steps": steps, "workers": world, "run_start_epoch": start,
-                   "lr": optimizer.param_groups[0]["lr"]}
-        if errors is not None:
-            metrics["skipped_rows"] = int(n_errors)
-            metrics["skipped_examples"] = _gather(errors[:5])[:5]
-        history.append(metrics)
-        if metrics["test_accuracy"] > best["test_accuracy"]:
-            best = {"test_accuracy": metrics["test_accuracy"], "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}}
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch, "history": history, "best": best,
-                            "model_config": loop["model"]}, os.path.join(folder, STATE_FILE))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)
-        if loop.get("fail_after_epoch") == epoch:
-            raise RuntimeError(f"fault drill: stopping after the checkpoint of epoch {epoch}")
 
 
 # ---------------------------------------------------------------------------- driver side
