@@ -120,14 +120,15 @@ def ray_fit(root: Path, out: Path, radius: int, batch: int) -> dict[str, float]:
     n = len(list(root.rglob("*.png")))
     read, config = ReadConfig(str(root)), FitConfig(radius=radius, batch_size=batch)
     start = time.perf_counter()
-    rows, first, last, first_rows = 0, None, None, 0
+    rows, first, last, first_rows, batches = 0, None, None, 0, 0
     for out_batch in fit_dataset(read, config).iter_batches(batch_size=None,
                                                             batch_format="pyarrow"):
         last = time.perf_counter()
-        rows += out_batch.num_rows
+        rows, batches = rows + out_batch.num_rows, batches + 1
         if first is None:
             first, first_rows = last, out_batch.num_rows
-    steady = (rows - first_rows) / max(last - first, 1e-9) if rows > first_rows else float("nan")
+    # a steady rate needs enough batches; with a handful they arrive together
+    steady = (rows - first_rows) / max(last - first, 1e-9) if batches >= 8 else float("nan")
     with PeakRSS() as memory:
         begin = time.perf_counter()
         summary = run_fit(read, config, str(out), overwrite=True)
