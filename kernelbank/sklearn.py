@@ -145,7 +145,7 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
     >>> from kernelbank.sklearn import ARFeatures
     >>> X = np.random.default_rng(0).normal(size=(4, 32, 32))
     >>> ARFeatures(radius=2, dilations=(1, 2)).fit_transform(X).shape
-    (4, 12)
+    (4, 10)
     """
 
     def __init__(self, radius=4, basis="isotropic", dilations=(1, 2, 3, 4, 5), ridge=1e-6,
