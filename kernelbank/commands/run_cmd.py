@@ -28,6 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_pipeline_options(parser)
     parser.add_argument("--no-report", action="store_true",
                         help="skip writing OUTPUT/report/index.html (see `kernelbank report`)")
+    parser.add_argument("--train", action="store_true",
+                        help="also train the end-to-end model as a final stage (OUTPUT/train/; "
+                             "`kernelbank train` has all its options)")
+    parser.add_argument("--train-epochs", type=int, default=10, metavar="E",
+                        help="epochs of the end-to-end stage with --train (default 10)")
     parser.set_defaults(handler=main)
     return parser
 
@@ -35,11 +40,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def main(args: argparse.Namespace) -> int:
     """Run the pipeline and print where its outputs are."""
     from ..stages.pipeline import run_pipeline
-    summary = run_pipeline(pipeline_config(args))
+    config = pipeline_config(args)
+    summary = run_pipeline(config)
     acc = summary["test_accuracy"]
     print(f"wrote {summary['output']}: {summary['images']} images, {summary['errors']} errors, "
           f"test_accuracy={'n/a' if acc is None else f'{acc:.4f}'}; see "
           f"{summary['output'].rstrip('/')}/summary.json")
+    if getattr(args, "train", False):
+        from ..stages.train import TrainConfig, run_train
+        trained = run_train(TrainConfig(output=summary["output"], input=config.read.url,
+                                        s3_endpoint=config.read.s3_endpoint,
+                                        epochs=args.train_epochs))
+        print(f"end-to-end model: test_accuracy={trained['test_accuracy']:.4f}; "
+              f"{trained['checkpoint']}")
     if not getattr(args, "no_report", False):
         from ..report import write_report
         print(write_report(summary["output"], s3_endpoint=getattr(args, "s3_endpoint", None)))

@@ -6,7 +6,7 @@
 
 ``train`` needs no option: it trains on the built-in texture patches (the default
 input of ``kernelbank run``) and writes
-``kernelbank_output/train/{model.pt,summary.json}``. ``predict`` prints one
+``runs/latest/train/{model.pt,summary.json}``. ``predict`` prints one
 ``<image>\t<class>`` line per image.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_OUTPUT = "kernelbank_output"
+DEFAULT_OUTPUT = "runs/latest"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
