@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -232,3 +234,16 @@ def test_strips_and_image_chunks_sum_to_the_whole(monkeypatch, basis):
     assert torch.allclose(pieces.coef, whole.coef, rtol=1e-10, atol=1e-12)
     reference, _ = lstsq_fit(images[6], basis.kernels.numpy(), basis.dilation)
     assert torch.allclose(pieces.coef[6], reference, rtol=1e-8, atol=1e-10)
+
+
+def test_image_chunks_of_fit_keep_order_and_values(monkeypatch):
+    rng = np.random.default_rng(11)
+    images = [_images(rng, 1, s)[0] for s in [(30, 30), (31, 33)] * 4]
+    basis = kb.Basis.isotropic(2)
+    whole = kb.fit(images, basis, scales=[1, 2])
+    fit_module = importlib.import_module("kernelbank.core.fit")   # the name `fit` is shadowed
+    monkeypatch.setattr(fit_module, "_CHUNK_ELEMENTS", 1500)       # 1 image per chunk
+    chunked = kb.fit(images, basis, scales=[1, 2])
+    assert torch.allclose(chunked.coef, whole.coef, rtol=1e-12, atol=1e-12)
+    alone = kb.fit(images[5][None], basis, scales=[1, 2])
+    assert torch.allclose(chunked.coef[5], alone.coef[0], rtol=1e-12, atol=1e-12)
