@@ -1,15 +1,13 @@
 """The math layer: pure PyTorch/NumPy, no Ray and no IO."""
 
-from .basis import Basis
-from .fit import FitResult, fit, normal_equations, normalize_images, pyramid_level
-from .solve import SingularGramWarning, solve_normal_equations
-
-__all__ = ["Basis", "FitResult", "fit", "normal_equations", "normalize_images",
-           "pyramid_level", "solve_normal_equations", "SingularGramWarning"]
-
 from .bank import KernelBank
+from .basis import Basis
 from .features import ar_features, bank_features
+from .fit import FitResult, fit, normal_equations, normalize_images, pyramid_level
 from .likelihood import LikelihoodClassifier
+from .solve import SingularGramWarning, solve_normal_equations
 from .stats import ClassStats
 
-__all__ += ["ClassStats", "KernelBank", "LikelihoodClassifier", "ar_features", "bank_features"]
+__all__ = ["Basis", "ClassStats", "FitResult", "KernelBank", "LikelihoodClassifier",
+           "SingularGramWarning", "ar_features", "bank_features", "fit", "normal_equations",
+           "normalize_images", "pyramid_level", "solve_normal_equations"]
