@@ -9,10 +9,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.kernelbank-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+pip_install() {
+    # pip's notes about local package indexes of this machine are noise; errors still show
+    .venv/bin/python -m pip install --quiet "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+}
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
+    echo "kernelbank: installing into .venv (first run takes a few minutes)"
+    pip_install --upgrade pip
     # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build.
-    .venv/bin/python -m pip install --quiet -c constraints.txt "torch"
-    .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[s3,dev]"
+    pip_install -c constraints.txt "torch"
+    pip_install -c constraints.txt -e ".[s3,dev]"
     echo "$want" > "$stamp"
 fi
