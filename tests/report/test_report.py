@@ -76,7 +76,7 @@ def run(ray_local, tmp_path_factory):
     with contextlib.redirect_stdout(stdout):
         code = cli_main(["run", "--input", str(data), "--output", str(out), "--radius", "2",
                          "--dilations", "1", "2", "--bank-method", "pca", "--n-components",
-                         "1", "--batch-size", "8"])
+                         "1", "--batch-size", "8", "--train", "--train-epochs", "1"])
     assert code == 0
     page = _Page()
     page.feed((out / "report" / "index.html").read_text())
@@ -93,6 +93,15 @@ def _lookup(document, key: str):
 def test_run_prints_the_report_path_last(run):
     lines = run["stdout"].strip().splitlines()
     assert lines[-1] == str(run["out"] / "report" / "index.html")
+
+
+def test_run_with_train_adds_the_end_to_end_stage_to_output_and_report(run):
+    trained = json.loads((run["out"] / "train" / "summary.json").read_text())
+    assert (run["out"] / "train" / "model.pt").exists()
+    assert 0.0 <= trained["test_accuracy"] <= 1.0
+    assert f"test_accuracy={trained['test_accuracy']:.4f}" in run["stdout"]
+    # the report, written after training, shows its learning curves
+    assert any(number.get("data-source") == "train" for number in run["page"].numbers)
 
 
 def test_every_referenced_image_exists_and_decodes(run):
