@@ -26,6 +26,7 @@ The module imports torch and the math layer only (no Ray); :func:`save_model` an
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any, BinaryIO, Sequence
 
@@ -432,20 +433,9 @@ class EndToEndClassifier(nn.Module):
 # ---------------------------------------------------------------------------- one file
 def _open(path_or_file, mode: str):
     if hasattr(path_or_file, "read") or hasattr(path_or_file, "write"):
-        return _NoClose(path_or_file)
+        return contextlib.nullcontext(path_or_file)      # the caller's file: leave it open
     import fsspec  # lazy: the math layer does not need IO libraries to import
     return fsspec.open(str(path_or_file), mode)
-
-
-class _NoClose:
-    def __init__(self, f):
-        self.f = f
-
-    def __enter__(self):
-        return self.f
-
-    def __exit__(self, *exc):
-        return False
 
 
 def save_model(model: EndToEndClassifier, path_or_file: str | BinaryIO,

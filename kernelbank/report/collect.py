@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..io.layout import SUMMARY, read_json
-from ..io.storage import join, resolve
+from ..io.storage import join, ray_filesystem, resolve
 
 __all__ = ["RunData", "collect_run", "MAX_SCANNED_ROWS"]
 
@@ -79,14 +79,6 @@ class RunData:
     notes: list[str] = field(default_factory=list)
 
 
-def _pyarrow_fs(fs):
-    from ..io.storage import is_local
-    if is_local(fs):
-        return None
-    import pyarrow.fs as pafs
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
 def _batches(fs, path: str, columns: list[str]):
     """Record batches of the Parquet files below ``path`` (nothing when there are none)."""
     import pyarrow.dataset as pads
@@ -94,7 +86,7 @@ def _batches(fs, path: str, columns: list[str]):
     files = parquet_files(fs, path)
     if not files:
         return
-    dataset = pads.dataset(files, format="parquet", filesystem=_pyarrow_fs(fs))
+    dataset = pads.dataset(files, format="parquet", filesystem=ray_filesystem(fs))
     present = [c for c in columns if c in dataset.schema.names]
     yield from dataset.to_batches(columns=present, batch_size=8192)
 
@@ -246,7 +238,7 @@ def collect_run(url: str, *, s3_endpoint: str | None = None, samples_per_class: 
     fs, root = resolve(url, s3_endpoint=s3_endpoint)
     data = RunData(url=url)
     data.summary = read_json(fs, join(root, SUMMARY))
-    data.train_summary = read_json(fs, join(root, "train", "summary.json"))
+    data.train_summary = read_json(fs, join(root, "train", SUMMARY))
     if data.summary is None and data.train_summary is None:
         raise FileNotFoundError(f"{url!r} holds no {SUMMARY} and no train/{SUMMARY}: pass the "
                                 "output folder of `kernelbank run` or `kernelbank train`")

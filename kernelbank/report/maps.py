@@ -120,13 +120,12 @@ def bank_maps(image: np.ndarray, bank: KernelBank, normalize: bool = True,
     err_best, own_best = own_errors[best]
     residual[own_best] = err_best.numpy()
     winner = np.full(tuple(x.shape), -1, dtype=np.int64)
-    err = err_common
     if smooth:
         pool = F.avg_pool2d if bank.ndim == 2 else F.avg_pool3d
-        local = pool(err.square()[None], 2 * smooth + 1, stride=1, padding=smooth,
+        local = pool(err_common.square()[None], 2 * smooth + 1, stride=1, padding=smooth,
                      count_include_pad=False)[0]
         winner[inner] = local.argmin(0).numpy()
     else:
-        winner[inner] = err.abs().argmin(0).numpy()
+        winner[inner] = err_common.abs().argmin(0).numpy()
     return BankMaps(image=x.numpy(), residual=residual, winner=winner, mse=mse.numpy(),
                     best=best)

@@ -18,7 +18,6 @@ history and exports the best model even when that epoch's checkpoint was rotated
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..io.layout import SUMMARY, write_json
 from ..io.storage import is_local, join, ray_filesystem, resolve
 from .train_worker import STATE_FILE, train_loop_per_worker
 
@@ -242,20 +242,14 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
         "model": model_config.to_dict(), "n_parameters": sum(p.numel() for p in model.parameters()),
         "config": {k: v for k, v in asdict(config).items() if k != "s3_endpoint"},
     }
-    _write_json(join(config.train_url, "summary.json"), summary, config.s3_endpoint)
+    fs, summary_path = resolve(join(config.train_url, SUMMARY), s3_endpoint=config.s3_endpoint)
+    write_json(fs, summary_path, summary)
     return summary
 
 
 def _rate(history: list[dict]) -> float:
     seconds = sum(h["epoch_seconds"] for h in history)
     return sum(h["train_images"] for h in history) / max(seconds, 1e-9)
-
-
-def _write_json(url: str, payload: dict, s3_endpoint: str | None) -> None:
-    fs, path = resolve(url, s3_endpoint=s3_endpoint)
-    fs.makedirs(os.path.dirname(path), exist_ok=True)
-    with fs.open(path, "w") as f:
-        json.dump(payload, f, indent=1, default=str)
 
 
 def _texture_rows(config: TrainConfig) -> list[dict]:
