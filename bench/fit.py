@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import kernelbank as kb
+from kernelbank.core.fit import residual_mse
 from kernelbank.core.responses import residual_sums
 
 FLOP_PER_PIXEL = 320  # isotropic radius 4: 80 adds into 14 rings + 15·16/2·2 Gram flops
@@ -130,11 +131,10 @@ def task_errors(images: torch.Tensor, basis: kb.Basis, coefs: torch.Tensor) -> t
         z = kb.core.normalize_images(level.double())
         result = kb.fit(z, basis, normalize=False)
         c = coefs[:, s].double()
-        gram, rhs, sum_sq, n = result.gram, result.rhs, result.sum_sq, result.n_pixels
-        explained = 2 * (c * rhs).sum(-1) - torch.einsum("ni,nij,nj->n", c, gram, c)
-        mse.append(((sum_sq - explained) / n).mean().item())
+        mse.append(residual_mse(result.gram, result.rhs, result.sum_sq, result.n_pixels,
+                                c).mean().item())
         abs_sum, _ = residual_sums(z, basis, c)
-        mae.append((abs_sum / n).mean().item())
+        mae.append((abs_sum / result.n_pixels).mean().item())
     return float(np.mean(mse)), float(np.mean(mae))
 
 

@@ -35,9 +35,9 @@ def main() -> None:
     big = torch.empty(256 << 20, dtype=torch.uint8, device=device)
     other = torch.empty_like(big)
     copy_rate = 2 * big.numel() / timed(lambda: other.copy_(big))   # read + write bytes/s
+    torch.backends.cuda.matmul.allow_tf32 = False     # a true float32 rate, as kb.fit uses
     a = torch.randn(8192, 8192, device=device)
     matmul_rate = 2 * 8192**3 / timed(lambda: a @ a, repeats=5)
-    torch.backends.cuda.matmul.allow_tf32 = False
     print(f"{name}: copy {copy_rate / 1e9:.0f} GB/s, float32 matmul {matmul_rate / 1e12:.1f} TFLOP/s")
     basis = kb.Basis.isotropic(4)
     print(f"{'size':>5} {'batch':>6} {'images/s':>10} {'of copy limit':>14} {'of matmul limit':>16}")

@@ -37,7 +37,7 @@ from .responses import augmented_gram, residual_sums
 from .solve import solve_normal_equations
 
 __all__ = ["FitResult", "check_finite", "fit", "group_by_shape", "normal_equations",
-           "normalize_images", "pyramid_level"]
+           "normalize_images", "pyramid_level", "residual_mse"]
 
 # Pixels normalised at a time by fit (per chunk of images); 16 MiB of float32 on a CPU.
 _CHUNK_ELEMENTS = 4 << 20
@@ -231,9 +231,21 @@ def normal_equations(batch: torch.Tensor, basis: Basis
     return full[:, :m, :m], full[:, :m, m], full[:, m, m], count
 
 
-def _mse(gram, rhs, sum_sq, n_pixels, coef64):
-    explained = 2 * (coef64 * rhs).sum(-1) - (coef64[..., None, :] @ gram @ coef64[..., None]
-                                              ).squeeze(-1).squeeze(-1)
+def residual_mse(gram: torch.Tensor, rhs: torch.Tensor, sum_sq: torch.Tensor,
+                 n_pixels: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Mean squared residual of ``coef`` from the sums alone: ``(Σx² − 2αᵀh + αᵀGα) / n``.
+
+    Parameters
+    ----------
+    gram : (..., m, m), rhs : (..., m), sum_sq : (...), n_pixels : (...), coef : (..., m)
+
+    Returns
+    -------
+    torch.Tensor of shape (...), float64, clamped at 0 (rounding can make it negative)
+    """
+    coef = coef.to(torch.float64)
+    explained = 2 * (coef * rhs).sum(-1) - (coef[..., None, :] @ gram @ coef[..., None]
+                                            ).squeeze(-1).squeeze(-1)
     return ((sum_sq - explained) / n_pixels.to(torch.float64)).clamp_min(0)
 
 
@@ -251,7 +263,7 @@ def _fit_same_size(batch: torch.Tensor, basis: Basis, ridge: float, robust: bool
         abs_sum, _ = residual_sums(batch, basis, coef)
         out["mae"] = abs_sum / n_pixels.to(torch.float64)
     out["coef"] = coef
-    out["mse"] = _mse(gram, rhs, sum_sq, n_pixels, coef)
+    out["mse"] = residual_mse(gram, rhs, sum_sq, n_pixels, coef)
     return out
 
 

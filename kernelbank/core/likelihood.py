@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .basis import Basis
-from .fit import fit
+from .fit import fit, residual_mse
 from .solve import solve_normal_equations
 from .stats import ClassStats
 
@@ -143,8 +143,8 @@ class LikelihoodClassifier:
             n_pix = torch.tensor([s.n_pixels for s in sums])
             coef = solve_normal_equations(gram, rhs, n_pix, ridge)
             sum_sq = torch.tensor([s.sum_sq for s in sums], dtype=torch.float64)
-            explained = 2 * (coef * rhs).sum(-1) - torch.einsum("cm,cmk,ck->c", coef, gram, coef)
-            variance = ((sum_sq - explained) / n_pix).clamp_min(torch.finfo(torch.float64).tiny)
+            variance = residual_mse(gram, rhs, sum_sq, n_pix, coef).clamp_min(
+                torch.finfo(torch.float64).tiny)
             mean_own = torch.tensor([s.sum_mse / s.n for s in sums], dtype=torch.float64)
             var_own = torch.tensor([max(s.sum_mse_sq / s.n - (s.sum_mse / s.n) ** 2, 0.0)
                                     for s in sums], dtype=torch.float64)

@@ -30,8 +30,6 @@ solve of a nearly predictable (ill-conditioned) image needs.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -43,8 +41,6 @@ __all__ = ["augmented_gram", "residual_sums"]
 # 2 MiB-L2 core: 64k–150k keeps the working set of ~15 planes cache-resident while
 # amortising the per-operation overhead of PyTorch.
 _STRIP_ELEMENTS = 96 * 1024
-
-StripFn = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
 class _Workspace:
