@@ -15,7 +15,7 @@ the standard way and never pass through this code.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,10 +58,6 @@ class SplitParquetSink(_sink_base()):
         Protocol-free folders (see :func:`kernelbank.io.storage.resolve`).
     prefix : str
         File-name prefix, the stage name (``fit``, ``features``).
-    drop : sequence of str
-        Columns not written to the good table (besides ``stage`` and ``reason``).
-    metadata : dict of str to str, optional
-        Key/values added to every good file's Parquet schema metadata.
 
     Attributes
     ----------
@@ -69,11 +65,8 @@ class SplitParquetSink(_sink_base()):
         After the write: ``("ok", split, label)`` and ``("error", stage)`` counts.
     """
 
-    def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str,
-                 drop: Iterable[str] = (), metadata: dict[str, str] | None = None):
+    def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str):
         self.fs, self.ok_dir, self.errors_dir, self.prefix = fs, ok_dir, errors_dir, prefix
-        self.drop = list(drop)
-        self.metadata = dict(metadata or {})
         self.counts: Counter = Counter()
 
     def write(self, blocks, ctx) -> dict[str, Any]:
@@ -89,11 +82,7 @@ class SplitParquetSink(_sink_base()):
         bad = table.filter(failed)
         name = f"{self.prefix}-{ctx.task_idx:06d}.parquet"
         if good.num_rows:
-            drop = {"stage", "reason", *self.drop} & set(good.column_names)
-            good = good.drop_columns(sorted(drop))
-            if self.metadata:
-                good = good.replace_schema_metadata(
-                    {**(good.schema.metadata or {}), **self.metadata})
+            good = good.drop_columns(["stage", "reason"])
             write_table(good, self.fs, join(self.ok_dir, name))
             for split, label in zip(good.column("split").to_pylist(),
                                     good.column("label").to_pylist()):

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from ..config import ClassifyConfig
 from ..io.layout import read_json
-from ..io.storage import join, ray_filesystem, resolve
+from ..io.storage import join, ray_filesystem, resolve, url_of
 from .common import TEST_SPLIT, TRAIN_SPLITS, log, timed
 from .features import PREDICTION
 
@@ -205,7 +205,6 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
 def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None = None
                  ) -> dict[str, Any]:
     """The classify stage: reads ``OUTPUT/features/``, adds to ``OUTPUT/summary.json``."""
-    from ..io.storage import url_of
     from .summary import update_summary
     fs, root = resolve(output, s3_endpoint=s3_endpoint)
     summary = write_classify(url_of(fs, join(root, "features")), config, s3_endpoint=s3_endpoint)

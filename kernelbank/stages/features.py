@@ -147,15 +147,9 @@ def write_features(read: ReadConfig, banks_url: str, config: FeatureConfig, stag
 def run_features(read: ReadConfig, output: str, config: FeatureConfig, *,
                  overwrite: bool = False) -> dict[str, Any]:
     """The feature stage alone: reads ``OUTPUT/banks/``, writes ``OUTPUT/features/``."""
-    from .summary import update_summary
+    from .summary import run_staged
     staging = Staging.open(output, owned=("features", "errors/features-"), overwrite=overwrite,
                            s3_endpoint=read.s3_endpoint)
-    try:
-        summary = write_features(read, url_of(staging.fs, join(staging.final, "banks")),
-                                 config, staging)
-        staging.commit()
-    except BaseException:
-        staging.abort()
-        raise
-    update_summary(staging.fs, staging.final, "features", summary)
-    return summary
+    banks_url = url_of(staging.fs, join(staging.final, "banks"))
+    return run_staged(staging, "features",
+                      lambda: write_features(read, banks_url, config, staging))

@@ -18,7 +18,6 @@ with one block per dilation, in the order of ``dilations``:
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -190,14 +189,7 @@ def run_fit(read: ReadConfig, config: FitConfig, output: str, *, overwrite: bool
 
     Returns the stage summary (also merged into ``OUTPUT/summary.json``).
     """
-    from .summary import update_summary
+    from .summary import run_staged
     staging = Staging.open(output, owned=("fit", "errors/fit-"), overwrite=overwrite,
                            s3_endpoint=read.s3_endpoint)
-    try:
-        summary = write_fit(read, config, staging)
-        staging.commit()
-    except BaseException:
-        staging.abort()
-        raise
-    update_summary(staging.fs, staging.final, "fit", summary)
-    return summary
+    return run_staged(staging, "fit", lambda: write_fit(read, config, staging))

@@ -49,8 +49,7 @@ def partial_stats(table: pa.Table, *, meta: dict[str, Any]) -> pa.Table:
     table = table.filter(splits)
     out = {"dilation": [], "stats": []}
     if table.num_rows == 0:
-        return pa.table({"dilation": pa.array([], pa.int64()),
-                         "stats": pa.array([], pa.large_binary())})
+        return _stats_table(out)
     basis = make_basis(meta["basis"], meta["radius"], meta["ndim"])
     dilations, m = meta["dilations"], basis.n_components
     s = len(dilations)
@@ -68,6 +67,10 @@ def partial_stats(table: pa.Table, *, meta: dict[str, Any]) -> pa.Table:
         stats = kb.ClassStats.from_fit(result, labels, scale=index)
         out["dilation"].append(dilation)
         out["stats"].append(pickle.dumps(stats.to_dict(), protocol=5))
+    return _stats_table(out)
+
+
+def _stats_table(out: dict[str, list]) -> pa.Table:
     return pa.table({"dilation": pa.array(out["dilation"], pa.int64()),
                      "stats": pa.array(out["stats"], pa.large_binary())})
 
@@ -175,15 +178,9 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging: Staging, *,
 def run_reduce(output: str, config: ReduceConfig, *, overwrite: bool = False,
                s3_endpoint: str | None = None) -> dict[str, Any]:
     """The reduce stage alone: reads ``OUTPUT/fit/``, writes ``OUTPUT/banks/``."""
-    from .summary import update_summary
+    from .summary import run_staged
     staging = Staging.open(output, owned=("banks",), overwrite=overwrite,
                            s3_endpoint=s3_endpoint)
-    try:
-        summary = write_reduce(url_of(staging.fs, join(staging.final, "fit")), config,
-                               staging, s3_endpoint=s3_endpoint)
-        staging.commit()
-    except BaseException:
-        staging.abort()
-        raise
-    update_summary(staging.fs, staging.final, "reduce", summary)
-    return summary
+    fit_url = url_of(staging.fs, join(staging.final, "fit"))
+    return run_staged(staging, "reduce", lambda: write_reduce(fit_url, config, staging,
+                                                              s3_endpoint=s3_endpoint))

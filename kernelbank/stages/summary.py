@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..io.layout import SUMMARY, read_json, write_json
 from ..io.storage import join, redact
 
-__all__ = ["update_summary", "scrub"]
+__all__ = ["update_summary", "scrub", "run_staged"]
 
 
 def scrub(value: Any) -> Any:
@@ -30,3 +30,18 @@ def update_summary(fs, root: str, stage: str, summary: dict[str, Any]) -> dict[s
     current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json(fs, path, current)
     return current
+
+
+def run_staged(staging, stage: str, write: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``write()`` into ``staging``, commit it (abort on any error), record ``stage``.
+
+    Returns the stage summary, also merged into ``summary.json`` of the final output.
+    """
+    try:
+        summary = write()
+        staging.commit()
+    except BaseException:
+        staging.abort()
+        raise
+    update_summary(staging.fs, staging.final, stage, summary)
+    return summary
