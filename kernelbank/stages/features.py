@@ -102,9 +102,10 @@ def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
     if not fs.exists(join(path, BANK_FILE)):
         raise FileNotFoundError(f"no bank at {banks_url!r}: run the reduce stage first")
     bank = kb.KernelBank.load(bank_url, **storage_options(bank_url, s3_endpoint))
+    # in the bank's dilation order (a name sort would put stats_d10 before stats_d2)
     stats = []
-    for file in sorted(p for p in fs.ls(path, detail=False) if p.endswith(".pkl")):
-        with fs.open(file, "rb") as handle:
+    for dilation in dict.fromkeys(int(d) for d in bank.dilations.tolist()):
+        with fs.open(join(path, f"stats_d{dilation}.pkl"), "rb") as handle:
             stats.append(pickle.load(handle))
     return bank, stats
 
