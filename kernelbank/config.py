@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 __all__ = ["BasisKind", "BankMethod", "InputFormat", "ReadConfig", "FitConfig",
-           "ReduceConfig", "FeatureConfig", "ClassifyConfig", "PipelineConfig",
+           "ReduceConfig", "FeatureConfig", "FEATURE_GROUPS", "ClassifyConfig", "PipelineConfig",
            "FAULT_KILL_FIT_AFTER_ENV", "FAULT_MARKER_ENV"]
 
 #: Fault injection for tests: the fit actor calls ``os._exit`` once after this many images.
@@ -106,10 +106,20 @@ class FitConfig:
     radius : int, default=4
     dilations : tuple of int, default=(1,)
         One coefficient vector per dilation, stored side by side.
+    scales : tuple of int, default=(1,)
+        Anti-aliased pyramid factors; every (scale, dilation) pair is one entry.
     basis : BasisKind, default=ISOTROPIC
     ridge : float, default=1e-6
     normalize : bool, default=True
         Z-score each image before fitting.
+    descriptors : bool, default=True
+        Also store the residual descriptors of each image's own kernel.
+    grid : int, optional
+        Also store the window sums per cell of a ``grid × grid`` partition (residual
+        energy maps from statistics); None stores whole-image sums only.
+    cache_pixels : bool, default=False
+        Also write the decoded pixels (uint8 or the source's integer type) to
+        ``pixels/``, for a training stage that must not read the images again.
     batch_size : int, default=64
         Images per actor call (images of equal shape are fitted together).
     num_gpus : int, default=0
@@ -126,9 +136,13 @@ class FitConfig:
 
     radius: int = 4
     dilations: tuple[int, ...] = (1,)
+    scales: tuple[int, ...] = (1,)
     basis: BasisKind = BasisKind.ISOTROPIC
     ridge: float = 1e-6
     normalize: bool = True
+    descriptors: bool = True
+    grid: int | None = None
+    cache_pixels: bool = False
     batch_size: int = 64
     num_gpus: int = 0
     max_actors: int | None = None
@@ -142,6 +156,11 @@ class FitConfig:
         if not dilations or any(d < 1 for d in dilations) or len(set(dilations)) != len(dilations):
             raise ValueError(f"dilations must be distinct positive integers, got {self.dilations!r}")
         object.__setattr__(self, "dilations", dilations)
+        scales = tuple(int(s) for s in self.scales)
+        if not scales or any(s < 1 for s in scales) or len(set(scales)) != len(scales):
+            raise ValueError(f"scales must be distinct positive integers, got {self.scales!r}")
+        object.__setattr__(self, "scales", scales)
+        _check_positive("grid", self.grid, allow_none=True)
         object.__setattr__(self, "basis", BasisKind(self.basis))
         if not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge!r}")
@@ -153,8 +172,14 @@ class FitConfig:
 
     @property
     def min_side(self) -> int:
-        """Smallest image side the largest dilated window fits in."""
-        return 2 * self.radius * max(self.dilations) + 1
+        """Smallest image side whose every pyramid level fits the largest dilated window."""
+        window = 2 * self.radius * max(self.dilations) + 1
+        return max(window * s - (s - 1) for s in self.scales)
+
+    @property
+    def scale_index(self) -> list[tuple[int, int]]:
+        """``(scale, dilation)`` of every entry of the fit table's vectors, in order."""
+        return [(s, d) for s in self.scales for d in self.dilations]
 
     @classmethod
     def fault_from_env(cls) -> dict:
@@ -183,11 +208,37 @@ class ReduceConfig:
         _check_positive("n_components", self.n_components)
 
 
+#: Feature groups the feature stage can compute from the statistics table.
+FEATURE_GROUPS = ("own", "residual", "bank")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
-    """The feature stage: bank features per image (see :func:`kernelbank.bank_features`)."""
+    """The feature stage: features of every image from the statistics table.
 
-    grid: int = 2
+    Parameters
+    ----------
+    groups : tuple of str, default=("own", "residual", "bank")
+        ``own``: own-kernel coefficients and log MSE; ``residual``: residual
+        descriptors; ``bank``: log MSE/variance, gain (and energy cells) of every bank
+        kernel, from the window sums.
+    joint : bool, default=True
+        Add the joint coefficients of each dilation's bank kernels.
+    ridge : float, default=1e-6
+        Ridge of the joint fit.
+    pixel_features : bool, default=False
+        Also compute the bank kernels' MAE and win rate, which need the pixels: the
+        images are read a second time.
+    grid : int, default=1
+        Cells per axis of the pixel features' MAE (the statistics features use the fit
+        table's grid).
+    """
+
+    groups: tuple[str, ...] = FEATURE_GROUPS
+    joint: bool = True
+    ridge: float = 1e-6
+    pixel_features: bool = False
+    grid: int = 1
     normalize: bool = True
     batch_size: int = 64
     max_actors: int | None = None
@@ -195,6 +246,14 @@ class FeatureConfig:
     num_gpus: int = 0
 
     def __post_init__(self) -> None:
+        groups = tuple(dict.fromkeys(str(g) for g in self.groups))
+        unknown = [g for g in groups if g not in FEATURE_GROUPS]
+        if unknown or not groups:
+            raise ValueError(f"feature groups must be a non-empty subset of {FEATURE_GROUPS}, "
+                             f"got {self.groups!r}")
+        object.__setattr__(self, "groups", groups)
+        if not self.ridge >= 0:
+            raise ValueError(f"ridge must be >= 0, got {self.ridge!r}")
         _check_positive("grid", self.grid)
         _check_positive("batch_size", self.batch_size)
         _check_positive("max_actors", self.max_actors, allow_none=True)

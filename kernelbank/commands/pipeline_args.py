@@ -13,8 +13,8 @@ import argparse
 import os
 from pathlib import Path
 
-from ..config import (BankMethod, BasisKind, ClassifyConfig, FeatureConfig, FitConfig,
-                      InputFormat, PipelineConfig, ReadConfig, ReduceConfig)
+from ..config import (FEATURE_GROUPS, BankMethod, BasisKind, ClassifyConfig, FeatureConfig,
+                      FitConfig, InputFormat, PipelineConfig, ReadConfig, ReduceConfig)
 
 __all__ = ["add_pipeline_options", "pipeline_config", "DEFAULT_OUTPUT", "default_input"]
 
@@ -33,7 +33,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                          ) -> None:
     """Add the input/output/Ray options and those of ``stages`` to ``parser``."""
     io = parser.add_argument_group("input and output")
-    if {"fit", "features"} & set(stages):
+    if {"fit", "features"} & set(stages):      # features reads images only with --pixel-features
         io.add_argument("--input", metavar="URL",
                         help="image folder (root/<class>/… or root/<split>/<class>/…), Parquet "
                              "or .npy volumes; local path, s3://, gs://. Default: the built-in "
@@ -62,14 +62,20 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                               "(default: cluster CPUs / threads)")
     cluster.add_argument("--threads-per-actor", type=int, default=1,
                          help="torch threads (and CPUs reserved) per actor (default 1)")
-    if {"fit", "features"} & set(stages):
-        model = parser.add_argument_group("AR model")
+    if "fit" in stages:
+        model = parser.add_argument_group("AR model (the fit stage's one pass)")
         model.add_argument("--radius", type=int, default=4, help="kernel radius (default 4)")
         model.add_argument("--dilations", type=int, nargs="+", default=[1],
                            help="tap spacings, one coefficient vector each (default 1)")
+        model.add_argument("--scales", type=int, nargs="+", default=[1],
+                           help="anti-aliased pyramid factors (default 1)")
         model.add_argument("--basis", choices=[b.value for b in BasisKind], default="isotropic",
                            help="AR basis (default isotropic)")
         model.add_argument("--ridge", type=float, default=1e-6, help="per-pixel ridge of the fit")
+        model.add_argument("--no-descriptors", action="store_true",
+                           help="do not store residual descriptors in the statistics table")
+        model.add_argument("--stats-grid", type=int, default=None, metavar="G",
+                           help="also keep window sums per cell of a GxG grid (energy maps)")
     if "reduce" in stages:
         bank = parser.add_argument_group("bank")
         bank.add_argument("--bank-method", choices=[m.value for m in BankMethod],
@@ -77,8 +83,15 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
         bank.add_argument("--n-components", type=int, default=2,
                           help="pca directions or kmeans centres per class and dilation")
     if "features" in stages:
-        parser.add_argument("--grid", type=int, default=2,
-                            help="cells per axis of the residual-energy features (default 2)")
+        feats = parser.add_argument_group("features (from the statistics table)")
+        feats.add_argument("--feature-groups", nargs="+", choices=FEATURE_GROUPS,
+                           default=list(FEATURE_GROUPS),
+                           help="feature groups (default: all of %(choices)s)")
+        feats.add_argument("--no-joint", action="store_true",
+                           help="leave out the joint coefficients of the bank kernels")
+        feats.add_argument("--pixel-features", action="store_true",
+                           help="add the bank kernels' MAE and win rate; reads every image a "
+                                "second time (needs --input)")
     if "classify" in stages:
         parser.add_argument("--alpha", type=float, default=1.0,
                             help="ridge alpha of the classifier (default 1.0)")
@@ -90,18 +103,26 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     output, overwrite = get("output"), bool(get("overwrite", False))
     if output is None:
         output, overwrite = DEFAULT_OUTPUT, True
-    url = get("input") or (default_input() if hasattr(args, "input") else "-")
+    # the features stage reads no image unless --pixel-features, which takes the fit
+    # stage's input from the statistics table when --input is not given
+    needs_input = hasattr(args, "input") and get("stage") != "features"
+    url = get("input") or (default_input() if needs_input else "-")
     read = ReadConfig(url, s3_endpoint=get("s3_endpoint"), format=get("format", "auto"),
                       image_column=get("image_column", "image"),
                       label_column=get("label_column", "label"), ndim=get("ndim", 2))
     fit = FitConfig(radius=get("radius", 4), dilations=tuple(get("dilations", [1])),
-                    basis=get("basis", "isotropic"), ridge=get("ridge", 1e-6),
+                    scales=tuple(get("scales", [1])), basis=get("basis", "isotropic"),
+                    ridge=get("ridge", 1e-6), descriptors=not get("no_descriptors", False),
+                    grid=get("stats_grid"), cache_pixels=bool(get("train", False)),
                     batch_size=get("batch_size", 64), num_gpus=get("num_gpus", 0),
                     max_actors=get("max_actors"), threads_per_actor=get("threads_per_actor", 1),
                     **FitConfig.fault_from_env())
     reduce = ReduceConfig(method=get("bank_method", "pooled"),
                           n_components=get("n_components", 2))
-    features = FeatureConfig(grid=get("grid", 2), batch_size=get("batch_size", 64),
+    features = FeatureConfig(groups=tuple(get("feature_groups", FEATURE_GROUPS)),
+                             joint=not get("no_joint", False),
+                             pixel_features=bool(get("pixel_features", False)),
+                             batch_size=get("batch_size", 64),
                              max_actors=get("max_actors"),
                              threads_per_actor=get("threads_per_actor", 1),
                              num_gpus=get("num_gpus", 0))

@@ -48,7 +48,9 @@ def main(args: argparse.Namespace) -> int:
           f"{summary['output'].rstrip('/')}/summary.json")
     if getattr(args, "train", False):
         from ..stages.train import TrainConfig, run_train
+        # the fit stage kept the decoded pixels: training reads no image again
         trained = run_train(TrainConfig(output=summary["output"], input=config.read.url,
+                                        pixel_cache=summary["output"].rstrip("/") + "/pixels",
                                         s3_endpoint=config.read.s3_endpoint,
                                         epochs=args.train_epochs))
         print(f"end-to-end model: test_accuracy={trained['test_accuracy']:.4f}; "

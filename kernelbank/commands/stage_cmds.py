@@ -1,11 +1,12 @@
 """``kernelbank fit|reduce|features|classify``: one pipeline stage at a time.
 
 Each stage reads what the previous one wrote under the same ``--output`` and replaces
-only its own folders, so a stage can be rerun alone (e.g. another ``--bank-method``):
+only its own folders, so a stage can be rerun alone (e.g. another ``--bank-method``).
+Only ``fit`` reads images; the others are algebra on its statistics table:
 
     kernelbank fit --input IMAGES --output OUT
     kernelbank reduce --output OUT --bank-method pca --overwrite
-    kernelbank features --input IMAGES --output OUT
+    kernelbank features --output OUT --overwrite           # no image is read
     kernelbank classify --output OUT
 """
 
@@ -19,7 +20,7 @@ from .pipeline_args import add_pipeline_options, pipeline_config
 _HELP = {
     "fit": "fit the AR kernel of every image (writes OUTPUT/fit/, OUTPUT/errors/)",
     "reduce": "merge per-class statistics of OUTPUT/fit/ into kernel banks (OUTPUT/banks/)",
-    "features": "bank features of every image (OUTPUT/features/)",
+    "features": "features of every image from the statistics table (OUTPUT/features/)",
     "classify": "train on the train split's features, score the test split",
 }
 
@@ -50,8 +51,9 @@ def main(args: argparse.Namespace) -> int:
                              s3_endpoint=endpoint)
     elif args.stage == "features":
         from ..stages.features import run_features
-        summary = run_features(config.read, config.output, config.features,
-                               overwrite=config.overwrite)
+        read = config.read if args.input else None
+        summary = run_features(config.output, config.features, read=read,
+                               overwrite=config.overwrite, s3_endpoint=endpoint)
     else:
         from ..stages.classify import run_classify
         summary = run_classify(config.output, config.classify, s3_endpoint=endpoint)

@@ -26,6 +26,8 @@ from .storage import join
 __all__ = ["ERROR_COLUMNS", "SplitParquetSink", "write_table", "parquet_files"]
 
 ERROR_COLUMNS = ["id", "path", "label", "split", "stage", "reason"]
+#: Decoded-pixel columns a row may carry (kept only in a pixel cache, never in a table).
+PIXEL_COLUMNS = ("dtype", "pixels")
 
 
 def write_table(table: pa.Table, fs, path: str) -> None:
@@ -58,6 +60,9 @@ class SplitParquetSink(_sink_base()):
         Protocol-free folders (see :func:`kernelbank.io.storage.resolve`).
     prefix : str
         File-name prefix, the stage name (``fit``, ``features``).
+    cache_dir : str, optional
+        Where good rows' decoded pixels go (``id, label, split, shape, dtype, pixels``)
+        when the rows carry them; they are left out of ``ok_dir``'s table either way.
 
     Attributes
     ----------
@@ -65,8 +70,10 @@ class SplitParquetSink(_sink_base()):
         After the write: ``("ok", split, label)`` and ``("error", stage)`` counts.
     """
 
-    def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str):
+    def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str,
+                 cache_dir: str | None = None):
         self.fs, self.ok_dir, self.errors_dir, self.prefix = fs, ok_dir, errors_dir, prefix
+        self.cache_dir = cache_dir
         self.counts: Counter = Counter()
 
     def write(self, blocks, ctx) -> dict[str, Any]:
@@ -83,6 +90,11 @@ class SplitParquetSink(_sink_base()):
         name = f"{self.prefix}-{ctx.task_idx:06d}.parquet"
         if good.num_rows:
             good = good.drop_columns(["stage", "reason"])
+            pixel_columns = [c for c in PIXEL_COLUMNS if c in good.column_names]
+            if self.cache_dir is not None and pixel_columns:
+                cache = good.select(["id", "label", "split", "shape"] + pixel_columns)
+                write_table(cache, self.fs, join(self.cache_dir, name))
+            good = good.drop_columns(pixel_columns)
             write_table(good, self.fs, join(self.ok_dir, name))
             for split, label in zip(good.column("split").to_pylist(),
                                     good.column("label").to_pylist()):

@@ -12,15 +12,17 @@ and blocks merge exactly (Chan et al.'s pairwise update
 
     (D M D + α I) W = D · 2 (S_c - n_c μ)   for every class c,   b_c = (2 n_c - n) / n
 
-and a second pass scores every row, ``argmax((x - μ) D W + b)``, emitting only confusion
-counts per split. Both passes are ``map_batches`` over the features table plus a sum on
-the driver, so the table may be larger than any node. The likelihood classifier's
-prediction (a column written by the feature stage) is scored in the same pass.
+and a second pass scores every row, ``argmax((x - μ) D W + b)``, writing the per-image
+predictions (``predictions/*.parquet``: ``id, path, label, split, predicted,
+likelihood_prediction``) and returning confusion counts per split. Both passes are one
+Ray task per features file plus a sum on the driver, so the table may be larger than any
+node; partial sums travel through Ray's object store, never as files. The likelihood
+classifier's prediction (a column written by the feature stage) is scored in the same
+pass.
 """
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ import pyarrow as pa
 
 from ..config import ClassifyConfig
 from ..io.layout import read_json
-from ..io.storage import join, ray_filesystem, resolve, url_of
+from ..io.storage import join, resolve, url_of
 from .common import TEST_SPLIT, TRAIN_SPLITS, log, timed
 from .features import PREDICTION
 
@@ -105,34 +107,47 @@ def _finite_rows(x: np.ndarray) -> np.ndarray:
     return np.isfinite(x).all(1)
 
 
-def _train_block(table: pa.Table, *, names: list[str]) -> pa.Table:
+def _read_features(fs, path: str, columns: list[str]) -> pa.Table:
+    import pyarrow.parquet as pq
+    with fs.open(path, "rb") as handle:
+        present = pq.read_schema(handle).names
+        handle.seek(0)
+        return pq.read_table(handle, columns=[c for c in columns if c in present])
+
+
+def _train_file(fs, path: str, names: list[str]) -> StreamingRidge:
+    """The streaming sums of the train rows of one features file."""
     import pyarrow.compute as pc
+    table = _read_features(fs, path, ["split", "label"] + names)
     table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(TRAIN_SPLITS)))
     x = _matrix(table, names)
     keep = _finite_rows(x)
-    labels = [l for l, k in zip(table.column("label").to_pylist(), keep) if k]
-    stats = StreamingRidge.from_block(x[keep], labels)
-    return pa.table({"stats": pa.array([pickle.dumps(stats, protocol=5)], pa.large_binary())})
+    labels = [label for label, k in zip(table.column("label").to_pylist(), keep) if k]
+    return StreamingRidge.from_block(x[keep], labels)
 
 
-def _score_block(table: pa.Table, *, names: list[str], model: dict[str, Any]) -> pa.Table:
+def _score_file(fs, path: str, names: list[str], model: dict[str, Any], out_path: str
+                ) -> dict[tuple, int]:
+    """Predict every row of one features file; write its predictions; confusion counts."""
+    from ..io.tables import write_table
+    table = _read_features(fs, path, ["id", "path", "split", "label", PREDICTION] + names)
     x = _matrix(table, names)
     keep = _finite_rows(x)
     scores = ((np.nan_to_num(x) - model["mean"]) / model["scale"]) @ model["weights"] + \
         model["intercept"]
     predicted = np.asarray(model["classes"], dtype=object)[scores.argmax(1)]
+    predicted[~keep] = "<non-finite>"
     likelihood = table.column(PREDICTION).to_pylist() if PREDICTION in table.column_names \
         else [None] * table.num_rows
-    rows: dict[tuple, int] = {}
-    for split, label, pred, lik, ok in zip(table.column("split").to_pylist(),
-                                            table.column("label").to_pylist(), predicted,
-                                            likelihood, keep):
-        key = (split, label, pred if ok else "<non-finite>", lik or "")
-        rows[key] = rows.get(key, 0) + 1
-    keys = list(rows)
-    return pa.table({"split": [k[0] for k in keys], "label": [k[1] for k in keys],
-                     "predicted": [k[2] for k in keys], "likelihood": [k[3] for k in keys],
-                     "count": pa.array([rows[k] for k in keys], pa.int64())})
+    write_table(pa.table({"id": table.column("id"), "path": table.column("path"),
+                          "label": table.column("label"), "split": table.column("split"),
+                          "predicted": pa.array(list(predicted), pa.string()),
+                          PREDICTION: pa.array(likelihood, pa.string())}), fs, out_path)
+    counts: dict[tuple, int] = {}
+    for key in zip(table.column("split").to_pylist(), table.column("label").to_pylist(),
+                   predicted, [lik or "" for lik in likelihood]):
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _accuracy_report(counts: dict[tuple, int], classes: list[str]) -> dict[str, Any]:
@@ -157,8 +172,17 @@ def _accuracy_report(counts: dict[tuple, int], classes: list[str]) -> dict[str, 
 
 
 def classify_table(features_url: str, config: ClassifyConfig, *,
+                   predictions_dir: str | None = None, fs_out=None,
                    s3_endpoint: str | None = None) -> dict[str, Any]:
     """Train on the train split of a features table and score every split.
+
+    Parameters
+    ----------
+    features_url : str
+        The ``features/`` folder of the feature stage.
+    predictions_dir : str, optional
+        Protocol-free folder on ``fs_out`` for ``predictions/*.parquet``; default: next
+        to the features (``features/../predictions``).
 
     Returns
     -------
@@ -168,57 +192,67 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
         ``accuracy``, ``labels``, ``confusion`` (rows true, columns predicted),
         ``per_class`` counts.
     """
-    import ray.data
+    import ray
+    from ..io.tables import parquet_files
     fs, path = resolve(features_url, s3_endpoint=s3_endpoint)
     meta = read_json(fs, join(path, "_kernelbank.json"))
     if meta is None:
         raise FileNotFoundError(f"{features_url!r} has no _kernelbank.json: run the feature "
                                 "stage first")
     names = meta["feature_names"]
-    ds = ray.data.read_parquet(path, filesystem=ray_filesystem(fs), file_extensions=["parquet"])
-    total = None
-    for batch in ds.map_batches(_train_block, batch_format="pyarrow", batch_size=None,
-                                fn_kwargs={"names": names}).iter_batches(
-                                    batch_format="pyarrow", batch_size=None):
-        for blob in batch.column("stats").to_pylist():
-            part = pickle.loads(blob)
-            total = part if total is None else total + part
-    if total is None:
+    files = parquet_files(fs, path)
+    if not files:
         raise ValueError(f"the features table {features_url!r} is empty")
+    train = ray.remote(num_cpus=1)(_train_file)
+    total = None
+    for part in ray.get([train.remote(fs, p, names) for p in files]):
+        total = part if total is None else total + part
     model = total.solve(config.ridge)
+    if fs_out is None:
+        fs_out, predictions_dir = fs, predictions_dir or join(path.rsplit("/", 1)[0],
+                                                              "predictions")
+    score = ray.remote(num_cpus=1)(_score_file)
+    model_ref = ray.put(model)
+    jobs = [score.remote(fs, p, names, model_ref,
+                         join(predictions_dir, p.rsplit("/", 1)[-1])) for p in files]
     counts: dict[tuple, int] = {}
-    scored = ds.map_batches(_score_block, batch_format="pyarrow", batch_size=None,
-                            fn_kwargs={"names": names, "model": model})
-    for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
-        for row in batch.to_pylist():
-            key = (row["split"], row["label"], row["predicted"], row["likelihood"])
-            counts[key] = counts.get(key, 0) + row["count"]
+    for part in ray.get(jobs):
+        for key, n in part.items():
+            counts[key] = counts.get(key, 0) + n
     report = _accuracy_report(counts, model["classes"])
-    train = [report[s]["accuracy"] for s in TRAIN_SPLITS if s in report]
+    train_acc = [report[s]["accuracy"] for s in TRAIN_SPLITS if s in report]
     return {"classes": model["classes"], "model": "StandardScaler + RidgeClassifier",
-            "alpha": config.ridge,
+            "alpha": config.ridge, "n_features": len(names),
             "test_accuracy": report.get(TEST_SPLIT, {}).get("accuracy"),
             "likelihood_test_accuracy": report.get(TEST_SPLIT, {}).get("likelihood_accuracy"),
-            "train_accuracy": train[0] if train else None, "splits": report}
+            "train_accuracy": train_acc[0] if train_acc else None, "splits": report}
 
 
-def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None = None
-                 ) -> dict[str, Any]:
-    """The classify stage: reads ``OUTPUT/features/``, adds to ``OUTPUT/summary.json``."""
-    from .summary import update_summary
-    fs, root = resolve(output, s3_endpoint=s3_endpoint)
-    summary = write_classify(url_of(fs, join(root, "features")), config, s3_endpoint=s3_endpoint)
-    update_summary(fs, root, "classify", summary)
-    return summary
+def run_classify(output: str, config: ClassifyConfig, *, overwrite: bool = True,
+                 s3_endpoint: str | None = None) -> dict[str, Any]:
+    """The classify stage alone: reads ``OUTPUT/features/``, writes ``OUTPUT/predictions/``.
+
+    Its predictions depend only on the features table, so a rerun replaces them.
+    """
+    from ..io.layout import Staging
+    from .summary import run_staged
+    staging = Staging.open(output, owned=("predictions",), overwrite=overwrite,
+                           s3_endpoint=s3_endpoint)
+    features_url = url_of(staging.fs, join(staging.final, "features"))
+    return run_staged(staging, "classify",
+                      lambda: write_classify(features_url, config, staging,
+                                             s3_endpoint=s3_endpoint))
 
 
-def write_classify(features_url: str, config: ClassifyConfig, *,
+def write_classify(features_url: str, config: ClassifyConfig, staging, *,
                    s3_endpoint: str | None = None) -> dict[str, Any]:
-    """Run :func:`classify_table` with timing and a progress line."""
+    """Run :func:`classify_table` into ``staging`` (``predictions/``) with timing."""
     summary: dict[str, Any] = {}
     log(f"classify: {features_url} ridge alpha={config.ridge}")
     with timed(summary):
-        summary.update(classify_table(features_url, config, s3_endpoint=s3_endpoint))
+        summary.update(classify_table(features_url, config, fs_out=staging.fs,
+                                      predictions_dir=staging.dir("predictions"),
+                                      s3_endpoint=s3_endpoint))
     images = sum(s["images"] for s in summary["splits"].values())
     summary["images_per_second"] = round(images / max(summary["seconds"], 1e-9), 2)
     acc = summary["test_accuracy"]

@@ -1,17 +1,28 @@
-"""The feature stage: bank features of every image, one named Parquet column per feature.
+"""The feature stage: features of every image from the statistics table — no pixels.
 
-The images are read and decoded again (the fit table holds coefficients, not pixels).
-Records that failed decoding are dropped here: they are already in ``errors/`` from the
-fit stage. The bank (and the class statistics of the likelihood classifier) go to the
-object store once with ``ray.put``; each :class:`BankFeaturizer` actor fetches them in
-its constructor. Columns of ``features/*.parquet``: ``id, path, label, split``, then one
-float64 column per name of :func:`kernelbank.core.features.bank_feature_names`, then
-``likelihood_prediction`` (the class the per-class AR models explain best).
+``fit/*.parquet`` → :class:`TableFeaturizer` (CPU tasks; the bank and the class
+statistics go to the object store once) → ``features/*.parquet``. Per image, in groups
+named by prefix:
+
+``ar_s<scale>_d<dilation>_c<j>``      own-kernel coefficients of the chosen basis
+``ar_s<scale>_d<dilation>_log_mse``   log residual MSE of the own kernel
+``res_s<scale>_d<dilation>_<name>``   residual descriptors of the own kernel
+``<kernel>_log_mse``, ``_log_var``, ``_gain``, ``_log_energy_<cell>``
+                                      each bank kernel, from the window sums
+``joint_<kernel>``                    joint coefficients of each dilation's bank kernels
+
+then ``likelihood_prediction`` (the class whose pooled AR models explain the image
+best, also from the sums). Which groups a run computes is the feature config's
+``groups``; logs turn the ratios between kernels that separate classes into the
+differences a linear model sees. ``features/_kernelbank.json`` lists the columns.
+
+MAE and the win rate of a bank kernel need the pixels: ``pixel_features=True``
+(``--pixel-features``) adds them by reading and decoding the images a second time
+(:func:`kernelbank.bank_features` on actors); the default run reads every image once.
 """
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import replace
 from typing import Any
 
@@ -21,136 +32,286 @@ import pyarrow as pa
 from ..config import FeatureConfig, ReadConfig
 from ..io.layout import Staging, write_json
 from ..io.readers import images_from_batch, read_dataset
-from ..io.storage import join, resolve, storage_options, url_of
-from ..io.tables import SplitParquetSink
+from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
+from ..io.tables import SplitParquetSink, parquet_files
 from .common import actor_pool_args, log, timed
-from .reduce import BANK_FILE
+from .reduce import BANK_FILE, load_fit_meta, stats_file
+from .table import TableMeta, column_array, sums_of_rows
 
-__all__ = ["BankFeaturizer", "load_bank_and_stats", "run_features", "write_features"]
+__all__ = ["TableFeaturizer", "PixelFeaturizer", "load_bank_and_stats", "run_features",
+           "write_features", "PREDICTION", "feature_names"]
 
 PREDICTION = "likelihood_prediction"
+_POSITIVE = ("mse", "var", "mae")
+_FLOOR = 1e-12
 
 
-def _drop_decode_errors(batch: pa.Table) -> pa.Table:
-    import pyarrow.compute as pc
-    return batch.filter(pc.is_null(batch.column("reason")))
+def _entry_tag(scale: int, dilation: int) -> str:
+    return f"s{scale}_d{dilation}"
 
 
-class BankFeaturizer:
-    """Ray Data actor: bank features (and likelihood prediction) of decoded images.
+def _log_name(name: str) -> str:
+    """``k03_brick_d2_mse`` → ``k03_brick_d2_log_mse``."""
+    head, _, stat = name.rpartition("_")
+    if "_energy_" in name:
+        head, _, cell = name.partition("_energy_")
+        return f"{head}_log_energy_{cell}"
+    return f"{head}_log_{stat}"
+
+
+def _is_positive(name: str) -> bool:
+    return name.rpartition("_")[2] in _POSITIVE or "_energy_" in name
+
+
+def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
+    """Column names of the feature table for ``config.groups``, in order."""
+    from ..core.stats_features import bank_feature_names_from_sums
+    names: list[str] = []
+    groups = config.groups
+    for scale, dilation in meta.scale_index:
+        tag = _entry_tag(scale, dilation)
+        if "own" in groups:
+            width = max(2, len(str(meta.n_components - 1)))
+            names += [f"ar_{tag}_c{j:0{width}d}" for j in range(meta.n_components)]
+            names.append(f"ar_{tag}_log_mse")
+        if "residual" in groups and meta.descriptor_names:
+            names += [f"res_{tag}_{n}" for n in meta.descriptor_names]
+    if "bank" in groups:
+        bank_names = bank_feature_names_from_sums(bank, grid=meta.grid, joint=config.joint)
+        names += [_log_name(n) if _is_positive(n) else n for n in bank_names]
+    return names
+
+
+class TableFeaturizer:
+    """Ray Data task body: feature rows of a block of the statistics table.
 
     Parameters
     ----------
     bank : KernelBank or ObjectRef to one
-    stats : list of ClassStats dicts (or an ObjectRef to it), optional
-        Merged statistics per dilation, for :class:`kernelbank.LikelihoodClassifier`.
+    stats : dict of (scale, dilation) to ClassStats dict (or an ObjectRef to it)
+        Merged class statistics, for the likelihood classifier.
+    meta : TableMeta
     config : FeatureConfig
     """
 
-    def __init__(self, bank, stats, config: FeatureConfig):
+    def __init__(self, bank, stats, meta: TableMeta, config: FeatureConfig):
+        import ray
+        import torch
+        import kernelbank as kb
+        torch.set_num_threads(config.threads_per_actor)
+        self.bank = ray.get(bank) if isinstance(bank, ray.ObjectRef) else bank
+        stats = ray.get(stats) if isinstance(stats, ray.ObjectRef) else stats
+        self.entries = [e for e in meta.scale_index if e in stats]
+        self.classifier = kb.LikelihoodClassifier.from_stats(
+            [kb.ClassStats.from_dict(stats[e]) for e in self.entries], z=None,
+            normalize=meta.normalize) if stats else None
+        self.meta, self.config = meta, config
+        self.names = feature_names(meta, self.bank, config)
+
+    def _columns(self, table: pa.Table) -> tuple[np.ndarray, list[str]]:
+        from ..core.stats_features import bank_features_from_sums
+        meta, groups, n = self.meta, self.config.groups, table.num_rows
+        s, m = meta.n_entries, meta.n_components
+        parts = []
+        coef = column_array(table, "coef").reshape(n, s, m)
+        log_mse = np.log(np.maximum(column_array(table, "mse"), _FLOOR))
+        desc = column_array(table, "descriptors").reshape(n, s, -1) \
+            if "residual" in groups and meta.descriptor_names else None
+        for e in range(s):
+            if "own" in groups:
+                parts += [coef[:, e], log_mse[:, e:e + 1]]
+            if desc is not None:
+                parts.append(desc[:, e])
+        sums = sums_of_rows(column_array(table, "sums"), meta)
+        if "bank" in groups:
+            by_entry = sums if meta.grid is None else \
+                sums_of_rows(column_array(table, "cell_sums"), meta, cells=True)
+            scale_one = [ws for ws, (sc, _) in zip(by_entry, meta.scale_index) if sc == 1]
+            values, names = bank_features_from_sums(scale_one, self.bank, joint=self.config.joint,
+                                                    ridge=self.config.ridge)
+            values = values.cpu().numpy()
+            positive = np.array([_is_positive(v) for v in names], dtype=bool)
+            values[:, positive] = np.log(np.maximum(values[:, positive], _FLOOR))
+            parts.append(values)
+        predicted = [""] * n
+        if self.classifier is not None:
+            model_sums = [sums[meta.scale_index.index(e)] for e in self.entries]
+            predicted = [str(p) for p in self.classifier.predict_from_sums(model_sums)]
+        return np.concatenate(parts, 1) if parts else np.zeros((n, 0)), predicted
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        values, predicted = self._columns(table)
+        columns = {c: table.column(c) for c in ("id", "path", "label", "split")}
+        columns.update({name: pa.array(values[:, j]) for j, name in enumerate(self.names)})
+        columns[PREDICTION] = pa.array(predicted, pa.string())
+        columns["stage"] = pa.nulls(table.num_rows, pa.string())
+        columns["reason"] = pa.nulls(table.num_rows, pa.string())
+        return pa.table(columns)
+
+
+class PixelFeaturizer:
+    """Ray Data actor: the pixel-only bank features (MAE, win rate) of decoded images.
+
+    Used only with ``pixel_features=True``: it reads the images a second time.
+    """
+
+    def __init__(self, bank, config: FeatureConfig, normalize: bool):
         import ray
         import torch
         import kernelbank as kb
         torch.set_num_threads(config.threads_per_actor)
         self.torch, self.kb = torch, kb
         self.bank = ray.get(bank) if isinstance(bank, ray.ObjectRef) else bank
-        stats = ray.get(stats) if isinstance(stats, ray.ObjectRef) else stats
-        self.classifier = None if not stats else kb.LikelihoodClassifier.from_stats(
-            [kb.ClassStats.from_dict(s) for s in stats], z=None)
-        self.config = config
-        self.device = torch.device("cuda" if config.num_gpus > 0 and torch.cuda.is_available()
-                                   else "cpu")
-        self.names = kb.core.features.bank_feature_names(self.bank, grid=config.grid)
+        self.normalize = normalize
+        names = kb.core.features.bank_feature_names(self.bank, grid=1)
+        self.keep = [i for i, n in enumerate(names) if n.endswith(("_mae", "_win"))]
+        self.names = [_log_name(names[i]) if names[i].endswith("_mae") else names[i]
+                      for i in self.keep]
 
-    def _features(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-        batch = [self.torch.tensor(i, device=self.device) for i in images]
-        feats, _ = self.kb.bank_features(batch, self.bank, grid=self.config.grid,
-                                         normalize=self.config.normalize)
-        predicted = list(self.classifier.predict(images)) if self.classifier else [""] * len(images)
-        return feats.detach().cpu().numpy(), predicted
+    def _features(self, images: list[np.ndarray]) -> np.ndarray:
+        feats, _ = self.kb.bank_features(images, self.bank, grid=1, normalize=self.normalize)
+        return feats.cpu().numpy()[:, self.keep]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         images = images_from_batch(batch)
-        n = len(images)
-        values = np.full((n, len(self.names)), np.nan)
-        predicted: list[str | None] = [None] * n
-        stage: list[str | None] = [None] * n
-        reason: list[str | None] = [None] * n
+        values = np.full((len(images), len(self.names)), np.nan)
+        stage: list[str | None] = [None] * len(images)
+        reason: list[str | None] = [None] * len(images)
+        good = [i for i, image in enumerate(images) if image is not None]
+        for i in set(range(len(images))) - set(good):
+            stage[i], reason[i] = "features", "not decodable (see the fit stage's errors)"
         try:
-            values[:], predicted = self._features(images)
-        except ValueError:
-            for i, image in enumerate(images):
+            if good:
+                values[good] = self._features([images[i] for i in good])
+        except ValueError:          # one bad image: find it, keep the others
+            for i in good:
                 try:
-                    row, label = self._features([image])
-                    values[i], predicted[i] = row[0], label[0]
+                    values[i] = self._features([images[i]])[0]
                 except ValueError as error:
                     stage[i], reason[i] = "features", str(error).replace("image 0 ", "image ")
-        columns = {c: batch.column(c) for c in ("id", "path", "label", "split")}
+        mae = np.array([n.endswith("_log_mae") for n in self.names])
+        values[:, mae] = np.log(np.maximum(values[:, mae], _FLOOR))
+        columns = {"id": batch.column("id")}
         columns.update({name: pa.array(values[:, j]) for j, name in enumerate(self.names)})
-        columns[PREDICTION] = pa.array([str(p) if p is not None else None for p in predicted],
-                                       pa.string())
         columns["stage"] = pa.array(stage, pa.string())
         columns["reason"] = pa.array(reason, pa.string())
         return pa.table(columns)
 
 
 def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
-    """The bank and the per-dilation statistics dicts written by the reduce stage."""
+    """The bank and the merged class statistics (per entry) written by the reduce stage."""
+    import json
     import kernelbank as kb
     fs, path = resolve(banks_url, s3_endpoint=s3_endpoint)
-    bank_url = url_of(fs, join(path, BANK_FILE))
     if not fs.exists(join(path, BANK_FILE)):
         raise FileNotFoundError(f"no bank at {banks_url!r}: run the reduce stage first")
+    bank_url = url_of(fs, join(path, BANK_FILE))
     bank = kb.KernelBank.load(bank_url, **storage_options(bank_url, s3_endpoint))
-    # in the bank's dilation order (a name sort would put stats_d10 before stats_d2)
-    stats = []
-    for dilation in dict.fromkeys(int(d) for d in bank.dilations.tolist()):
-        with fs.open(join(path, f"stats_d{dilation}.pkl"), "rb") as handle:
-            stats.append(pickle.load(handle))
+    with fs.open(join(path, "bank.json"), "r") as handle:
+        info = json.load(handle)
+    stats = {}
+    for scale, dilation in info.get("entries", []):
+        url = url_of(fs, join(path, stats_file(scale, dilation)))
+        stats[(int(scale), int(dilation))] = kb.ClassStats.load(
+            url, **storage_options(url, s3_endpoint))
     return bank, stats
 
 
-def write_features(read: ReadConfig, banks_url: str, config: FeatureConfig, staging: Staging
+def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging: Staging, *,
+                   read: ReadConfig | None = None, s3_endpoint: str | None = None
                    ) -> dict[str, Any]:
-    """Run the feature stage into ``staging`` (``features/`` and ``errors/features-*``)."""
+    """Run the feature stage into ``staging`` (``features/`` and ``errors/features-*``).
+
+    ``read`` is needed only with ``config.pixel_features`` (the second read).
+    """
     import ray
-    bank, stats = load_bank_and_stats(banks_url, s3_endpoint=read.s3_endpoint)
-    read = replace(read, min_side=max(read.min_side, 2 * bank.max_reach + 1))
+    import ray.data
+    bank, stats = load_bank_and_stats(banks_url, s3_endpoint=s3_endpoint)
+    fs_fit, fit_path = resolve(fit_url, s3_endpoint=s3_endpoint)
+    meta = load_fit_meta(fs_fit, fit_path, fit_url)
+    names = feature_names(meta, bank, config)
     sink = SplitParquetSink(staging.fs, staging.dir("features"), staging.dir("errors"),
                             "features")
     summary: dict[str, Any] = {}
-    log(f"features: {read.url} with {len(bank)} kernels, grid={config.grid}")
+    log(f"features: {fit_url} (no pixels) with {len(bank)} kernels, groups="
+        f"{','.join(config.groups)}{' + pixel features (second read)' if config.pixel_features else ''}")
     with timed(summary):
-        ds = read_dataset(config=read).map_batches(_drop_decode_errors, batch_format="pyarrow")
-        ds = ds.map_batches(BankFeaturizer,
-                            fn_constructor_args=(ray.put(bank), ray.put(stats), config),
-                            batch_format="pyarrow",
-                            **actor_pool_args(num_gpus=config.num_gpus,
-                                              max_actors=config.max_actors,
-                                              threads=config.threads_per_actor,
-                                              batch_size=config.batch_size))
+        files = parquet_files(fs_fit, fit_path)
+        ds = ray.data.read_parquet(files, filesystem=ray_filesystem(fs_fit))
+        stats_dicts = {e: s.to_dict() for e, s in stats.items()}
+        ds = ds.map_batches(TableFeaturizer,
+                            fn_constructor_args=(ray.put(bank), ray.put(stats_dicts), meta,
+                                                 config),
+                            batch_format="pyarrow", batch_size=None,
+                            compute=ray.data.ActorPoolStrategy(
+                                min_size=1, max_size=config.max_actors or 2),
+                            num_cpus=config.threads_per_actor)
+        if config.pixel_features:
+            read = read or _fit_input(fs_fit, fit_path, fit_url, s3_endpoint)
+            pixel = _pixel_features(read, bank, config, meta)
+            names = names + pixel.schema().names[1:-2]
+            ds = _join_on_id(ds, pixel)
         ds.write_datasink(sink)
-    import kernelbank as kb
-    names = kb.core.features.bank_feature_names(bank, grid=config.grid)
     write_json(staging.fs, join(staging.dir("features"), "_kernelbank.json"),
-               {"feature_names": names, "prediction_column": PREDICTION, "grid": config.grid})
+               {"feature_names": names, "prediction_column": PREDICTION,
+                "groups": list(config.groups), "joint": config.joint,
+                "pixel_features": config.pixel_features})
     counts = sink.per_split_and_class()
     images = sum(sum(v.values()) for v in counts.values())
     errors = sink.errors_by_stage()
     summary.update({"images": images, "errors": errors, "counts": counts,
-                    "n_features": len(names),
+                    "n_features": len(names), "reads_images": bool(config.pixel_features),
                     "images_per_second": round(images / max(summary["seconds"], 1e-9), 2)})
     log(f"features: {images} images x {len(names)} features, {sum(errors.values())} errors, "
         f"{summary['seconds']:.1f} s ({summary['images_per_second']:.1f} images/s)")
     return summary
 
 
-def run_features(read: ReadConfig, output: str, config: FeatureConfig, *,
-                 overwrite: bool = False) -> dict[str, Any]:
-    """The feature stage alone: reads ``OUTPUT/banks/``, writes ``OUTPUT/features/``."""
+def _fit_input(fs, fit_path: str, fit_url: str, s3_endpoint: str | None) -> ReadConfig:
+    """The fit stage's input, from the statistics table's metadata."""
+    from ..io.layout import read_json
+    from .fit import FIT_META
+    url = (read_json(fs, join(fit_path, FIT_META)) or {}).get("input")
+    if not url:
+        raise ValueError(f"pixel features read the images again, but {fit_url!r} does not "
+                         "record its input; pass --input")
+    meta = load_fit_meta(fs, fit_path, fit_url)
+    return ReadConfig(url, s3_endpoint=s3_endpoint, ndim=meta.ndim)
+
+
+def _pixel_features(read: ReadConfig, bank, config: FeatureConfig, meta: TableMeta):
+    import ray
+    read = replace(read, min_side=max(read.min_side, 2 * bank.max_reach + 1))
+    return read_dataset(config=read).map_batches(
+        PixelFeaturizer, fn_constructor_args=(ray.put(bank), config, meta.normalize),
+        batch_format="pyarrow",
+        **actor_pool_args(num_gpus=config.num_gpus, max_actors=config.max_actors,
+                          threads=config.threads_per_actor, batch_size=config.batch_size))
+
+
+def _join_on_id(table_ds, pixel_ds):
+    """Statistics features joined with the pixel features of the same records."""
+    pixel_ds = pixel_ds.rename_columns({"stage": "pixel_stage", "reason": "pixel_reason"})
+    joined = table_ds.join(pixel_ds, join_type="left_outer", num_partitions=4, on=("id",))
+
+    def merge_errors(batch: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+        stage = pc.coalesce(batch.column("stage"), batch.column("pixel_stage"))
+        reason = pc.coalesce(batch.column("reason"), batch.column("pixel_reason"))
+        batch = batch.drop_columns(["stage", "reason", "pixel_stage", "pixel_reason"])
+        return batch.append_column("stage", stage).append_column("reason", reason)
+    return joined.map_batches(merge_errors, batch_format="pyarrow")
+
+
+def run_features(output: str, config: FeatureConfig, *, read: ReadConfig | None = None,
+                 overwrite: bool = False, s3_endpoint: str | None = None) -> dict[str, Any]:
+    """The feature stage alone: reads ``OUTPUT/fit/`` and ``OUTPUT/banks/``, writes
+    ``OUTPUT/features/`` — no image is read unless ``config.pixel_features``."""
     from .summary import run_staged
     staging = Staging.open(output, owned=("features", "errors/features-"), overwrite=overwrite,
-                           s3_endpoint=read.s3_endpoint)
+                           s3_endpoint=s3_endpoint)
+    fit_url = url_of(staging.fs, join(staging.final, "fit"))
     banks_url = url_of(staging.fs, join(staging.final, "banks"))
     return run_staged(staging, "features",
-                      lambda: write_features(read, banks_url, config, staging))
+                      lambda: write_features(fit_url, banks_url, config, staging, read=read,
+                                             s3_endpoint=s3_endpoint))

@@ -1,18 +1,38 @@
-"""The fit stage: AR coefficients of every image, on an autoscaling pool of actors.
+"""The fit stage: the only stage that reads pixels. One pass per image, one table row.
 
-``read_dataset`` (decode in CPU tasks) → :class:`KernelFitter` actors (basis on the
-actor's device, images of equal shape fitted together with :func:`kernelbank.fit`) →
-:class:`~kernelbank.io.tables.SplitParquetSink` writing ``fit/`` and ``errors/``.
+``read_dataset`` (list once, fetch and decode in CPU tasks) → :class:`StatisticsFitter`
+actors (images of equal shape together, :func:`kernelbank.core.onepass.image_statistics`
+on the actor's device) → :class:`~kernelbank.io.tables.SplitParquetSink` writing
+``fit/`` (one row per image), ``errors/`` (one row per bad record) and, when a training
+stage will follow, ``pixels/`` (the decoded integer pixels, so nothing reads the images
+again).
 
-One fit row per image (columns of :data:`FIT_COLUMNS`); vectors are fixed-size lists
-with one block per dilation, in the order of ``dilations``:
+The statistics table
+--------------------
+``fit/*.parquet`` has one row per image; vectors are fixed-size lists with one block per
+entry of ``scale_index`` (every (pyramid scale, dilation) pair, scale-major), written in
+``fit/_kernelbank.json`` together with the basis, radius, ridge and the names of the
+descriptors:
 
-``coef``     S·m   AR coefficients (float64)
-``mse``      S     residual mean squared error
-``gram``     S·m·m normal-equation sums ``G = Σ R Rᵀ``    } what :class:`kernelbank.ClassStats`
-``rhs``      S·m   ``h = Σ R x``                          } needs, so the reduce stage can
-``sum_sq``   S     ``Σ x²``                               } merge classes exactly without
-``n_pixels`` S     valid pixels                           } the images
+``id, path, label, split``  the record (``shape``: its pixel shape)
+``coef``        S·m   own-kernel coefficients in the chosen basis (float64)
+``mse``         S     residual mean squared error of the own kernel (float64)
+``sums``        S·L   window sums of the full window (float64): for each entry the upper
+                      triangle of ``cross`` (row-major, t(t+1)/2 values), ``first`` (t) and
+                      ``n_pixels`` (1); t = (2r+1)^d taps incl. the centre — see
+                      :mod:`kernelbank.core.sums`
+``cell_sums``   S·g^d·L  the same per grid cell (only with ``grid``)
+``descriptors`` S·F   residual descriptors of the own kernel (float32; only with
+                      ``descriptors``)
+
+Every later stage is algebra on this table: banks of any method from the exact class
+sums (reduce), the features of any bank whose window fits in radius ``r`` at a fitted
+dilation, the likelihood classifier, and any classifier on the features. Sums are kept
+in float64 because the solve of a nearly predictable image needs their digits (a float32
+copy of ``cross`` changes fitted coefficients at the 1e-4 level on smooth textures);
+descriptors are float32 (they are histogram shares and moments, compared to classes,
+never solved with). At the default settings on 64×64 images a row is about 2× the image's
+own bytes (see ``bytes_per_image`` in ``summary.json``).
 """
 
 from __future__ import annotations
@@ -26,44 +46,44 @@ import pyarrow as pa
 from ..config import FitConfig, ReadConfig
 from ..io.layout import Staging, write_json
 from ..io.readers import images_from_batch, read_dataset
-from ..io.storage import join
+from ..io.storage import join, redact
 from ..io.tables import SplitParquetSink
 from .common import actor_pool_args, log, make_basis, timed
+from .table import flat_sums, sums_width
 
-__all__ = ["KernelFitter", "FIT_COLUMNS", "FIT_META", "fit_dataset", "run_fit"]
+__all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
+           "run_fit", "write_fit"]
 
-FIT_COLUMNS = ["id", "path", "label", "split", "shape", "coef", "mse", "gram", "rhs",
-               "sum_sq", "n_pixels", "stage", "reason"]
 FIT_META = "_kernelbank.json"
+TABLE_VERSION = 2
+#: Errors that fail a whole group on a device (a CUDA OOM is a RuntimeError) but may not
+#: fail each image of it alone: the group is split and retried before rows become errors.
+ISOLATED_ERRORS = (ValueError, RuntimeError, MemoryError)
 
 
-def _fixed(values: list[np.ndarray | None], width: int, dtype) -> pa.Array:
-    """Rows of ``width`` numbers as a fixed-size list column (null for ``None`` rows)."""
-    missing = np.array([v is None for v in values], dtype=bool)
-    flat = np.concatenate([np.zeros(width, dtype) if v is None else
-                           np.asarray(v, dtype).reshape(-1) for v in values]) \
-        if values else np.zeros(0, dtype)
-    return pa.FixedSizeListArray.from_arrays(
-        pa.array(flat), width, mask=pa.array(missing) if missing.any() else None)
+def _fixed(values: np.ndarray, dtype) -> pa.Array:
+    """Rows of a 2-D array as a fixed-size list column."""
+    values = np.ascontiguousarray(values, dtype=dtype)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
 
 
-class KernelFitter:
-    """Ray Data actor: fits the AR kernel of every decoded image of a batch.
+class StatisticsFitter:
+    """Ray Data actor: the statistics row of every decoded image of a batch.
 
     Parameters
     ----------
     config : FitConfig
-        Basis, dilations, ridge, normalisation, device and threads.
     ndim : int
         2 for images, 3 for volumes.
 
     Notes
     -----
-    The constructor sets ``torch.set_num_threads`` (Ray starts workers with one
-    thread) and picks CUDA only when the config asked for GPUs and one is visible.
-    Images are grouped by shape and each group is fitted in one call; if a group
-    fails, its images are fitted one at a time so that only the bad one becomes an
-    error row (stage ``fit``). Rows that arrive as error rows pass through.
+    Images are grouped by shape and each group is computed in one call on the actor's
+    device (CUDA only when the config asks for GPUs and one is visible; host batches are
+    pinned and copied without blocking). A group that fails — a bad image, a singular
+    solve, a CUDA or host out-of-memory — is split in halves and retried, so only images
+    that fail alone become error rows (stage ``fit``). Rows that arrive as error rows
+    (stage ``decode``) pass through.
     """
 
     def __init__(self, config: FitConfig, ndim: int = 2):
@@ -74,18 +94,47 @@ class KernelFitter:
         self.device = torch.device("cuda" if config.num_gpus > 0 and torch.cuda.is_available()
                                    else "cpu")
         self.basis = make_basis(config.basis, config.radius, ndim)
-        self.width = self.basis.n_components
+        self.ndim = ndim
         self.images_seen = 0
 
-    def _fit_group(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-        import kernelbank as kb
-        batch = self.torch.from_numpy(np.stack(images)).to(self.device)
-        result = kb.fit(batch, self.basis, ridge=self.config.ridge,
-                        normalize=self.config.normalize, dilations=list(self.config.dilations))
-        as_np = lambda t: t.detach().cpu().to(self.torch.float64).numpy()  # noqa: E731
-        return {"coef": as_np(result.coef), "mse": as_np(result.mse), "gram": as_np(result.gram),
-                "rhs": as_np(result.rhs), "sum_sq": as_np(result.sum_sq),
-                "n_pixels": result.n_pixels.detach().cpu().numpy().astype(np.int64)}
+    # ------------------------------------------------------------------ computing
+    def _to_device(self, images: list[np.ndarray]):
+        batch = self.torch.from_numpy(np.stack(images))
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
+
+    def _statistics(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        from ..core.onepass import image_statistics
+        config = self.config
+        stats = image_statistics(self._to_device(images), self.basis,
+                                 dilations=config.dilations, scales=config.scales,
+                                 ridge=config.ridge, normalize=config.normalize,
+                                 descriptors=config.descriptors, grid=config.grid)
+        n = len(images)
+        out = {"coef": stats.coef.reshape(n, -1).cpu().numpy(),
+               "mse": stats.mse.cpu().numpy(), "sums": flat_sums(stats.sums)}
+        if stats.cell_sums is not None:
+            out["cell_sums"] = flat_sums(stats.cell_sums)
+        if stats.descriptors is not None:
+            out["descriptors"] = stats.descriptors.reshape(n, -1).cpu().numpy()
+        return out
+
+    def _isolated(self, images: list[np.ndarray], rows: list[int]):
+        """Yield ``(rows, columns)`` for groups that worked and ``(row, reason)`` for images
+        that fail alone, splitting failed groups in halves."""
+        try:
+            yield rows, self._statistics(images)
+        except ISOLATED_ERRORS as error:
+            if self.device.type == "cuda":
+                self.torch.cuda.empty_cache()
+            if len(rows) == 1:
+                message = str(error).replace("image 0 ", "image ").split("\n")[0]
+                yield rows[0], f"{type(error).__name__}: {message}"
+                return
+            half = len(rows) // 2
+            yield from self._isolated(images[:half], rows[:half])
+            yield from self._isolated(images[half:], rows[half:])
 
     def _maybe_fail(self, count: int) -> None:
         """Fault injection for tests: exit the process once after ``fault_kill_after`` images."""
@@ -100,60 +149,63 @@ class KernelFitter:
                 handle.write(f"killed after {self.images_seen} images\n")
         os._exit(17)
 
+    # ------------------------------------------------------------------ the batch
     def __call__(self, batch: pa.Table) -> pa.Table:
         images = images_from_batch(batch)
-        n = len(images)
-        fields = {k: [None] * n for k in ("coef", "mse", "gram", "rhs", "sum_sq", "n_pixels")}
         stage = batch.column("stage").to_pylist()
         reason = batch.column("reason").to_pylist()
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):
             if image is not None and reason[i] is None:
                 groups.setdefault(image.shape, []).append(i)
-        for indices in groups.values():
-            try:
-                parts = [(indices, self._fit_group([images[i] for i in indices]))]
-            except ValueError:
-                parts = []
-                for i in indices:
-                    try:
-                        parts.append(([i], self._fit_group([images[i]])))
-                    except ValueError as error:
-                        stage[i], reason[i] = "fit", str(error).replace("image 0 ", "image ")
-            for rows, out in parts:
-                for j, i in enumerate(rows):
-                    for key in fields:
-                        fields[key][i] = out[key][j]
-        self._maybe_fail(n)
-        s, m = len(self.config.dilations), self.width
-        return pa.table({
-            "id": batch.column("id"), "path": batch.column("path"),
-            "label": batch.column("label"), "split": batch.column("split"),
-            "shape": batch.column("shape"),
-            "coef": _fixed(fields["coef"], s * m, np.float64),
-            "mse": _fixed(fields["mse"], s, np.float64),
-            "gram": _fixed(fields["gram"], s * m * m, np.float64),
-            "rhs": _fixed(fields["rhs"], s * m, np.float64),
-            "sum_sq": _fixed(fields["sum_sq"], s, np.float64),
-            "n_pixels": _fixed(fields["n_pixels"], s, np.int64),
-            "stage": pa.array(stage, pa.string()), "reason": pa.array(reason, pa.string()),
-        })
+        columns: dict[str, np.ndarray] = {}
+        done = np.zeros(len(images), dtype=bool)
+        for rows in groups.values():
+            for where, result in self._isolated([images[i] for i in rows], rows):
+                if isinstance(result, str):
+                    stage[where], reason[where] = "fit", result
+                    continue
+                for key, values in result.items():
+                    if key not in columns:
+                        columns[key] = np.zeros((len(images), values.shape[1]), values.dtype)
+                    columns[key][where] = values
+                done[where] = True
+        self._maybe_fail(len(images))
+        keep = ["id", "path", "label", "split", "shape"]
+        if self.config.cache_pixels:
+            keep += [c for c in ("dtype", "pixels") if c in batch.column_names]
+        out = {name: batch.column(name) for name in keep}
+        for key, values in columns.items():
+            values[~done] = np.nan
+            out[key] = _fixed(values, np.float32 if key == "descriptors" else np.float64)
+        out["stage"] = pa.array(stage, pa.string())
+        out["reason"] = pa.array(reason, pa.string())
+        return pa.table(out)
 
 
-def fit_metadata(config: FitConfig, ndim: int) -> dict[str, Any]:
-    """What a reader of ``fit/`` needs to rebuild the basis (written as ``_kernelbank.json``)."""
+def fit_metadata(config: FitConfig, ndim: int, input_url: str = "") -> dict[str, Any]:
+    """What a reader of ``fit/`` needs (written as ``fit/_kernelbank.json``)."""
     basis = make_basis(config.basis, config.radius, ndim)
-    return {"basis": config.basis.value, "radius": config.radius, "ndim": ndim,
-            "dilations": list(config.dilations), "n_components": basis.n_components,
-            "ridge": config.ridge, "normalize": config.normalize}
+    names: list[str] = []
+    if config.descriptors:
+        from ..core.residual import residual_descriptor_names
+        names = list(residual_descriptor_names(ndim))
+    n_taps = (2 * config.radius + 1) ** ndim
+    return {"version": TABLE_VERSION, "basis": config.basis.value, "radius": config.radius,
+            "ndim": ndim, "dilations": list(config.dilations), "scales": list(config.scales),
+            "scale_index": [list(e) for e in config.scale_index],
+            "n_components": basis.n_components, "n_taps": n_taps,
+            "sums_width": sums_width(n_taps), "grid": config.grid,
+            "ridge": config.ridge, "normalize": config.normalize,
+            "descriptor_names": names, "input": redact(input_url)}
 
 
 def fit_dataset(read: ReadConfig, config: FitConfig):
-    """The lazy Ray Dataset of fit rows (and error rows) for ``read``'s input."""
+    """The lazy Ray Dataset of statistics rows (and error rows) for ``read``'s input."""
     from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
     ds = read_dataset(config=read)
-    return ds.map_batches(KernelFitter, fn_constructor_args=(config, read.ndim),
+    return ds.map_batches(StatisticsFitter, fn_constructor_args=(config, read.ndim),
                           batch_format="pyarrow",
                           **actor_pool_args(num_gpus=config.num_gpus,
                                             max_actors=config.max_actors,
@@ -162,24 +214,30 @@ def fit_dataset(read: ReadConfig, config: FitConfig):
 
 
 def write_fit(read: ReadConfig, config: FitConfig, staging: Staging) -> dict[str, Any]:
-    """Run the fit stage into ``staging`` (``fit/`` and ``errors/fit-*``); summary dict."""
+    """Run the fit stage into ``staging`` (``fit/``, ``errors/fit-*``, ``pixels/``)."""
     fs = staging.fs
-    sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"), "fit")
+    sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"), "fit",
+                            cache_dir=staging.dir("pixels") if config.cache_pixels else None)
     summary: dict[str, Any] = {}
-    log(f"fit: {read.url} radius={config.radius} dilations={list(config.dilations)} "
-        f"basis={config.basis.value} gpus={config.num_gpus}")
+    log(f"fit: {read.url} basis={config.basis.value} radius={config.radius} "
+        f"dilations={list(config.dilations)} scales={list(config.scales)} "
+        f"descriptors={config.descriptors} gpus={config.num_gpus}")
     with timed(summary):
         fit_dataset(read, config).write_datasink(sink)
-    write_json(fs, join(staging.dir("fit"), FIT_META), fit_metadata(config, read.ndim))
+    write_json(fs, join(staging.dir("fit"), FIT_META),
+               fit_metadata(config, read.ndim, read.url))
     counts = sink.per_split_and_class()
     images = sum(sum(v.values()) for v in counts.values())
     errors = sink.errors_by_stage()
     total = images + sum(errors.values())
-    summary.update({"images": images, "errors": errors, "records": total,
-                    "counts": counts,
+    table_bytes = sum(fs.size(p) for p in fs.find(staging.dir("fit"))
+                      if p.endswith(".parquet"))
+    summary.update({"images": images, "errors": errors, "records": total, "counts": counts,
+                    "bytes_per_image": round(table_bytes / max(images, 1), 1),
                     "images_per_second": round(total / max(summary["seconds"], 1e-9), 2)})
     log(f"fit: {images} images fitted, {sum(errors.values())} errors, "
-        f"{summary['seconds']:.1f} s ({summary['images_per_second']:.1f} images/s)")
+        f"{summary['seconds']:.1f} s ({summary['images_per_second']:.1f} images/s), "
+        f"{summary['bytes_per_image']:.0f} table bytes per image")
     return summary
 
 
@@ -190,6 +248,7 @@ def run_fit(read: ReadConfig, config: FitConfig, output: str, *, overwrite: bool
     Returns the stage summary (also merged into ``OUTPUT/summary.json``).
     """
     from .summary import run_staged
-    staging = Staging.open(output, owned=("fit", "errors/fit-"), overwrite=overwrite,
+    owned = ("fit", "errors/fit-") + (("pixels",) if config.cache_pixels else ())
+    staging = Staging.open(output, owned=owned, overwrite=overwrite,
                            s3_endpoint=read.s3_endpoint)
     return run_staged(staging, "fit", lambda: write_fit(read, config, staging))

@@ -1,23 +1,23 @@
-"""The reduce stage: exact per-class statistics from the fit table, then kernel banks.
+"""The reduce stage: exact per-class statistics from the statistics table, then banks.
 
-Each block of ``fit/`` (train split only) becomes one partial
-:class:`kernelbank.ClassStats` per dilation in a Ray task (``map_batches`` emits it
-serialised, a few KiB); the driver adds the partials as they stream in. Because the
-statistics are sums, the result is the statistics of all images at once, whatever the
-blocks were — no row is collected on the driver. Banks are built per dilation with
+Each file of ``fit/`` (train split only) becomes one partial
+:class:`kernelbank.ClassStats` per entry (pyramid scale, dilation) in a Ray task, built
+from the table's own-kernel coefficients and the normal equations of the chosen basis
+(algebra on the window sums; no pixels); the driver adds the partials as they arrive.
+Because the statistics are sums, the result is the statistics of all images at once,
+whatever the files were. Banks are built per dilation (scale 1) with
 :meth:`kernelbank.KernelBank.from_stats` and concatenated.
 
 Outputs: ``banks/bank.npz`` (the bank), ``banks/bank.json`` (method, classes, counts,
-dilations, kernel names) and ``banks/stats_d<dilation>.pkl`` (the merged statistics as
-:meth:`ClassStats.to_dict`, for the likelihood classifier and later analysis).
+dilations, kernel names) and ``banks/stats_s<scale>_d<dilation>.npz`` (the merged
+statistics of every entry, :meth:`ClassStats.save`: arrays and JSON, never a pickle),
+for the likelihood classifier, the report and later analysis.
 """
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -25,114 +25,94 @@ from ..config import ReduceConfig
 from ..io.layout import Staging, read_json, write_json
 from ..io.storage import join, resolve, storage_options, url_of
 from ..io.tables import parquet_files
-from .common import TRAIN_SPLITS, log, make_basis, timed
+from .common import TRAIN_SPLITS, log, timed
 from .fit import FIT_META
+from .table import TableMeta, fit_result_of
 
 __all__ = ["partial_stats", "merge_fit_table", "banks_from_stats", "run_reduce",
-           "BANK_FILE"]
+           "BANK_FILE", "stats_file", "load_fit_meta"]
 
 BANK_FILE = "bank.npz"
-MAX_READ_TASKS = 1024
-_STATS_COLUMNS = ["label", "split", "coef", "mse", "gram", "rhs", "sum_sq", "n_pixels"]
+_STATS_COLUMNS = ["label", "split", "coef", "mse", "sums"]
 
 
-def _column(table: pa.Table, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    flat = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return np.array(flat).reshape((table.num_rows,) + shape)     # writable copy for torch
+def stats_file(scale: int, dilation: int) -> str:
+    """File name of the merged statistics of one entry."""
+    return f"stats_s{scale}_d{dilation}.npz"
 
 
-def partial_stats(table: pa.Table, *, meta: dict[str, Any]) -> pa.Table:
-    """One serialised :class:`ClassStats` per dilation for the train rows of a block."""
-    import torch
+def load_fit_meta(fs, fit_path: str, url: str) -> TableMeta:
+    """The statistics table's metadata, with an actionable error when it is missing."""
+    meta = read_json(fs, join(fit_path, FIT_META))
+    if meta is None:
+        raise FileNotFoundError(f"{url!r} has no {FIT_META}: run the fit stage first")
+    return TableMeta.from_json(meta, url)
+
+
+def partial_stats(table: pa.Table, meta: TableMeta) -> dict[tuple[int, int], dict]:
+    """Per-class statistics (as :meth:`ClassStats.to_dict`) of the train rows of a table."""
     import kernelbank as kb
-    splits = pc.is_in(table.column("split"), value_set=pa.array(TRAIN_SPLITS))
-    table = table.filter(splits)
-    out = {"dilation": [], "stats": []}
+    table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(TRAIN_SPLITS)))
     if table.num_rows == 0:
-        return _stats_table(out)
-    basis = make_basis(meta["basis"], meta["radius"], meta["ndim"])
-    dilations, m = meta["dilations"], basis.n_components
-    s = len(dilations)
-    coef = torch.from_numpy(_column(table, "coef", (s, m)))
-    gram = torch.from_numpy(_column(table, "gram", (s, m, m)))
-    rhs = torch.from_numpy(_column(table, "rhs", (s, m)))
-    mse = torch.from_numpy(_column(table, "mse", (s,)))
-    sum_sq = torch.from_numpy(_column(table, "sum_sq", (s,)))
-    n_pixels = torch.from_numpy(_column(table, "n_pixels", (s,)))
+        return {}
+    result = fit_result_of(table, meta)
     labels = table.column("label").to_pylist()
-    result = kb.FitResult(coef=coef, kernels=basis.to_kernels(coef), mse=mse, gram=gram,
-                          rhs=rhs, sum_sq=sum_sq, n_pixels=n_pixels, basis=basis,
-                          scale_index=[(1, d) for d in dilations])
-    for index, dilation in enumerate(dilations):
-        stats = kb.ClassStats.from_fit(result, labels, scale=index)
-        out["dilation"].append(dilation)
-        out["stats"].append(pickle.dumps(stats.to_dict(), protocol=5))
-    return _stats_table(out)
+    return {entry: kb.ClassStats.from_fit(result, labels, scale=index).to_dict()
+            for index, entry in enumerate(meta.scale_index)}
 
 
-def _stats_table(out: dict[str, list]) -> pa.Table:
-    return pa.table({"dilation": pa.array(out["dilation"], pa.int64()),
-                     "stats": pa.array(out["stats"], pa.large_binary())})
-
-
-def _partials_of_files(batch: dict[str, Any], *, fs, meta: dict[str, Any]) -> pa.Table:
-    """Partial statistics of each fit file named in ``batch["path"]``."""
+def _partial_of_file(fs, path: str, meta: TableMeta) -> dict[tuple[int, int], dict]:
     import pyarrow.parquet as pq
-    parts = []
-    for path in batch["path"]:
-        with fs.open(str(path), "rb") as handle:
-            parts.append(partial_stats(pq.read_table(handle, columns=_STATS_COLUMNS), meta=meta))
-    return pa.concat_tables(parts)
+    with fs.open(path, "rb") as handle:
+        return partial_stats(pq.read_table(handle, columns=_STATS_COLUMNS), meta)
 
 
 def merge_fit_table(fit_url: str, *, s3_endpoint: str | None = None,
-                    partials_seen: list[int] | None = None) -> dict[int, Any]:
-    """Exact per-class statistics of the train rows of a fit table, per dilation.
+                    partials_seen: list[int] | None = None) -> dict[tuple[int, int], Any]:
+    """Exact per-class statistics of the train rows of a statistics table, per entry.
 
     Parameters
     ----------
     fit_url : str
         The ``fit/`` folder written by the fit stage.
     partials_seen : list, optional
-        Gets the number of partial statistics (blocks with train rows) merged.
+        Gets the number of partial statistics (files with train rows) merged.
 
     Returns
     -------
-    dict of int to ClassStats
-        Merged statistics for each dilation.
+    dict of (scale, dilation) to ClassStats
     """
-    import ray.data
+    import ray
     import kernelbank as kb
     fs, path = resolve(fit_url, s3_endpoint=s3_endpoint)
-    meta = read_json(fs, join(path, FIT_META))
-    if meta is None:
-        raise FileNotFoundError(f"{fit_url!r} has no {FIT_META}: run the fit stage first")
+    meta = load_fit_meta(fs, path, fit_url)
     files = parquet_files(fs, path)
     if not files:
         raise FileNotFoundError(f"{fit_url!r} holds no Parquet files: the fit stage fitted no image")
-    # one partial per file (each file is one write task's rows, so bounded): Ray's
-    # read_parquet would pack small files into one block and hide the merge
-    ds = ray.data.from_items([{"path": p} for p in files],
-                             override_num_blocks=min(len(files), MAX_READ_TASKS))
-    partials = ds.map_batches(_partials_of_files, batch_format="numpy", batch_size=1,
-                              fn_kwargs={"fs": fs, "meta": meta})
-    merged: dict[int, Any] = {d: kb.ClassStats.empty() for d in meta["dilations"]}
+    # one task per file (each file is one write task's rows, so bounded); the partials
+    # travel as plain dicts of arrays through Ray's object store
+    task = ray.remote(num_cpus=1)(_partial_of_file)
+    pending = [task.remote(fs, p, meta) for p in files]
+    merged = {entry: kb.ClassStats.empty() for entry in meta.scale_index}
     count = 0
-    for batch in partials.iter_batches(batch_format="pyarrow", batch_size=None):
-        for dilation, blob in zip(batch.column("dilation").to_pylist(),
-                                  batch.column("stats").to_pylist()):
-            merged[dilation] = merged[dilation] + kb.ClassStats.from_dict(pickle.loads(blob))
-            count += 1
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        part = ray.get(ready[0])
+        count += bool(part)
+        for entry, stats in part.items():
+            merged[entry] = merged[entry] + kb.ClassStats.from_dict(stats)
     if partials_seen is not None:
-        partials_seen.append(count // max(1, len(meta["dilations"])))
+        partials_seen.append(count)
     return merged
 
 
-def banks_from_stats(stats: dict[int, Any], config: ReduceConfig):
-    """One bank per dilation with ``config.method``, concatenated into one bank."""
+def banks_from_stats(stats: dict[tuple[int, int], Any], config: ReduceConfig):
+    """One bank per dilation (scale-1 entries) with ``config.method``, concatenated."""
     import kernelbank as kb
     banks = []
-    for dilation, part in sorted(stats.items()):
+    entries = sorted(e for e in stats if e[0] == 1) or sorted(stats)
+    for entry in entries:
+        part = stats[entry]
         if not part.classes:
             raise ValueError("no training images reached the reduce stage (split 'train' or "
                              "'unsplit'); check the input layout and errors/")
@@ -156,13 +136,16 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging: Staging, *,
     fs.makedirs(banks, exist_ok=True)
     bank_url = url_of(fs, join(banks, BANK_FILE))
     bank.save(bank_url, **storage_options(bank_url, s3_endpoint))
-    for dilation, part in stats.items():
-        with fs.open(join(banks, f"stats_d{dilation}.pkl"), "wb") as handle:
-            pickle.dump(part.to_dict(), handle, protocol=5)
+    for (scale, dilation), part in stats.items():
+        url = url_of(fs, join(banks, stats_file(scale, dilation)))
+        part.save(url, **storage_options(url, s3_endpoint))
     any_stats = next(iter(stats.values()))
     counts = {c: any_stats.count(c) for c in any_stats.classes}
     info = {"method": config.method.value, "n_kernels": len(bank),
-            "dilations": sorted(stats), "class_names": list(bank.class_names),
+            "dilations": sorted({d for _, d in stats}),
+            "entries": [list(e) for e in stats],
+            "stats_files": [stats_file(*e) for e in stats],
+            "class_names": list(bank.class_names),
             "kernel_names": list(bank.kernel_names), "train_counts": counts}
     write_json(fs, join(banks, "bank.json"), info)
     images = sum(counts.values())

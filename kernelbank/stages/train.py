@@ -81,10 +81,16 @@ class TrainConfig:
         rerun resumes from the latest checkpoint Ray's controller registered: this
         epoch's, or the one before when the failure overtook the report.
     random_state : int, default=0
+    pixel_cache : str, optional
+        A folder of decoded pixels written by the fit stage (``OUTPUT/pixels``, with
+        ``kernelbank run --train``): training then reads no image at all. Without one, an
+        ``input`` is decoded once into ``OUTPUT/train/pixels`` and every epoch iterates
+        that cache.
     """
 
     output: str
     input: str | None = None
+    pixel_cache: str | None = None
     init: str = "gabor"
     init_bank: str | None = None
     workers: int = 2
@@ -279,41 +285,69 @@ def _assign_split(batch: dict, test_fraction: float) -> dict:
     return batch
 
 
+def _decode_once(config: TrainConfig) -> str:
+    """Decode the input's images once into ``OUTPUT/train/pixels`` (Parquet); its URL."""
+    from ..config import ReadConfig
+    from ..io.readers import read_dataset
+    from ..io.tables import PIXEL_COLUMNS, write_table
+    fs, cache = resolve(join(config.train_url, "pixels"), s3_endpoint=config.s3_endpoint)
+    if fs.exists(cache):
+        fs.rm(cache, recursive=True)
+    min_side = 2 * config.radius * max(config.dilations) + config.grid   # model.min_image_size
+    ds = read_dataset(config=ReadConfig(url=config.input, s3_endpoint=config.s3_endpoint,
+                                        min_side=min_side))
+    columns = ["id", "path", "label", "split", "shape", *PIXEL_COLUMNS, "stage", "reason"]
+
+    def write(batch, *, fs=fs, cache=cache):
+        import uuid
+        batch = batch.select([c for c in columns if c in batch.column_names])
+        write_table(batch, fs, join(cache, f"part-{uuid.uuid4().hex}.parquet"))
+        return {"rows": [batch.num_rows]}
+    for _ in ds.map_batches(write, batch_format="pyarrow").iter_batches(batch_size=None):
+        pass
+    return cache if is_local(fs) else fs.unstrip_protocol(cache)
+
+
 def load_train_test(config: TrainConfig) -> tuple[dict, list[str]]:
     """``{"train": Dataset, "test": Dataset}`` of decoded rows and the sorted class names.
 
-    With ``config.input`` the shared reader (:func:`kernelbank.io.read_dataset`) reads
-    folders or Parquet; rows without a ``train``/``test`` split are assigned one by a
-    hash of their id (30 % test), ``val`` rows are left out. Without an input, the
-    built-in textures are used. Class names are ``config.classes`` or else the labels
-    of the train split (for an input URL this costs one streaming pass, no shuffle).
+    The images are read at most once: from the fit stage's pixel cache
+    (``config.pixel_cache``), or decoded once from ``config.input`` into a Parquet cache
+    under the output; every epoch iterates the cache. Rows without a ``train``/``test``
+    split are assigned one by a hash of their id (30 % test); ``val`` rows are left out.
+    Without either, the built-in textures are used. Class names are ``config.classes``
+    or else the labels of the train split (read from the label column alone).
     """
     import ray.data
     from ..io.readers import DECODED_SCHEMA
-    if config.input is None:
+    if config.pixel_cache is None and config.input is None:
         import pyarrow as pa
         rows = _texture_rows(config)
         ds = ray.data.from_arrow([pa.Table.from_pylist(rows[i:i + 64], schema=DECODED_SCHEMA)
                                   for i in range(0, len(rows), 64)])    # blocks to shuffle
         found = {row["label"] for row in rows}
     else:
-        from ..config import ReadConfig
-        from ..io.readers import read_dataset
-        min_side = 2 * config.radius * max(config.dilations) + config.grid   # model.min_image_size
-        ds = read_dataset(config=ReadConfig(url=config.input, s3_endpoint=config.s3_endpoint,
-                                            min_side=min_side))
+        cache = config.pixel_cache or _decode_once(config)
+        fs, path = resolve(cache, s3_endpoint=config.s3_endpoint)
+        files = [p for p in fs.find(path) if p.endswith(".parquet")]
+        if not files:
+            raise FileNotFoundError(f"no decoded pixels in {cache!r}: nothing to train on")
+        ds = ray.data.read_parquet(files, filesystem=ray_filesystem(fs))
         ds = ds.map_batches(_assign_split, batch_format="numpy",
                             fn_kwargs={"test_fraction": 0.3})
         found = None
+        if config.classes is None:
+            import pyarrow.compute as pc
+            import pyarrow.dataset as pads
+            labels = pads.dataset(files, format="parquet", filesystem=ray_filesystem(fs))
+            table = labels.to_table(columns=["label", "split"])
+            train = table.filter(pc.equal(table.column("split"), "train")) \
+                if "train" in table.column("split").to_pylist() else table
+            found = {str(c) for c in train.column("label").to_pylist() if c}
     from ray.data.expressions import col
     datasets = {split: ds.filter(expr=col("split") == split) for split in ("train", "test")}
     if config.classes is not None:
         return datasets, sorted(config.classes)
-    if found is None:
-        found = set()
-        for batch in datasets["train"].select_columns(["label"]).iter_batches(
-                batch_size=4096, batch_format="numpy"):
-            found.update(str(c) for c in batch["label"] if c)
     return datasets, sorted(found)
 
 
