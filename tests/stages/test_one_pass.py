@@ -1,0 +1,91 @@
+"""One pass over the pixels, counted by the kernel: every image is opened once per run.
+
+``kernelbank run`` runs in a subprocess under ``strace -f -e trace=openat`` (every
+process it starts — the Ray head, raylet, workers — is traced), and every successful
+open of a file under the input folder is counted. This counts what the operating system
+saw, independently of kernelbank's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from .pipeline_data import write_dataset
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("strace") is None,
+                                 reason="strace is not installed (.ci/run installs it as root)")]
+
+REPO = Path(__file__).resolve().parents[2]
+_OPEN = re.compile(r'openat\([^,]+, "([^"]+)", ([^)]*)\) = (\d+)')
+
+
+def _traced(args: list[str], log: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DEDUP_LOGS": "0",
+           "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    command = ["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(log),
+               sys.executable, "-m", "kernelbank.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def _opens(log: Path, root: Path) -> Counter:
+    """Successful opens of regular files below ``root`` (directories are listings)."""
+    counts: Counter = Counter()
+    prefix = str(root) + "/"
+    for line in log.read_text(errors="replace").splitlines():
+        match = _OPEN.search(line)
+        if match and match.group(1).startswith(prefix) and "O_DIRECTORY" not in match.group(2):
+            counts[match.group(1)] += 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("one_pass")
+    write_dataset(root / "images", classes=3, per_class=6, size=32)
+    return root
+
+
+def _images(root: Path) -> list[str]:
+    return sorted(str(p) for p in (root / "images").rglob("*")
+                  if p.suffix in (".png", ".npy"))
+
+
+def test_run_with_training_opens_every_image_once(dataset):
+    out, log = dataset / "out", dataset / "run.strace"
+    done = _traced(["run", "--input", str(dataset / "images"), "--output", str(out),
+                    "--radius", "2", "--dilations", "1", "2", "--max-actors", "1",
+                    "--train", "--train-epochs", "3"],
+                   log, dataset)
+    assert done.returncode == 0, done.stderr[-3000:]
+    opened = _opens(log, dataset / "images")
+    images = _images(dataset)
+    assert set(opened) == set(images)                 # every image was read ...
+    twice = {path: n for path, n in opened.items() if n > 1}
+    # ... once, except the report's samples (two test images per class, opened again)
+    assert len(twice) <= 2 * 3 and all(n == 2 for n in twice.values()), twice
+    assert all("/test/" in path for path in twice), twice
+
+
+def test_rerun_of_features_with_another_bank_reads_no_image(dataset):
+    out = dataset / "out-features"
+    first = _traced(["run", "--input", str(dataset / "images"), "--output", str(out),
+                     "--radius", "2", "--max-actors", "1", "--no-report"],
+                    dataset / "first.strace", dataset)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for stage, extra in (("reduce", ["--bank-method", "pca", "--n-components", "1"]),
+                         ("features", []), ("classify", [])):
+        log = dataset / f"{stage}.strace"
+        done = _traced([stage, "--output", str(out), "--overwrite", "--max-actors", "1",
+                        *extra], log, dataset)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert not _opens(log, dataset / "images"), stage
