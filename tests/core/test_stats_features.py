@@ -20,7 +20,6 @@ kernel ``Σ α_j k_j``, which is well determined, to 1e-9.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import pickle
 
@@ -308,7 +307,8 @@ def test_likelihood_from_sums_equals_pixel_path(textures):
                                    err_msg=method)
     predicted = stats.predict_from_sums(sums)
     np.testing.assert_array_equal(predicted, pixel.predict(images))
-    assert (predicted == kb.core.likelihood.UNKNOWN).any() or (predicted != "unknown").all()
+    # z=2 on these images exercises both branches: some unknown, some named
+    assert 0 < (predicted == "unknown").sum() < len(predicted)
 
 
 def test_likelihood_from_sums_refuses_missing_model_sums(textures):
@@ -446,4 +446,3 @@ def test_sums_scale_is_kept(textures):
                                       ["a"] * 4, scale=0)
     assert stats.scale == expected.scale == 2
     np.testing.assert_allclose(stats["a"].sum_gram, expected["a"].sum_gram, rtol=RTOL)
-    assert dataclasses.replace(sums, scale=1).scale == 1
