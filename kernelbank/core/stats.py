@@ -469,6 +469,9 @@ class ClassStats:
         except KeyError as error:
             raise ValueError(f"{where} lacks the array {error}: not a complete ClassStats "
                              "file") from None
+        except IndexError as error:
+            raise ValueError(f"{where} has fewer per-class rows than classes in its header: "
+                             f"{error}") from None
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v.n}" for k, v in sorted(self.sums.items()))
