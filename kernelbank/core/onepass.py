@@ -129,7 +129,7 @@ def image_statistics(images, basis: Basis, *, dilations: Sequence[int] | None = 
     describe = names = None
     if descriptors:
         from .residual import describe_residuals, residual_descriptor_names
-        describe, names = describe_residuals, residual_descriptor_names(basis.ndim)
+        describe, names = describe_residuals, residual_descriptor_names(ndim=basis.ndim)
 
     coefs, mses, descs, order = [], [], [], []
     sums: list[list[WindowSums]] = [[] for _ in scale_index]

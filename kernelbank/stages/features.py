@@ -88,7 +88,7 @@ class TableFeaturizer:
     Parameters
     ----------
     bank : KernelBank or ObjectRef to one
-    stats : dict of (scale, dilation) to ClassStats dict (or an ObjectRef to it)
+    stats : dict of (scale, dilation) to ClassStats (or an ObjectRef to it)
         Merged class statistics, for the likelihood classifier.
     meta : TableMeta
     config : FeatureConfig
@@ -101,10 +101,9 @@ class TableFeaturizer:
         torch.set_num_threads(config.threads_per_actor)
         self.bank = ray.get(bank) if isinstance(bank, ray.ObjectRef) else bank
         stats = ray.get(stats) if isinstance(stats, ray.ObjectRef) else stats
-        self.entries = [e for e in meta.scale_index if e in stats]
+        entries = [e for e in meta.scale_index if e in stats]
         self.classifier = kb.LikelihoodClassifier.from_stats(
-            [kb.ClassStats.from_dict(stats[e]) for e in self.entries], z=None,
-            normalize=meta.normalize) if stats else None
+            [stats[e] for e in entries], z=None, normalize=meta.normalize) if entries else None
         self.meta, self.config = meta, config
         self.names = feature_names(meta, self.bank, config)
 
@@ -124,10 +123,10 @@ class TableFeaturizer:
                 parts.append(desc[:, e])
         sums = sums_of_rows(column_array(table, "sums"), meta)
         if "bank" in groups:
-            by_entry = sums if meta.grid is None else \
+            cells = [] if meta.grid is None else \
                 sums_of_rows(column_array(table, "cell_sums"), meta, cells=True)
-            scale_one = [ws for ws, (sc, _) in zip(by_entry, meta.scale_index) if sc == 1]
-            values, names = bank_features_from_sums(scale_one, self.bank, joint=self.config.joint,
+            values, names = bank_features_from_sums(sums + cells, self.bank,
+                                                    joint=self.config.joint,
                                                     ridge=self.config.ridge)
             values = values.cpu().numpy()
             positive = np.array([_is_positive(v) for v in names], dtype=bool)
@@ -135,8 +134,7 @@ class TableFeaturizer:
             parts.append(values)
         predicted = [""] * n
         if self.classifier is not None:
-            model_sums = [sums[meta.scale_index.index(e)] for e in self.entries]
-            predicted = [str(p) for p in self.classifier.predict_from_sums(model_sums)]
+            predicted = [str(p) for p in self.classifier.predict_from_sums(sums)]
         return np.concatenate(parts, 1) if parts else np.zeros((n, 0)), predicted
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -238,10 +236,8 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging:
     with timed(summary):
         files = parquet_files(fs_fit, fit_path)
         ds = ray.data.read_parquet(files, filesystem=ray_filesystem(fs_fit))
-        stats_dicts = {e: s.to_dict() for e, s in stats.items()}
         ds = ds.map_batches(TableFeaturizer,
-                            fn_constructor_args=(ray.put(bank), ray.put(stats_dicts), meta,
-                                                 config),
+                            fn_constructor_args=(ray.put(bank), ray.put(stats), meta, config),
                             batch_format="pyarrow", batch_size=None,
                             compute=ray.data.ActorPoolStrategy(
                                 min_size=1, max_size=config.max_actors or 2),

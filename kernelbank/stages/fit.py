@@ -49,7 +49,7 @@ from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join, redact
 from ..io.tables import SplitParquetSink
 from .common import actor_pool_args, log, make_basis, timed
-from .table import flat_sums, sums_width
+from .table import flat_sums
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
            "run_fit", "write_fit"]
@@ -189,13 +189,14 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "") -> dict[str,
     names: list[str] = []
     if config.descriptors:
         from ..core.residual import residual_descriptor_names
-        names = list(residual_descriptor_names(ndim))
+        names = list(residual_descriptor_names(ndim=ndim))
+    from ..core.sums_rows import sums_row_length
     n_taps = (2 * config.radius + 1) ** ndim
     return {"version": TABLE_VERSION, "basis": config.basis.value, "radius": config.radius,
             "ndim": ndim, "dilations": list(config.dilations), "scales": list(config.scales),
             "scale_index": [list(e) for e in config.scale_index],
             "n_components": basis.n_components, "n_taps": n_taps,
-            "sums_width": sums_width(n_taps), "grid": config.grid,
+            "sums_width": sums_row_length(config.radius, ndim), "grid": config.grid,
             "ridge": config.ridge, "normalize": config.normalize,
             "descriptor_names": names, "input": redact(input_url)}
 

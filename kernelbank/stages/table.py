@@ -14,13 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["TableMeta", "sums_width", "flat_sums", "sums_of_rows", "column_array",
-           "fit_result_of"]
-
-
-def sums_width(n_taps: int) -> int:
-    """Values per entry in the ``sums`` column: upper triangle of cross, first, n."""
-    return n_taps * (n_taps + 1) // 2 + n_taps + 1
+__all__ = ["TableMeta", "flat_sums", "sums_of_rows", "column_array", "fit_result_of"]
 
 
 @dataclass(frozen=True)
@@ -62,42 +56,20 @@ class TableMeta:
 
 
 def flat_sums(entries) -> np.ndarray:
-    """(n, S·[cells·]L) float64 rows of a list of WindowSums (entry-major, cells next)."""
-    import torch
-    parts = []
-    for ws in entries:
-        t = ws.cross.shape[-1]
-        rows, cols = torch.triu_indices(t, t, device=ws.cross.device)
-        count = ws.n_pixels.to(torch.float64)[..., None]
-        block = torch.cat([ws.cross[..., rows, cols], ws.first, count], -1)
-        parts.append(block.reshape(block.shape[0], -1))
-    return torch.cat(parts, 1).cpu().numpy()
+    """(n, S·L) float64 rows of a list of WindowSums: each entry's rows side by side
+    (:func:`kernelbank.core.sums_rows.sums_to_rows`)."""
+    from ..core.sums_rows import sums_to_rows
+    return np.concatenate([sums_to_rows(ws) for ws in entries], 1)
 
 
-def sums_of_rows(rows: np.ndarray, meta: TableMeta, *, cells: bool = False) -> list:
+def sums_of_rows(rows: np.ndarray, meta: "TableMeta", *, cells: bool = False) -> list:
     """Inverse of :func:`flat_sums`: one WindowSums per entry of ``meta.scale_index``."""
-    import torch
-    from ..core.sums import WindowSums
-    t, n = meta.n_taps, rows.shape[0]
-    width = sums_width(t)
-    n_cells = meta.grid ** meta.ndim if cells else 1
-    blocks = torch.from_numpy(np.ascontiguousarray(rows, np.float64)).reshape(
-        n, meta.n_entries, n_cells, width)
-    if not cells:
-        blocks = blocks[:, :, 0]
-    upper, lower = torch.triu_indices(t, t)
-    out = []
-    for e, (scale, dilation) in enumerate(meta.scale_index):
-        block = blocks[:, e]
-        cross = block.new_zeros(block.shape[:-1] + (t, t))
-        tri = block[..., :len(upper)]
-        cross[..., upper, lower] = tri
-        cross[..., lower, upper] = tri
-        first = block[..., len(upper):len(upper) + t]
-        count = block[..., -1].round().to(torch.int64)
-        out.append(WindowSums(cross, first.contiguous(), count, meta.radius, dilation,
-                              meta.ndim, scale, meta.grid if cells else None))
-    return out
+    from ..core.sums_rows import sums_from_rows
+    grid = meta.grid if cells else None
+    per_entry = np.split(rows, meta.n_entries, axis=1)
+    return [sums_from_rows(part, radius=meta.radius, dilation=d, ndim=meta.ndim, scale=s,
+                           grid=grid)
+            for part, (s, d) in zip(per_entry, meta.scale_index)]
 
 
 def column_array(table: pa.Table, name: str, width: int | None = None) -> np.ndarray:
@@ -109,21 +81,23 @@ def column_array(table: pa.Table, name: str, width: int | None = None) -> np.nda
 
 
 def fit_result_of(table: pa.Table, meta: TableMeta):
-    """The table's own fits as a :class:`kernelbank.FitResult` (coef, mse, G, h, Σx², n).
+    """The table's own fits as a :class:`kernelbank.FitResult` with a scale axis.
 
-    ``G``/``h``/``Σx²`` are those of the chosen basis, from the window sums.
+    Coefficients and MSE come from the table; ``G``/``h``/``Σx²`` of the chosen basis
+    from the window sums.
     """
     import torch
     import kernelbank as kb
+    from ..core.sums_fit import fit_result_from_sums
     s, m = meta.n_entries, meta.n_components
-    sums = sums_of_rows(column_array(table, "sums"), meta)
-    parts = [ws.basis_sums(meta.basis_at(d)) for ws, (_, d) in zip(sums, meta.scale_index)]
     coef = torch.from_numpy(column_array(table, "coef").reshape(-1, s, m))
+    mse = torch.from_numpy(column_array(table, "mse"))
+    entries = [fit_result_from_sums(ws, meta.basis_at(d), meta.ridge, coef=coef[:, e],
+                                    mse=mse[:, e])
+               for e, (ws, (_, d)) in enumerate(zip(sums_of_rows(column_array(table, "sums"),
+                                                                 meta), meta.scale_index))]
     basis = meta.basis_at(meta.scale_index[0][1])
-    return kb.FitResult(coef=coef, kernels=basis.to_kernels(coef),
-                        mse=torch.from_numpy(column_array(table, "mse")),
-                        gram=torch.stack([p[0] for p in parts], 1),
-                        rhs=torch.stack([p[1] for p in parts], 1),
-                        sum_sq=torch.stack([p[2] for p in parts], 1),
-                        n_pixels=torch.stack([p[3] for p in parts], 1),
+    stack = lambda key: torch.stack([getattr(r, key) for r in entries], 1)  # noqa: E731
+    return kb.FitResult(coef=coef, kernels=basis.to_kernels(coef), mse=mse, gram=stack("gram"),
+                        rhs=stack("rhs"), sum_sq=stack("sum_sq"), n_pixels=stack("n_pixels"),
                         basis=basis, scale_index=list(meta.scale_index))
