@@ -133,16 +133,16 @@ class ClassSums:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassSums":
-        m = len(np.asarray(d["sum_coef"]))
+        m = len(np.array(d["sum_coef"]))
         return cls(
-            n=int(d["n"]), sum_coef=np.asarray(d["sum_coef"], np.float64).reshape(m),
-            sum_outer=np.asarray(d["sum_outer"], np.float64).reshape(m, m),
-            sum_gram=np.asarray(d["sum_gram"], np.float64).reshape(m, m),
-            sum_rhs=np.asarray(d["sum_rhs"], np.float64).reshape(m),
+            n=int(d["n"]), sum_coef=np.array(d["sum_coef"], np.float64).reshape(m),
+            sum_outer=np.array(d["sum_outer"], np.float64).reshape(m, m),
+            sum_gram=np.array(d["sum_gram"], np.float64).reshape(m, m),
+            sum_rhs=np.array(d["sum_rhs"], np.float64).reshape(m),
             sum_sq=float(d["sum_sq"]), n_pixels=int(d["n_pixels"]),
             sum_mse=float(d["sum_mse"]), sum_mse_sq=float(d["sum_mse_sq"]),
-            sample=np.asarray(d["sample"], np.float64).reshape(-1, m),
-            sample_priority=np.asarray(d["sample_priority"], np.uint64).reshape(-1))
+            sample=np.array(d["sample"], np.float64).reshape(-1, m),
+            sample_priority=np.array(d["sample_priority"], np.uint64).reshape(-1))
 
 
 def _basis_to_dict(basis: Basis) -> dict:
