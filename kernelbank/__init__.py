@@ -6,9 +6,12 @@ in :mod:`kernelbank.sklearn`, the end-to-end model in :mod:`kernelbank.nn`.
 """
 
 from .core import (Basis, ClassStats, FitResult, KernelBank, LikelihoodClassifier,
-                   SingularGramWarning, ar_features, bank_features, fit)
+                   ResidualDescriptors, SingularGramWarning, ar_features, bank_features,
+                   describe_residuals, fit, residual_descriptor_names, residual_features)
 
 __version__ = "0.1.0"
 
 __all__ = ["Basis", "ClassStats", "FitResult", "KernelBank", "LikelihoodClassifier",
-           "SingularGramWarning", "ar_features", "bank_features", "fit", "__version__"]
+           "ResidualDescriptors", "SingularGramWarning", "ar_features", "bank_features",
+           "describe_residuals", "fit", "residual_descriptor_names", "residual_features",
+           "__version__"]
