@@ -310,3 +310,19 @@ def test_degenerate_and_bad_inputs():
                 {"cooccurrence": -1}, {"levels": 0}, {"lags": (0,)}):
         with pytest.raises(ValueError):
             ResidualDescriptors(**bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_gpu_descriptors_match_cpu():
+    import os
+    device = os.environ.get("KERNELBANK_TEST_DEVICE", "cuda")
+    images = torch.as_tensor(np.random.default_rng(0).normal(size=(5, 40, 37)))
+    spec = ResidualDescriptors(ternary=0.5, lags=(1, 2))
+    cpu, names = kb.residual_features(images, kb.Basis.full(2), dilations=(1, 2),
+                                      coefficients=True, descriptors=spec)
+    gpu, gpu_names = kb.residual_features(images.to(device), kb.Basis.full(2), dilations=(1, 2),
+                                          coefficients=True, descriptors=spec)
+    assert gpu.device.type == device and gpu_names == names
+    # float64 on both: summation order differs, which could flip a comparison only at a tie
+    np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), rtol=1e-8, atol=1e-10)
