@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from kernelbank.datasets.textures import ensure_textures
 
-    print(f"{'patch':<6}{'recipe':<9}{'F':>5}  {'head':<16}{'cv mean±sd':>14}{'test':>8}{'errors':>7}")
+    print(f"{'patch':<6}{'recipe':<9}{'F':>5}  {'head':<16}{'cv mean±sd':>14}{'test':>8}"
+          f"{'errors':>7}")
     for size in args.patch_size:
         root = Path(args.cache) / f"p{size}"
         ensure_textures(root, patch_size=size)

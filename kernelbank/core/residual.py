@@ -212,7 +212,8 @@ def _quantiles(values: torch.Tensor, levels: Sequence[float]) -> torch.Tensor:
         ordered = torch.from_numpy(np.sort(values.numpy(), axis=1))
     else:
         ordered = values.sort(1).values
-    position = torch.tensor(levels, dtype=torch.float64, device=values.device) * (values.shape[1] - 1)
+    levels_t = torch.tensor(levels, dtype=torch.float64, device=values.device)
+    position = levels_t * (values.shape[1] - 1)
     low = position.floor().long()
     high = position.ceil().long()
     frac = (position - low).to(ordered.dtype)
