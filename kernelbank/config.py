@@ -103,12 +103,14 @@ class FitConfig:
 
     Parameters
     ----------
-    radius : int, default=4
-    dilations : tuple of int, default=(1,)
+    radius : int, default=2
+    dilations : tuple of int, default=(1, 2, 3)
         One coefficient vector per dilation, stored side by side.
     scales : tuple of int, default=(1,)
         Anti-aliased pyramid factors; every (scale, dilation) pair is one entry.
-    basis : BasisKind, default=ISOTROPIC
+    basis : BasisKind, default=FULL
+        The defaults (full radius 2 at dilations 1–3, with residual descriptors) are the
+        recipe chosen by cross-validation in ``bench/accuracy.py`` (see README).
     ridge : float, default=1e-6
     normalize : bool, default=True
         Z-score each image before fitting.
@@ -134,10 +136,10 @@ class FitConfig:
         :data:`FAULT_KILL_FIT_AFTER_ENV`); ``fault_marker`` makes it happen once.
     """
 
-    radius: int = 4
-    dilations: tuple[int, ...] = (1,)
+    radius: int = 2
+    dilations: tuple[int, ...] = (1, 2, 3)
     scales: tuple[int, ...] = (1,)
-    basis: BasisKind = BasisKind.ISOTROPIC
+    basis: BasisKind = BasisKind.FULL
     ridge: float = 1e-6
     normalize: bool = True
     descriptors: bool = True
@@ -172,8 +174,9 @@ class FitConfig:
 
     @property
     def min_side(self) -> int:
-        """Smallest image side whose every pyramid level fits the largest dilated window."""
-        window = 2 * self.radius * max(self.dilations) + 1
+        """Smallest image side whose every pyramid level fits the largest dilated window
+        (and, with descriptors, leaves a residual wider than the patterns' neighbours)."""
+        window = 2 * self.radius * max(self.dilations) + 1 + (2 if self.descriptors else 0)
         return max(window * s - (s - 1) for s in self.scales)
 
     @property
@@ -264,14 +267,19 @@ class FeatureConfig:
 class ClassifyConfig:
     """The classify stage: streaming ridge classifier on standardized features.
 
-    ``ridge`` is the ``alpha`` of scikit-learn's ``RidgeClassifier`` (same default).
+    ``ridge`` is the ``alpha`` of scikit-learn's ``RidgeClassifier``; None (default)
+    chooses it by exact ``cv_folds``-fold cross-validation from the streaming sums.
     """
 
-    ridge: float = 1.0
+    ridge: float | None = None
+    cv_folds: int = 5
 
     def __post_init__(self) -> None:
-        if not self.ridge > 0:
-            raise ValueError(f"ridge must be > 0, got {self.ridge!r}")
+        if self.ridge is not None and not self.ridge > 0:
+            raise ValueError(f"ridge must be > 0 (or None to choose it by CV), got "
+                             f"{self.ridge!r}")
+        if not isinstance(self.cv_folds, int) or self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
 
 
 @dataclass(frozen=True)

@@ -64,13 +64,13 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                          help="torch threads (and CPUs reserved) per actor (default 1)")
     if "fit" in stages:
         model = parser.add_argument_group("AR model (the fit stage's one pass)")
-        model.add_argument("--radius", type=int, default=4, help="kernel radius (default 4)")
-        model.add_argument("--dilations", type=int, nargs="+", default=[1],
-                           help="tap spacings, one coefficient vector each (default 1)")
+        model.add_argument("--radius", type=int, default=2, help="kernel radius (default 2)")
+        model.add_argument("--dilations", type=int, nargs="+", default=[1, 2, 3],
+                           help="tap spacings, one coefficient vector each (default 1 2 3)")
         model.add_argument("--scales", type=int, nargs="+", default=[1],
                            help="anti-aliased pyramid factors (default 1)")
-        model.add_argument("--basis", choices=[b.value for b in BasisKind], default="isotropic",
-                           help="AR basis (default isotropic)")
+        model.add_argument("--basis", choices=[b.value for b in BasisKind], default="full",
+                           help="AR basis (default full)")
         model.add_argument("--ridge", type=float, default=1e-6, help="per-pixel ridge of the fit")
         model.add_argument("--no-descriptors", action="store_true",
                            help="do not store residual descriptors in the statistics table")
@@ -93,8 +93,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                            help="add the bank kernels' MAE and win rate; reads every image a "
                                 "second time (needs --input)")
     if "classify" in stages:
-        parser.add_argument("--alpha", type=float, default=1.0,
-                            help="ridge alpha of the classifier (default 1.0)")
+        parser.add_argument("--alpha", type=float, default=None,
+                            help="ridge alpha of the classifier (default: chosen by exact "
+                                 "5-fold cross-validation on the train split)")
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
@@ -110,8 +111,8 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     read = ReadConfig(url, s3_endpoint=get("s3_endpoint"), format=get("format", "auto"),
                       image_column=get("image_column", "image"),
                       label_column=get("label_column", "label"), ndim=get("ndim", 2))
-    fit = FitConfig(radius=get("radius", 4), dilations=tuple(get("dilations", [1])),
-                    scales=tuple(get("scales", [1])), basis=get("basis", "isotropic"),
+    fit = FitConfig(radius=get("radius", 2), dilations=tuple(get("dilations", [1, 2, 3])),
+                    scales=tuple(get("scales", [1])), basis=get("basis", "full"),
                     ridge=get("ridge", 1e-6), descriptors=not get("no_descriptors", False),
                     grid=get("stats_grid"), cache_pixels=bool(get("train", False)),
                     batch_size=get("batch_size", 64), num_gpus=get("num_gpus", 0),
@@ -127,5 +128,5 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                              threads_per_actor=get("threads_per_actor", 1),
                              num_gpus=get("num_gpus", 0))
     return PipelineConfig(read=read, output=output, fit=fit, reduce=reduce, features=features,
-                          classify=ClassifyConfig(ridge=get("alpha", 1.0)),
+                          classify=ClassifyConfig(ridge=get("alpha")),
                           overwrite=overwrite, ray_address=get("ray_address"))

@@ -29,7 +29,7 @@ from .fit import (_as_tuple, _check_size, check_finite, group_by_shape, normaliz
 from .solve import solve_normal_equations
 from .sums import WindowSums, window_sums
 
-__all__ = ["ImageStatistics", "image_statistics"]
+__all__ = ["ImageStatistics", "image_statistics", "default_descriptors"]
 
 # Pixels normalised at a time (per chunk of images), as in kb.fit.
 _CHUNK_ELEMENTS = 4 << 20
@@ -70,6 +70,13 @@ class ImageStatistics:
 
     def __len__(self) -> int:
         return int(self.coef.shape[0])
+
+
+def default_descriptors(ndim: int):
+    """The residual descriptors of the one pass: every default for images; for volumes,
+    all but the 2-D sign patterns."""
+    from .residual import ResidualDescriptors
+    return ResidualDescriptors() if ndim == 2 else ResidualDescriptors(patterns=())
 
 
 def _cat_sums(parts: list[WindowSums], order: torch.Tensor) -> WindowSums:
@@ -128,8 +135,12 @@ def image_statistics(images, basis: Basis, *, dilations: Sequence[int] | None = 
             _check_size(scaled, indices[0], basis.with_dilation(d), s)
     describe = names = None
     if descriptors:
-        from .residual import describe_residuals, residual_descriptor_names
-        describe, names = describe_residuals, residual_descriptor_names(ndim=basis.ndim)
+        from .residual import describe_residuals
+        spec = default_descriptors(basis.ndim)
+        names = spec.names(basis.ndim)
+
+        def describe(level, kernels, dilation):
+            return describe_residuals(level, kernels, dilation, spec)
 
     coefs, mses, descs, order = [], [], [], []
     sums: list[list[WindowSums]] = [[] for _ in scale_index]

@@ -1,24 +1,16 @@
-r"""The classify stage: a ridge classifier trained by streaming, mergeable sums.
+"""The classify stage: a standardised ridge classifier trained by streaming sums.
 
-The model is scikit-learn's ``StandardScaler`` + ``RidgeClassifier(alpha)`` (targets
-±1 per class, intercept, population standard deviation), fitted without ever holding
-the feature table: each block of the train split contributes
-
-    n,  μ_b = mean(x),  M_b = Σ (x - μ_b)(x - μ_b)ᵀ,  and per class n_c, S_c = Σ_{y=c} x
-
-and blocks merge exactly (Chan et al.'s pairwise update
-``M = M_a + M_b + δδᵀ n_a n_b / n``, ``δ = μ_b - μ_a``, which stays accurate where
-``Σxxᵀ - nμμᵀ`` would cancel). With ``D = diag(1/σ)`` the driver solves
-
-    (D M D + α I) W = D · 2 (S_c - n_c μ)   for every class c,   b_c = (2 n_c - n) / n
-
-and a second pass scores every row, ``argmax((x - μ) D W + b)``, writing the per-image
-predictions (``predictions/*.parquet``: ``id, path, label, split, predicted,
-likelihood_prediction``) and returning confusion counts per split. Both passes are one
-Ray task per features file plus a sum on the driver, so the table may be larger than any
-node; partial sums travel through Ray's object store, never as files. The likelihood
-classifier's prediction (a column written by the feature stage) is scored in the same
-pass.
+The math is :class:`kernelbank.core.ridge.StreamingRidge` (scikit-learn's
+``StandardScaler`` + ``RidgeClassifier``). A first pass (one Ray task per features
+file) sums the train split into per-fold statistics (folds by a hash of the image id);
+the driver merges them, chooses the ridge α of least held-out squared loss by exact
+k-fold CV from those sums (unless ``--alpha`` fixes it) and solves. A second pass scores
+every row, ``argmax((x - μ) D W + b)``, writing the per-image predictions
+(``predictions/*.parquet``: ``id, path, label, split, predicted,
+likelihood_prediction``) and returning confusion counts per split. The table may be
+larger than any node; partial sums travel through Ray's object store, never as files.
+The likelihood classifier's prediction (a column written by the feature stage) is
+scored in the same pass.
 """
 
 from __future__ import annotations
@@ -29,12 +21,13 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import ClassifyConfig
+from ..core.ridge import StreamingRidge, fold_of
 from ..io.layout import read_json
 from ..io.storage import join, resolve, url_of
 from .common import TEST_SPLIT, TRAIN_SPLITS, log, timed
 from .features import PREDICTION
 
-__all__ = ["StreamingRidge", "run_classify"]
+__all__ = ["run_classify", "write_classify", "classify_table"]
 
 
 def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
@@ -42,65 +35,6 @@ def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
         return np.zeros((table.num_rows, 0))
     return np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float64)
                             for n in names])
-
-
-class StreamingRidge:
-    """Mergeable sufficient statistics of a standardized ridge classifier.
-
-    Build one per block with :meth:`from_block`, merge with ``+``, then :meth:`solve`.
-    """
-
-    def __init__(self, n: int, mean: np.ndarray, scatter: np.ndarray,
-                 class_n: dict[str, int], class_sum: dict[str, np.ndarray]):
-        self.n, self.mean, self.scatter = n, mean, scatter
-        self.class_n, self.class_sum = class_n, class_sum
-
-    @classmethod
-    def from_block(cls, x: np.ndarray, labels: list[str]) -> "StreamingRidge":
-        """Statistics of one block: ``x`` of shape (n, F), float64."""
-        mean = x.mean(0) if len(x) else np.zeros(x.shape[1])
-        centred = x - mean
-        class_n: dict[str, int] = {}
-        class_sum: dict[str, np.ndarray] = {}
-        labels_arr = np.asarray(labels, dtype=object)
-        for name in sorted(set(labels)):
-            rows = labels_arr == name
-            class_n[name] = int(rows.sum())
-            class_sum[name] = x[rows].sum(0)
-        return cls(len(x), mean, centred.T @ centred, class_n, class_sum)
-
-    def __add__(self, other: "StreamingRidge") -> "StreamingRidge":
-        if self.n == 0:
-            return other
-        if other.n == 0:
-            return self
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.n / n)
-        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
-        class_n = dict(self.class_n)
-        class_sum = {k: v.copy() for k, v in self.class_sum.items()}
-        for name, count in other.class_n.items():
-            class_n[name] = class_n.get(name, 0) + count
-            class_sum[name] = class_sum.get(name, 0) + other.class_sum[name]
-        return StreamingRidge(n, mean, scatter, class_n, class_sum)
-
-    def solve(self, alpha: float) -> dict[str, Any]:
-        """Classes, mean, scale, weights (F, C) and intercept (C,) of the classifier."""
-        if self.n == 0 or not self.class_n:
-            raise ValueError("no training rows in the feature table (split 'train' or "
-                             "'unsplit'); nothing to classify with")
-        classes = sorted(self.class_n)
-        scale = np.sqrt(np.clip(np.diag(self.scatter) / self.n, 0, None))
-        scale = np.where(scale > 0, scale, 1.0)
-        inverse = 1.0 / scale
-        gram = self.scatter * inverse[:, None] * inverse[None, :]
-        rhs = np.column_stack([2 * (self.class_sum[c] - self.class_n[c] * self.mean) * inverse
-                               for c in classes])
-        weights = np.linalg.solve(gram + alpha * np.eye(len(gram)), rhs)
-        intercept = np.array([(2 * self.class_n[c] - self.n) / self.n for c in classes])
-        return {"classes": classes, "mean": self.mean, "scale": scale, "weights": weights,
-                "intercept": intercept}
 
 
 def _finite_rows(x: np.ndarray) -> np.ndarray:
@@ -115,15 +49,17 @@ def _read_features(fs, path: str, columns: list[str]) -> pa.Table:
         return pq.read_table(handle, columns=[c for c in columns if c in present])
 
 
-def _train_file(fs, path: str, names: list[str]) -> StreamingRidge:
-    """The streaming sums of the train rows of one features file."""
+def _train_file(fs, path: str, names: list[str], folds: int) -> list[StreamingRidge]:
+    """The streaming sums of the train rows of one features file, one per CV fold."""
     import pyarrow.compute as pc
-    table = _read_features(fs, path, ["split", "label"] + names)
+    table = _read_features(fs, path, ["id", "split", "label"] + names)
     table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(TRAIN_SPLITS)))
     x = _matrix(table, names)
     keep = _finite_rows(x)
-    labels = [label for label, k in zip(table.column("label").to_pylist(), keep) if k]
-    return StreamingRidge.from_block(x[keep], labels)
+    labels = np.array(table.column("label").to_pylist(), dtype=object)
+    fold = fold_of(table.column("id").to_pylist(), folds)
+    return [StreamingRidge.from_block(x[keep & (fold == k)], list(labels[keep & (fold == k)]))
+            for k in range(folds)]
 
 
 def _score_file(fs, path: str, names: list[str], model: dict[str, Any], out_path: str
@@ -204,10 +140,16 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     if not files:
         raise ValueError(f"the features table {features_url!r} is empty")
     train = ray.remote(num_cpus=1)(_train_file)
-    total = None
-    for part in ray.get([train.remote(fs, p, names) for p in files]):
-        total = part if total is None else total + part
-    model = total.solve(config.ridge)
+    folds = [StreamingRidge.empty(len(names)) for _ in range(config.cv_folds)]
+    for parts in ray.get([train.remote(fs, p, names, config.cv_folds) for p in files]):
+        folds = [a + b for a, b in zip(folds, parts)]
+    total = sum(folds, StreamingRidge.empty(len(names)))
+    losses = None
+    if config.ridge is None:
+        alpha, losses = StreamingRidge.choose_alpha(folds)
+    else:
+        alpha = config.ridge
+    model = total.solve(alpha)
     if fs_out is None:
         fs_out, predictions_dir = fs, predictions_dir or join(path.rsplit("/", 1)[0],
                                                               "predictions")
@@ -222,7 +164,10 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     report = _accuracy_report(counts, model["classes"])
     train_acc = [report[s]["accuracy"] for s in TRAIN_SPLITS if s in report]
     return {"classes": model["classes"], "model": "StandardScaler + RidgeClassifier",
-            "alpha": config.ridge, "n_features": len(names),
+            "alpha": alpha, "alpha_chosen_by": "given" if losses is None else
+            f"{config.cv_folds}-fold CV (held-out squared loss)",
+            "cv_losses": None if losses is None else {f"{a:g}": v for a, v in losses.items()},
+            "n_features": len(names),
             "test_accuracy": report.get(TEST_SPLIT, {}).get("accuracy"),
             "likelihood_test_accuracy": report.get(TEST_SPLIT, {}).get("likelihood_accuracy"),
             "train_accuracy": train_acc[0] if train_acc else None, "splits": report}
@@ -248,7 +193,8 @@ def write_classify(features_url: str, config: ClassifyConfig, staging, *,
                    s3_endpoint: str | None = None) -> dict[str, Any]:
     """Run :func:`classify_table` into ``staging`` (``predictions/``) with timing."""
     summary: dict[str, Any] = {}
-    log(f"classify: {features_url} ridge alpha={config.ridge}")
+    log(f"classify: {features_url} ridge alpha="
+        f"{'by CV' if config.ridge is None else config.ridge}")
     with timed(summary):
         summary.update(classify_table(features_url, config, fs_out=staging.fs,
                                       predictions_dir=staging.dir("predictions"),
@@ -256,6 +202,7 @@ def write_classify(features_url: str, config: ClassifyConfig, staging, *,
     images = sum(s["images"] for s in summary["splits"].values())
     summary["images_per_second"] = round(images / max(summary["seconds"], 1e-9), 2)
     acc = summary["test_accuracy"]
-    log(f"classify: test accuracy {'n/a (no test split)' if acc is None else f'{acc:.3f}'}, "
+    log(f"classify: alpha {summary['alpha']:g}, test accuracy "
+        f"{'n/a (no test split)' if acc is None else f'{acc:.3f}'}, "
         f"train accuracy {summary['train_accuracy']:.3f} ({summary['seconds']:.1f} s)")
     return summary

@@ -188,8 +188,8 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "") -> dict[str,
     basis = make_basis(config.basis, config.radius, ndim)
     names: list[str] = []
     if config.descriptors:
-        from ..core.residual import residual_descriptor_names
-        names = list(residual_descriptor_names(ndim=ndim))
+        from ..core.onepass import default_descriptors
+        names = default_descriptors(ndim).names(ndim)
     from ..core.sums_rows import sums_row_length
     n_taps = (2 * config.radius + 1) ** ndim
     return {"version": TABLE_VERSION, "basis": config.basis.value, "radius": config.radius,
