@@ -8,6 +8,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from .progress import info_enabled
+
 __all__ = ["connect_ray", "actor_pool_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
            "make_basis"]
 
@@ -17,7 +19,9 @@ TEST_SPLIT = "test"
 
 
 def log(message: str) -> None:
-    """One progress line on stderr (visible in ``ray job logs`` too)."""
+    """One progress line on stderr (visible in ``ray job logs`` too; not with ``--quiet``)."""
+    if not info_enabled():
+        return
     print(f"[kernelbank] {message}", file=sys.stderr, flush=True)
 
 
