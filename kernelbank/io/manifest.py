@@ -323,11 +323,16 @@ def list_inputs(config: ReadConfig) -> pa.Table:
     if not fs.exists(root):
         raise FileNotFoundError(f"input {config.url!r} does not exist")
     meta = {"url": config.url, "root": root, "image_column": config.image_column}
-    if not fs.isdir(root):                              # a single Parquet or tar file
+    if not fs.isdir(root):                              # a single image, Parquet or tar file
         size = int(fs.size(root))
+        parent = root.rsplit("/", 1)[0]
+        if root.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
+            one = pa.table({"path": pa.array([root]), "size": pa.array([size], pa.int64())})
+            return _with_metadata(_folder_manifest(one, parent), layout="folder",
+                                  **dict(meta, root=parent))
         if root.lower().endswith(".tar") or config.format is InputFormat.TAR:
-            return _with_metadata(_tars_manifest(fs, [(root, size)], root.rsplit("/", 1)[0]),
-                                  layout="tar", **meta)
+            return _with_metadata(_tars_manifest(fs, [(root, size)], parent), layout="tar",
+                                  **meta)
         return _with_metadata(_parquet_manifest(fs, [(root, size)], config, packed=False),
                               layout="parquet", **meta)
     shards = _read_shards_manifest(fs, root) if config.format in (
