@@ -131,6 +131,7 @@ def shape_groups(batch: pa.Table) -> list[ShapeGroup]:
         if len(rows) == 1 or (np.all(np.diff(rows) == 1) and
                               np.all(np.diff(starts) == width)):
             flat = data[starts[0]:starts[0] + width * len(rows)]            # no copy
+            flat.flags.writeable = False            # it is the batch's Arrow buffer
         else:
             flat = np.concatenate([data[s:s + width] for s in starts])      # one copy
         groups.append(ShapeGroup(rows, flat.view(dtype).reshape((len(rows),) + shape)))

@@ -23,6 +23,8 @@ from .s3proxy import ThrottlingProxy
 
 @pytest.mark.parametrize("error, transient", [
     (OSError(errno.EBUSY, "Please reduce your request rate."), True),     # s3fs's SlowDown
+    (OSError(errno.EBUSY, "busy"), True),                                 # by errno alone
+    (OSError(errno.EIO, "disk failure"), False),
     (TimeoutError("read timed out"), True),
     (ConnectionResetError("reset by peer"), True),
     (OSError(errno.EIO, "An error occurred (SlowDown) when calling GetObject"), True),
@@ -139,3 +141,15 @@ def test_range_file_reads_one_row_group_with_few_exact_gets(s3_endpoint, s3_buck
     assert handle.bytes_read <= group_bytes + 64 * 1024 + meta.serialized_size + 8
     assert handle.bytes_read < 0.5 * size and sum(proxy.gets.values()) <= 3
     assert handle.retries == 1 == proxy.injected      # one 503, retried, counted
+
+    # a file smaller than pyarrow's first footer read: one GET serves everything
+    pq.write_table(table.slice(0, 40), tmp_path / "small.parquet", row_group_size=10)
+    fs.put_file(str(tmp_path / "small.parquet"), f"{s3_bucket}/small.parquet")
+    size = fs.size(f"{s3_bucket}/small.parquet")
+    assert size < 64 * 1024
+    with ThrottlingProxy(s3_endpoint) as proxy:
+        read_fs, _ = read_filesystem(f"s3://{s3_bucket}", s3_endpoint=proxy.url)
+        handle = RangeFile(read_fs, f"{s3_bucket}/small.parquet", size)
+        group = pq.ParquetFile(handle, pre_buffer=True).read_row_group(3)
+    assert group.equals(table.slice(30, 10))
+    assert handle.bytes_read == size and sum(proxy.gets.values()) == 1
