@@ -26,7 +26,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
-__all__ = ["Progress", "track", "configure_output", "info_enabled", "LOG_LEVELS", "LOGGER"]
+__all__ = ["Progress", "track", "configure_output", "info_enabled", "ray_log_level",
+           "LOG_LEVELS", "LOGGER"]
 
 LOGGER = "kernelbank"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -196,13 +197,21 @@ def configure_output(*, quiet: bool = False, log_level: str = "INFO",
         level = "WARNING" if level in ("DEBUG", "INFO") else level
     numeric = getattr(logging, level)
     logging.getLogger(LOGGER).setLevel(numeric)
-    for name in ("ray", "ray.data", "ray.train"):     # Ray's DEBUG is not ours to ask for
-        logging.getLogger(name).setLevel(max(numeric, logging.INFO))
     interactive = _interactive(stream or sys.stderr)
     try:
-        import ray.data
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = interactive and not quiet
-    except ImportError:                     # the math layer runs without Ray
-        pass
+        import ray.data                    # configures Ray Data's loggers: ours come after
+    except ImportError:                    # the math layer runs without Ray
+        return not interactive and info_enabled()
+    ray_level = ray_log_level()
+    logging.getLogger("ray").setLevel(ray_level)
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):     # the console, not Ray's log file
+            handler.setLevel(ray_level)
+    ray.data.DataContext.get_current().enable_progress_bars = interactive and not quiet
     return not interactive and info_enabled()
+
+
+def ray_log_level() -> int:
+    """The level for Ray's console messages: kernelbank's, never below INFO (Ray's DEBUG
+    is not ours to ask for); pass it as ``ray.init(logging_level=...)``."""
+    return max(logging.getLogger(LOGGER).level or logging.INFO, logging.INFO)
