@@ -97,7 +97,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
 
 
 def apply_output_options(args: argparse.Namespace) -> None:
-    """Apply ``--quiet`` and ``--log-level`` (see :func:`kernelbank.stages.progress.configure_output`)."""
+    """Apply ``--quiet`` and ``--log-level`` to kernelbank's and Ray's messages.
+
+    See :func:`kernelbank.stages.progress.configure_output`.
+    """
     configure_output(quiet=bool(getattr(args, "quiet", False)),
                      log_level=getattr(args, "log_level", "INFO") or "INFO")
 

@@ -166,7 +166,8 @@ def _load_sample(sample: dict, input_url: str | None, ndim: int,
 
 
 def _parquet_image(fs, path: str, row_id: str, ndim: int) -> np.ndarray:
-    """The image of row ``row_id`` (id column value, row number or content hash) of a Parquet file."""
+    """The image of row ``row_id`` (id column value, row number or content hash) of a Parquet
+    file."""
     import hashlib
     import pyarrow.parquet as pq
     from ..io.decode import decode_record
