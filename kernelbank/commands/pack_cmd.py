@@ -57,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress("pack", enabled=False if args.quiet else None)
     result = pack_images(args.input, args.output, shard_mb=args.shard_mb, config=config,
                          overwrite=args.overwrite, group_rows=args.group_rows,
+                         on_listed=lambda n: setattr(progress, "total", n),
                          on_rows=progress.update)
     progress.close()
     print(f"packed {result['rows']} images ({result['bytes'] / 2**20:.1f} MiB) into "

@@ -128,7 +128,7 @@ def _write_shard(fs_in, fs_out, path: str, part: pa.Table, config: ReadConfig,
 
 def pack_images(input_url: str, output_url: str, *, shard_mb: float = 256,
                 config: ReadConfig | None = None, overwrite: bool = False,
-                group_rows: int = 1024,
+                group_rows: int = 1024, on_listed: Callable[[int], None] | None = None,
                 on_rows: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Pack the images under ``input_url`` into Parquet shards under ``output_url``.
 
@@ -147,6 +147,8 @@ def pack_images(input_url: str, output_url: str, *, shard_mb: float = 256,
         Replace an earlier pack output at ``output_url`` (nothing else is ever deleted).
     group_rows : int, default=1024
         Records per Parquet row group: the unit a reader fetches.
+    on_listed : callable, optional
+        Called as ``on_listed(records)`` once the input is listed (progress totals).
     on_rows : callable, optional
         Called as ``on_rows(done, failed)`` after each row group (progress).
 
@@ -169,6 +171,8 @@ def pack_images(input_url: str, output_url: str, *, shard_mb: float = 256,
     config = replace(config, url=input_url) if config else ReadConfig(input_url)
     start = time.perf_counter()
     manifest = list_inputs(config)
+    if on_listed is not None:
+        on_listed(manifest.num_rows)
     info = manifest_info(manifest)
     if info.get("layout") == "parquet" or info.get("layout") == "shards":
         config = replace(config, image_column=info.get("image_column", config.image_column))
