@@ -1,21 +1,23 @@
-"""Benchmark: the Ray fit stage against in-process ``kb.fit`` on the same images.
+"""Benchmark: the whole ``kernelbank run`` against the same work done in one process.
 
-    python bench/pipeline.py [--images 200] [--scale 10] [--size 128] [--radius 4]
+    python bench/pipeline.py [--images 2000] [--size 64] [--scale 4] [--quick]
 
-Writes ``--images`` and ``--scale × --images`` PNG textures (GMRF samples) to a temp
-folder, then reports, all measured in this run:
+Writes ``--images`` and ``--scale × --images`` labelled PNG textures (GMRF samples of
+two classes, train and test splits) to a temp folder, then measures in this run:
 
+* the baseline: in one process, read + decode every file, the one pass
+  (:func:`kernelbank.core.onepass.image_statistics`: own kernels, window sums, residual
+  descriptors), class statistics and the pooled bank, bank features and likelihood from
+  the sums, and the streaming ridge classifier (alpha by CV) — everything
+  ``kernelbank run`` computes, with the pipeline's default settings; measured before and
+  after the Ray runs, with torch's default threads and with one, the fastest kept;
 * Ray start-up (``ray.init``), reported alone;
-* in-process rates: ``kb.fit`` alone on decoded images, and read + decode + fit, each
-  measured before and after the Ray runs, each with torch's default threads and with
-  one thread (the fastest of the four is the baseline: the machine is shared, and this
-  keeps the ratio conservative);
-* the Ray fit stage at 1× and 10×: its streaming rate once started (rows between the
-  first and the last fitted batch over that time, read + decode + fit), the whole stage
-  with its Parquet write, and the ratio to the in-process read + decode + fit rate;
-* time to first result (first fitted batch out of the actor pool);
-* peak resident memory of the driver plus every Ray process it started (sampled every
-  0.1 s) at 1× and 10×: streaming keeps it nearly flat.
+* ``run_pipeline`` at 1× and ``scale``×: wall time of the whole run (its own Parquet
+  writes and the publication included), each stage's rate, time to first fitted batch,
+  and peak resident memory of the driver plus every Ray process (sampled every 0.1 s).
+
+Ratios printed: whole run / in-process (target ≥ 0.5) and fit stage / in-process
+read + decode + one pass (target ≥ 0.7), at ``scale``×, where start-up costs weigh least.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ import numpy as np
 
 
 def write_images(root: Path, n: int, size: int, seed: int = 0) -> None:
-    """``n`` GMRF textures in two classes as ``root/train/c<i>/*.png``."""
+    """``n`` GMRF textures of two classes as ``root/{train,test}/c<i>/*.png``."""
     from kernelbank.datasets import random_stable_kernel, write_synthetic_dataset
     rng = np.random.default_rng(seed)
     kernels = {f"c{i}": random_stable_kernel(2, random_state=rng) for i in range(2)}
     write_synthetic_dataset(root, kernels, n_per_class=n // 2, shape=(size, size),
-                            splits=("train",), random_state=rng)
+                            random_state=rng)
 
 
 class PeakRSS:
@@ -45,7 +47,8 @@ class PeakRSS:
     def __init__(self, interval: float = 0.1):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
 
-    def _sample(self) -> int:
+    @staticmethod
+    def sample() -> int:
         """Sum of VmRSS over this process and its descendants (Linux ``/proc``)."""
         parents: dict[int, int] = {}
         for entry in os.listdir("/proc"):
@@ -58,7 +61,7 @@ class PeakRSS:
         family, frontier = {os.getpid()}, [os.getpid()]
         while frontier:
             parent = frontier.pop()
-            children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in family]
+            children = [p for p, pp in parents.items() if pp == parent and p not in family]
             family.update(children)
             frontier.extend(children)
         total = 0
@@ -77,7 +80,7 @@ class PeakRSS:
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            self.peak = max(self.peak, self.sample())
             time.sleep(self.interval)
 
     def __exit__(self, *exc):
@@ -85,104 +88,141 @@ class PeakRSS:
         self._thread.join()
 
 
-def in_process(root: Path, radius: int, batch: int = 64, threads: int | None = None
-               ) -> dict[str, float]:
-    """Rates of kb.fit alone and of read + decode + fit, in this process."""
+def in_process(root: Path, threads: int | None = None, batch: int = 256) -> dict[str, float]:
+    """Rates of read + decode + one pass, and of everything ``kernelbank run`` computes."""
     import torch
-    import kernelbank as kb
-    from kernelbank.io.decode import decode_bytes
     default = torch.get_num_threads()
     torch.set_num_threads(threads or default)
     try:
-        return _in_process(root, radius, batch, kb, decode_bytes, torch)
+        return _in_process(root, batch)
     finally:
         torch.set_num_threads(default)
 
 
-def _in_process(root, radius, batch, kb, decode_bytes, torch) -> dict[str, float]:
+def _in_process(root: Path, batch: int) -> dict[str, float]:
+    import torch
+    import kernelbank as kb
+    from kernelbank.config import FitConfig
+    from kernelbank.core.onepass import image_statistics
+    from kernelbank.core.ridge import StreamingRidge, fold_of
+    from kernelbank.io.decode import decode_bytes
+    config = FitConfig()
+    basis = kb.Basis.full(config.radius)
     files = sorted(root.rglob("*.png"))
-    basis = kb.Basis.isotropic(radius)
+    labels = [f.parent.name for f in files]
+    splits = np.array([f.parent.parent.name for f in files])
     start = time.perf_counter()
     images = [decode_bytes(f.read_bytes(), f.name) for f in files]
-    decoded = time.perf_counter()
+    parts = []
     for i in range(0, len(images), batch):
-        kb.fit(np.stack(images[i:i + batch]), basis)
+        parts.append(image_statistics(np.stack(images[i:i + batch]), basis,
+                                      dilations=config.dilations, scales=config.scales))
+    one_pass = time.perf_counter()
+    # reduce: class statistics of the train split, pooled bank per dilation
+    train = np.nonzero(splits == "train")[0]
+    stats = []
+    for e, (_, d) in enumerate(parts[0].scale_index):
+        sums = [p.sums[e] for p in parts]
+        merged = kb.core.sums.WindowSums(torch.cat([s.cross for s in sums])[train],
+                                         torch.cat([s.first for s in sums])[train],
+                                         torch.cat([s.n_pixels for s in sums])[train],
+                                         config.radius, d, 2)
+        stats.append(kb.ClassStats.from_sums(merged, [labels[i] for i in train],
+                                             basis.with_dilation(d)))
+    bank = kb.KernelBank.concat([kb.KernelBank.from_stats(s, "pooled") for s in stats])
+    likelihood = kb.LikelihoodClassifier.from_stats(stats, z=None)
+    rows = []
+    for p in parts:
+        bank_values, _ = kb.bank_features_from_sums(p.sums, bank, joint=True)
+        likelihood.predict_from_sums(p.sums)
+        rows.append(np.concatenate([p.coef.flatten(1).numpy(), p.mse.log().numpy(),
+                                    p.descriptors.flatten(1).numpy(),
+                                    bank_values.numpy()], 1))
+    x = np.concatenate(rows)
+    folds = fold_of([str(f) for f in files], 5)
+    fold_stats = [StreamingRidge.from_block(x[(folds == k) & (splits == "train")],
+                                            [labels[i] for i in np.nonzero(
+                                                (folds == k) & (splits == "train"))[0]])
+                  for k in range(5)]
+    alpha, _ = StreamingRidge.choose_alpha(fold_stats)
+    model = sum(fold_stats, StreamingRidge.empty(x.shape[1])).solve(alpha)
+    scores = ((x - model["mean"]) / model["scale"]) @ model["weights"] + model["intercept"]
+    predicted = np.asarray(model["classes"])[scores.argmax(1)]
     end = time.perf_counter()
-    return {"fit_only": len(files) / (end - decoded), "read_decode_fit": len(files) / (end - start),
+    test = splits == "test"
+    return {"one_pass": len(files) / (one_pass - start), "everything": len(files) / (end - start),
+            "accuracy": float((predicted[test] == np.array(labels)[test]).mean()),
             "threads": torch.get_num_threads()}
 
 
-def ray_fit(root: Path, out: Path, radius: int, batch: int) -> dict[str, float]:
-    """The fit stage: streaming rate once started, time to first batch, and the whole stage
-    (read, decode, fit, Parquet write of ``fit/``) with its peak RSS."""
-    from kernelbank.config import FitConfig, ReadConfig
-    from kernelbank.stages.fit import fit_dataset, run_fit
-    n = len(list(root.rglob("*.png")))
-    read, config = ReadConfig(str(root)), FitConfig(radius=radius, batch_size=batch)
+def ray_run(root: Path, out: Path) -> dict[str, float]:
+    """The whole pipeline (default settings), its per-stage rates and peak memory."""
+    from kernelbank.config import PipelineConfig, ReadConfig
+    from kernelbank.stages.fit import fit_dataset
+    from kernelbank.stages.pipeline import run_pipeline
+    read = ReadConfig(str(root))
+    config = PipelineConfig(read=read, output=str(out), overwrite=True)
     start = time.perf_counter()
-    rows, first, last, first_rows, batches = 0, None, None, 0, 0
-    for out_batch in fit_dataset(read, config).iter_batches(batch_size=None,
-                                                            batch_format="pyarrow"):
-        last = time.perf_counter()
-        rows, batches = rows + out_batch.num_rows, batches + 1
-        if first is None:
-            first, first_rows = last, out_batch.num_rows
-    # a steady rate needs enough batches; with a handful they arrive together
-    steady = (rows - first_rows) / max(last - first, 1e-9) if batches >= 8 else float("nan")
+    first = None
+    for _ in fit_dataset(read, config.fit).iter_batches(batch_size=None, batch_format="pyarrow"):
+        first = time.perf_counter() - start
+        break
     with PeakRSS() as memory:
         begin = time.perf_counter()
-        summary = run_fit(read, config, str(out), overwrite=True)
+        summary = run_pipeline(config)
         seconds = time.perf_counter() - begin
-    assert summary["images"] == n == rows, (summary, rows)
-    return {"images": n, "seconds": seconds, "first_result_s": first - start,
-            "rate_once_started": steady, "rate": n / seconds,
-            "peak_rss_gib": memory.peak / 2**30}
+    n = summary["images"]
+    return {"images": n, "seconds": seconds, "rate": n / seconds, "first_result_s": first,
+            "stages": {k: v.get("images_per_second") for k, v in summary["stages"].items()},
+            "fit_rate": summary["stages"]["fit"]["images_per_second"],
+            "accuracy": summary["test_accuracy"], "peak_rss_gib": memory.peak / 2**30}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--scale", type=int, default=10)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--radius", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="200 images, scale 2")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.scale = 200, 2
     with tempfile.TemporaryDirectory() as tmp:
         small, large = Path(tmp) / "x1", Path(tmp) / f"x{args.scale}"
         write_images(small, args.images, args.size)
         write_images(large, args.images * args.scale, args.size, seed=1)
-        before = max((in_process(large, args.radius, args.batch_size, t) for t in (None, 1)),
-                     key=lambda r: r["read_decode_fit"])
+        before = max((in_process(large, t) for t in (None, 1)), key=lambda r: r["everything"])
         import ray
         start = time.perf_counter()
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
         startup = time.perf_counter() - start
         ray.data.DataContext.get_current().enable_progress_bars = False
-        one = ray_fit(small, Path(tmp) / "out1", args.radius, args.batch_size)
-        ten = ray_fit(large, Path(tmp) / "out10", args.radius, args.batch_size)
+        one = ray_run(small, Path(tmp) / "out1")
+        big = ray_run(large, Path(tmp) / f"out{args.scale}")
         cpus = ray.cluster_resources().get("CPU", 0)
         ray.shutdown()
-        after = max((in_process(large, args.radius, args.batch_size, t) for t in (None, 1)),
-                    key=lambda r: r["read_decode_fit"])
-    # the machine is shared: measure the baseline before and after, compare with the faster
-    base = max(before, after, key=lambda r: r["read_decode_fit"])
-    print(f"machine: {os.cpu_count()} cores, ray CPUs {cpus:g}; images {args.size}x{args.size}, "
-          f"radius {args.radius}, batch {args.batch_size}")
-    print(f"ray start-up                       {startup:8.2f} s")
-    print(f"in-process kb.fit only             {base['fit_only']:8.1f} images/s "
-          f"({base['threads']} torch threads; before/after {before['fit_only']:.1f}/"
-          f"{after['fit_only']:.1f})")
-    print(f"in-process read+decode+fit         {base['read_decode_fit']:8.1f} images/s "
-          f"(before/after {before['read_decode_fit']:.1f}/{after['read_decode_fit']:.1f})")
-    for label, r in (("1x", one), (f"{args.scale}x", ten)):
-        print(f"ray fit stage {label:>4} ({r['images']:5d} images) {r['rate']:8.1f} images/s overall, "
-              f"{r['rate_once_started']:.1f} once started; first result {r['first_result_s']:.2f} s; "
-              f"peak RSS {r['peak_rss_gib']:.2f} GiB")
-    print(f"ratio ray / in-process (read+decode+fit, {args.scale}x, once started): "
-          f"{ten['rate_once_started'] / base['read_decode_fit']:.2f}")
-    print(f"ratio ray / in-process (kb.fit only, {args.scale}x, once started):     "
-          f"{ten['rate_once_started'] / base['fit_only']:.2f}")
-    print(f"peak memory {args.scale}x / 1x: {ten['peak_rss_gib'] / max(one['peak_rss_gib'], 1e-9):.2f}")
+        after = max((in_process(large, t) for t in (None, 1)), key=lambda r: r["everything"])
+    base = max(before, after, key=lambda r: r["everything"])
+    print(f"machine: {os.cpu_count()} cores, ray CPUs {cpus:g}; {args.size}x{args.size} images, "
+          "default recipe (full r2, dilations 1-3, residual descriptors, pooled bank)")
+    print(f"ray start-up                          {startup:8.2f} s")
+    print(f"in-process read+decode+one pass       {base['one_pass']:8.1f} images/s "
+          f"({base['threads']} torch threads; before/after {before['one_pass']:.1f}/"
+          f"{after['one_pass']:.1f})")
+    print(f"in-process everything run computes    {base['everything']:8.1f} images/s "
+          f"(before/after {before['everything']:.1f}/{after['everything']:.1f}); "
+          f"test accuracy {base['accuracy']:.3f}")
+    for label, r in (("1x", one), (f"{args.scale}x", big)):
+        stages = ", ".join(f"{k} {v:.0f}/s" for k, v in r["stages"].items() if v)
+        print(f"kernelbank run {label:>4} ({r['images']:6d} images) {r['rate']:8.1f} images/s "
+              f"whole run; stages: {stages}; first result {r['first_result_s']:.2f} s; "
+              f"peak RSS {r['peak_rss_gib']:.2f} GiB; accuracy {r['accuracy']:.3f}")
+    print(f"ratio whole run / in-process everything ({args.scale}x): "
+          f"{big['rate'] / base['everything']:.2f}  (target >= 0.5)")
+    print(f"ratio fit stage / in-process read+decode+one pass ({args.scale}x): "
+          f"{big['fit_rate'] / base['one_pass']:.2f}  (target >= 0.7)")
+    print(f"peak memory {args.scale}x / 1x: "
+          f"{big['peak_rss_gib'] / max(one['peak_rss_gib'], 1e-9):.2f}")
 
 
 if __name__ == "__main__":
