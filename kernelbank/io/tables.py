@@ -28,6 +28,8 @@ __all__ = ["ERROR_COLUMNS", "SplitParquetSink", "write_table", "parquet_files"]
 ERROR_COLUMNS = ["id", "path", "label", "split", "stage", "reason"]
 #: Decoded-pixel columns a row may carry (kept only in a pixel cache, never in a table).
 PIXEL_COLUMNS = ("dtype", "pixels")
+#: The reader's per-record accounting, summed into the sink's counts.
+ACCOUNTING_COLUMNS = ("bytes_read", "read_retries")
 
 
 def write_table(table: pa.Table, fs, path: str) -> None:
@@ -63,6 +65,12 @@ class SplitParquetSink(_sink_base()):
     cache_dir : str, optional
         Where good rows' decoded pixels go (``id, label, split, shape, dtype, pixels``)
         when the rows carry them; they are left out of ``ok_dir``'s table either way.
+    counter : Ray actor handle, optional
+        Told ``add(rows, error_rows)`` after each write (progress lines; see
+        :func:`kernelbank.stages.progress.remote_progress`).
+
+    Rows may carry the reader's accounting columns (``bytes_read``, ``read_retries``):
+    they are summed into :attr:`counts` and left out of both tables.
 
     Attributes
     ----------
@@ -71,9 +79,9 @@ class SplitParquetSink(_sink_base()):
     """
 
     def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, counter=None):
         self.fs, self.ok_dir, self.errors_dir, self.prefix = fs, ok_dir, errors_dir, prefix
-        self.cache_dir = cache_dir
+        self.cache_dir, self.counter = cache_dir, counter
         self.counts: Counter = Counter()
 
     def write(self, blocks, ctx) -> dict[str, Any]:
@@ -84,6 +92,10 @@ class SplitParquetSink(_sink_base()):
         if not tables:
             return {"counts": counts}
         table = pa.concat_tables(tables, promote_options="default")
+        for column in ACCOUNTING_COLUMNS:
+            if column in table.column_names:
+                counts[("read", column)] += int(pc.sum(table.column(column)).as_py() or 0)
+                table = table.drop_columns([column])
         failed = pc.is_valid(table.column("reason"))
         good = table.filter(pc.invert(failed))
         bad = table.filter(failed)
@@ -103,6 +115,8 @@ class SplitParquetSink(_sink_base()):
             write_table(bad.select(ERROR_COLUMNS), self.fs, join(self.errors_dir, name))
             for stage in bad.column("stage").to_pylist():
                 counts[("error", stage)] += 1
+        if self.counter is not None:
+            self.counter.add.remote(table.num_rows, bad.num_rows)
         return {"counts": counts}
 
     def on_write_complete(self, write_result) -> None:
@@ -121,6 +135,10 @@ class SplitParquetSink(_sink_base()):
             if key[0] == "ok":
                 out.setdefault(key[1], {})[key[2]] = n
         return out
+
+    def read_totals(self) -> dict[str, int]:
+        """Bytes read and read retries summed over the rows written."""
+        return {column: self.counts.get(("read", column), 0) for column in ACCOUNTING_COLUMNS}
 
     def errors_by_stage(self) -> dict[str, int]:
         """Error rows per stage that produced them."""

@@ -42,12 +42,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..config import FitConfig, ReadConfig
 from ..io.layout import Staging, write_json
-from ..io.readers import images_from_batch, read_dataset
+from ..io.readers import images_from_batch, read_images
 from ..io.storage import join, redact
-from ..io.tables import SplitParquetSink
+from ..io.manifest import list_inputs, save_manifest
+from ..io.tables import ACCOUNTING_COLUMNS, SplitParquetSink
 from .common import actor_pool_args, log, make_basis, timed
 from .table import flat_sums
 
@@ -55,6 +57,8 @@ __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_
            "run_fit", "write_fit"]
 
 FIT_META = "_kernelbank.json"
+#: The input's listing, written once per run by the fit stage (``inputs/``).
+MANIFEST_FILE = "manifest.parquet"
 TABLE_VERSION = 2
 #: Errors that fail a whole group on a device (a CUDA OOM is a RuntimeError) but may not
 #: fail each image of it alone: the group is split and retried before rows become errors.
@@ -171,7 +175,8 @@ class StatisticsFitter:
                     columns[key][where] = values
                 done[where] = True
         self._maybe_fail(len(images))
-        keep = ["id", "path", "label", "split", "shape"]
+        keep = ["id", "path", "label", "split", "shape"] + \
+            [c for c in ACCOUNTING_COLUMNS if c in batch.column_names]
         if self.config.cache_pixels:
             keep += [c for c in ("dtype", "pixels") if c in batch.column_names]
         out = {name: batch.column(name) for name in keep}
@@ -201,11 +206,15 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "") -> dict[str,
             "descriptor_names": names, "input": redact(input_url)}
 
 
-def fit_dataset(read: ReadConfig, config: FitConfig):
-    """The lazy Ray Dataset of statistics rows (and error rows) for ``read``'s input."""
+def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None):
+    """The lazy Ray Dataset of statistics rows (and error rows) for ``read``'s input.
+
+    ``manifest`` is the input's listing (:func:`kernelbank.io.manifest.list_inputs`);
+    listed here when not given.
+    """
     from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
-    ds = read_dataset(config=read)
+    ds = read_images(list_inputs(read) if manifest is None else manifest, read)
     return ds.map_batches(StatisticsFitter, fn_constructor_args=(config, read.ndim),
                           batch_format="pyarrow",
                           **actor_pool_args(num_gpus=config.num_gpus,
@@ -215,16 +224,26 @@ def fit_dataset(read: ReadConfig, config: FitConfig):
 
 
 def write_fit(read: ReadConfig, config: FitConfig, staging: Staging) -> dict[str, Any]:
-    """Run the fit stage into ``staging`` (``fit/``, ``errors/fit-*``, ``pixels/``)."""
+    """Run the fit stage into ``staging`` (``fit/``, ``errors/fit-*``, ``pixels/``).
+
+    The input is listed once; its manifest is kept in ``inputs/manifest.parquet`` for
+    later stages (pixel features, training) and reruns.
+    """
+    from .progress import remote_progress
     fs = staging.fs
-    sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"), "fit",
-                            cache_dir=staging.dir("pixels") if config.cache_pixels else None)
     summary: dict[str, Any] = {}
-    log(f"fit: {read.url} basis={config.basis.value} radius={config.radius} "
+    log(f"fit: {redact(read.url)} basis={config.basis.value} radius={config.radius} "
         f"dilations={list(config.dilations)} scales={list(config.scales)} "
         f"descriptors={config.descriptors} gpus={config.num_gpus}")
     with timed(summary):
-        fit_dataset(read, config).write_datasink(sink)
+        with timed(summary, "listing_seconds"):
+            manifest = list_inputs(read)
+        save_manifest(manifest, fs, join(staging.dir("inputs"), MANIFEST_FILE))
+        with remote_progress("fit", manifest.num_rows) as counter:
+            sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"), "fit",
+                                    cache_dir=staging.dir("pixels") if config.cache_pixels
+                                    else None, counter=counter)
+            fit_dataset(read, config, manifest).write_datasink(sink)
     write_json(fs, join(staging.dir("fit"), FIT_META),
                fit_metadata(config, read.ndim, read.url))
     counts = sink.per_split_and_class()
@@ -233,12 +252,18 @@ def write_fit(read: ReadConfig, config: FitConfig, staging: Staging) -> dict[str
     total = images + sum(errors.values())
     table_bytes = sum(fs.size(p) for p in fs.find(staging.dir("fit"))
                       if p.endswith(".parquet"))
+    input_bytes = int(pc.sum(manifest.column("size")).as_py() or 0)
+    read_totals = sink.read_totals()
     summary.update({"images": images, "errors": errors, "records": total, "counts": counts,
+                    "listed": manifest.num_rows, "input_bytes": input_bytes,
+                    "bytes_read": read_totals["bytes_read"],
+                    "read_retries": read_totals["read_retries"],
                     "bytes_per_image": round(table_bytes / max(images, 1), 1),
                     "images_per_second": round(total / max(summary["seconds"], 1e-9), 2)})
     log(f"fit: {images} images fitted, {sum(errors.values())} errors, "
         f"{summary['seconds']:.1f} s ({summary['images_per_second']:.1f} images/s), "
-        f"{summary['bytes_per_image']:.0f} table bytes per image")
+        f"{summary['bytes_per_image']:.0f} table bytes per image, "
+        f"{read_totals['bytes_read'] / max(input_bytes, 1):.3f}x the input's bytes read")
     return summary
 
 
@@ -249,7 +274,7 @@ def run_fit(read: ReadConfig, config: FitConfig, output: str, *, overwrite: bool
     Returns the stage summary (also merged into ``OUTPUT/summary.json``).
     """
     from .summary import run_staged
-    owned = ("fit", "errors/fit-") + (("pixels",) if config.cache_pixels else ())
+    owned = ("fit", "inputs", "errors/fit-") + (("pixels",) if config.cache_pixels else ())
     staging = Staging.open(output, owned=owned, overwrite=overwrite,
                            s3_endpoint=read.s3_endpoint)
     return run_staged(staging, "fit", lambda: write_fit(read, config, staging))

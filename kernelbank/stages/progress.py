@@ -20,14 +20,15 @@ kernelbank lines: only warnings and errors remain).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
-__all__ = ["Progress", "track", "configure_output", "info_enabled", "ray_log_level",
-           "LOG_LEVELS", "LOGGER"]
+__all__ = ["Progress", "track", "remote_progress", "configure_output", "info_enabled",
+           "ray_log_level", "LOG_LEVELS", "LOGGER"]
 
 LOGGER = "kernelbank"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -171,6 +172,58 @@ def track(batches: Iterable, progress: Progress) -> Iterator:
         rows, errors = _count(batch)
         progress.update(rows, errors)
         yield batch
+
+
+class _Counter:
+    """Ray actor: finished rows reported by write tasks, polled by the driver."""
+
+    def __init__(self):
+        self.done = self.errors = 0
+
+    def add(self, done: int, errors: int) -> None:
+        self.done += int(done)
+        self.errors += int(errors)
+
+    def totals(self) -> tuple[int, int]:
+        return self.done, self.errors
+
+
+@contextlib.contextmanager
+def remote_progress(stage: str, total: int | None = None, *, interval: float = 5.0
+                    ) -> Iterator[Any]:
+    """Progress lines for a stage whose rows are counted in Ray tasks (a sink's writes).
+
+    Yields a counter actor handle (``None`` when lines are off: on a terminal, or with
+    ``--quiet``): tasks call ``counter.add.remote(done, errors)``; a driver thread polls
+    it every second and prints through :class:`Progress`.
+    """
+    progress = Progress(stage, total, interval=interval)
+    if not progress.enabled:
+        yield None
+        return
+    import ray
+    counter = ray.remote(num_cpus=0)(_Counter).remote()
+    stop = threading.Event()
+    seen = [0, 0]
+
+    def poll() -> None:
+        done, errors = ray.get(counter.totals.remote())
+        progress.update(done - seen[0], errors - seen[1])
+        seen[:] = [done, errors]
+
+    def loop() -> None:
+        while not stop.wait(min(1.0, interval)):
+            poll()
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield counter
+    finally:
+        stop.set()
+        thread.join()
+        poll()
+        progress.close()
+        ray.kill(counter)
 
 
 def configure_output(*, quiet: bool = False, log_level: str = "INFO",
