@@ -423,7 +423,11 @@ def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
     taps = _taps(r, lay.ndim)
     t = len(taps)
     a, b = np.repeat(taps, t, 0), np.tile(taps, (t, 1))
-    forward = (b[:, 1] >= a[:, 1])[:, None]
+    # one canonical direction per unordered pair, so (a, b) and (b, a) read the same
+    # sum: row lag > 0, or row lag 0 and column lag > 0, or both 0 and plane lag >= 0
+    step = b - a
+    forward = ((step[:, 1] > 0) | ((step[:, 1] == 0) & (
+        (step[:, 2] > 0) | ((step[:, 2] == 0) & (step[:, 0] >= 0)))))[:, None]
     sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run of each axis
     ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
     cross = (_gather(sums.corners, (ld, sr, li, sc, lj, sp))
