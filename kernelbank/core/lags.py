@@ -186,11 +186,19 @@ class _Layout:
             self.z[:height, :, :, filled:offset].zero_()
             filled = offset + w
         self.z[:height, :, :, filled:].zero_()
-        for offset, w, phase in zip(self.offsets, self.widths, range(d)):
-            source = images[..., phase::d]
-            source = source.permute(2, 1, 0, 3) if ndim == 3 else source.permute(1, 0, 2)[:, None]
-            torch.sub(source, shift.reshape(1, 1, n, 1),
-                      out=self.z[:height, :, :, offset:offset + w])
+        shift = shift.reshape(1, 1, n, 1)
+        if width % d == 0:
+            # equal phases, evenly spaced: one pass reads the images in order
+            w = width // d
+            source = images.reshape(n, planes, height, w, d).permute(2, 1, 0, 4, 3)
+            target = self.z[:height, :, :, gap:gap + d * (w + gap)]
+            torch.sub(source, shift[..., None],
+                      out=target.unflatten(-1, (d, w + gap))[..., :w])
+        else:
+            for offset, w, phase in zip(self.offsets, self.widths, range(d)):
+                source = images.reshape(n, planes, height, width)[..., phase::d]
+                torch.sub(source.permute(2, 1, 0, 3), shift,
+                          out=self.z[:height, :, :, offset:offset + w])
         self.row_axis = _Axis.rows(height, r, d)
         self.column_axis = _Axis.phases(self.offsets, self.widths, r)
         self.plane_axis = _Axis.rows(planes, r, d) if ndim == 3 else None
@@ -229,11 +237,11 @@ class _RunSums:
 
     Attributes
     ----------
-    core : (plane lags, Li, Sc, Lj, Sp, n) float64
+    core : (n, plane lags, Li, Sc, Lj, Sp) float64
         Core rows (in every rows run) × the columns of each columns run.
-    edge : (plane lags, Sr, Li, Lj, Sp, n) float64
+    edge : (n, plane lags, Sr, Li, Lj, Sp) float64
         Edge rows of each rows run × core columns (in every columns run).
-    corners : (plane lags, Sr, Li, Sc, Lj, Sp, n), images' dtype for images, float64
+    corners : (n, plane lags, Sr, Li, Sc, Lj, Sp) float64
         Edge rows × edge columns of each (rows run, columns run).
     """
 
@@ -242,13 +250,12 @@ class _RunSums:
         self.layout = layout
         lags, runs = (4 * rp + 1, 2 * r + 1, 4 * r + 1), (2 * r + 1, 2 * rp + 1)
         new = layout.buffer.new_zeros
-        self.core = new((lags[0], lags[1], runs[0], lags[2], runs[1], layout.n),
+        self.core = new((layout.n, lags[0], lags[1], runs[0], lags[2], runs[1]),
                         dtype=torch.float64)
-        self.edge = new((lags[0], runs[0], lags[1], lags[2], runs[1], layout.n),
+        self.edge = new((layout.n, lags[0], runs[0], lags[1], lags[2], runs[1]),
                         dtype=torch.float64)
-        corner_dtype = layout.buffer.dtype if layout.ndim == 2 else torch.float64
-        self.corners = new((lags[0], runs[0], lags[1], runs[0], lags[2], runs[1], layout.n),
-                           dtype=corner_dtype)
+        self.corners = new((layout.n, lags[0], runs[0], lags[1], runs[0], lags[2], runs[1]),
+                           dtype=torch.float64)
         self._core_rows()
         self._edge_rows()
         self._corners()
@@ -286,7 +293,7 @@ class _RunSums:
                 total = total + runs.to(torch.float64)            # (Li·P'·n, Sc, Lj)
             runs = self._plane_runs(total.view(2 * r + 1, planes, lay.n, 2 * r + 1, 4 * r + 1),
                                     1, p0, p1)                       # (Li, Sp, n, Sc, Lj)
-            self.core[lag_index] = runs.permute(0, 3, 4, 1, 2)
+            self.core[:, lag_index] = runs.permute(2, 0, 3, 4, 1)
 
     def _edge_rows(self) -> None:
         """Edge rows × core columns: one batched product per (group, plane lag, column lag)."""
@@ -307,7 +314,7 @@ class _RunSums:
                 groups.append(torch.stack(bands).sum(1))
             runs = _runs(groups[0], groups[1], 3)                     # (Lj, P', n, Sr, Li)
             runs = self._plane_runs(runs, 1, p0, p1)                   # (Lj, Sp, n, Sr, Li)
-            self.edge[lag_index] = runs.permute(3, 4, 0, 1, 2)
+            self.edge[:, lag_index] = runs.permute(2, 3, 4, 0, 1)
 
     def _edge_band(self, masked: torch.Tensor, g0: int, shift: int, p0: int, p1: int,
                    lag: int) -> torch.Tensor:
@@ -377,13 +384,12 @@ class _RunSums:
             rows_run = runs @ products.view(4 * r, -1)            # (Sr, Li·2·2r·Lj·inner)
             both = runs @ rows_run.view((2 * r + 1) * (2 * r + 1), 4 * r, -1)
             both = both.view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1, p1 - p0, lay.n)
-            if lay.plane_axis is None:
-                self.corners[lag_index] = both
-            else:
-                self.corners[lag_index] = self._plane_runs(both, 4, p0, p1)
+            if lay.plane_axis is not None:
+                both = self._plane_runs(both, 4, p0, p1)
+            self.corners[:, lag_index] = both.permute(5, 0, 1, 2, 3, 4)
 
     def image_runs(self) -> torch.Tensor:
-        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
+        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (n, Sr, Sc, Sp), float64."""
         lay = self.layout
         rows = torch.from_numpy(lay.row_axis.membership(lay.height).T).to(lay.buffer)
         z = lay.z[:lay.height].reshape(lay.height, -1)
@@ -395,7 +401,7 @@ class _RunSums:
             boxes = boxes + part.to(torch.float64)
         boxes = boxes.view(2 * lay.radius + 1, lay.planes, lay.n, 2 * lay.radius + 1)
         boxes = _plane_runs(boxes, 1, lay.plane_axis, lay.planes, 0, lay.planes)
-        return boxes.permute(0, 3, 1, 2)
+        return boxes.permute(2, 0, 3, 1)
 
 
 # ---------------------------------------------------------------------------- assembly
@@ -409,11 +415,10 @@ def _taps(radius: int, ndim: int) -> np.ndarray:
 
 
 def _gather(table: torch.Tensor, index: tuple[np.ndarray, ...]) -> torch.Tensor:
-    """Rows ``table[index]`` of a table whose last axis is the image, as float64 (count, n)."""
-    flat = np.ravel_multi_index(index, table.shape[:-1])
-    rows = table.reshape(-1, table.shape[-1]).index_select(
-        0, torch.from_numpy(flat).to(table.device))
-    return rows.to(torch.float64)
+    """Entries ``table[:, index]`` of a table whose first axis is the image, (n, count)."""
+    flat = np.ravel_multi_index(index, table.shape[1:])
+    return table.reshape(table.shape[0], -1).index_select(
+        1, torch.from_numpy(flat).to(table.device))
 
 
 def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
@@ -430,12 +435,11 @@ def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
         (step[:, 2] > 0) | ((step[:, 2] == 0) & (step[:, 0] >= 0)))))[:, None]
     sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run of each axis
     ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
-    cross = (_gather(sums.corners, (ld, sr, li, sc, lj, sp))
-             + _gather(sums.core, (ld, li, sc, lj, sp))
-             + _gather(sums.edge, (ld, sr, li, lj, sp)))
-    boxes = sums.image_runs()                                       # (Sr, Sc, Sp, n)
-    first = _gather(boxes, (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))
-    return cross.T.reshape(n, t, t), first.T
+    cross = _gather(sums.corners, (ld, sr, li, sc, lj, sp))
+    cross += _gather(sums.core, (ld, li, sc, lj, sp))
+    cross += _gather(sums.edge, (ld, sr, li, lj, sp))
+    first = _gather(sums.image_runs(), (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))
+    return cross.view(n, t, t), first
 
 
 def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
