@@ -149,61 +149,62 @@ def _plane_runs(values: torch.Tensor, dim: int, axis: _Axis | None, planes: int,
 
 
 # ---------------------------------------------------------------------------- layout
-class _Layout:
-    """The shifted images copied once into the arrangement the matrix products read.
+def _taps(radius: int, ndim: int) -> np.ndarray:
+    """Window taps as (plane, row, column) coordinates in C order, shape (t, 3)."""
+    axis = np.arange(-radius, radius + 1)
+    taps = np.stack(np.meshgrid(*([axis] * ndim), indexing="ij"), -1).reshape(-1, ndim)
+    if ndim == 2:
+        taps = np.concatenate([np.zeros((len(taps), 1), dtype=taps.dtype), taps], 1)
+    return taps
 
-    ``z`` has shape ``(rows, planes, n, width)``: image rows outermost (the contraction
-    axis of the core products), then planes (volumes) and images, then the column
-    phases side by side, the width rounded up to whole tiles with zeros. ``2R + δ``
-    zero rows follow the image rows and the flat ``buffer`` has ``2r`` zeros before and
-    after ``z``, so every shifted view a product reads stays inside it.
+
+class _Plan:
+    """Everything that depends on the image shape but not on the pixels (once per call).
+
+    The layout (:class:`_Layout`) has ``width`` columns: the ``δ`` column phases side by
+    side (phase ``φ`` at ``offsets[φ]``, ``widths[φ]`` columns), rounded up to whole
+    tiles; ``rows`` rows: the image's, then ``2R + δ`` zero rows.
     """
 
-    def __init__(self, images: torch.Tensor, shift: torch.Tensor, radius: int, dilation: int):
-        n, ndim = images.shape[0], images.ndim - 1
-        planes = images.shape[1] if ndim == 3 else 1
-        height, width = images.shape[-2:]
-        r, d = radius, dilation
+    def __init__(self, shape: tuple[int, ...], radius: int, dilation: int,
+                 dtype: torch.dtype, device: torch.device):
+        r, d, ndim = radius, dilation, len(shape)
         self.radius, self.dilation, self.ndim = r, d, ndim
-        self.n, self.planes, self.height = n, planes, height
+        self.planes = shape[0] if ndim == 3 else 1
+        self.height, image_width = shape[-2:]
         self.tile = _tile_width(r)
-        self.widths = [_ceil_div(width - phase, d) for phase in range(d)]
+        self.widths = [_ceil_div(image_width - phase, d) for phase in range(d)]
         self.offsets = [sum(self.widths[:phase]) for phase in range(d)]
-        self.width = _ceil_div(width, self.tile) * self.tile
-        rows = height + 2 * r * d + d
+        self.image_width = image_width
+        self.width = _ceil_div(image_width, self.tile) * self.tile
+        self.rows = self.height + 2 * r * d + d
         self.margin = 2 * r
-        self.row_stride = planes * n * self.width
-        self.buffer = images.new_empty(2 * self.margin + rows * self.row_stride)
-        self.z = self.buffer[self.margin:self.margin + rows * self.row_stride].view(
-            rows, planes, n, self.width)
-        # Zeros wherever no pixel goes. The phases need no zeros between them: a product
-        # reaching past a phase's end only enters (run, lag) pairs that no tap pair
-        # reads, which only requires it to be finite.
-        self.buffer[:self.margin].zero_()
-        self.buffer[self.margin + height * self.row_stride:].zero_()
-        self.z[:height, :, :, width:].zero_()
-        shift = shift.reshape(1, 1, n, 1)
-        if width % d == 0:
-            # equal phases: one pass reads the images in order
-            w = width // d
-            source = images.reshape(n, planes, height, w, d).permute(2, 1, 0, 4, 3)
-            torch.sub(source, shift[..., None],
-                      out=self.z[:height, :, :, :width].unflatten(-1, (d, w)))
-        else:
-            for offset, w, phase in zip(self.offsets, self.widths, range(d)):
-                source = images.reshape(n, planes, height, width)[..., phase::d]
-                torch.sub(source.permute(2, 1, 0, 3), shift,
-                          out=self.z[:height, :, :, offset:offset + w])
-        self.row_axis = _Axis.rows(height, r, d)
+        self.row_axis = _Axis.rows(self.height, r, d)
         self.column_axis = _Axis.phases(self.offsets, self.widths, r)
-        self.plane_axis = _Axis.rows(planes, r, d) if ndim == 3 else None
+        self.plane_axis = _Axis.rows(self.planes, r, d) if ndim == 3 else None
         self.plane_radius = r if ndim == 3 else 0
-        self._columns = torch.from_numpy(self.column_axis.membership(self.width)).to(
-            images.device, images.dtype)
 
-    def column_membership(self) -> torch.Tensor:
-        """(width, Sc) 0/1 matrix of columns in each columns run, images' dtype."""
-        return self._columns
+        def constant(array: np.ndarray, kind: torch.dtype = dtype) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device, kind)
+
+        # 0/1 run membership of every column and row, in the images' dtype
+        self.column_runs = constant(self.column_axis.membership(self.width).T)   # (Sc, width)
+        self.row_runs = constant(self.row_axis.membership(self.height).T)        # (Sr, rows)
+        core = np.zeros(self.width)
+        for start, stop in self.column_axis.core:
+            core[start:stop] = 1
+        self.core_columns = constant(core)
+        # corners: rows group (top, bottom) × residue × 4r (2r rows + 2r partner rows);
+        # columns side (left, right) × phase × 6r (2r columns + 2r halo each side)
+        reach = r * d
+        self.corner_rows = (np.array([0, self.height - 2 * reach])[:, None, None]
+                            + np.arange(d)[None, :, None] + d * np.arange(4 * r))
+        starts = np.array([[o - 2 * r for o in self.offsets],
+                           [o + w - 4 * r for o, w in zip(self.offsets, self.widths)]])
+        self.corner_columns = starts[:, :, None] + np.arange(6 * r)
+        u, m = np.arange(2 * r + 1)[:, None], np.arange(2 * r)[None, :]
+        self.block_runs = (constant(m >= u), constant(m < u))       # low, high blocks
+        self._gather_indices(device)
 
     def plane_lags(self):
         """(lag index, shift in planes, first plane, stop plane) of each plane lag."""
@@ -214,10 +215,80 @@ class _Layout:
             if p0 < p1:
                 yield index, shift, p0, p1
 
+    def table_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the run tables of :class:`_RunSums`, without the image axis."""
+        r, rp = self.radius, self.plane_radius
+        ld, li, lj, s, sp = 4 * rp + 1, 2 * r + 1, 4 * r + 1, 2 * r + 1, 2 * rp + 1
+        return {"core": (ld, li, s, lj, sp), "edge": (ld, s, li, lj, sp),
+                "corners": (ld, s, li, s, lj, sp), "image": (s, s, sp)}
+
+    def _gather_indices(self, device: torch.device) -> None:
+        """Rows of each run table holding each (tap, tap) entry and each tap's first sum."""
+        r, rp = self.radius, self.plane_radius
+        taps = _taps(r, self.ndim)
+        t = len(taps)
+        a, b = np.repeat(taps, t, 0), np.tile(taps, (t, 1))
+        # one canonical direction per unordered pair, so (a, b) and (b, a) read the same
+        # sum: row lag > 0, or row lag 0 and column lag > 0, or both 0 and plane lag >= 0
+        step = b - a
+        forward = ((step[:, 1] > 0) | ((step[:, 1] == 0) & (
+            (step[:, 2] > 0) | ((step[:, 2] == 0) & (step[:, 0] >= 0)))))[:, None]
+        sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run per axis
+        ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
+        shapes = self.table_shapes()
+
+        def rows(name: str, index: tuple[np.ndarray, ...]) -> torch.Tensor:
+            return torch.from_numpy(np.ravel_multi_index(index, shapes[name])).to(device)
+
+        self.gather = {"corners": rows("corners", (ld, sr, li, sc, lj, sp)),
+                       "core": rows("core", (ld, li, sc, lj, sp)),
+                       "edge": rows("edge", (ld, sr, li, lj, sp)),
+                       "image": rows("image", (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))}
+        self.n_taps = t
+
+
+class _Layout:
+    """The shifted images copied once into the arrangement the matrix products read.
+
+    ``z`` has shape ``(rows, planes, n, width)`` (see :class:`_Plan`): image rows
+    outermost (the contraction axis of the core products), then planes and images,
+    then the column phases side by side. The flat ``buffer`` has ``2r`` zeros before
+    and after ``z``, so every shifted view a product reads stays inside it.
+    """
+
+    def __init__(self, plan: _Plan, images: torch.Tensor, shift: torch.Tensor):
+        self.plan = plan
+        n, planes, height, width = images.shape[0], plan.planes, plan.height, plan.image_width
+        d = plan.dilation
+        self.n = n
+        self.row_stride = planes * n * plan.width
+        self.buffer = images.new_empty(2 * plan.margin + plan.rows * self.row_stride)
+        self.z = self.buffer[plan.margin:plan.margin + plan.rows * self.row_stride].view(
+            plan.rows, planes, n, plan.width)
+        # Zeros wherever no pixel goes. The phases need no zeros between them: a product
+        # reaching past a phase's end only enters (run, lag) pairs that no tap pair
+        # reads, which only requires it to be finite.
+        self.buffer[:plan.margin].zero_()
+        self.buffer[plan.margin + height * self.row_stride:].zero_()
+        self.z[:height, :, :, width:].zero_()
+        shift = shift.reshape(1, 1, n, 1)
+        if width % d == 0:
+            # equal phases: one pass reads the images in order
+            w = width // d
+            source = images.reshape(n, planes, height, w, d).permute(2, 1, 0, 4, 3)
+            torch.sub(source, shift[..., None],
+                      out=self.z[:height, :, :, :width].unflatten(-1, (d, w)))
+        else:
+            for offset, w, phase in zip(plan.offsets, plan.widths, range(d)):
+                source = images.reshape(n, planes, height, width)[..., phase::d]
+                torch.sub(source.permute(2, 1, 0, 3), shift,
+                          out=self.z[:height, :, :, offset:offset + w])
+
     def strided(self, shape: tuple[int, ...], strides: tuple[int, ...], row: int, plane: int,
                 column: int) -> torch.Tensor:
         """A view of the buffer starting at (row, plane, image 0, column)."""
-        offset = self.margin + row * self.row_stride + plane * self.n * self.width + column
+        offset = self.plan.margin + row * self.row_stride + plane * self.n * self.plan.width \
+            + column
         return self.buffer.as_strided(shape, strides, offset)
 
 
@@ -228,50 +299,44 @@ class _RunSums:
     Lags are indexed as plane lag ``(i − 2rp)δ``, row lag ``iδ`` (only non-negative:
     the other half is the same products with the two taps swapped) and column lag
     ``i − 2r`` in phase units; runs ``S·`` as in the module docstring. Every table ends
-    with the image axis.
+    with the image axis (shapes: :meth:`_Plan.table_shapes`).
 
     Attributes
     ----------
-    core : (n, plane lags, Li, Sc, Lj, Sp) float64
+    core : (plane lags, Li, Sc, Lj, Sp, n) float64
         Core rows (in every rows run) × the columns of each columns run.
-    edge : (n, plane lags, Sr, Li, Lj, Sp) float64
+    edge : (plane lags, Sr, Li, Lj, Sp, n) float64
         Edge rows of each rows run × core columns (in every columns run).
-    corners : (n, plane lags, Sr, Li, Sc, Lj, Sp) float64
+    corners : (plane lags, Sr, Li, Sc, Lj, Sp, n) float64
         Edge rows × edge columns of each (rows run, columns run).
     """
 
     def __init__(self, layout: _Layout):
-        r, rp = layout.radius, layout.plane_radius
-        self.layout = layout
-        lags, runs = (4 * rp + 1, 2 * r + 1, 4 * r + 1), (2 * r + 1, 2 * rp + 1)
+        self.layout, self.plan = layout, layout.plan
+        shapes = self.plan.table_shapes()
         new = layout.buffer.new_zeros
-        self.core = new((layout.n, lags[0], lags[1], runs[0], lags[2], runs[1]),
-                        dtype=torch.float64)
-        self.edge = new((layout.n, lags[0], runs[0], lags[1], lags[2], runs[1]),
-                        dtype=torch.float64)
-        self.corners = new((layout.n, lags[0], runs[0], lags[1], runs[0], lags[2], runs[1]),
-                           dtype=torch.float64)
+        for name in ("core", "edge", "corners"):
+            setattr(self, name, new(shapes[name] + (layout.n,), dtype=torch.float64))
         self._core_rows()
         self._edge_rows()
         self._corners()
 
     def _plane_runs(self, values: torch.Tensor, dim: int, p0: int, p1: int) -> torch.Tensor:
-        lay = self.layout
-        return _plane_runs(values, dim, lay.plane_axis, lay.planes, p0, p1)
+        plan = self.plan
+        return _plane_runs(values, dim, plan.plane_axis, plan.planes, p0, p1)
 
     def _core_rows(self) -> None:
         """Core rows × all columns: one batched product per (row block, plane lag, row lag)."""
-        lay = self.layout
-        if not lay.row_axis.core:
+        lay, plan = self.layout, self.plan
+        if not plan.row_axis.core:
             return
-        (c0, c1), = lay.row_axis.core
-        r, d, tile, width = lay.radius, lay.dilation, lay.tile, lay.width
+        (c0, c1), = plan.row_axis.core
+        r, d, tile, width, n = plan.radius, plan.dilation, plan.tile, plan.width, lay.n
         halo = tile + 4 * r
-        member = lay.column_membership().T                       # (Sc, width)
         step = max(1, _SPAN // width)
-        for lag_index, shift, p0, p1 in lay.plane_lags():
+        for lag_index, shift, p0, p1 in plan.plane_lags():
             planes = p1 - p0
-            batch = planes * lay.n * (width // tile)
+            batch = planes * n * (width // tile)
             # per column: (row lags, P'·n·tiles, tile, column lags)
             bands = lay.buffer.new_empty((2 * r + 1, batch, tile, 4 * r + 1))
             total = 0
@@ -284,87 +349,73 @@ class _RunSums:
                     product = torch.bmm(left, right)
                     bands[k].copy_(product.as_strided((batch, tile, 4 * r + 1),
                                                       (tile * halo, halo + 1, 1)))
-                runs = torch.matmul(member, bands.view((2 * r + 1) * planes * lay.n, width, -1))
+                runs = torch.matmul(plan.column_runs,
+                                    bands.view((2 * r + 1) * planes * n, width, -1))
                 total = total + runs.to(torch.float64)            # (Li·P'·n, Sc, Lj)
-            runs = self._plane_runs(total.view(2 * r + 1, planes, lay.n, 2 * r + 1, 4 * r + 1),
+            runs = self._plane_runs(total.view(2 * r + 1, planes, n, 2 * r + 1, 4 * r + 1),
                                     1, p0, p1)                       # (Li, Sp, n, Sc, Lj)
-            self.core[:, lag_index] = runs.permute(2, 0, 3, 4, 1)
+            self.core[lag_index] = runs.permute(0, 3, 4, 1, 2)
 
     def _edge_rows(self) -> None:
         """Edge rows × core columns: one batched product per (group, plane lag, column lag)."""
-        lay = self.layout
-        if not lay.column_axis.core:
+        lay, plan = self.layout, self.plan
+        if not plan.column_axis.core:
             return
-        r, R = lay.radius, lay.radius * lay.dilation
-        mask = torch.zeros(lay.width, dtype=lay.buffer.dtype, device=lay.buffer.device)
-        for start, stop in lay.column_axis.core:
-            mask[start:stop] = 1
-        for lag_index, shift, p0, p1 in lay.plane_lags():
+        r, R = plan.radius, plan.radius * plan.dilation
+        for lag_index, shift, p0, p1 in plan.plane_lags():
             groups = []
-            for g0 in (0, lay.height - 2 * R):
-                masked = lay.z[g0:g0 + 2 * R] * mask            # core columns only
+            for g0 in (0, plan.height - 2 * R):
+                masked = lay.z[g0:g0 + 2 * R] * plan.core_columns      # core columns only
                 bands = [self._edge_band(masked, g0, shift, p0, p1, lag)
                          for lag in range(-2 * r, 2 * r + 1)]
                 # (Lj, δ, P', n, 2r, Li) → sum the δ rows of each block
                 groups.append(torch.stack(bands).sum(1))
             runs = _runs(groups[0], groups[1], 3)                     # (Lj, P', n, Sr, Li)
             runs = self._plane_runs(runs, 1, p0, p1)                   # (Lj, Sp, n, Sr, Li)
-            self.edge[:, lag_index] = runs.permute(2, 3, 4, 0, 1)
+            self.edge[lag_index] = runs.permute(3, 4, 0, 1, 2)
 
     def _edge_band(self, masked: torch.Tensor, g0: int, shift: int, p0: int, p1: int,
                    lag: int) -> torch.Tensor:
         """(δ, P', n, 2r, 2r+1): rows ``g0 + ρ + δm`` against rows ``+ δk``, column lag ``lag``."""
-        lay = self.layout
-        r, d, width, stride = lay.radius, lay.dilation, lay.width, lay.row_stride
+        lay, plan = self.layout, self.plan
+        r, d, width, stride, n = plan.radius, plan.dilation, plan.width, lay.row_stride, lay.n
         count, partners, planes = 2 * r, 4 * r, p1 - p0
-        if planes == lay.planes:
+        if planes == plan.planes:
             # (residue, plane, image) is one stride of `width`: all residues in one batch
-            batch = d * planes * lay.n
+            batch = d * planes * n
             left = masked.as_strided((batch, count, width), (width, d * stride, 1), 0)
             right = lay.strided((batch, partners, width), (width, d * stride, 1), g0, 0, lag)
             product = torch.bmm(left, right.transpose(1, 2))
         else:
             parts = []
             for residue in range(d):
-                left = masked.as_strided((planes * lay.n, count, width), (width, d * stride, 1),
-                                         residue * stride + p0 * lay.n * width)
-                right = lay.strided((planes * lay.n, partners, width), (width, d * stride, 1),
+                left = masked.as_strided((planes * n, count, width), (width, d * stride, 1),
+                                         residue * stride + p0 * n * width)
+                right = lay.strided((planes * n, partners, width), (width, d * stride, 1),
                                     g0 + residue, p0 + shift, lag)
                 parts.append(torch.bmm(left, right.transpose(1, 2)))
             product = torch.cat(parts)
         band = product.as_strided((product.shape[0], count, 2 * r + 1),
                                   (count * partners, partners + 1, 1))
-        return band.reshape(d, planes, lay.n, count, 2 * r + 1)
+        return band.reshape(d, planes, n, count, 2 * r + 1)
 
     def _corners(self) -> None:
         """Edge rows × edge columns: explicit products, images innermost."""
-        lay = self.layout
-        r, d, R = lay.radius, lay.dilation, lay.radius * lay.dilation
-        device, dtype = lay.buffer.device, lay.buffer.dtype
-        # rows: group (top, bottom) × residue × 4r block rows (2r + their 2r partners)
-        rows = (np.array([0, lay.height - 2 * R])[:, None, None] + np.arange(d)[None, :, None]
-                + d * np.arange(4 * r)[None, None, :])
-        # columns: side (left, right) × phase × 6r (2r + the 2r-column halo on each side)
-        starts = np.array([[o - 2 * r for o in lay.offsets],
-                           [o + w - 4 * r for o, w in zip(lay.offsets, lay.widths)]])
-        columns = starts[:, :, None] + np.arange(6 * r)
+        lay, plan = self.layout, self.plan
+        r, d, n = plan.radius, plan.dilation, lay.n
+        rows, columns = plan.corner_rows, plan.corner_columns
         # (group, residue, side, phase, 4r, 6r, planes·n), images innermost; the views
         # may reach past a row's end, which only reads finite neighbours
-        region = lay.buffer.new_empty((2, d, 2, d, 4 * r, 6 * r, lay.planes * lay.n))
+        region = lay.buffer.new_empty((2, d, 2, d, 4 * r, 6 * r, plan.planes * n))
         for group, side, phase in np.ndindex(2, 2, d):
-            offset = lay.margin + int(rows[group, 0, 0]) * lay.row_stride \
+            offset = plan.margin + int(rows[group, 0, 0]) * lay.row_stride \
                 + int(columns[side, phase, 0])
             region[group, :, side, phase].copy_(lay.buffer.as_strided(
-                (d, 4 * r, 6 * r, lay.planes * lay.n),
-                (lay.row_stride, d * lay.row_stride, 1, lay.width), offset))
+                (d, 4 * r, 6 * r, plan.planes * n),
+                (lay.row_stride, d * lay.row_stride, 1, plan.width), offset))
         st = region.stride()
-        # run sums of an axis's 2r low blocks (m ≥ u) and 2r high blocks (m < u)
-        u = np.arange(2 * r + 1)[:, None]
-        m = np.arange(2 * r)[None, :]
-        runs = [torch.from_numpy((m >= u) * 1.0).to(device, dtype),
-                torch.from_numpy((m < u) * 1.0).to(device, dtype)]
-        for lag_index, shift, p0, p1 in lay.plane_lags():
-            inner = (p1 - p0) * lay.n
+        for lag_index, shift, p0, p1 in plan.plane_lags():
+            inner = (p1 - p0) * n
             shape = (2 * r, 2 * r + 1, 2 * r, 4 * r + 1, inner)     # (m, Li, m', Lj, ·)
             products = region.new_empty(shape)
             expanded = region.new_empty((2 * r, 1, 2 * r, 4 * r + 1, inner))
@@ -376,78 +427,56 @@ class _RunSums:
                             + side * st[2] + phase * st[3])
                     a = region.as_strided((2 * r, 1, 2 * r, 4 * r + 1, inner),
                                           (st[4], 0, st[5], 0, 1),
-                                          base + 2 * r * st[5] + p0 * lay.n)
+                                          base + 2 * r * st[5] + p0 * n)
                     b = region.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
-                                          base + (p0 + shift) * lay.n)
+                                          base + (p0 + shift) * n)
                     # expanded once along the column lags, so that every operand runs
                     # contiguously over (column lag, image) and the product vectorises
                     if residue == phase == 0:
                         torch.mul(b, expanded.copy_(a), out=products)
                     else:
                         products.addcmul_(b, expanded.copy_(a))
-                rows_run = (runs[group] @ products.view(2 * r, -1)).view(
+                # top rows and left columns are low blocks, bottom and right high ones
+                rows_run = (plan.block_runs[group] @ products.view(2 * r, -1)).view(
                     (2 * r + 1) * (2 * r + 1), 2 * r, -1)       # (Sr·Li, m', Lj·inner)
-                part = runs[side] @ rows_run.transpose(0, 1).reshape(2 * r, -1)
+                part = plan.block_runs[side] @ rows_run.transpose(0, 1).reshape(2 * r, -1)
                 both = part if both is None else both.add_(part)
             both = both.to(torch.float64).view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1,
-                                               p1 - p0, lay.n)
-            if lay.plane_axis is not None:
+                                               p1 - p0, n)
+            if plan.plane_axis is not None:
                 both = self._plane_runs(both, 4, p0, p1)
-            # (Sc, Sr, Li, Lj, Sp, n) → (n, Sr, Li, Sc, Lj, Sp)
-            self.corners[:, lag_index] = both.permute(5, 1, 2, 0, 3, 4)
+            # (Sc, Sr, Li, Lj, Sp, n) → (Sr, Li, Sc, Lj, Sp, n)
+            self.corners[lag_index] = both.permute(1, 2, 0, 3, 4, 5)
 
     def image_runs(self) -> torch.Tensor:
-        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (n, Sr, Sc, Sp), float64."""
-        lay = self.layout
-        rows = torch.from_numpy(lay.row_axis.membership(lay.height).T).to(lay.buffer)
-        z = lay.z[:lay.height].reshape(lay.height, -1)
-        step = max(1, _SPAN // lay.width)
+        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
+        lay, plan = self.layout, self.plan
+        z = lay.z[:plan.height].reshape(plan.height, -1)
+        step = max(1, _SPAN // plan.width)
         boxes = 0
-        for b0 in range(0, lay.height, step):
-            part = rows[:, b0:b0 + step] @ z[b0:b0 + step]           # (Sr, P·n·width)
-            part = part.view(-1, lay.width) @ lay.column_membership()
+        for b0 in range(0, plan.height, step):
+            part = plan.row_runs[:, b0:b0 + step] @ z[b0:b0 + step]     # (Sr, P·n·width)
+            part = part.view(-1, plan.width) @ plan.column_runs.T
             boxes = boxes + part.to(torch.float64)
-        boxes = boxes.view(2 * lay.radius + 1, lay.planes, lay.n, 2 * lay.radius + 1)
-        boxes = _plane_runs(boxes, 1, lay.plane_axis, lay.planes, 0, lay.planes)
-        return boxes.permute(2, 0, 3, 1)
+        boxes = boxes.view(2 * plan.radius + 1, plan.planes, lay.n, 2 * plan.radius + 1)
+        boxes = _plane_runs(boxes, 1, plan.plane_axis, plan.planes, 0, plan.planes)
+        return boxes.permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------------------- assembly
-def _taps(radius: int, ndim: int) -> np.ndarray:
-    """Window taps as (plane, row, column) coordinates in C order, shape (t, 3)."""
-    axis = np.arange(-radius, radius + 1)
-    taps = np.stack(np.meshgrid(*([axis] * ndim), indexing="ij"), -1).reshape(-1, ndim)
-    if ndim == 2:
-        taps = np.concatenate([np.zeros((len(taps), 1), dtype=taps.dtype), taps], 1)
-    return taps
-
-
-def _gather(table: torch.Tensor, index: tuple[np.ndarray, ...]) -> torch.Tensor:
-    """Entries ``table[:, index]`` of a table whose first axis is the image, (n, count)."""
-    flat = np.ravel_multi_index(index, table.shape[1:])
-    return table.reshape(table.shape[0], -1).index_select(
-        1, torch.from_numpy(flat).to(table.device))
-
-
 def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross products and first sums of the shifted images."""
-    lay = sums.layout
-    r, rp, n = lay.radius, lay.plane_radius, lay.n
-    taps = _taps(r, lay.ndim)
-    t = len(taps)
-    a, b = np.repeat(taps, t, 0), np.tile(taps, (t, 1))
-    # one canonical direction per unordered pair, so (a, b) and (b, a) read the same
-    # sum: row lag > 0, or row lag 0 and column lag > 0, or both 0 and plane lag >= 0
-    step = b - a
-    forward = ((step[:, 1] > 0) | ((step[:, 1] == 0) & (
-        (step[:, 2] > 0) | ((step[:, 2] == 0) & (step[:, 0] >= 0)))))[:, None]
-    sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run of each axis
-    ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
-    cross = _gather(sums.corners, (ld, sr, li, sc, lj, sp))
-    cross += _gather(sums.core, (ld, li, sc, lj, sp))
-    cross += _gather(sums.edge, (ld, sr, li, lj, sp))
-    first = _gather(sums.image_runs(), (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))
-    return cross.view(n, t, t), first
+    """Cross products and first sums of the shifted images: whole-row gathers."""
+    plan, n = sums.plan, sums.layout.n
+    t = plan.n_taps
+
+    def rows(table: torch.Tensor, name: str) -> torch.Tensor:
+        return table.reshape(-1, n).index_select(0, plan.gather[name])
+
+    cross = rows(sums.corners, "corners")
+    cross += rows(sums.core, "core")
+    cross += rows(sums.edge, "edge")
+    first = rows(sums.image_runs(), "image")
+    return cross.T.reshape(n, t, t), first.T
 
 
 def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
@@ -488,12 +517,12 @@ def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: tor
     *lead, height, width = images.shape[1:]
     if min(lead + [height]) < 4 * reach or width // d < 4 * r:
         return _direct_sums(images, r, d, shift)
-    rp = r if ndim == 3 else 0
-    table = (4 * rp + 1) * (2 * rp + 1) * (2 * r + 1) ** 3 * (4 * r + 1)
+    plan = _Plan(tuple(images.shape[1:]), r, d, images.dtype, images.device)
+    table = int(np.prod(plan.table_shapes()["corners"]))
     chunk = max(1, min(_LAYOUT_ELEMENTS // images[0].numel(), _TABLE_ELEMENTS // table))
     crosses, firsts = [], []
     for i0 in range(0, images.shape[0], chunk):
-        sums = _RunSums(_Layout(images[i0:i0 + chunk], shift[i0:i0 + chunk], r, d))
+        sums = _RunSums(_Layout(plan, images[i0:i0 + chunk], shift[i0:i0 + chunk]))
         cross, first = _assemble(sums)
         crosses.append(cross)
         firsts.append(first)
