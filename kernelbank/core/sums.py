@@ -127,7 +127,7 @@ class WindowSums:
         c = self.centre
         taps = _selected_taps(w)
         if taps is not None:    # one tap per component (full basis): pick, don't multiply
-            gram = self.cross.index_select(-1, taps).index_select(-2, taps)
+            gram = _submatrix(self.cross, taps)
             rhs = self.cross[..., c].index_select(-1, taps)
         else:
             gram = w @ self.cross @ w.T
@@ -153,6 +153,20 @@ def _selected_taps(weights: torch.Tensor) -> torch.Tensor | None:
     if bool((ones.sum(1) == 1).all()) and int((weights != 0).sum()) == weights.shape[0]:
         return ones.to(torch.int64).argmax(1)
     return None
+
+
+def _submatrix(matrix: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """``matrix[..., taps, :][..., taps]``, by block copies when ``taps`` is a few runs."""
+    index = taps.tolist()
+    starts = [i for i in range(len(index)) if i == 0 or index[i] != index[i - 1] + 1]
+    if len(starts) > 4:
+        return matrix.index_select(-1, taps).index_select(-2, taps)
+    runs = [(s, index[s], e - s) for s, e in zip(starts, starts[1:] + [len(index)])]
+    out = matrix.new_empty(matrix.shape[:-2] + (len(index), len(index)))
+    for i, a, length_a in runs:
+        for j, b, length_b in runs:
+            out[..., i:i + length_a, j:j + length_b] = matrix[..., a:a + length_a, b:b + length_b]
+    return out
 
 
 # ---------------------------------------------------------------------------- computation
