@@ -51,6 +51,8 @@ __all__ = ["lag_window_sums"]
 # bounded so the working set stays in cache and memory stays flat for any batch.
 _LAYOUT_ELEMENTS = 1 << 19
 _TABLE_ELEMENTS = 2 << 20
+# Elements of one corner's products per pass (images are grouped to stay in L2).
+_CORNER_ELEMENTS = 1 << 18
 # Products summed in the images' dtype before float64 takes over (rows × columns of one
 # matrix-product block): the span of one strip Gram of kernelbank.core.responses.
 _SPAN = 1 << 17
@@ -417,40 +419,59 @@ class _RunSums:
             region[group, :, side, phase].copy_(lay.buffer.as_strided(
                 (d, 4 * r, 6 * r, plan.planes * n),
                 (lay.row_stride, d * lay.row_stride, 1, plan.width), offset))
-        st = region.stride()
         for lag_index, shift, p0, p1 in plan.plane_lags():
-            inner = (p1 - p0) * n
-            shape = (2 * r, 2 * r + 1, 2 * r, 4 * r + 1, inner)     # (m, Li, m', Lj, ·)
-            products = region.new_empty(shape)
-            expanded = region.new_empty((2 * r, 1, 2 * r, 4 * r + 1, inner))
-            both = None                                          # (Sc, Sr, Li, Lj, ·)
-            # one corner (group of rows × side of columns) at a time: stays in cache
-            for group, side in np.ndindex(2, 2):
-                for residue, phase in np.ndindex(d, d):
-                    base = (region.storage_offset() + group * st[0] + residue * st[1]
-                            + side * st[2] + phase * st[3])
-                    a = region.as_strided((2 * r, 1, 2 * r, 4 * r + 1, inner),
-                                          (st[4], 0, st[5], 0, 1),
-                                          base + 2 * r * st[5] + p0 * n)
-                    b = region.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
-                                          base + (p0 + shift) * n)
-                    # expanded once along the column lags, so that every operand runs
-                    # contiguously over (column lag, image) and the product vectorises
-                    if residue == phase == 0:
-                        torch.mul(b, expanded.copy_(a), out=products)
-                    else:
-                        products.addcmul_(b, expanded.copy_(a))
-                # top rows and left columns are low blocks, bottom and right high ones
-                rows_run = (plan.block_runs[group] @ products.view(2 * r, -1)).view(
-                    (2 * r + 1) * (2 * r + 1), 2 * r, -1)       # (Sr·Li, m', Lj·inner)
-                part = plan.block_runs[side] @ rows_run.transpose(0, 1).reshape(2 * r, -1)
-                both = part if both is None else both.add_(part)
-            both = both.to(torch.float64).view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1,
-                                               p1 - p0, n)
+            parts = [self._corner_runs(region, i0, i1, shift, p0, p1)
+                     for i0, i1 in self._corner_groups(p1 - p0)]
+            both = torch.cat(parts, -1).to(torch.float64).view(
+                2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1, p1 - p0, n)
             if plan.plane_axis is not None:
                 both = self._plane_runs(both, 4, p0, p1)
             # (Sc, Sr, Li, Lj, Sp, n) → (Sr, Li, Sc, Lj, Sp, n)
             self.corners[lag_index] = both.permute(1, 2, 0, 3, 4, 5)
+
+    def _corner_groups(self, planes: int) -> list[tuple[int, int]]:
+        """Images per corner pass, so that one corner's products stay in cache."""
+        r, n = self.plan.radius, self.layout.n
+        per_image = (2 * r) ** 2 * (2 * r + 1) * (4 * r + 1) * planes
+        step = max(1, min(n, _CORNER_ELEMENTS // per_image))
+        return [(i0, min(n, i0 + step)) for i0 in range(0, n, step)]
+
+    def _corner_runs(self, region: torch.Tensor, i0: int, i1: int, shift: int, p0: int,
+                     p1: int) -> torch.Tensor:
+        """(Sc, Sr, Li, Lj, P', n') run sums of the corners of images ``[i0, i1)``.
+
+        ``region``: (group, residue, side, phase, 4r, 6r, planes·n), see :meth:`_corners`.
+        """
+        plan = self.plan
+        r, d, n = plan.radius, plan.dilation, i1 - i0
+        if n != self.layout.n:
+            region = region.unflatten(-1, (plan.planes, -1))[..., i0:i1].flatten(-2).contiguous()
+        st = region.stride()
+        inner = (p1 - p0) * n
+        shape = (2 * r, 2 * r + 1, 2 * r, 4 * r + 1, inner)     # (m, Li, m', Lj, ·)
+        products = region.new_empty(shape)
+        expanded = region.new_empty((2 * r, 1, 2 * r, 4 * r + 1, inner))
+        both = None                                          # (Sc, Sr·Li·Lj·inner)
+        for group, side in np.ndindex(2, 2):         # one corner of the images at a time
+            for residue, phase in np.ndindex(d, d):
+                base = (region.storage_offset() + group * st[0] + residue * st[1]
+                        + side * st[2] + phase * st[3])
+                a = region.as_strided((2 * r, 1, 2 * r, 4 * r + 1, inner),
+                                      (st[4], 0, st[5], 0, 1), base + 2 * r * st[5] + p0 * n)
+                b = region.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
+                                      base + (p0 + shift) * n)
+                # expanded once along the column lags, so that every operand runs
+                # contiguously over (column lag, image) and the product vectorises
+                if residue == phase == 0:
+                    torch.mul(b, expanded.copy_(a), out=products)
+                else:
+                    products.addcmul_(b, expanded.copy_(a))
+            # top rows and left columns are low blocks, bottom and right high ones
+            rows_run = (plan.block_runs[group] @ products.view(2 * r, -1)).view(
+                (2 * r + 1) * (2 * r + 1), 2 * r, -1)       # (Sr·Li, m', Lj·inner)
+            part = plan.block_runs[side] @ rows_run.transpose(0, 1).reshape(2 * r, -1)
+            both = part if both is None else both.add_(part)
+        return both.view((2 * r + 1) ** 3, 4 * r + 1, p1 - p0, n)
 
     def image_runs(self) -> torch.Tensor:
         """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
