@@ -10,6 +10,12 @@ the solution is ``α = (G + λ n I)⁻¹ h`` and the mean squared prediction err
 ``(s - 2 αᵀh + αᵀ G α) / n``. No learning rate, no epochs, no random start: the
 result is the optimum.
 
+The sums come from whichever of two exact engines is faster for the basis and image
+size (:mod:`kernelbank.core.equations`): full bases take them from the window sums of
+:mod:`kernelbank.core.sums` (lag products; one pass serves every dilation), isotropic
+and custom bases from their responses, strip by strip. ``return_sums=True`` also hands
+back the window sums, the statistics every later stage is algebra on.
+
 Multi-scale fits run the same operation on
 
 * several dilations of the basis (taps spaced 1, 2, 3 … pixels apart), and
