@@ -363,47 +363,56 @@ class _RunSums:
             self.core[lag_index] = runs.permute(0, 3, 4, 1, 2)
 
     def _edge_rows(self) -> None:
-        """Edge rows × core columns: one batched product per (group, plane lag, column lag)."""
+        """Edge rows × core columns: one batched product per (plane lag, column lag)."""
         lay, plan = self.layout, self.plan
         if not plan.column_axis.core:
             return
-        r, R = plan.radius, plan.radius * plan.dilation
+        r, d, R, width, n = plan.radius, plan.dilation, plan.radius * plan.dilation, \
+            plan.width, lay.n
+        # Both groups' rows and partner rows, interleaved per row: (residue, group, plane,
+        # image) is then one batch stride of `width`, and every row its own row.
+        edge = lay.buffer.new_empty((4 * R + 1, 2, plan.planes, n, width + 4 * r))
+        edge[..., :2 * r].zero_()
+        edge[..., width + 2 * r:].zero_()
+        edge[-1].zero_()
+        for group, g0 in enumerate((0, plan.height - 2 * R)):
+            edge[:4 * R, group, ..., 2 * r:width + 2 * r] = lay.z[g0:g0 + 4 * R]
+        left = edge[:2 * R, ..., 2 * r:width + 2 * r] * plan.core_columns    # core columns
+        stride = 2 * plan.planes * n * (width + 4 * r)
         for lag_index, shift, p0, p1 in plan.plane_lags():
-            groups = []
-            for g0 in (0, plan.height - 2 * R):
-                masked = lay.z[g0:g0 + 2 * R] * plan.core_columns      # core columns only
-                bands = [self._edge_band(masked, g0, shift, p0, p1, lag)
-                         for lag in range(-2 * r, 2 * r + 1)]
-                # (Lj, δ, P', n, 2r, Li) → sum the δ rows of each block
-                groups.append(torch.stack(bands).sum(1))
-            runs = _runs(groups[0], groups[1], 3)                     # (Lj, P', n, Sr, Li)
+            planes = p1 - p0
+            batch = d * 2 * planes * n
+            if planes == plan.planes:
+                a = left.as_strided((batch, 2 * r, width), (width, d * left.stride(0), 1))
+                a = a.contiguous()                        # shared by every column lag
+                bands = []
+                for lag in range(-2 * r, 2 * r + 1):
+                    b = edge.as_strided((batch, 4 * r, width), (width + 4 * r, d * stride, 1),
+                                        2 * r + lag)
+                    bands.append(torch.bmm(a, b.transpose(1, 2)))
+                bands = torch.stack(bands)                # (Lj, δ·2·P'·n, 2r, 4r)
+            else:
+                bands = torch.stack([self._edge_band(left, edge, residue, group, shift, p0,
+                                                     p1, lag)
+                                     for lag in range(-2 * r, 2 * r + 1)
+                                     for residue in range(d) for group in range(2)])
+            band = bands.as_strided((4 * r + 1, batch, 2 * r, 2 * r + 1),
+                                    (batch * 8 * r * r, 8 * r * r, 4 * r + 1, 1))
+            # (Lj, δ, group, P', n, 2r, Li) → sum the δ rows of each block
+            band = band.reshape(4 * r + 1, d, 2, planes, n, 2 * r, 2 * r + 1).sum(1)
+            runs = _runs(band[:, 0], band[:, 1], 3)                    # (Lj, P', n, Sr, Li)
             runs = self._plane_runs(runs, 1, p0, p1)                   # (Lj, Sp, n, Sr, Li)
             self.edge[lag_index] = runs.permute(3, 4, 0, 1, 2)
 
-    def _edge_band(self, masked: torch.Tensor, g0: int, shift: int, p0: int, p1: int,
-                   lag: int) -> torch.Tensor:
-        """(δ, P', n, 2r, 2r+1): rows ``g0 + ρ + δm`` against rows ``+ δk``, column lag ``lag``."""
-        lay, plan = self.layout, self.plan
-        r, d, width, stride, n = plan.radius, plan.dilation, plan.width, lay.row_stride, lay.n
-        count, partners, planes = 2 * r, 4 * r, p1 - p0
-        if planes == plan.planes:
-            # (residue, plane, image) is one stride of `width`: all residues in one batch
-            batch = d * planes * n
-            left = masked.as_strided((batch, count, width), (width, d * stride, 1), 0)
-            right = lay.strided((batch, partners, width), (width, d * stride, 1), g0, 0, lag)
-            product = torch.bmm(left, right.transpose(1, 2))
-        else:
-            parts = []
-            for residue in range(d):
-                left = masked.as_strided((planes * n, count, width), (width, d * stride, 1),
-                                         residue * stride + p0 * n * width)
-                right = lay.strided((planes * n, partners, width), (width, d * stride, 1),
-                                    g0 + residue, p0 + shift, lag)
-                parts.append(torch.bmm(left, right.transpose(1, 2)))
-            product = torch.cat(parts)
-        band = product.as_strided((product.shape[0], count, 2 * r + 1),
-                                  (count * partners, partners + 1, 1))
-        return band.reshape(d, planes, n, count, 2 * r + 1)
+    def _edge_band(self, left: torch.Tensor, edge: torch.Tensor, residue: int, group: int,
+                   shift: int, p0: int, p1: int, lag: int) -> torch.Tensor:
+        """(P'·n, 2r, 4r) products of one residue and group for a plane lag (volumes)."""
+        r, d, n, width = self.plan.radius, self.plan.dilation, self.layout.n, self.plan.width
+        planes = p1 - p0
+        a = left[residue::d, group, p0:p1].permute(1, 2, 0, 3).reshape(planes * n, 2 * r, width)
+        b = edge[residue::d, group, p0 + shift:p1 + shift, :, 2 * r + lag:2 * r + lag + width]
+        b = b[:4 * r].permute(1, 2, 0, 3).reshape(planes * n, 4 * r, width)
+        return torch.bmm(a, b.transpose(1, 2)).view(planes * n, 2 * r, 4 * r)
 
     def _corners(self) -> None:
         """Edge rows × edge columns: explicit products, images innermost."""
@@ -422,12 +431,11 @@ class _RunSums:
         for lag_index, shift, p0, p1 in plan.plane_lags():
             parts = [self._corner_runs(region, i0, i1, shift, p0, p1)
                      for i0, i1 in self._corner_groups(p1 - p0)]
-            both = torch.cat(parts, -1).to(torch.float64).view(
-                2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1, p1 - p0, n)
-            if plan.plane_axis is not None:
-                both = self._plane_runs(both, 4, p0, p1)
-            # (Sc, Sr, Li, Lj, Sp, n) → (Sr, Li, Sc, Lj, Sp, n)
-            self.corners[lag_index] = both.permute(1, 2, 0, 3, 4, 5)
+            both = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+            if plan.plane_axis is None:                 # (Sr, Li, Sc, Lj, 1, n)
+                self.corners[lag_index].copy_(both)
+            else:
+                self.corners[lag_index] = self._plane_runs(both.to(torch.float64), 4, p0, p1)
 
     def _corner_groups(self, planes: int) -> list[tuple[int, int]]:
         """Images per corner pass, so that one corner's products stay in cache."""
@@ -438,7 +446,7 @@ class _RunSums:
 
     def _corner_runs(self, region: torch.Tensor, i0: int, i1: int, shift: int, p0: int,
                      p1: int) -> torch.Tensor:
-        """(Sc, Sr, Li, Lj, P', n') run sums of the corners of images ``[i0, i1)``.
+        """(Sr, Li, Sc, Lj, P', n') run sums of the corners of images ``[i0, i1)``.
 
         ``region``: (group, residue, side, phase, 4r, 6r, planes·n), see :meth:`_corners`.
         """
@@ -451,7 +459,7 @@ class _RunSums:
         shape = (2 * r, 2 * r + 1, 2 * r, 4 * r + 1, inner)     # (m, Li, m', Lj, ·)
         products = region.new_empty(shape)
         expanded = region.new_empty((2 * r, 1, 2 * r, 4 * r + 1, inner))
-        both = None                                          # (Sc, Sr·Li·Lj·inner)
+        both = None                                          # (Sr·Li, Sc, Lj·inner)
         for group, side in np.ndindex(2, 2):         # one corner of the images at a time
             for residue, phase in np.ndindex(d, d):
                 base = (region.storage_offset() + group * st[0] + residue * st[1]
@@ -469,9 +477,12 @@ class _RunSums:
             # top rows and left columns are low blocks, bottom and right high ones
             rows_run = (plan.block_runs[group] @ products.view(2 * r, -1)).view(
                 (2 * r + 1) * (2 * r + 1), 2 * r, -1)       # (Sr·Li, m', Lj·inner)
-            part = plan.block_runs[side] @ rows_run.transpose(0, 1).reshape(2 * r, -1)
-            both = part if both is None else both.add_(part)
-        return both.view((2 * r + 1) ** 3, 4 * r + 1, p1 - p0, n)
+            columns = plan.block_runs[side].expand(rows_run.shape[0], -1, -1)
+            if both is None:
+                both = torch.bmm(columns, rows_run)
+            else:
+                both.baddbmm_(columns, rows_run)
+        return both.view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1, p1 - p0, n)
 
     def image_runs(self) -> torch.Tensor:
         """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
