@@ -341,7 +341,6 @@ class _RunSums:
             batch = planes * n * (width // tile)
             # per column: (row lags, P'·n·tiles, tile, column lags)
             bands = lay.buffer.new_empty((2 * r + 1, batch, tile, 4 * r + 1))
-            total = 0
             product = lay.buffer.new_empty((batch, tile, halo))
             for b0 in range(c0, c1, step):
                 span = min(c1, b0 + step) - b0
@@ -357,7 +356,10 @@ class _RunSums:
                                                       (tile * halo, halo + 1, 1)))
                 runs = torch.matmul(plan.column_runs,
                                     bands.view((2 * r + 1) * planes * n, width, -1))
-                total = total + runs.to(torch.float64)            # (Li·P'·n, Sc, Lj)
+                if b0 == c0:                                      # (Li·P'·n, Sc, Lj)
+                    total = runs.to(torch.float64)
+                else:
+                    total += runs
             runs = self._plane_runs(total.view(2 * r + 1, planes, n, 2 * r + 1, 4 * r + 1),
                                     1, p0, p1)                       # (Li, Sp, n, Sc, Lj)
             self.core[lag_index] = runs.permute(0, 3, 4, 1, 2)
@@ -385,12 +387,11 @@ class _RunSums:
             if planes == plan.planes:
                 a = left.as_strided((batch, 2 * r, width), (width, d * left.stride(0), 1))
                 a = a.contiguous()                        # shared by every column lag
-                bands = []
-                for lag in range(-2 * r, 2 * r + 1):
+                bands = a.new_empty((4 * r + 1, batch, 2 * r, 4 * r))
+                for j, lag in enumerate(range(-2 * r, 2 * r + 1)):
                     b = edge.as_strided((batch, 4 * r, width), (width + 4 * r, d * stride, 1),
                                         2 * r + lag)
-                    bands.append(torch.bmm(a, b.transpose(1, 2)))
-                bands = torch.stack(bands)                # (Lj, δ·2·P'·n, 2r, 4r)
+                    torch.bmm(a, b.transpose(1, 2), out=bands[j])
             else:
                 bands = torch.stack([self._edge_band(left, edge, residue, group, shift, p0,
                                                      p1, lag)
