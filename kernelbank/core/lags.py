@@ -11,31 +11,41 @@ core. Along an axis of ``S`` pixels, tap coordinate ``u − r`` (``u = 0 … 2r`
 *run* ``[δu, S − 2R + δu)`` (``R = rδ``): the core ``[2R, S − 2R)``, the *low* blocks
 ``m ≥ u`` (``[δm, δm + δ)``, ``m < 2r``, near the start) and the *high* blocks ``m < u``
 (``S − 2R + [δm, δm + δ)``, near the end). So every run sum is
-``core + Σ low + prefix_u(high − low)``, and each entry of the window sums is a sum of
-the lag product over (rows run) × (columns run) [× (planes run)]: float64 algebra on a
-few per-block sums. Those come from three kinds of work, one per region of the image:
+``core + Σ low + prefix_u(high − low)`` — sums of sums, never a difference of large
+prefix sums — and each entry of the window sums is the lag product summed over
+(rows run) × (columns run) [× (planes run)]. Those box sums come from three kinds of
+work, one per region of the image:
 
 * **core rows × all columns** (nearly all pixels): for each row lag, one batched matrix
   product over the core rows of column tiles, ``X_tileᵀ · X_tile+halo``, of which the
-  band of column lags ``|l| ≤ 2r`` is kept;
+  band of column lags ``|l| ≤ 2r`` is kept, then one product with the 0/1 matrix of
+  columns in each columns run;
 * **edge rows × core columns**: for each column lag, one batched product over the
   columns of the ``4R`` edge rows against their partner rows;
 * **edge rows × edge columns** (the four corners): explicit products, with the images
-  innermost so that they vectorise.
+  innermost so that they vectorise, reduced to runs by two small matrix products.
 
 Columns are dilated by deinterleaving: the ``δ`` column phases of the image are laid side
 by side, so column lags are ``|l| ≤ 2r`` in phase units and no product pairs columns the
-window never pairs. Rows and planes are used as they
-are, with lags that are multiples of ``δ``. Images smaller than this structure needs
-(an axis shorter than ``4R``) are summed directly from their stack of shifted windows.
+window never pairs. Rows and planes are used as they are, with lags that are multiples
+of ``δ``; volumes take every plane lag in turn. Images smaller than this structure needs
+(an axis shorter than ``4R``, or column phases shorter than ``4r``) are summed directly
+from their stack of shifted windows.
+
+Cost: about ``(2r+1)·2(T + 4r)`` flops per pixel in matrix products (``T`` the tile
+width: 16 at radius 4, against ``(4r+1)(2r+1)`` useful multiply-adds) plus ``4·(2R)²``
+explicit products per lag in the corners, which matter only for small images at large
+dilations.
 
 Notes
 -----
-Products are formed in the images' dtype; within a block the matrix products accumulate
-in that dtype (as the strip Grams of :mod:`kernelbank.core.responses` do) and everything
-after is float64. The caller passes a shift (each image's mean) that is subtracted when
-the layout is filled, so a large offset costs no digits in float32 products;
-:func:`kernelbank.core.sums.window_sums` adds its exact contribution back in float64.
+Products are formed in the images' dtype; a float32 matrix product sums at most
+``_SPAN`` products (core rows are taken in blocks) before float64 takes over, the span
+of one strip Gram of :mod:`kernelbank.core.responses`. The caller passes a shift (each
+image's mean) that is subtracted when the layout is filled, so a large offset costs no
+digits in float32 products; :func:`kernelbank.core.sums.window_sums` adds its exact
+contribution back in float64. Every operation is a device-agnostic torch operation
+(strided views, batched matrix products); nothing leaves the images' device.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ __all__ = ["lag_window_sums"]
 # bounded so the working set stays in cache and memory stays flat for any batch.
 _LAYOUT_ELEMENTS = 1 << 19
 _TABLE_ELEMENTS = 2 << 20
-# Elements of one corner's products per pass (images are grouped to stay in L2).
+# Elements of one corner's products per pass (bounds memory for large groups).
 _CORNER_ELEMENTS = 1 << 18
 # Products summed in the images' dtype before float64 takes over (rows × columns of one
 # matrix-product block): the span of one strip Gram of kernelbank.core.responses.
@@ -534,10 +544,11 @@ def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.
     per_slab = max(1, _LAYOUT_ELEMENTS // max(1, t * int(np.prod(valid[1:]))))
     for s0 in range(0, valid[0], per_slab):
         rows = min(valid[0], s0 + per_slab) - s0
-        views = torch.stack([shifted[(slice(None), slice(reach + o[0] + s0, reach + o[0] + s0 + rows))
-                                     + tuple(slice(reach + a, reach + a + v)
-                                             for a, v in zip(o[1:], valid[1:]))].reshape(n, -1)
-                             for o in taps], 1)
+        def view(o: list[int]) -> torch.Tensor:
+            first_axis = slice(reach + o[0] + s0, reach + o[0] + s0 + rows)
+            others = tuple(slice(reach + a, reach + a + v) for a, v in zip(o[1:], valid[1:]))
+            return shifted[(slice(None), first_axis) + others].reshape(n, -1)
+        views = torch.stack([view(o) for o in taps], 1)
         cross += views @ views.transpose(1, 2)
         first += views.sum(-1)
     return cross, first
