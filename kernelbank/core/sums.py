@@ -256,16 +256,22 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
     -----
     Computed from lag products (:mod:`kernelbank.core.lags`), exactly: the same sums as
     the explicit stack of shifted windows, in float64, at the cost of about one product
-    per pixel and distinct lag. Each image's mean is subtracted (in the image's dtype)
-    before any product and its contribution added back in float64, so float32 images
-    with a large offset lose no digits to cancellation.
+    per pixel and distinct lag. An image whose mean exceeds its standard deviation has
+    its mean subtracted (in the image's dtype) before any product and its contribution
+    added back in float64, so float32 images with a large offset lose no digits to
+    cancellation.
     """
     dilations = list(dilations)
     _check(batch, radius, dilations, grid)
     n, ndim = batch.shape[0], batch.ndim - 1
-    # the shift actually subtracted (rounded to the batch dtype) is the one added back
-    shift = batch.reshape(n, -1).mean(1, dtype=torch.float64).to(batch.dtype)
+    # Images whose mean exceeds their spread are shifted by their mean: only there can
+    # the products' sums cancel digits. The shift actually subtracted (rounded to the
+    # batch dtype) is the one added back.
+    variance, mean = torch.var_mean(batch.reshape(n, -1).to(torch.float64), dim=1,
+                                    correction=0)
+    shift = torch.where(mean.square() > variance, mean, torch.zeros_like(mean)).to(batch.dtype)
     offset = shift.to(torch.float64)
+    shifted = bool(offset.any())
     out = []
     for dilation in dilations:
         reach = radius * dilation
@@ -277,10 +283,11 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
         else:
             cross, first, count = _cell_sums(batch, radius, dilation, grid, shift)
             c = offset[:, None]
-        pixels = count.to(torch.float64)
-        # Σ(y+c)(y'+c) = Σyy' + c(Σy + cn/2) + c(Σy' + cn/2), added as one symmetric term
-        half = c[..., None] * (first + (c * pixels / 2)[..., None])          # (…, t)
-        cross += half[..., :, None] + half[..., None, :]
-        first = first + (c * pixels)[..., None]
+        if shifted:
+            pixels = count.to(torch.float64)
+            # Σ(y+c)(y'+c) = Σyy' + c(Σy + cn/2) + c(Σy' + cn/2), as one symmetric term
+            half = c[..., None] * (first + (c * pixels / 2)[..., None])      # (…, t)
+            cross += half[..., :, None] + half[..., None, :]
+            first = first + (c * pixels)[..., None]
         out.append(WindowSums(cross, first, count, radius, int(dilation), ndim, grid=grid))
     return out
