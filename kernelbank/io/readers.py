@@ -14,11 +14,14 @@ Each output row is one record, decoded or not (:data:`DECODED_SCHEMA`):
 
 ``id``      unique record id (the file path, or ``<parquet file>#<id or content hash>``)
 ``path``    where the record came from
-``label``   class name (directory or label column), ``""`` when unknown
-``split``   ``train``/``test``/``val``… from the path or column, ``"unsplit"`` otherwise
+``label``   class name (directory or label column); a record without one (a file
+            directly under the root, a null or empty label cell) is an error row
+``split``   ``train``/``test``/``val``… from the path or column, ``"unsplit"`` otherwise;
+            a null split cell makes an error row (it is not guessed)
 ``shape``   ``list<int32>`` image shape, ``(H, W)`` or ``(D, H, W)``
 ``pixels``  the image as C-order float32 bytes (null for an error row)
-``stage``   ``"decode"`` for an error row, null otherwise
+``stage``   ``"decode"`` for an error row (``"label"`` for a missing label or split), null
+            otherwise
 ``reason``  why the record was rejected, null otherwise
 
 Why decoded float32 bytes plus a shape rather than tensor columns or the encoded bytes:
@@ -71,12 +74,18 @@ def split_and_label(path: str, root: str) -> tuple[str, str]:
 
 
 def _row(rid: str, path: str, label: str, split: str, image: np.ndarray | None,
-         reason: str | None) -> dict[str, Any]:
+         reason: str | None, stage: str = "decode") -> dict[str, Any]:
     shape = () if image is None else image.shape
     return {"id": rid, "path": path, "label": label, "split": split,
             "shape": [int(s) for s in shape],
             "pixels": None if image is None or reason else image.tobytes(),
-            "stage": None if reason is None else "decode", "reason": reason}
+            "stage": None if reason is None else stage, "reason": reason}
+
+
+#: Error-row stage of a record whose class or split is missing (no guess is made).
+LABEL_STAGE = "label"
+NO_LABEL = ("no label: the file lies directly under the input root, not in a class folder "
+            "(root/<class>/<image> or root/<split>/<class>/<image>)")
 
 
 def _table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -87,6 +96,9 @@ def _decode_files(batch: pa.Table, *, root: str, ndim: int, min_side: int) -> pa
     rows = []
     for data, path in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist()):
         split, label = split_and_label(path, root)
+        if not label:
+            rows.append(_row(path, path, label, split, None, NO_LABEL, LABEL_STAGE))
+            continue
         image, reason = decode_record(data, path, ndim, min_side)
         rows.append(_row(path, path, label, split, image, reason))
     return _table(rows)
@@ -111,7 +123,8 @@ def _decode_parquet(batch: dict[str, np.ndarray], *, config: ReadConfig, has_spl
     for i in range(len(images)):
         path = str(batch["path"][i])
         label = "" if batch[config.label_column][i] is None else str(batch[config.label_column][i])
-        split = str(batch[config.split_column][i]).lower() if has_split else UNSPLIT
+        split_cell = batch[config.split_column][i] if has_split else UNSPLIT
+        split = "" if split_cell is None else str(split_cell).lower()
         try:
             value = _cell_value(images[i])
         except Exception as error:
@@ -126,6 +139,11 @@ def _decode_parquet(batch: dict[str, np.ndarray], *, config: ReadConfig, has_spl
             rid = f"{path}#{hashlib.sha1(content).hexdigest()[:16]}"
         if early:
             rows.append(_row(rid, rid, label, split, None, early))
+            continue
+        if not label or not split:
+            why = (f"no label: column {config.label_column!r} is empty" if not label else
+                   f"no split: column {config.split_column!r} is null (not guessed)")
+            rows.append(_row(rid, rid, label, split, None, why, LABEL_STAGE))
             continue
         image, reason = decode_record(value, "", config.ndim, config.min_side)
         rows.append(_row(rid, rid, label, split, image, reason))

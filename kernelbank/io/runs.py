@@ -12,12 +12,13 @@ Writing (the stages and the pipeline)::
                          overwrite=False, s3_endpoint=None, command="run")
     with run:                                   # on any error: left resumable, lease freed
         fit = run.stage("fit")
-        summary = fit.run(lambda stage: write_fit(read, config, stage), resumable=True)
+        summary = fit.run_once(lambda stage: write_fit(read, config, stage), resumable=True)
         # inside write_fit: stage.fs, stage.dir("fit"), stage.dir("errors"),
         # stage.part_prefix (file-name prefix of this attempt's part files),
         # stage.completed_ids() (ids already in completed part files: skip them),
         # stage.completed_parts() (those files, for the summary counts)
-        banks = run.stage("reduce").run(lambda stage: write_reduce(run.stage_url("fit"), ...))
+        banks = run.stage("reduce").run_once(
+            lambda stage: write_reduce(run.stage_url("fit"), ...))
         run.publish({"stages": {...}, ...})     # manifest, summary.json, pointer, clean-up
 
 Reading (stages, ``kernelbank report``, classify, train)::
@@ -465,7 +466,7 @@ class RunWriter:
     @classmethod
     def open(cls, url: str, specs: Mapping[str, Any], *, input_url: str | None = None,
              overwrite: bool = False, s3_endpoint: str | None = None, command: str = "",
-             describe: Mapping[str, Any] | None = None,
+             describe: Mapping[str, Any] | None = None, inherit: bool = True,
              lease_timeout_s: float = LEASE_TIMEOUT_S) -> "RunWriter":
         """Check ``url``, then create a new run of ``specs``' stages or resume one.
 
@@ -485,6 +486,9 @@ class RunWriter:
             Recorded in the run marker (``"run"``, ``"reduce"``, …).
         describe : mapping, optional
             Extra JSON recorded in the run marker and manifest (input, configuration).
+        inherit : bool, default=True
+            Reuse the published run's other stages (a stage rerun); ``False`` for a run
+            that stands alone (``kernelbank run``).
 
         Raises
         ------
@@ -528,9 +532,9 @@ class RunWriter:
                 "published), or choose another --output")
         dropped = set().union(*(downstream(s) for s in stages)) - set(stages)
         inherits = {s: base.stage_run(s) for s in base.stages
-                    if s not in stages and s not in dropped} if base else {}
+                    if s not in stages and s not in dropped} if base and inherit else {}
         fingerprints: dict[str, str] = {}
-        every = {s: base.fingerprint(s) for s in inherits} if base else {}
+        every = {s: base.fingerprint(s) for s in inherits}
         for stage in stages:
             upstream = {d: every[d] for d in STAGE_DEPENDS[stage]}
             fingerprints[stage] = every[stage] = fingerprint(

@@ -27,12 +27,15 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import ClassifyConfig
-from ..io.layout import read_json
-from ..io.storage import join, ray_filesystem, resolve, url_of
+from ..io.layout import read_json, write_json
+from ..io.storage import join, ray_filesystem, resolve
 from .common import TEST_SPLIT, TRAIN_SPLITS, log, timed
 from .features import PREDICTION
 
-__all__ = ["StreamingRidge", "run_classify"]
+__all__ = ["StreamingRidge", "run_classify", "RESULT"]
+
+#: The classify stage's output file (its summary: accuracy, confusion matrices).
+RESULT = "result.json"
 
 
 def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
@@ -185,6 +188,10 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
             total = part if total is None else total + part
     if total is None:
         raise ValueError(f"the features table {features_url!r} is empty")
+    if len(total.class_n) < 2:
+        raise ValueError(f"the train split of the features table {features_url!r} has "
+                         f"{len(total.class_n)} class(es) {sorted(total.class_n)}; a classifier "
+                         "needs at least 2 (its accuracy would be meaningless)")
     model = total.solve(config.ridge)
     counts: dict[tuple, int] = {}
     scored = ds.map_batches(_score_block, batch_format="pyarrow", batch_size=None,
@@ -202,14 +209,19 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
             "train_accuracy": train[0] if train else None, "splits": report}
 
 
-def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None = None
-                 ) -> dict[str, Any]:
-    """The classify stage: reads ``OUTPUT/features/``, adds to ``OUTPUT/summary.json``."""
-    from .summary import update_summary
-    fs, root = resolve(output, s3_endpoint=s3_endpoint)
-    summary = write_classify(url_of(fs, join(root, "features")), config, s3_endpoint=s3_endpoint)
-    update_summary(fs, root, "classify", summary)
-    return summary
+def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """The classify stage alone: reads the published ``features/``, publishes a run with
+    ``classify/result.json`` (the summary)."""
+    from .summary import run_alone, settings_of
+
+    def write(stage) -> dict[str, Any]:
+        summary = write_classify(stage.run.stage_url("features"), config,
+                                 s3_endpoint=s3_endpoint)
+        write_json(stage.fs, join(stage.path, RESULT), summary)
+        return summary
+    return run_alone(output, "classify", settings_of(config), write, overwrite=overwrite,
+                     s3_endpoint=s3_endpoint)
 
 
 def write_classify(features_url: str, config: ClassifyConfig, *,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from ..io.storage import redact
+
 __all__ = ["connect_ray", "actor_pool_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
-           "make_basis"]
+           "make_basis", "Terminated", "stop_on_sigterm"]
 
 #: Splits whose images build the banks and train the classifier.
 TRAIN_SPLITS = ("train", "unsplit")
@@ -17,15 +20,47 @@ TEST_SPLIT = "test"
 
 
 def log(message: str) -> None:
-    """One progress line on stderr (visible in ``ray job logs`` too)."""
-    print(f"[kernelbank] {message}", file=sys.stderr, flush=True)
+    """One progress line on stderr (visible in ``ray job logs`` too).
+
+    Every URL in ``message`` goes through :func:`kernelbank.io.storage.safe_url` and the
+    values of credential variables are removed, so no caller can log a secret.
+    """
+    print(f"[kernelbank] {redact(message)}", file=sys.stderr, flush=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """The driver received SIGTERM (``ray job stop``, ``kill``): stop, leave the run resumable."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` in the main thread for the ``with`` block.
+
+    The run writer then stops between two steps, frees its lease and leaves every
+    completed stage and part file in place, so the same command resumes at once
+    (``ray job stop`` gives a driver a few seconds before it sends SIGKILL).
+    """
+    def stop(signum, frame):
+        raise Terminated(f"received signal {signum}")
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:                          # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str, Any]:
     """Join a cluster (``address`` or ``RAY_ADDRESS``) or start an embedded local Ray.
 
     An already initialised Ray (a test session, a job driver that called ``ray.init``)
-    is reused as it is.
+    is reused as it is. The embedded Ray is started with ``address="local"``: a bare
+    ``ray.init()`` would join the machine's last ``ray start`` cluster through
+    ``/tmp/ray/ray_current_cluster`` and wait forever, without a message, when that
+    cluster is gone.
 
     Returns
     -------
@@ -43,7 +78,7 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
             ray.init(address=address)
             mode = "cluster"
         else:
-            ray.init(include_dashboard=False)
+            ray.init(address="local", include_dashboard=False)
             mode = "embedded"
     seconds = time.perf_counter() - start
     resources = {k: float(v) for k, v in ray.cluster_resources().items()

@@ -11,7 +11,6 @@ float64 column per name of :func:`kernelbank.core.features.bank_feature_names`, 
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import replace
 from typing import Any
 
@@ -19,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import FeatureConfig, ReadConfig
-from ..io.layout import Staging, write_json
+from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
+from ..io.stats_file import load_stats
 from ..io.storage import join, resolve, storage_options, url_of
 from ..io.tables import SplitParquetSink
 from .common import actor_pool_args, log, timed
@@ -42,7 +42,7 @@ class BankFeaturizer:
     Parameters
     ----------
     bank : KernelBank or ObjectRef to one
-    stats : list of ClassStats dicts (or an ObjectRef to it), optional
+    stats : list of ClassStats (or an ObjectRef to it), optional
         Merged statistics per dilation, for :class:`kernelbank.LikelihoodClassifier`.
     config : FeatureConfig
     """
@@ -56,7 +56,7 @@ class BankFeaturizer:
         self.bank = ray.get(bank) if isinstance(bank, ray.ObjectRef) else bank
         stats = ray.get(stats) if isinstance(stats, ray.ObjectRef) else stats
         self.classifier = None if not stats else kb.LikelihoodClassifier.from_stats(
-            [kb.ClassStats.from_dict(s) for s in stats], z=None)
+            list(stats), z=None)
         self.config = config
         self.device = torch.device("cuda" if config.num_gpus > 0 and torch.cuda.is_available()
                                    else "cpu")
@@ -95,7 +95,11 @@ class BankFeaturizer:
 
 
 def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
-    """The bank and the per-dilation statistics dicts written by the reduce stage."""
+    """The bank and the per-dilation :class:`ClassStats` written by the reduce stage.
+
+    Both are read as plain arrays and JSON (``allow_pickle=False``): a file planted in
+    the output can be malformed but never runs code.
+    """
     import kernelbank as kb
     fs, path = resolve(banks_url, s3_endpoint=s3_endpoint)
     bank_url = url_of(fs, join(path, BANK_FILE))
@@ -105,19 +109,18 @@ def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
     # in the bank's dilation order (a name sort would put stats_d10 before stats_d2)
     stats = []
     for dilation in dict.fromkeys(int(d) for d in bank.dilations.tolist()):
-        with fs.open(join(path, f"stats_d{dilation}.pkl"), "rb") as handle:
-            stats.append(pickle.load(handle))
+        stats.append(load_stats(fs, join(path, f"stats_d{dilation}.npz")))
     return bank, stats
 
 
-def write_features(read: ReadConfig, banks_url: str, config: FeatureConfig, staging: Staging
+def write_features(read: ReadConfig, banks_url: str, config: FeatureConfig, staging
                    ) -> dict[str, Any]:
     """Run the feature stage into ``staging`` (``features/`` and ``errors/features-*``)."""
     import ray
     bank, stats = load_bank_and_stats(banks_url, s3_endpoint=read.s3_endpoint)
     read = replace(read, min_side=max(read.min_side, 2 * bank.max_reach + 1))
     sink = SplitParquetSink(staging.fs, staging.dir("features"), staging.dir("errors"),
-                            "features")
+                            staging.part_prefix)
     summary: dict[str, Any] = {}
     log(f"features: {read.url} with {len(bank)} kernels, grid={config.grid}")
     with timed(summary):
@@ -147,10 +150,10 @@ def write_features(read: ReadConfig, banks_url: str, config: FeatureConfig, stag
 
 def run_features(read: ReadConfig, output: str, config: FeatureConfig, *,
                  overwrite: bool = False) -> dict[str, Any]:
-    """The feature stage alone: reads ``OUTPUT/banks/``, writes ``OUTPUT/features/``."""
-    from .summary import run_staged
-    staging = Staging.open(output, owned=("features", "errors/features-"), overwrite=overwrite,
-                           s3_endpoint=read.s3_endpoint)
-    banks_url = url_of(staging.fs, join(staging.final, "banks"))
-    return run_staged(staging, "features",
-                      lambda: write_features(read, banks_url, config, staging))
+    """The feature stage alone: reads the published ``banks/``, publishes ``features/``."""
+    from .summary import input_spec, run_alone, settings_of
+    spec = {"input": input_spec(read), "features": settings_of(config)}
+    return run_alone(output, "features", spec,
+                     lambda stage: write_features(read, stage.run.stage_url("reduce"), config,
+                                                  stage),
+                     input_url=read.url, overwrite=overwrite, s3_endpoint=read.s3_endpoint)

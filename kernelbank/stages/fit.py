@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import FitConfig, ReadConfig
-from ..io.layout import Staging, write_json
+from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join
-from ..io.tables import SplitParquetSink
+from ..io.tables import SplitParquetSink, count_rows
 from .common import actor_pool_args, log, make_basis, timed
 
 __all__ = ["KernelFitter", "FIT_COLUMNS", "FIT_META", "fit_dataset", "run_fit"]
@@ -148,11 +148,23 @@ def fit_metadata(config: FitConfig, ndim: int) -> dict[str, Any]:
             "ridge": config.ridge, "normalize": config.normalize}
 
 
-def fit_dataset(read: ReadConfig, config: FitConfig):
-    """The lazy Ray Dataset of fit rows (and error rows) for ``read``'s input."""
+def _drop_done(batch: pa.Table, *, done: pa.Array) -> pa.Table:
+    """Rows whose id is not in ``done`` (ids a crashed attempt already wrote)."""
+    import pyarrow.compute as pc
+    return batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=done)))
+
+
+def fit_dataset(read: ReadConfig, config: FitConfig, *, skip_ids: set[str] | None = None):
+    """The lazy Ray Dataset of fit rows (and error rows) for ``read``'s input.
+
+    ``skip_ids``: record ids left out (already written by an interrupted attempt).
+    """
     from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
     ds = read_dataset(config=read)
+    if skip_ids:
+        ds = ds.map_batches(_drop_done, batch_format="pyarrow",
+                            fn_kwargs={"done": pa.array(sorted(skip_ids), pa.string())})
     return ds.map_batches(KernelFitter, fn_constructor_args=(config, read.ndim),
                           batch_format="pyarrow",
                           **actor_pool_args(num_gpus=config.num_gpus,
@@ -161,15 +173,24 @@ def fit_dataset(read: ReadConfig, config: FitConfig):
                                             batch_size=config.batch_size))
 
 
-def write_fit(read: ReadConfig, config: FitConfig, staging: Staging) -> dict[str, Any]:
-    """Run the fit stage into ``staging`` (``fit/`` and ``errors/fit-*``); summary dict."""
+def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
+    """Run the fit stage into ``staging`` (``fit/`` and ``errors/fit-*``); summary dict.
+
+    ``staging`` is the :class:`~kernelbank.io.runs.StageWriter` of the run's fit stage.
+    Ids in part files an interrupted attempt completed are skipped (and counted).
+    """
     fs = staging.fs
-    sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"), "fit")
+    sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"), staging.part_prefix)
+    ok_parts, error_parts = staging.completed_parts()
+    done = staging.completed_ids() if ok_parts or error_parts else set()
     summary: dict[str, Any] = {}
     log(f"fit: {read.url} radius={config.radius} dilations={list(config.dilations)} "
-        f"basis={config.basis.value} gpus={config.num_gpus}")
+        f"basis={config.basis.value} gpus={config.num_gpus}"
+        + (f"; resuming, {len(done)} records already done" if done else ""))
     with timed(summary):
-        fit_dataset(read, config).write_datasink(sink)
+        fit_dataset(read, config, skip_ids=done).write_datasink(sink)
+    if done:
+        sink.counts.update(count_rows(fs, ok_parts, error_parts))
     write_json(fs, join(staging.dir("fit"), FIT_META), fit_metadata(config, read.ndim))
     counts = sink.per_split_and_class()
     images = sum(sum(v.values()) for v in counts.values())
@@ -185,11 +206,12 @@ def write_fit(read: ReadConfig, config: FitConfig, staging: Staging) -> dict[str
 
 def run_fit(read: ReadConfig, config: FitConfig, output: str, *, overwrite: bool = False
             ) -> dict[str, Any]:
-    """The fit stage alone: ``OUTPUT/fit/`` and ``OUTPUT/errors/fit-*.parquet``.
+    """The fit stage alone, published as a new run of ``output`` (``fit/``, ``errors/fit-*``).
 
-    Returns the stage summary (also merged into ``OUTPUT/summary.json``).
+    Returns the stage summary (also in the run's ``summary.json``).
     """
-    from .summary import run_staged
-    staging = Staging.open(output, owned=("fit", "errors/fit-"), overwrite=overwrite,
-                           s3_endpoint=read.s3_endpoint)
-    return run_staged(staging, "fit", lambda: write_fit(read, config, staging))
+    from .summary import input_spec, run_alone, settings_of
+    spec = {"input": input_spec(read), "fit": settings_of(config)}
+    return run_alone(output, "fit", spec, lambda stage: write_fit(read, config, stage),
+                     input_url=read.url, overwrite=overwrite, s3_endpoint=read.s3_endpoint,
+                     resumable=True)

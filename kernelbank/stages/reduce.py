@@ -8,8 +8,9 @@ blocks were — no row is collected on the driver. Banks are built per dilation 
 :meth:`kernelbank.KernelBank.from_stats` and concatenated.
 
 Outputs: ``banks/bank.npz`` (the bank), ``banks/bank.json`` (method, classes, counts,
-dilations, kernel names) and ``banks/stats_d<dilation>.pkl`` (the merged statistics as
-:meth:`ClassStats.to_dict`, for the likelihood classifier and later analysis).
+dilations, kernel names) and ``banks/stats_d<dilation>.npz`` (the merged statistics,
+:func:`kernelbank.io.stats_file.save_stats` — arrays and JSON, never a pickle — for the
+likelihood classifier and later analysis).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import ReduceConfig
-from ..io.layout import Staging, read_json, write_json
+from ..io.layout import read_json, write_json
+from ..io.stats_file import save_stats
 from ..io.storage import join, resolve, storage_options, url_of
 from ..io.tables import parquet_files
 from .common import TRAIN_SPLITS, log, make_basis, timed
@@ -143,7 +145,7 @@ def banks_from_stats(stats: dict[int, Any], config: ReduceConfig):
     return banks[0] if len(banks) == 1 else kb.KernelBank.concat(banks)
 
 
-def write_reduce(fit_url: str, config: ReduceConfig, staging: Staging, *,
+def write_reduce(fit_url: str, config: ReduceConfig, staging, *,
                  s3_endpoint: str | None = None) -> dict[str, Any]:
     """Run the reduce stage into ``staging.dir("banks")``; returns the stage summary."""
     summary: dict[str, Any] = {}
@@ -157,8 +159,7 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging: Staging, *,
     bank_url = url_of(fs, join(banks, BANK_FILE))
     bank.save(bank_url, **storage_options(bank_url, s3_endpoint))
     for dilation, part in stats.items():
-        with fs.open(join(banks, f"stats_d{dilation}.pkl"), "wb") as handle:
-            pickle.dump(part.to_dict(), handle, protocol=5)
+        save_stats(part, fs, join(banks, f"stats_d{dilation}.npz"))
     any_stats = next(iter(stats.values()))
     counts = {c: any_stats.count(c) for c in any_stats.classes}
     info = {"method": config.method.value, "n_kernels": len(bank),
@@ -177,10 +178,9 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging: Staging, *,
 
 def run_reduce(output: str, config: ReduceConfig, *, overwrite: bool = False,
                s3_endpoint: str | None = None) -> dict[str, Any]:
-    """The reduce stage alone: reads ``OUTPUT/fit/``, writes ``OUTPUT/banks/``."""
-    from .summary import run_staged
-    staging = Staging.open(output, owned=("banks",), overwrite=overwrite,
-                           s3_endpoint=s3_endpoint)
-    fit_url = url_of(staging.fs, join(staging.final, "fit"))
-    return run_staged(staging, "reduce", lambda: write_reduce(fit_url, config, staging,
-                                                              s3_endpoint=s3_endpoint))
+    """The reduce stage alone: reads the published ``fit/``, publishes a run with ``banks/``."""
+    from .summary import run_alone, settings_of
+    return run_alone(output, "reduce", settings_of(config),
+                     lambda stage: write_reduce(stage.run.stage_url("fit"), config, stage,
+                                                s3_endpoint=s3_endpoint),
+                     overwrite=overwrite, s3_endpoint=s3_endpoint)
