@@ -211,7 +211,14 @@ def run_fit(read: ReadConfig, config: FitConfig, output: str, *, overwrite: bool
     Returns the stage summary (also in the run's ``summary.json``).
     """
     from .summary import input_spec, run_alone, settings_of
+    from .validation import check_classes
+
+    def write(stage) -> dict[str, Any]:
+        summary = write_fit(read, config, stage)
+        summary["warnings"] = check_classes(summary, where=read.url, strict=False)
+        for warning in summary["warnings"]:
+            log(f"warning: {warning}")
+        return summary
     spec = {"input": input_spec(read), "fit": settings_of(config)}
-    return run_alone(output, "fit", spec, lambda stage: write_fit(read, config, stage),
-                     input_url=read.url, overwrite=overwrite, s3_endpoint=read.s3_endpoint,
-                     resumable=True)
+    return run_alone(output, "fit", spec, write, input_url=read.url, overwrite=overwrite,
+                     s3_endpoint=read.s3_endpoint, resumable=True)

@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping
 from ..io.runs import RunWriter, StageWriter
 from ..io.storage import redact
 
-__all__ = ["scrub", "stage_specs", "settings_of", "input_spec", "run_alone", "RESOURCE_FIELDS"]
+__all__ = ["scrub", "stage_specs", "settings_of", "input_spec", "run_alone", "derived_fields",
+           "RESOURCE_FIELDS"]
 
 #: Config fields that change how fast a stage runs, not what it writes.
 RESOURCE_FIELDS = frozenset({
@@ -71,6 +72,17 @@ def stage_specs(config, stages: tuple[str, ...] = ("fit", "reduce", "features", 
     return {s: specs[s] for s in stages}
 
 
+def derived_fields(stages: Mapping[str, dict]) -> dict[str, Any]:
+    """Run-level numbers of a run's stage summaries: ``records``, ``images``, ``errors``,
+    ``test_accuracy`` (None without a classify stage) and the fit stage's ``warnings``."""
+    fit, classify = stages.get("fit", {}), stages.get("classify", {})
+    errors = sum(sum(s.get("errors", {}).values()) for s in stages.values()
+                 if isinstance(s.get("errors"), dict))
+    return {"records": fit.get("records"), "images": fit.get("images"), "errors": errors,
+            "test_accuracy": classify.get("test_accuracy"),
+            "warnings": list(fit.get("warnings", []))}
+
+
 def run_alone(output: str, stage: str, spec: Mapping[str, Any],
               write: Callable[[StageWriter], dict[str, Any]], *, input_url: str | None = None,
               overwrite: bool = False, s3_endpoint: str | None = None,
@@ -81,7 +93,7 @@ def run_alone(output: str, stage: str, spec: Mapping[str, Any],
     at their folders) and drops those downstream. ``write(stage_writer)`` writes the
     stage and returns its summary; ``stage_writer.run.stage_url(name)`` locates the
     upstream outputs. Returns the stage summary; the run's ``summary.json`` holds it with
-    the reused stages' summaries.
+    the reused stages' summaries and the run-level numbers (:func:`derived_fields`).
     """
     run = RunWriter.open(output, {stage: spec}, input_url=input_url, overwrite=overwrite,
                          s3_endpoint=s3_endpoint, command=stage)
@@ -89,6 +101,10 @@ def run_alone(output: str, stage: str, spec: Mapping[str, Any],
         summary = run.stage(stage).run_once(write, resumable=resumable)
         stages = {s: run.base.stage_summary(s) for s in run.inherits} if run.base else {}
         stages[stage] = summary
-        run.publish({"stages": stages,
+        base = run.base.summary if run.base and "fit" in run.inherits else {}
+        carried = {k: base[k] for k in ("input", "settings") if k in base}
+        if input_url and "input" not in carried:
+            carried["input"] = input_url
+        run.publish({**carried, **derived_fields(stages), "stages": stages,
                      "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return summary

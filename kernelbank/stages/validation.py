@@ -26,7 +26,7 @@ __all__ = ["check_classes", "LABEL_ERROR_STAGE"]
 LABEL_ERROR_STAGE = "label"
 
 
-def check_classes(fit_summary: dict[str, Any], *, where: str) -> list[str]:
+def check_classes(fit_summary: dict[str, Any], *, where: str, strict: bool = True) -> list[str]:
     """Warnings about the classes in ``fit_summary``; raises for < 2 training classes.
 
     Parameters
@@ -36,11 +36,15 @@ def check_classes(fit_summary: dict[str, Any], *, where: str) -> list[str]:
         ``{stage: rows}``.
     where : str
         The input, named in the messages.
+    strict : bool, default=True
+        Raise for fewer than two training classes; ``False`` (the fit stage alone, which
+        may legitimately fit one class) makes it the first warning instead.
 
     Raises
     ------
     ValueError
-        When fewer than two classes have training images (splits ``train``/``unsplit``).
+        With ``strict``, when fewer than two classes have training images (splits
+        ``train``/``unsplit``).
     """
     counts: dict[str, dict[str, int]] = fit_summary.get("counts", {})
     train: dict[str, int] = {}
@@ -48,15 +52,17 @@ def check_classes(fit_summary: dict[str, Any], *, where: str) -> list[str]:
         for label, n in counts.get(split, {}).items():
             train[label] = train.get(label, 0) + n
     unlabeled = fit_summary.get("errors", {}).get(LABEL_ERROR_STAGE, 0)
+    warnings = []
     if len(train) < 2:
         extra = (f"; {unlabeled} record(s) were rejected for a missing label or split "
                  "(see errors/)" if unlabeled else "")
-        raise ValueError(
-            f"the training images of {where} fall in {len(train)} class(es) {sorted(train)}: "
-            "a classifier needs at least 2 (with one, every prediction is right and the "
-            "accuracy means nothing). Lay the input out as root/<class>/<image> or "
-            f"root/<train|test>/<class>/<image>{extra}")
-    warnings = []
+        message = (f"the training images of {where} fall in {len(train)} class(es) "
+                   f"{sorted(train)}: a classifier needs at least 2 (with one, every prediction "
+                   "is right and the accuracy means nothing). Lay the input out as "
+                   f"root/<class>/<image> or root/<train|test>/<class>/<image>{extra}")
+        if strict:
+            raise ValueError(message)
+        warnings.append(message)
     for split, per_class in sorted(counts.items()):
         if split in TRAIN_SPLITS:
             continue
