@@ -25,6 +25,8 @@ from kernelbank.io.runs import (KEEP_PUBLISHED, NothingPublished, RunWriter, Sta
                                 open_published)
 from kernelbank.io.storage import join, resolve
 
+from . import fake_command
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -55,6 +57,13 @@ def _result(done) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _in_process(capsys, *args: str) -> dict:
+    """The fake command in this process (no crash needed: saves an interpreter start)."""
+    capsys.readouterr()
+    assert fake_command.main(list(args)) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 def _published_ids(view) -> list[str]:
     ids = []
     for path in view.stage_files("fit"):
@@ -69,15 +78,15 @@ def _listing(output: str) -> list[str]:
     return sorted(p[len(root) + 1:] for p in fs.find(root))
 
 
-def test_publish_then_refuse_then_replace(output):
-    first = _result(_fake(output, "--value", "1", "--no-overwrite"))
+def test_publish_then_refuse_then_replace(output, capsys):
+    first = _in_process(capsys, output, "--value", "1", "--no-overwrite")
     view = open_published(output)
     assert view.run_id == first["run_id"] and view.stages == ("fit", "reduce")
     assert sorted(_published_ids(view)) == [f"1-{i}" for i in range(6)]
-    refused = _fake(output, "--value", "2", "--no-overwrite")
-    assert refused.returncode == 1 and "already holds fit, reduce" in refused.stderr
+    with pytest.raises(FileExistsError, match="already holds fit, reduce"):
+        fake_command.main([output, "--value", "2", "--no-overwrite"])
     assert open_published(output).run_id == first["run_id"]           # untouched
-    second = _result(_fake(output, "--value", "2"))
+    second = _in_process(capsys, output, "--value", "2")
     view = open_published(output)
     assert view.run_id == second["run_id"] != first["run_id"]
     with view.fs.open(join(view.stage_path("reduce"), "total.json")) as handle:
@@ -86,9 +95,9 @@ def test_publish_then_refuse_then_replace(output):
     assert [f["rows"] for f in entry["files"]] == [2, 2, 2]
 
 
-def test_crashes_anywhere_resume_to_the_clean_result(output, tmp_path):
+def test_crashes_anywhere_resume_to_the_clean_result(output, capsys):
     clean_url = output.rstrip("/") + "-clean"
-    clean = _result(_fake(clean_url))
+    _in_process(capsys, clean_url)
     # killed after the second part file of fit, at the end of reduce, and between the
     # manifest and the pointer; each rerun of the same command resumes the same run
     crashes = [_fake(output, kill_at=point) for point in ("fake.part1", "reduce.finish",
@@ -98,6 +107,9 @@ def test_crashes_anywhere_resume_to_the_clean_result(output, tmp_path):
         open_published(output)
     final = _result(_fake(output))
     assert final["resumed"] and final["written"] == []                # nothing redone twice
+    # the second attempt wrote only the part the first did not finish
+    fit = open_published(output).manifest["stages"]["fit"]
+    assert len({f["path"].split("-")[1] for f in fit["files"]}) == 2   # two attempts' files
     view, reference = open_published(output), open_published(clean_url)
     ids = _published_ids(view)
     assert sorted(ids) == sorted(_published_ids(reference)) and len(ids) == len(set(ids)) == 6
@@ -111,7 +123,8 @@ def test_crashes_anywhere_resume_to_the_clean_result(output, tmp_path):
     assert not [p for p in left if p.endswith(LEASE) or ".tmp-" in p], left
 
 
-def test_crash_inside_fit_writes_each_id_exactly_once(output):
+def test_crash_inside_fit_writes_each_id_exactly_once(tmp_path):
+    output = str(tmp_path / "out")
     crashed = _fake(output, "--parts", "4", kill_at="fake.part2")
     assert crashed.returncode == -signal.SIGKILL
     resumed = _result(_fake(output, "--parts", "4"))
@@ -180,11 +193,11 @@ def test_stage_rerun_points_upstream_and_downstream_refuses_a_mismatch(output):
         open_published(output)
 
 
-def test_old_runs_are_removed_only_under_markers(output):
+def test_old_runs_are_removed_only_under_markers(output, capsys):
     fs, root = resolve(output)
     foreign = join(root, RUNS, "not-a-run", "data.txt")
     for value in range(1, KEEP_PUBLISHED + 3):
-        _result(_fake(output, "--value", str(value)))
+        _in_process(capsys, output, "--value", str(value))
         if value == 1:
             fs.makedirs(join(root, RUNS, "not-a-run"), exist_ok=True)
             fs.pipe_file(foreign, b"keep me")                  # no run marker: not ours
