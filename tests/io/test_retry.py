@@ -35,6 +35,9 @@ class FaultyProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 answers botocore's "Expect: 100-continue" before it sends a body
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args):                  # keep the test output quiet
                 pass
 
@@ -93,9 +96,11 @@ def proxy(s3_endpoint):
 
 def _fs_without_client_retries(endpoint: str):
     import s3fs
-    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint},
-                             config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}},
-                             retries=1, skip_instance_cache=True, use_listings_cache=False)
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint},
+                           config_kwargs={"retries": {"total_max_attempts": 1, "mode": "standard"}},
+                           skip_instance_cache=True, use_listings_cache=False)
+    fs.retries = 1                                   # s3fs's own loop (a class attribute)
+    return fs
 
 
 def test_503s_in_writes_are_retried(proxy, s3_bucket):
