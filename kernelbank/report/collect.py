@@ -218,8 +218,13 @@ def _read_learned(view: RunView, data: RunData) -> None:
     if not fs.exists(path):
         return
     from ..nn import load_model
-    with fs.open(path, "rb") as handle:
-        model = load_model(io.BytesIO(handle.read()))
+    try:
+        with fs.open(path, "rb") as handle:
+            model = load_model(io.BytesIO(handle.read()))    # weights_only: never unpickles
+    except Exception as error:          # a damaged or planted file: the rest of the report
+        data.notes.append(f"the end-to-end model {path} could not be read "
+                          f"({type(error).__name__}: {str(error)[:200]})")
+        return
     data.learned = {"kernels": model.bank.kernels().detach().numpy(),
                     "dilations": list(model.bank.dilations)}
     data.ndim = model.config.ndim
