@@ -24,7 +24,7 @@ Writing (the stages and the pipeline)::
 Reading (stages, ``kernelbank report``, classify, train)::
 
     view = open_published(url)                  # follows LATEST.json
-    view.stage_path("fit"), view.stage_url("reduce"), view.stage_files("fit"),
+    view.stage_path("fit"), view.stage_url("reduce"), view.stage_files("fit", ".parquet"),
     view.error_files(), view.summary, view.path (the run's own prefix)
 
 Guarantees
@@ -199,10 +199,12 @@ class RunView:
         """URL of ``stage``'s output folder."""
         return url_of(self.fs, self.stage_path(stage))
 
-    def stage_files(self, stage: str) -> list[str]:
-        """The data files of ``stage`` listed in the manifest (protocol-free paths)."""
+    def stage_files(self, stage: str, suffix: str | None = None) -> list[str]:
+        """The files of ``stage`` listed in the manifest (protocol-free paths), optionally
+        only those ending in ``suffix`` (e.g. ``".parquet"`` for the table's parts)."""
         entry = self._entry(stage)
-        return [join(self.root, RUNS, entry["run"], f["path"]) for f in entry["files"]]
+        return [join(self.root, RUNS, entry["run"], f["path"]) for f in entry["files"]
+                if suffix is None or f["path"].endswith(suffix)]
 
     def error_files(self, stage: str | None = None) -> list[str]:
         """Error tables of ``stage`` (default: of every stage of the run)."""

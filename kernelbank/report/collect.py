@@ -137,7 +137,7 @@ def _scan_fit(view: RunView, data: RunData, samples_per_class: int, max_classes:
     """Shape histogram and the first test rows of each class from ``fit/``."""
     picked: dict[str, list[dict]] = {}
     fallback: dict[str, list[dict]] = {}
-    files = view.stage_files("fit") if view.has("fit") else []
+    files = view.stage_files("fit", ".parquet") if view.has("fit") else []
     for batch in _batches(view.fs, files, ["path", "label", "split", "shape"]):
         rows = batch.to_pydict()
         for path, label, split, shape in zip(rows["path"], rows["label"], rows["split"],

@@ -66,7 +66,7 @@ def _in_process(capsys, *args: str) -> dict:
 
 def _published_ids(view) -> list[str]:
     ids = []
-    for path in view.stage_files("fit"):
+    for path in view.stage_files("fit", ".parquet"):
         with view.fs.open(path, "rb") as handle:
             ids += pq.read_table(handle).column("id").to_pylist()
     return ids

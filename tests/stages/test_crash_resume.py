@@ -129,7 +129,8 @@ def _bank(view):
 
 
 def _assert_same_as_clean(view, clean) -> None:
-    fit, ref = _read(view, view.stage_files("fit")), _read(clean, clean.stage_files("fit"))
+    fit = _read(view, view.stage_files("fit", ".parquet"))
+    ref = _read(clean, clean.stage_files("fit", ".parquet"))
     ids = fit.column("id").to_pylist()
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(ref.column("id").to_pylist())
     coef = dict(zip(ids, fit.column("coef").to_pylist()))
@@ -137,7 +138,7 @@ def _assert_same_as_clean(view, clean) -> None:
         np.testing.assert_allclose(coef[rid], want, rtol=1e-9, atol=1e-12)
     errors = _read(view, view.error_files()).column("id").to_pylist()
     assert sorted(errors) == sorted(_read(clean, clean.error_files()).column("id").to_pylist())
-    features = _read(view, view.stage_files("features")).column("id").to_pylist()
+    features = _read(view, view.stage_files("features", ".parquet")).column("id").to_pylist()
     assert len(features) == len(set(features)) == len(ids)
     np.testing.assert_allclose(_bank(view).kernels.numpy(), _bank(clean).kernels.numpy(),
                                atol=1e-10)

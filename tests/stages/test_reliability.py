@@ -36,7 +36,7 @@ def test_killed_fit_actor_still_writes_every_row_once(ray_local, tmp_path):
     summary = run_fit(ReadConfig(str(data), override_num_blocks=4), config, str(tmp_path / "out"))
     assert marker.exists(), "the fault was not injected"
     view = open_published(str(tmp_path / "out"))
-    fit, errors = _ids(view.stage_files("fit")), _ids(view.error_files("fit"))
+    fit, errors = _ids(view.stage_files("fit", ".parquet")), _ids(view.error_files("fit"))
     every = {str(p) for p in data.rglob("*") if p.suffix in (".png", ".npy")}
     assert len(fit) == len(set(fit)) == 20 and len(errors) == len(set(errors)) == 3
     assert set(fit) | set(errors) == every
@@ -60,14 +60,14 @@ def test_rerun_refuses_then_publishes_a_new_run_without_mixing(ray_local, tmp_pa
     assert second["images"] == 6
     view = open_published(out)
     assert view.run_id != old.run_id
-    table = pa.concat_tables([pq.read_table(f) for f in view.stage_files("fit")
-                              if f.endswith(".parquet")])
+    table = pa.concat_tables([pq.read_table(f) for f in view.stage_files("fit", ".parquet")])
     assert table.num_rows == 6 and set(table.column("split").to_pylist()) == {"train"}
     assert table.schema.field("coef").type.list_size == 2      # isotropic radius 1: 2 rings
     meta = json.loads((Path(view.stage_path("fit")) / "_kernelbank.json").read_text())
     assert meta["radius"] == 1 and view.error_files() == []
     # the old run is still there, whole, for readers that held it
-    assert len(old.stage_files("fit")) and all(Path(f).exists() for f in old.stage_files("fit"))
+    old_files = old.stage_files("fit", ".parquet")
+    assert old_files and all(Path(f).exists() for f in old_files)
     # the next stage alone, through its subcommand: a new run reusing the fit in place
     assert main(["reduce", "--output", out, "--bank-method", "kmeans", "--n-components", "2"]) == 0
     reduced = open_published(out)
