@@ -336,11 +336,15 @@ def run_train(config: TrainConfig, *, overwrite: bool = False) -> dict:
     from .summary import run_alone, settings_of
 
     def train(stage) -> dict:
+        began = time.perf_counter()
         datasets, class_names = load_train_test(config)
         if len(class_names) < 2:
             raise ValueError(f"training needs at least 2 classes in the train split of "
                              f"{config.input or 'the built-in textures'}, found {class_names}")
-        return fit_end_to_end(datasets, class_names, config, folder_url=stage.url)
+        summary = fit_end_to_end(datasets, class_names, config, folder_url=stage.url)
+        # the run summary's per-stage fields, like every other stage's
+        return {**summary, "seconds": round(time.perf_counter() - began, 3),
+                "images_per_second": round(summary["images_per_s"], 2)}
     return run_alone(config.output, "train", settings_of(config), train,
                      input_url=config.input, overwrite=overwrite,
                      s3_endpoint=config.s3_endpoint, resumable=True)
