@@ -189,7 +189,12 @@ def write_bytes(fs, path: str, data: bytes) -> None:
 
 
 def read_bytes(fs, path: str) -> bytes | None:
-    """The content of ``path``, or ``None`` when it does not exist (retried)."""
+    """The content of ``path``, or ``None`` when it does not exist (retried).
+
+    The filesystem's cached listing of the folder is dropped first: s3fs sizes an object
+    from it, and a listing cached before another process wrote ``path`` would hide it.
+    """
+    fs.invalidate_cache(path)
     try:
         return retry_call(lambda: fs.cat_file(path), what=f"read {path}")
     except FileNotFoundError:

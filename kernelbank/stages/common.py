@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Iterator
 
 from ..io.storage import redact
@@ -73,6 +73,9 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
     if ray.is_initialized():
         mode = "existing"
     else:
+        # ray.init replaces the driver's SIGTERM handler with one that exits at once;
+        # keep the caller's (stop_on_sigterm: stop cleanly, leave the run resumable)
+        handler = signal.getsignal(signal.SIGTERM)
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address)
@@ -80,6 +83,9 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
         else:
             ray.init(address="local", include_dashboard=False)
             mode = "embedded"
+        if callable(handler):
+            with suppress(ValueError):              # not the main thread
+                signal.signal(signal.SIGTERM, handler)
     seconds = time.perf_counter() - start
     resources = {k: float(v) for k, v in ray.cluster_resources().items()
                  if k in ("CPU", "GPU", "memory", "object_store_memory")}
