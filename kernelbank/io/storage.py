@@ -22,17 +22,23 @@ __all__ = ["resolve", "storage_options", "url_of", "ray_filesystem", "join", "is
 
 
 def storage_options(url: str, s3_endpoint: str | None = None) -> dict[str, Any]:
-    """fsspec options for ``url``: only the S3 endpoint, when there is one (no credentials)."""
+    """fsspec options for ``url``: the S3 endpoint, when there is one, and no listings cache
+    (never credentials)."""
     return _storage_options(fsspec.utils.get_protocol(url), s3_endpoint)
 
 
 def _storage_options(protocol: str, s3_endpoint: str | None) -> dict[str, Any]:
+    if protocol in ("file", "local"):
+        return {}
+    # no cached listings: runs are written by other processes (workers, other drivers)
+    # while this one reads, and s3fs also sizes objects from a cached listing
+    options: dict[str, Any] = {"use_listings_cache": False}
     if protocol in ("s3", "s3a"):
         endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or \
             os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
-            return {"client_kwargs": {"endpoint_url": endpoint}}
-    return {}
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
 
 
 def resolve(url: str, *, s3_endpoint: str | None = None
