@@ -275,3 +275,13 @@ def test_lease_of_a_dead_driver_is_taken_over_a_live_one_is_not(tmp_path):
     assert Lease.acquire(fs, path, "next").attempt == "next"
     elsewhere = {**info, "host": "another-host", "heartbeat": time.time() - 10}
     assert holder_alive(elsewhere) and not holder_alive({**elsewhere, "heartbeat": 0})
+
+
+def test_stale_unpublished_run_of_another_command_is_cleaned_at_the_next_start(tmp_path, capsys):
+    output = str(tmp_path / "out")
+    crashed = _fake(output, "--value", "1", kill_at="fake.part1")
+    assert crashed.returncode == -signal.SIGKILL
+    stale = {p.name for p in (tmp_path / "out" / RUNS).iterdir()}
+    other = _in_process(capsys, output, "--value", "2")               # another fingerprint
+    assert {p.name for p in (tmp_path / "out" / RUNS).iterdir()} == {other["run_id"]}
+    assert stale and other["run_id"] not in stale and not other["resumed"]
