@@ -7,8 +7,9 @@ A stage's output rows carry ``stage``/``reason`` columns that are null for good 
 reason``). File names depend only on the prefix (stage and attempt, see
 :attr:`kernelbank.io.runs.StageWriter.part_prefix`) and the task index, so a retried task
 overwrites its own files, and each file is written whole (:func:`write_table`): every
-row lands exactly once, and a crash leaves no partial file. Each task returns its counts, which the driver
-adds up in :meth:`SplitParquetSink.on_write_complete` — the summary needs no extra pass.
+row lands exactly once, and a crash leaves no partial file. Each task returns its counts,
+which the driver adds up in :meth:`SplitParquetSink.on_write_complete` — the summary
+needs no extra pass.
 
 Writes go through fsspec (s3fs for ``s3://``): credentials are found on each worker
 the standard way and never pass through this code.

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             if set(ids) <= done:
                 continue
             table = pa.table({"id": ids, "value": [args.value] * len(ids)})
-            write_table(table, stage.fs, join(stage.path, f"{stage.part_prefix}-{part:06d}.parquet"))
+            name = f"{stage.part_prefix}-{part:06d}.parquet"
+            write_table(table, stage.fs, join(stage.path, name))
             written.extend(ids)
             faults.fault_point(f"fake.part{part}")
         return {"images": args.parts * ROWS_PER_PART}

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kernelbank.io.atomic import create_exclusive, read_versioned, replace_if
-from kernelbank.io.layout import LEASE, MANIFEST, MARKER, POINTER, RUN_MARKER, RUNS, write_json
+from kernelbank.io.layout import LEASE, MANIFEST, MARKER, POINTER, RUNS, write_json
 from kernelbank.io.lease import Lease, LeaseBusy, holder_alive
 from kernelbank.io.runs import (KEEP_PUBLISHED, NothingPublished, RunWriter, StageMismatch,
                                 open_published)
