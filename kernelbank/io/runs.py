@@ -27,11 +27,22 @@ Reading (stages, ``kernelbank report``, classify, train)::
     view.stage_path("fit"), view.stage_url("reduce"), view.stage_files("fit", ".parquet"),
     view.error_files(), view.summary, view.path (the run's own prefix)
 
+Rules for a stage's ``write`` function: write only below ``stage.path`` and as
+``errors/<stage.part_prefix>-*.parquet``; write whole files (:func:`~kernelbank.io.tables.
+write_table`, :func:`~kernelbank.io.layout.write_json`, :func:`~kernelbank.io.atomic.
+write_bytes`); name part files with ``stage.part_prefix`` so attempts never collide; find
+upstream outputs with ``run.stage_url(name)`` (a reader of a published run should prefer
+``view.stage_files(name)``, the exact list the stage recorded, to listing the folder). A
+stage run with ``resumable=False`` (the default) starts from an empty folder after a
+crash; with ``resumable=True`` it keeps earlier attempts' part files and must skip
+``stage.completed_ids()``.
+
 Guarantees
 ----------
 *Atomic publish.* A reader sees the previous published run or the new one, never a mix:
-a run's files are never modified after its stage markers are written, and the pointer
-is one object replaced atomically. Two runs racing to publish on one output: the
+a run's files are never modified after its stage markers are written (only its
+``report/`` is added after publication), and the pointer is one object replaced
+atomically. Two runs racing to publish on one output: the
 pointer swap is conditional on the pointer read when the run started (S3
 ``If-Match``/``If-None-Match``; local ``flock`` + rename), so the second one is refused
 (:class:`PublishConflict`) and stays unpublished; two drivers of the *same* command
