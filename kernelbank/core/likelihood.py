@@ -30,6 +30,11 @@ mean is ``log σ_c²``, the excess mean is ``log(σ_c² / mean own-fit mse)`` an
 widths are the log-normal width matching the spread of the own-fit MSEs (a rough
 guess); :meth:`LikelihoodClassifier.calibrate` replaces them with the exact values
 measured on given images, which is recommended whenever the training images are at hand.
+
+**Without pixels.** Every score needs, per model, only the image's own normal equations
+(``G, h, s, n``) and own-fit MSE, which its window sums give
+(:mod:`kernelbank.core.sums_fit`); each scoring method has a ``*_from_sums`` twin
+(:meth:`LikelihoodClassifier.predict_from_sums`, …) taking the images' window sums.
 """
 
 from __future__ import annotations
@@ -41,14 +46,17 @@ import numpy as np
 import torch
 
 from .basis import Basis
-from .fit import fit, residual_mse
+from .fit import FitResult, fit, residual_mse
 from .solve import solve_normal_equations
 from .stats import ClassStats
+from .sums import WindowSums
+from .sums_fit import fit_result_from_sums, select_sums
 
 __all__ = ["LikelihoodClassifier", "UNKNOWN"]
 
 UNKNOWN = "unknown"
 _MIN_LOG_STD = 0.02     # floor on s_c: a class of near-identical images still gets a range
+_OWN_FIT_RIDGE = 1e-6   # ridge of each scored image's own fit (the excess z-score's baseline)
 
 
 @dataclass
@@ -155,26 +163,39 @@ class LikelihoodClassifier:
                                  excess, log_std.clone()))
         return cls(classes, models, z, temperature, normalize)
 
+    # ------------------------------------------------------------------ own fits
+    # Every score is a function of each image's own fit per model (its sums G, h, Σx²,
+    # n and own-fit MSE): from the pixels (_fits) or from window sums (_fits_from_sums),
+    # then the same private scoring below. Each public method has a *_from_sums twin.
+    def _fits(self, images) -> list[FitResult]:
+        return [fit(images, m.basis, ridge=_OWN_FIT_RIDGE, normalize=self.normalize,
+                    scales=m.scale) for m in self.models]
+
+    def _fits_from_sums(self, sums: Sequence[WindowSums]) -> list[FitResult]:
+        sums = list(sums)
+        fits = [fit_result_from_sums(
+            select_sums(sums, m.basis.dilation, scale=m.scale,
+                        needed_by=f"the model of {m.basis} at scale {m.scale}"),
+            m.basis, _OWN_FIT_RIDGE) for m in self.models]
+        counts = {len(r) for r in fits}
+        if len(counts) != 1:
+            raise ValueError(f"the window sums of the models hold different numbers of images "
+                             f"{sorted(counts)}; pass sums of the same images for every model")
+        return fits
+
     # ------------------------------------------------------------------ scoring
-    def _fits(self, images) -> list:
-        return [fit(images, m.basis, normalize=self.normalize, scales=m.scale)
-                for m in self.models]
+    def _residual_mse(self, fits: list[FitResult]) -> torch.Tensor:
+        return torch.stack([_quadratic_mse(r, m.coef) for r, m in zip(fits, self.models)], 1)
 
-    def residual_mse(self, images) -> torch.Tensor:
-        """Residual MSE of every image under every class and model, shape (N, n_models, C)."""
-        return torch.stack([_quadratic_mse(r, m.coef) for r, m in
-                            zip(self._fits(images), self.models)], 1)
-
-    def _scores(self, images):
-        fits = self._fits(images)
-        mse = torch.stack([_quadratic_mse(r, m.coef) for r, m in zip(fits, self.models)], 1)
+    def _scores(self, fits: list[FitResult]):
+        mse = self._residual_mse(fits)
         variance = torch.stack([m.variance for m in self.models])        # (S, C)
         loglik = -0.5 * torch.log(2 * np.pi * variance) - mse / (2 * variance)   # (N, S, C)
         n_pix = torch.stack([r.n_pixels.cpu() for r in fits], 1).to(torch.float64)  # (N, S)
         deviation = self._deviation(mse, fits)
         return loglik, n_pix, deviation
 
-    def _deviation(self, mse: torch.Tensor, fits: list) -> torch.Tensor:
+    def _deviation(self, mse: torch.Tensor, fits: list[FitResult]) -> torch.Tensor:
         """(N, C): per class, the larger of the level and excess z-scores, mean over models."""
         stack = lambda key: torch.stack([getattr(m, key) for m in self.models])  # noqa: E731
         own = torch.stack([r.mse.cpu().to(torch.float64) for r in fits], 1)      # (N, S)
@@ -184,56 +205,24 @@ class LikelihoodClassifier:
             / stack("excess_std")
         return torch.maximum(level, excess).mean(1)
 
-    def log_likelihood(self, images) -> torch.Tensor:
-        """Per-pixel average Gaussian log-likelihood ``ℓ_c``, summed over models, (N, C)."""
-        return self._scores(images)[0].sum(1)
-
-    def predict_log_proba(self, images) -> torch.Tensor:
-        """Log posterior over classes (uniform prior), shape (N, C), float64."""
-        loglik, n_pix, _ = self._scores(images)
+    def _log_proba(self, fits: list[FitResult]) -> torch.Tensor:
+        loglik, n_pix, _ = self._scores(fits)
         if self.temperature is None:
             logits = (loglik * n_pix[:, :, None]).sum(1)
         else:
             logits = loglik.sum(1) / self.temperature
         return torch.log_softmax(logits, dim=1)
 
-    def predict_proba(self, images) -> torch.Tensor:
-        """Posterior probabilities over classes, shape (N, C)."""
-        return self.predict_log_proba(images).exp()
-
-    def deviation(self, images) -> torch.Tensor:
-        """Training-standard-deviations between each image's log MSE and each class's, (N, C)."""
-        return self._scores(images)[2]
-
-    def predict(self, images) -> np.ndarray:
-        """Most likely class name per image, or ``"unknown"`` where no class explains it.
-
-        Returns
-        -------
-        ndarray of shape (N,), dtype object
-        """
-        loglik, _, deviation = self._scores(images)
+    def _predict(self, fits: list[FitResult]) -> np.ndarray:
+        loglik, _, deviation = self._scores(fits)
         names = np.array(self.classes, dtype=object)[loglik.sum(1).argmax(1).numpy()]
         if self.z is not None:
             names[(deviation > self.z).all(1).numpy()] = UNKNOWN
         return names
 
-    def calibrate(self, images, labels: Sequence[str]) -> "LikelihoodClassifier":
-        """Replace each class's log-MSE range by the exact one measured on ``images``.
-
-        Parameters
-        ----------
-        images : images of the classes (usually the training set)
-        labels : sequence of str, one per image
-
-        Returns
-        -------
-        self
-        """
+    def _calibrate(self, fits: list[FitResult], labels: Sequence[str]) -> "LikelihoodClassifier":
         labels = np.array([str(v) for v in labels], dtype=object)
-        fits = self._fits(images)
-        log_mse = torch.stack([_quadratic_mse(r, m.coef) for r, m in zip(fits, self.models)],
-                              1).log()                                    # (N, S, C)
+        log_mse = self._residual_mse(fits).log()                          # (N, S, C)
         own = torch.stack([r.mse.cpu().to(torch.float64) for r in fits], 1).clamp_min(1e-300).log()
         if len(labels) != log_mse.shape[0]:
             raise ValueError(f"labels has {len(labels)} entries for {log_mse.shape[0]} images")
@@ -247,6 +236,83 @@ class LikelihoodClassifier:
                 model.log_mean[c], model.log_std[c] = _mean_std(values[:, s])
                 model.excess_mean[c], model.excess_std[c] = _mean_std(excess[:, s])
         return self
+
+    # ------------------------------------------------------------------ from images
+    def residual_mse(self, images) -> torch.Tensor:
+        """Residual MSE of every image under every class and model, shape (N, n_models, C)."""
+        return self._residual_mse(self._fits(images))
+
+    def log_likelihood(self, images) -> torch.Tensor:
+        """Per-pixel average Gaussian log-likelihood ``ℓ_c``, summed over models, (N, C)."""
+        return self._scores(self._fits(images))[0].sum(1)
+
+    def predict_log_proba(self, images) -> torch.Tensor:
+        """Log posterior over classes (uniform prior), shape (N, C), float64."""
+        return self._log_proba(self._fits(images))
+
+    def predict_proba(self, images) -> torch.Tensor:
+        """Posterior probabilities over classes, shape (N, C)."""
+        return self.predict_log_proba(images).exp()
+
+    def deviation(self, images) -> torch.Tensor:
+        """Training-standard-deviations between each image's log MSE and each class's, (N, C)."""
+        return self._scores(self._fits(images))[2]
+
+    def predict(self, images) -> np.ndarray:
+        """Most likely class name per image, or ``"unknown"`` where no class explains it.
+
+        Returns
+        -------
+        ndarray of shape (N,), dtype object
+        """
+        return self._predict(self._fits(images))
+
+    def calibrate(self, images, labels: Sequence[str]) -> "LikelihoodClassifier":
+        """Replace each class's log-MSE range by the exact one measured on ``images``.
+
+        Parameters
+        ----------
+        images : images of the classes (usually the training set)
+        labels : sequence of str, one per image
+
+        Returns
+        -------
+        self
+        """
+        return self._calibrate(self._fits(images), labels)
+
+    # ------------------------------------------------------------------ from window sums
+    # ``sums``: WindowSums of the images (normalised as ``normalize`` says), whole-image,
+    # one entry at each model's dilation and scale with a radius >= its basis's (equal
+    # to reproduce the pixel methods: see kernelbank.core.sums_fit); others are ignored.
+    def residual_mse_from_sums(self, sums: Sequence[WindowSums]) -> torch.Tensor:
+        """:meth:`residual_mse` from window sums instead of pixels, (N, n_models, C)."""
+        return self._residual_mse(self._fits_from_sums(sums))
+
+    def log_likelihood_from_sums(self, sums: Sequence[WindowSums]) -> torch.Tensor:
+        """:meth:`log_likelihood` from window sums instead of pixels, (N, C)."""
+        return self._scores(self._fits_from_sums(sums))[0].sum(1)
+
+    def predict_log_proba_from_sums(self, sums: Sequence[WindowSums]) -> torch.Tensor:
+        """:meth:`predict_log_proba` from window sums instead of pixels, (N, C)."""
+        return self._log_proba(self._fits_from_sums(sums))
+
+    def predict_proba_from_sums(self, sums: Sequence[WindowSums]) -> torch.Tensor:
+        """:meth:`predict_proba` from window sums instead of pixels, (N, C)."""
+        return self.predict_log_proba_from_sums(sums).exp()
+
+    def deviation_from_sums(self, sums: Sequence[WindowSums]) -> torch.Tensor:
+        """:meth:`deviation` from window sums instead of pixels, (N, C)."""
+        return self._scores(self._fits_from_sums(sums))[2]
+
+    def predict_from_sums(self, sums: Sequence[WindowSums]) -> np.ndarray:
+        """:meth:`predict` from window sums instead of pixels, (N,) object array."""
+        return self._predict(self._fits_from_sums(sums))
+
+    def calibrate_from_sums(self, sums: Sequence[WindowSums],
+                            labels: Sequence[str]) -> "LikelihoodClassifier":
+        """:meth:`calibrate` from the window sums of the images instead of their pixels."""
+        return self._calibrate(self._fits_from_sums(sums), labels)
 
     def __repr__(self) -> str:
         return (f"LikelihoodClassifier(classes={self.classes}, models={len(self.models)}, "

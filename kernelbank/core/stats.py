@@ -19,6 +19,21 @@ how the images were split into batches or in which order partial statistics merg
 ``0 + stats`` is ``stats`` so ``sum(list_of_stats)`` works, and :meth:`ClassStats.empty`
 is the identity.
 
+Files
+-----
+:meth:`ClassStats.save` writes one ``.npz`` archive (no pickle; ``numpy.load(...,
+allow_pickle=False)`` reads it without kernelbank). ``C`` classes, ``m`` components::
+
+    header_json      uint8 UTF-8 JSON: format, version, scale, reservoir_size, seed,
+                     class names (in order), basis description (kind, radius, dilation,
+                     ndim, n_components, ring_distances) or null when empty
+    basis_offsets    (n_taps, ndim) int64      basis_weights   (m, n_taps) float64
+    n, n_pixels      (C,) int64
+    sum_coef (C, m)  sum_outer (C, m, m)  sum_gram (C, m, m)  sum_rhs (C, m)   float64
+    sum_sq, sum_mse, sum_mse_sq   (C,) float64
+    sample           (K, m) float64, every class's reservoir rows one class after another
+    sample_priority  (K,) uint64                sample_count   (C,) int64
+
 Notes
 -----
 All sums are float64 (counts int64). Integer fields and the reservoir merge exactly; the
@@ -29,17 +44,27 @@ addition), which is far below anything a bank or a classifier can see.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import os
+import zipfile
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from .basis import Basis
+from .sums import WindowSums
+from .sums_fit import fit_result_from_sums
 
 __all__ = ["ClassStats", "ClassSums"]
 
 DEFAULT_RESERVOIR = 512
+FILE_FORMAT = "kernelbank.class_stats"
+FILE_VERSION = 1
+_PER_CLASS = ("n", "n_pixels", "sum_coef", "sum_outer", "sum_gram", "sum_rhs", "sum_sq",
+              "sum_mse", "sum_mse_sq")
 
 
 def _priorities(rows: np.ndarray, seed: int) -> np.ndarray:
@@ -234,6 +259,34 @@ class ClassStats:
                 sample=sample, sample_priority=sample_priority)
         return cls(basis, sums, int(factor), int(reservoir_size), int(seed))
 
+    @classmethod
+    def from_sums(cls, sums: WindowSums, labels: Sequence[str], basis: Basis, *,
+                  ridge: float = 1e-6, coef: torch.Tensor | None = None,
+                  mse: torch.Tensor | None = None, reservoir_size: int = DEFAULT_RESERVOIR,
+                  seed: int = 0) -> "ClassStats":
+        """Per-class statistics of ``basis`` from window sums, without the pixels.
+
+        Equal to ``from_fit(fit(images, basis, ridge=ridge), labels)`` when the sums were
+        taken on the images as ``fit`` models them and at the basis's radius (see
+        :mod:`kernelbank.core.sums_fit`).
+
+        Parameters
+        ----------
+        sums : WindowSums
+            Whole-image sums of N images at one dilation and scale; the basis is applied
+            at that dilation, and the statistics are at that scale.
+        labels : sequence of str of length N
+        basis : Basis
+        ridge : float, default=1e-6
+            Per-pixel ridge of the images' own fits.
+        coef, mse : torch.Tensor of shapes (N, m) and (N,), optional
+            The images' own fits when already solved (e.g. read from the fit table).
+        reservoir_size, seed : int
+            As in :meth:`from_fit`.
+        """
+        result = fit_result_from_sums(sums, basis, ridge, coef=coef, mse=mse)
+        return cls.from_fit(result, labels, reservoir_size=reservoir_size, seed=seed)
+
     # ------------------------------------------------------------------ merging
     def __add__(self, other: "ClassStats") -> "ClassStats":
         if isinstance(other, (int, float)) and other == 0:
@@ -317,6 +370,108 @@ class ClassStats:
         basis = None if d["basis"] is None else _basis_from_dict(d["basis"])
         sums = {str(k): ClassSums.from_dict(v) for k, v in sorted(d["classes"].items())}
         return cls(basis, sums, int(d["scale"]), int(d["reservoir_size"]), int(d["seed"]))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays only, the content of the ``.npz`` file (layout in the module docstring)."""
+        names = self.classes
+        basis = None if self.basis is None else {
+            **self.basis.describe(), "ring_distances": list(self.basis.ring_distances or [])}
+        header = {"format": FILE_FORMAT, "version": FILE_VERSION, "scale": self.scale,
+                  "reservoir_size": self.reservoir_size, "seed": self.seed,
+                  "classes": names, "basis": basis}
+        m = 0 if self.basis is None else self.basis.n_components
+        parts = [self.sums[c] for c in names]
+        arrays = {"header_json": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
+        if self.basis is not None:
+            arrays["basis_offsets"] = self.basis.offsets.numpy().astype(np.int64)
+            arrays["basis_weights"] = self.basis.weights.numpy().astype(np.float64)
+        shapes = {"sum_coef": (m,), "sum_outer": (m, m), "sum_gram": (m, m), "sum_rhs": (m,)}
+        for key in _PER_CLASS:
+            dtype = np.int64 if key in ("n", "n_pixels") else np.float64
+            arrays[key] = np.array([getattr(p, key) for p in parts], dtype=dtype).reshape(
+                (len(parts),) + shapes.get(key, ()))
+        arrays["sample"] = np.concatenate([p.sample for p in parts] + [np.empty((0, m))])
+        arrays["sample_priority"] = np.concatenate(
+            [p.sample_priority for p in parts] + [np.empty(0, np.uint64)]).astype(np.uint64)
+        arrays["sample_count"] = np.array([len(p.sample) for p in parts], dtype=np.int64)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "ClassStats":
+        """Inverse of :meth:`to_arrays` (a dict or an open ``numpy.load`` archive)."""
+        header = json.loads(bytes(np.asarray(arrays["header_json"], np.uint8)).decode())
+        if header.get("format") != FILE_FORMAT or header.get("version") != FILE_VERSION:
+            raise ValueError(f"not kernelbank class statistics: format {header.get('format')!r} "
+                             f"version {header.get('version')!r}, expected {FILE_FORMAT!r} "
+                             f"version {FILE_VERSION}")
+        if header["basis"] is None:
+            return cls.empty(int(header["reservoir_size"]), int(header["seed"]))
+        basis = _basis_from_dict({**header["basis"], "offsets": arrays["basis_offsets"],
+                                  "weights": arrays["basis_weights"]})
+        ends = np.cumsum(np.asarray(arrays["sample_count"], np.int64))
+        sums = {}
+        for i, name in enumerate(header["classes"]):
+            start = 0 if i == 0 else int(ends[i - 1])
+            fields = {key: arrays[key][i] for key in _PER_CLASS}
+            fields["sample"] = arrays["sample"][start:ends[i]]
+            fields["sample_priority"] = arrays["sample_priority"][start:ends[i]]
+            sums[str(name)] = ClassSums.from_dict(fields)
+        return cls(basis, sums, int(header["scale"]), int(header["reservoir_size"]),
+                   int(header["seed"]))
+
+    def save(self, target: str | os.PathLike | BinaryIO, **storage_options) -> None:
+        """Write one ``.npz`` file (no pickle) to a path, an fsspec URL or a binary file.
+
+        Parameters
+        ----------
+        target : str, path or binary file object
+            ``stats_d1.npz``, ``s3://bucket/banks/stats_d1.npz``, or an open file.
+        **storage_options
+            Passed to ``fsspec.open`` for a URL (e.g. ``client_kwargs``).
+        """
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.to_arrays())
+        if hasattr(target, "write"):
+            target.write(buffer.getvalue())
+            return
+        import fsspec  # lazy: the math layer imports no IO library unless asked to write
+        with fsspec.open(os.fspath(target), "wb", **storage_options) as handle:
+            handle.write(buffer.getvalue())
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | BinaryIO, **storage_options) -> "ClassStats":
+        """Read a file written by :meth:`save`; refuses pickles and object arrays.
+
+        Raises
+        ------
+        ValueError
+            When ``source`` is not a class-statistics ``.npz`` (a pickle, an archive
+            holding object arrays, another format or version).
+        """
+        if hasattr(source, "read"):
+            data = source.read()
+            where = getattr(source, "name", "the given file")
+        else:
+            import fsspec
+            where = os.fspath(source)
+            with fsspec.open(where, "rb", **storage_options) as handle:
+                data = handle.read()
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{where} is not a kernelbank ClassStats .npz file (pickled data "
+                             f"and object arrays are refused): {error}") from error
+        if "header_json" not in arrays:
+            raise ValueError(f"{where} is not a kernelbank ClassStats .npz file: no header_json")
+        try:
+            return cls.from_arrays(arrays)
+        except KeyError as error:
+            raise ValueError(f"{where} lacks the array {error}: not a complete ClassStats "
+                             "file") from None
+        except IndexError as error:
+            raise ValueError(f"{where} has fewer per-class rows than classes in its header: "
+                             f"{error}") from None
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v.n}" for k, v in sorted(self.sums.items()))

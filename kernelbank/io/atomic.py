@@ -20,8 +20,10 @@ The output layout (:mod:`kernelbank.io.runs`) needs three storage primitives:
     effort: compare, write, read back — two writers racing within one round trip can
     both succeed there, and the later one wins.
 
-Every call is retried on transient errors (:func:`kernelbank.io.retry.retry_call`);
-a lost compare-and-swap is not an error and is never retried.
+Every call is retried on transient errors (throttling, 5xx, dropped connections) with
+the reader's retry policy (:func:`kernelbank.io.fetch.call_with_retries`, under
+:data:`WRITE_RETRIES`); a lost compare-and-swap or a denied request is not transient and
+is never retried.
 """
 
 from __future__ import annotations
@@ -31,14 +33,24 @@ import hashlib
 import os
 import uuid
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
-from .retry import retry_call
+from .fetch import RetryPolicy, call_with_retries
 from .storage import is_local
 
 __all__ = ["write_bytes", "create_exclusive", "read_versioned", "replace_if", "Versioned",
-           "read_bytes", "remove_tree", "supports_conditional_writes"]
+           "read_bytes", "remove_tree", "supports_conditional_writes", "retried",
+           "WRITE_RETRIES"]
 
+T = TypeVar("T")
 _TMP = ".tmp-"
+#: Retries of every call here (the object-store clients' own retries come underneath).
+WRITE_RETRIES = RetryPolicy(attempts=6, base_delay=0.2, max_delay=10.0)
+
+
+def retried(call: Callable[[], T], policy: RetryPolicy = WRITE_RETRIES) -> T:
+    """``call()``, retried on transient errors under ``policy`` (the last error is raised)."""
+    return call_with_retries(call, policy)[0]
 
 
 @dataclass(frozen=True)
@@ -153,8 +165,8 @@ def _s3_put(fs, path: str, data: bytes, **condition) -> str | None:
     """PUT ``data``; its ETag, or ``None`` when a condition failed."""
     bucket, key = _split(fs, path)
     try:
-        response = retry_call(lambda: fs.call_s3("put_object", Bucket=bucket, Key=key,
-                                                 Body=data, **condition), what=f"PUT {key}")
+        response = retried(lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data,
+                                              **condition))
     except Exception as error:
         if condition and _is_precondition_failure(error):
             return None
@@ -168,9 +180,9 @@ def _s3_read(fs, path: str) -> Versioned:
     for _ in range(5):                         # etag and content of one version
         fs.invalidate_cache(path)
         try:
-            before = retry_call(lambda: fs.info(path), what=f"HEAD {path}")
-            data = retry_call(lambda: fs.cat_file(path), what=f"GET {path}")
-            after = retry_call(lambda: fs.info(path), what=f"HEAD {path}")
+            before = retried(lambda: fs.info(path))
+            data = retried(lambda: fs.cat_file(path))
+            after = retried(lambda: fs.info(path))
         except FileNotFoundError:
             return Versioned(None, None)
         if before.get("ETag") == after.get("ETag"):
@@ -182,9 +194,9 @@ def _s3_read(fs, path: str) -> Versioned:
 def write_bytes(fs, path: str, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (see the module docstring)."""
     if is_local(fs):
-        retry_call(lambda: _local_write(path, data), what=f"write {path}")
+        retried(lambda: _local_write(path, data))
     else:
-        retry_call(lambda: fs.pipe_file(path, data), what=f"write {path}")
+        retried(lambda: fs.pipe_file(path, data))
         fs.invalidate_cache(path)
 
 
@@ -196,7 +208,7 @@ def read_bytes(fs, path: str) -> bytes | None:
     """
     fs.invalidate_cache(path)
     try:
-        return retry_call(lambda: fs.cat_file(path), what=f"read {path}")
+        return retried(lambda: fs.cat_file(path))
     except FileNotFoundError:
         return None
 
@@ -204,7 +216,7 @@ def read_bytes(fs, path: str) -> bytes | None:
 def create_exclusive(fs, path: str, data: bytes) -> bool:
     """Create ``path`` with ``data`` unless it exists; ``True`` when this call created it."""
     if is_local(fs):
-        return retry_call(lambda: _local_create(path, data), what=f"create {path}")
+        return retried(lambda: _local_create(path, data))
     if _is_s3(fs):
         # a retried PUT whose first try landed fails its precondition: ours all the same
         return _s3_put(fs, path, data, IfNoneMatch="*") is not None or \
@@ -218,7 +230,7 @@ def create_exclusive(fs, path: str, data: bytes) -> bool:
 def read_versioned(fs, path: str) -> Versioned:
     """Content and version token of ``path`` for a later :func:`replace_if`."""
     if is_local(fs):
-        return retry_call(lambda: _local_read(path), what=f"read {path}")
+        return retried(lambda: _local_read(path))
     if _is_s3(fs):
         return _s3_read(fs, path)
     data = read_bytes(fs, path)
@@ -236,7 +248,7 @@ def replace_if(fs, path: str, data: bytes, expected: str | None) -> str | None:
         with _local_lock(path):
             if _local_read(path).token != expected:
                 return None
-            retry_call(lambda: _local_write(path, data), what=f"write {path}")
+            retried(lambda: _local_write(path, data))
             return hashlib.sha256(data).hexdigest()
     if _is_s3(fs):
         condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
@@ -256,6 +268,6 @@ def remove_tree(fs, path: str) -> None:
     def remove():
         if fs.exists(path):
             fs.rm(path, recursive=True)
-    retry_call(remove, what=f"delete {path}")
+    retried(remove)
     with contextlib.suppress(Exception):
         fs.invalidate_cache(path)

@@ -87,13 +87,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .. import faults
-from .atomic import create_exclusive, read_versioned, remove_tree, replace_if
+from .atomic import create_exclusive, read_versioned, remove_tree, replace_if, retried
 from .layout import (ERRORS, LEASE, MANIFEST, MARKER, POINTER, RUN_MARKER, RUNS, STAGE_DEPENDS,
                      STAGE_FOLDERS, STAGE_MARKER, STAGE_ORDER, SUMMARY, downstream, json_bytes,
                      read_json, write_json)
 from .lease import LEASE_TIMEOUT_S, Lease, LeaseBusy, holder_alive
 from .output_safety import check_not_nested, check_output
-from .retry import retry_call
 from .storage import join, redact, resolve, safe_url, url_of
 
 __all__ = ["RunView", "RunWriter", "StageWriter", "open_published", "open_run", "fingerprint",
@@ -300,7 +299,7 @@ def read_ids(fs, files: list[str], column: str = "id") -> set[str]:
         def read():
             with fs.open(path, "rb") as handle:
                 return pq.read_table(handle, columns=[column]).column(column).to_pylist()
-        return retry_call(read, what=f"read {path}")
+        return retried(read)
     with ThreadPoolExecutor(max_workers=16) as pool:
         return {str(v) for part in pool.map(ids, files) for v in part}
 
@@ -310,13 +309,13 @@ def _describe_files(fs, run_path: str, paths: list[str]) -> list[dict]:
     import pyarrow.parquet as pq
 
     def describe(path: str) -> dict:
-        info = retry_call(lambda: fs.info(path), what=f"stat {path}")
+        info = retried(lambda: fs.info(path))
         item = {"path": path[len(run_path):].lstrip("/"), "size": int(info.get("size") or 0)}
         if path.endswith(".parquet"):
             def rows():
                 with fs.open(path, "rb") as handle:
                     return pq.read_metadata(handle).num_rows
-            item["rows"] = int(retry_call(rows, what=f"read footer of {path}"))
+            item["rows"] = int(retried(rows))
         return item
     with ThreadPoolExecutor(max_workers=16) as pool:
         return list(pool.map(describe, sorted(paths)))

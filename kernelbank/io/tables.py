@@ -17,17 +17,15 @@ the standard way and never pass through this code.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from typing import Any
-
-import io
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import write_bytes
-from .retry import retry_call
+from .atomic import retried, write_bytes
 from .storage import join
 
 __all__ = ["ERROR_COLUMNS", "SplitParquetSink", "write_table", "parquet_files", "count_rows"]
@@ -57,7 +55,7 @@ def count_rows(fs, ok_files: list[str], error_files: list[str]) -> Counter:
         def once():
             with fs.open(path, "rb") as handle:
                 return pq.read_table(handle, columns=columns)
-        return retry_call(once, what=f"read {path}")
+        return retried(once)
     for path in ok_files:
         table = read(path, ["split", "label"])
         for split, label in zip(table.column("split").to_pylist(),

@@ -10,6 +10,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, Iterator
 
 from ..io.storage import redact
+from .progress import info_enabled, ray_log_level
 
 __all__ = ["connect_ray", "actor_pool_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
            "make_basis", "Terminated", "stop_on_sigterm"]
@@ -20,11 +21,13 @@ TEST_SPLIT = "test"
 
 
 def log(message: str) -> None:
-    """One progress line on stderr (visible in ``ray job logs`` too).
+    """One progress line on stderr (visible in ``ray job logs`` too; not with ``--quiet``).
 
     Every URL in ``message`` goes through :func:`kernelbank.io.storage.safe_url` and the
     values of credential variables are removed, so no caller can log a secret.
     """
+    if not info_enabled():
+        return
     print(f"[kernelbank] {redact(message)}", file=sys.stderr, flush=True)
 
 
@@ -78,10 +81,10 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
         handler = signal.getsignal(signal.SIGTERM)
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address)
+            ray.init(address=address, logging_level=ray_log_level())
             mode = "cluster"
         else:
-            ray.init(address="local", include_dashboard=False)
+            ray.init(address="local", include_dashboard=False, logging_level=ray_log_level())
             mode = "embedded"
         if callable(handler):
             with suppress(ValueError):              # not the main thread

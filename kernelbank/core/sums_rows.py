@@ -1,0 +1,140 @@
+r"""Window sums as flat float64 rows, one per image: the form a Parquet column holds.
+
+Layout of one image's row for sums of a window of ``t = (2r+1)^d`` taps (C order,
+centre included, see :mod:`kernelbank.core.sums`)::
+
+    [ cross upper triangle | first | n ]
+      t(t+1)/2 values: (0,0), (0,1) … (0,t−1), (1,1) … (t−1,t−1)   (numpy.triu_indices order)
+                         t values
+                                 1 value, the valid-pixel count (exact in float64 below 2⁵³)
+
+Per-cell sums (a ``grid``) repeat that block for every cell, cells in C order over the
+cell grid, so a row has ``cells · (t(t+1)/2 + t + 1)`` values
+(:func:`sums_row_length`). The window (radius, dilation, ndim), the pyramid scale and
+the grid are not in the row: they are the column's, and :func:`sums_from_rows` takes
+them back as arguments.
+
+Sizes: a 2-D radius-2 window (t = 25) is 351 values (2.8 kB) per image; radius 4
+(t = 81) is 3403 values (27 kB).
+
+Notes
+-----
+Rows are float64: the sums feed differences like ``Σx² − αᵀh`` that cancel most of
+their digits on well-predicted images, so a float32 row would cost the solve its
+accuracy. :func:`sums_from_rows` accepts any real dtype and computes in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .sums import WindowSums
+
+__all__ = ["sums_row_length", "sums_to_rows", "sums_from_rows"]
+
+
+def _block_length(n_taps: int) -> int:
+    return n_taps * (n_taps + 1) // 2 + n_taps + 1
+
+
+def sums_row_length(radius: int, ndim: int, grid: int | None = None) -> int:
+    """Values in one image's row for sums of this window (and grid)."""
+    if not isinstance(radius, (int, np.integer)) or radius < 1:
+        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
+    if ndim not in (2, 3):
+        raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+    if grid is not None and (not isinstance(grid, (int, np.integer)) or grid < 1):
+        raise ValueError(f"grid must be None or an integer >= 1, got {grid!r}")
+    cells = 1 if grid is None else grid ** ndim
+    return cells * _block_length((2 * radius + 1) ** ndim)
+
+
+def sums_to_rows(sums: WindowSums) -> np.ndarray:
+    """One flat float64 row per image (layout in the module docstring).
+
+    Parameters
+    ----------
+    sums : WindowSums
+        Whole-image or per-cell sums of N images.
+
+    Returns
+    -------
+    np.ndarray of shape (N, sums_row_length(radius, ndim, grid)), float64
+    """
+    if not isinstance(sums, WindowSums):
+        raise TypeError(f"sums must be a WindowSums, got {type(sums).__name__}")
+    t = sums.n_taps
+    upper = torch.triu_indices(t, t, device=sums.cross.device)
+    cross = sums.cross[..., upper[0], upper[1]].to(torch.float64)       # (N, [cells,] t(t+1)/2)
+    first = sums.first.to(torch.float64)
+    count = sums.n_pixels.to(torch.float64)[..., None]
+    blocks = torch.cat([cross, first, count], -1)                        # (N, [cells,] block)
+    return blocks.reshape(len(sums), -1).cpu().numpy()
+
+
+def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, radius: int,
+                   dilation: int, ndim: int, scale: int = 1,
+                   grid: int | None = None) -> WindowSums:
+    """Inverse of :func:`sums_to_rows`: the window sums of the images the rows describe.
+
+    Parameters
+    ----------
+    rows : array of shape (N, L), or a sequence of N arrays of length L
+        E.g. a Parquet list column as numpy; any real dtype.
+    radius, dilation, ndim : int
+        The window the sums were taken on.
+    scale : int, default=1
+        Pyramid scale of the images the sums were taken on.
+    grid : int or None, default=None
+        Cells per axis of per-cell sums; None for whole-image sums.
+
+    Returns
+    -------
+    WindowSums
+        On the CPU; ``cross`` is symmetric.
+
+    Raises
+    ------
+    ValueError
+        For rows of the wrong length, non-finite values or a non-integer pixel count.
+    """
+    length = sums_row_length(radius, ndim, grid)
+    if not isinstance(dilation, (int, np.integer)) or dilation < 1:
+        raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+    if isinstance(rows, torch.Tensor):
+        rows = rows.detach().cpu().numpy()
+    if isinstance(rows, np.ndarray) and rows.dtype != object:
+        array = np.asarray(rows, dtype=np.float64)
+    else:
+        parts = [np.asarray(r, dtype=np.float64).reshape(-1) for r in rows]
+        bad = [i for i, r in enumerate(parts) if r.size != length]
+        if bad:
+            raise ValueError(f"row {bad[0]} has {parts[bad[0]].size} values; window sums of "
+                             f"radius {radius} in {ndim}-D (grid {grid}) have {length}")
+        array = np.stack(parts) if parts else np.empty((0, length))
+    if array.ndim != 2 or array.shape[1] != length:
+        raise ValueError(f"rows must have shape (N, {length}) for window sums of radius "
+                         f"{radius} in {ndim}-D (grid {grid}), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("rows contain NaN or inf values")
+    t = (2 * radius + 1) ** ndim
+    cells = 1 if grid is None else grid ** ndim
+    blocks = torch.from_numpy(array.reshape(len(array), cells, _block_length(t)))
+    tri = t * (t + 1) // 2
+    count = blocks[..., -1]
+    if (count < 0).any() or (count != count.round()).any():
+        raise ValueError("the pixel counts (last value of each block) must be non-negative "
+                         "integers; these rows do not hold window sums in this layout")
+    upper = torch.triu_indices(t, t)
+    cross = blocks.new_zeros(blocks.shape[:2] + (t, t))
+    cross[..., upper[0], upper[1]] = blocks[..., :tri]
+    cross[..., upper[1], upper[0]] = blocks[..., :tri]
+    first = blocks[..., tri:tri + t]
+    count = count.to(torch.int64)
+    if grid is None:
+        cross, first, count = cross[:, 0], first[:, 0], count[:, 0]
+    return WindowSums(cross.contiguous(), first.contiguous(), count.contiguous(), int(radius),
+                      int(dilation), int(ndim), int(scale), grid)
