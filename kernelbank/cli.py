@@ -30,13 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns its exit status.
+
+    2 for bad input or a refused output (the message says why), 143 when stopped by
+    SIGTERM and 130 by Ctrl-C (the run is left resumable: rerun the same command).
+    """
+    from .io.storage import redact
+    from .stages.common import Terminated, stop_on_sigterm
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with stop_on_sigterm():
+            return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as error:
-        print(f"kernelbank {args.command}: error: {error}", file=sys.stderr)
+        print(f"kernelbank {args.command}: error: {redact(str(error))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        print(f"kernelbank {args.command}: stopped ({stop or 'interrupted'}); rerun the same "
+              "command to resume", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
 
 
 if __name__ == "__main__":

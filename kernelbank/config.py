@@ -12,13 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 __all__ = ["BasisKind", "BankMethod", "InputFormat", "ReadConfig", "FitConfig",
-           "ReduceConfig", "FeatureConfig", "FEATURE_GROUPS", "ClassifyConfig", "PipelineConfig",
-           "FAULT_KILL_FIT_AFTER_ENV", "FAULT_MARKER_ENV"]
-
-#: Fault injection for tests: the fit actor calls ``os._exit`` once after this many images.
-FAULT_KILL_FIT_AFTER_ENV = "KERNELBANK_FAULT_KILL_FIT_AFTER"
-#: File whose existence means "the injected fault already happened" (so it happens once).
-FAULT_MARKER_ENV = "KERNELBANK_FAULT_MARKER"
+           "ReduceConfig", "FeatureConfig", "FEATURE_GROUPS", "ClassifyConfig", "PipelineConfig"]
 
 
 class BasisKind(str, enum.Enum):
@@ -160,8 +154,9 @@ class FitConfig:
     threads_per_actor : int, default=1
         ``torch.set_num_threads`` in each CPU actor, and the CPUs it reserves.
     fault_kill_after : int, optional
-        Testing only: the actor exits once after this many images (see
-        :data:`FAULT_KILL_FIT_AFTER_ENV`); ``fault_marker`` makes it happen once.
+        Testing only: the actor exits once after this many images; ``fault_marker``
+        (a file) makes it happen once. Set by tests directly, or from the environment
+        by :func:`kernelbank.faults.fit_fault_from_env` under the explicit test switch.
     """
 
     radius: int = 2
@@ -211,14 +206,6 @@ class FitConfig:
     def scale_index(self) -> list[tuple[int, int]]:
         """``(scale, dilation)`` of every entry of the fit table's vectors, in order."""
         return [(s, d) for s in self.scales for d in self.dilations]
-
-    @classmethod
-    def fault_from_env(cls) -> dict:
-        """``fault_kill_after``/``fault_marker`` from the environment (testing switch)."""
-        after = os.environ.get(FAULT_KILL_FIT_AFTER_ENV)
-        if not after:
-            return {}
-        return {"fault_kill_after": int(after), "fault_marker": os.environ.get(FAULT_MARKER_ENV)}
 
 
 @dataclass(frozen=True)

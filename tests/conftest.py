@@ -32,7 +32,7 @@ def ray_local(request):
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -82,7 +82,8 @@ def s3_endpoint():
 def s3_bucket(s3_endpoint, request):
     """A fresh, empty bucket on the moto server; returns its name."""
     s3fs = pytest.importorskip("s3fs")
-    name = "kb-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    import re
+    name = "kb-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
     if fs.exists(name):
         fs.rm(name, recursive=True)

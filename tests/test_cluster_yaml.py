@@ -54,3 +54,49 @@ def test_broken_variants_are_rejected(schema, config, break_it):
     break_it(config)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(config, schema)
+
+
+def _start_commands(config) -> list[str]:
+    return [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+            for c in config[key] if "ray start" in c]
+
+
+def test_cluster_requires_token_auth_everywhere(config):
+    starts = _start_commands(config)
+    assert len(starts) == 2                                   # head and workers
+    for command in starts:
+        assert "RAY_AUTH_MODE=token ray start" in command, command
+    # Ray 2.60 does not distribute a token: the user's file is copied to every node ...
+    mounts = config["file_mounts"]
+    assert mounts.get("/home/ray/.ray/auth_token") == "~/.ray/auth_token"
+    # ... and every node stops its setup when it did not arrive
+    assert "test -s ~/.ray/auth_token" in config["setup_commands"][0]
+    assert "exit 1" in config["setup_commands"][0]
+
+
+def test_dashboard_is_bound_to_localhost_only(config):
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in CLUSTER.read_text()
+    assert "RAY_AUTH_TOKEN=" not in CLUSTER.read_text()       # no secret in the file itself
+
+
+def test_the_installed_ray_needs_a_token_before_start_under_token_mode(tmp_path):
+    """What the setup check guards against, on the installed Ray: under RAY_AUTH_MODE=token
+    with no token, the check `ray start` runs (head and worker) refuses and creates none.
+    (The check itself is called, so no Ray process is started.)"""
+    import subprocess
+    import sys
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "HOME": str(tmp_path)}
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    code = ("from ray._private.authentication.authentication_token_setup import "
+            "ensure_token_if_auth_enabled as check\n"
+            "import inspect, ray.scripts.scripts as s\n"
+            "assert 'ensure_token_if_auth_enabled(system_config, create_token_if_missing=False)'"
+            " in inspect.getsource(s.start.callback)\n"
+            "check(None, create_token_if_missing=False)\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "AuthenticationError" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / ".ray" / "auth_token").exists()

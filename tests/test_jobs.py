@@ -95,7 +95,8 @@ def test_ray_job_submit_pipeline(tmp_path):
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout + job.stderr
         assert "[kernelbank] fit:" in job.stdout + job.stderr      # progress lines reach the client
-        summary = json.loads((out / "summary.json").read_text())
+        from kernelbank.io.runs import open_published
+        summary = open_published(str(out)).summary
         assert summary["ray"]["mode"] == "cluster"
         assert summary["images"] == 12 and summary["errors"] == 3
         assert summary["test_accuracy"] is not None

@@ -3,8 +3,10 @@
 ``add_pipeline_options(parser, stages)`` adds the options of the given stages;
 ``pipeline_config(args)`` turns parsed arguments into a :class:`PipelineConfig`.
 With no ``--input`` the built-in texture patches are used (written once to
-``~/.cache/kernelbank/textures``); with no ``--output``, ``runs/latest`` (replaced on
-every run).
+``~/.cache/kernelbank/textures``); with no ``--output``, ``runs/latest`` (a new run
+replaces the published one each time; the folder is named in the log). Under
+``ray job submit`` ``--output`` is required: the job's working directory is a temporary
+copy that goes away with the job.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from pathlib import Path
 
 from ..config import (FEATURE_GROUPS, BankMethod, BasisKind, ClassifyConfig, FeatureConfig,
                       FitConfig, InputFormat, PipelineConfig, ReadConfig, ReduceConfig)
+from ..faults import fit_fault_from_env
 from ..stages.progress import LOG_LEVELS, configure_output
 
 __all__ = ["add_pipeline_options", "pipeline_config", "apply_output_options", "DEFAULT_OUTPUT",
-           "default_input"]
+           "default_input", "resolve_output"]
 
 DEFAULT_OUTPUT = "runs/latest"
 TEXTURES_CACHE = Path.home() / ".cache" / "kernelbank" / "textures"
@@ -52,9 +55,11 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
         io.add_argument("--read-concurrency", type=int, default=32, metavar="N",
                         help="GETs in flight per read task (default 32)")
     io.add_argument("--output", metavar="URL", default=None,
-                    help=f"output root (default {DEFAULT_OUTPUT}, replaced on every run)")
+                    help=f"output root; each run is published into it as a new version "
+                         f"(default {DEFAULT_OUTPUT}; required under `ray job submit`)")
     io.add_argument("--overwrite", action="store_true",
-                    help="replace an existing output (built aside, then swapped in)")
+                    help="publish a new run over the output's published one (only in a "
+                         "kernelbank output; the last runs are kept)")
     io.add_argument("--s3-endpoint", metavar="URL", default=None,
                     help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL); credentials "
                          "come from the standard AWS variables, profiles or instance roles")
@@ -110,6 +115,28 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                                  "5-fold cross-validation on the train split)")
 
 
+def resolve_output(output: str | None, overwrite: bool) -> tuple[str, bool]:
+    """``(output, overwrite)`` with the default filled in (and named in the log).
+
+    Raises
+    ------
+    ValueError
+        With no ``output`` inside a ``ray job submit`` driver.
+    """
+    from ..io.output_safety import in_ray_job
+    if output is not None:
+        return output, overwrite
+    if in_ray_job():
+        raise ValueError("--output is required under `ray job submit`: the default "
+                         f"{DEFAULT_OUTPUT!r} would land in the job's temporary working "
+                         "directory and vanish with it; pass shared storage, e.g. "
+                         "--output s3://bucket/kernelbank/run1")
+    from ..stages.common import log
+    log(f"no --output given: writing to {DEFAULT_OUTPUT} ({os.path.abspath(DEFAULT_OUTPUT)}), "
+        "replacing its published run")
+    return DEFAULT_OUTPUT, True
+
+
 def apply_output_options(args: argparse.Namespace) -> None:
     """Apply ``--quiet`` and ``--log-level`` to kernelbank's and Ray's messages.
 
@@ -122,9 +149,7 @@ def apply_output_options(args: argparse.Namespace) -> None:
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """A validated :class:`PipelineConfig` from parsed arguments (missing ones default)."""
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    output, overwrite = get("output"), bool(get("overwrite", False))
-    if output is None:
-        output, overwrite = DEFAULT_OUTPUT, True
+    output, overwrite = resolve_output(get("output"), bool(get("overwrite", False)))
     # the features stage reads no image unless --pixel-features, which takes the fit
     # stage's input from the statistics table when --input is not given
     needs_input = hasattr(args, "input") and get("stage") != "features"
@@ -140,7 +165,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                     grid=get("stats_grid"), cache_pixels=bool(get("train", False)),
                     batch_size=get("batch_size", 64), num_gpus=get("num_gpus", 0),
                     max_actors=get("max_actors"), threads_per_actor=get("threads_per_actor", 1),
-                    **FitConfig.fault_from_env())
+                    **fit_fault_from_env())
     reduce = ReduceConfig(method=get("bank_method", "pooled"),
                           n_components=get("n_components", 2))
     features = FeatureConfig(groups=tuple(get("feature_groups", FEATURE_GROUPS)),

@@ -1,7 +1,10 @@
 """``kernelbank report OUTPUT``: an offline HTML page of a run, with its pictures.
 
-    kernelbank report runs/latest                 # -> runs/latest/report/index.html
+    kernelbank report runs/latest        # -> runs/latest/runs/<run_id>/report/index.html
     kernelbank report s3://bucket/run1 --samples-per-class 3
+
+The report is of the run the output publishes (``OUTPUT/LATEST.json``) and is written
+into that run's prefix.
 
 Shows the dataset (counts, sizes, errors), every class's kernel bank, residual and
 best-kernel maps of a few test images, accuracy, confusion matrix, per-class
@@ -17,10 +20,11 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``report`` on ``subparsers``."""
     parser = subparsers.add_parser(
-        "report", help="write OUTPUT/report/index.html: banks, residual maps, results, timings",
+        "report", help="write the published run's report/index.html: banks, residual maps, "
+                       "results, timings",
         description="Draw a run's outputs (kernel banks, residual maps of test images, "
                     "confusion matrix, per-stage timings, learning curves) into an offline "
-                    "HTML page OUTPUT/report/index.html with its PNGs.")
+                    "HTML page OUTPUT/runs/<run_id>/report/index.html with its PNGs.")
     parser.add_argument("output", metavar="OUTPUT",
                         help="output of `kernelbank run` or `kernelbank train` "
                              "(local path, s3://, gs://)")

@@ -5,10 +5,13 @@
                    --radius 4 --dilations 1 2 3 --bank-method pca --ray-address auto
 
 Prints one line per stage (Ray Data shows per-operator progress while it runs) and
-where the outputs are; exits 0 when the run completed, even if some records were bad
-(they are in ``OUTPUT/errors/`` and counted in ``OUTPUT/summary.json``). Then writes
-the report ``OUTPUT/report/index.html`` and prints its path as the last line
-(``--no-report`` skips it; ``kernelbank report OUTPUT`` writes it later).
+where the outputs are; exits 0 when the run was published, even if some records were
+bad (they are in the run's ``errors/`` and counted in its ``summary.json``). Then writes
+the report ``OUTPUT/runs/<run_id>/report/index.html`` and prints its path as the last
+line (``--no-report`` skips it; ``kernelbank report OUTPUT`` writes it later). A report
+that fails is a warning: the published run stands, and the exit status stays 0.
+
+Rerunning the same command after a crash, SIGKILL or SIGTERM resumes the run.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "errors}/ and OUTPUT/summary.json.")
     add_pipeline_options(parser)
     parser.add_argument("--no-report", action="store_true",
-                        help="skip writing OUTPUT/report/index.html (see `kernelbank report`)")
+                        help="skip writing the run's report/index.html (see `kernelbank report`)")
     parser.add_argument("--train", action="store_true",
                         help="also train the end-to-end model as a final stage (OUTPUT/train/; "
                              "`kernelbank train` has all its options)")
@@ -44,19 +47,25 @@ def main(args: argparse.Namespace) -> int:
     config = pipeline_config(args)
     summary = run_pipeline(config)
     acc = summary["test_accuracy"]
-    print(f"wrote {summary['output']}: {summary['images']} images, {summary['errors']} errors, "
-          f"test_accuracy={'n/a' if acc is None else f'{acc:.4f}'}; see "
-          f"{summary['output'].rstrip('/')}/summary.json")
+    print(f"wrote {summary['output']} (run {summary['run_id']}): {summary['images']} images, "
+          f"{summary['errors']} errors, test_accuracy={'n/a' if acc is None else f'{acc:.4f}'}; "
+          f"see {summary['output'].rstrip('/')}/runs/{summary['run_id']}/summary.json")
     if getattr(args, "train", False):
         from ..stages.train import TrainConfig, run_train
+        from ..io.runs import open_published
+        from ..stages.fit import pixel_cache_url
         # the fit stage kept the decoded pixels: training reads no image again
-        trained = run_train(TrainConfig(output=summary["output"], input=config.read.url,
-                                        pixel_cache=summary["output"].rstrip("/") + "/pixels",
+        fit_url = open_published(config.output, s3_endpoint=config.read.s3_endpoint
+                                 ).stage_url("fit")
+        trained = run_train(TrainConfig(output=config.output, input=config.read.url,
+                                        pixel_cache=pixel_cache_url(fit_url),
                                         s3_endpoint=config.read.s3_endpoint,
                                         epochs=args.train_epochs))
         print(f"end-to-end model: test_accuracy={trained['test_accuracy']:.4f}; "
               f"{trained['checkpoint']}")
     if not getattr(args, "no_report", False):
-        from ..report import write_report
-        print(write_report(summary["output"], s3_endpoint=getattr(args, "s3_endpoint", None)))
+        from ..report import try_write_report
+        where = try_write_report(config.output, s3_endpoint=getattr(args, "s3_endpoint", None))
+        if where:
+            print(where)
     return 0

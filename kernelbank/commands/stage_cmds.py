@@ -1,7 +1,8 @@
 """``kernelbank fit|reduce|features|classify``: one pipeline stage at a time.
 
-Each stage reads what the previous one wrote under the same ``--output`` and replaces
-only its own folders, so a stage can be rerun alone (e.g. another ``--bank-method``).
+Each stage reads what the published run of ``--output`` has upstream of it and
+publishes a new run that reuses those folders (no copy) and drops the stages downstream
+of it, so a stage can be rerun alone (e.g. another ``--bank-method``) without mixing.
 Only ``fit`` reads images; the others are algebra on its statistics table:
 
     kernelbank fit --input IMAGES --output OUT
@@ -57,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
                                overwrite=config.overwrite, s3_endpoint=endpoint)
     else:
         from ..stages.classify import run_classify
-        summary = run_classify(config.output, config.classify, s3_endpoint=endpoint)
+        summary = run_classify(config.output, config.classify, s3_endpoint=endpoint,
+                               overwrite=config.overwrite)
     brief = {k: v for k, v in summary.items() if k not in ("splits", "counts")}
     print(json.dumps(brief, default=str))
     return 0

@@ -5,8 +5,8 @@
     kernelbank predict MODEL IMAGE [IMAGE ...] [--device cpu|cuda]
 
 ``train`` needs no option: it trains on the built-in texture patches (the default
-input of ``kernelbank run``) and writes
-``runs/latest/train/{model.pt,summary.json}``. ``predict`` prints one
+input of ``kernelbank run``) and publishes a run of ``runs/latest`` with
+``train/{model.pt,summary.json}`` (printed at the end). ``predict`` prints one
 ``<image>\t<class>`` line per image.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_OUTPUT = "runs/latest"
+from .pipeline_args import DEFAULT_OUTPUT, resolve_output
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -31,8 +31,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--input", default=None,
                       help="images URL (folder or Parquet, with train/test splits); "
                            "default: the built-in texture patches, as for 'kernelbank run'")
-    data.add_argument("--output", default=DEFAULT_OUTPUT,
-                      help=f"output URL; writes OUTPUT/train/ (default {DEFAULT_OUTPUT})")
+    data.add_argument("--output", default=None,
+                      help="output URL; publishes a run with train/ that reuses the other "
+                           f"stages of its published run (default {DEFAULT_OUTPUT}; required "
+                           "under `ray job submit`)")
+    data.add_argument("--overwrite", action="store_true",
+                      help="replace the train/ stage the published run already has")
     data.add_argument("--classes", default=None, type=lambda s: tuple(s.split(",")),
                       help="comma-separated classes to use (default: all in the train split)")
     data.add_argument("--s3-endpoint", default=None,
@@ -113,6 +117,7 @@ def config_from_args(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     """Train, print the per-epoch metrics and where the model went."""
+    args.output, overwrite = resolve_output(args.output, bool(getattr(args, "overwrite", False)))
     if args.input is None:                  # the same built-in data as `kernelbank run`
         from .pipeline_args import default_input
         args.input = default_input()
@@ -120,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
     from ..stages.common import connect_ray
     from ..stages.train import run_train
     connect_ray(args.ray_address)
-    summary = run_train(config)
+    summary = run_train(config, overwrite=overwrite)
     for h in summary["epochs"]:
         print(f"epoch {h['epoch']}: loss {h['loss']:.4f}  train acc {h['train_accuracy']:.3f}  "
               f"test acc {h['test_accuracy']:.3f}  {h['images_per_s']:.0f} images/s")

@@ -26,6 +26,7 @@ import torch
 from .basis import Basis
 from .fit import (_as_tuple, _check_size, check_finite, group_by_shape, normalize_images,
                   pyramid_level, residual_mse)
+from .residual import ResidualDescriptors, describe_residuals
 from .solve import solve_normal_equations
 from .sums import WindowSums, window_sums
 
@@ -75,7 +76,6 @@ class ImageStatistics:
 def default_descriptors(ndim: int):
     """The residual descriptors of the one pass: every default for images; for volumes,
     all but the 2-D sign patterns."""
-    from .residual import ResidualDescriptors
     return ResidualDescriptors() if ndim == 2 else ResidualDescriptors(patterns=())
 
 
@@ -133,14 +133,8 @@ def image_statistics(images, basis: Basis, *, dilations: Sequence[int] | None = 
         for s, d in scale_index:
             scaled = tuple(-(-v // s) for v in batch.shape[1:])
             _check_size(scaled, indices[0], basis.with_dilation(d), s)
-    describe = names = None
-    if descriptors:
-        from .residual import describe_residuals
-        spec = default_descriptors(basis.ndim)
-        names = spec.names(basis.ndim)
-
-        def describe(level, kernels, dilation):
-            return describe_residuals(level, kernels, dilation, spec)
+    spec = default_descriptors(basis.ndim) if descriptors else None
+    names = spec.names(basis.ndim) if spec is not None else []
 
     coefs, mses, descs, order = [], [], [], []
     sums: list[list[WindowSums]] = [[] for _ in scale_index]
@@ -170,12 +164,12 @@ def image_statistics(images, basis: Basis, *, dilations: Sequence[int] | None = 
                     coef = solve_normal_equations(gram, rhs, n_pixels, ridge)
                     entry_coef.append(coef)
                     entry_mse.append(residual_mse(gram, rhs, sum_sq, n_pixels, coef))
-                    if describe is not None:
+                    if spec is not None:
                         kernels = at_d.to_kernels(coef.to(level.dtype))
-                        entry_desc.append(describe(level, kernels, d))
+                        entry_desc.append(describe_residuals(level, kernels, d, spec))
             coefs.append(torch.stack(entry_coef, 1))
             mses.append(torch.stack(entry_mse, 1))
-            if describe is not None:
+            if spec is not None:
                 descs.append(torch.stack(entry_desc, 1).to(torch.float64))
         order.extend(indices)
 
@@ -187,5 +181,5 @@ def image_statistics(images, basis: Basis, *, dilations: Sequence[int] | None = 
         sums=[_cat_sums(parts, inverse) for parts in sums],
         cell_sums=[_cat_sums(parts, inverse) for parts in cells] if grid is not None else None,
         descriptors=torch.cat(descs)[inverse] if descs else None,
-        descriptor_names=list(names or []), basis=basis.with_dilation(dilation_list[0]),
+        descriptor_names=names, basis=basis.with_dilation(dilation_list[0]),
         scale_index=scale_index)

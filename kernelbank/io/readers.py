@@ -19,7 +19,8 @@ Each output row is one record, decoded or not (:data:`DECODED_SCHEMA`):
 ``dtype``         NumPy dtype name of ``pixels``: ``uint8`` for 8-bit images, ``uint16`` for
                   16-bit, ``float32`` for float sources and colour (luminance)
 ``pixels``        the image as C-order bytes of ``dtype`` (null for an error row)
-``stage``         ``"read"`` or ``"decode"`` for an error row, null otherwise
+``stage``         ``"read"`` or ``"decode"`` for an error row (``"label"`` for a record
+                  without a class), null otherwise
 ``reason``        why the record was rejected, null otherwise
 ``bytes_read``    bytes fetched from the store for this record (shard headers and footers
                   are counted on the first record of the request)
@@ -63,6 +64,12 @@ DECODED_SCHEMA = pa.schema([
 ])
 
 _cell_value = cell_value      # kept for kernelbank.report.collect
+
+#: Error-row stage of a record without a class (see kernelbank.stages.validation).
+LABEL_STAGE = "label"
+NO_LABEL = ("no label: the file lies directly under the input root (or its split folder), "
+            "not in a class folder, or its label cell is empty; lay images out as "
+            "root/<class>/<image> or root/<split>/<class>/<image>")
 
 
 def _pixels_column(images: list[np.ndarray | None]) -> pa.Array:
@@ -122,6 +129,10 @@ def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | N
             continue
         image, why = decode_record(record.value, paths[i], config.ndim, config.min_side, limits)
         images[i], stage[i], reason[i] = image, None if why is None else "decode", why
+    # a record without a class is never guessed into one (a file directly under the root)
+    for i, label in enumerate(block.column("label").to_pylist()):
+        if not label and stage[i] is None:
+            images[i], stage[i], reason[i] = None, LABEL_STAGE, NO_LABEL
     shapes = [[] if im is None else list(im.shape) for im in images]
     dtypes = [None if im is None else im.dtype.name for im in images]
     # a record that decoded but failed a check keeps its shape, not its pixels

@@ -4,9 +4,12 @@ A stage's output rows carry ``stage``/``reason`` columns that are null for good 
 :class:`SplitParquetSink` (a Ray Data ``Datasink``) writes each write task's rows to
 ``<ok_dir>/<prefix>-<task>.parquet`` and its error rows to
 ``<errors_dir>/<prefix>-<task>.parquet`` (columns ``id, path, label, split, stage,
-reason``). File names depend only on the task index, so a retried task overwrites its
-own files: every row lands exactly once. Each task returns its counts, which the driver
-adds up in :meth:`SplitParquetSink.on_write_complete` — the summary needs no extra pass.
+reason``). File names depend only on the prefix (stage and attempt, see
+:attr:`kernelbank.io.runs.StageWriter.part_prefix`) and the task index, so a retried task
+overwrites its own files, and each file is written whole (:func:`write_table`): every
+row lands exactly once, and a crash leaves no partial file. Each task returns its counts,
+which the driver adds up in :meth:`SplitParquetSink.on_write_complete` — the summary
+needs no extra pass.
 
 Writes go through fsspec (s3fs for ``s3://``): credentials are found on each worker
 the standard way and never pass through this code.
@@ -14,6 +17,7 @@ the standard way and never pass through this code.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from typing import Any
 
@@ -21,9 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .atomic import retried, write_bytes
 from .storage import join
 
-__all__ = ["ERROR_COLUMNS", "SplitParquetSink", "write_table", "parquet_files"]
+__all__ = ["ERROR_COLUMNS", "SplitParquetSink", "write_table", "parquet_files", "count_rows"]
 
 ERROR_COLUMNS = ["id", "path", "label", "split", "stage", "reason"]
 #: Decoded-pixel columns a row may carry (kept only in a pixel cache, never in a table).
@@ -33,11 +38,37 @@ ACCOUNTING_COLUMNS = ("bytes_read", "read_retries")
 
 
 def write_table(table: pa.Table, fs, path: str) -> None:
-    """Write one Parquet file with ``fs`` (creating parent folders on local disks)."""
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as handle:
-        pq.write_table(table, handle, compression="zstd")
+    """Write one Parquet file with ``fs``, whole or not at all (retried on transient errors).
+
+    The file is encoded in memory (one part file is one write task's rows, so bounded)
+    and written with :func:`kernelbank.io.atomic.write_bytes`.
+    """
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    write_bytes(fs, path, buffer.getvalue())
+
+
+def count_rows(fs, ok_files: list[str], error_files: list[str]) -> Counter:
+    """Counts of existing part files, keyed like :attr:`SplitParquetSink.counts`.
+
+    For a resumed stage: the rows earlier attempts wrote, added to this attempt's.
+    """
+    counts: Counter = Counter()
+
+    def read(path: str, columns: list[str]) -> pa.Table:
+        def once():
+            with fs.open(path, "rb") as handle:
+                return pq.read_table(handle, columns=columns)
+        return retried(once)
+    for path in ok_files:
+        table = read(path, ["split", "label"])
+        for split, label in zip(table.column("split").to_pylist(),
+                                table.column("label").to_pylist()):
+            counts[("ok", split, label)] += 1
+    for path in error_files:
+        for stage in read(path, ["stage"]).column("stage").to_pylist():
+            counts[("error", stage)] += 1
+    return counts
 
 
 def parquet_files(fs, path: str) -> list[str]:
@@ -125,7 +156,7 @@ class SplitParquetSink(_sink_base()):
                 self.counts.update(part["counts"])
 
     def get_name(self) -> str:
-        return f"Write{self.prefix.capitalize()}"
+        return f"Write{self.prefix.split('-')[0].capitalize()}"
 
     # ------------------------------------------------------------------ summaries
     def per_split_and_class(self) -> dict[str, dict[str, int]]:

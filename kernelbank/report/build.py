@@ -1,20 +1,24 @@
-"""``write_report``: collect a run's outputs, draw them, and write ``OUTPUT/report/``.
+"""``write_report``: collect a published run, draw it, and write the run's ``report/``.
 
-The page and its PNGs are written with fsspec next to the outputs (a local folder or
-``s3://…``); the page references its images by relative name only and loads nothing
-from the network, so the folder can be opened offline, copied or downloaded as is.
+The page and its PNGs are written with fsspec into the published run's prefix
+(``OUTPUT/runs/<run_id>/report/``, a local folder or ``s3://…``); the page references
+its images by relative name only and loads nothing from the network, so the folder can
+be opened offline, copied or downloaded as is. :func:`try_write_report` is what the
+pipeline calls after publishing: a report that fails is a warning, never a failed run.
 """
 
 from __future__ import annotations
 
 import time
 
-from ..io.storage import join, redact, resolve, url_of
+from ..io.atomic import remove_tree, write_bytes
+from ..io.runs import open_published
+from ..io.storage import join, redact, url_of
 from . import sections
-from .collect import collect_run
+from .collect import collect_view
 from .html import page, text
 
-__all__ = ["write_report", "REPORT_DIR", "REPORT_PAGE"]
+__all__ = ["write_report", "try_write_report", "REPORT_DIR", "REPORT_PAGE"]
 
 REPORT_DIR = "report"
 REPORT_PAGE = "index.html"
@@ -22,12 +26,13 @@ REPORT_PAGE = "index.html"
 
 def write_report(url: str, *, s3_endpoint: str | None = None, samples_per_class: int = 2,
                  max_classes: int = 12, max_error_rows: int = 50) -> str:
-    """Write ``OUTPUT/report/index.html`` and its PNGs for the run output at ``url``.
+    """Write ``report/index.html`` and its PNGs into the run published at ``url``.
 
     Parameters
     ----------
     url : str
-        Output of ``kernelbank run`` (or ``kernelbank train``): local path or fsspec URL.
+        Output of ``kernelbank run`` (or ``kernelbank train``): local path or fsspec URL;
+        the run its ``LATEST.json`` names is drawn.
     s3_endpoint : str, optional
         S3-compatible endpoint (default ``AWS_ENDPOINT_URL``).
     samples_per_class : int, default=2
@@ -40,19 +45,21 @@ def write_report(url: str, *, s3_endpoint: str | None = None, samples_per_class:
     Returns
     -------
     str
-        URL (or local path) of ``index.html``. An older report there is replaced.
+        URL (or local path) of ``index.html`` in the run's prefix. An older report of
+        the same run is replaced.
 
     Raises
     ------
     FileNotFoundError
-        When ``url`` holds no run summary.
+        When ``url`` has no published run.
     """
     for name, value in (("samples_per_class", samples_per_class), ("max_classes", max_classes),
                         ("max_error_rows", max_error_rows)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    data = collect_run(url, s3_endpoint=s3_endpoint, samples_per_class=samples_per_class,
-                       max_classes=max_classes, max_error_rows=max_error_rows)
+    view = open_published(url, s3_endpoint=s3_endpoint)
+    data = collect_view(view, s3_endpoint=s3_endpoint, samples_per_class=samples_per_class,
+                        max_classes=max_classes, max_error_rows=max_error_rows)
     images: dict[str, bytes] = {}
     parts = [("overview", "Overview", sections.overview_section),
              ("dataset", "Dataset", sections.dataset_section),
@@ -66,19 +73,29 @@ def write_report(url: str, *, s3_endpoint: str | None = None, samples_per_class:
     if notes:
         built.append(("notes", "Notes", f"<ul>{notes}</ul>"))
     summary = data.summary or {}
-    subtitle = (f"Output <code>{text(redact(url))}</code>"
-                + (f", input <code>{text(summary['input'])}</code>" if summary.get("input") else "")
+    subtitle = (f"Output <code>{text(redact(url))}</code>, run <code>{text(view.run_id)}</code>"
+                + (f", input <code>{text(redact(summary['input']))}</code>" if summary.get("input")
+                   else "")
                 + (f", finished {text(summary['finished'])}" if summary.get("finished") else "")
                 + f". Report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
     document = page("kernelbank run report", subtitle, built)
-    fs, root = resolve(url, s3_endpoint=s3_endpoint)
-    folder = join(root, REPORT_DIR)
-    if fs.exists(folder):
-        fs.rm(folder, recursive=True)
-    fs.makedirs(folder, exist_ok=True)
+    fs, folder = view.fs, join(view.path, REPORT_DIR)
+    remove_tree(fs, folder)
     for name, content in images.items():
-        with fs.open(join(folder, name), "wb") as handle:
-            handle.write(content)
-    with fs.open(join(folder, REPORT_PAGE), "wb") as handle:
-        handle.write(document.encode("utf-8"))
+        write_bytes(fs, join(folder, name), content)
+    write_bytes(fs, join(folder, REPORT_PAGE), document.encode("utf-8"))
     return url_of(fs, join(folder, REPORT_PAGE))
+
+
+def try_write_report(url: str, **options) -> str | None:
+    """:func:`write_report`, with any failure logged as a warning (returns ``None`` then).
+
+    A report is drawn after the run was published; nothing in it can make the run fail.
+    """
+    from ..stages.common import log
+    try:
+        return write_report(url, **options)
+    except Exception as error:
+        log(f"warning: the report of {url} could not be written ({type(error).__name__}: "
+            f"{error}); the published run is complete — retry with `kernelbank report {url}`")
+        return None

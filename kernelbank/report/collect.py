@@ -1,6 +1,11 @@
-"""Gather what a report shows from a run's output folder, reading only bounded samples.
+"""Gather what a report shows from a published run, reading only bounded samples.
 
-Everything is read through fsspec, so the output may be a local folder or ``s3://…``.
+The output is resolved through its publication pointer
+(:func:`kernelbank.io.runs.open_published`): every stage is read where the run's
+manifest says it lives. Nothing is ever unpickled: the bank and the class statistics are
+``.npz`` archives read with ``allow_pickle=False``, the model with
+``torch.load(weights_only=True)``. Everything is read through fsspec, so the output may
+be a local folder or ``s3://…``.
 Tables are scanned in batches and only counts plus a few rows are kept, so collecting
 costs the same memory for a hundred images as for millions: the shape histogram stops
 after :data:`MAX_SCANNED_ROWS` rows, the error table keeps its first ``max_error_rows``
@@ -10,7 +15,6 @@ rows and the test images are the first ``samples_per_class`` of each class.
 from __future__ import annotations
 
 import io
-import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..io.layout import SUMMARY, read_json
+from ..io.runs import RunView, open_published
+from ..io.stats_file import load_stats
 from ..io.storage import join, ray_filesystem, resolve
 
-__all__ = ["RunData", "collect_run", "MAX_SCANNED_ROWS"]
+__all__ = ["RunData", "collect_run", "collect_view", "MAX_SCANNED_ROWS"]
 
 #: Rows of ``fit/`` scanned for image sizes and sample images (a bound, not a sample size).
 MAX_SCANNED_ROWS = 200_000
@@ -34,12 +40,14 @@ class RunData:
     ----------
     url : str
         The output URL as given.
+    run_id : str
+        The published run shown.
     summary : dict or None
-        ``OUTPUT/summary.json`` of ``kernelbank run`` (or of single stages).
+        The run's ``summary.json`` (``kernelbank run`` or a single stage).
     train_summary : dict or None
-        ``OUTPUT/train/summary.json`` of an end-to-end run.
+        ``train/summary.json`` of an end-to-end run.
     bank : KernelBank or None
-        ``OUTPUT/banks/bank.npz``.
+        ``banks/bank.npz``.
     variance_ratio : ndarray of shape (n_kernels,) or None
         For PCA banks, each kernel's explained variance divided by the total coefficient
         variance of its class at its dilation (NaN for mean kernels).
@@ -64,6 +72,7 @@ class RunData:
     """
 
     url: str
+    run_id: str = ""
     summary: dict | None = None
     train_summary: dict | None = None
     bank: Any = None
@@ -79,11 +88,10 @@ class RunData:
     notes: list[str] = field(default_factory=list)
 
 
-def _batches(fs, path: str, columns: list[str]):
-    """Record batches of the Parquet files below ``path`` (nothing when there are none)."""
+def _batches(fs, files: list[str], columns: list[str]):
+    """Record batches of the Parquet ``files`` (nothing when there are none)."""
     import pyarrow.dataset as pads
-    from ..io.tables import parquet_files
-    files = parquet_files(fs, path)
+    files = [f for f in files if f.endswith(".parquet")]
     if not files:
         return
     dataset = pads.dataset(files, format="parquet", filesystem=ray_filesystem(fs))
@@ -91,29 +99,30 @@ def _batches(fs, path: str, columns: list[str]):
     yield from dataset.to_batches(columns=present, batch_size=8192)
 
 
-def _read_bank(fs, root: str, data: RunData, s3_endpoint: str | None) -> None:
+def _read_bank(view: RunView, data: RunData, s3_endpoint: str | None) -> None:
     from ..io.storage import storage_options, url_of
     import kernelbank as kb
-    path = join(root, "banks", "bank.npz")
-    if not fs.exists(path):
+    if not view.has("reduce"):
         return
+    fs, banks = view.fs, view.stage_path("reduce")
+    path = join(banks, "bank.npz")
     url = url_of(fs, path)
     data.bank = kb.KernelBank.load(url, **storage_options(url, s3_endpoint))
     data.ndim = data.bank.ndim
     if data.bank.explained_variance is not None:
-        data.variance_ratio = _variance_ratio(fs, root, data.bank)
+        data.variance_ratio = _variance_ratio(fs, banks, data.bank, data)
 
 
-def _variance_ratio(fs, root: str, bank) -> np.ndarray | None:
+def _variance_ratio(fs, banks: str, bank, data: RunData) -> np.ndarray | None:
     """Explained variance over the class's total coefficient variance, per kernel."""
-    import kernelbank as kb
     totals: dict[tuple[int, str], float] = {}
     for d in sorted(set(bank.dilations.tolist())):
-        path = join(root, "banks", f"stats_d{d}.pkl")
-        if not fs.exists(path):
+        path = join(banks, f"stats_d{d}.npz")
+        try:
+            stats = load_stats(fs, path)
+        except (FileNotFoundError, ValueError) as error:
+            data.notes.append(f"no explained-variance share: {error}")
             return None
-        with fs.open(path, "rb") as handle:
-            stats = kb.ClassStats.from_dict(pickle.load(handle))
         for name in stats.classes:
             totals[(d, name)] = float(np.trace(stats[name].covariance))
     ratio = np.full(len(bank), np.nan)
@@ -124,11 +133,12 @@ def _variance_ratio(fs, root: str, bank) -> np.ndarray | None:
     return ratio
 
 
-def _scan_fit(fs, root: str, data: RunData, samples_per_class: int, max_classes: int) -> None:
+def _scan_fit(view: RunView, data: RunData, samples_per_class: int, max_classes: int) -> None:
     """Shape histogram and the first test rows of each class from ``fit/``."""
     picked: dict[str, list[dict]] = {}
     fallback: dict[str, list[dict]] = {}
-    for batch in _batches(fs, join(root, "fit"), ["path", "label", "split", "shape"]):
+    files = view.stage_files("fit", ".parquet") if view.has("fit") else []
+    for batch in _batches(view.fs, files, ["path", "label", "split", "shape"]):
         rows = batch.to_pydict()
         for path, label, split, shape in zip(rows["path"], rows["label"], rows["split"],
                                              rows["shape"]):
@@ -196,10 +206,10 @@ def _parquet_image(fs, path: str, row_id: str, ndim: int) -> np.ndarray:
     raise ValueError(f"no row {row_id!r} in {path}")
 
 
-def _scan_errors(fs, root: str, data: RunData, max_error_rows: int) -> None:
+def _scan_errors(view: RunView, data: RunData, max_error_rows: int) -> None:
     by_stage: Counter = Counter()
-    for batch in _batches(fs, join(root, "errors"), ["id", "path", "label", "split", "stage",
-                                                     "reason"]):
+    for batch in _batches(view.fs, view.error_files(), ["id", "path", "label", "split", "stage",
+                                                        "reason"]):
         rows = batch.to_pylist()
         by_stage.update(r.get("stage") or "" for r in rows)
         data.n_errors += len(rows)
@@ -207,26 +217,35 @@ def _scan_errors(fs, root: str, data: RunData, max_error_rows: int) -> None:
     data.errors_by_stage = dict(sorted(by_stage.items()))
 
 
-def _read_learned(fs, root: str, data: RunData) -> None:
-    path = join(root, "train", "model.pt")
+def _read_learned(view: RunView, data: RunData) -> None:
+    if not view.has("train"):
+        return
+    fs, path = view.fs, join(view.stage_path("train"), "model.pt")
     if not fs.exists(path):
         return
     from ..nn import load_model
-    with fs.open(path, "rb") as handle:
-        model = load_model(io.BytesIO(handle.read()))
+    try:
+        with fs.open(path, "rb") as handle:
+            model = load_model(io.BytesIO(handle.read()))    # weights_only: never unpickles
+    except Exception as error:          # a damaged or planted file: the rest of the report
+        data.notes.append(f"the end-to-end model {path} could not be read "
+                          f"({type(error).__name__}: {str(error)[:200]})")
+        return
     data.learned = {"kernels": model.bank.kernels().detach().numpy(),
                     "dilations": list(model.bank.dilations)}
     data.ndim = model.config.ndim
 
 
-def collect_run(url: str, *, s3_endpoint: str | None = None, samples_per_class: int = 2,
-                max_classes: int = 12, max_error_rows: int = 50) -> RunData:
-    """Read the summaries, bank, error sample and sample images of the output at ``url``.
+def collect_run(url: str, *, s3_endpoint: str | None = None,
+                samples_per_class: int = 2, max_classes: int = 12,
+                max_error_rows: int = 50) -> RunData:
+    """Read the summaries, bank, error sample and sample images of the run published at ``url``.
 
     Parameters
     ----------
     url : str
-        Output folder of ``kernelbank run`` (or ``kernelbank train``), local or fsspec URL.
+        Output of ``kernelbank run`` (or ``kernelbank train``, or a stage), local or fsspec
+        URL; the run its ``LATEST.json`` names is read.
     s3_endpoint : str, optional
         S3-compatible endpoint (default ``AWS_ENDPOINT_URL``).
     samples_per_class : int, default=2
@@ -239,22 +258,29 @@ def collect_run(url: str, *, s3_endpoint: str | None = None, samples_per_class: 
     Raises
     ------
     FileNotFoundError
-        When ``url`` holds neither ``summary.json`` nor ``train/summary.json``.
+        When ``url`` has no published run.
     """
-    fs, root = resolve(url, s3_endpoint=s3_endpoint)
-    data = RunData(url=url)
-    data.summary = read_json(fs, join(root, SUMMARY))
-    data.train_summary = read_json(fs, join(root, "train", SUMMARY))
-    if data.summary is None and data.train_summary is None:
-        raise FileNotFoundError(f"{url!r} holds no {SUMMARY} and no train/{SUMMARY}: pass the "
-                                "output folder of `kernelbank run` or `kernelbank train`")
-    fit_meta = read_json(fs, join(root, "fit", "_kernelbank.json")) or {}
-    data.ndim = int(fit_meta.get("ndim", 2))
-    _read_bank(fs, root, data, s3_endpoint)
-    _scan_fit(fs, root, data, samples_per_class, max_classes)
-    input_url = (data.summary or {}).get("input")
+    view = open_published(url, s3_endpoint=s3_endpoint)
+    return collect_view(view, s3_endpoint=s3_endpoint, samples_per_class=samples_per_class,
+                        max_classes=max_classes, max_error_rows=max_error_rows)
+
+
+def collect_view(view: RunView, *, s3_endpoint: str | None = None, samples_per_class: int = 2,
+                 max_classes: int = 12, max_error_rows: int = 50) -> RunData:
+    """:func:`collect_run` for an already opened run."""
+    data = RunData(url=view.url, run_id=view.run_id)
+    data.summary = view.summary or None
+    if view.has("train"):
+        data.train_summary = read_json(view.fs, join(view.stage_path("train"), SUMMARY))
+    if view.has("fit"):
+        fit_meta = read_json(view.fs, join(view.stage_path("fit"), "_kernelbank.json")) or {}
+        data.ndim = int(fit_meta.get("ndim", 2))
+    _read_bank(view, data, s3_endpoint)
+    _scan_fit(view, data, samples_per_class, max_classes)
+    input_url = (data.summary or {}).get("input") or \
+        (view.stage_summary("train").get("config", {}).get("input") if view.has("train") else None)
     for sample in data.samples:
         _load_sample(sample, input_url, data.ndim, s3_endpoint)
-    _scan_errors(fs, root, data, max_error_rows)
-    _read_learned(fs, root, data)
+    _scan_errors(view, data, max_error_rows)
+    _read_learned(view, data)
     return data

@@ -4,13 +4,15 @@ Every function takes plain arrays and labels and returns the bytes of one PNG at
 modest resolution (:data:`DPI`), so a report stays a few MB whatever the dataset size.
 Kernels are drawn on a symmetric diverging scale (``RdBu_r``, white = 0) whose limit the
 caller shares across a whole bank; volumes and 3-D kernels are drawn as the middle slice
-along each axis.
+along each axis. All text is drawn literally (``text.parse_math`` off): class names and
+paths come from the data, and a name with ``$`` must not be read as TeX math.
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib
 
@@ -28,6 +30,15 @@ __all__ = ["DPI", "KERNEL_CMAP", "middle_slices", "kernel_grid", "sample_panel",
 DPI = 80
 KERNEL_CMAP = "RdBu_r"
 AXIS_NAMES = ("axis 0 (depth)", "axis 1 (rows)", "axis 2 (columns)")
+
+
+def _literal_text(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    """Run ``draw`` with mathtext off, so every label it creates is shown as written."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs) -> bytes:
+        with plt.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return wrapper
 
 
 def _png(fig) -> bytes:
@@ -54,6 +65,7 @@ def category_colors(n: int) -> np.ndarray:
     return plt.get_cmap("hsv")(np.linspace(0, 1, n, endpoint=False))
 
 
+@_literal_text
 def kernel_grid(kernels: Sequence[np.ndarray], titles: Sequence[str], vmax: float,
                 ncols: int = 8) -> bytes:
     """Kernels as small images on one symmetric colour scale ``[-vmax, vmax]``.
@@ -91,6 +103,7 @@ def kernel_grid(kernels: Sequence[np.ndarray], titles: Sequence[str], vmax: floa
     return _png(fig)
 
 
+@_literal_text
 def sample_panel(image: np.ndarray, residual: np.ndarray, categories: np.ndarray,
                  names: Sequence[str], title: str, legend_title: str = "kernel") -> bytes:
     """One test image, the residual of its best kernel, and the per-pixel winner map.
@@ -136,6 +149,7 @@ def sample_panel(image: np.ndarray, residual: np.ndarray, categories: np.ndarray
     return _png(fig)
 
 
+@_literal_text
 def confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
     """Confusion counts (rows true, columns predicted), coloured by row fraction."""
     matrix = np.asarray(matrix, dtype=np.int64)
@@ -160,6 +174,7 @@ def confusion_figure(matrix: np.ndarray, labels: Sequence[str], title: str) -> b
     return _png(fig)
 
 
+@_literal_text
 def counts_figure(counts: dict[str, dict[str, int]]) -> bytes:
     """Images per class, one bar per split."""
     splits = sorted(counts)
@@ -177,6 +192,7 @@ def counts_figure(counts: dict[str, dict[str, int]]) -> bytes:
     return _png(fig)
 
 
+@_literal_text
 def stages_figure(names: Sequence[str], seconds: Sequence[float],
                   rates: Sequence[float | None]) -> bytes:
     """Wall seconds and images per second of each stage."""
@@ -194,6 +210,7 @@ def stages_figure(names: Sequence[str], seconds: Sequence[float],
     return _png(fig)
 
 
+@_literal_text
 def curves_figure(epochs: Sequence[dict]) -> bytes:
     """Loss and train/test accuracy per epoch of an end-to-end run."""
     x = [e["epoch"] for e in epochs]

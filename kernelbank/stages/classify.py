@@ -22,12 +22,15 @@ import pyarrow as pa
 
 from ..config import ClassifyConfig
 from ..core.ridge import StreamingRidge, fold_of
-from ..io.layout import read_json
-from ..io.storage import join, resolve, url_of
+from ..io.layout import read_json, write_json
+from ..io.storage import join, resolve
 from .common import TEST_SPLIT, TRAIN_SPLITS, log, timed
 from .features import PREDICTION
 
-__all__ = ["run_classify", "write_classify", "classify_table"]
+__all__ = ["run_classify", "write_classify", "classify_table", "RESULT"]
+
+#: The classify stage's summary file (accuracy, confusion matrices), next to predictions/.
+RESULT = "result.json"
 
 
 def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
@@ -129,14 +132,14 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
         ``per_class`` counts.
     """
     import ray
-    from ..io.tables import parquet_files
+    from .table import table_files
     fs, path = resolve(features_url, s3_endpoint=s3_endpoint)
     meta = read_json(fs, join(path, "_kernelbank.json"))
     if meta is None:
         raise FileNotFoundError(f"{features_url!r} has no _kernelbank.json: run the feature "
                                 "stage first")
     names = meta["feature_names"]
-    files = parquet_files(fs, path)
+    files = table_files(fs, path)
     if not files:
         raise ValueError(f"the features table {features_url!r} is empty")
     train = ray.remote(num_cpus=1)(_train_file)
@@ -144,6 +147,10 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     for parts in ray.get([train.remote(fs, p, names, config.cv_folds) for p in files]):
         folds = [a + b for a, b in zip(folds, parts)]
     total = sum(folds, StreamingRidge.empty(len(names)))
+    if len(total.class_n) < 2:
+        raise ValueError(f"the train split of the features table {features_url!r} has "
+                         f"{len(total.class_n)} class(es) {sorted(total.class_n)}; a classifier "
+                         "needs at least 2 (its accuracy would be meaningless)")
     losses = None
     if config.ridge is None:
         alpha, losses = StreamingRidge.choose_alpha(folds)
@@ -173,35 +180,32 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
             "train_accuracy": train_acc[0] if train_acc else None, "splits": report}
 
 
-def run_classify(output: str, config: ClassifyConfig, *, overwrite: bool = True,
-                 s3_endpoint: str | None = None) -> dict[str, Any]:
-    """The classify stage alone: reads ``OUTPUT/features/``, writes ``OUTPUT/predictions/``.
-
-    Its predictions depend only on the features table, so a rerun replaces them.
-    """
-    from ..io.layout import Staging
-    from .summary import run_staged
-    staging = Staging.open(output, owned=("predictions",), overwrite=overwrite,
-                           s3_endpoint=s3_endpoint)
-    features_url = url_of(staging.fs, join(staging.final, "features"))
-    return run_staged(staging, "classify",
-                      lambda: write_classify(features_url, config, staging,
-                                             s3_endpoint=s3_endpoint))
+def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """The classify stage alone: reads the published ``features/``, publishes a run with
+    ``classify/`` (``predictions/*.parquet`` and ``result.json``, the summary)."""
+    from .summary import run_alone, settings_of
+    return run_alone(output, "classify", settings_of(config),
+                     lambda stage: write_classify(stage.run.stage_url("features"), config, stage,
+                                                  s3_endpoint=s3_endpoint),
+                     overwrite=overwrite, s3_endpoint=s3_endpoint)
 
 
-def write_classify(features_url: str, config: ClassifyConfig, staging, *,
+def write_classify(features_url: str, config: ClassifyConfig, stage, *,
                    s3_endpoint: str | None = None) -> dict[str, Any]:
-    """Run :func:`classify_table` into ``staging`` (``predictions/``) with timing."""
+    """Run :func:`classify_table` into the classify stage's folder (``predictions/``,
+    ``result.json``) with timing."""
     summary: dict[str, Any] = {}
     log(f"classify: {features_url} ridge alpha="
         f"{'by CV' if config.ridge is None else config.ridge}")
     with timed(summary):
-        summary.update(classify_table(features_url, config, fs_out=staging.fs,
-                                      predictions_dir=staging.dir("predictions"),
+        summary.update(classify_table(features_url, config, fs_out=stage.fs,
+                                      predictions_dir=join(stage.path, "predictions"),
                                       s3_endpoint=s3_endpoint))
     images = sum(s["images"] for s in summary["splits"].values())
     summary["images_per_second"] = round(images / max(summary["seconds"], 1e-9), 2)
     acc = summary["test_accuracy"]
+    write_json(stage.fs, join(stage.path, RESULT), summary)
     log(f"classify: alpha {summary['alpha']:g}, test accuracy "
         f"{'n/a (no test split)' if acc is None else f'{acc:.3f}'}, "
         f"train accuracy {summary['train_accuracy']:.3f} ({summary['seconds']:.1f} s)")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Iterator
 
+from ..io.storage import redact
 from .progress import info_enabled, ray_log_level
 
 __all__ = ["connect_ray", "actor_pool_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
-           "make_basis"]
+           "make_basis", "Terminated", "stop_on_sigterm"]
 
 #: Splits whose images build the banks and train the classifier.
 TRAIN_SPLITS = ("train", "unsplit")
@@ -19,17 +21,49 @@ TEST_SPLIT = "test"
 
 
 def log(message: str) -> None:
-    """One progress line on stderr (visible in ``ray job logs`` too; not with ``--quiet``)."""
+    """One progress line on stderr (visible in ``ray job logs`` too; not with ``--quiet``).
+
+    Every URL in ``message`` goes through :func:`kernelbank.io.storage.safe_url` and the
+    values of credential variables are removed, so no caller can log a secret.
+    """
     if not info_enabled():
         return
-    print(f"[kernelbank] {message}", file=sys.stderr, flush=True)
+    print(f"[kernelbank] {redact(message)}", file=sys.stderr, flush=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """The driver received SIGTERM (``ray job stop``, ``kill``): stop, leave the run resumable."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` in the main thread for the ``with`` block.
+
+    The run writer then stops between two steps, frees its lease and leaves every
+    completed stage and part file in place, so the same command resumes at once
+    (``ray job stop`` gives a driver a few seconds before it sends SIGKILL).
+    """
+    def stop(signum, frame):
+        raise Terminated(f"received signal {signum}")
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:                          # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str, Any]:
     """Join a cluster (``address`` or ``RAY_ADDRESS``) or start an embedded local Ray.
 
     An already initialised Ray (a test session, a job driver that called ``ray.init``)
-    is reused as it is.
+    is reused as it is. The embedded Ray is started with ``address="local"``: a bare
+    ``ray.init()`` would join the machine's last ``ray start`` cluster through
+    ``/tmp/ray/ray_current_cluster`` and wait forever, without a message, when that
+    cluster is gone.
 
     Returns
     -------
@@ -42,13 +76,19 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
     if ray.is_initialized():
         mode = "existing"
     else:
+        # ray.init replaces the driver's SIGTERM handler with one that exits at once;
+        # keep the caller's (stop_on_sigterm: stop cleanly, leave the run resumable)
+        handler = signal.getsignal(signal.SIGTERM)
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, logging_level=ray_log_level())
             mode = "cluster"
         else:
-            ray.init(include_dashboard=False, logging_level=ray_log_level())
+            ray.init(address="local", include_dashboard=False, logging_level=ray_log_level())
             mode = "embedded"
+        if callable(handler):
+            with suppress(ValueError):              # not the main thread
+                signal.signal(signal.SIGTERM, handler)
     seconds = time.perf_counter() - start
     resources = {k: float(v) for k, v in ray.cluster_resources().items()
                  if k in ("CPU", "GPU", "memory", "object_store_memory")}

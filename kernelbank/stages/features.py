@@ -30,13 +30,13 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import FeatureConfig, ReadConfig
-from ..io.layout import Staging, write_json
+from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
-from ..io.tables import SplitParquetSink, parquet_files
+from ..io.tables import SplitParquetSink
 from .common import actor_pool_args, log, timed
 from .reduce import BANK_FILE, load_fit_meta, stats_file
-from .table import TableMeta, column_array, sums_of_rows
+from .table import TableMeta, column_array, sums_of_rows, table_files
 
 __all__ = ["TableFeaturizer", "PixelFeaturizer", "load_bank_and_stats", "run_features",
            "write_features", "PREDICTION", "feature_names"]
@@ -197,7 +197,11 @@ class PixelFeaturizer:
 
 
 def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
-    """The bank and the merged class statistics (per entry) written by the reduce stage."""
+    """The bank and the merged class statistics (per entry) written by the reduce stage.
+
+    Both are read as plain arrays and JSON (``allow_pickle=False``): a file planted in
+    the output can be malformed but never runs code.
+    """
     import json
     import kernelbank as kb
     fs, path = resolve(banks_url, s3_endpoint=s3_endpoint)
@@ -215,7 +219,7 @@ def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
     return bank, stats
 
 
-def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging: Staging, *,
+def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging, *,
                    read: ReadConfig | None = None, s3_endpoint: str | None = None
                    ) -> dict[str, Any]:
     """Run the feature stage into ``staging`` (``features/`` and ``errors/features-*``).
@@ -229,12 +233,12 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging:
     meta = load_fit_meta(fs_fit, fit_path, fit_url)
     names = feature_names(meta, bank, config)
     sink = SplitParquetSink(staging.fs, staging.dir("features"), staging.dir("errors"),
-                            "features")
+                            staging.part_prefix)
     summary: dict[str, Any] = {}
     log(f"features: {fit_url} (no pixels) with {len(bank)} kernels, groups="
         f"{','.join(config.groups)}{' + pixel features (second read)' if config.pixel_features else ''}")
     with timed(summary):
-        files = parquet_files(fs_fit, fit_path)
+        files = table_files(fs_fit, fit_path)
         ds = ray.data.read_parquet(files, filesystem=ray_filesystem(fs_fit))
         ds = ds.map_batches(TableFeaturizer,
                             fn_constructor_args=(ray.put(bank), ray.put(stats), meta, config),
@@ -301,13 +305,15 @@ def _join_on_id(table_ds, pixel_ds):
 
 def run_features(output: str, config: FeatureConfig, *, read: ReadConfig | None = None,
                  overwrite: bool = False, s3_endpoint: str | None = None) -> dict[str, Any]:
-    """The feature stage alone: reads ``OUTPUT/fit/`` and ``OUTPUT/banks/``, writes
-    ``OUTPUT/features/`` — no image is read unless ``config.pixel_features``."""
-    from .summary import run_staged
-    staging = Staging.open(output, owned=("features", "errors/features-"), overwrite=overwrite,
-                           s3_endpoint=s3_endpoint)
-    fit_url = url_of(staging.fs, join(staging.final, "fit"))
-    banks_url = url_of(staging.fs, join(staging.final, "banks"))
-    return run_staged(staging, "features",
-                      lambda: write_features(fit_url, banks_url, config, staging, read=read,
-                                             s3_endpoint=s3_endpoint))
+    """The feature stage alone: reads the published ``fit/`` and ``banks/``, publishes a run
+    with ``features/`` — no image is read unless ``config.pixel_features``."""
+    from .summary import input_spec, run_alone, settings_of
+    spec = {"features": settings_of(config)}
+    if config.pixel_features and read is not None:
+        spec["input"] = input_spec(read)
+    return run_alone(output, "features", spec,
+                     lambda stage: write_features(stage.run.stage_url("fit"),
+                                                  stage.run.stage_url("reduce"), config, stage,
+                                                  read=read, s3_endpoint=s3_endpoint),
+                     input_url=read.url if read is not None else None, overwrite=overwrite,
+                     s3_endpoint=s3_endpoint)

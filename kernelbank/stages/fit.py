@@ -45,20 +45,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import FitConfig, ReadConfig
-from ..io.layout import Staging, write_json
+from ..io.layout import write_json
+from ..io.manifest import list_inputs, load_manifest, save_manifest
 from ..io.readers import images_from_batch, read_images
 from ..io.storage import join, redact
-from ..io.manifest import list_inputs, save_manifest
-from ..io.tables import ACCOUNTING_COLUMNS, SplitParquetSink
+from ..io.tables import ACCOUNTING_COLUMNS, SplitParquetSink, count_rows
 from .common import actor_pool_args, log, make_basis, timed
-from .table import flat_sums
+from .table import flat_sums, table_files
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
            "run_fit", "write_fit"]
 
 FIT_META = "_kernelbank.json"
-#: The input's listing, written once per run by the fit stage (``inputs/``).
-MANIFEST_FILE = "manifest.parquet"
+#: The input's listing, written once per run by the fit stage (in ``fit/``).
+MANIFEST_FILE = "_inputs.parquet"
+#: Folder of the decoded pixels in ``fit/`` (``cache_pixels``), part files named as the table's.
+PIXEL_CACHE = "_pixels"
 TABLE_VERSION = 2
 #: Errors that fail a whole group on a device (a CUDA OOM is a RuntimeError) but may not
 #: fail each image of it alone: the group is split and retried before rows become errors.
@@ -209,8 +211,8 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "") -> dict[str,
 def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None):
     """The lazy Ray Dataset of statistics rows (and error rows) for ``read``'s input.
 
-    ``manifest`` is the input's listing (:func:`kernelbank.io.manifest.list_inputs`);
-    listed here when not given.
+    ``manifest`` is the input's listing (:func:`kernelbank.io.manifest.list_inputs`), or
+    the part of it still to do; listed here when not given.
     """
     from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
@@ -223,35 +225,59 @@ def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None):
                                             batch_size=config.batch_size))
 
 
-def write_fit(read: ReadConfig, config: FitConfig, staging: Staging) -> dict[str, Any]:
-    """Run the fit stage into ``staging`` (``fit/``, ``errors/fit-*``, ``pixels/``).
+def _inputs(read: ReadConfig, fs, path: str):
+    """The input's manifest: the one an interrupted attempt of this run saved, else a new
+    listing (saved for later stages and resumes)."""
+    if fs.exists(path):
+        return load_manifest(fs, path)
+    manifest = list_inputs(read)
+    save_manifest(manifest, fs, path)
+    return manifest
 
-    The input is listed once; its manifest is kept in ``inputs/manifest.parquet`` for
-    later stages (pixel features, training) and reruns.
+
+def pixel_cache_url(fit_url: str) -> str:
+    """Where the fit stage keeps the decoded pixels (with ``cache_pixels``)."""
+    return fit_url.rstrip("/") + "/" + PIXEL_CACHE
+
+
+def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
+    """Run the fit stage into ``staging`` (``fit/``, ``errors/fit-*``); summary dict.
+
+    ``staging`` is the :class:`~kernelbank.io.runs.StageWriter` of the run's fit stage.
+    The input is listed once; its manifest is kept in ``fit/_inputs.parquet`` for later
+    stages (pixel features, training) and resumes. Records in part files an interrupted
+    attempt completed are left out of the manifest (and counted): nothing is read twice.
     """
     from .progress import remote_progress
     fs = staging.fs
     summary: dict[str, Any] = {}
-    log(f"fit: {redact(read.url)} basis={config.basis.value} radius={config.radius} "
-        f"dilations={list(config.dilations)} scales={list(config.scales)} "
-        f"descriptors={config.descriptors} gpus={config.num_gpus}")
     with timed(summary):
         with timed(summary, "listing_seconds"):
-            manifest = list_inputs(read)
-        save_manifest(manifest, fs, join(staging.dir("inputs"), MANIFEST_FILE))
-        with remote_progress("fit", manifest.num_rows) as counter:
-            sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"), "fit",
-                                    cache_dir=staging.dir("pixels") if config.cache_pixels
-                                    else None, counter=counter)
-            fit_dataset(read, config, manifest).write_datasink(sink)
+            manifest = _inputs(read, fs, join(staging.dir("fit"), MANIFEST_FILE))
+        ok_parts, error_parts = staging.completed_parts()
+        done = staging.completed_ids() if ok_parts or error_parts else set()
+        todo = manifest.filter(pc.invert(pc.is_in(manifest.column("id"),
+                                                  value_set=pa.array(sorted(done), pa.string()))))
+        log(f"fit: {redact(read.url)} basis={config.basis.value} radius={config.radius} "
+            f"dilations={list(config.dilations)} scales={list(config.scales)} "
+            f"descriptors={config.descriptors} gpus={config.num_gpus}"
+            + (f"; resuming, {len(done)} records already done" if done else ""))
+        with remote_progress("fit", todo.num_rows) as counter:
+            sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"),
+                                    staging.part_prefix,
+                                    cache_dir=join(staging.dir("fit"), PIXEL_CACHE)
+                                    if config.cache_pixels else None, counter=counter)
+            if todo.num_rows:
+                fit_dataset(read, config, todo).write_datasink(sink)
+    if done:
+        sink.counts.update(count_rows(fs, ok_parts, error_parts))
     write_json(fs, join(staging.dir("fit"), FIT_META),
                fit_metadata(config, read.ndim, read.url))
     counts = sink.per_split_and_class()
     images = sum(sum(v.values()) for v in counts.values())
     errors = sink.errors_by_stage()
     total = images + sum(errors.values())
-    table_bytes = sum(fs.size(p) for p in fs.find(staging.dir("fit"))
-                      if p.endswith(".parquet"))
+    table_bytes = sum(fs.size(p) for p in table_files(fs, staging.dir("fit")))
     input_bytes = int(pc.sum(manifest.column("size")).as_py() or 0)
     read_totals = sink.read_totals()
     summary.update({"images": images, "errors": errors, "records": total, "counts": counts,
@@ -269,12 +295,19 @@ def write_fit(read: ReadConfig, config: FitConfig, staging: Staging) -> dict[str
 
 def run_fit(read: ReadConfig, config: FitConfig, output: str, *, overwrite: bool = False
             ) -> dict[str, Any]:
-    """The fit stage alone: ``OUTPUT/fit/`` and ``OUTPUT/errors/fit-*.parquet``.
+    """The fit stage alone, published as a new run of ``output`` (``fit/``, ``errors/fit-*``).
 
-    Returns the stage summary (also merged into ``OUTPUT/summary.json``).
+    Returns the stage summary (also in the run's ``summary.json``).
     """
-    from .summary import run_staged
-    owned = ("fit", "inputs", "errors/fit-") + (("pixels",) if config.cache_pixels else ())
-    staging = Staging.open(output, owned=owned, overwrite=overwrite,
-                           s3_endpoint=read.s3_endpoint)
-    return run_staged(staging, "fit", lambda: write_fit(read, config, staging))
+    from .summary import input_spec, run_alone, settings_of
+    from .validation import check_classes
+
+    def write(stage) -> dict[str, Any]:
+        summary = write_fit(read, config, stage)
+        summary["warnings"] = check_classes(summary, where=read.url, strict=False)
+        for warning in summary["warnings"]:
+            log(f"warning: {warning}")
+        return summary
+    spec = {"input": input_spec(read), "fit": settings_of(config)}
+    return run_alone(output, "fit", spec, write, input_url=read.url, overwrite=overwrite,
+                     s3_endpoint=read.s3_endpoint, resumable=True)

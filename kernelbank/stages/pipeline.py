@@ -1,14 +1,16 @@
-"""The whole pipeline: fit → reduce → features → classify, into one staged output.
+"""The whole pipeline: fit → reduce → features → classify, as one published run.
 
 One pass over the pixels: the fit stage is the only stage that reads images; it writes
 the statistics table ``fit/`` (own kernels, window sums, residual descriptors), and
 reduce, features and classify are algebra on tables. With a training stage to follow
-(``cache_pixels``), the fit stage also keeps the decoded pixels in ``pixels/`` so that
-training never reads the images again.
+(``cache_pixels``), the fit stage also keeps the decoded pixels in ``fit/_pixels/`` so
+that training never reads the images again.
 
-Everything is written to ``OUTPUT.partial-<id>`` and swapped in at the end (see
-:mod:`kernelbank.io.layout`), so ``OUTPUT`` always holds one complete run or the
-previous one — never a mix.
+Everything is written to ``OUTPUT/runs/<run_id>/`` and published at the end by switching
+``OUTPUT/LATEST.json`` (see :mod:`kernelbank.io.runs`), so ``OUTPUT`` always presents
+one complete run — never a mix. A run stopped by a crash, SIGKILL or SIGTERM is resumed
+by rerunning the same command: completed stages are reused, the fit stage continues
+from its completed part files.
 """
 
 from __future__ import annotations
@@ -17,49 +19,61 @@ import time
 from typing import Any
 
 from ..config import PipelineConfig
-from ..io.layout import SUMMARY, Staging, write_json
-from ..io.storage import is_local, join, redact, url_of
+from ..io.runs import RunWriter
 from .classify import write_classify
 from .common import connect_ray, log
 from .features import write_features
 from .fit import write_fit
 from .reduce import write_reduce
-from .summary import scrub
+from .summary import scrub, stage_specs
+from .validation import check_classes
 
 __all__ = ["run_pipeline"]
 
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
-    """Run every stage on ``config.read.url`` and write ``config.output``.
+    """Run every stage on ``config.read.url`` and publish a run of ``config.output``.
 
     Returns
     -------
     dict
-        The content of ``OUTPUT/summary.json``: ``input``, ``output``, ``ray``
-        (mode, start-up seconds, resources), ``stages`` (per stage: seconds,
+        The content of the run's ``summary.json``: ``input``, ``output``, ``run_id``,
+        ``ray`` (mode, start-up seconds, resources), ``stages`` (per stage: seconds,
         images, images/s, counts per split and class, errors), ``errors`` (total),
-        ``test_accuracy``, ``seconds``.
+        ``warnings`` (class and label problems), ``test_accuracy``, ``seconds``.
 
     Raises
     ------
     FileExistsError
-        When the output exists and ``config.overwrite`` is false (checked first).
+        When the output already has a published run and ``config.overwrite`` is false,
+        or is not a kernelbank output (checked before any work).
+    ValueError
+        When the training images fall in fewer than two classes (after the fit stage,
+        which is kept for a rerun).
     """
     endpoint = config.read.s3_endpoint
-    staging = Staging.open(config.output, overwrite=config.overwrite, s3_endpoint=endpoint)
+    run = RunWriter.open(config.output, stage_specs(config), input_url=config.read.url,
+                         overwrite=config.overwrite, s3_endpoint=endpoint, command="run",
+                         describe={"input": config.read.url}, inherit=False)
     start = time.perf_counter()
-    try:
+    with run:
         ray_info = connect_ray(config.ray_address)
         stages: dict[str, Any] = {}
-        stages["fit"] = write_fit(config.read, config.fit, staging)
-        stages["reduce"] = write_reduce(url_of(staging.fs, staging.dir("fit")), config.reduce,
-                                        staging, s3_endpoint=endpoint)
-        stages["features"] = write_features(url_of(staging.fs, staging.dir("fit")),
-                                            url_of(staging.fs, staging.dir("banks")),
-                                            config.features, staging, read=config.read,
-                                            s3_endpoint=endpoint)
-        stages["classify"] = write_classify(url_of(staging.fs, staging.dir("features")),
-                                            config.classify, staging, s3_endpoint=endpoint)
+        stages["fit"] = run.stage("fit").run_once(
+            lambda stage: write_fit(config.read, config.fit, stage), resumable=True)
+        warnings = check_classes(stages["fit"], where=config.read.url)
+        for warning in warnings:
+            log(f"warning: {warning}")
+        stages["reduce"] = run.stage("reduce").run_once(
+            lambda stage: write_reduce(run.stage_url("fit"), config.reduce, stage,
+                                       s3_endpoint=endpoint))
+        stages["features"] = run.stage("features").run_once(
+            lambda stage: write_features(run.stage_url("fit"), run.stage_url("reduce"),
+                                         config.features, stage, read=config.read,
+                                         s3_endpoint=endpoint))
+        stages["classify"] = run.stage("classify").run_once(
+            lambda stage: write_classify(run.stage_url("features"), config.classify, stage,
+                                         s3_endpoint=endpoint))
         errors = sum(sum(s.get("errors", {}).values()) for s in stages.values())
         summary = scrub({
             "input": config.read.url, "output": config.output,
@@ -72,18 +86,16 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                          "pixel_features": config.features.pixel_features,
                          "num_gpus": config.fit.num_gpus, "batch_size": config.fit.batch_size},
             "ray": ray_info, "records": stages["fit"]["records"],
-            "images": stages["fit"]["images"], "errors": errors,
+            "images": stages["fit"]["images"], "errors": errors, "warnings": warnings,
             "test_accuracy": stages["classify"]["test_accuracy"],
             "stages": stages, "seconds": round(time.perf_counter() - start, 3),
+            "resumed": run.resumed,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        write_json(staging.fs, join(staging.path, SUMMARY), summary)
-        staging.commit()
-    except BaseException:
-        staging.abort()
-        raise
+        view = run.publish(summary)
+    summary = view.summary
     acc = summary["test_accuracy"]
     log(f"done in {summary['seconds']:.1f} s: {summary['images']} images, {errors} errors, "
         f"test accuracy {'n/a' if acc is None else f'{acc:.3f}'}")
-    where = staging.final if is_local(staging.fs) else config.output
-    log(f"outputs in {redact(where)} (fit/ banks/ features/ predictions/ errors/ summary.json)")
+    log(f"outputs in {view.url.rstrip('/')}/runs/{view.run_id}/ (fit/ banks/ features/ "
+        "classify/ errors/ summary.json), published through LATEST.json")
     return summary

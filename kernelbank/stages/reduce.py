@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import ReduceConfig
-from ..io.layout import Staging, read_json, write_json
+from ..io.layout import read_json, write_json
 from ..io.storage import join, resolve, storage_options, url_of
-from ..io.tables import parquet_files
+
 from .common import TRAIN_SPLITS, log, timed
 from .fit import FIT_META
-from .table import TableMeta, fit_result_of
+from .table import TableMeta, fit_result_of, table_files
 
 __all__ = ["partial_stats", "merge_fit_table", "banks_from_stats", "run_reduce",
            "BANK_FILE", "stats_file", "load_fit_meta"]
@@ -86,7 +86,7 @@ def merge_fit_table(fit_url: str, *, s3_endpoint: str | None = None,
     import kernelbank as kb
     fs, path = resolve(fit_url, s3_endpoint=s3_endpoint)
     meta = load_fit_meta(fs, path, fit_url)
-    files = parquet_files(fs, path)
+    files = table_files(fs, path)
     if not files:
         raise FileNotFoundError(f"{fit_url!r} holds no Parquet files: the fit stage fitted no image")
     # one task per file (each file is one write task's rows, so bounded); the partials
@@ -123,7 +123,7 @@ def banks_from_stats(stats: dict[tuple[int, int], Any], config: ReduceConfig):
     return banks[0] if len(banks) == 1 else kb.KernelBank.concat(banks)
 
 
-def write_reduce(fit_url: str, config: ReduceConfig, staging: Staging, *,
+def write_reduce(fit_url: str, config: ReduceConfig, staging, *,
                  s3_endpoint: str | None = None) -> dict[str, Any]:
     """Run the reduce stage into ``staging.dir("banks")``; returns the stage summary."""
     summary: dict[str, Any] = {}
@@ -160,10 +160,9 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging: Staging, *,
 
 def run_reduce(output: str, config: ReduceConfig, *, overwrite: bool = False,
                s3_endpoint: str | None = None) -> dict[str, Any]:
-    """The reduce stage alone: reads ``OUTPUT/fit/``, writes ``OUTPUT/banks/``."""
-    from .summary import run_staged
-    staging = Staging.open(output, owned=("banks",), overwrite=overwrite,
-                           s3_endpoint=s3_endpoint)
-    fit_url = url_of(staging.fs, join(staging.final, "fit"))
-    return run_staged(staging, "reduce", lambda: write_reduce(fit_url, config, staging,
-                                                              s3_endpoint=s3_endpoint))
+    """The reduce stage alone: reads the published ``fit/``, publishes a run with ``banks/``."""
+    from .summary import run_alone, settings_of
+    return run_alone(output, "reduce", settings_of(config),
+                     lambda stage: write_reduce(stage.run.stage_url("fit"), config, stage,
+                                                s3_endpoint=s3_endpoint),
+                     overwrite=overwrite, s3_endpoint=s3_endpoint)

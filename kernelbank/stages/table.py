@@ -14,7 +14,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["TableMeta", "flat_sums", "sums_of_rows", "column_array", "fit_result_of"]
+__all__ = ["TableMeta", "flat_sums", "sums_of_rows", "column_array", "fit_result_of",
+           "table_files"]
+
+
+def table_files(fs, path: str) -> list[str]:
+    """The part files of a stage's table: ``*.parquet`` directly in ``path``.
+
+    Files and folders whose names start with ``_`` or ``.`` (the fit stage's input
+    manifest and pixel cache, metadata) are not table rows.
+    """
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        return []
+    names = fs.ls(path, detail=False)
+    return sorted(p for p in names if p.endswith(".parquet")
+                  and not p.rstrip("/").rsplit("/", 1)[-1].startswith(("_", ".")))
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,18 @@ workers, DDP on gloo or NCCL), reports per-epoch metrics and a checkpoint throug
 checkpoint of a run with the same name, and exports the best model (by test accuracy)
 as one file that :func:`kernelbank.nn.load_model` and ``kernelbank predict`` read.
 
-Outputs under ``OUTPUT/train/``: ``model.pt`` (the exported model), ``summary.json``
-and, unless ``storage_path`` says otherwise, ``runs/<run_name>/`` (Ray's checkpoints).
+``run_train`` publishes a run of ``OUTPUT`` (see :mod:`kernelbank.io.runs`) that adds a
+``train/`` stage and reuses the published run's other stages: ``model.pt`` (the exported
+model), ``summary.json`` and, unless ``storage_path`` says otherwise,
+``checkpoints/<run_name>/`` (Ray's checkpoints). A run stopped by a crash is resumed by
+rerunning the same command: the unpublished run is found by its fingerprint and Ray
+Train continues from its latest checkpoint.
 
 The loop each worker runs lives in :mod:`kernelbank.stages.train_worker`. A checkpoint
-(``state.pt``) holds the model, the optimizer state, the epoch counter,
-the per-epoch history and the best weights so far, so a resumed run continues its
-history and exports the best model even when that epoch's checkpoint was rotated out.
+holds the model, the optimizer state and the best weights so far (tensors only, read
+with ``weights_only=True``) and the epoch counter and per-epoch history (JSON), so a
+resumed run continues its history and exports the best model even when that epoch's
+checkpoint was rotated out. Nothing read back here can run code.
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ import numpy as np
 
 from ..io.layout import SUMMARY, write_json
 from ..io.storage import is_local, join, ray_filesystem, resolve
-from .train_worker import STATE_FILE, train_loop_per_worker
+from .train_worker import STATE_FILE, STATE_JSON, load_checkpoint, train_loop_per_worker
 
-__all__ = ["TrainConfig", "STATE_FILE", "train_loop_per_worker", "fit_end_to_end",
+__all__ = ["TrainConfig", "STATE_FILE", "STATE_JSON", "train_loop_per_worker", "fit_end_to_end",
            "load_train_test", "run_train"]
 
 
@@ -73,7 +78,7 @@ class TrainConfig:
     classes : tuple of str, optional
         Restrict the built-in textures to these classes.
     storage_path : str, optional
-        Where Ray keeps checkpoints; default ``OUTPUT/train/runs``.
+        Where Ray keeps checkpoints; default the run's ``train/checkpoints``.
     run_name : str, default="end_to_end"
         A second run with the same name and storage resumes from its latest checkpoint.
     fail_after_epoch : int, optional
@@ -146,6 +151,7 @@ class TrainConfig:
 
     @property
     def train_url(self) -> str:
+        """``OUTPUT/train``: where :func:`fit_end_to_end` writes when not given a folder."""
         return join(self.output.rstrip("/"), "train")
 
 
@@ -166,13 +172,13 @@ def _init_kernels(config: TrainConfig) -> tuple[list | None, list | None]:
     return bank.kernels.numpy().tolist(), [int(d) for d in bank.dilations.tolist()]
 
 
-def _checkpoint_storage(config: TrainConfig):
+def _checkpoint_storage(config: TrainConfig, folder_url: str):
     """Filesystem and path for Ray's checkpoints, without a listings cache.
 
     fsspec caches one instance per URL, with directory listings: a listing cached by a
     previous run in the same process would hide the checkpoints a new run writes.
     """
-    fs, path = resolve(config.storage_path or join(config.train_url, "runs"),
+    fs, path = resolve(config.storage_path or join(folder_url, "checkpoints"),
                        s3_endpoint=config.s3_endpoint)
     if is_local(fs):
         os.makedirs(path, exist_ok=True)
@@ -181,7 +187,8 @@ def _checkpoint_storage(config: TrainConfig):
     return type(fs)(**options), path
 
 
-def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConfig) -> dict:
+def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConfig,
+                   folder_url: str | None = None) -> dict:
     """Train on ``datasets["train"]``, score on ``datasets["test"]``, export the best model.
 
     Parameters
@@ -192,12 +199,16 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
     class_names : sequence of str
         Output classes, in logit order.
     config : TrainConfig
+    folder_url : str, optional
+        Folder of ``model.pt``, ``summary.json`` and (by default) ``checkpoints/``;
+        default ``config.train_url``. :func:`run_train` passes its run's ``train/``.
 
     Returns
     -------
     dict
-        The summary also written to ``OUTPUT/train/summary.json``.
+        The summary also written to ``summary.json`` there.
     """
+    folder_url = folder_url or config.train_url
     import ray.train
     from ray.train.torch import TorchTrainer
     from ..nn import EndToEndClassifier, ModelConfig, save_model
@@ -211,7 +222,7 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
             "threads": max(1, int(config.cpus_per_worker)),
             "init_kernels": kernels, "init_dilations": dilations,
             "fail_after_epoch": config.fail_after_epoch}
-    storage_fs, storage_path = _checkpoint_storage(config)
+    storage_fs, storage_path = _checkpoint_storage(config, folder_url)
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop,
         scaling_config=ray.train.ScalingConfig(
@@ -226,13 +237,12 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
     result = trainer.fit()
     wall = time.perf_counter() - began
     with result.checkpoint.as_directory() as folder:
-        import torch
-        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+        state = load_checkpoint(folder)
 
     model = EndToEndClassifier(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["best"]["state"])
     history = state["history"]
-    model_url = join(config.train_url, "model.pt")
+    model_url = join(folder_url, "model.pt")
     best = state["best"]
     save_model(model, model_url, metadata={"test_accuracy": best["test_accuracy"],
                                            "epoch": best["epoch"]})
@@ -248,7 +258,7 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
         "model": model_config.to_dict(), "n_parameters": sum(p.numel() for p in model.parameters()),
         "config": {k: v for k, v in asdict(config).items() if k != "s3_endpoint"},
     }
-    fs, summary_path = resolve(join(config.train_url, SUMMARY), s3_endpoint=config.s3_endpoint)
+    fs, summary_path = resolve(join(folder_url, SUMMARY), s3_endpoint=config.s3_endpoint)
     write_json(fs, summary_path, summary)
     return summary
 
@@ -351,10 +361,24 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str]]:
     return datasets, sorted(found)
 
 
-def run_train(config: TrainConfig) -> dict:
-    """Read the data of ``config``, train, export, write the summary; returns the summary."""
-    datasets, class_names = load_train_test(config)
-    if len(class_names) < 2:
-        raise ValueError(f"training needs at least 2 classes in the train split of "
-                         f"{config.input or 'the built-in textures'}, found {class_names}")
-    return fit_end_to_end(datasets, class_names, config)
+def run_train(config: TrainConfig, *, overwrite: bool = False) -> dict:
+    """Read the data of ``config``, train, export; publish a run with ``train/``.
+
+    The run reuses the published run's other stages. ``overwrite`` allows replacing a
+    ``train/`` the published run already has. Returns the train summary.
+    """
+    from .summary import run_alone, settings_of
+
+    def train(stage) -> dict:
+        began = time.perf_counter()
+        datasets, class_names = load_train_test(config)
+        if len(class_names) < 2:
+            raise ValueError(f"training needs at least 2 classes in the train split of "
+                             f"{config.input or 'the built-in textures'}, found {class_names}")
+        summary = fit_end_to_end(datasets, class_names, config, folder_url=stage.url)
+        # the run summary's per-stage fields, like every other stage's
+        return {**summary, "seconds": round(time.perf_counter() - began, 3),
+                "images_per_second": round(summary["images_per_s"], 2)}
+    return run_alone(config.output, "train", settings_of(config), train,
+                     input_url=config.input, overwrite=overwrite,
+                     s3_endpoint=config.s3_endpoint, resumable=True)

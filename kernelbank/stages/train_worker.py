@@ -7,11 +7,17 @@ shard of the train split under DDP, averages batch-norm statistics over the work
 scores its shard of the test split, and reports the summed metrics with a checkpoint
 (rank 0). Its configuration is a plain dict built by
 :func:`kernelbank.stages.train.fit_end_to_end`.
+
+A checkpoint is two files, neither of which can run code when it is read:
+``state.pt`` holds only tensors (model, optimizer state, best weights) and is read with
+``torch.load(weights_only=True)``; ``state.json`` holds the epoch counter, the history,
+the best epoch's accuracy and the model configuration.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import tempfile
@@ -19,9 +25,48 @@ import time
 
 import numpy as np
 
-__all__ = ["STATE_FILE", "train_loop_per_worker"]
+__all__ = ["STATE_FILE", "STATE_JSON", "train_loop_per_worker", "save_checkpoint",
+           "load_checkpoint"]
 
 STATE_FILE = "state.pt"
+STATE_JSON = "state.json"
+
+
+def save_checkpoint(folder: str, *, model_state: dict, optimizer_state: dict, epoch: int,
+                    history: list, best: dict, model_config: dict) -> None:
+    """Write a checkpoint into ``folder``: tensors in ``state.pt``, the rest in ``state.json``.
+
+    ``best`` is ``{"test_accuracy", "epoch", "state"}`` with ``state`` a state dict (or None).
+    """
+    import torch
+    torch.save({"model": model_state, "optimizer": optimizer_state, "best_state": best["state"]},
+               os.path.join(folder, STATE_FILE))
+    with open(os.path.join(folder, STATE_JSON), "w") as handle:
+        json.dump({"epoch": epoch, "history": history, "model_config": model_config,
+                   "best": {"test_accuracy": best["test_accuracy"], "epoch": best["epoch"]}},
+                  handle)
+
+
+def load_checkpoint(folder: str) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (never unpickles).
+
+    Returns ``model``, ``optimizer`` (state dicts), ``epoch``, ``history``,
+    ``model_config`` and ``best`` (with its ``state``).
+
+    Raises
+    ------
+    pickle.UnpicklingError
+        When ``state.pt`` holds anything but tensors and plain containers.
+    """
+    import torch
+    tensors = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu",
+                         weights_only=True)
+    with open(os.path.join(folder, STATE_JSON)) as handle:
+        meta = json.load(handle)
+    return {"model": tensors["model"], "optimizer": tensors["optimizer"],
+            "epoch": int(meta["epoch"]), "history": meta["history"],
+            "model_config": meta["model_config"],
+            "best": {**meta["best"], "state": tensors["best_state"]}}
 
 
 def _initial_model(loop: dict):
@@ -144,8 +189,7 @@ def train_loop_per_worker(loop: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu",
-                               weights_only=False)
+            state = load_checkpoint(folder)
         raw.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history, best = state["epoch"] + 1, state["history"], state["best"]
@@ -199,9 +243,9 @@ def train_loop_per_worker(loop: dict) -> None:
                     "state": {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}}
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
-                torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch, "history": history, "best": best,
-                            "model_config": loop["model"]}, os.path.join(folder, STATE_FILE))
+                save_checkpoint(folder, model_state=raw.state_dict(),
+                                optimizer_state=optimizer.state_dict(), epoch=epoch,
+                                history=history, best=best, model_config=loop["model"])
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)

@@ -22,6 +22,7 @@ from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
 from kernelbank.cli import main as cli_main
+from kernelbank.io.runs import open_published
 from kernelbank.report import write_report
 
 from ..stages.pipeline_data import BAD_RECORDS, write_dataset
@@ -78,10 +79,12 @@ def run(ray_local, tmp_path_factory):
                          "--dilations", "1", "2", "--bank-method", "pca", "--n-components",
                          "1", "--batch-size", "8", "--train", "--train-epochs", "1"])
     assert code == 0
+    view = open_published(str(out))                 # the train run, built on the pipeline's
+    report = Path(view.path) / "report"
     page = _Page()
-    page.feed((out / "report" / "index.html").read_text())
-    return {"data": data, "out": out, "stdout": stdout.getvalue(), "page": page,
-            "summary": json.loads((out / "summary.json").read_text())}
+    page.feed((report / "index.html").read_text())
+    return {"data": data, "out": out, "view": view, "report": report,
+            "stdout": stdout.getvalue(), "page": page, "summary": view.summary}
 
 
 def _lookup(document, key: str):
@@ -92,12 +95,16 @@ def _lookup(document, key: str):
 
 def test_run_prints_the_report_path_last(run):
     lines = run["stdout"].strip().splitlines()
-    assert lines[-1] == str(run["out"] / "report" / "index.html")
+    assert lines[-1] == str(run["report"] / "index.html")
 
 
 def test_run_with_train_adds_the_end_to_end_stage_to_output_and_report(run):
-    trained = json.loads((run["out"] / "train" / "summary.json").read_text())
-    assert (run["out"] / "train" / "model.pt").exists()
+    view = run["view"]
+    assert view.stages == ("fit", "reduce", "features", "classify", "train")
+    assert view.stage_run("train") == view.run_id != view.stage_run("fit")   # fit reused
+    train = Path(view.stage_path("train"))
+    trained = json.loads((train / "summary.json").read_text())
+    assert (train / "model.pt").exists()
     assert 0.0 <= trained["test_accuracy"] <= 1.0
     assert f"test_accuracy={trained['test_accuracy']:.4f}" in run["stdout"]
     # the report, written after training, shows its learning curves
@@ -105,7 +112,7 @@ def test_run_with_train_adds_the_end_to_end_stage_to_output_and_report(run):
 
 
 def test_every_referenced_image_exists_and_decodes(run):
-    folder, page = run["out"] / "report", run["page"]
+    folder, page = run["report"], run["page"]
     files = {p.name for p in folder.iterdir()}
     assert len(page.images) >= 8 and set(page.images) == files - {"index.html"}
     for src in page.images:
@@ -168,8 +175,8 @@ def test_precision_recall_equal_scikit_learn_on_the_confusion_counts(run):
 
 
 def test_errors_are_listed_with_their_reasons(run):
-    out, page = run["out"], run["page"]
-    rows = pq.read_table(out / "errors").to_pylist()
+    page = run["page"]
+    rows = [r for f in run["view"].error_files() for r in pq.read_table(f).to_pylist()]
     assert len(rows) == len(BAD_RECORDS) == run["summary"]["errors"]
     derived = {i["data-key"]: json.loads(i["data-value"]) for i in page.numbers}
     assert derived["n_errors"] == len(rows)
@@ -186,23 +193,24 @@ def test_report_command_on_s3(run, s3_endpoint, s3_bucket, capsys):
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
     local = run["out"]
     for path in local.rglob("*"):
-        if path.is_file() and "report" not in path.parts:
+        if path.is_file() and "report" not in path.parts and not path.name.startswith("."):
             fs.put_file(str(path), f"{s3_bucket}/run/{path.relative_to(local).as_posix()}")
-    fs.put_file(str(local / "report" / "counts.png"), f"{s3_bucket}/run/report/stale.png")
+    report = f"{s3_bucket}/run/runs/{run['view'].run_id}/report"
+    fs.put_file(str(run["report"] / "counts.png"), f"{report}/stale.png")
     assert cli_main(["report", f"s3://{s3_bucket}/run"]) == 0
-    assert capsys.readouterr().out.strip() == f"s3://{s3_bucket}/run/report/index.html"
+    assert capsys.readouterr().out.strip() == f"s3://{report}/index.html"
     fs.invalidate_cache()
-    names = {p.rsplit("/", 1)[-1] for p in fs.find(f"{s3_bucket}/run/report")}
+    names = {p.rsplit("/", 1)[-1] for p in fs.find(report)}
     page = _Page()
-    page.feed(fs.cat_file(f"{s3_bucket}/run/report/index.html").decode())
+    page.feed(fs.cat_file(f"{report}/index.html").decode())
     assert set(page.images) == names - {"index.html"}                 # stale file removed
     for src in page.images:
-        Image.open(io.BytesIO(fs.cat_file(f"{s3_bucket}/run/report/{src}"))).load()
+        Image.open(io.BytesIO(fs.cat_file(f"{report}/{src}"))).load()
 
 
 def test_report_of_a_folder_without_summary_fails_clearly(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path)]) == 2
-    assert "no summary.json" in capsys.readouterr().err
+    assert "holds no published kernelbank run" in capsys.readouterr().err
 
 
 CHECK_SCRIPT = """<script>
@@ -233,7 +241,7 @@ def _browser_check(page: Path, tmp_path: Path) -> dict:
                     reason="headless browser check needs Debian's chromium at /usr/bin/chromium "
                            "(apt-get install chromium)")
 def test_page_loads_in_headless_chromium_with_every_image(run, tmp_path):
-    folder = run["out"] / "report"
+    folder = run["report"]
     html = (folder / "index.html").read_text()
     checked = folder / "_browser_check.html"            # next to index.html: same relative paths
     control = folder / "_browser_control.html"

@@ -2,14 +2,13 @@
 
 No Ray here: the bank comes from :func:`kb.fit` + :class:`kb.ClassStats` exactly as the
 reduce stage builds it, the model file from :func:`kernelbank.nn.save_model`, and the
-tables are written with pyarrow in the pipeline's layout.
+tables are written with pyarrow into a run published with the pipeline's run writer.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ import pytest
 from PIL import Image
 
 import kernelbank as kb
+from kernelbank.io.runs import RunWriter
+from kernelbank.io.stats_file import save_stats
 from kernelbank.nn import EndToEndClassifier, ModelConfig, save_model
 from kernelbank.report import figures, write_report
 
@@ -50,33 +51,46 @@ def output(tmp_path_factory):
     basis = kb.Basis.isotropic(radius=1, ndim=3)
     stats = kb.ClassStats.from_fit(kb.fit(np.stack(images), basis), labels)
     bank = kb.KernelBank.from_stats(stats, "pca", n_components=1)
-    (out / "banks").mkdir(parents=True)
-    bank.save(str(out / "banks" / "bank.npz"))
-    with open(out / "banks" / "stats_d1.pkl", "wb") as handle:
-        pickle.dump(stats.to_dict(), handle)
-    (out / "fit").mkdir()
-    pq.write_table(pa.table({"id": paths, "path": paths, "label": labels,
-                             "split": ["test"] * len(paths),
-                             "shape": [list(SHAPE)] * len(paths)}),
-                   out / "fit" / "fit-000000.parquet")
-    (out / "fit" / "_kernelbank.json").write_text(json.dumps({"ndim": 3, "radius": 1}))
-    (out / "summary.json").write_text(json.dumps(
-        {"input": str(root / "data"), "output": str(out), "images": len(paths), "errors": 0,
-         "test_accuracy": None, "stages": {}}))
     model = EndToEndClassifier(ModelConfig(class_names=("columns", "layers"), radius=1,
                                            dilations=(1, 2), n_kernels=2, ndim=3)).init_random()
-    (out / "train").mkdir()
-    save_model(model, str(out / "train" / "model.pt"))
     epochs = [{"epoch": e, "loss": 1.0 / (e + 1), "train_accuracy": 0.5 + 0.1 * e,
                "test_accuracy": 0.5 + 0.05 * e, "images_per_s": 100.0 + e} for e in range(3)]
-    train = {"test_accuracy": 0.6, "best_epoch": 2, "images_per_s": 101.5,
-             "checkpoint": str(out / "train" / "model.pt"), "epochs": epochs}
-    (out / "train" / "summary.json").write_text(json.dumps(train))
+    train = {"test_accuracy": 0.6, "best_epoch": 2, "images_per_s": 101.5, "epochs": epochs}
+
+    def fit(stage):
+        folder = Path(stage.path)
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"id": paths, "path": paths, "label": labels,
+                                 "split": ["test"] * len(paths),
+                                 "shape": [list(SHAPE)] * len(paths)}),
+                       folder / "fit-000000.parquet")
+        (folder / "_kernelbank.json").write_text(json.dumps({"ndim": 3, "radius": 1}))
+        return {}
+
+    def reduce(stage):
+        Path(stage.path).mkdir(parents=True)
+        bank.save(str(Path(stage.path) / "bank.npz"))
+        save_stats(stats, stage.fs, str(Path(stage.path) / "stats_d1.npz"))
+        return {}
+
+    def trained(stage):
+        Path(stage.path).mkdir(parents=True)
+        save_model(model, str(Path(stage.path) / "model.pt"))
+        train["checkpoint"] = str(Path(stage.path) / "model.pt")
+        (Path(stage.path) / "summary.json").write_text(json.dumps(train))
+        return train
+
+    run = RunWriter.open(str(out), {"fit": {}, "reduce": {}, "train": {}})
+    with run:
+        for name, write in (("fit", fit), ("reduce", reduce), ("train", trained)):
+            run.stage(name).run_once(write)
+        run.publish({"input": str(root / "data"), "images": len(paths), "errors": 0,
+                     "test_accuracy": None, "stages": {}})
     index = Path(write_report(str(out), samples_per_class=1))
     page = _Page()
     page.feed(index.read_text())
-    return {"out": out, "index": index, "page": page, "bank": bank, "stats": stats,
-            "model": model, "train": train}
+    return {"out": out, "report": index.parent, "index": index, "page": page, "bank": bank,
+            "stats": stats, "model": model, "train": train}
 
 
 def test_middle_slices_are_the_centre_planes():
@@ -87,7 +101,7 @@ def test_middle_slices_are_the_centre_planes():
 
 
 def test_volume_samples_show_one_row_per_axis(output):
-    folder = output["out"] / "report"
+    folder = output["report"]
     samples = sorted(p for p in output["page"].images if p.startswith("sample_"))
     assert len(samples) == 2                                       # one per class
     volume = np.load(next((output["out"].parent / "data" / "test" / "layers").glob("*.npy")))
@@ -121,6 +135,6 @@ def test_training_curves_kernels_and_numbers(output):
             assert json.loads(item["data-value"]) == value
     keys = {i["data-key"] for i in page.numbers if i["data-source"] == "train"}
     assert {"test_accuracy", "best_epoch", "epochs.2.loss", "epochs.0.test_accuracy"} <= keys
-    with Image.open(output["out"] / "report" / "learned_kernels.png") as image:
+    with Image.open(output["report"] / "learned_kernels.png") as image:
         image.load()                     # 2 dilations x 2 kernels, 3 slices each: taller than wide
         assert image.height > image.width

@@ -9,7 +9,6 @@ here; its outputs are written to the bucket and downloaded for the checks.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,9 @@ from PIL import Image
 
 import kernelbank as kb
 from kernelbank.cli import main
+from kernelbank.io.runs import open_published
+from kernelbank.io.stats_file import load_stats
+from kernelbank.io.storage import resolve
 
 from .pipeline_data import BAD_RECORDS, write_dataset
 
@@ -52,12 +54,14 @@ def run(ray_local, s3_endpoint, tmp_path_factory):
     assert code == 0, printed.getvalue()[-3000:]
     fs.invalidate_cache()
     objects = {p: fs.cat(p) for p in fs.find(f"{bucket}/out")}
-    leftovers = [p for p in fs.find(bucket) if ".partial-" in p]
+    leftovers = [p for p in fs.find(bucket) if p.endswith("_lease.json") or ".tmp-" in p]
     fs.get(f"{bucket}/out", str(root / "out"), recursive=True)
+    # the downloaded copy is an output like any other: read it through its pointer
+    view = open_published(str(root / "out"))
     # downloaded output paths say s3 bucket/images/...; map ids back to the local copy
-    return {"data": data, "out": root / "out", "prefix": f"{bucket}/images",
-            "summary": json.loads((root / "out/summary.json").read_text()),
-            "objects": objects, "leftovers": leftovers, "printed": printed.getvalue()}
+    return {"data": data, "out": Path(view.path), "view": view, "prefix": f"{bucket}/images",
+            "summary": view.summary, "objects": objects, "leftovers": leftovers,
+            "printed": printed.getvalue()}
 
 
 def _local(run, record_id: str) -> str:
@@ -103,8 +107,14 @@ def test_summary_counts_and_layout(run):
         assert summary["stages"][stage]["images_per_second"] > 0
     assert 0 <= summary["test_accuracy"] <= 1
     assert sorted(p.name for p in run["out"].iterdir()) == \
-        ["banks", "errors", "features", "fit", "report", "summary.json"]   # report: `run` adds it
-    assert not run["leftovers"]                 # the staging prefix is gone
+        ["_run.json", "banks", "classify", "errors", "features", "fit", "manifest.json",
+         "report", "summary.json"]                                # report: `run` adds it
+    assert not run["leftovers"]                 # no lease, no temporary object
+    # the manifest lists every file of every stage with its rows, as written
+    stages = run["view"].manifest["stages"]
+    assert sum(f["rows"] for f in stages["fit"]["files"] if "rows" in f) == 36
+    assert sum(f["rows"] for f in stages["fit"]["errors"]) == 3
+    assert sum(f["rows"] for f in stages["features"]["files"] if "rows" in f) == 36
     assert "[kernelbank] fit:" in run["printed"] and "wrote s3://kb-pipeline/out" in run["printed"]
 
 
@@ -149,8 +159,8 @@ def test_reduce_equals_in_process_statistics_and_bank(run):
         expected = kb.ClassStats.from_fit(first, labels[:half], scale=index) + \
             kb.ClassStats.from_fit(second, labels[half:], scale=index)
         whole = kb.ClassStats.from_fit(whole_fit, labels, scale=index)
-        blob = (out / f"banks/stats_d{dilation}.pkl").read_bytes()
-        got = kb.ClassStats.from_dict(pickle.loads(blob))
+        local, _ = resolve(str(out))
+        got = load_stats(local, str(out / f"banks/stats_d{dilation}.npz"))
         assert got.classes == expected.classes == ["c0", "c1", "c2"]
         for name in got.classes:
             for field in ("sum_coef", "sum_outer", "sum_gram", "sum_rhs"):

@@ -9,19 +9,18 @@ the CLI, and an exported model that reproduces the reported test accuracy.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
 import fsspec
 import numpy as np
 import pytest
-import torch
 
 from kernelbank import cli
 from kernelbank.datasets import load_textures, write_textures
+from kernelbank.io.runs import open_published
 from kernelbank.nn import load_model
-from kernelbank.stages.train import STATE_FILE, TrainConfig, run_train
+from kernelbank.stages.train import STATE_JSON, TrainConfig, run_train
 
 pytestmark = [pytest.mark.ray, pytest.mark.s3, pytest.mark.slow]
 
@@ -30,13 +29,13 @@ SETTINGS = {"epochs": 3, "batch_size": 32, "workers": 2}
 
 
 def _saved_states(fs, runs: str) -> dict[int, dict]:
-    """Checkpointed states by epoch (num_to_keep=2 keeps the last two)."""
+    """Checkpointed epoch counters and histories by epoch (num_to_keep=2 keeps two)."""
     folders = [p for p in fs.ls(runs) if os.path.basename(p).startswith("checkpoint_")
                and fs.isdir(p)]                              # not checkpoint_manager_snapshot.json
     states = {}
     for folder in folders:
-        with fs.open(f"{folder}/{STATE_FILE}", "rb") as f:
-            state = torch.load(io.BytesIO(f.read()), weights_only=False)
+        with fs.open(f"{folder}/{STATE_JSON}") as f:
+            state = json.load(f)
         states[state["epoch"]] = state
     return states
 
@@ -56,14 +55,18 @@ def test_interrupt_resume_export_on_s3(s3_endpoint, ray_local, s3_bucket, tmp_pa
                               **SETTINGS)
     with pytest.raises(ray.train.TrainingFailedError, match="fault drill"):
         run_train(interrupted)
-    saved = _saved_states(fs, f"{s3_bucket}/out/train/runs/end_to_end")
+    # nothing published; the unpublished run holds the checkpoints
+    (run_dir,) = fs.ls(f"{s3_bucket}/out/runs")
+    saved = _saved_states(fs, f"{run_dir}/train/checkpoints/end_to_end")
     assert sorted(saved) == [0, 1] and [h["epoch"] for h in saved[1]["history"]] == [0, 1]
 
     code = cli.main(["train", "--input", data, "--output", output,
                      "--classes", ",".join(CLASSES), "--epochs", "3", "--batch-size", "32",
                      "--workers", "2"])
     assert code == 0
-    with fs.open(f"{s3_bucket}/out/train/summary.json") as f:
+    view = open_published(output)
+    assert view.path == run_dir                              # the same run, resumed
+    with fs.open(f"{view.stage_path('train')}/summary.json") as f:
         summary = json.load(f)
 
     history = summary["epochs"]
