@@ -5,7 +5,8 @@ and no IO. The Ray stages live in :mod:`kernelbank.stages`, the scikit-learn est
 in :mod:`kernelbank.sklearn`, the end-to-end model in :mod:`kernelbank.nn`.
 """
 
-from .core import (Basis, ClassStats, FitResult, KernelBank, LikelihoodClassifier,
+from .core import (Basis, ClassStats, FitResult, ImageStatistics, KernelBank,
+                   LikelihoodClassifier, image_statistics,
                    ResidualDescriptors, SingularGramWarning, WindowSums, ar_features,
                    bank_feature_names_from_sums, bank_features, bank_features_from_sums,
                    describe_residuals, fit, fit_from_sums, residual_descriptor_names,
@@ -13,7 +14,8 @@ from .core import (Basis, ClassStats, FitResult, KernelBank, LikelihoodClassifie
 
 __version__ = "0.1.0"
 
-__all__ = ["Basis", "ClassStats", "FitResult", "KernelBank", "LikelihoodClassifier",
+__all__ = ["Basis", "ClassStats", "FitResult", "ImageStatistics", "KernelBank",
+           "LikelihoodClassifier", "image_statistics",
            "ResidualDescriptors", "SingularGramWarning", "WindowSums", "ar_features",
            "bank_feature_names_from_sums", "bank_features", "bank_features_from_sums",
            "describe_residuals", "fit", "fit_from_sums", "residual_descriptor_names",

@@ -6,6 +6,7 @@ from .features import ar_features, bank_features
 from .fit import (FitResult, fit, normal_equations, normalize_images, pyramid_level,
                   residual_mse)
 from .likelihood import LikelihoodClassifier
+from .onepass import ImageStatistics, image_statistics
 from .residual import (ResidualDescriptors, describe_residuals, residual_descriptor_names,
                        residual_features)
 from .solve import SingularGramWarning, solve_normal_equations
@@ -15,7 +16,8 @@ from .sums import WindowSums, window_sums
 from .sums_fit import fit_from_sums, fit_result_from_sums, select_sums
 from .sums_rows import sums_from_rows, sums_row_length, sums_to_rows
 
-__all__ = ["Basis", "ClassStats", "FitResult", "KernelBank", "LikelihoodClassifier",
+__all__ = ["Basis", "ClassStats", "FitResult", "ImageStatistics", "KernelBank",
+           "LikelihoodClassifier", "image_statistics",
            "ResidualDescriptors", "SingularGramWarning", "WindowSums", "ar_features",
            "bank_feature_names_from_sums", "bank_features", "bank_features_from_sums",
            "describe_residuals", "fit", "fit_from_sums", "fit_result_from_sums",
