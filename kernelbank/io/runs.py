@@ -214,7 +214,7 @@ class RunView:
         only those ending in ``suffix`` (e.g. ``".parquet"`` for the table's parts)."""
         entry = self._entry(stage)
         return [join(self.root, RUNS, entry["run"], f["path"]) for f in entry["files"]
-                if suffix is None or f["path"].endswith(suffix)]
+                if (suffix is None or f["path"].endswith(suffix)) and _is_part(f["path"])]
 
     def error_files(self, stage: str | None = None) -> list[str]:
         """Error tables of ``stage`` (default: of every stage of the run)."""
@@ -319,6 +319,13 @@ def _describe_files(fs, run_path: str, paths: list[str]) -> list[dict]:
         return item
     with ThreadPoolExecutor(max_workers=16) as pool:
         return list(pool.map(describe, sorted(paths)))
+
+
+def _is_part(relative: str) -> bool:
+    """Whether a file of a stage folder is one of its outputs: no name below the folder
+    starts with ``_`` or ``.`` (the pyarrow convention; ``fit/_inputs.parquet`` and
+    ``fit/_pixels/`` are the fit stage's working files, ``_kernelbank.json`` metadata)."""
+    return not any(part.startswith(("_", ".")) for part in relative.split("/")[1:])
 
 
 def _visible(path: str) -> bool:

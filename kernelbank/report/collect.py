@@ -23,7 +23,6 @@ import numpy as np
 
 from ..io.layout import SUMMARY, read_json
 from ..io.runs import RunView, open_published
-from ..io.stats_file import load_stats
 from ..io.storage import join, ray_filesystem, resolve
 
 __all__ = ["RunData", "collect_run", "collect_view", "MAX_SCANNED_ROWS"]
@@ -115,11 +114,13 @@ def _read_bank(view: RunView, data: RunData, s3_endpoint: str | None) -> None:
 
 def _variance_ratio(fs, banks: str, bank, data: RunData) -> np.ndarray | None:
     """Explained variance over the class's total coefficient variance, per kernel."""
+    import kernelbank as kb
+    from ..stages.reduce import stats_file
     totals: dict[tuple[int, str], float] = {}
     for d in sorted(set(bank.dilations.tolist())):
-        path = join(banks, f"stats_d{d}.npz")
         try:
-            stats = load_stats(fs, path)
+            with fs.open(join(banks, stats_file(1, d)), "rb") as handle:
+                stats = kb.ClassStats.load(handle)
         except (FileNotFoundError, ValueError) as error:
             data.notes.append(f"no explained-variance share: {error}")
             return None
