@@ -62,7 +62,7 @@ def test_rerun_refuses_then_publishes_a_new_run_without_mixing(ray_local, tmp_pa
     assert view.run_id != old.run_id
     table = pa.concat_tables([pq.read_table(f) for f in view.stage_files("fit", ".parquet")])
     assert table.num_rows == 6 and set(table.column("split").to_pylist()) == {"train"}
-    assert table.schema.field("coef").type.list_size == 2      # isotropic radius 1: 2 rings
+    assert table.schema.field("coef").type.list_size == 3 * 8  # full radius 1 at dilations 1-3
     meta = json.loads((Path(view.stage_path("fit")) / "_kernelbank.json").read_text())
     assert meta["radius"] == 1 and view.error_files() == []
     # the old run is still there, whole, for readers that held it
