@@ -9,9 +9,10 @@ no meaningful classifier can be trained:
 * a class with test (or validation) images but no training image → warning (its recall
   is 0 by construction);
 * a class with a single training image → warning (no within-class variation to learn);
-* records rejected for a missing label or a null split (error stage ``label``) → warning
-  with their number (they are in ``errors/``; a file directly under the input root has
-  no class folder and so no label).
+* records rejected for a missing label (error stage ``label``) → warning with their
+  number (they are in ``errors/``; a file directly under the input root has no class
+  folder and so no label). A null Parquet split is read as ``unsplit`` (training data)
+  by :mod:`kernelbank.io.manifest`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .common import TRAIN_SPLITS
 
 __all__ = ["check_classes", "LABEL_ERROR_STAGE"]
 
-#: Error-row stage of records rejected for a missing label or split (see io.readers).
+#: Error-row stage of records rejected for a missing label (see io.readers).
 LABEL_ERROR_STAGE = "label"
 
 
@@ -54,8 +55,8 @@ def check_classes(fit_summary: dict[str, Any], *, where: str, strict: bool = Tru
     unlabeled = fit_summary.get("errors", {}).get(LABEL_ERROR_STAGE, 0)
     warnings = []
     if len(train) < 2:
-        extra = (f"; {unlabeled} record(s) were rejected for a missing label or split "
-                 "(see errors/)" if unlabeled else "")
+        extra = (f"; {unlabeled} record(s) were rejected for a missing label (see errors/)"
+                 if unlabeled else "")
         message = (f"the training images of {where} fall in {len(train)} class(es) "
                    f"{sorted(train)}: a classifier needs at least 2 (with one, every prediction "
                    "is right and the accuracy means nothing). Lay the input out as "
@@ -73,6 +74,6 @@ def check_classes(fit_summary: dict[str, Any], *, where: str, strict: bool = Tru
     warnings += [f"class {label!r} has a single training image" for label, n in
                  sorted(train.items()) if n == 1]
     if unlabeled:
-        warnings.append(f"{unlabeled} record(s) have no label or a null split and were left "
-                        "out (error stage 'label' in errors/)")
+        warnings.append(f"{unlabeled} record(s) have no label and were left out (error stage "
+                        "'label' in errors/)")
     return warnings

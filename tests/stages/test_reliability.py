@@ -117,11 +117,11 @@ def test_class_only_in_test_and_unlabeled_files_are_reported(ray_local, tmp_path
     assert "no label" in rows[0]["reason"]
 
 
-def test_null_parquet_split_and_label_are_error_rows(ray_local, tmp_path):
+def test_parquet_rows_without_label_are_error_rows(ray_local, tmp_path):
     from kernelbank.io import read_dataset
     rng = np.random.default_rng(0)
     images = [png_bytes(rng.integers(0, 256, (12, 12), dtype=np.uint8)) for _ in range(4)]
-    pq.write_table(pa.table({"image": images, "label": ["a", "b", "a", None],
+    pq.write_table(pa.table({"image": images, "label": ["a", "b", "", None],
                              "split": ["train", "test", None, "train"],
                              "id": ["r0", "r1", "r2", "r3"]}), tmp_path / "x.parquet")
     import ray
@@ -129,6 +129,7 @@ def test_null_parquet_split_and_label_are_error_rows(ray_local, tmp_path):
         config=ReadConfig(str(tmp_path / "x.parquet"))).to_arrow_refs())).to_pylist()
     by_id = {r["id"].split("#")[1]: r for r in rows}
     assert by_id["r0"]["reason"] is None and by_id["r1"]["split"] == "test"
-    assert by_id["r2"]["stage"] == "label" and "no split" in by_id["r2"]["reason"]
-    assert by_id["r3"]["stage"] == "label" and "no label" in by_id["r3"]["reason"]
-    assert "none" not in {r["split"] for r in rows}
+    for rid in ("r2", "r3"):                               # empty and null label cells
+        assert by_id[rid]["stage"] == "label" and "no label" in by_id[rid]["reason"]
+        assert by_id[rid]["pixels"] is None
+    assert "none" not in {r["split"] for r in rows}        # a null split is never "none"
