@@ -10,6 +10,10 @@ variables are set in the environment of the process:
     the driver SIGKILLs itself when it reaches that point (no cleanup runs, exactly like
     ``kill -9`` or a lost node).
 
+:func:`group_fault` makes a fit group fail the way a device running out of memory or a
+numerical error would (``KERNELBANK_FAULT_GROUP_LIMIT``, ``KERNELBANK_FAULT_POISON_IDS``),
+so the tests can watch a failed group being split and retried.
+
 :func:`fit_fault_from_env` gives the fit actors' kill switch
 (``KERNELBANK_FAULT_KILL_FIT_AFTER`` images, once, remembered in the file named by
 ``KERNELBANK_FAULT_MARKER``) under the same test switch. The configuration layer
@@ -22,7 +26,8 @@ import os
 import signal
 
 __all__ = ["TEST_FLAG_ENV", "KILL_AT_ENV", "FAULT_KILL_FIT_AFTER_ENV", "FAULT_MARKER_ENV",
-           "testing", "fault_point", "fit_fault_from_env"]
+           "GROUP_LIMIT_ENV", "POISON_IDS_ENV", "testing", "fault_point", "fit_fault_from_env",
+           "group_fault"]
 
 TEST_FLAG_ENV = "KERNELBANK_TESTING"
 KILL_AT_ENV = "KERNELBANK_FAULT_KILL_AT"
@@ -30,6 +35,10 @@ KILL_AT_ENV = "KERNELBANK_FAULT_KILL_AT"
 FAULT_KILL_FIT_AFTER_ENV = "KERNELBANK_FAULT_KILL_FIT_AFTER"
 #: File whose existence means "the injected fault already happened" (so it happens once).
 FAULT_MARKER_ENV = "KERNELBANK_FAULT_MARKER"
+#: A fit group of more images than this fails like a device out of memory (tests only).
+GROUP_LIMIT_ENV = "KERNELBANK_FAULT_GROUP_LIMIT"
+#: Comma-separated record ids whose group always fails, alone too (tests only).
+POISON_IDS_ENV = "KERNELBANK_FAULT_POISON_IDS"
 
 
 def testing() -> bool:
@@ -50,3 +59,21 @@ def fit_fault_from_env() -> dict:
     if not after:
         return {}
     return {"fault_kill_after": int(after), "fault_marker": os.environ.get(FAULT_MARKER_ENV)}
+
+
+def group_fault(ids: list[str]) -> None:
+    """Raise as a failing device would for the fit group of record ``ids`` (tests only).
+
+    A group larger than ``KERNELBANK_FAULT_GROUP_LIMIT`` raises ``RuntimeError`` ("out of
+    memory"); a group holding an id of ``KERNELBANK_FAULT_POISON_IDS`` raises
+    ``RuntimeError`` whatever its size.
+    """
+    if not testing():
+        return
+    limit = os.environ.get(GROUP_LIMIT_ENV)
+    if limit and len(ids) > int(limit):
+        raise RuntimeError(f"CUDA out of memory (injected: group of {len(ids)} > {limit})")
+    poison = {p for p in os.environ.get(POISON_IDS_ENV, "").split(",") if p}
+    bad = sorted(poison.intersection(ids))
+    if bad:
+        raise RuntimeError(f"injected failure of record {bad[0]}")

@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import faults
 from ..config import FitConfig, ReadConfig
 from ..io.layout import write_json
 from ..io.manifest import list_inputs, load_manifest, save_manifest
@@ -110,8 +111,9 @@ class StatisticsFitter:
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch
 
-    def _statistics(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    def _statistics(self, images: list[np.ndarray], ids: list[str]) -> dict[str, np.ndarray]:
         from ..core.onepass import image_statistics
+        faults.group_fault(ids)
         config = self.config
         stats = image_statistics(self._to_device(images), self.basis,
                                  dilations=config.dilations, scales=config.scales,
@@ -126,11 +128,11 @@ class StatisticsFitter:
             out["descriptors"] = stats.descriptors.reshape(n, -1).cpu().numpy()
         return out
 
-    def _isolated(self, images: list[np.ndarray], rows: list[int]):
+    def _isolated(self, images: list[np.ndarray], rows: list[int], ids: list[str]):
         """Yield ``(rows, columns)`` for groups that worked and ``(row, reason)`` for images
         that fail alone, splitting failed groups in halves."""
         try:
-            yield rows, self._statistics(images)
+            yield rows, self._statistics(images, [ids[i] for i in rows])
         except ISOLATED_ERRORS as error:
             if self.device.type == "cuda":
                 self.torch.cuda.empty_cache()
@@ -139,8 +141,8 @@ class StatisticsFitter:
                 yield rows[0], f"{type(error).__name__}: {message}"
                 return
             half = len(rows) // 2
-            yield from self._isolated(images[:half], rows[:half])
-            yield from self._isolated(images[half:], rows[half:])
+            yield from self._isolated(images[:half], rows[:half], ids)
+            yield from self._isolated(images[half:], rows[half:], ids)
 
     def _maybe_fail(self, count: int) -> None:
         """Fault injection for tests: exit the process once after ``fault_kill_after`` images."""
@@ -166,8 +168,9 @@ class StatisticsFitter:
                 groups.setdefault(image.shape, []).append(i)
         columns: dict[str, np.ndarray] = {}
         done = np.zeros(len(images), dtype=bool)
+        ids = batch.column("id").to_pylist()
         for rows in groups.values():
-            for where, result in self._isolated([images[i] for i in rows], rows):
+            for where, result in self._isolated([images[i] for i in rows], rows, ids):
                 if isinstance(result, str):
                     stage[where], reason[where] = "fit", result
                     continue

@@ -1,0 +1,73 @@
+"""A failing fit group is split and retried: only images that fail alone become error rows.
+
+The fit actor (:class:`kernelbank.stages.fit.StatisticsFitter`, a plain class that Ray
+runs as an actor) is called directly on rows decoded by the real reader from real PNG
+files. Failures are injected through :mod:`kernelbank.faults`, the switch production
+code carries for tests: a group larger than a limit fails like a device out of memory,
+and a poisoned record fails in any group.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from kernelbank import faults
+from kernelbank.config import FitConfig, ReadConfig
+from kernelbank.io.manifest import list_inputs
+from kernelbank.io.readers import read_block
+from kernelbank.io.storage import read_filesystem
+from kernelbank.stages.fit import StatisticsFitter
+
+from .pipeline_data import write_dataset
+
+CONFIG = FitConfig(radius=1, dilations=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def decoded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("isolation") / "images"
+    write_dataset(root, classes=2, per_class=4, size=24, bad=False)
+    read = ReadConfig(str(root), min_side=CONFIG.min_side)
+    manifest = list_inputs(read)
+    fs, _ = read_filesystem(str(root))
+    return read_block(manifest, fs=fs, config=read)
+
+
+def _fit(batch):
+    out = StatisticsFitter(CONFIG)(batch)
+    return out, dict(zip(out.column("id").to_pylist(), out.column("coef").to_pylist()))
+
+
+def test_out_of_memory_groups_are_split_until_they_fit(decoded, monkeypatch):
+    _, clean = _fit(decoded)
+    monkeypatch.setenv(faults.TEST_FLAG_ENV, "1")
+    monkeypatch.setenv(faults.GROUP_LIMIT_ENV, "2")
+    out, split = _fit(decoded)
+    assert out.column("reason").null_count == out.num_rows == 16      # nothing lost
+    for rid, coef in clean.items():
+        # same images, solved in groups of 2 instead of 16: the same numbers
+        np.testing.assert_allclose(split[rid], coef, rtol=1e-6, atol=1e-7)
+
+
+def test_a_record_that_fails_alone_is_the_only_error_row(decoded, monkeypatch):
+    _, clean = _fit(decoded)
+    poisoned = decoded.column("id")[5].as_py()
+    monkeypatch.setenv(faults.TEST_FLAG_ENV, "1")
+    monkeypatch.setenv(faults.POISON_IDS_ENV, poisoned)
+    out, coefs = _fit(decoded)
+    failed = out.filter(pc.is_valid(out.column("reason")))
+    assert failed.column("id").to_pylist() == [poisoned]
+    assert failed.column("stage").to_pylist() == ["fit"]
+    assert "injected failure" in failed.column("reason")[0].as_py()
+    for rid, coef in clean.items():
+        if rid != poisoned:
+            np.testing.assert_allclose(coefs[rid], coef, rtol=1e-6, atol=1e-7)
+
+
+def test_faults_are_inert_without_the_test_switch(decoded, monkeypatch):
+    monkeypatch.delenv(faults.TEST_FLAG_ENV, raising=False)
+    monkeypatch.setenv(faults.POISON_IDS_ENV, decoded.column("id")[0].as_py())
+    out, _ = _fit(decoded)
+    assert out.column("reason").null_count == out.num_rows
