@@ -6,12 +6,11 @@ file that points at a dead head: a bare ``ray.init()`` would wait on it forever,
 start here also checks that the embedded Ray ignores it. Points of death:
 
 * SIGKILL while the fit stage writes its part files (watched from outside),
-* SIGKILL at the end of the feature stage, before its marker (fault point),
-* SIGTERM while the feature stage runs again (``ray job stop``): a clean stop, exit 143,
+* SIGTERM while the feature stage runs (``ray job stop``): a clean stop, exit 143,
 * SIGKILL between the manifest and the pointer (fault point ``publish``),
 
 then a final rerun must publish the same rows, banks and accuracy as a clean in-process
-run, with one run folder and no lease or temporary file left. On S3 a shorter chain.
+run, with one run folder and no lease or temporary file left. On S3: SIGKILL between the manifest and the pointer, then the resume.
 """
 
 from __future__ import annotations
@@ -172,7 +171,7 @@ def clean(ray_local, data):
 
 def test_killed_anywhere_locally_resumes_to_the_clean_result(clean, data, ray_tmp, tmp_path):
     images, out = str(data / "images"), str(tmp_path / "out")
-    logs = [tmp_path / f"attempt{i}.log" for i in range(5)]
+    logs = [tmp_path / f"attempt{i}.log" for i in range(4)]
 
     first = _driver(images, out, ray_tmp, log=logs[0])
     _wait_until(first, lambda: _parts(out, "fit"), "the first fit part file")
@@ -180,27 +179,23 @@ def test_killed_anywhere_locally_resumes_to_the_clean_result(clean, data, ray_tm
     assert _finish(first, ray_tmp, logs[0]) == -signal.SIGKILL
     assert not list(Path(out).glob("runs/*/fit/_SUCCESS.json")), "killed too late: fit done"
 
-    second = _driver(images, out, ray_tmp, kill_at="features.finish", log=logs[1])
-    assert _finish(second, ray_tmp, logs[1]) == -signal.SIGKILL, logs[1].read_text()[-3000:]
+    second = _driver(images, out, ray_tmp, log=logs[1])
+    _wait_until(second, lambda: "features:" in logs[1].read_text(), "the feature stage")
+    second.send_signal(signal.SIGTERM)                     # what `ray job stop` sends
+    assert _finish(second, ray_tmp, logs[1]) == 143, logs[1].read_text()[-3000:]
     assert "resuming run" in logs[1].read_text()
-    assert _parts(out, "features")                        # written, but no marker
-
-    third = _driver(images, out, ray_tmp, log=logs[2])
-    _wait_until(third, lambda: "features:" in logs[2].read_text(), "the feature stage")
-    third.send_signal(signal.SIGTERM)                      # what `ray job stop` sends
-    assert _finish(third, ray_tmp, logs[2]) == 143, logs[2].read_text()[-3000:]
-    assert "rerun the same command to resume" in logs[2].read_text()
+    assert "rerun the same command to resume" in logs[1].read_text()
     assert not list(Path(out).glob("runs/*/_lease.json"))  # a clean stop frees the run
 
-    fourth = _driver(images, out, ray_tmp, kill_at="publish", log=logs[3])
-    assert _finish(fourth, ray_tmp, logs[3]) == -signal.SIGKILL, logs[3].read_text()[-3000:]
+    third = _driver(images, out, ray_tmp, kill_at="publish", log=logs[2])
+    assert _finish(third, ray_tmp, logs[2]) == -signal.SIGKILL, logs[2].read_text()[-3000:]
     assert list(Path(out).glob("runs/*/manifest.json"))
     with pytest.raises(NothingPublished):
         open_published(out)
 
-    last = _driver(images, out, ray_tmp, log=logs[4])
-    assert _finish(last, ray_tmp, logs[4]) == 0, logs[4].read_text()[-3000:]
-    text = logs[4].read_text()
+    last = _driver(images, out, ray_tmp, log=logs[3])
+    assert _finish(last, ray_tmp, logs[3]) == 0, logs[3].read_text()[-3000:]
+    text = logs[3].read_text()
     assert "fit: complete in run" in text and "features: complete in run" in text
     view = open_published(out)
     _assert_same_as_clean(view, clean)
@@ -210,20 +205,15 @@ def test_killed_anywhere_locally_resumes_to_the_clean_result(clean, data, ray_tm
 @pytest.mark.s3
 def test_killed_on_s3_resumes_to_the_clean_result(clean, data, ray_tmp, tmp_path, s3_bucket):
     images, out = str(data / "images"), f"s3://{s3_bucket}/out"
-    logs = [tmp_path / f"attempt{i}.log" for i in range(3)]
-    first = _driver(images, out, ray_tmp, log=logs[0])
-    _wait_until(first, lambda: _parts(out, "fit"), "the first fit part object")
-    first.send_signal(signal.SIGKILL)
-    assert _finish(first, ray_tmp, logs[0]) == -signal.SIGKILL
-
-    second = _driver(images, out, ray_tmp, kill_at="publish", log=logs[1])
-    assert _finish(second, ray_tmp, logs[1]) == -signal.SIGKILL, logs[1].read_text()[-3000:]
+    logs = [tmp_path / f"attempt{i}.log" for i in range(2)]
+    first = _driver(images, out, ray_tmp, kill_at="publish", log=logs[0])
+    assert _finish(first, ray_tmp, logs[0]) == -signal.SIGKILL, logs[0].read_text()[-3000:]
     with pytest.raises(NothingPublished):
         open_published(out)
 
-    last = _driver(images, out, ray_tmp, log=logs[2])
-    assert _finish(last, ray_tmp, logs[2]) == 0, logs[2].read_text()[-3000:]
-    assert "resuming run" in logs[2].read_text()
+    last = _driver(images, out, ray_tmp, log=logs[1])
+    assert _finish(last, ray_tmp, logs[1]) == 0, logs[1].read_text()[-3000:]
+    assert "resuming run" in logs[1].read_text()
     view = open_published(out)
     _assert_same_as_clean(view, clean)
     _assert_nothing_left(out, view)

@@ -72,14 +72,20 @@ def _images(root: Path) -> list[str]:
                   if p.suffix in (".png", ".npy"))
 
 
-def test_run_with_training_opens_every_image_once(dataset):
+@pytest.fixture(scope="module")
+def trained_run(dataset) -> Path:
+    """One traced ``kernelbank run --train``: fit, reduce, features, classify, report, train."""
     out, log = dataset / "out", dataset / "run.strace"
     done = _traced(["run", "--input", str(dataset / "images"), "--output", str(out),
                     "--radius", "2", "--dilations", "1", "2", "--max-actors", "1",
                     "--train", "--train-epochs", "3"],
                    log, dataset)
     assert done.returncode == 0, done.stderr[-3000:]
-    opened = _opens(log, dataset / "images")
+    return out
+
+
+def test_run_with_training_opens_every_image_once(dataset, trained_run):
+    opened = _opens(dataset / "run.strace", dataset / "images")
     images = _images(dataset)
     assert set(opened) == set(images)                 # every image was read ...
     twice = {path: n for path, n in opened.items() if n > 1}
@@ -88,16 +94,11 @@ def test_run_with_training_opens_every_image_once(dataset):
     assert all("/test/" in path for path in twice), twice
 
 
-def test_rerun_of_features_with_another_bank_reads_no_image(dataset):
-    out = dataset / "out-features"
-    first = _traced(["run", "--input", str(dataset / "images"), "--output", str(out),
-                     "--radius", "2", "--max-actors", "1", "--no-report"],
-                    dataset / "first.strace", dataset)
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_rerun_of_features_with_another_bank_reads_no_image(dataset, trained_run):
     for stage, extra in (("reduce", ["--bank-method", "pca", "--n-components", "1"]),
-                         ("features", []), ("classify", [])):
+                         ("features", [])):
         log = dataset / f"{stage}.strace"
-        done = _traced([stage, "--output", str(out), "--overwrite", "--max-actors", "1",
+        done = _traced([stage, "--output", str(trained_run), "--overwrite", "--max-actors", "1",
                         *extra], log, dataset)
         assert done.returncode == 0, done.stderr[-3000:]
         assert not _opens(log, dataset / "images"), stage

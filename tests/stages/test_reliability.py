@@ -74,7 +74,7 @@ def test_rerun_refuses_then_publishes_a_new_run_without_mixing(ray_local, tmp_pa
     assert reduced.stage_path("fit") == view.stage_path("fit")
     bank = json.loads((Path(reduced.stage_path("reduce")) / "bank.json").read_text())
     assert bank["method"] == "kmeans" and bank["train_counts"] == {"c0": 3, "c1": 3}
-    assert bank["n_kernels"] == 4                           # 2 centres x 2 classes
+    assert bank["n_kernels"] == 2 * 2 * 3                   # 2 centres x 2 classes x 3 dilations
     summary = reduced.summary
     assert set(summary["stages"]) == {"fit", "reduce"} and summary["stages"]["fit"]["images"] == 6
     assert summary["images"] == 6
