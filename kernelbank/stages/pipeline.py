@@ -31,6 +31,22 @@ from .validation import check_classes
 __all__ = ["run_pipeline"]
 
 
+
+def recipe(config: PipelineConfig) -> str:
+    """One line naming what the run computes, for ``summary.json`` and the report."""
+    fit, feats = config.fit, config.features
+    dilations = ",".join(map(str, fit.dilations))
+    scales = "" if tuple(fit.scales) == (1,) else f" scales {','.join(map(str, fit.scales))}"
+    own = (f"{fit.basis.value} radius {fit.radius} dilations {dilations}{scales}"
+           + (" + residual descriptors" if fit.descriptors else ""))
+    groups = "+".join(feats.groups) + (" + joint" if feats.joint else "")
+    ridge = config.classify.ridge
+    alpha = (f"alpha by {config.classify.cv_folds}-fold CV" if ridge is None
+             else f"alpha {ridge:g}")
+    return (f"{own}; {config.reduce.method.value} bank; features {groups}"
+            f"{' + pixel features' if feats.pixel_features else ''}; "
+            f"standardised ridge classifier ({alpha})")
+
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every stage on ``config.read.url`` and publish a run of ``config.output``.
 
@@ -76,7 +92,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                                          s3_endpoint=endpoint))
         errors = sum(sum(s.get("errors", {}).values()) for s in stages.values())
         summary = scrub({
-            "input": config.read.url, "output": config.output,
+            "input": config.read.url, "output": config.output, "recipe": recipe(config),
             "settings": {"radius": config.fit.radius, "dilations": list(config.fit.dilations),
                          "scales": list(config.fit.scales), "basis": config.fit.basis.value,
                          "descriptors": config.fit.descriptors, "grid": config.fit.grid,

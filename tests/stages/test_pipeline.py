@@ -104,6 +104,7 @@ def test_summary_counts_and_layout(run):
         assert summary["stages"][stage]["seconds"] > 0
         assert summary["stages"][stage]["images_per_second"] > 0
     assert 0 <= summary["test_accuracy"] <= 1
+    assert summary["recipe"].startswith(f"{summary['settings']['basis']} radius ")
     assert sorted(p.name for p in run["out"].iterdir()) == \
         ["_run.json", "banks", "classify", "errors", "features", "fit", "manifest.json",
          "report", "summary.json"]                                # report: `run` adds it
