@@ -11,8 +11,10 @@ no meaningful classifier can be trained:
 * a class with a single training image → warning (no within-class variation to learn);
 * records rejected for a missing label (error stage ``label``) → warning with their
   number (they are in ``errors/``; a file directly under the input root has no class
-  folder and so no label). A null Parquet split is read as ``unsplit`` (training data)
-  by :mod:`kernelbank.io.manifest`.
+  folder and so no label);
+* records with no split (a null Parquet split, or a file outside ``train/``/``test/``)
+  next to records that have one → warning: they are read as ``unsplit`` and train the
+  classifier, which is rarely what a half-split dataset means.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ def check_classes(fit_summary: dict[str, Any], *, where: str, strict: bool = Tru
                                 f"image: its {split} images can never be classified correctly")
     warnings += [f"class {label!r} has a single training image" for label, n in
                  sorted(train.items()) if n == 1]
+    unsplit = sum(counts.get("unsplit", {}).values())
+    if unsplit and set(counts) - {"unsplit"}:
+        warnings.append(f"{unsplit} record(s) of {where} have no split while others have one "
+                        f"({', '.join(sorted(set(counts) - {'unsplit'}))}): they were used as "
+                        "training data")
     if unlabeled:
         warnings.append(f"{unlabeled} record(s) have no label and were left out (error stage "
                         "'label' in errors/)")
