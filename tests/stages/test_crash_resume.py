@@ -10,7 +10,8 @@ start here also checks that the embedded Ray ignores it. Points of death:
 * SIGKILL between the manifest and the pointer (fault point ``publish``),
 
 then a final rerun must publish the same rows, banks and accuracy as a clean in-process
-run, with one run folder and no lease or temporary file left. On S3: SIGKILL between the manifest and the pointer, then the resume.
+run, with one run folder and no lease or temporary file left. On S3: SIGKILL at the end of the feature stage, before its marker, then the resume
+(SIGKILL at the pointer on S3 is in tests/io/test_runs.py).
 """
 
 from __future__ import annotations
@@ -206,8 +207,9 @@ def test_killed_anywhere_locally_resumes_to_the_clean_result(clean, data, ray_tm
 def test_killed_on_s3_resumes_to_the_clean_result(clean, data, ray_tmp, tmp_path, s3_bucket):
     images, out = str(data / "images"), f"s3://{s3_bucket}/out"
     logs = [tmp_path / f"attempt{i}.log" for i in range(2)]
-    first = _driver(images, out, ray_tmp, kill_at="publish", log=logs[0])
+    first = _driver(images, out, ray_tmp, kill_at="features.finish", log=logs[0])
     assert _finish(first, ray_tmp, logs[0]) == -signal.SIGKILL, logs[0].read_text()[-3000:]
+    assert _parts(out, "features")                        # written, but no marker
     with pytest.raises(NothingPublished):
         open_published(out)
 
