@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .basis import Basis
+from .lags import lag_window_sums
 
 __all__ = ["WindowSums", "window_sums", "window_taps", "cell_bounds"]
 
@@ -141,25 +142,65 @@ class WindowSums:
                           self.dilation, self.ndim, self.scale, self.grid)
 
 
-# ---------------------------------------------------------------------------- reference
-def _shifted(x: torch.Tensor, offset: Sequence[int], reach: int,
-             valid: Sequence[int]) -> torch.Tensor:
-    index = (slice(None),) + tuple(slice(reach + o, reach + o + v) for o, v in zip(offset, valid))
-    return x[index]
+# ---------------------------------------------------------------------------- computation
+def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int | None) -> None:
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(f"batch must be a torch.Tensor, got {type(batch).__name__}")
+    if batch.ndim not in (3, 4):
+        raise ValueError(f"batch must have shape (n, H, W) or (n, D, H, W), got shape "
+                         f"{tuple(batch.shape)}")
+    if batch.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"batch must be float32 or float64, got {batch.dtype}")
+    if batch.shape[0] == 0:
+        raise ValueError("batch is empty: window sums need at least one image")
+    if not isinstance(radius, (int, np.integer)) or radius < 1:
+        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
+    if not len(dilations) or any(not isinstance(d, (int, np.integer)) or d < 1
+                                 for d in dilations):
+        raise ValueError(f"dilations must be a non-empty sequence of integers >= 1, "
+                         f"got {dilations!r}")
+    if grid is not None and (not isinstance(grid, (int, np.integer)) or grid < 1):
+        raise ValueError(f"grid must be an integer >= 1 or None, got {grid!r}")
+    for dilation in dilations:
+        reach = radius * dilation
+        if min(batch.shape[1:]) < 2 * reach + 1:
+            raise ValueError(f"images of shape {tuple(batch.shape[1:])} are smaller than the "
+                             f"{2 * reach + 1}-pixel window of radius {radius} with dilation "
+                             f"{dilation}")
+        if grid is not None and min(batch.shape[1:]) - 2 * reach < grid:
+            raise ValueError(f"images of shape {tuple(batch.shape[1:])} have fewer than "
+                             f"{grid} valid pixels along some axis at dilation {dilation}; "
+                             f"use a smaller grid")
 
 
-def _whole_image_sums(batch: torch.Tensor, radius: int, dilation: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ndim = batch.ndim - 1
+def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
+               shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sums of every cell: the window sums of the crop whose valid pixels are the cell.
+
+    Crops of equal shape are computed together; returns (n, cells, …) tensors.
+    """
+    n, ndim = batch.shape[0], batch.ndim - 1
     reach = radius * dilation
-    valid = [s - 2 * reach for s in batch.shape[1:]]
-    taps = window_taps(radius, ndim) * dilation
-    views = torch.stack([_shifted(batch, o, reach, valid).reshape(batch.shape[0], -1)
-                         for o in taps.tolist()], 1).to(torch.float64)       # (n, t, pixels)
-    cross = torch.bmm(views, views.transpose(1, 2))
-    first = views.sum(-1)
-    count = torch.full((batch.shape[0],), int(np.prod(valid)), dtype=torch.int64,
-                       device=batch.device)
+    bounds = [cell_bounds(s - 2 * reach, grid) for s in batch.shape[1:]]
+    cells = list(np.ndindex(*([grid] * ndim)))
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, cell in enumerate(cells):
+        shape = tuple(bounds[axis][i][1] - bounds[axis][i][0] for axis, i in enumerate(cell))
+        by_shape.setdefault(shape, []).append(index)
+    t = (2 * radius + 1) ** ndim
+    cross = batch.new_empty((n, len(cells), t, t), dtype=torch.float64)
+    first = batch.new_empty((n, len(cells), t), dtype=torch.float64)
+    count = torch.empty((n, len(cells)), dtype=torch.int64, device=batch.device)
+    for shape, members in by_shape.items():
+        crops = [batch[(slice(None),) + tuple(
+            slice(bounds[axis][i][0], bounds[axis][i][1] + 2 * reach)
+            for axis, i in enumerate(cells[index]))] for index in members]
+        part_cross, part_first = lag_window_sums(torch.cat(crops), radius, dilation,
+                                                 shift.repeat(len(members)))
+        where = torch.tensor(members, device=batch.device)
+        cross[:, where] = part_cross.reshape(len(members), n, t, t).transpose(0, 1)
+        first[:, where] = part_first.reshape(len(members), n, t).transpose(0, 1)
+        count[:, where] = int(np.prod(shape))
     return cross, first, count
 
 
@@ -169,7 +210,7 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
 
     Parameters
     ----------
-    batch : torch.Tensor of shape (n, *spatial), floating
+    batch : torch.Tensor of shape (n, *spatial), float32 or float64
         Images as they should be modelled (already normalised if wanted).
     radius : int
     dilations : sequence of int
@@ -180,24 +221,36 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
     Returns
     -------
     list of WindowSums, one per dilation, on the batch's device
+
+    Notes
+    -----
+    Computed from lag products (:mod:`kernelbank.core.lags`), exactly: the same sums as
+    the explicit stack of shifted windows, in float64, at the cost of about one product
+    per pixel and distinct lag. Each image's mean is subtracted (in the image's dtype)
+    before any product and its contribution added back in float64, so float32 images
+    with a large offset lose no digits to cancellation.
     """
-    ndim = batch.ndim - 1
+    dilations = list(dilations)
+    _check(batch, radius, dilations, grid)
+    n, ndim = batch.shape[0], batch.ndim - 1
+    # the shift actually subtracted (rounded to the batch dtype) is the one added back
+    shift = batch.reshape(n, -1).mean(1, dtype=torch.float64).to(batch.dtype)
+    offset = shift.to(torch.float64)
     out = []
     for dilation in dilations:
         reach = radius * dilation
-        if min(batch.shape[1:]) < 2 * reach + 1:
-            raise ValueError(f"images of shape {tuple(batch.shape[1:])} are smaller than the "
-                             f"{2 * reach + 1}-pixel window of radius {radius} with dilation "
-                             f"{dilation}")
         if grid is None:
-            cross, first, count = _whole_image_sums(batch, radius, dilation)
+            cross, first = lag_window_sums(batch, radius, dilation, shift)
+            valid = int(np.prod([s - 2 * reach for s in batch.shape[1:]]))
+            count = torch.full((n,), valid, dtype=torch.int64, device=batch.device)
+            c = offset
         else:
-            valid = [s - 2 * reach for s in batch.shape[1:]]
-            parts = []
-            for cell in np.ndindex(*([grid] * ndim)):
-                bounds = [cell_bounds(v, grid)[i] for v, i in zip(valid, cell)]
-                crop = batch[(slice(None),) + tuple(slice(a, b + 2 * reach) for a, b in bounds)]
-                parts.append(_whole_image_sums(crop, radius, dilation))
-            cross, first, count = (torch.stack([p[k] for p in parts], 1) for k in range(3))
+            cross, first, count = _cell_sums(batch, radius, dilation, grid, shift)
+            c = offset[:, None]
+        pixels = count.to(torch.float64)
+        # Σ(y+c)(y'+c) = Σyy' + c(Σy + Σy') + c²n and Σ(y+c) = Σy + cn
+        cross = cross + c[..., None, None] * (first[..., :, None] + first[..., None, :]) \
+            + (c * c * pixels)[..., None, None]
+        first = first + (c * pixels)[..., None]
         out.append(WindowSums(cross, first, count, radius, int(dilation), ndim, grid=grid))
     return out

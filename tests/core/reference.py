@@ -41,3 +41,39 @@ def lstsq_fit(image: np.ndarray, kernels: np.ndarray, dilation: int):
     coef = torch.linalg.lstsq(design, target[:, None], driver="gelsd").solution[:, 0]
     mse = float(((target - design @ coef) ** 2).mean())
     return coef, mse
+
+
+# ---------------------------------------------------------------------------- window sums
+def window_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int | None = None):
+    """(cross, first, n_pixels) from the explicit stack of shifted windows, float64.
+
+    Every tap's view of the valid region is materialised and the Gram taken by one
+    matrix product per image: slow (t² products per pixel), simple, independent of the
+    lag engine. Cells (``grid``) follow adaptive-pooling bounds as kernelbank documents.
+    """
+    batch = batch.to(torch.float64)
+    ndim = batch.ndim - 1
+    reach = radius * dilation
+    valid = [s - 2 * reach for s in batch.shape[1:]]
+    axis = np.arange(-radius, radius + 1) * dilation
+    taps = np.stack(np.meshgrid(*([axis] * ndim), indexing="ij"), -1).reshape(-1, ndim)
+
+    def sums(images, shape):
+        views = torch.stack([images[(slice(None),) + tuple(
+            slice(reach + o, reach + o + v) for o, v in zip(offset, shape))].reshape(len(images), -1)
+            for offset in taps.tolist()], 1)
+        return views @ views.transpose(1, 2), views.sum(-1), int(np.prod(shape))
+
+    if grid is None:
+        cross, first, count = sums(batch, valid)
+        return cross, first, torch.full((len(batch),), count)
+    parts = []
+    for cell in np.ndindex(*([grid] * ndim)):
+        # adaptive average pooling cells: [floor(i L / g), ceil((i + 1) L / g))
+        bounds = [(i * v // grid, -((-(i + 1) * v) // grid)) for v, i in zip(valid, cell)]
+        crop = batch[(slice(None),) + tuple(slice(a, b + 2 * reach) for a, b in bounds)]
+        parts.append(sums(crop, [b - a for a, b in bounds]))
+    cross = torch.stack([p[0] for p in parts], 1)
+    first = torch.stack([p[1] for p in parts], 1)
+    count = torch.tensor([p[2] for p in parts]).expand(len(batch), -1)
+    return cross, first, count
