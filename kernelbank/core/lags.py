@@ -6,36 +6,36 @@ product* over a shifted copy of ``V``::
 
     cross[a, b] = Σ_{p∈V} x(p + o_a) x(p + o_b) = Σ_{q ∈ V + o_a} x(q) x(q + L),   L = o_b − o_a
 
-There are far fewer lags than entries, and the rectangles ``V + o_a`` of all taps share a
-large core: along each axis a rectangle is ``[R + δa, S − R + δa)`` (``R = rδ``, ``S`` the
-image side), so cutting the axis at every such boundary splits it into *blocks* (single
-rows near the two ends, one long core block in the middle) and every rectangle is a
-contiguous run of blocks. The engine therefore computes, per lag, the lag-product sum of
-every (plane block, row block, column block) box, and the window sums are box sums of
-those: exact, from float64 prefix sums over at most a few dozen blocks per axis.
+Only ``((4r+1)^d + 1) / 2`` lags are distinct, and the rectangles ``V + o_a`` share a large
+core. Along an axis of ``S`` pixels, tap coordinate ``u − r`` (``u = 0 … 2r``) covers the
+*run* ``[δu, S − 2R + δu)`` (``R = rδ``): the core ``[2R, S − 2R)``, the *low* blocks
+``m ≥ u`` (``[δm, δm + δ)``, ``m < 2r``, near the start) and the *high* blocks ``m < u``
+(``S − 2R + [δm, δm + δ)``, near the end). So every run sum is
+``core + Σ low + prefix_u(high − low)``, and each entry of the window sums is a sum of
+the lag product over (rows run) × (columns run) [× (planes run)]: float64 algebra on a
+few per-block sums. Those come from three kinds of work, one per region of the image:
 
-The box sums of the lags come from three kinds of work, one per region of the image:
-
-* **core rows × all columns** (nearly all pixels): for each row lag, a batched matrix
-  product over the core rows of column tiles, ``Xᵀ_tile · X_tile+halo``, of which the
-  band of column lags ``|l| ≤ 2r`` is kept: one BLAS call per row lag;
-* **edge rows × core columns**: per column lag, a batched product over the core columns
-  of the few edge rows against their partner rows;
-* **edge rows × edge columns** (the corners): explicit products, a few thousand per image.
+* **core rows × all columns** (nearly all pixels): for each row lag, one batched matrix
+  product over the core rows of column tiles, ``X_tileᵀ · X_tile+halo``, of which the
+  band of column lags ``|l| ≤ 2r`` is kept;
+* **edge rows × core columns**: for each column lag, one batched product over the
+  columns of the ``4R`` edge rows against their partner rows;
+* **edge rows × edge columns** (the four corners): explicit products, with the images
+  innermost so that they vectorise.
 
 Columns are dilated by deinterleaving: the ``δ`` column phases of the image are laid side
-by side, separated by zero gaps of ``2r`` columns, so a column lag is ``|l| ≤ 2r`` in
-phase units and no product is wasted on columns the window never pairs. Rows and planes
-are used as they are, with lags that are multiples of ``δ``.
+by side, separated by ``2r`` zero columns, so column lags are ``|l| ≤ 2r`` in phase units
+and no product pairs columns the window never pairs. Rows and planes are used as they
+are, with lags that are multiples of ``δ``. Images smaller than this structure needs
+(an axis shorter than ``4R``) are summed directly from their stack of shifted windows.
 
 Notes
 -----
-Products are formed in the images' dtype and summed in float64 across blocks: within a
-block the matrix products accumulate in the images' dtype, as the strip Grams of
-:mod:`kernelbank.core.responses` do. The caller passes a shift (each image's mean) that
-is subtracted when the layout is filled, so a large offset cancels no digits in the
-float32 products; :func:`kernelbank.core.sums.window_sums` adds its exact contribution
-back in float64.
+Products are formed in the images' dtype; within a block the matrix products accumulate
+in that dtype (as the strip Grams of :mod:`kernelbank.core.responses` do) and everything
+after is float64. The caller passes a shift (each image's mean) that is subtracted when
+the layout is filled, so a large offset costs no digits in float32 products;
+:func:`kernelbank.core.sums.window_sums` adds its exact contribution back in float64.
 """
 
 from __future__ import annotations
@@ -47,12 +47,10 @@ import torch
 
 __all__ = ["lag_window_sums"]
 
-# Elements of the float64 block table (all lags × blocks) or of the image layout held at
-# once: larger batches are split into groups of images.
-_TABLE_ELEMENTS = 4 << 20
-_LAYOUT_ELEMENTS = 8 << 20
-# Elements of one explicit corner-product tensor.
-_CORNER_ELEMENTS = 1 << 21
+# Elements of the image layout (or of the run table, all lags × runs) per group of images:
+# bounded so the working set stays in cache and memory stays flat for any batch.
+_LAYOUT_ELEMENTS = 2 << 20
+_TABLE_ELEMENTS = 2 << 20
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -60,103 +58,92 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def _tile_width(radius: int) -> int:
-    """Columns per matrix-product tile: wide enough to amortise the 4r-column halo
-    (measured: 8 columns for radius ≤ 2, 16 for radius 4)."""
+    """Columns per matrix-product tile: wide enough to amortise its 4r-column halo
+    (fastest measured: 8 for radius ≤ 2, 16 for radius 4)."""
     return max(8, 4 * radius)
 
 
-# ---------------------------------------------------------------------------- geometry
+# ---------------------------------------------------------------------------- run sums
+def _runs(low: torch.Tensor, high: torch.Tensor, dim: int,
+          core: torch.Tensor | None = None) -> torch.Tensor:
+    """Sums over the ``2r + 1`` runs of an axis from its block sums, float64.
+
+    ``low`` and ``high`` hold the ``2r`` low and high blocks along ``dim``; run ``u``
+    is ``core + Σ_{m ≥ u} low[m] + Σ_{m < u} high[m]`` (``core`` broadcasts).
+    """
+    low, high = low.to(torch.float64), high.to(torch.float64)
+    steps = (high - low).cumsum(dim)
+    runs = torch.cat([torch.zeros_like(steps.narrow(dim, 0, 1)), steps], dim)
+    runs += low.sum(dim, keepdim=True)
+    return runs if core is None else runs + core.unsqueeze(dim)
+
+
 @dataclass(frozen=True)
-class _AxisPlan:
-    """How one axis of the layout splits into blocks that every run covers whole.
+class _Axis:
+    """Layout positions of one axis: the core ranges and the low/high blocks.
 
-    Attributes
-    ----------
-    block : np.ndarray of shape (extent,)
-        Block of each layout position; -1 for gaps and padding.
-    n_blocks : int
-    lo, hi : np.ndarray of shape (2 radius + 1, pieces)
-        Run ``k`` (tap coordinate ``k - radius``) covers blocks ``[lo[k, i], hi[k, i])``
-        of each piece ``i`` (pieces: the column phases when their block structures
-        differ, else one).
-    core_block : int
-        The block every run covers (summed by matrix products), -1 if none.
+    ``low`` and ``high`` have shape (2r, g): block ``m`` is the ``g`` positions
+    ``low[m]`` (the δ rows of a block, or one column of each of the δ phases).
     """
 
-    block: np.ndarray
-    n_blocks: int
-    lo: np.ndarray
-    hi: np.ndarray
-    core_block: int
+    core: tuple[tuple[int, int], ...]
+    low: np.ndarray
+    high: np.ndarray
 
-    def edge_positions(self, stop: int | None = None) -> np.ndarray:
-        """Layout positions in some block other than the core."""
-        block = self.block[:stop]
-        return np.nonzero((block >= 0) & (block != self.core_block))[0]
+    @classmethod
+    def rows(cls, length: int, radius: int, dilation: int) -> "_Axis":
+        reach = radius * dilation
+        blocks = np.arange(2 * radius)[:, None] * dilation + np.arange(dilation)[None, :]
+        core = ((2 * reach, length - 2 * reach),) if length > 4 * reach else ()
+        return cls(core, blocks, length - 2 * reach + blocks)
 
-    def core_range(self) -> tuple[int, int] | None:
-        """[start, stop) of the core block when it is one contiguous range."""
-        if self.core_block < 0:
-            return None
-        where = np.nonzero(self.block == self.core_block)[0]
-        return int(where[0]), int(where[-1]) + 1
+    @classmethod
+    def phases(cls, offsets: list[int], widths: list[int], radius: int) -> "_Axis":
+        m = np.arange(2 * radius)[:, None]
+        low = np.array(offsets)[None, :] + m
+        high = np.array([o + w - 2 * radius for o, w in zip(offsets, widths)])[None, :] + m
+        core = tuple((o + 2 * radius, o + w - 2 * radius)
+                     for o, w in zip(offsets, widths) if w > 4 * radius)
+        return cls(core, low, high)
+
+    def runs(self, values: torch.Tensor, dim: int) -> torch.Tensor:
+        """Run sums of ``values`` along ``dim`` (indexed by layout position), float64."""
+        values = values.movedim(dim, -1)
+        core = values.new_zeros(values.shape[:-1], dtype=torch.float64)
+        for start, stop in self.core:
+            core += values[..., start:stop].sum(-1, dtype=torch.float64)
+        blocks = []
+        for positions in (self.low, self.high):
+            index = torch.from_numpy(positions.reshape(-1)).to(values.device)
+            picked = values.index_select(-1, index).to(torch.float64)
+            blocks.append(picked.reshape(values.shape[:-1] + positions.shape).sum(-1))
+        return _runs(blocks[0], blocks[1], -1, core).movedim(-1, dim)
 
 
-def _axis_plan(segments: list[tuple[int, int]], unit: int, radius: int,
-               extent: int) -> _AxisPlan:
-    """Blocks of an axis made of ``segments`` ``(layout offset, length)``.
-
-    In a segment of length ``S``, run ``k`` covers ``[R + k u, S − R + k u)`` with
-    ``R = radius · unit``. Segments whose blocks belong to the same runs in the same
-    order are merged (block ``b`` of the axis is block ``b`` of every segment).
-    """
-    reach = radius * unit
-    taps = range(-radius, radius + 1)
-    layouts = []
-    for offset, length in segments:
-        cuts = {0, length}
-        for k in taps:
-            cuts.add(min(max(reach + k * unit, 0), length))
-            cuts.add(min(max(length - reach + k * unit, 0), length))
-        cuts = sorted(cuts)
-        blocks = list(zip(cuts[:-1], cuts[1:]))
-        members = tuple(frozenset(k for k in taps
-                                  if s >= reach + k * unit and e <= length - reach + k * unit)
-                        for s, e in blocks)
-        layouts.append((offset, blocks, members))
-    merged = all(members == layouts[0][2] for _, _, members in layouts)
-    pieces = layouts[:1] if merged else layouts
-    block = np.full(extent, -1, dtype=np.int64)
-    lo = np.zeros((len(taps), len(pieces)), dtype=np.int64)
-    hi = np.zeros_like(lo)
-    base = 0
-    for piece, (_, blocks, members) in enumerate(pieces):
-        for k_index, k in enumerate(taps):
-            inside = [b for b, m in enumerate(members) if k in m]
-            if inside:
-                if inside != list(range(inside[0], inside[-1] + 1)):
-                    raise RuntimeError("internal error: a run is not a contiguous range of blocks")
-                lo[k_index, piece], hi[k_index, piece] = base + inside[0], base + inside[-1] + 1
-        base += len(blocks)
-    for index, (offset, blocks, _) in enumerate(layouts):
-        first = 0 if merged else sum(len(b) for _, b, _ in layouts[:index])
-        for b, (s, e) in enumerate(blocks):
-            block[offset + s:offset + e] = first + b
-    core = [b for b, m in enumerate(layouts[0][2]) if len(m) == len(taps)]
-    core_block = core[0] if merged and core else -1
-    return _AxisPlan(block, base, lo, hi, core_block)
+def _plane_runs(values: torch.Tensor, dim: int, axis: _Axis | None, planes: int,
+                p0: int, p1: int) -> torch.Tensor:
+    """Run sums over planes of values given for planes ``[p0, p1)`` (2-D: one plane)."""
+    if axis is None:
+        return values.to(torch.float64)
+    if (p0, p1) != (0, planes):
+        shape = list(values.shape)
+        shape[dim] = planes
+        full = values.new_zeros(shape)
+        full.narrow(dim, p0, p1 - p0).copy_(values)
+        values = full
+    return axis.runs(values, dim)
 
 
 # ---------------------------------------------------------------------------- layout
 class _Layout:
-    """The shifted images copied once into the arrangement every product reads.
+    """The shifted images copied once into the arrangement the matrix products read.
 
     ``z`` has shape ``(rows, planes, n, width)``: image rows outermost (the contraction
-    axis of the core products), then planes (volumes) and images, then the column phases
-    side by side with ``2r`` zero columns before, between and after them, the width
-    rounded up to whole tiles. ``2R + δ`` zero rows follow the image rows, and the flat
-    ``buffer`` has ``2r`` zeros before and after ``z``, so every shifted view a product
-    reads stays inside it and reads zeros outside the image.
+    axis of the core products), then planes (volumes) and images, then the column
+    phases side by side with ``2r`` zero columns before, between and after them, the
+    width rounded up to whole tiles. ``2R + δ`` zero rows follow the image rows and the
+    flat ``buffer`` has ``2r`` zeros before and after ``z``, so every shifted view a
+    product reads stays inside it and reads zeros outside the image.
     """
 
     def __init__(self, images: torch.Tensor, shift: torch.Tensor, radius: int, dilation: int):
@@ -168,24 +155,32 @@ class _Layout:
         self.n, self.planes, self.height = n, planes, height
         self.tile = _tile_width(r)
         gap = 2 * r
-        widths = [_ceil_div(width - phase, d) for phase in range(d)]
-        offsets = [gap + sum(w + gap for w in widths[:phase]) for phase in range(d)]
-        self.width = _ceil_div(offsets[-1] + widths[-1] + gap, self.tile) * self.tile
+        self.widths = [_ceil_div(width - phase, d) for phase in range(d)]
+        self.offsets = [gap + sum(w + gap for w in self.widths[:phase]) for phase in range(d)]
+        self.width = _ceil_div(self.offsets[-1] + self.widths[-1] + gap, self.tile) * self.tile
         rows = height + 2 * r * d + d
         self.margin = gap
         self.row_stride = planes * n * self.width
-        self.buffer = images.new_zeros(2 * self.margin + rows * self.row_stride)
+        self.buffer = images.new_empty(2 * self.margin + rows * self.row_stride)
         self.z = self.buffer[self.margin:self.margin + rows * self.row_stride].view(
             rows, planes, n, self.width)
-        for phase, (offset, w) in enumerate(zip(offsets, widths)):
+        # zeros wherever no image pixel goes: margins, padding rows, gap columns
+        self.buffer[:self.margin].zero_()
+        self.buffer[self.margin + height * self.row_stride:].zero_()
+        filled = 0
+        for offset, w in zip(self.offsets, self.widths):
+            self.z[:height, :, :, filled:offset].zero_()
+            filled = offset + w
+        self.z[:height, :, :, filled:].zero_()
+        for offset, w, phase in zip(self.offsets, self.widths, range(d)):
             source = images[..., phase::d]
             source = source.permute(2, 1, 0, 3) if ndim == 3 else source.permute(1, 0, 2)[:, None]
             torch.sub(source, shift.reshape(1, 1, n, 1),
                       out=self.z[:height, :, :, offset:offset + w])
-        self.rows = _axis_plan([(0, height)], d, r, height)
-        self.columns = _axis_plan(list(zip(offsets, widths)), 1, r, self.width)
+        self.row_axis = _Axis.rows(height, r, d)
+        self.column_axis = _Axis.phases(self.offsets, self.widths, r)
+        self.plane_axis = _Axis.rows(planes, r, d) if ndim == 3 else None
         self.plane_radius = r if ndim == 3 else 0
-        self.plane_axis = _axis_plan([(0, planes)], d, self.plane_radius, planes)
 
     def plane_lags(self):
         """(lag index, shift in planes, first plane, stop plane) of each plane lag."""
@@ -203,120 +198,102 @@ class _Layout:
         return self.buffer.as_strided(shape, strides, offset)
 
 
-def _to_blocks(values: torch.Tensor, block_ids: np.ndarray, plan: _AxisPlan) -> torch.Tensor:
-    """Sum ``values (..., len(block_ids))`` into ``(..., plan.n_blocks)`` float64.
+# ---------------------------------------------------------------------------- the regions
+class _RunSums:
+    """Lag-product sums per run of each axis, from the three regions of the image.
 
-    Positions with id -1 are dropped; the core block is summed in float64 over its
-    contiguous ranges, the few other positions through a 0/1 matrix.
-    """
-    out = values.new_zeros(values.shape[:-1] + (plan.n_blocks,), dtype=torch.float64)
-    if plan.core_block >= 0:
-        core = np.flatnonzero(block_ids == plan.core_block)
-        if core.size:
-            breaks = np.flatnonzero(np.diff(core) != 1)
-            starts = np.concatenate([[core[0]], core[breaks + 1]])
-            stops = np.concatenate([core[breaks] + 1, [core[-1] + 1]])
-            for s, e in zip(starts.tolist(), stops.tolist()):
-                out[..., plan.core_block] += values[..., s:e].sum(-1, dtype=torch.float64)
-    edge = np.flatnonzero((block_ids >= 0) & (block_ids != plan.core_block))
-    if edge.size:
-        indicator = torch.zeros((edge.size, plan.n_blocks), dtype=torch.float64,
-                                device=values.device)
-        indicator[torch.arange(edge.size), torch.from_numpy(block_ids[edge])] = 1
-        index = torch.from_numpy(edge).to(values.device)
-        out += values.index_select(-1, index).to(torch.float64) @ indicator
-    return out
+    Lags are indexed as plane lag ``(i − 2rp)δ``, row lag ``iδ`` (only non-negative:
+    the other half is the same products with the two taps swapped) and column lag
+    ``i − 2r`` in phase units; runs ``S·`` as in the module docstring. Every table ends
+    with the image axis.
 
-
-# ---------------------------------------------------------------------------- lag products
-class _Table:
-    """Lag-product sums per (plane block, row block, column block), float64.
-
-    ``values`` has shape ``(n, plane lags, row lags, column lags, Bp, Br, Bc)``: plane
-    lag ``(i - 2r)δ``, row lag ``iδ`` (only non-negative: the other half is the same
-    products with the taps swapped), column lag ``i - 2r`` in phase units.
+    Attributes
+    ----------
+    core : (plane lags, Li, Sc, Lj, Sp, n) float64
+        Core rows (in every rows run) × the columns of each columns run.
+    edge : (plane lags, Sr, Li, Lj, Sp, n) float64
+        Edge rows of each rows run × core columns (in every columns run).
+    corners : (plane lags, Sr, Li, Sc, Lj, Sp, n), images' dtype for images, float64
+        Edge rows × edge columns of each (rows run, columns run).
     """
 
     def __init__(self, layout: _Layout):
         r, rp = layout.radius, layout.plane_radius
         self.layout = layout
-        self.values = torch.zeros(
-            (layout.n, 4 * rp + 1, 2 * r + 1, 4 * r + 1, layout.plane_axis.n_blocks,
-             layout.rows.n_blocks, layout.columns.n_blocks),
-            dtype=torch.float64, device=layout.buffer.device)
+        lags, runs = (4 * rp + 1, 2 * r + 1, 4 * r + 1), (2 * r + 1, 2 * rp + 1)
+        new = layout.buffer.new_zeros
+        self.core = new((lags[0], lags[1], runs[0], lags[2], runs[1], layout.n),
+                        dtype=torch.float64)
+        self.edge = new((lags[0], runs[0], lags[1], lags[2], runs[1], layout.n),
+                        dtype=torch.float64)
+        corner_dtype = layout.buffer.dtype if layout.ndim == 2 else torch.float64
+        self.corners = new((lags[0], runs[0], lags[1], runs[0], lags[2], runs[1], layout.n),
+                           dtype=corner_dtype)
+        self._core_rows()
+        self._edge_rows()
+        self._corners()
 
-    def add_planes(self, values: torch.Tensor, p0: int, p1: int) -> torch.Tensor:
-        """Sum a trailing axis over planes ``[p0, p1)`` into plane blocks."""
-        return _to_blocks(values, self.layout.plane_axis.block[p0:p1], self.layout.plane_axis)
+    def _plane_runs(self, values: torch.Tensor, dim: int, p0: int, p1: int) -> torch.Tensor:
+        lay = self.layout
+        return _plane_runs(values, dim, lay.plane_axis, lay.planes, p0, p1)
 
-    def core_rows(self) -> None:
+    def _core_rows(self) -> None:
         """Core rows × all columns: one batched product per (plane lag, row lag)."""
         lay = self.layout
-        core = lay.rows.core_range()
-        if core is None:
+        if not lay.row_axis.core:
             return
+        (c0, c1), = lay.row_axis.core
         r, d, tile, width = lay.radius, lay.dilation, lay.tile, lay.width
-        c0, c1 = core
-        span = c1 - c0
         halo = tile + 4 * r
-        column_ids = lay.columns.block
         for lag_index, shift, p0, p1 in lay.plane_lags():
-            batch = (p1 - p0) * lay.n * (width // tile)
-            left = lay.strided((batch, tile, span), (tile, 1, lay.row_stride), c0, p0, 0)
+            planes = p1 - p0
+            batch = planes * lay.n * (width // tile)
+            left = lay.strided((batch, tile, c1 - c0), (tile, 1, lay.row_stride), c0, p0, 0)
+            # (row lags, P', n, column lags, columns)
+            bands = lay.buffer.new_empty((2 * r + 1, planes, lay.n, 4 * r + 1, width))
             for k in range(2 * r + 1):
-                right = lay.strided((batch, span, halo), (tile, lay.row_stride, 1),
+                right = lay.strided((batch, c1 - c0, halo), (tile, lay.row_stride, 1),
                                     c0 + k * d, p0 + shift, -2 * r)
                 product = torch.bmm(left, right)
-                band = product.as_strided((batch, tile, 4 * r + 1),
-                                          (tile * halo, halo + 1, 1))
-                # (planes, n, column lags, columns)
-                band = band.reshape(p1 - p0, lay.n, width // tile, tile, 4 * r + 1)
-                band = band.permute(0, 1, 4, 2, 3).reshape(p1 - p0, lay.n, 4 * r + 1, width)
-                blocks = _to_blocks(band, column_ids, lay.columns)      # (P', n, Lj, Bc)
-                blocks = self.add_planes(blocks.permute(1, 2, 3, 0), p0, p1)  # (n, Lj, Bc, Bp)
-                self.values[:, lag_index, k, :, :, lay.rows.core_block, :] += \
-                    blocks.permute(0, 1, 3, 2)
+                band = product.as_strided((batch, tile, 4 * r + 1), (tile * halo, halo + 1, 1))
+                bands[k].view(planes, lay.n, 4 * r + 1, width // tile, tile).copy_(
+                    band.view(planes, lay.n, width // tile, tile, 4 * r + 1).permute(0, 1, 4, 2, 3))
+            runs = lay.column_axis.runs(bands, -1)                  # (Li, P', n, Lj, Sc)
+            runs = self._plane_runs(runs, 1, p0, p1)                 # (Li, Sp, n, Lj, Sc)
+            self.core[lag_index] = runs.permute(0, 4, 3, 1, 2)
 
-    def edge_rows(self) -> None:
+    def _edge_rows(self) -> None:
         """Edge rows × core columns: one batched product per (group, plane lag, column lag)."""
         lay = self.layout
-        core_block = lay.columns.core_block
-        if core_block < 0:
+        if not lay.column_axis.core:
             return
-        r, d = lay.radius, lay.dilation
-        edge = lay.rows.edge_positions(lay.height)
-        if edge.size == 0:
-            return
-        mask = torch.from_numpy(lay.columns.block == core_block).to(lay.buffer)
-        breaks = np.flatnonzero(np.diff(edge) != 1)
-        groups = zip(np.concatenate([[edge[0]], edge[breaks + 1]]).tolist(),
-                     np.concatenate([edge[breaks] + 1, [edge[-1] + 1]]).tolist())
-        for g0, g1 in groups:
-            count = _ceil_div(g1 - g0, d)          # rows per residue mod δ
-            partners = count + 2 * r
-            rows = g0 + np.arange(d)[:, None] + d * np.arange(count)[None, :]   # (δ, count)
-            row_ids = np.where(rows < g1, lay.rows.block[np.minimum(rows, g1 - 1)], -1)
-            masked = lay.z[g0:g0 + d * count] * mask           # core columns only
-            for lag_index, shift, p0, p1 in lay.plane_lags():
-                planes = p1 - p0
-                for j, lag in enumerate(range(-2 * r, 2 * r + 1)):
-                    band = self._edge_band(masked, g0, count, partners, shift, p0, p1, lag)
-                    # band: (δ, P', n, count, 2r+1) → (P', n, row lags, δ·count)
-                    band = band.permute(1, 2, 4, 0, 3).reshape(planes, lay.n, 2 * r + 1, -1)
-                    blocks = _to_blocks(band, row_ids.reshape(-1), lay.rows)  # (P', n, Li, Br)
-                    blocks = self.add_planes(blocks.permute(1, 2, 3, 0), p0, p1)
-                    self.values[:, lag_index, :, j, :, :, core_block] += blocks.permute(0, 1, 3, 2)
+        r, R = lay.radius, lay.radius * lay.dilation
+        mask = torch.zeros(lay.width, dtype=lay.buffer.dtype, device=lay.buffer.device)
+        for start, stop in lay.column_axis.core:
+            mask[start:stop] = 1
+        for lag_index, shift, p0, p1 in lay.plane_lags():
+            groups = []
+            for g0 in (0, lay.height - 2 * R):
+                masked = lay.z[g0:g0 + 2 * R] * mask            # core columns only
+                bands = [self._edge_band(masked, g0, shift, p0, p1, lag)
+                         for lag in range(-2 * r, 2 * r + 1)]
+                # (Lj, δ, P', n, 2r, Li) → sum the δ rows of each block
+                groups.append(torch.stack(bands).sum(1, dtype=torch.float64))
+            runs = _runs(groups[0], groups[1], 3)                     # (Lj, P', n, Sr, Li)
+            runs = self._plane_runs(runs, 1, p0, p1)                   # (Lj, Sp, n, Sr, Li)
+            self.edge[lag_index] = runs.permute(3, 4, 0, 1, 2)
 
-    def _edge_band(self, masked: torch.Tensor, g0: int, count: int, partners: int,
-                   shift: int, p0: int, p1: int, lag: int) -> torch.Tensor:
+    def _edge_band(self, masked: torch.Tensor, g0: int, shift: int, p0: int, p1: int,
+                   lag: int) -> torch.Tensor:
+        """(δ, P', n, 2r, 2r+1): rows ``g0 + ρ + δm`` against rows ``+ δk``, column lag ``lag``."""
         lay = self.layout
-        d, width, stride = lay.dilation, lay.width, lay.row_stride
-        planes = p1 - p0
+        r, d, width, stride = lay.radius, lay.dilation, lay.width, lay.row_stride
+        count, partners, planes = 2 * r, 4 * r, p1 - p0
         if planes == lay.planes:
-            # all residues in one batch: (residue, plane, image) is one stride of `width`
+            # (residue, plane, image) is one stride of `width`: all residues in one batch
             batch = d * planes * lay.n
             left = masked.as_strided((batch, count, width), (width, d * stride, 1), 0)
-            right = lay.strided((batch, partners, width), (width, d * stride, 1), g0, shift, lag)
+            right = lay.strided((batch, partners, width), (width, d * stride, 1), g0, 0, lag)
             product = torch.bmm(left, right.transpose(1, 2))
         else:
             parts = []
@@ -327,116 +304,115 @@ class _Table:
                                     g0 + residue, p0 + shift, lag)
                 parts.append(torch.bmm(left, right.transpose(1, 2)))
             product = torch.cat(parts)
-        r = lay.radius
         band = product.as_strided((product.shape[0], count, 2 * r + 1),
                                   (count * partners, partners + 1, 1))
         return band.reshape(d, planes, lay.n, count, 2 * r + 1)
 
-    def corners(self) -> None:
-        """Edge rows × edge columns: explicit products (float64)."""
+    def _corners(self) -> None:
+        """Edge rows × edge columns: explicit products, images innermost."""
         lay = self.layout
-        r, d = lay.radius, lay.dilation
-        rows = lay.rows.edge_positions(lay.height)
-        columns = lay.columns.edge_positions()
-        if rows.size == 0 or columns.size == 0:
-            return
-        device = lay.buffer.device
-        as_index = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        partner_rows = as_index(rows[:, None, None, None]
-                                + d * np.arange(2 * r + 1)[None, :, None, None])
-        partner_columns = as_index(columns[None, None, :, None] + np.arange(-2 * r, 2 * r + 1))
-        rows_index, columns_index = as_index(rows[:, None]), as_index(columns[None, :])
-        row_ids, column_ids = lay.rows.block[rows], lay.columns.block[columns]
-        per_image = rows.size * columns.size * (2 * r + 1) * (4 * r + 1) * lay.planes
-        chunk = max(1, _CORNER_ELEMENTS // per_image)
-        for i0 in range(0, lay.n, chunk):
-            z = lay.z[:, :, i0:i0 + chunk]
-            # advanced indices first: (rows, [row lags,] columns, [column lags,] planes, n')
-            left = z[rows_index, :, :, columns_index].to(torch.float64)
-            right = z[partner_rows, :, :, partner_columns].to(torch.float64)
-            for lag_index, shift, p0, p1 in lay.plane_lags():
-                a = left[..., p0:p1, :]
-                b = right[..., p0 + shift:p1 + shift, :]
-                product = a[:, None, :, None] * b        # (Er, Li, Ec, Lj, P', n')
-                # → (P', n', Li, Lj, Er, Ec) → column blocks → row blocks → plane blocks
-                blocks = _to_blocks(product.permute(4, 5, 1, 3, 0, 2), column_ids, lay.columns)
-                blocks = _to_blocks(blocks.transpose(-1, -2), row_ids, lay.rows)
-                blocks = self.add_planes(blocks.permute(1, 2, 3, 4, 5, 0), p0, p1)
-                # (n', Li, Lj, Bc, Br, Bp) → (n', Li, Lj, Bp, Br, Bc)
-                self.values[i0:i0 + chunk, lag_index] += blocks.permute(0, 1, 2, 5, 4, 3)
+        r, d, R = lay.radius, lay.dilation, lay.radius * lay.dilation
+        device, dtype = lay.buffer.device, lay.buffer.dtype
+        # rows: group (top, bottom) × residue × 4r block rows (2r + their 2r partners)
+        rows = (np.array([0, lay.height - 2 * R])[:, None, None] + np.arange(d)[None, :, None]
+                + d * np.arange(4 * r)[None, None, :])
+        # columns: side (left, right) × phase × 6r (2r + the 2r-column halo on each side)
+        starts = np.array([[o - 2 * r for o in lay.offsets],
+                           [o + w - 4 * r for o, w in zip(lay.offsets, lay.widths)]])
+        columns = starts[:, :, None] + np.arange(6 * r)
+        row_index = torch.from_numpy(rows.reshape(2, d, 1, 1, 4 * r, 1)).to(device)
+        column_index = torch.from_numpy(columns.reshape(1, 1, 2, d, 1, 6 * r)).to(device)
+        # (group, residue, side, phase, 4r, 6r, planes·n)
+        region = lay.z[row_index, :, :, column_index].reshape(2, d, 2, d, 4 * r, 6 * r, -1)
+        st = region.stride()
+        # run sums of the 2·2r blocks of an axis: low blocks m ≥ u, high blocks m < u
+        u = np.arange(2 * r + 1)[:, None]
+        m = np.arange(2 * r)[None, :]
+        runs = torch.from_numpy(np.concatenate([m >= u, m < u], 1)).to(device, dtype)
+        for lag_index, shift, p0, p1 in lay.plane_lags():
+            inner = (p1 - p0) * lay.n
+            # (group, m, row lags, side, m', column lags, planes·n)
+            shape = (2, 2 * r, 2 * r + 1, 2, 2 * r, 4 * r + 1, inner)
+            products = region.new_empty(shape)
+            first = True
+            for residue in range(d):
+                for phase in range(d):
+                    base = region.storage_offset() + residue * st[1] + phase * st[3]
+                    a = region.as_strided(shape[:2] + (1,) + shape[3:5] + (1, inner),
+                                          (st[0], st[4], 0, st[2], st[5], 0, 1),
+                                          base + 2 * r * st[5] + p0 * lay.n)
+                    b = region.as_strided(shape, (st[0], st[4], st[4], st[2], st[5], st[5], 1),
+                                          base + (p0 + shift) * lay.n)
+                    if first:
+                        torch.mul(a, b, out=products)
+                        first = False
+                    else:
+                        products.addcmul_(a, b)
+            rows_run = runs @ products.view(4 * r, -1)            # (Sr, Li·2·2r·Lj·inner)
+            both = runs @ rows_run.view((2 * r + 1) * (2 * r + 1), 4 * r, -1)
+            both = both.view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1, p1 - p0, lay.n)
+            if lay.plane_axis is None:
+                self.corners[lag_index] = both
+            else:
+                self.corners[lag_index] = self._plane_runs(both, 4, p0, p1)
 
-    def image_blocks(self) -> torch.Tensor:
-        """Sums of the shifted images per box, (n, Bp, Br, Bc) float64."""
+    def image_runs(self) -> torch.Tensor:
+        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
         lay = self.layout
-        z = lay.z[:lay.height].permute(1, 2, 3, 0)                  # (P, n, width, rows)
-        blocks = _to_blocks(z, lay.rows.block, lay.rows)           # (P, n, width, Br)
-        blocks = _to_blocks(blocks.transpose(-1, -2), lay.columns.block, lay.columns)
-        blocks = _to_blocks(blocks.permute(1, 2, 3, 0), lay.plane_axis.block, lay.plane_axis)
-        return blocks.permute(0, 3, 1, 2)
+        rows = lay.row_axis.runs(lay.z[:lay.height], 0)              # (Sr, P, n, width)
+        boxes = lay.column_axis.runs(rows, -1)                       # (Sr, P, n, Sc)
+        boxes = _plane_runs(boxes, 1, lay.plane_axis, lay.planes, 0, lay.planes)
+        return boxes.permute(0, 3, 1, 2)
 
 
-# ---------------------------------------------------------------------------- box sums
-def _box_terms(starts: np.ndarray, plans: list[_AxisPlan], radii: list[int],
-               strides: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Flat offsets and signs of the prefix-table corners giving each run's box sum.
-
-    ``starts`` (count, axes) are tap coordinates; returns (count, terms) offsets into a
-    prefix table whose block axes have the given strides (index ``b`` = blocks ``< b``).
-    """
-    count = len(starts)
-    offsets = np.zeros((count, 1), dtype=np.int64)
-    zero = np.zeros((count, 1), dtype=bool)        # the corner reads an all-zero slice
-    signs = np.ones((1,), dtype=np.int64)
-    for axis, (plan, radius, stride) in enumerate(zip(plans, radii, strides)):
-        k = starts[:, axis] + radius
-        bounds = np.stack([plan.hi[k], plan.lo[k]], -1).reshape(count, -1)  # (count, 2·pieces)
-        sign = np.tile([1, -1], plan.hi.shape[1])
-        offsets = (offsets[:, :, None] + stride * bounds[:, None, :]).reshape(count, -1)
-        zero = (zero[:, :, None] | (bounds == 0)[:, None, :]).reshape(count, -1)
-        signs = (signs[:, None] * sign[None, :]).reshape(-1)
-    needed = ~zero.all(0)
-    return offsets[:, needed], np.where(zero[:, needed], 0, signs[needed])
-
-
-def _assemble(table: _Table) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window cross products and first sums of the shifted images from the box table."""
-    lay = table.layout
-    r, rp, ndim = lay.radius, lay.plane_radius, lay.ndim
-    values = table.values
-    n = values.shape[0]
-    prefix = torch.nn.functional.pad(values, (1, 0, 1, 0, 1, 0))
-    for dim in (-1, -2, -3):
-        prefix = prefix.cumsum(dim)
-    plans = [lay.plane_axis, lay.rows, lay.columns]
-    box_shape = prefix.shape[-3:]
-    box_strides = [box_shape[1] * box_shape[2], box_shape[2], 1]
-
-    axis = np.arange(-r, r + 1)
+# ---------------------------------------------------------------------------- assembly
+def _taps(radius: int, ndim: int) -> np.ndarray:
+    """Window taps as (plane, row, column) coordinates in C order, shape (t, 3)."""
+    axis = np.arange(-radius, radius + 1)
     taps = np.stack(np.meshgrid(*([axis] * ndim), indexing="ij"), -1).reshape(-1, ndim)
     if ndim == 2:
         taps = np.concatenate([np.zeros((len(taps), 1), dtype=taps.dtype), taps], 1)
+    return taps
+
+
+def _gather(table: torch.Tensor, index: tuple[np.ndarray, ...]) -> torch.Tensor:
+    """Rows ``table[index]`` of a table whose last axis is the image, as float64 (count, n)."""
+    flat = np.ravel_multi_index(index, table.shape[:-1])
+    rows = table.reshape(-1, table.shape[-1]).index_select(
+        0, torch.from_numpy(flat).to(table.device))
+    return rows.to(torch.float64)
+
+
+def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross products and first sums of the shifted images."""
+    lay = sums.layout
+    r, rp, n = lay.radius, lay.plane_radius, lay.n
+    taps = _taps(r, lay.ndim)
     t = len(taps)
     a, b = np.repeat(taps, t, 0), np.tile(taps, (t, 1))
     forward = (b[:, 1] >= a[:, 1])[:, None]
-    start = np.where(forward, a, b)
-    lag = np.where(forward, b - a, a - b)
-    lag_shape = prefix.shape[1:4]
-    lag_flat = ((lag[:, 0] + 2 * rp) * lag_shape[1] + lag[:, 1]) * lag_shape[2] + lag[:, 2] + 2 * r
-    offsets, signs = _box_terms(start, plans, [rp, r, r], box_strides)
-    offsets = offsets + lag_flat[:, None] * int(np.prod(box_shape))
-    device = values.device
-    flat = prefix.reshape(n, -1)
-    index = torch.from_numpy(offsets).to(device)
-    cross = (flat[:, index] * torch.from_numpy(np.ascontiguousarray(signs)).to(flat)).sum(-1)
+    sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run of each axis
+    ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
+    cross = (_gather(sums.corners, (ld, sr, li, sc, lj, sp))
+             + _gather(sums.core, (ld, li, sc, lj, sp))
+             + _gather(sums.edge, (ld, sr, li, lj, sp)))
+    boxes = sums.image_runs()                                       # (Sr, Sc, Sp, n)
+    first = _gather(boxes, (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))
+    return cross.T.reshape(n, t, t), first.T
 
-    blocks = torch.nn.functional.pad(table.image_blocks(), (1, 0, 1, 0, 1, 0))
-    for dim in (-1, -2, -3):
-        blocks = blocks.cumsum(dim)
-    offsets, signs = _box_terms(taps, plans, [rp, r, r], box_strides)
-    index = torch.from_numpy(offsets).to(device)
-    first = (blocks.reshape(n, -1)[:, index]
-             * torch.from_numpy(np.ascontiguousarray(signs)).to(blocks)).sum(-1)
-    return cross.reshape(n, t, t), first
+
+def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window sums from the explicit stack of shifted windows (images too small for runs)."""
+    ndim = images.ndim - 1
+    reach = radius * dilation
+    valid = [s - 2 * reach for s in images.shape[1:]]
+    shifted = images.to(torch.float64) - shift.to(torch.float64).reshape((-1,) + (1,) * ndim)
+    taps = _taps(radius, ndim)[:, 3 - ndim:] * dilation
+    views = torch.stack([shifted[(slice(None),) + tuple(
+        slice(reach + o, reach + o + v) for o, v in zip(offset, valid))].reshape(len(images), -1)
+        for offset in taps.tolist()], 1)
+    return views @ views.transpose(1, 2), views.sum(-1)
 
 
 def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
@@ -458,23 +434,18 @@ def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: tor
         With ``t = (2 radius + 1)^ndim`` taps in C order, centre included; the sums of
         the shifted images (see :mod:`kernelbank.core.sums` for the unshifted ones).
     """
-    n = images.shape[0]
-    per_image_layout = images[0].numel() * 2
-    r, rp = radius, radius if images.ndim == 4 else 0
-    lags = (4 * rp + 1) * (2 * r + 1) * (4 * r + 1)
-    probe = _Layout(images[:1], shift[:1], radius, dilation)
-    per_image_table = lags * probe.plane_axis.n_blocks * probe.rows.n_blocks * \
-        probe.columns.n_blocks
-    chunk = max(1, min(n, _TABLE_ELEMENTS // per_image_table,
-                       _LAYOUT_ELEMENTS // max(1, per_image_layout)))
+    r, d, ndim = radius, dilation, images.ndim - 1
+    reach = r * d
+    *lead, height, width = images.shape[1:]
+    if min(lead + [height]) < 4 * reach or width // d < 4 * r:
+        return _direct_sums(images, r, d, shift)
+    rp = r if ndim == 3 else 0
+    table = (4 * rp + 1) * (2 * rp + 1) * (2 * r + 1) ** 3 * (4 * r + 1)
+    chunk = max(1, min(_LAYOUT_ELEMENTS // images[0].numel(), _TABLE_ELEMENTS // table))
     crosses, firsts = [], []
-    for i0 in range(0, n, chunk):
-        layout = _Layout(images[i0:i0 + chunk], shift[i0:i0 + chunk], radius, dilation)
-        table = _Table(layout)
-        table.core_rows()
-        table.edge_rows()
-        table.corners()
-        cross, first = _assemble(table)
+    for i0 in range(0, images.shape[0], chunk):
+        sums = _RunSums(_Layout(images[i0:i0 + chunk], shift[i0:i0 + chunk], r, d))
+        cross, first = _assemble(sums)
         crosses.append(cross)
         firsts.append(first)
     return torch.cat(crosses), torch.cat(firsts)
