@@ -5,14 +5,16 @@ and no IO. The Ray stages live in :mod:`kernelbank.stages`, the scikit-learn est
 in :mod:`kernelbank.sklearn`, the end-to-end model in :mod:`kernelbank.nn`.
 """
 
-from .core import (Basis, ClassStats, FitResult, KernelBank, LikelihoodClassifier,
-                   SingularGramWarning, WindowSums, ar_features, bank_feature_names_from_sums,
-                   bank_features, bank_features_from_sums, fit, fit_from_sums, sums_from_rows,
-                   sums_to_rows, window_sums)
+from .core import (Basis, ChannelBasis, ChannelFitResult, ClassStats, FitResult, KernelBank,
+                   LikelihoodClassifier, SingularGramWarning, WindowSums, ar_features,
+                   bank_feature_names_from_sums, bank_features, bank_features_from_sums,
+                   channel_fit_from_sums, fit, fit_from_sums, sums_from_rows, sums_to_rows,
+                   window_sums)
 
 __version__ = "0.1.0"
 
-__all__ = ["Basis", "ClassStats", "FitResult", "KernelBank", "LikelihoodClassifier",
-           "SingularGramWarning", "WindowSums", "ar_features", "bank_feature_names_from_sums",
-           "bank_features", "bank_features_from_sums", "fit", "fit_from_sums", "sums_from_rows",
-           "sums_to_rows", "window_sums", "__version__"]
+__all__ = ["Basis", "ChannelBasis", "ChannelFitResult", "ClassStats", "FitResult",
+           "KernelBank", "LikelihoodClassifier", "SingularGramWarning", "WindowSums",
+           "ar_features", "bank_feature_names_from_sums", "bank_features",
+           "bank_features_from_sums", "channel_fit_from_sums", "fit", "fit_from_sums",
+           "sums_from_rows", "sums_to_rows", "window_sums", "__version__"]
