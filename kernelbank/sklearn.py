@@ -13,6 +13,11 @@ arrays of any sizes; or a 2-D array ``(n_samples, H * W)`` of flattened images w
 shape is ``image_shape`` (square when ``image_shape`` is None). Only the 2-D form is
 validated with scikit-learn's ``validate_data`` (and sets ``n_features_in_``); the
 others are checked by the core, which names the bad image.
+
+Colour: ``channels=C`` (every estimator) fits vector AR kernels
+(:class:`~kernelbank.core.channel_basis.ChannelBasis`); images are then ``(n_samples, C,
+H, W)``, a list of ``(C, H, W)`` arrays, or rows of ``C·H·W`` values channel-major
+(``image_shape=(C, H, W)``, square ``H = W`` when None).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from .core.bank import KernelBank
 from .core.basis import Basis
+from .core.channel_basis import ChannelBasis
 from .core.features import ar_feature_names, ar_features, bank_feature_names, bank_features
 from .core.fit import fit as fit_images
 from .core.likelihood import UNKNOWN, LikelihoodClassifier
@@ -41,6 +47,7 @@ class _ImageInput:
     """Shared handling of image-valued ``X`` and of the basis parameters."""
 
     def _images(self, X, reset: bool):
+        channels = self._channels()
         if sparse.issparse(X):
             validate_data(self, X, reset=reset)   # raises: sparse input is not supported
         if isinstance(X, (list, tuple)) or (isinstance(X, np.ndarray) and X.dtype == object
@@ -52,30 +59,36 @@ class _ImageInput:
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
         X = np.asarray(X)
-        if X.ndim == 3:
+        if X.ndim == 3 + int(channels > 1):
             if not np.issubdtype(X.dtype, np.number):
                 raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
             return X
         X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
         shape = self.image_shape
         if shape is None:
-            side = int(round(np.sqrt(X.shape[1])))
-            if side * side != X.shape[1]:
+            side = int(round(np.sqrt(X.shape[1] / channels)))
+            if channels * side * side != X.shape[1]:
                 raise ValueError(
-                    f"X has {X.shape[1]} features per row, which is not a square image; pass "
-                    "image_shape=(H, W), or X as a 3-D array (n_samples, H, W) or a list of images")
-            shape = (side, side)
+                    f"X has {X.shape[1]} features per row, which is not a square image of "
+                    f"{channels} channel(s); pass image_shape, or X as an array of images or "
+                    f"a list of images")
+            shape = (side, side) if channels == 1 else (channels, side, side)
         if int(np.prod(shape)) != X.shape[1]:
             raise ValueError(f"image_shape {tuple(shape)} has {int(np.prod(shape))} pixels but X "
                              f"has {X.shape[1]} features per row")
         return X.reshape((X.shape[0],) + tuple(shape))
 
-    def _basis(self) -> Basis:
+    def _channels(self) -> int:
+        if not isinstance(self.channels, (int, np.integer)) or self.channels < 1:
+            raise ValueError(f"channels must be an integer >= 1, got {self.channels!r}")
+        return int(self.channels)
+
+    def _basis(self) -> Basis | ChannelBasis:
         if self.basis not in _BASES:
             raise ValueError(f"basis must be one of {_BASES}, got {self.basis!r}")
         if not isinstance(self.radius, (int, np.integer)) or self.radius < 1:
             raise ValueError(f"radius must be an integer >= 1, got {self.radius!r}")
-        return getattr(Basis, self.basis)(int(self.radius))
+        return getattr(Basis, self.basis)(int(self.radius), channels=self._channels())
 
     def _dilations(self) -> tuple[int, ...]:
         values = (self.dilations,) if isinstance(self.dilations, (int, np.integer)) \
@@ -131,10 +144,12 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
         Z-score each image before fitting.
     image_shape : tuple of int, optional
         Shape of the images when ``X`` is 2-D (flattened rows); default square.
+    channels : int, default=1
+        Channels of the images; above 1, vector AR coefficients (``C·m`` per dilation).
 
     Attributes
     ----------
-    basis_ : Basis
+    basis_ : Basis or ChannelBasis
     feature_names_out_ : list of str
     n_features_in_ : int
         Only when fitted on 2-D ``X``.
@@ -149,13 +164,14 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, radius=4, basis="isotropic", dilations=(1, 2, 3, 4, 5), ridge=1e-6,
-                 normalize=True, image_shape=None):
+                 normalize=True, image_shape=None, channels=1):
         self.radius = radius
         self.basis = basis
         self.dilations = dilations
         self.ridge = ridge
         self.normalize = normalize
         self.image_shape = image_shape
+        self.channels = channels
 
     def fit(self, X, y=None):
         """Check the parameters and ``X``; nothing is learned."""
@@ -202,6 +218,8 @@ class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
     random_state : int, Generator or None, default=0
         Seeds k-means.
     image_shape : tuple of int, optional
+    channels : int, default=1
+        Channels of the images; above 1, banks of vector kernels.
 
     Attributes
     ----------
@@ -213,7 +231,7 @@ class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
 
     def __init__(self, radius=4, basis="full", method="pooled", dilations=(1, 2, 3),
                  n_components=None, grid=2, joint=False, log=True, ridge=1e-6, normalize=True,
-                 random_state=0, image_shape=None):
+                 random_state=0, image_shape=None, channels=1):
         self.radius = radius
         self.basis = basis
         self.method = method
@@ -226,6 +244,7 @@ class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
         self.normalize = normalize
         self.random_state = random_state
         self.image_shape = image_shape
+        self.channels = channels
 
     def fit(self, X, y):
         """Learn the bank from images ``X`` with class labels ``y``."""
@@ -292,6 +311,8 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
     temperature : float or None, default=None
         None: probabilities from the full-image likelihood; a float t: ``softmax(ℓ / t)``.
     image_shape : tuple of int, optional
+    channels : int, default=1
+        Channels of the images; above 1, vector kernels and their residual covariance.
 
     Attributes
     ----------
@@ -301,7 +322,7 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, radius=4, basis="full", dilations=(1, 2, 3), ridge=1e-6, normalize=True,
-                 unknown_z=None, temperature=None, image_shape=None):
+                 unknown_z=None, temperature=None, image_shape=None, channels=1):
         self.radius = radius
         self.basis = basis
         self.dilations = dilations
@@ -310,6 +331,7 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
         self.unknown_z = unknown_z
         self.temperature = temperature
         self.image_shape = image_shape
+        self.channels = channels
 
     def fit(self, X, y):
         """Per-class statistics at each dilation → pooled kernels and variances."""

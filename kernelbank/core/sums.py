@@ -147,20 +147,43 @@ class WindowSums:
         if basis.channels != self.channels:
             raise ValueError(f"{basis} models {basis.channels} channel(s) but these window "
                              f"sums were taken on {self.channels}")
-        side = 2 * self.radius + 1
         if isinstance(basis, ChannelBasis):
-            inner = window_taps(basis.radius, self.ndim) + self.radius
-            spatial = np.ravel_multi_index(tuple(inner.T), (side,) * self.ndim)
-            index = (np.arange(self.channels)[:, None] * self.spatial_taps
-                     + spatial[None, :]).reshape(-1)
-            weights = torch.zeros((len(basis.regressors), self.n_taps), dtype=torch.float64)
-            weights[:, torch.from_numpy(index)] = basis.regressors.to(torch.float64)
-            return weights.to(self.cross.device)
+            return self.place_rows(basis.regressors, basis.radius)
+        side = 2 * self.radius + 1
         index = np.ravel_multi_index(tuple((basis.offsets.numpy() + self.radius).T),
                                      (side,) * self.ndim)
         weights = torch.zeros((basis.n_components, self.n_taps), dtype=torch.float64)
         weights[:, torch.from_numpy(index)] = basis.weights.to(torch.float64)
         return weights.to(self.cross.device)
+
+    def place_rows(self, rows: torch.Tensor, radius: int) -> torch.Tensor:
+        """Rows over the taps of a centred window of ``radius``, as rows over these taps.
+
+        Parameters
+        ----------
+        rows : torch.Tensor of shape (k, channels · (2 radius + 1)^ndim)
+            Weights over the channel-major taps of the smaller window, centres included.
+        radius : int
+            At most the sums' radius.
+
+        Returns
+        -------
+        torch.Tensor of shape (k, T), float64, on the sums' device
+        """
+        if not 1 <= radius <= self.radius:
+            raise ValueError(f"rows of a radius-{radius} window do not fit in these sums' "
+                             f"window of radius {self.radius}")
+        side = 2 * self.radius + 1
+        inner = window_taps(radius, self.ndim) + self.radius
+        spatial = np.ravel_multi_index(tuple(inner.T), (side,) * self.ndim)
+        index = (np.arange(self.channels)[:, None] * self.spatial_taps
+                 + spatial[None, :]).reshape(-1)
+        if rows.shape[-1] != len(index):
+            raise ValueError(f"rows must have {len(index)} values (the taps of {self.channels} "
+                             f"channel(s) at radius {radius}), got shape {tuple(rows.shape)}")
+        placed = torch.zeros((rows.shape[0], self.n_taps), dtype=torch.float64)
+        placed[:, torch.from_numpy(index)] = rows.detach().cpu().to(torch.float64)
+        return placed.to(self.cross.device)
 
     def basis_sums(self, basis: Basis
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
