@@ -21,7 +21,9 @@ whose diagonal is each channel's residual MSE. One channel is the case ``C = 1``
 
 ``A`` comes from the pixels (:func:`regressor_gram`: each channel's ring or tap planes by
 the strip engine, multiplied together) or from window sums with channels
-(:func:`channel_fit_from_sums`: ``A = Z cross Zᵀ``).
+(:func:`channel_fit_from_sums`: ``A = Z cross Zᵀ``; picked, not multiplied, for the full
+basis, whose regressors are the taps themselves). ``fit`` takes the window sums for a
+full basis and whenever they are returned (``return_sums``), the strips otherwise.
 
 Normalisation: with ``normalize=True`` each channel is z-scored on its own, as one
 channel is by :func:`kernelbank.core.fit.fit`; coefficients are then free of each
@@ -40,10 +42,10 @@ import torch
 from .basis import Basis
 from .channel_basis import ChannelBasis
 from .channel_responses import channel_gram
-from .fit import (ImageBatch, _as_tuple, check_finite, group_by_shape, normalize_images,
-                  pyramid_level)
+from .fit import (ImageBatch, _as_tuple, _merge_sums, check_finite, group_by_shape,
+                  normalize_images, pyramid_level)
 from .solve import solve_normal_equations
-from .sums import WindowSums, window_sums
+from .sums import WindowSums, _selected_taps, window_sums
 
 __all__ = ["ChannelFitResult", "fit_channels", "channel_fit_from_sums", "regressor_gram",
            "channel_normal_equations", "residual_covariance"]
@@ -76,6 +78,9 @@ class ChannelFitResult:
         The basis at its first dilation.
     scale_index : list of (int, int)
         ``(scale factor, dilation)`` of each entry of the scale axis.
+    sums : list of WindowSums or None
+        With ``return_sums=True``: the window sums with channels (radius of the basis,
+        channels as fitted) of each entry of ``scale_index``, images in input order.
     """
 
     coef: torch.Tensor
@@ -86,6 +91,7 @@ class ChannelFitResult:
     n_pixels: torch.Tensor
     basis: ChannelBasis
     scale_index: list[tuple[int, int]]
+    sums: list[WindowSums] | None = None
 
     def __len__(self) -> int:
         return int(self.coef.shape[0])
@@ -187,7 +193,16 @@ def regressor_gram(images: torch.Tensor, basis: ChannelBasis) -> torch.Tensor:
         index = index.to(gram.device)
         return gram.index_select(1, index).index_select(2, index)
     [sums] = window_sums(images, basis.radius, [basis.dilation], channels=basis.channels)
+    return _gram_from_sums(sums, basis)
+
+
+def _gram_from_sums(sums: WindowSums, basis: ChannelBasis) -> torch.Tensor:
+    """``A = Z cross Zᵀ`` (sums at the basis's radius and dilation): taps picked when every
+    regressor is one tap."""
     z = sums.tap_weights(basis)
+    taps = _selected_taps(z)
+    if taps is not None:
+        return sums.cross.index_select(-1, taps).index_select(-2, taps)
     return z @ sums.cross @ z.T
 
 
@@ -241,8 +256,7 @@ def channel_fit_from_sums(sums: WindowSums, basis: ChannelBasis, ridge: float = 
     if sums.radius > basis.radius:
         sums = sums.restrict(basis.radius)
     basis = basis.with_dilation(sums.dilation)
-    z = sums.tap_weights(basis)
-    gram = z @ sums.cross @ z.T
+    gram = _gram_from_sums(sums, basis)
     if coef is not None:
         coef = torch.as_tensor(coef).to(gram.device, torch.float64)
         expected = (len(sums), basis.channels, basis.n_components)
@@ -270,7 +284,8 @@ def _check_images(images: ImageBatch, basis: ChannelBasis) -> None:
 
 def fit_channels(images: ImageBatch, basis: ChannelBasis, *, ridge: float = 1e-6,
                  normalize: bool = True, dilations: int | Sequence[int] | None = None,
-                 scales: int | Sequence[int] | None = None) -> ChannelFitResult:
+                 scales: int | Sequence[int] | None = None,
+                 return_sums: bool = False) -> ChannelFitResult:
     """Fit the least-squares vector AR kernel of every multi-channel image.
 
     ``kb.fit(images, basis)`` with a :class:`ChannelBasis` calls this.
@@ -281,8 +296,9 @@ def fit_channels(images: ImageBatch, basis: ChannelBasis, *, ridge: float = 1e-6
         Same-sized images, or a list of ``(C, *spatial)`` images of different sizes
         (fitted in groups of equal size, results in list order). ``C = basis.channels``.
     basis : ChannelBasis
-    ridge, normalize, dilations, scales
-        As in :func:`kernelbank.core.fit.fit`; ``normalize`` z-scores each channel.
+    ridge, normalize, dilations, scales, return_sums
+        As in :func:`kernelbank.core.fit.fit`; ``normalize`` z-scores each channel, and
+        the returned sums are window sums with channels.
 
     Returns
     -------
@@ -325,8 +341,10 @@ def fit_channels(images: ImageBatch, basis: ChannelBasis, *, ridge: float = 1e-6
                     f"dilation {d}; use a smaller radius or dilation, or drop this image")
 
     per_key: dict[str, list[torch.Tensor]] = {}
+    sums_parts: list[list[WindowSums]] = [[] for _ in scale_index]
     order: list[int] = []
     channels = basis.channels
+    by_sums = return_sums or basis.kind == "full"
     for indices, batch in groups:
         check_finite(batch, indices)
         budget = _CHUNK_ELEMENTS if batch.device.type == "cpu" else 16 * _CHUNK_ELEMENTS
@@ -335,15 +353,22 @@ def fit_channels(images: ImageBatch, basis: ChannelBasis, *, ridge: float = 1e-6
             part = batch[start:start + chunk]
             n = len(part)
             entries = []
-            for s in scale_list:
+            for position, s in enumerate(scale_list):
                 # channels as images: the pyramid and the z-score act on each channel
                 level = pyramid_level(part.reshape((n * channels,) + part.shape[2:]), s)
                 if normalize:
                     level = normalize_images(level)
                 level = level.reshape((n, channels) + level.shape[1:])
-                for d in dilation_list:
+                sums = window_sums(level, basis.radius, dilation_list,
+                                   channels=channels) if by_sums else None
+                for k, d in enumerate(dilation_list):
                     dilated = basis.with_dilation(d)
-                    gram = regressor_gram(level, dilated)
+                    if sums is None:
+                        gram = regressor_gram(level, dilated)
+                    else:
+                        gram = _gram_from_sums(sums[k], dilated)
+                        sums[k].scale = s
+                        sums_parts[position * len(dilation_list) + k].append(sums[k])
                     valid = int(np.prod([v - 2 * dilated.reach for v in level.shape[2:]]))
                     count = torch.full((n,), valid, dtype=torch.int64, device=gram.device)
                     entries.append(_result(gram, count, dilated, ridge))
@@ -360,4 +385,5 @@ def fit_channels(images: ImageBatch, basis: ChannelBasis, *, ridge: float = 1e-6
     return ChannelFitResult(
         coef=coef, kernels=basis.to_kernels(coef), mse=merged["mse"].to(dtype),
         covariance=merged["covariance"], gram=merged["gram"], n_pixels=merged["n_pixels"],
-        basis=basis.with_dilation(dilation_list[0]), scale_index=scale_index)
+        basis=basis.with_dilation(dilation_list[0]), scale_index=scale_index,
+        sums=[_merge_sums(parts, inverse) for parts in sums_parts] if return_sums else None)

@@ -34,8 +34,10 @@ import torch
 
 from .basis import Basis
 from .channel_basis import ChannelBasis
-from .responses import augmented_gram, residual_sums
+from .equations import level_equations, normal_equations
+from .responses import residual_sums
 from .solve import solve_normal_equations
+from .sums import WindowSums
 
 __all__ = ["FitResult", "check_finite", "fit", "group_by_shape", "normal_equations",
            "normalize_images", "pyramid_level", "residual_mse"]
@@ -77,6 +79,10 @@ class FitResult:
         The basis at its first dilation.
     scale_index : list of (int, int)
         ``(scale factor, dilation)`` of each entry of the scale axis.
+    sums : list of WindowSums or None
+        With ``return_sums=True``: the window sums (radius of the basis, images as
+        fitted, i.e. normalised when ``normalize``) of each entry of ``scale_index``,
+        images in input order; None otherwise.
     """
 
     coef: torch.Tensor
@@ -89,6 +95,7 @@ class FitResult:
     basis: Basis
     scale_index: list[tuple[int, int]]
     mae: torch.Tensor | None = None
+    sums: list[WindowSums] | None = None
 
     def __len__(self) -> int:
         return int(self.coef.shape[0])
@@ -207,31 +214,6 @@ def pyramid_level(batch: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- the operation
-def normal_equations(batch: torch.Tensor, basis: Basis
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``G``, ``h``, ``Σx²`` and the valid-pixel count for same-sized images.
-
-    Parameters
-    ----------
-    batch : torch.Tensor of shape (n, *spatial), floating
-        Images as they should be modelled (already normalised if wanted).
-    basis : Basis
-
-    Returns
-    -------
-    gram : (n, m, m) float64
-    rhs : (n, m) float64
-    sum_sq : (n,) float64
-    n_pixels : (n,) int64
-    """
-    m = basis.n_components
-    full = augmented_gram(batch, basis)
-    valid = [s - 2 * basis.reach for s in batch.shape[1:]]
-    count = torch.full((batch.shape[0],), int(np.prod(valid)), dtype=torch.int64,
-                       device=batch.device)
-    return full[:, :m, :m], full[:, :m, m], full[:, m, m], count
-
-
 def residual_mse(gram: torch.Tensor, rhs: torch.Tensor, sum_sq: torch.Tensor,
                  n_pixels: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """Mean squared residual of ``coef`` from the sums alone: ``(Σx² − 2αᵀh + αᵀGα) / n``.
@@ -250,9 +232,9 @@ def residual_mse(gram: torch.Tensor, rhs: torch.Tensor, sum_sq: torch.Tensor,
     return ((sum_sq - explained) / n_pixels.to(torch.float64)).clamp_min(0)
 
 
-def _fit_same_size(batch: torch.Tensor, basis: Basis, ridge: float, robust: bool,
-                   robust_iterations: int, epsilon: float) -> dict[str, torch.Tensor]:
-    gram, rhs, sum_sq, n_pixels = normal_equations(batch, basis)
+def _solve(batch: torch.Tensor, basis: Basis, equations, ridge: float, robust: bool,
+           robust_iterations: int, epsilon: float) -> dict[str, torch.Tensor]:
+    gram, rhs, sum_sq, n_pixels = equations
     coef = solve_normal_equations(gram, rhs, n_pixels, ridge)
     out = {"gram": gram, "rhs": rhs, "sum_sq": sum_sq, "n_pixels": n_pixels}
     if robust:
@@ -280,7 +262,7 @@ def _as_tuple(value: int | Sequence[int] | None, default: int, name: str) -> tup
 def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
         normalize: bool = True, dilations: int | Sequence[int] | None = None,
         scales: int | Sequence[int] | None = None, robust: bool = False,
-        robust_iterations: int = 5, epsilon: float = 1e-3):
+        robust_iterations: int = 5, epsilon: float = 1e-3, return_sums: bool = False):
     """Fit the least-squares AR kernel of every image.
 
     Parameters
@@ -309,6 +291,9 @@ def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
         Reweighting steps of the robust fit.
     epsilon : float, default=1e-3
         Floor on ``|e|`` in the robust weights ``1 / max(|e|, ε)``.
+    return_sums : bool, default=False
+        Also return the window sums of every (scale, dilation) in ``FitResult.sums``:
+        the statistics every later stage is algebra on, from the same pass.
 
     Returns
     -------
@@ -335,7 +320,7 @@ def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
                              "fits are least squares only)")
         from .channel_fit import fit_channels  # channel_fit builds on this module
         return fit_channels(images, basis, ridge=ridge, normalize=normalize,
-                            dilations=dilations, scales=scales)
+                            dilations=dilations, scales=scales, return_sums=return_sums)
     if not isinstance(basis, Basis):
         raise TypeError(f"basis must be a kernelbank.Basis, got {type(basis).__name__}")
     if ridge < 0:
@@ -352,6 +337,7 @@ def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
             _check_size(scaled, indices[0], basis.with_dilation(d), s)
 
     per_key: dict[str, list[torch.Tensor]] = {}
+    sums_parts: list[list[WindowSums]] = [[] for _ in scale_index]
     order: list[int] = []
     for indices, batch in groups:
         check_finite(batch, indices)
@@ -363,13 +349,18 @@ def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
         for start in range(0, len(batch), chunk):
             part = batch[start:start + chunk]
             entries = []
-            for s in scale_list:
+            for scale_position, s in enumerate(scale_list):
                 level = pyramid_level(part, s)
                 if normalize:
                     level = normalize_images(level)
-                for d in dilation_list:
-                    entries.append(_fit_same_size(level, basis.with_dilation(d), ridge, robust,
-                                                  robust_iterations, epsilon))
+                equations, sums = level_equations(level, basis, dilation_list,
+                                                  with_sums=return_sums)
+                for d, equation in zip(dilation_list, equations):
+                    entries.append(_solve(level, basis.with_dilation(d), equation, ridge,
+                                          robust, robust_iterations, epsilon))
+                for position, window in enumerate(sums or []):
+                    window.scale = s
+                    sums_parts[scale_position * len(dilation_list) + position].append(window)
             for key in entries[0]:
                 per_key.setdefault(key, []).append(torch.stack([e[key] for e in entries], 1))
         order.extend(indices)
@@ -385,4 +376,15 @@ def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
         gram=merged["gram"], rhs=merged["rhs"], sum_sq=merged["sum_sq"],
         n_pixels=merged["n_pixels"], basis=basis.with_dilation(dilation_list[0]),
         scale_index=scale_index,
-        mae=merged["mae"].to(dtype) if "mae" in merged else None)
+        mae=merged["mae"].to(dtype) if "mae" in merged else None,
+        sums=[_merge_sums(parts, inverse) for parts in sums_parts] if return_sums else None)
+
+
+def _merge_sums(parts: list[WindowSums], inverse: torch.Tensor) -> WindowSums:
+    """Window sums of the chunks and shape groups of one (scale, dilation), input order."""
+    def cat(name: str) -> torch.Tensor:
+        values = torch.cat([getattr(p, name) for p in parts])
+        return values[inverse.to(values.device)]
+    first = parts[0]
+    return WindowSums(cat("cross"), cat("first"), cat("n_pixels"), first.radius,
+                      first.dilation, first.ndim, first.scale, first.grid, first.channels)

@@ -49,8 +49,11 @@ __all__ = ["lag_window_sums"]
 
 # Elements of the image layout (or of the run table, all lags × runs) per group of images:
 # bounded so the working set stays in cache and memory stays flat for any batch.
-_LAYOUT_ELEMENTS = 2 << 20
+_LAYOUT_ELEMENTS = 1 << 18
 _TABLE_ELEMENTS = 2 << 20
+# Products summed in the images' dtype before float64 takes over (rows × columns of one
+# matrix-product block): the span of one strip Gram of kernelbank.core.responses.
+_SPAN = 1 << 17
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -105,6 +108,17 @@ class _Axis:
         core = tuple((o + 2 * radius, o + w - 2 * radius)
                      for o, w in zip(offsets, widths) if w > 4 * radius)
         return cls(core, low, high)
+
+    def membership(self, extent: int) -> np.ndarray:
+        """(extent, 2r + 1) 0/1 matrix: is layout position ``p`` in run ``u``."""
+        member = np.zeros((extent, self.low.shape[0] + 1))
+        for start, stop in self.core:
+            member[start:stop] = 1
+        u = np.arange(self.low.shape[0] + 1)
+        for m in range(self.low.shape[0]):
+            member[self.low[m]] = m >= u
+            member[self.high[m]] = m < u
+        return member
 
     def runs(self, values: torch.Tensor, dim: int) -> torch.Tensor:
         """Run sums of ``values`` along ``dim`` (indexed by layout position), float64."""
@@ -181,6 +195,12 @@ class _Layout:
         self.column_axis = _Axis.phases(self.offsets, self.widths, r)
         self.plane_axis = _Axis.rows(planes, r, d) if ndim == 3 else None
         self.plane_radius = r if ndim == 3 else 0
+        self._columns = torch.from_numpy(self.column_axis.membership(self.width)).to(
+            images.device, images.dtype)
+
+    def column_membership(self) -> torch.Tensor:
+        """(width, Sc) 0/1 matrix of columns in each columns run, images' dtype."""
+        return self._columns
 
     def plane_lags(self):
         """(lag index, shift in planes, first plane, stop plane) of each plane lag."""
@@ -238,29 +258,35 @@ class _RunSums:
         return _plane_runs(values, dim, lay.plane_axis, lay.planes, p0, p1)
 
     def _core_rows(self) -> None:
-        """Core rows × all columns: one batched product per (plane lag, row lag)."""
+        """Core rows × all columns: one batched product per (row block, plane lag, row lag)."""
         lay = self.layout
         if not lay.row_axis.core:
             return
         (c0, c1), = lay.row_axis.core
         r, d, tile, width = lay.radius, lay.dilation, lay.tile, lay.width
         halo = tile + 4 * r
+        member = lay.column_membership().T                       # (Sc, width)
+        step = max(1, _SPAN // width)
         for lag_index, shift, p0, p1 in lay.plane_lags():
             planes = p1 - p0
             batch = planes * lay.n * (width // tile)
-            left = lay.strided((batch, tile, c1 - c0), (tile, 1, lay.row_stride), c0, p0, 0)
-            # (row lags, P', n, column lags, columns)
-            bands = lay.buffer.new_empty((2 * r + 1, planes, lay.n, 4 * r + 1, width))
-            for k in range(2 * r + 1):
-                right = lay.strided((batch, c1 - c0, halo), (tile, lay.row_stride, 1),
-                                    c0 + k * d, p0 + shift, -2 * r)
-                product = torch.bmm(left, right)
-                band = product.as_strided((batch, tile, 4 * r + 1), (tile * halo, halo + 1, 1))
-                bands[k].view(planes, lay.n, 4 * r + 1, width // tile, tile).copy_(
-                    band.view(planes, lay.n, width // tile, tile, 4 * r + 1).permute(0, 1, 4, 2, 3))
-            runs = lay.column_axis.runs(bands, -1)                  # (Li, P', n, Lj, Sc)
-            runs = self._plane_runs(runs, 1, p0, p1)                 # (Li, Sp, n, Lj, Sc)
-            self.core[lag_index] = runs.permute(0, 4, 3, 1, 2)
+            # per column: (row lags, P'·n·tiles, tile, column lags)
+            bands = lay.buffer.new_empty((2 * r + 1, batch, tile, 4 * r + 1))
+            total = 0
+            for b0 in range(c0, c1, step):
+                span = min(c1, b0 + step) - b0
+                left = lay.strided((batch, tile, span), (tile, 1, lay.row_stride), b0, p0, 0)
+                for k in range(2 * r + 1):
+                    right = lay.strided((batch, span, halo), (tile, lay.row_stride, 1),
+                                        b0 + k * d, p0 + shift, -2 * r)
+                    product = torch.bmm(left, right)
+                    bands[k].copy_(product.as_strided((batch, tile, 4 * r + 1),
+                                                      (tile * halo, halo + 1, 1)))
+                runs = torch.matmul(member, bands.view((2 * r + 1) * planes * lay.n, width, -1))
+                total = total + runs.to(torch.float64)            # (Li·P'·n, Sc, Lj)
+            runs = self._plane_runs(total.view(2 * r + 1, planes, lay.n, 2 * r + 1, 4 * r + 1),
+                                    1, p0, p1)                       # (Li, Sp, n, Sc, Lj)
+            self.core[lag_index] = runs.permute(0, 3, 4, 1, 2)
 
     def _edge_rows(self) -> None:
         """Edge rows × core columns: one batched product per (group, plane lag, column lag)."""
@@ -278,7 +304,7 @@ class _RunSums:
                 bands = [self._edge_band(masked, g0, shift, p0, p1, lag)
                          for lag in range(-2 * r, 2 * r + 1)]
                 # (Lj, δ, P', n, 2r, Li) → sum the δ rows of each block
-                groups.append(torch.stack(bands).sum(1, dtype=torch.float64))
+                groups.append(torch.stack(bands).sum(1))
             runs = _runs(groups[0], groups[1], 3)                     # (Lj, P', n, Sr, Li)
             runs = self._plane_runs(runs, 1, p0, p1)                   # (Lj, Sp, n, Sr, Li)
             self.edge[lag_index] = runs.permute(3, 4, 0, 1, 2)
@@ -359,8 +385,15 @@ class _RunSums:
     def image_runs(self) -> torch.Tensor:
         """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
         lay = self.layout
-        rows = lay.row_axis.runs(lay.z[:lay.height], 0)              # (Sr, P, n, width)
-        boxes = lay.column_axis.runs(rows, -1)                       # (Sr, P, n, Sc)
+        rows = torch.from_numpy(lay.row_axis.membership(lay.height).T).to(lay.buffer)
+        z = lay.z[:lay.height].reshape(lay.height, -1)
+        step = max(1, _SPAN // lay.width)
+        boxes = 0
+        for b0 in range(0, lay.height, step):
+            part = rows[:, b0:b0 + step] @ z[b0:b0 + step]           # (Sr, P·n·width)
+            part = part.view(-1, lay.width) @ lay.column_membership()
+            boxes = boxes + part.to(torch.float64)
+        boxes = boxes.view(2 * lay.radius + 1, lay.planes, lay.n, 2 * lay.radius + 1)
         boxes = _plane_runs(boxes, 1, lay.plane_axis, lay.planes, 0, lay.planes)
         return boxes.permute(0, 3, 1, 2)
 
@@ -390,7 +423,11 @@ def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
     taps = _taps(r, lay.ndim)
     t = len(taps)
     a, b = np.repeat(taps, t, 0), np.tile(taps, (t, 1))
-    forward = (b[:, 1] >= a[:, 1])[:, None]
+    # one canonical direction per unordered pair, so (a, b) and (b, a) read the same
+    # sum: row lag > 0, or row lag 0 and column lag > 0, or both 0 and plane lag >= 0
+    step = b - a
+    forward = ((step[:, 1] > 0) | ((step[:, 1] == 0) & (
+        (step[:, 2] > 0) | ((step[:, 2] == 0) & (step[:, 0] >= 0)))))[:, None]
     sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run of each axis
     ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
     cross = (_gather(sums.corners, (ld, sr, li, sc, lj, sp))

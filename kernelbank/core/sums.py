@@ -197,8 +197,13 @@ class WindowSums:
                             f"kernelbank.core.channel_fit.channel_fit_from_sums")
         w = self.tap_weights(basis)
         c = self.centre
-        gram = w @ self.cross @ w.T
-        rhs = self.cross[..., :, c] @ w.T
+        taps = _selected_taps(w)
+        if taps is not None:    # one tap per component (full basis): pick, don't multiply
+            gram = self.cross.index_select(-1, taps).index_select(-2, taps)
+            rhs = self.cross[..., c].index_select(-1, taps)
+        else:
+            gram = w @ self.cross @ w.T
+            rhs = self.cross[..., :, c] @ w.T
         return gram, rhs, self.cross[..., c, c], self.n_pixels
 
     def restrict(self, radius: int) -> "WindowSums":
@@ -214,6 +219,14 @@ class WindowSums:
         cross = self.cross.index_select(-1, index).index_select(-2, index)
         return WindowSums(cross, self.first.index_select(-1, index), self.n_pixels, radius,
                           self.dilation, self.ndim, self.scale, self.grid, self.channels)
+
+
+def _selected_taps(weights: torch.Tensor) -> torch.Tensor | None:
+    """The tap of each row when every row of ``weights`` is one tap with weight 1."""
+    ones = weights == 1
+    if bool((ones.sum(1) == 1).all()) and int((weights != 0).sum()) == weights.shape[0]:
+        return ones.to(torch.int64).argmax(1)
+    return None
 
 
 # ---------------------------------------------------------------------------- computation

@@ -6,7 +6,7 @@ import torch
 
 import kernelbank as kb
 from kernelbank.core import pyramid_level
-from kernelbank.core.responses import residual_sums
+from kernelbank.core.responses import augmented_gram, residual_sums
 
 from .reference import lstsq_fit, zscore
 
@@ -247,3 +247,93 @@ def test_image_chunks_of_fit_keep_order_and_values(monkeypatch):
     assert torch.allclose(chunked.coef, whole.coef, rtol=1e-12, atol=1e-12)
     alone = kb.fit(images[5][None], basis, scales=[1, 2])
     assert torch.allclose(chunked.coef[5], alone.coef[0], rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- engines
+def _strip_sums(level, basis):
+    """The previous Gram path: responses strip by strip (kernelbank.core.responses)."""
+    m = basis.n_components
+    full = augmented_gram(level, basis)
+    return full[:, :m, :m], full[:, :m, m], full[:, m, m]
+
+
+def _engine_shapes(radius, ndim):
+    """(shape, dilations): as small as the window at dilation 3; non-square; and large
+    enough for the run engine at every dilation fitted (4·reach per side)."""
+    small = 6 * radius + 1
+    if ndim == 3:
+        # volumes stay small: the strip reference costs (m + 1)² per voxel
+        return [((small, small + 1, small), (1, 2, 3))] + \
+            ([((8 * radius + 1,) * 3, (1, 2))] if radius <= 2 else [])
+    return [((small, small), (1, 2, 3)), ((small + 3, small + 11), (1, 2, 3)),
+            ((12 * radius + 5, 12 * radius + 13), (1, 2, 3))]
+
+
+ENGINE_CASES = [(kind, ndim, radius)
+                for kind in ("full", "isotropic")
+                for ndim, radii in ((2, (1, 2, 3, 4)), (3, (1, 2, 3)))
+                for radius in radii]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind,ndim,radius", ENGINE_CASES)
+def test_window_sum_equations_equal_strip_equations(kind, ndim, radius, dtype):
+    basis = getattr(kb.Basis, kind)(radius, ndim=ndim)
+    rng = np.random.default_rng(radius * 7 + ndim)
+    for shape, dilations in _engine_shapes(radius, ndim):
+        images = _images(rng, 2, shape).astype(dtype)
+        # return_sums: every basis takes its equations from the window sums
+        result = kb.fit(images, basis, dilations=list(dilations), return_sums=True)
+        level = kb.core.normalize_images(torch.as_tensor(images))
+        for i, dilation in enumerate(dilations):
+            gram, rhs, sum_sq = _strip_sums(level, basis.with_dilation(dilation))
+            # float64: both exact up to summation order; float32: products and block sums
+            # in float32 on both sides, in different orders
+            tol = 1e-9 if dtype == np.float64 else 2e-5
+            scale = gram.abs().max()
+            assert float((result.gram[:, i] - gram).abs().max() / scale) < tol, (shape, dilation)
+            assert float((result.rhs[:, i] - rhs).abs().max() / scale) < tol, (shape, dilation)
+            assert torch.allclose(result.sum_sq[:, i], sum_sq, rtol=tol, atol=0)
+
+
+def test_full_radius_4_volume_on_the_run_engine_equals_strips():
+    # the smallest volume that puts a radius-4 window on the run engine (4·reach = 16)
+    basis = kb.Basis.full(4, ndim=3)
+    rng = np.random.default_rng(11)
+    level = kb.core.normalize_images(torch.as_tensor(_images(rng, 1, (16, 17, 16))))
+    result = kb.fit(level, basis, normalize=False)
+    gram, rhs, _ = _strip_sums(level, basis)
+    assert float((result.gram - gram).abs().max() / gram.abs().max()) < 1e-9
+
+
+def test_return_sums_are_the_window_sums_of_each_scale_and_dilation():
+    from kernelbank.core.sums import window_sums
+    rng = np.random.default_rng(12)
+    images = [_images(rng, 1, s)[0] for s in [(40, 40), (52, 47), (40, 40)]]
+    basis = kb.Basis.isotropic(2)
+    result = kb.fit(images, basis, dilations=[1, 2], scales=[1, 2], return_sums=True)
+    assert len(result.sums) == len(result.scale_index) == 4
+    for i, image in enumerate(images):
+        for (scale, dilation), sums in zip(result.scale_index, result.sums):
+            level = kb.core.normalize_images(pyramid_level(torch.as_tensor(image)[None], scale))
+            expected, = window_sums(level, basis.radius, [dilation])
+            assert (sums.scale, sums.dilation, sums.radius) == (scale, dilation, 2)
+            assert torch.allclose(sums.cross[i], expected.cross[0], rtol=1e-12, atol=1e-12)
+            assert int(sums.n_pixels[i]) == int(expected.n_pixels[0])
+    # the coefficients solve the equations the sums give
+    gram, rhs, _, count = result.sums[1].basis_sums(basis.with_dilation(2))
+    assert torch.allclose(gram, result.gram[:, 1], rtol=1e-12, atol=1e-12)
+    assert kb.fit(images, basis).sums is None
+
+
+def test_full_basis_fit_no_longer_builds_strip_responses(monkeypatch):
+    # full bases take the lag engine; isotropic ones keep the (faster for them) strips
+    import kernelbank.core.equations as equations
+    calls = []
+    monkeypatch.setattr(equations, "augmented_gram",
+                        lambda *a: calls.append(a[1].kind) or augmented_gram(*a))
+    rng = np.random.default_rng(13)
+    images = _images(rng, 2, (40, 40))
+    kb.fit(images, kb.Basis.full(2), dilations=[1, 2])
+    kb.fit(images, kb.Basis.isotropic(2))
+    assert calls == ["isotropic"]
