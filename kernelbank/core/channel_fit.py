@@ -192,8 +192,16 @@ def regressor_gram(images: torch.Tensor, basis: ChannelBasis) -> torch.Tensor:
         gram = channel_gram(images, spatial)
         index = index.to(gram.device)
         return gram.index_select(1, index).index_select(2, index)
-    [sums] = window_sums(images, basis.radius, [basis.dilation], channels=basis.channels)
+    [sums] = _window_sums(images, basis.radius, [basis.dilation])
     return _gram_from_sums(sums, basis)
+
+
+def _window_sums(images: torch.Tensor, radius: int, dilations: Sequence[int]
+                 ) -> list[WindowSums]:
+    """Window sums of (n, C, *spatial) images (one channel: the one-channel sums)."""
+    channels = images.shape[1]
+    return window_sums(images[:, 0] if channels == 1 else images, radius, dilations,
+                       channels=channels)
 
 
 def _gram_from_sums(sums: WindowSums, basis: ChannelBasis) -> torch.Tensor:
@@ -359,8 +367,7 @@ def fit_channels(images: ImageBatch, basis: ChannelBasis, *, ridge: float = 1e-6
                 if normalize:
                     level = normalize_images(level)
                 level = level.reshape((n, channels) + level.shape[1:])
-                sums = window_sums(level, basis.radius, dilation_list,
-                                   channels=channels) if by_sums else None
+                sums = _window_sums(level, basis.radius, dilation_list) if by_sums else None
                 for k, d in enumerate(dilation_list):
                     dilated = basis.with_dilation(d)
                     if sums is None:

@@ -119,3 +119,17 @@ def test_nan_names_the_image():
     images[1, 2, 3, 3] = np.nan
     with pytest.raises(ValueError, match="image 1 contains 1 NaN"):
         kb.fit(images, kb.Basis.full(1, channels=3))
+
+
+def test_return_sums_gives_the_channel_window_sums_of_the_fitted_images():
+    rng = np.random.default_rng(9)
+    images = torch.from_numpy(_coloured(rng, 3, 2, (21, 23)))
+    basis = kb.Basis.isotropic(1, channels=2)
+    result = kb.fit(images, basis, dilations=[1, 2], scales=[1, 2], return_sums=True)
+    assert [(s.scale, s.dilation, s.channels) for s in result.sums] == \
+        [(1, 1, 2), (1, 2, 2), (2, 1, 2), (2, 2, 2)]
+    level = normalize_images(images.reshape(6, 21, 23)).reshape(3, 2, 21, 23)
+    [direct] = kb.window_sums(level, 1, [2], channels=2)
+    assert torch.allclose(result.sums[1].cross, direct.cross, rtol=1e-12, atol=1e-10)
+    again = kb.channel_fit_from_sums(result.sums[3], basis)
+    assert torch.allclose(again.coef, result.coef[:, 3].double(), rtol=0, atol=1e-9)
