@@ -1,0 +1,104 @@
+"""Benchmark: vector (3-channel) AR fits against one-channel fits at the same radius.
+
+For colour texture images (the two colour photographs scikit-image ships, cut into
+size × size tiles), prints the images/s of ``kb.fit`` on the RGB images with a
+``channels=3`` basis and on their luminance with the one-channel basis of the same kind
+and radius, one thread, in the same run, and the cost ratio ``rate(C=1) / rate(C=3)``.
+
+Target: ≤ 9, the ratio of the Gram sizes (a vector model of 3 channels has 3× the
+regressors of one channel; its Gram holds 9× the products).
+
+Usage: ``python bench/fit_channels.py [--quick]`` (also ``python bench/fit.py
+--channels``). Absolute times on a shared machine are noise; the ratio is the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import kernelbank as kb
+
+TARGET = 9.0
+CASES = (("isotropic", 4), ("full", 2), ("full", 4))
+
+
+def colour_tiles(size: int, count: int) -> np.ndarray:
+    """(count, 3, size, size) float32 tiles of the colour texture photographs."""
+    from skimage import data
+    from skimage.transform import resize
+    sources = [data.immunohistochemistry(), data.hubble_deep_field()[:512, :512]]
+    out = []
+    for i in range(count):
+        source = sources[i % len(sources)].astype(np.float32) / 255
+        per_row = source.shape[1] // size
+        if per_row >= 2:
+            k = (i // len(sources)) % (per_row * per_row)
+            r, c = divmod(k, per_row)
+            tile = source[r * size:(r + 1) * size, c * size:(c + 1) * size]
+        else:
+            rolled = np.roll(source, 37 * (i // len(sources)), axis=(0, 1))
+            tile = resize(rolled, (size, size), anti_aliasing=True).astype(np.float32)
+        out.append(tile.transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def luminance(images: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of (n, 3, H, W) images, (n, H, W)."""
+    return np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), images, axes=([0], [1]))
+
+
+def best_rate(fn, work: float, repeats: int = 3, min_seconds: float = 0.5) -> float:
+    """Best observed rate (work units per second) over several timed calls."""
+    fn()
+    best = 0.0
+    for _ in range(repeats):
+        start, calls = time.perf_counter(), 0
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        best = max(best, calls * work / elapsed)
+    return best
+
+
+def channel_rates(sizes_counts, cases=CASES) -> list[tuple]:
+    """(size, basis kind, radius, rate C=1, rate C=3, cost ratio) rows, one thread."""
+    torch.set_num_threads(1)
+    rows = []
+    for size, count in sizes_counts:
+        colour = torch.from_numpy(colour_tiles(size, count))
+        grey = torch.from_numpy(luminance(colour.numpy()))
+        for kind, radius in cases:
+            one = getattr(kb.Basis, kind)(radius)
+            three = getattr(kb.Basis, kind)(radius, channels=3)
+            rate_one = best_rate(lambda: kb.fit(grey, one), count)
+            rate_three = best_rate(lambda: kb.fit(colour, three), count)
+            rows.append((size, kind, radius, rate_one, rate_three, rate_one / rate_three))
+    return rows
+
+
+def print_rates(rows) -> None:
+    print(f"{'size':>5}  {'basis':<10}{'r':>2}{'C=1 images/s':>14}{'C=3 images/s':>14}"
+          f"{'cost C=3 / C=1':>16}")
+    for size, kind, radius, one, three, ratio in rows:
+        verdict = "met" if ratio <= TARGET else "NOT met"
+        print(f"{size:>5}  {kind:<10}{radius:>2}{one:>14.1f}{three:>14.1f}{ratio:>16.2f}"
+              f"  (target <= {TARGET:g}: {verdict})")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images, for a smoke run")
+    args = parser.parse_args(argv)
+    sizes = ((128, 16),) if args.quick else ((128, 64), (576, 8))
+    print_rates(channel_rates(sizes))
+
+
+if __name__ == "__main__":
+    main()
