@@ -12,8 +12,18 @@ Prints, for 128×128 and 576×576 real texture images (radius 4, isotropic, z-sc
   neighbour additions into 14 ring sums plus the 15×15 symmetric Gram) over the
   one-thread float32 matmul rate measured in the same run.
 
-Usage: ``python bench/fit.py [--quick]``. Absolute times on a shared machine are
-noise; the ratios are the result.
+and, for full (untied) bases of radius 2 and 4 at 128×128 and 576×576, on one thread:
+
+* images/s of ``kb.fit`` with a full basis at dilations 1–3 in one call and at dilation
+  1 alone, against ``kb.fit`` with the isotropic basis of the same radius and dilations
+  and against the previous Gram path (responses strip by strip, one dilation at a
+  time: :func:`kernelbank.core.responses.augmented_gram`), all in the same run;
+* the ratios against the targets: full radius 4 at ≥ 0.5× isotropic radius 4, full
+  radius 2 at ≥ 0.6× isotropic radius 2, isotropic no slower than the previous path.
+
+Usage: ``python bench/fit.py [--quick] [--full-only]``. Absolute times on a shared
+machine are noise; the ratios are the result (rates are the best of interleaved rounds,
+so every variant sees the same load).
 """
 
 from __future__ import annotations
@@ -26,8 +36,9 @@ import numpy as np
 import torch
 
 import kernelbank as kb
-from kernelbank.core.fit import residual_mse
-from kernelbank.core.responses import residual_sums
+from kernelbank.core.fit import normalize_images, residual_mse
+from kernelbank.core.responses import augmented_gram, residual_sums
+from kernelbank.core.solve import solve_normal_equations
 
 FLOP_PER_PIXEL = 320  # isotropic radius 4: 80 adds into 14 rings + 15·16/2·2 Gram flops
 RADIUS = 4
@@ -143,10 +154,80 @@ def kb_fit_levels(images: torch.Tensor, basis: kb.Basis, robust: bool = False) -
                         for level in subsampled_levels(images)], 1)
 
 
+def previous_fit(images: torch.Tensor, basis: kb.Basis, dilations: tuple[int, ...]
+                 ) -> torch.Tensor:
+    """kb.fit as it was before window sums: z-score, then per dilation the strip Gram."""
+    level = normalize_images(images)
+    coefs = []
+    for d in dilations:
+        dilated = basis.with_dilation(d)
+        m = dilated.n_components
+        full = augmented_gram(level, dilated)
+        valid = [s - 2 * dilated.reach for s in level.shape[1:]]
+        count = torch.full((len(level),), int(np.prod(valid)), dtype=torch.int64)
+        coefs.append(solve_normal_equations(full[:, :m, :m], full[:, :m, m], count))
+    return torch.stack(coefs, 1)
+
+
+def interleaved_rates(fns: dict, work: float, rounds: int) -> dict[str, float]:
+    """Best rate of each function over rounds that visit every function in turn.
+
+    Timed in this process's CPU time: with one thread that is the wall time on a quiet
+    machine, and other processes on a busy one do not count against whichever variant
+    happened to run while they did.
+    """
+    best = {name: 0.0 for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.process_time()
+            fn()
+            best[name] = max(best[name], work / max(time.process_time() - start, 1e-9))
+    return best
+
+
+def full_bases(quick: bool) -> None:
+    """Full bases against isotropic ones and against the previous Gram path."""
+    torch.set_num_threads(1)
+    targets = {2: 0.6, 4: 0.5}
+    print("\nfull bases, 1 thread (images/s of CPU time; best of interleaved rounds)")
+    print(f"{'size':>5} {'r':>2} {'dilations':>9} {'full':>9} {'isotropic':>10} "
+          f"{'full prev':>10} {'iso prev':>9} {'full/iso':>9} {'target':>7} "
+          f"{'full/prev':>10} {'iso/prev':>9}")
+    for size, count in ((128, 64), (576, 4)):
+        if quick:
+            count = max(2, count // 8)
+        images = torch.from_numpy(texture_images(size, count))
+        for radius in (2, 4):
+            full, iso = kb.Basis.full(radius), kb.Basis.isotropic(radius)
+            for dilations in ((1, 2, 3), (1,)):
+                fns = {
+                    "full": lambda: kb.fit(images, full, dilations=list(dilations)),
+                    "iso": lambda: kb.fit(images, iso, dilations=list(dilations)),
+                    "full prev": lambda: previous_fit(images, full, dilations),
+                    "iso prev": lambda: previous_fit(images, iso, dilations),
+                }
+                rate = interleaved_rates(fns, count, rounds=2 if quick else 5)
+                ratio = rate["full"] / rate["iso"]
+                verdict = "met" if ratio >= targets[radius] else "NOT met"
+                print(f"{size:>5} {radius:>2} {','.join(map(str, dilations)):>9} "
+                      f"{rate['full']:>9.1f} {rate['iso']:>10.1f} {rate['full prev']:>10.1f} "
+                      f"{rate['iso prev']:>9.1f} {ratio:>9.2f} {targets[radius]:>5.1f} "
+                      f"{rate['full'] / rate['full prev']:>10.2f} "
+                      f"{rate['iso'] / rate['iso prev']:>9.2f}   full/iso {verdict}, "
+                      f"isotropic {'no slower' if rate['iso'] >= 0.95 * rate['iso prev'] else 'SLOWER'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer images, for a smoke run")
+    parser.add_argument("--full-only", action="store_true",
+                        help="only the full-basis comparison")
     args = parser.parse_args()
+    full_bases(args.quick)
+    if args.full_only:
+        return
     all_threads = os.cpu_count() or 1
     basis = kb.Basis.isotropic(RADIUS)
     flops_1 = matmul_flops(1)

@@ -24,8 +24,8 @@ few per-block sums. Those come from three kinds of work, one per region of the i
   innermost so that they vectorise.
 
 Columns are dilated by deinterleaving: the ``δ`` column phases of the image are laid side
-by side, separated by ``2r`` zero columns, so column lags are ``|l| ≤ 2r`` in phase units
-and no product pairs columns the window never pairs. Rows and planes are used as they
+by side, so column lags are ``|l| ≤ 2r`` in phase units and no product pairs columns the
+window never pairs. Rows and planes are used as they
 are, with lags that are multiples of ``δ``. Images smaller than this structure needs
 (an axis shorter than ``4R``) are summed directly from their stack of shifted windows.
 
@@ -154,10 +154,9 @@ class _Layout:
 
     ``z`` has shape ``(rows, planes, n, width)``: image rows outermost (the contraction
     axis of the core products), then planes (volumes) and images, then the column
-    phases side by side with ``2r`` zero columns before, between and after them, the
-    width rounded up to whole tiles. ``2R + δ`` zero rows follow the image rows and the
-    flat ``buffer`` has ``2r`` zeros before and after ``z``, so every shifted view a
-    product reads stays inside it and reads zeros outside the image.
+    phases side by side, the width rounded up to whole tiles with zeros. ``2R + δ``
+    zero rows follow the image rows and the flat ``buffer`` has ``2r`` zeros before and
+    after ``z``, so every shifted view a product reads stays inside it.
     """
 
     def __init__(self, images: torch.Tensor, shift: torch.Tensor, radius: int, dilation: int):
@@ -168,29 +167,33 @@ class _Layout:
         self.radius, self.dilation, self.ndim = r, d, ndim
         self.n, self.planes, self.height = n, planes, height
         self.tile = _tile_width(r)
-        gap = 2 * r
         self.widths = [_ceil_div(width - phase, d) for phase in range(d)]
-        self.offsets = [gap + sum(w + gap for w in self.widths[:phase]) for phase in range(d)]
-        self.width = _ceil_div(self.offsets[-1] + self.widths[-1] + gap, self.tile) * self.tile
+        self.offsets = [sum(self.widths[:phase]) for phase in range(d)]
+        self.width = _ceil_div(width, self.tile) * self.tile
         rows = height + 2 * r * d + d
-        self.margin = gap
+        self.margin = 2 * r
         self.row_stride = planes * n * self.width
         self.buffer = images.new_empty(2 * self.margin + rows * self.row_stride)
         self.z = self.buffer[self.margin:self.margin + rows * self.row_stride].view(
             rows, planes, n, self.width)
-        # zeros wherever no image pixel goes: margins, padding rows, gap columns
+        # Zeros wherever no pixel goes. The phases need no zeros between them: a product
+        # reaching past a phase's end only enters (run, lag) pairs that no tap pair
+        # reads, which only requires it to be finite.
         self.buffer[:self.margin].zero_()
         self.buffer[self.margin + height * self.row_stride:].zero_()
-        filled = 0
-        for offset, w in zip(self.offsets, self.widths):
-            self.z[:height, :, :, filled:offset].zero_()
-            filled = offset + w
-        self.z[:height, :, :, filled:].zero_()
-        for offset, w, phase in zip(self.offsets, self.widths, range(d)):
-            source = images[..., phase::d]
-            source = source.permute(2, 1, 0, 3) if ndim == 3 else source.permute(1, 0, 2)[:, None]
-            torch.sub(source, shift.reshape(1, 1, n, 1),
-                      out=self.z[:height, :, :, offset:offset + w])
+        self.z[:height, :, :, width:].zero_()
+        shift = shift.reshape(1, 1, n, 1)
+        if width % d == 0:
+            # equal phases: one pass reads the images in order
+            w = width // d
+            source = images.reshape(n, planes, height, w, d).permute(2, 1, 0, 4, 3)
+            torch.sub(source, shift[..., None],
+                      out=self.z[:height, :, :, :width].unflatten(-1, (d, w)))
+        else:
+            for offset, w, phase in zip(self.offsets, self.widths, range(d)):
+                source = images.reshape(n, planes, height, width)[..., phase::d]
+                torch.sub(source.permute(2, 1, 0, 3), shift,
+                          out=self.z[:height, :, :, offset:offset + w])
         self.row_axis = _Axis.rows(height, r, d)
         self.column_axis = _Axis.phases(self.offsets, self.widths, r)
         self.plane_axis = _Axis.rows(planes, r, d) if ndim == 3 else None
@@ -229,11 +232,11 @@ class _RunSums:
 
     Attributes
     ----------
-    core : (plane lags, Li, Sc, Lj, Sp, n) float64
+    core : (n, plane lags, Li, Sc, Lj, Sp) float64
         Core rows (in every rows run) × the columns of each columns run.
-    edge : (plane lags, Sr, Li, Lj, Sp, n) float64
+    edge : (n, plane lags, Sr, Li, Lj, Sp) float64
         Edge rows of each rows run × core columns (in every columns run).
-    corners : (plane lags, Sr, Li, Sc, Lj, Sp, n), images' dtype for images, float64
+    corners : (n, plane lags, Sr, Li, Sc, Lj, Sp) float64
         Edge rows × edge columns of each (rows run, columns run).
     """
 
@@ -242,13 +245,12 @@ class _RunSums:
         self.layout = layout
         lags, runs = (4 * rp + 1, 2 * r + 1, 4 * r + 1), (2 * r + 1, 2 * rp + 1)
         new = layout.buffer.new_zeros
-        self.core = new((lags[0], lags[1], runs[0], lags[2], runs[1], layout.n),
+        self.core = new((layout.n, lags[0], lags[1], runs[0], lags[2], runs[1]),
                         dtype=torch.float64)
-        self.edge = new((lags[0], runs[0], lags[1], lags[2], runs[1], layout.n),
+        self.edge = new((layout.n, lags[0], runs[0], lags[1], lags[2], runs[1]),
                         dtype=torch.float64)
-        corner_dtype = layout.buffer.dtype if layout.ndim == 2 else torch.float64
-        self.corners = new((lags[0], runs[0], lags[1], runs[0], lags[2], runs[1], layout.n),
-                           dtype=corner_dtype)
+        self.corners = new((layout.n, lags[0], runs[0], lags[1], runs[0], lags[2], runs[1]),
+                           dtype=torch.float64)
         self._core_rows()
         self._edge_rows()
         self._corners()
@@ -286,7 +288,7 @@ class _RunSums:
                 total = total + runs.to(torch.float64)            # (Li·P'·n, Sc, Lj)
             runs = self._plane_runs(total.view(2 * r + 1, planes, lay.n, 2 * r + 1, 4 * r + 1),
                                     1, p0, p1)                       # (Li, Sp, n, Sc, Lj)
-            self.core[lag_index] = runs.permute(0, 3, 4, 1, 2)
+            self.core[:, lag_index] = runs.permute(2, 0, 3, 4, 1)
 
     def _edge_rows(self) -> None:
         """Edge rows × core columns: one batched product per (group, plane lag, column lag)."""
@@ -307,7 +309,7 @@ class _RunSums:
                 groups.append(torch.stack(bands).sum(1))
             runs = _runs(groups[0], groups[1], 3)                     # (Lj, P', n, Sr, Li)
             runs = self._plane_runs(runs, 1, p0, p1)                   # (Lj, Sp, n, Sr, Li)
-            self.edge[lag_index] = runs.permute(3, 4, 0, 1, 2)
+            self.edge[:, lag_index] = runs.permute(2, 3, 4, 0, 1)
 
     def _edge_band(self, masked: torch.Tensor, g0: int, shift: int, p0: int, p1: int,
                    lag: int) -> torch.Tensor:
@@ -346,44 +348,56 @@ class _RunSums:
         starts = np.array([[o - 2 * r for o in lay.offsets],
                            [o + w - 4 * r for o, w in zip(lay.offsets, lay.widths)]])
         columns = starts[:, :, None] + np.arange(6 * r)
-        row_index = torch.from_numpy(rows.reshape(2, d, 1, 1, 4 * r, 1)).to(device)
-        column_index = torch.from_numpy(columns.reshape(1, 1, 2, d, 1, 6 * r)).to(device)
-        # (group, residue, side, phase, 4r, 6r, planes·n)
-        region = lay.z[row_index, :, :, column_index].reshape(2, d, 2, d, 4 * r, 6 * r, -1)
+        # (group, residue, side, phase, 4r, 6r, planes·n), images innermost; the views
+        # may reach past a row's end, which only reads finite neighbours
+        region = lay.buffer.new_empty((2, d, 2, d, 4 * r, 6 * r, lay.planes * lay.n))
+        for group, side, phase in np.ndindex(2, 2, d):
+            offset = lay.margin + int(rows[group, 0, 0]) * lay.row_stride \
+                + int(columns[side, phase, 0])
+            region[group, :, side, phase].copy_(lay.buffer.as_strided(
+                (d, 4 * r, 6 * r, lay.planes * lay.n),
+                (lay.row_stride, d * lay.row_stride, 1, lay.width), offset))
         st = region.stride()
-        # run sums of the 2·2r blocks of an axis: low blocks m ≥ u, high blocks m < u
+        # run sums of an axis's 2r low blocks (m ≥ u) and 2r high blocks (m < u)
         u = np.arange(2 * r + 1)[:, None]
         m = np.arange(2 * r)[None, :]
-        runs = torch.from_numpy(np.concatenate([m >= u, m < u], 1)).to(device, dtype)
+        runs = [torch.from_numpy((m >= u) * 1.0).to(device, dtype),
+                torch.from_numpy((m < u) * 1.0).to(device, dtype)]
         for lag_index, shift, p0, p1 in lay.plane_lags():
             inner = (p1 - p0) * lay.n
-            # (group, m, row lags, side, m', column lags, planes·n)
-            shape = (2, 2 * r, 2 * r + 1, 2, 2 * r, 4 * r + 1, inner)
+            shape = (2 * r, 2 * r + 1, 2 * r, 4 * r + 1, inner)     # (m, Li, m', Lj, ·)
             products = region.new_empty(shape)
-            first = True
-            for residue in range(d):
-                for phase in range(d):
-                    base = region.storage_offset() + residue * st[1] + phase * st[3]
-                    a = region.as_strided(shape[:2] + (1,) + shape[3:5] + (1, inner),
-                                          (st[0], st[4], 0, st[2], st[5], 0, 1),
+            expanded = region.new_empty((2 * r, 1, 2 * r, 4 * r + 1, inner))
+            both = None                                          # (Sc, Sr, Li, Lj, ·)
+            # one corner (group of rows × side of columns) at a time: stays in cache
+            for group, side in np.ndindex(2, 2):
+                for residue, phase in np.ndindex(d, d):
+                    base = (region.storage_offset() + group * st[0] + residue * st[1]
+                            + side * st[2] + phase * st[3])
+                    a = region.as_strided((2 * r, 1, 2 * r, 4 * r + 1, inner),
+                                          (st[4], 0, st[5], 0, 1),
                                           base + 2 * r * st[5] + p0 * lay.n)
-                    b = region.as_strided(shape, (st[0], st[4], st[4], st[2], st[5], st[5], 1),
+                    b = region.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
                                           base + (p0 + shift) * lay.n)
-                    if first:
-                        torch.mul(a, b, out=products)
-                        first = False
+                    # expanded once along the column lags, so that every operand runs
+                    # contiguously over (column lag, image) and the product vectorises
+                    if residue == phase == 0:
+                        torch.mul(b, expanded.copy_(a), out=products)
                     else:
-                        products.addcmul_(a, b)
-            rows_run = runs @ products.view(4 * r, -1)            # (Sr, Li·2·2r·Lj·inner)
-            both = runs @ rows_run.view((2 * r + 1) * (2 * r + 1), 4 * r, -1)
-            both = both.view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1, p1 - p0, lay.n)
-            if lay.plane_axis is None:
-                self.corners[lag_index] = both
-            else:
-                self.corners[lag_index] = self._plane_runs(both, 4, p0, p1)
+                        products.addcmul_(b, expanded.copy_(a))
+                rows_run = (runs[group] @ products.view(2 * r, -1)).view(
+                    (2 * r + 1) * (2 * r + 1), 2 * r, -1)       # (Sr·Li, m', Lj·inner)
+                part = runs[side] @ rows_run.transpose(0, 1).reshape(2 * r, -1)
+                both = part if both is None else both.add_(part)
+            both = both.to(torch.float64).view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1,
+                                               p1 - p0, lay.n)
+            if lay.plane_axis is not None:
+                both = self._plane_runs(both, 4, p0, p1)
+            # (Sc, Sr, Li, Lj, Sp, n) → (n, Sr, Li, Sc, Lj, Sp)
+            self.corners[:, lag_index] = both.permute(5, 1, 2, 0, 3, 4)
 
     def image_runs(self) -> torch.Tensor:
-        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
+        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (n, Sr, Sc, Sp), float64."""
         lay = self.layout
         rows = torch.from_numpy(lay.row_axis.membership(lay.height).T).to(lay.buffer)
         z = lay.z[:lay.height].reshape(lay.height, -1)
@@ -395,7 +409,7 @@ class _RunSums:
             boxes = boxes + part.to(torch.float64)
         boxes = boxes.view(2 * lay.radius + 1, lay.planes, lay.n, 2 * lay.radius + 1)
         boxes = _plane_runs(boxes, 1, lay.plane_axis, lay.planes, 0, lay.planes)
-        return boxes.permute(0, 3, 1, 2)
+        return boxes.permute(2, 0, 3, 1)
 
 
 # ---------------------------------------------------------------------------- assembly
@@ -409,11 +423,10 @@ def _taps(radius: int, ndim: int) -> np.ndarray:
 
 
 def _gather(table: torch.Tensor, index: tuple[np.ndarray, ...]) -> torch.Tensor:
-    """Rows ``table[index]`` of a table whose last axis is the image, as float64 (count, n)."""
-    flat = np.ravel_multi_index(index, table.shape[:-1])
-    rows = table.reshape(-1, table.shape[-1]).index_select(
-        0, torch.from_numpy(flat).to(table.device))
-    return rows.to(torch.float64)
+    """Entries ``table[:, index]`` of a table whose first axis is the image, (n, count)."""
+    flat = np.ravel_multi_index(index, table.shape[1:])
+    return table.reshape(table.shape[0], -1).index_select(
+        1, torch.from_numpy(flat).to(table.device))
 
 
 def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
@@ -430,12 +443,11 @@ def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
         (step[:, 2] > 0) | ((step[:, 2] == 0) & (step[:, 0] >= 0)))))[:, None]
     sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run of each axis
     ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
-    cross = (_gather(sums.corners, (ld, sr, li, sc, lj, sp))
-             + _gather(sums.core, (ld, li, sc, lj, sp))
-             + _gather(sums.edge, (ld, sr, li, lj, sp)))
-    boxes = sums.image_runs()                                       # (Sr, Sc, Sp, n)
-    first = _gather(boxes, (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))
-    return cross.T.reshape(n, t, t), first.T
+    cross = _gather(sums.corners, (ld, sr, li, sc, lj, sp))
+    cross += _gather(sums.core, (ld, li, sc, lj, sp))
+    cross += _gather(sums.edge, (ld, sr, li, lj, sp))
+    first = _gather(sums.image_runs(), (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))
+    return cross.view(n, t, t), first
 
 
 def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor

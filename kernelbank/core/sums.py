@@ -360,9 +360,9 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
             cross, first, count = _cell_sums(batch, radius, dilation, grid, shift, 1)
             c = offset[:, None]
         pixels = count.to(torch.float64)
-        # Σ(y+c)(y'+c) = Σyy' + c(Σy + Σy') + c²n and Σ(y+c) = Σy + cn
-        cross = cross + c[..., None, None] * (first[..., :, None] + first[..., None, :]) \
-            + (c * c * pixels)[..., None, None]
+        # Σ(y+c)(y'+c) = Σyy' + c(Σy + cn/2) + c(Σy' + cn/2), added as one symmetric term
+        half = c[..., None] * (first + (c * pixels / 2)[..., None])          # (…, t)
+        cross += half[..., :, None] + half[..., None, :]
         first = first + (c * pixels)[..., None]
         out.append(WindowSums(cross, first, count, radius, int(dilation), ndim, grid=grid))
     return out
