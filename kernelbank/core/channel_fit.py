@@ -19,6 +19,14 @@ and with ``u_c`` the residual ``e_c = x_c − α_cᵀ z_{S_c}`` written over the
 whose diagonal is each channel's residual MSE. One channel is the case ``C = 1``, with
 ``A`` the augmented Gram ``[[G, h], [hᵀ, Σx²]]`` of :func:`kernelbank.core.fit.fit`.
 
+One factorisation for every channel: when each output channel uses every row but its
+own target (the full and isotropic bases with the own centre masked), the regression of
+row ``τ_c`` on all the others is read off ``P = (A + λ n I)⁻¹`` as
+``α_c = −P[S_c, τ_c] / P[τ_c, τ_c]`` (the partitioned inverse; the ridge on ``τ_c``'s own
+diagonal cancels in the ratio), so one Cholesky factorisation of ``A`` replaces ``C`` of
+the ``G_c`` (a third of the work for three channels). Problems whose factorisation
+fails take the per-channel solves with their pseudo-inverse fallback.
+
 ``A`` comes from the pixels (:func:`regressor_gram`: each channel's ring or tap planes by
 the strip engine, multiplied together) or from window sums with channels
 (:func:`channel_fit_from_sums`: ``A = Z cross Zᵀ``; picked, not multiplied, for the full
@@ -136,9 +144,61 @@ def residual_covariance(gram: torch.Tensor, n_pixels: torch.Tensor, basis: Chann
 
 def _solve(gram: torch.Tensor, n_pixels: torch.Tensor, basis: ChannelBasis,
            ridge: float) -> torch.Tensor:
+    """Coefficients (…, C, m): from one factorisation of ``A`` when the basis allows."""
+    # one channel: its own solve, exactly the one-channel fit's
+    if basis.channels > 1 and ridge > 0 and _leaves_one_out(basis):
+        coef, failed = _solve_from_precision(gram, n_pixels, basis, ridge)
+        if not failed.any():
+            return coef
+        coef[failed] = _solve_each(gram[failed], n_pixels[failed], basis, ridge)
+        return coef
+    return _solve_each(gram, n_pixels, basis, ridge)
+
+
+def _solve_each(gram: torch.Tensor, n_pixels: torch.Tensor, basis: ChannelBasis,
+                ridge: float) -> torch.Tensor:
+    """Each output channel's ridge solve on its own ``G_c``, ``h_c``."""
     g, h, _ = channel_normal_equations(gram, basis)
     count = n_pixels[..., None].expand(h.shape[:-1])
     return solve_normal_equations(g, h, count, ridge)
+
+
+def _leaves_one_out(basis: ChannelBasis) -> bool:
+    """Whether output channel ``c`` combines every regressor row but its target ``τ_c``."""
+    rows = len(basis.regressors)
+    if basis.n_components != rows - 1:
+        return False
+    every = torch.arange(rows)
+    return all(torch.equal(torch.sort(torch.cat([basis.selection[c], basis.targets[c:c + 1]]))
+                           .values, every) for c in range(basis.channels))
+
+
+def _solve_from_precision(gram: torch.Tensor, n_pixels: torch.Tensor, basis: ChannelBasis,
+                          ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``α_c = −P[S_c, τ_c] / P[τ_c, τ_c]`` with ``P = (A + λ n I)⁻¹`` (Jacobi-scaled
+    Cholesky), and which problems failed to factorise."""
+    rows = gram.shape[-1]
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1) + \
+        (ridge * n_pixels.to(gram.dtype))[..., None]
+    scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(),
+                        torch.ones_like(diag))
+    # D (A + λnI) D, with unit diagonal, in one new matrix
+    a = gram * scale[..., :, None] * scale[..., None, :]
+    torch.diagonal(a, dim1=-2, dim2=-1).copy_(torch.where(diag > 0, 1.0, diag))
+    factor, info = torch.linalg.cholesky_ex(a)
+    targets = basis.targets.to(gram.device)
+    units = torch.zeros(a.shape[:-2] + (rows, len(targets)), dtype=a.dtype, device=a.device)
+    units[..., targets, torch.arange(len(targets), device=a.device)] = \
+        scale[..., targets]                                                  # D e_τ
+    # P e_τ = D (D A D)⁻¹ D e_τ
+    columns = torch.cholesky_solve(units, factor) * scale[..., :, None]
+    columns = columns.transpose(-1, -2)                                     # (…, C, M)
+    own = columns.gather(-1, targets[:, None].expand(columns.shape[:-1] + (1,)))
+    sel = basis.selection.to(gram.device).expand(columns.shape[:-1] + (basis.n_components,))
+    coef = -columns.gather(-1, sel) / own
+    failed = (info != 0) | ~torch.isfinite(coef).flatten(-2).all(-1) | \
+        (own <= 0).flatten(-2).any(-1)
+    return coef, failed
 
 
 # ---------------------------------------------------------------------------- A from pixels
@@ -209,9 +269,11 @@ def _gram_from_sums(sums: WindowSums, basis: ChannelBasis) -> torch.Tensor:
     regressor is one tap."""
     z = sums.tap_weights(basis)
     taps = _selected_taps(z)
-    if taps is not None:
-        return sums.cross.index_select(-1, taps).index_select(-2, taps)
-    return z @ sums.cross @ z.T
+    if taps is None:
+        return z @ sums.cross @ z.T
+    if torch.equal(taps, torch.arange(sums.n_taps, device=taps.device)):
+        return sums.cross              # the full basis's regressors are the taps in order
+    return sums.cross.index_select(-1, taps).index_select(-2, taps)
 
 
 # ---------------------------------------------------------------------------- fits

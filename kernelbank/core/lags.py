@@ -29,6 +29,13 @@ window never pairs. Rows and planes are used as they
 are, with lags that are multiples of ``δ``. Images smaller than this structure needs
 (an axis shorter than ``4R``) are summed directly from their stack of shifted windows.
 
+Channels: for images of ``C`` channels the taps are ``(c, o_a)`` (channel-major) and every
+entry is a lag product of two channels, ``Σ x_c(q) x_{c'}(q + L)``. Each channel is laid
+out as a one-channel batch (channels outermost), and every region's products run once
+per ordered channel pair ``(c, c')``: ``C²`` times the one-channel work and nothing else
+(swapping the taps of a cross-channel product swaps its channels, so both orders are
+needed). One channel is the case ``C = 1``, operation for operation.
+
 Notes
 -----
 Products are formed in the images' dtype; within a block the matrix products accumulate
@@ -152,20 +159,22 @@ def _plane_runs(values: torch.Tensor, dim: int, axis: _Axis | None, planes: int,
 class _Layout:
     """The shifted images copied once into the arrangement the matrix products read.
 
-    ``z`` has shape ``(rows, planes, n, width)``: image rows outermost (the contraction
-    axis of the core products), then planes (volumes) and images, then the column
-    phases side by side, the width rounded up to whole tiles with zeros. ``2R + δ``
-    zero rows follow the image rows and the flat ``buffer`` has ``2r`` zeros before and
-    after ``z``, so every shifted view a product reads stays inside it.
+    ``z`` has shape ``(channels, rows, planes, n, width)``: channels outermost, each laid
+    out as a one-channel batch with image rows outermost (the contraction axis of the
+    core products), then planes (volumes) and images, then the column phases side by
+    side, the width rounded up to whole tiles with zeros. ``2R + δ`` zero rows follow
+    each channel's image rows and the flat ``buffer`` has ``2r`` zeros before and after
+    ``z``, so every shifted view a product reads stays inside it.
     """
 
     def __init__(self, images: torch.Tensor, shift: torch.Tensor, radius: int, dilation: int):
-        n, ndim = images.shape[0], images.ndim - 1
-        planes = images.shape[1] if ndim == 3 else 1
+        """``images`` (n, channels, *spatial), ``shift`` (n, channels)."""
+        n, channels, ndim = images.shape[0], images.shape[1], images.ndim - 2
+        planes = images.shape[2] if ndim == 3 else 1
         height, width = images.shape[-2:]
         r, d = radius, dilation
         self.radius, self.dilation, self.ndim = r, d, ndim
-        self.n, self.planes, self.height = n, planes, height
+        self.n, self.channels, self.planes, self.height = n, channels, planes, height
         self.tile = _tile_width(r)
         self.widths = [_ceil_div(width - phase, d) for phase in range(d)]
         self.offsets = [sum(self.widths[:phase]) for phase in range(d)]
@@ -173,33 +182,46 @@ class _Layout:
         rows = height + 2 * r * d + d
         self.margin = 2 * r
         self.row_stride = planes * n * self.width
-        self.buffer = images.new_empty(2 * self.margin + rows * self.row_stride)
-        self.z = self.buffer[self.margin:self.margin + rows * self.row_stride].view(
-            rows, planes, n, self.width)
+        self.channel_stride = rows * self.row_stride
+        size = channels * self.channel_stride
+        self.buffer = images.new_empty(2 * self.margin + size)
+        self.z = self.buffer[self.margin:self.margin + size].view(
+            channels, rows, planes, n, self.width)
         # Zeros wherever no pixel goes. The phases need no zeros between them: a product
         # reaching past a phase's end only enters (run, lag) pairs that no tap pair
         # reads, which only requires it to be finite.
         self.buffer[:self.margin].zero_()
-        self.buffer[self.margin + height * self.row_stride:].zero_()
-        self.z[:height, :, :, width:].zero_()
-        shift = shift.reshape(1, 1, n, 1)
-        if width % d == 0:
-            # equal phases: one pass reads the images in order
-            w = width // d
-            source = images.reshape(n, planes, height, w, d).permute(2, 1, 0, 4, 3)
-            torch.sub(source, shift[..., None],
-                      out=self.z[:height, :, :, :width].unflatten(-1, (d, w)))
-        else:
-            for offset, w, phase in zip(self.offsets, self.widths, range(d)):
-                source = images.reshape(n, planes, height, width)[..., phase::d]
-                torch.sub(source.permute(2, 1, 0, 3), shift,
-                          out=self.z[:height, :, :, offset:offset + w])
+        self.buffer[self.margin + size:].zero_()
+        self.z[:, height:].zero_()
+        self.z[:, :height, :, :, width:].zero_()
+        for c in range(channels):
+            self._fill(self.z[c], images[:, c], shift[:, c].reshape(1, 1, n, 1))
         self.row_axis = _Axis.rows(height, r, d)
         self.column_axis = _Axis.phases(self.offsets, self.widths, r)
         self.plane_axis = _Axis.rows(planes, r, d) if ndim == 3 else None
         self.plane_radius = r if ndim == 3 else 0
         self._columns = torch.from_numpy(self.column_axis.membership(self.width)).to(
             images.device, images.dtype)
+
+    def _fill(self, z: torch.Tensor, images: torch.Tensor, shift: torch.Tensor) -> None:
+        """Copy one channel's images (n, *spatial), less ``shift``, into its ``z``."""
+        n, planes, height, d = self.n, self.planes, self.height, self.dilation
+        width = images.shape[-1]
+        if width % d == 0:
+            # equal phases: one pass reads the images in order
+            w = width // d
+            source = images.reshape(n, planes, height, w, d).permute(2, 1, 0, 4, 3)
+            torch.sub(source, shift[..., None],
+                      out=z[:height, :, :, :width].unflatten(-1, (d, w)))
+        else:
+            for offset, w, phase in zip(self.offsets, self.widths, range(d)):
+                source = images.reshape(n, planes, height, width)[..., phase::d]
+                torch.sub(source.permute(2, 1, 0, 3), shift,
+                          out=z[:height, :, :, offset:offset + w])
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every ordered (left, right) channel pair; (0, 0) alone for one channel."""
+        return [(a, b) for a in range(self.channels) for b in range(self.channels)]
 
     def column_membership(self) -> torch.Tensor:
         """(width, Sc) 0/1 matrix of columns in each columns run, images' dtype."""
@@ -215,9 +237,10 @@ class _Layout:
                 yield index, shift, p0, p1
 
     def strided(self, shape: tuple[int, ...], strides: tuple[int, ...], row: int, plane: int,
-                column: int) -> torch.Tensor:
-        """A view of the buffer starting at (row, plane, image 0, column)."""
-        offset = self.margin + row * self.row_stride + plane * self.n * self.width + column
+                column: int, channel: int = 0) -> torch.Tensor:
+        """A view of the buffer starting at (channel, row, plane, image 0, column)."""
+        offset = (self.margin + channel * self.channel_stride + row * self.row_stride
+                  + plane * self.n * self.width + column)
         return self.buffer.as_strided(shape, strides, offset)
 
 
@@ -227,16 +250,17 @@ class _RunSums:
 
     Lags are indexed as plane lag ``(i − 2rp)δ``, row lag ``iδ`` (only non-negative:
     the other half is the same products with the two taps swapped) and column lag
-    ``i − 2r`` in phase units; runs ``S·`` as in the module docstring. Every table ends
-    with the image axis.
+    ``i − 2r`` in phase units; runs ``S·`` as in the module docstring. Every table
+    starts with the image axis and the (left, right) channel pair ``Ca, Cb`` of the
+    products ``Σ x_left(q) x_right(q + L)``.
 
     Attributes
     ----------
-    core : (n, plane lags, Li, Sc, Lj, Sp) float64
+    core : (n, Ca, Cb, plane lags, Li, Sc, Lj, Sp) float64
         Core rows (in every rows run) × the columns of each columns run.
-    edge : (n, plane lags, Sr, Li, Lj, Sp) float64
+    edge : (n, Ca, Cb, plane lags, Sr, Li, Lj, Sp) float64
         Edge rows of each rows run × core columns (in every columns run).
-    corners : (n, plane lags, Sr, Li, Sc, Lj, Sp) float64
+    corners : (n, Ca, Cb, plane lags, Sr, Li, Sc, Lj, Sp) float64
         Edge rows × edge columns of each (rows run, columns run).
     """
 
@@ -245,21 +269,23 @@ class _RunSums:
         self.layout = layout
         lags, runs = (4 * rp + 1, 2 * r + 1, 4 * r + 1), (2 * r + 1, 2 * rp + 1)
         new = layout.buffer.new_zeros
-        self.core = new((layout.n, lags[0], lags[1], runs[0], lags[2], runs[1]),
+        pairs = (layout.n, layout.channels, layout.channels)
+        self.core = new(pairs + (lags[0], lags[1], runs[0], lags[2], runs[1]),
                         dtype=torch.float64)
-        self.edge = new((layout.n, lags[0], runs[0], lags[1], lags[2], runs[1]),
+        self.edge = new(pairs + (lags[0], runs[0], lags[1], lags[2], runs[1]),
                         dtype=torch.float64)
-        self.corners = new((layout.n, lags[0], runs[0], lags[1], runs[0], lags[2], runs[1]),
+        self.corners = new(pairs + (lags[0], runs[0], lags[1], runs[0], lags[2], runs[1]),
                            dtype=torch.float64)
-        self._core_rows()
-        self._edge_rows()
-        self._corners()
+        for ca, cb in layout.pairs():
+            self._core_rows(ca, cb)
+            self._edge_rows(ca, cb)
+            self._corners(ca, cb)
 
     def _plane_runs(self, values: torch.Tensor, dim: int, p0: int, p1: int) -> torch.Tensor:
         lay = self.layout
         return _plane_runs(values, dim, lay.plane_axis, lay.planes, p0, p1)
 
-    def _core_rows(self) -> None:
+    def _core_rows(self, ca: int, cb: int) -> None:
         """Core rows × all columns: one batched product per (row block, plane lag, row lag)."""
         lay = self.layout
         if not lay.row_axis.core:
@@ -277,10 +303,11 @@ class _RunSums:
             total = 0
             for b0 in range(c0, c1, step):
                 span = min(c1, b0 + step) - b0
-                left = lay.strided((batch, tile, span), (tile, 1, lay.row_stride), b0, p0, 0)
+                left = lay.strided((batch, tile, span), (tile, 1, lay.row_stride), b0, p0, 0,
+                                   ca)
                 for k in range(2 * r + 1):
                     right = lay.strided((batch, span, halo), (tile, lay.row_stride, 1),
-                                        b0 + k * d, p0 + shift, -2 * r)
+                                        b0 + k * d, p0 + shift, -2 * r, cb)
                     product = torch.bmm(left, right)
                     bands[k].copy_(product.as_strided((batch, tile, 4 * r + 1),
                                                       (tile * halo, halo + 1, 1)))
@@ -288,9 +315,9 @@ class _RunSums:
                 total = total + runs.to(torch.float64)            # (Li·P'·n, Sc, Lj)
             runs = self._plane_runs(total.view(2 * r + 1, planes, lay.n, 2 * r + 1, 4 * r + 1),
                                     1, p0, p1)                       # (Li, Sp, n, Sc, Lj)
-            self.core[:, lag_index] = runs.permute(2, 0, 3, 4, 1)
+            self.core[:, ca, cb, lag_index] = runs.permute(2, 0, 3, 4, 1)
 
-    def _edge_rows(self) -> None:
+    def _edge_rows(self, ca: int, cb: int) -> None:
         """Edge rows × core columns: one batched product per (group, plane lag, column lag)."""
         lay = self.layout
         if not lay.column_axis.core:
@@ -302,18 +329,19 @@ class _RunSums:
         for lag_index, shift, p0, p1 in lay.plane_lags():
             groups = []
             for g0 in (0, lay.height - 2 * R):
-                masked = lay.z[g0:g0 + 2 * R] * mask            # core columns only
-                bands = [self._edge_band(masked, g0, shift, p0, p1, lag)
+                masked = lay.z[ca, g0:g0 + 2 * R] * mask        # core columns only
+                bands = [self._edge_band(masked, cb, g0, shift, p0, p1, lag)
                          for lag in range(-2 * r, 2 * r + 1)]
                 # (Lj, δ, P', n, 2r, Li) → sum the δ rows of each block
                 groups.append(torch.stack(bands).sum(1))
             runs = _runs(groups[0], groups[1], 3)                     # (Lj, P', n, Sr, Li)
             runs = self._plane_runs(runs, 1, p0, p1)                   # (Lj, Sp, n, Sr, Li)
-            self.edge[:, lag_index] = runs.permute(2, 3, 4, 0, 1)
+            self.edge[:, ca, cb, lag_index] = runs.permute(2, 3, 4, 0, 1)
 
-    def _edge_band(self, masked: torch.Tensor, g0: int, shift: int, p0: int, p1: int,
-                   lag: int) -> torch.Tensor:
-        """(δ, P', n, 2r, 2r+1): rows ``g0 + ρ + δm`` against rows ``+ δk``, column lag ``lag``."""
+    def _edge_band(self, masked: torch.Tensor, channel: int, g0: int, shift: int, p0: int,
+                   p1: int, lag: int) -> torch.Tensor:
+        """(δ, P', n, 2r, 2r+1): rows ``g0 + ρ + δm`` against rows ``+ δk`` of ``channel``,
+        column lag ``lag``."""
         lay = self.layout
         r, d, width, stride = lay.radius, lay.dilation, lay.width, lay.row_stride
         count, partners, planes = 2 * r, 4 * r, p1 - p0
@@ -321,7 +349,8 @@ class _RunSums:
             # (residue, plane, image) is one stride of `width`: all residues in one batch
             batch = d * planes * lay.n
             left = masked.as_strided((batch, count, width), (width, d * stride, 1), 0)
-            right = lay.strided((batch, partners, width), (width, d * stride, 1), g0, 0, lag)
+            right = lay.strided((batch, partners, width), (width, d * stride, 1), g0, 0, lag,
+                                channel)
             product = torch.bmm(left, right.transpose(1, 2))
         else:
             parts = []
@@ -329,14 +358,14 @@ class _RunSums:
                 left = masked.as_strided((planes * lay.n, count, width), (width, d * stride, 1),
                                          residue * stride + p0 * lay.n * width)
                 right = lay.strided((planes * lay.n, partners, width), (width, d * stride, 1),
-                                    g0 + residue, p0 + shift, lag)
+                                    g0 + residue, p0 + shift, lag, channel)
                 parts.append(torch.bmm(left, right.transpose(1, 2)))
             product = torch.cat(parts)
         band = product.as_strided((product.shape[0], count, 2 * r + 1),
                                   (count * partners, partners + 1, 1))
         return band.reshape(d, planes, lay.n, count, 2 * r + 1)
 
-    def _corners(self) -> None:
+    def _corners(self, ca: int, cb: int) -> None:
         """Edge rows × edge columns: explicit products, images innermost."""
         lay = self.layout
         r, d, R = lay.radius, lay.dilation, lay.radius * lay.dilation
@@ -348,15 +377,20 @@ class _RunSums:
         starts = np.array([[o - 2 * r for o in lay.offsets],
                            [o + w - 4 * r for o, w in zip(lay.offsets, lay.widths)]])
         columns = starts[:, :, None] + np.arange(6 * r)
-        # (group, residue, side, phase, 4r, 6r, planes·n), images innermost; the views
-        # may reach past a row's end, which only reads finite neighbours
-        region = lay.buffer.new_empty((2, d, 2, d, 4 * r, 6 * r, lay.planes * lay.n))
-        for group, side, phase in np.ndindex(2, 2, d):
-            offset = lay.margin + int(rows[group, 0, 0]) * lay.row_stride \
-                + int(columns[side, phase, 0])
-            region[group, :, side, phase].copy_(lay.buffer.as_strided(
-                (d, 4 * r, 6 * r, lay.planes * lay.n),
-                (lay.row_stride, d * lay.row_stride, 1, lay.width), offset))
+        # (group, residue, side, phase, 4r, 6r, planes·n), images innermost, of the left
+        # and the right channel; the views may reach past a row's end, which only reads
+        # finite neighbours
+        regions = {}
+        for channel in {ca, cb}:
+            region = lay.buffer.new_empty((2, d, 2, d, 4 * r, 6 * r, lay.planes * lay.n))
+            for group, side, phase in np.ndindex(2, 2, d):
+                offset = lay.margin + channel * lay.channel_stride \
+                    + int(rows[group, 0, 0]) * lay.row_stride + int(columns[side, phase, 0])
+                region[group, :, side, phase].copy_(lay.buffer.as_strided(
+                    (d, 4 * r, 6 * r, lay.planes * lay.n),
+                    (lay.row_stride, d * lay.row_stride, 1, lay.width), offset))
+            regions[channel] = region
+        region, partner = regions[ca], regions[cb]
         st = region.stride()
         # run sums of an axis's 2r low blocks (m ≥ u) and 2r high blocks (m < u)
         u = np.arange(2 * r + 1)[:, None]
@@ -377,8 +411,8 @@ class _RunSums:
                     a = region.as_strided((2 * r, 1, 2 * r, 4 * r + 1, inner),
                                           (st[4], 0, st[5], 0, 1),
                                           base + 2 * r * st[5] + p0 * lay.n)
-                    b = region.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
-                                          base + (p0 + shift) * lay.n)
+                    b = partner.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
+                                           base + (p0 + shift) * lay.n)
                     # expanded once along the column lags, so that every operand runs
                     # contiguously over (column lag, image) and the product vectorises
                     if residue == phase == 0:
@@ -394,22 +428,25 @@ class _RunSums:
             if lay.plane_axis is not None:
                 both = self._plane_runs(both, 4, p0, p1)
             # (Sc, Sr, Li, Lj, Sp, n) → (n, Sr, Li, Sc, Lj, Sp)
-            self.corners[:, lag_index] = both.permute(5, 1, 2, 0, 3, 4)
+            self.corners[:, ca, cb, lag_index] = both.permute(5, 1, 2, 0, 3, 4)
 
     def image_runs(self) -> torch.Tensor:
-        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (n, Sr, Sc, Sp), float64."""
+        """Sums of the shifted images per (Sr, Sc, Sp) box, (n, channels, Sr, Sc, Sp), float64."""
         lay = self.layout
         rows = torch.from_numpy(lay.row_axis.membership(lay.height).T).to(lay.buffer)
-        z = lay.z[:lay.height].reshape(lay.height, -1)
         step = max(1, _SPAN // lay.width)
-        boxes = 0
-        for b0 in range(0, lay.height, step):
-            part = rows[:, b0:b0 + step] @ z[b0:b0 + step]           # (Sr, P·n·width)
-            part = part.view(-1, lay.width) @ lay.column_membership()
-            boxes = boxes + part.to(torch.float64)
-        boxes = boxes.view(2 * lay.radius + 1, lay.planes, lay.n, 2 * lay.radius + 1)
-        boxes = _plane_runs(boxes, 1, lay.plane_axis, lay.planes, 0, lay.planes)
-        return boxes.permute(2, 0, 3, 1)
+        out = []
+        for c in range(lay.channels):
+            z = lay.z[c, :lay.height].reshape(lay.height, -1)
+            boxes = 0
+            for b0 in range(0, lay.height, step):
+                part = rows[:, b0:b0 + step] @ z[b0:b0 + step]           # (Sr, P·n·width)
+                part = part.view(-1, lay.width) @ lay.column_membership()
+                boxes = boxes + part.to(torch.float64)
+            boxes = boxes.view(2 * lay.radius + 1, lay.planes, lay.n, 2 * lay.radius + 1)
+            boxes = _plane_runs(boxes, 1, lay.plane_axis, lay.planes, 0, lay.planes)
+            out.append(boxes.permute(2, 0, 3, 1))
+        return torch.stack(out, 1)
 
 
 # ---------------------------------------------------------------------------- assembly
@@ -430,67 +467,84 @@ def _gather(table: torch.Tensor, index: tuple[np.ndarray, ...]) -> torch.Tensor:
 
 
 def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross products and first sums of the shifted images."""
+    """Cross products and first sums of the shifted images (channel-major taps)."""
     lay = sums.layout
-    r, rp, n = lay.radius, lay.plane_radius, lay.n
-    taps = _taps(r, lay.ndim)
-    t = len(taps)
-    a, b = np.repeat(taps, t, 0), np.tile(taps, (t, 1))
+    r, rp, n, channels = lay.radius, lay.plane_radius, lay.n, lay.channels
+    spatial = _taps(r, lay.ndim)
+    t = channels * len(spatial)
+    taps = np.tile(spatial, (channels, 1))
+    channel = np.repeat(np.arange(channels), len(spatial))
+    first_tap, second_tap = np.repeat(np.arange(t), t), np.tile(np.arange(t), t)
+    a, b = taps[first_tap], taps[second_tap]
+    ca, cb = channel[first_tap], channel[second_tap]
     # one canonical direction per unordered pair, so (a, b) and (b, a) read the same
-    # sum: row lag > 0, or row lag 0 and column lag > 0, or both 0 and plane lag >= 0
+    # sum: row lag > 0, or row lag 0 and column lag > 0, or both 0 and plane lag > 0, or
+    # no lag at all and the channels in order; swapping the taps swaps the channels
     step = b - a
     forward = ((step[:, 1] > 0) | ((step[:, 1] == 0) & (
-        (step[:, 2] > 0) | ((step[:, 2] == 0) & (step[:, 0] >= 0)))))[:, None]
+        (step[:, 2] > 0) | ((step[:, 2] == 0) & (
+            (step[:, 0] > 0) | ((step[:, 0] == 0) & (ca <= cb)))))))
+    left, right = np.where(forward, ca, cb), np.where(forward, cb, ca)
+    forward = forward[:, None]
     sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run of each axis
     ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
-    cross = _gather(sums.corners, (ld, sr, li, sc, lj, sp))
-    cross += _gather(sums.core, (ld, li, sc, lj, sp))
-    cross += _gather(sums.edge, (ld, sr, li, lj, sp))
-    first = _gather(sums.image_runs(), (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))
+    cross = _gather(sums.corners, (left, right, ld, sr, li, sc, lj, sp))
+    cross += _gather(sums.core, (left, right, ld, li, sc, lj, sp))
+    cross += _gather(sums.edge, (left, right, ld, sr, li, lj, sp))
+    first = _gather(sums.image_runs(), (channel, taps[:, 1] + r, taps[:, 2] + r,
+                                        taps[:, 0] + rp))
     return cross.view(n, t, t), first
 
 
 def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window sums from the explicit stack of shifted windows (images too small for runs)."""
-    ndim = images.ndim - 1
+    """Window sums from the explicit stack of shifted windows (images too small for runs),
+    of ``images`` (n, channels, *spatial) less ``shift`` (n, channels)."""
+    ndim = images.ndim - 2
     reach = radius * dilation
-    valid = [s - 2 * reach for s in images.shape[1:]]
-    shifted = images.to(torch.float64) - shift.to(torch.float64).reshape((-1,) + (1,) * ndim)
+    valid = [s - 2 * reach for s in images.shape[2:]]
+    shifted = images.to(torch.float64) - shift.to(torch.float64).reshape(
+        shift.shape + (1,) * ndim)
     taps = _taps(radius, ndim)[:, 3 - ndim:] * dilation
-    views = torch.stack([shifted[(slice(None),) + tuple(
+    views = torch.stack([shifted[(slice(None), c) + tuple(
         slice(reach + o, reach + o + v) for o, v in zip(offset, valid))].reshape(len(images), -1)
-        for offset in taps.tolist()], 1)
+        for c in range(images.shape[1]) for offset in taps.tolist()], 1)
     return views @ views.transpose(1, 2), views.sum(-1)
 
 
-def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor,
+                    channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Window sums of ``images - shift`` over the valid pixels of one dilation.
 
     Parameters
     ----------
-    images : torch.Tensor of shape (n, H, W) or (n, D, H, W), float32 or float64
-        Same-sized images, each side at least ``2 radius dilation + 1``.
+    images : torch.Tensor of shape (n, [channels,] H, W) or (n, [channels,] D, H, W)
+        Same-sized images, float32 or float64, each side at least ``2 radius dilation
+        + 1``; the channel axis is there only when ``channels > 1``.
     radius, dilation : int
-    shift : torch.Tensor of shape (n,), dtype of ``images``
-        Subtracted from each image before any product (its mean, say).
+    shift : torch.Tensor of shape (n,) or (n, channels), dtype of ``images``
+        Subtracted from each image (channel) before any product (its mean, say).
+    channels : int, default=1
 
     Returns
     -------
-    cross : torch.Tensor of shape (n, t, t), float64
-    first : torch.Tensor of shape (n, t), float64
-        With ``t = (2 radius + 1)^ndim`` taps in C order, centre included; the sums of
-        the shifted images (see :mod:`kernelbank.core.sums` for the unshifted ones).
+    cross : torch.Tensor of shape (n, T, T), float64
+    first : torch.Tensor of shape (n, T), float64
+        With ``T = channels · t`` taps, channel-major, each channel's ``t = (2 radius +
+        1)^ndim`` in C order, centre included; the sums of the shifted images (see
+        :mod:`kernelbank.core.sums` for the unshifted ones).
     """
-    r, d, ndim = radius, dilation, images.ndim - 1
+    if channels == 1:
+        images, shift = images[:, None], shift.reshape(-1, 1)
+    r, d, ndim = radius, dilation, images.ndim - 2
     reach = r * d
-    *lead, height, width = images.shape[1:]
+    *lead, height, width = images.shape[2:]
     if min(lead + [height]) < 4 * reach or width // d < 4 * r:
         return _direct_sums(images, r, d, shift)
     rp = r if ndim == 3 else 0
-    table = (4 * rp + 1) * (2 * rp + 1) * (2 * r + 1) ** 3 * (4 * r + 1)
-    chunk = max(1, min(_LAYOUT_ELEMENTS // images[0].numel(), _TABLE_ELEMENTS // table))
+    table = channels ** 2 * (4 * rp + 1) * (2 * rp + 1) * (2 * r + 1) ** 3 * (4 * r + 1)
+    # the layout budget is per channel: a pair of channels is what one product reads
+    chunk = max(1, min(_LAYOUT_ELEMENTS // images[0, 0].numel(), _TABLE_ELEMENTS // table))
     crosses, firsts = [], []
     for i0 in range(0, images.shape[0], chunk):
         sums = _RunSums(_Layout(images[i0:i0 + chunk], shift[i0:i0 + chunk], r, d))

@@ -49,7 +49,6 @@ import torch
 
 from .basis import Basis
 from .channel_basis import ChannelBasis
-from .channel_responses import channel_window_sums
 from .lags import lag_window_sums
 
 __all__ = ["WindowSums", "window_sums", "window_taps", "cell_bounds"]
@@ -267,14 +266,6 @@ def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int
                              f"use a smaller grid")
 
 
-def _shifted_sums(batch: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor,
-                  channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross and first sums of ``batch − shift``: the lag engine, or the channel engine."""
-    if channels == 1:
-        return lag_window_sums(batch, radius, dilation, shift)
-    return channel_window_sums(batch, radius, dilation, shift)
-
-
 def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
                shift: torch.Tensor, channels: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -300,8 +291,8 @@ def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
             slice(bounds[axis][i][0], bounds[axis][i][1] + 2 * reach)
             for axis, i in enumerate(cells[index]))] for index in members]
         repeat = (len(members),) + (1,) * (shift.ndim - 1)
-        part_cross, part_first = _shifted_sums(torch.cat(crops), radius, dilation,
-                                               shift.repeat(repeat), channels)
+        part_cross, part_first = lag_window_sums(torch.cat(crops), radius, dilation,
+                                                 shift.repeat(repeat), channels)
         where = torch.tensor(members, device=batch.device)
         cross[:, where] = part_cross.reshape(len(members), n, t, t).transpose(0, 1)
         first[:, where] = part_first.reshape(len(members), n, t).transpose(0, 1)
@@ -336,9 +327,9 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
     the explicit stack of shifted windows, in float64, at the cost of about one product
     per pixel and distinct lag. Each image's mean is subtracted (in the image's dtype)
     before any product and its contribution added back in float64, so float32 images
-    with a large offset lose no digits to cancellation. Several channels are computed
-    by the channel engine (:func:`kernelbank.core.channel_responses.channel_window_sums`,
-    a Gram of every tap of every channel), each channel's mean subtracted the same way.
+    with a large offset lose no digits to cancellation. With several channels every
+    channel pair's lag products are taken (``C²`` times the one-channel work), each
+    channel's mean subtracted the same way.
     """
     dilations = list(dilations)
     _check(batch, radius, dilations, grid, channels)
@@ -379,7 +370,7 @@ def _channel_window_sums(batch: torch.Tensor, radius: int, dilations: list[int],
     for dilation in dilations:
         reach = radius * dilation
         if grid is None:
-            cross, first = channel_window_sums(batch, radius, dilation, shift)
+            cross, first = lag_window_sums(batch, radius, dilation, shift, channels)
             valid = int(np.prod([s - 2 * reach for s in batch.shape[2:]]))
             count = torch.full((n,), valid, dtype=torch.int64, device=batch.device)
             c = offset
@@ -387,9 +378,10 @@ def _channel_window_sums(batch: torch.Tensor, radius: int, dilations: list[int],
             cross, first, count = _cell_sums(batch, radius, dilation, grid, shift, channels)
             c = offset[:, None]
         pixels = count.to(torch.float64)[..., None]
-        # Σ(y_a+c_a)(y_b+c_b) = Σy_a y_b + c_a Σy_b + c_b Σy_a + c_a c_b n
-        cross = cross + c[..., :, None] * first[..., None, :] + first[..., :, None] * \
-            c[..., None, :] + (c[..., :, None] * c[..., None, :]) * pixels[..., None]
+        # Σ(y_a+c_a)(y_b+c_b) = Σy_a y_b + c_a h_b + h_a c_b with h = Σy + cn/2: one
+        # product and its transpose, added as one symmetric term
+        outer = c[..., :, None] * (first + c * pixels / 2)[..., None, :]
+        cross += outer.add_(outer.transpose(-1, -2).clone())
         first = first + c * pixels
         out.append(WindowSums(cross, first, count, radius, int(dilation), ndim, grid=grid,
                               channels=channels))
