@@ -3,7 +3,10 @@
 For colour texture images (the two colour photographs scikit-image ships, cut into
 size × size tiles), prints the images/s of ``kb.fit`` on the RGB images with a
 ``channels=3`` basis and on their luminance with the one-channel basis of the same kind
-and radius, one thread, in the same run, and the cost ratio ``rate(C=1) / rate(C=3)``.
+and radius (one thread, CPU time, best of interleaved rounds, as ``bench/fit.py``), and
+the cost ratio ``rate(C=1) / rate(C=3)``. Full bases go through the lag engine's window
+sums (every channel pair's lags), isotropic ones through each channel's ring planes and
+one Gram of all of them.
 
 Target: ≤ 9, the ratio of the Gram sizes (a vector model of 3 channels has 3× the
 regressors of one channel; its Gram holds 9× the products).
@@ -15,12 +18,12 @@ Usage: ``python bench/fit_channels.py [--quick]`` (also ``python bench/fit.py
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 
 import kernelbank as kb
+from fit import interleaved_rates
 
 TARGET = 9.0
 CASES = (("isotropic", 4), ("full", 2), ("full", 4))
@@ -51,23 +54,7 @@ def luminance(images: np.ndarray) -> np.ndarray:
     return np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), images, axes=([0], [1]))
 
 
-def best_rate(fn, work: float, repeats: int = 3, min_seconds: float = 0.5) -> float:
-    """Best observed rate (work units per second) over several timed calls."""
-    fn()
-    best = 0.0
-    for _ in range(repeats):
-        start, calls = time.perf_counter(), 0
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        best = max(best, calls * work / elapsed)
-    return best
-
-
-def channel_rates(sizes_counts, cases=CASES) -> list[tuple]:
+def channel_rates(sizes_counts, cases=CASES, rounds: int = 5) -> list[tuple]:
     """(size, basis kind, radius, rate C=1, rate C=3, cost ratio) rows, one thread."""
     torch.set_num_threads(1)
     rows = []
@@ -77,13 +64,15 @@ def channel_rates(sizes_counts, cases=CASES) -> list[tuple]:
         for kind, radius in cases:
             one = getattr(kb.Basis, kind)(radius)
             three = getattr(kb.Basis, kind)(radius, channels=3)
-            rate_one = best_rate(lambda: kb.fit(grey, one), count)
-            rate_three = best_rate(lambda: kb.fit(colour, three), count)
-            rows.append((size, kind, radius, rate_one, rate_three, rate_one / rate_three))
+            rate = interleaved_rates({"one": lambda: kb.fit(grey, one),
+                                      "three": lambda: kb.fit(colour, three)}, count, rounds)
+            rows.append((size, kind, radius, rate["one"], rate["three"],
+                         rate["one"] / rate["three"]))
     return rows
 
 
 def print_rates(rows) -> None:
+    print("\n3 channels vs 1, 1 thread (images/s of CPU time; best of interleaved rounds)")
     print(f"{'size':>5}  {'basis':<10}{'r':>2}{'C=1 images/s':>14}{'C=3 images/s':>14}"
           f"{'cost C=3 / C=1':>16}")
     for size, kind, radius, one, three, ratio in rows:
@@ -96,8 +85,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer images, for a smoke run")
     args = parser.parse_args(argv)
-    sizes = ((128, 16),) if args.quick else ((128, 64), (576, 8))
-    print_rates(channel_rates(sizes))
+    channel_section(args.quick)
+
+
+def channel_section(quick: bool) -> None:
+    """The table, at smoke-test sizes when ``quick``."""
+    sizes = ((128, 16),) if quick else ((128, 64), (576, 4))
+    print_rates(channel_rates(sizes, rounds=2 if quick else 5))
 
 
 if __name__ == "__main__":
