@@ -219,14 +219,15 @@ def test_colour_kernels_keep_their_masked_centres_and_predict_by_convolution(bas
         assert torch.all(kernels[..., 1, 1] == 0)
     else:
         assert kernels[..., 1, 1].abs().sum() > 0              # other channels' centres learn
-    # residual of kernel 1, channel 2 at dilation 2 by explicit shifted sums
-    residual = model.bank(images)[1][:, 1 * 3 + 2].detach()
+    # residual of every kernel and channel at dilation 2 by explicit shifted sums
+    residuals = model.bank(images)[1].detach().double()
     x = images.double()
-    expected = x[:, 2, 2:-2, 2:-2].clone()
-    for source, a, b in itertools.product(range(3), range(3), range(3)):
-        expected -= kernels[1, 1, 2, source, a, b].double() * x[:, source, 2 * a:2 * a + 16,
-                                                                2 * b:2 * b + 16]
-    assert torch.allclose(residual.double(), expected, atol=1e-5)
+    for k, c in itertools.product(range(2), range(3)):
+        expected = x[:, c, 2:-2, 2:-2].clone()
+        for source, a, b in itertools.product(range(3), range(3), range(3)):
+            expected -= kernels[1, k, c, source, a, b].double() * x[:, source, 2 * a:2 * a + 16,
+                                                                    2 * b:2 * b + 16]
+        assert torch.allclose(residuals[:, k * 3 + c], expected, atol=1e-5)
     assert model.features(images).shape == (6, config.n_features) == (6, 2 * 2 * 3 * 7)
     assert len(config.feature_names()) == config.n_features
 

@@ -29,7 +29,10 @@ def explicit_covariance(kernel: np.ndarray, shape: tuple[int, ...], sigma: np.nd
 
 
 def test_spectral_density_is_the_explicit_covariance():
-    kernel = random_stable_vector_kernel(1, channels=2, random_state=1, max_response=0.9)
+    # a full-basis kernel: k_cc'(o) != k_cc'(-o), so the direction of every lag matters
+    kernel = random_stable_vector_kernel(kb.Basis.full(1), channels=2, random_state=1,
+                                         max_response=0.9)
+    assert np.abs(kernel[0, 1] - kernel[0, 1, ::-1, ::-1]).max() > 0.01
     # unequal conditional deviations: rescale the kernel so the precision stays symmetric,
     # k_cc'(o) σ_c'² = k_c'c(−o) σ_c²  ⇐  k_cc' scaled by σ_c / σ_c'
     sigma = np.array([1.0, 1.7])
@@ -52,7 +55,8 @@ def test_spectral_density_is_the_explicit_covariance():
 
 
 def test_least_squares_recovers_the_vector_kernel_and_residual_covariance():
-    kernel = random_stable_vector_kernel(1, channels=3, random_state=2, max_response=0.8)
+    kernel = random_stable_vector_kernel(kb.Basis.full(1), channels=3, random_state=2,
+                                         max_response=0.8)
     images = simulate_vector_gmrf(kernel, (96, 96), n=12, random_state=0)
     result = kb.fit(images, kb.Basis.full(1, channels=3), normalize=False, ridge=0)
     # ~1e5 pixels: the standard error of each coefficient is ~1/sqrt(1e5) ≈ 0.003
