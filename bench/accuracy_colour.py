@@ -20,7 +20,8 @@ Rows (every one trained on ``train``, scored once on ``test``; the recipe varian
 the SVC parameters chosen by 5-fold CV on ``train`` exactly as in ``bench/accuracy.py``,
 whose protocol and helpers this module reuses):
 
-kernelbank, colour (vector AR kernels, ``channels=3``)
+kernelbank, colour (vector AR kernels, ``channels=3``; each recipe with the own centre
+masked or every centre masked, CV choosing)
     ``likelihood_rgb``   per-class pooled vector kernels, Gaussian likelihood of the
                          residual vector with the class's residual covariance.
     ``bank_rgb_svm``     residual features of per-class pooled full vector kernels.
@@ -158,19 +159,24 @@ def colour_methods(min_side: int) -> dict:
     def kernelbank_rows(channels: int, suffix: str, data: str) -> dict:
         c = {"channels": channels}
         family = f"kernelbank {'colour' if channels > 1 else 'luminance'}"
+        # colour: both centre masks (the own centre only, or every channel's)
+        masks = {"": {}} if channels == 1 else {f" {m}": {"centre_mask": m}
+                                                for m in ("own", "all")}
         return {
             f"likelihood{suffix}": (family, data, False, lambda **p: Likelihood(**c, **p), {
-                f"full r{r} d{'-'.join(map(str, fits(r, d)))}":
-                    {"radius": r, "basis": "full", "dilations": fits(r, d)}
-                for r, d in ((1, (1, 2, 3)), (2, (1, 2)))}),
+                f"full r{r} d{'-'.join(map(str, fits(r, d)))}{name}":
+                    {"radius": r, "basis": "full", "dilations": fits(r, d), **mask}
+                for r, d in ((1, (1, 2, 3)), (2, (1, 2))) for name, mask in masks.items()}),
             f"bank{suffix}_svm": (family, data, True,
                                   lambda **p: BankFeatures(basis="full", **c, **p), {
-                f"full r2 d{'-'.join(map(str, fits(2, (1, 2))))} grid{g}":
-                    {"radius": 2, "dilations": fits(2, (1, 2)), "grid": g} for g in (1, 2)}),
+                f"full r2 d{'-'.join(map(str, fits(2, (1, 2))))} grid{g}{name}":
+                    {"radius": 2, "dilations": fits(2, (1, 2)), "grid": g, **mask}
+                for g in (1, 2) for name, mask in masks.items()}),
             f"ar{suffix}_svm": (family, data, True,
                                 lambda **p: ARFeatures(basis="isotropic", **c, **p), {
-                f"isotropic r{r} d1-3": {"radius": r, "dilations": fits(r, (1, 2, 3))}
-                for r in (2, 3)}),
+                f"isotropic r{r} d1-3{name}": {"radius": r, "dilations": fits(r, (1, 2, 3)),
+                                               **mask}
+                for r in (2, 3) for name, mask in masks.items()}),
         }
 
     lbp = {f"r{'-'.join(map(str, r))} uniform grid{g}": {"radii": r, "grid": g}

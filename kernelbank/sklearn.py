@@ -88,7 +88,8 @@ class _ImageInput:
             raise ValueError(f"basis must be one of {_BASES}, got {self.basis!r}")
         if not isinstance(self.radius, (int, np.integer)) or self.radius < 1:
             raise ValueError(f"radius must be an integer >= 1, got {self.radius!r}")
-        return getattr(Basis, self.basis)(int(self.radius), channels=self._channels())
+        return getattr(Basis, self.basis)(int(self.radius), channels=self._channels(),
+                                          centre_mask=self.centre_mask)
 
     def _dilations(self) -> tuple[int, ...]:
         values = (self.dilations,) if isinstance(self.dilations, (int, np.integer)) \
@@ -146,6 +147,8 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
         Shape of the images when ``X`` is 2-D (flattened rows); default square.
     channels : int, default=1
         Channels of the images; above 1, vector AR coefficients (``C·m`` per dilation).
+    centre_mask : {"own", "all"}, default="own"
+        With channels: mask only the predicted channel's centre tap, or every channel's.
 
     Attributes
     ----------
@@ -164,7 +167,8 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, radius=4, basis="isotropic", dilations=(1, 2, 3, 4, 5), ridge=1e-6,
-                 normalize=True, image_shape=None, channels=1):
+                 normalize=True, image_shape=None, channels=1,
+                 centre_mask="own"):
         self.radius = radius
         self.basis = basis
         self.dilations = dilations
@@ -172,6 +176,7 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
         self.normalize = normalize
         self.image_shape = image_shape
         self.channels = channels
+        self.centre_mask = centre_mask
 
     def fit(self, X, y=None):
         """Check the parameters and ``X``; nothing is learned."""
@@ -220,6 +225,8 @@ class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
     image_shape : tuple of int, optional
     channels : int, default=1
         Channels of the images; above 1, banks of vector kernels.
+    centre_mask : {"own", "all"}, default="own"
+        With channels: mask only the predicted channel's centre tap, or every channel's.
 
     Attributes
     ----------
@@ -231,7 +238,8 @@ class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
 
     def __init__(self, radius=4, basis="full", method="pooled", dilations=(1, 2, 3),
                  n_components=None, grid=2, joint=False, log=True, ridge=1e-6, normalize=True,
-                 random_state=0, image_shape=None, channels=1):
+                 random_state=0, image_shape=None, channels=1,
+                 centre_mask="own"):
         self.radius = radius
         self.basis = basis
         self.method = method
@@ -245,6 +253,7 @@ class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.image_shape = image_shape
         self.channels = channels
+        self.centre_mask = centre_mask
 
     def fit(self, X, y):
         """Learn the bank from images ``X`` with class labels ``y``."""
@@ -313,6 +322,10 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
     image_shape : tuple of int, optional
     channels : int, default=1
         Channels of the images; above 1, vector kernels and their residual covariance.
+    centre_mask : {"own", "all"}, default="own"
+        With channels: mask only the predicted channel's centre tap, or every channel's
+        (a greyscale image in equal channels is then modelled by its spatial texture
+        instead of being predicted exactly from another channel's centre).
 
     Attributes
     ----------
@@ -322,7 +335,8 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, radius=4, basis="full", dilations=(1, 2, 3), ridge=1e-6, normalize=True,
-                 unknown_z=None, temperature=None, image_shape=None, channels=1):
+                 unknown_z=None, temperature=None, image_shape=None, channels=1,
+                 centre_mask="own"):
         self.radius = radius
         self.basis = basis
         self.dilations = dilations
@@ -332,6 +346,7 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
         self.temperature = temperature
         self.image_shape = image_shape
         self.channels = channels
+        self.centre_mask = centre_mask
 
     def fit(self, X, y):
         """Per-class statistics at each dilation → pooled kernels and variances."""
