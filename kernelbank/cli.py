@@ -14,8 +14,9 @@ from .commands import datasets_cmd  # noqa: F401  (one import line per subcomman
 from .commands import train_cmd  # noqa: F401
 from .commands import run_cmd, stage_cmds  # noqa: F401
 from .commands import report_cmd  # noqa: F401
+from .commands import pack_cmd  # noqa: F401
 
-COMMANDS = (datasets_cmd, train_cmd, run_cmd, stage_cmds, report_cmd,)
+COMMANDS = (datasets_cmd, train_cmd, run_cmd, stage_cmds, report_cmd, pack_cmd,)
 
 
 def build_parser() -> argparse.ArgumentParser:

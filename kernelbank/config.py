@@ -37,11 +37,16 @@ class BankMethod(str, enum.Enum):
 
 
 class InputFormat(str, enum.Enum):
-    """Layout of the input URL; ``AUTO`` picks Parquet for ``*.parquet`` files/folders."""
+    """Layout of the input URL (see :mod:`kernelbank.io.manifest`).
+
+    ``AUTO`` picks packed shards (a ``_manifest.json``), then image files, then Parquet,
+    then ``.tar`` shards.
+    """
 
     AUTO = "auto"
     FOLDER = "folder"
     PARQUET = "parquet"
+    TAR = "tar"
 
 
 def _check_positive(name: str, value: int | None, allow_none: bool = False) -> None:
@@ -71,7 +76,21 @@ class ReadConfig:
         Images with a side shorter than this become error rows (the fit stage sets it
         to the window size at the largest dilation).
     override_num_blocks : int, optional
-        Read parallelism passed to Ray.
+        Least number of read blocks (read parallelism); default: as many as the block
+        size limits give.
+    max_pixels : int, default=64_000_000
+        Records with more pixels (width x height, or voxels) are error rows; checked
+        from the header, before decoding.
+    max_bytes : int, default=1 GiB
+        Largest decoded ``.npy``/TIFF and largest object fetched at all.
+    fetch_concurrency : int, default=32
+        GETs in flight inside each read task.
+    read_attempts : int, default=8
+        Attempts per request when the store throttles or times out (backoff between).
+    block_bytes : int, default=64 MiB
+        Encoded bytes per read block (one Ray task); blocks also stop at ``block_rows``.
+    block_rows : int, default=4096
+        Most records per read block.
     """
 
     url: str
@@ -84,6 +103,12 @@ class ReadConfig:
     ndim: int = 2
     min_side: int = 1
     override_num_blocks: int | None = None
+    max_pixels: int = 64_000_000
+    max_bytes: int = 1 << 30
+    fetch_concurrency: int = 32
+    read_attempts: int = 8
+    block_bytes: int = 64 << 20
+    block_rows: int = 4096
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:
@@ -93,6 +118,9 @@ class ReadConfig:
             raise ValueError(f"ndim must be 2 (images) or 3 (volumes), got {self.ndim!r}")
         _check_positive("min_side", self.min_side)
         _check_positive("override_num_blocks", self.override_num_blocks, allow_none=True)
+        for name in ("max_pixels", "max_bytes", "fetch_concurrency", "read_attempts",
+                     "block_bytes", "block_rows"):
+            _check_positive(name, getattr(self, name))
         if self.s3_endpoint is None and os.environ.get("AWS_ENDPOINT_URL"):
             object.__setattr__(self, "s3_endpoint", os.environ["AWS_ENDPOINT_URL"])
 

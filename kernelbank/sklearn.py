@@ -7,6 +7,12 @@
   features of every bank kernel (:func:`kernelbank.bank_features`).
 * :class:`ARLikelihoodClassifier` — classifier with no training beyond the per-class
   pooled kernels (:class:`kernelbank.LikelihoodClassifier`).
+* :class:`ResidualFeatures` — transformer: descriptors of each image's residual under its
+  own kernel (:func:`kernelbank.residual_features`): distribution shape, local sign
+  patterns, quantised co-occurrences.
+* :class:`TextureFeatures` — the recommended recipe as one transformer: own full-basis
+  coefficients and residual descriptors at several dilations (and scales), optionally
+  with the features of per-class pooled kernels.
 
 Images as ``X``: a 3-D array ``(n_samples, H, W)``; a list (or object array) of 2-D
 arrays of any sizes; or a 2-D array ``(n_samples, H * W)`` of flattened images whose
@@ -35,9 +41,11 @@ from .core.channel_basis import ChannelBasis
 from .core.features import ar_feature_names, ar_features, bank_feature_names, bank_features
 from .core.fit import fit as fit_images
 from .core.likelihood import UNKNOWN, LikelihoodClassifier
+from .core.residual import ResidualDescriptors, residual_features
 from .core.stats import ClassStats
 
-__all__ = ["ARFeatures", "BankFeatures", "ARLikelihoodClassifier"]
+__all__ = ["ARFeatures", "BankFeatures", "ARLikelihoodClassifier", "ResidualFeatures",
+           "TextureFeatures"]
 
 _BASES = ("isotropic", "full")
 _LOGGED = ("mae", "mse", "var")
@@ -97,6 +105,13 @@ class _ImageInput:
         if not values or any(not isinstance(d, (int, np.integer)) or d < 1 for d in values):
             raise ValueError(f"dilations must be positive integers, got {self.dilations!r}")
         return tuple(int(d) for d in values)
+
+    def _scales(self) -> tuple[int, ...]:
+        values = (self.scales,) if isinstance(self.scales, (int, np.integer)) \
+            else tuple(self.scales)
+        if not values or any(not isinstance(v, (int, np.integer)) or v < 1 for v in values):
+            raise ValueError(f"scales must be positive integers, got {self.scales!r}")
+        return tuple(int(v) for v in values)
 
     def _check_y(self, y) -> np.ndarray:
         if y is None:
@@ -382,3 +397,205 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
         labels = labels.astype(object)
         labels[rejected] = UNKNOWN
         return labels
+
+
+class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
+    """Descriptors of each image's residual under its own least-squares AR kernel.
+
+    Per image, scale and dilation: the own kernel (:func:`kernelbank.fit`), the residual
+    ``e = x - k ⋆ x`` and its descriptors (:func:`kernelbank.residual_features`; the
+    descriptor parameters are those of :class:`kernelbank.core.residual.ResidualDescriptors`).
+    Nothing is learned from the training images.
+
+    Parameters
+    ----------
+    radius : int, default=2
+    basis : {"full", "isotropic"}, default="full"
+    dilations : sequence of int, default=(1, 2, 3)
+    scales : sequence of int, default=(1,)
+        Anti-aliased pyramid factors.
+    coefficients : bool, default=False
+        Prepend the own kernel's coefficients of each scale and dilation.
+    moments : bool, default=True
+        Log MSE, log MAE, skewness, kurtosis.
+    quantiles : tuple of float, default=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+        Quantile levels of ``|e| / σ``.
+    patterns : tuple of {"ri", "nri"}, default=("ri", "nri")
+        Histograms of the residual's local binary patterns.
+    ternary : float or None, default=None
+        Threshold (in σ) of local ternary patterns; None for none.
+    cooccurrence : int, default=2
+        Tuple length of the quantised co-occurrences along each axis; 0 for none.
+    levels : int, default=2
+        Quantised values are clipped to ``-levels … levels``.
+    lags : tuple of int, default=(1,)
+        Neighbour distances (residual pixels) of patterns and co-occurrences.
+    ridge : float, default=1e-6
+    normalize : bool, default=True
+    image_shape : tuple of int, optional
+        Shape of the images when ``X`` is 2-D (flattened rows); default square.
+
+    Attributes
+    ----------
+    basis_ : Basis
+    descriptors_ : ResidualDescriptors
+    feature_names_out_ : list of str
+    n_features_in_ : int
+        Only when fitted on 2-D ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kernelbank.sklearn import ResidualFeatures
+    >>> X = np.random.default_rng(0).normal(size=(4, 32, 32))
+    >>> est = ResidualFeatures(radius=1, dilations=(1,), patterns=("ri",), cooccurrence=0)
+    >>> est.fit_transform(X).shape, est.get_feature_names_out()[3]
+    ((4, 20), 'res_s1_d1_kurt')
+    """
+
+    def __init__(self, radius=2, basis="full", dilations=(1, 2, 3), scales=(1,),
+                 coefficients=False, moments=True, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99),
+                 patterns=("ri", "nri"), ternary=None, cooccurrence=2, levels=2, lags=(1,),
+                 ridge=1e-6, normalize=True, image_shape=None):
+        self.radius = radius
+        self.basis = basis
+        self.dilations = dilations
+        self.scales = scales
+        self.coefficients = coefficients
+        self.moments = moments
+        self.quantiles = quantiles
+        self.patterns = patterns
+        self.ternary = ternary
+        self.cooccurrence = cooccurrence
+        self.levels = levels
+        self.lags = lags
+        self.ridge = ridge
+        self.normalize = normalize
+        self.image_shape = image_shape
+
+    def _descriptors(self) -> ResidualDescriptors:
+        return ResidualDescriptors(
+            moments=bool(self.moments), quantiles=tuple(self.quantiles),
+            patterns=tuple(self.patterns), ternary=self.ternary, cooccurrence=self.cooccurrence,
+            levels=self.levels, lags=tuple(self.lags))
+
+    def _own_names(self) -> list[str]:
+        names = []
+        per_entry = self.descriptors_.names(self.basis_.ndim)
+        for s in self._scales():
+            for d in self._dilations():
+                if self.coefficients:
+                    names += [f"ar_s{s}_d{d}_c{j:02d}" for j in range(self.basis_.n_components)]
+                names += [f"res_s{s}_d{d}_{n}" for n in per_entry]
+        return names
+
+    def fit(self, X, y=None):
+        """Check the parameters and ``X``; nothing is learned."""
+        self._images(X, reset=True)
+        self.basis_ = self._basis()
+        self.descriptors_ = self._descriptors()
+        self._scales()
+        self._dilations()
+        self.feature_names_out_ = self._own_names()
+        return self
+
+    def _own_features(self, images) -> np.ndarray:
+        feats, _ = residual_features(images, self.basis_, dilations=list(self._dilations()),
+                                     scales=list(self._scales()), ridge=self.ridge,
+                                     normalize=self.normalize, coefficients=self.coefficients,
+                                     descriptors=self.descriptors_)
+        return feats.cpu().numpy()
+
+    def transform(self, X) -> np.ndarray:
+        """Residual descriptors, shape (n_samples, n_features_out), float64."""
+        check_is_fitted(self, "basis_")
+        return self._own_features(self._images(X, reset=False))
+
+
+_BANK_MODES = (None, "stats", "pixels")
+
+
+class TextureFeatures(ResidualFeatures):
+    """The recommended texture descriptor as one transformer.
+
+    Each image's own full-basis coefficients and residual descriptors at every dilation
+    (and pyramid scale) — :class:`ResidualFeatures` with ``coefficients=True`` — and,
+    with ``bank``, the features of one pooled kernel per class learned in ``fit``
+    (:class:`BankFeatures`, same radius and dilations).
+
+    Parameters
+    ----------
+    radius, basis, dilations, scales, moments, quantiles, patterns, ternary, cooccurrence, \
+levels, lags, ridge, normalize, image_shape
+        As :class:`ResidualFeatures`.
+    coefficients : bool, default=True
+    bank : {None, "stats", "pixels"}, default=None
+        None: no bank features (nothing learned, ``y`` ignored). ``"stats"``: per class
+        kernel the log MSE, log variance and gain of the residual — what a statistics
+        table gives without pixels. ``"pixels"``: also log MAE, win rate and the energy
+        grid. Either needs ``y`` in ``fit``.
+    bank_joint : bool, default=False
+        Append the joint coefficients of the class kernels of each dilation.
+    bank_grid : int, default=2
+        Energy grid of ``bank="pixels"``.
+
+    Attributes
+    ----------
+    basis_, descriptors_, feature_names_out_, n_features_in_
+        As :class:`ResidualFeatures`.
+    bank_features_ : BankFeatures or None
+        The fitted bank transformer when ``bank`` is set.
+    classes_ : ndarray
+        Only when ``bank`` is set.
+    """
+
+    def __init__(self, radius=2, basis="full", dilations=(1, 2, 3), scales=(1,),
+                 coefficients=True, moments=True, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99),
+                 patterns=("ri", "nri"), ternary=None, cooccurrence=2, levels=2, lags=(1,),
+                 bank=None, bank_joint=False, bank_grid=2, ridge=1e-6, normalize=True,
+                 image_shape=None):
+        super().__init__(radius=radius, basis=basis, dilations=dilations, scales=scales,
+                         coefficients=coefficients, moments=moments, quantiles=quantiles,
+                         patterns=patterns, ternary=ternary, cooccurrence=cooccurrence,
+                         levels=levels, lags=lags, ridge=ridge, normalize=normalize,
+                         image_shape=image_shape)
+        self.bank = bank
+        self.bank_joint = bank_joint
+        self.bank_grid = bank_grid
+
+    def fit(self, X, y=None):
+        """Check the parameters; learn the class kernels when ``bank`` is set."""
+        if self.bank not in _BANK_MODES:
+            raise ValueError(f"bank must be one of {_BANK_MODES}, got {self.bank!r}")
+        super().fit(X)
+        self.bank_features_ = None
+        if self.bank is None:
+            return self
+        y = self._check_y(y)
+        images = self._images(X, reset=False)
+        self.bank_features_ = BankFeatures(
+            radius=self.radius, basis="full", method="pooled", dilations=self._dilations(),
+            grid=1 if self.bank == "stats" else self.bank_grid, joint=self.bank_joint,
+            ridge=self.ridge, normalize=self.normalize).fit(images, y)
+        self.classes_ = self.bank_features_.classes_
+        bank_names = list(self.bank_features_.get_feature_names_out())
+        self._bank_columns = np.array([self._keep(n) for n in bank_names], dtype=bool)
+        self.feature_names_out_ = self.feature_names_out_ + [
+            f"bank_{n}" for n, keep in zip(bank_names, self._bank_columns) if keep]
+        return self
+
+    def _keep(self, name: str) -> bool:
+        """Whether a bank column is kept: ``stats`` drops what needs pixels."""
+        if self.bank == "pixels":
+            return True
+        return not (name.endswith(("_log_mae", "_win")) or "_energy_" in name)
+
+    def transform(self, X) -> np.ndarray:
+        """Own-kernel and residual features [then bank features], float64."""
+        check_is_fitted(self, "basis_")
+        images = self._images(X, reset=False)
+        own = self._own_features(images)
+        if self.bank_features_ is None:
+            return own
+        bank = self.bank_features_.transform(images)[:, self._bank_columns]
+        return np.concatenate([own, bank], 1)

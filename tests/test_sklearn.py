@@ -15,7 +15,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import kernelbank as kb
 from kernelbank.datasets.synthetic import random_stable_kernel, simulate_gmrf
-from kernelbank.sklearn import ARFeatures, ARLikelihoodClassifier, BankFeatures
+from kernelbank.sklearn import (ARFeatures, ARLikelihoodClassifier, BankFeatures, ResidualFeatures,
+                                TextureFeatures)
 
 BASIS = kb.Basis.isotropic(radius=1)
 KERNELS = [random_stable_kernel(BASIS, max_response=0.95, random_state=s) for s in (1, 2, 3)]
@@ -97,6 +98,56 @@ def test_pipeline_grid_search_clone_pickle():
     assert clone(est).get_params() == est.get_params() and not hasattr(clone(est), "bank_")
 
 
+def test_residual_features_equal_core():
+    est = ResidualFeatures(radius=1, dilations=(1, 2), scales=(1, 2), patterns=("ri",),
+                           ternary=0.5)
+    out = est.fit_transform(X_TRAIN)
+    spec = kb.ResidualDescriptors(patterns=("ri",), ternary=0.5)
+    core, names = kb.residual_features(X_TRAIN, kb.Basis.full(1), dilations=(1, 2),
+                                       scales=(1, 2), descriptors=spec)
+    np.testing.assert_array_equal(out, core.numpy())
+    assert list(est.get_feature_names_out()) == names
+    assert est.transform(list(X_TEST[:2, :18, :19])).shape == (2, out.shape[1])
+
+
+def test_texture_features_are_own_coefficients_descriptors_and_bank_statistics():
+    plain = TextureFeatures(radius=1, dilations=(1, 2)).fit(X_TRAIN)     # no y needed
+    core, names = kb.residual_features(X_TRAIN, kb.Basis.full(1), dilations=(1, 2),
+                                       coefficients=True)
+    np.testing.assert_array_equal(plain.transform(X_TRAIN), core.numpy())
+    assert list(plain.get_feature_names_out()) == names
+    with pytest.raises(ValueError, match="requires y"):
+        TextureFeatures(radius=1, dilations=(1,), bank="stats").fit(X_TRAIN)
+    with pytest.raises(ValueError, match="bank must be one of"):
+        TextureFeatures(radius=1, bank="statistics").fit(X_TRAIN, Y_TRAIN)
+    est = TextureFeatures(radius=1, dilations=(1, 2), bank="stats", bank_joint=True)
+    out = est.fit(X_TRAIN, Y_TRAIN).transform(X_TEST)
+    bank = BankFeatures(radius=1, basis="full", dilations=(1, 2), grid=1, joint=True)
+    bank_out = bank.fit(X_TRAIN, Y_TRAIN).transform(X_TEST)
+    bank_names = list(bank.get_feature_names_out())
+    # what a statistics table gives: log mse, log var, gain per class kernel, joint coefficients
+    kept = [j for j, n in enumerate(bank_names) if n.endswith(("_log_mse", "_log_var", "_gain"))
+            or n.startswith("joint_")]
+    assert len(kept) == 2 * 3 * 3 + 2 * 3
+    expected = np.concatenate([plain.transform(X_TEST), bank_out[:, kept]], 1)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    assert list(est.get_feature_names_out()) == names + [f"bank_{bank_names[j]}" for j in kept]
+    assert list(est.classes_) == [2, 7, 10]
+
+
+def test_texture_features_in_grid_search_clone_pickle():
+    pipe = make_pipeline(TextureFeatures(radius=1, dilations=(1,), patterns=("ri",),
+                                         cooccurrence=0), StandardScaler(), RidgeClassifier())
+    search = GridSearchCV(pipe, {"texturefeatures__dilations": [(1,), (1, 2)],
+                                 "texturefeatures__bank": [None, "stats"]}, cv=3)
+    search.fit(X_TRAIN, Y_TRAIN)
+    assert search.score(X_TEST, Y_TEST) >= 0.8
+    est = search.best_estimator_[0]
+    again = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(again.transform(X_TEST), est.transform(X_TEST))
+    assert clone(est).get_params() == est.get_params() and not hasattr(clone(est), "basis_")
+
+
 # --------------------------------------------------------------------------- sklearn's checks
 # X in scikit-learn's checks is a table of 1-10 numeric features; ours is images. 2-D X is
 # accepted as flattened square images, so checks whose X happens to be (n, k²) with
@@ -117,17 +168,22 @@ _SHAPE_CHECKS = [
     "check_classifier_data_not_an_array", "check_classifiers_classes", "check_classifiers_train",
     "check_supervised_y_2d", "check_classifiers_one_label",
 ]
-# ARFeatures learns nothing, so it passes where X only needs to be valid, not an image
+# ARFeatures and ResidualFeatures (TextureFeatures without a bank) learn nothing, so they
+# pass where X only needs to be valid, not an image
 _STATELESS_PASSES = {"check_n_features_in_after_fitting", "check_positive_only_tag_during_fit",
                      "check_fit2d_1feature"}
 
 
 def _expected_failures(estimator):
-    skip = _STATELESS_PASSES if isinstance(estimator, ARFeatures) else set()
+    stateless = isinstance(estimator, (ARFeatures, ResidualFeatures)) and \
+        getattr(estimator, "bank", None) is None
+    skip = _STATELESS_PASSES if stateless else set()
     return {name: _NOT_IMAGES for name in _SHAPE_CHECKS if name not in skip}
 
 
 @parametrize_with_checks([ARFeatures(radius=1, dilations=(1,)),
+                          ResidualFeatures(radius=1, dilations=(1,)),
+                          TextureFeatures(radius=1, dilations=(1,)),
                           BankFeatures(radius=1, basis="isotropic", dilations=(1,), grid=1),
                           ARLikelihoodClassifier(radius=1, basis="isotropic", dilations=(1,))],
                          expected_failed_checks=_expected_failures)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from ..config import (BankMethod, BasisKind, ClassifyConfig, FeatureConfig, FitConfig,
                       InputFormat, PipelineConfig, ReadConfig, ReduceConfig)
+from ..stages.progress import LOG_LEVELS, configure_output
 
-__all__ = ["add_pipeline_options", "pipeline_config", "DEFAULT_OUTPUT", "default_input"]
+__all__ = ["add_pipeline_options", "pipeline_config", "apply_output_options", "DEFAULT_OUTPUT",
+           "default_input"]
 
 DEFAULT_OUTPUT = "runs/latest"
 TEXTURES_CACHE = Path.home() / ".cache" / "kernelbank" / "textures"
@@ -44,6 +46,11 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
         io.add_argument("--label-column", default="label", help="Parquet label column")
         io.add_argument("--ndim", type=int, choices=(2, 3), default=2,
                         help="2 for images, 3 for .npy volumes (default 2)")
+        io.add_argument("--max-pixels", type=int, default=64_000_000, metavar="N",
+                        help="records with more pixels (or voxels) become error rows, "
+                             "checked before decoding (default 64000000)")
+        io.add_argument("--read-concurrency", type=int, default=32, metavar="N",
+                        help="GETs in flight per read task (default 32)")
     io.add_argument("--output", metavar="URL", default=None,
                     help=f"output root (default {DEFAULT_OUTPUT}, replaced on every run)")
     io.add_argument("--overwrite", action="store_true",
@@ -51,6 +58,11 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
     io.add_argument("--s3-endpoint", metavar="URL", default=None,
                     help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL); credentials "
                          "come from the standard AWS variables, profiles or instance roles")
+    output = parser.add_argument_group("messages")
+    output.add_argument("-q", "--quiet", action="store_true",
+                        help="only warnings and errors (no progress lines or bars)")
+    output.add_argument("--log-level", choices=LOG_LEVELS, default="INFO", type=str.upper,
+                        help="kernelbank's and Ray's log level (default INFO)")
     cluster = parser.add_argument_group("Ray")
     cluster.add_argument("--ray-address", default=None,
                          help="cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)")
@@ -84,6 +96,15 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                             help="ridge alpha of the classifier (default 1.0)")
 
 
+def apply_output_options(args: argparse.Namespace) -> None:
+    """Apply ``--quiet`` and ``--log-level`` to kernelbank's and Ray's messages.
+
+    See :func:`kernelbank.stages.progress.configure_output`.
+    """
+    configure_output(quiet=bool(getattr(args, "quiet", False)),
+                     log_level=getattr(args, "log_level", "INFO") or "INFO")
+
+
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """A validated :class:`PipelineConfig` from parsed arguments (missing ones default)."""
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
@@ -93,7 +114,9 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     url = get("input") or (default_input() if hasattr(args, "input") else "-")
     read = ReadConfig(url, s3_endpoint=get("s3_endpoint"), format=get("format", "auto"),
                       image_column=get("image_column", "image"),
-                      label_column=get("label_column", "label"), ndim=get("ndim", 2))
+                      label_column=get("label_column", "label"), ndim=get("ndim", 2),
+                      max_pixels=get("max_pixels", 64_000_000),
+                      fetch_concurrency=get("read_concurrency", 32))
     fit = FitConfig(radius=get("radius", 4), dilations=tuple(get("dilations", [1])),
                     basis=get("basis", "isotropic"), ridge=get("ridge", 1e-6),
                     batch_size=get("batch_size", 64), num_gpus=get("num_gpus", 0),

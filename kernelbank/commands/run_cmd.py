@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from .pipeline_args import add_pipeline_options, pipeline_config
+from .pipeline_args import add_pipeline_options, apply_output_options, pipeline_config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -40,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def main(args: argparse.Namespace) -> int:
     """Run the pipeline and print where its outputs are."""
     from ..stages.pipeline import run_pipeline
+    apply_output_options(args)
     config = pipeline_config(args)
     summary = run_pipeline(config)
     acc = summary["test_accuracy"]

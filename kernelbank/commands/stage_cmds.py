@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .pipeline_args import add_pipeline_options, pipeline_config
+from .pipeline_args import add_pipeline_options, apply_output_options, pipeline_config
 
 _HELP = {
     "fit": "fit the AR kernel of every image (writes OUTPUT/fit/, OUTPUT/errors/)",
@@ -38,6 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> list[argparse.Argument
 def main(args: argparse.Namespace) -> int:
     """Run one stage and print its summary."""
     from ..stages.common import connect_ray
+    apply_output_options(args)
     config = pipeline_config(args)
     connect_ray(config.ray_address)
     endpoint = config.read.s3_endpoint

@@ -1,232 +1,229 @@
-"""Read image datasets into Ray Data as decoded, validated rows.
+"""Read image datasets into Ray Data as decoded, validated rows: list once, fetch concurrently.
 
-:func:`read_dataset` is the one entry point. It lists and reads raw bytes on Ray (the
-driver never opens an image), then decodes in Ray tasks fused with the read:
+Two steps, so that a run lists its input once and every later read (another stage, a
+resumed run) starts from the same manifest:
 
-* image folders ``root/<class>/<file>`` or ``root/<split>/<class>/<file>`` (split one of
-  ``train``, ``test``, ``val``, ``validation``) with PNG, JPEG, TIFF or ``.npy`` files;
-  ``read_binary_files`` with ``file_extensions`` (which also skips the zero-byte
-  "directory marker" keys some S3 tools create);
-* Parquet with an image column (encoded bytes, a struct with a ``bytes`` field, or a
-  nested list / tensor array) and a label column (optional split and id columns).
+1. :func:`kernelbank.io.manifest.list_inputs` — the driver lists the input into a
+   manifest table (path, size, label, split, shard/row for records inside shards);
+2. :func:`read_images` — Ray tasks fetch and decode blocks of that manifest: many GETs in
+   flight per task, throttling retried with backoff and counted, every bad record an
+   error row. :func:`read_dataset` does both (what the stages call).
 
 Each output row is one record, decoded or not (:data:`DECODED_SCHEMA`):
 
-``id``      unique record id (the file path, or ``<parquet file>#<id or content hash>``)
-``path``    where the record came from
-``label``   class name (directory or label column), ``""`` when unknown
-``split``   ``train``/``test``/``val``… from the path or column, ``"unsplit"`` otherwise
-``shape``   ``list<int32>`` image shape, ``(H, W)`` or ``(D, H, W)``
-``pixels``  the image as C-order float32 bytes (null for an error row)
-``stage``   ``"decode"`` for an error row, null otherwise
-``reason``  why the record was rejected, null otherwise
+``id``            unique record id (see :mod:`kernelbank.io.manifest`)
+``path``          where the record came from
+``label``         class name, ``""`` when unknown
+``split``         ``train``/``test``/``val``… from the path or column, ``"unsplit"`` otherwise
+``shape``         ``list<int32>`` image shape, ``(H, W)`` or ``(D, H, W)``
+``dtype``         NumPy dtype name of ``pixels``: ``uint8`` for 8-bit images, ``uint16`` for
+                  16-bit, ``float32`` for float sources and colour (luminance)
+``pixels``        the image as C-order bytes of ``dtype`` (null for an error row)
+``stage``         ``"read"`` or ``"decode"`` for an error row, null otherwise
+``reason``        why the record was rejected, null otherwise
+``bytes_read``    bytes fetched from the store for this record (shard headers and footers
+                  are counted on the first record of the request)
+``read_retries``  retried requests on its behalf (throttling, time-outs)
 
-Why decoded float32 bytes plus a shape rather than tensor columns or the encoded bytes:
-rows of any size share one Arrow schema (variable-shaped tensor columns break block
-concatenation in Ray), decoding and validation run on cheap CPU tasks that overlap the
-fitting actors (a GPU actor then only does math), and a rejected record is already an
-error row before any actor sees it. The cost is 4 bytes per pixel in the object store
-while a batch is in flight; nothing is kept beyond that.
+Rows of each block are ordered by (shape, dtype), errors last, so a consumer stacks each
+shape with one copy, or none (:func:`kernelbank.io.batches.shape_groups`).
+
+Why raw bytes plus a shape rather than tensor columns: rows of any size share one Arrow
+schema (variable-shaped tensor columns break block concatenation in Ray), decoding and
+validation run on cheap CPU tasks that overlap the fitting actors, and a rejected record
+is already an error row before any actor sees it. Pixels keep their native dtype, so an
+8-bit image costs 1 byte per pixel in the object store.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..config import InputFormat, ReadConfig
-from .decode import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, decode_record
-from .storage import ray_filesystem, resolve
+from ..config import ReadConfig
+from .batches import images_from_batch, shape_groups
+from .decode import DecodeLimits, decode_record
+from .fetch import RetryPolicy
+from .manifest import (SPLIT_NAMES, UNSPLIT, list_inputs, manifest_info, plan_blocks,
+                       split_and_label)
+from .records import cell_value, fetch_records
+from .storage import read_filesystem
 
-__all__ = ["DECODED_SCHEMA", "SPLIT_NAMES", "UNSPLIT", "read_dataset", "images_from_batch",
-           "split_and_label"]
-
-SPLIT_NAMES = ("train", "test", "val", "validation")
-UNSPLIT = "unsplit"
+__all__ = ["DECODED_SCHEMA", "SPLIT_NAMES", "UNSPLIT", "read_dataset", "read_images",
+           "read_block", "images_from_batch", "shape_groups", "split_and_label", "list_inputs",
+           "read_totals"]
 
 DECODED_SCHEMA = pa.schema([
     ("id", pa.string()), ("path", pa.string()), ("label", pa.string()),
-    ("split", pa.string()), ("shape", pa.list_(pa.int32())), ("pixels", pa.large_binary()),
-    ("stage", pa.string()), ("reason", pa.string()),
+    ("split", pa.string()), ("shape", pa.list_(pa.int32())), ("dtype", pa.string()),
+    ("pixels", pa.large_binary()), ("stage", pa.string()), ("reason", pa.string()),
+    ("bytes_read", pa.int64()), ("read_retries", pa.int32()),
 ])
 
-
-def split_and_label(path: str, root: str) -> tuple[str, str]:
-    """Split and class of a file from its directories below ``root``.
-
-    >>> split_and_label("/data/train/brick/a.png", "/data")
-    ('train', 'brick')
-    >>> split_and_label("bucket/imgs/grass/b.png", "bucket/imgs")
-    ('unsplit', 'grass')
-    """
-    rel = path[len(root):].lstrip("/") if path.startswith(root) else path
-    parts = rel.split("/")[:-1]
-    split = UNSPLIT
-    if parts and parts[0].lower() in SPLIT_NAMES:
-        split, parts = parts[0].lower(), parts[1:]
-    return split, (parts[0] if parts else "")
+_cell_value = cell_value      # kept for kernelbank.report.collect
 
 
-def _row(rid: str, path: str, label: str, split: str, image: np.ndarray | None,
-         reason: str | None) -> dict[str, Any]:
-    shape = () if image is None else image.shape
-    return {"id": rid, "path": path, "label": label, "split": split,
-            "shape": [int(s) for s in shape],
-            "pixels": None if image is None or reason else image.tobytes(),
-            "stage": None if reason is None else "decode", "reason": reason}
+def _pixels_column(images: list[np.ndarray | None]) -> pa.Array:
+    """``large_binary`` column of the images' bytes, built with one copy (nulls for None)."""
+    lengths = np.array([0 if im is None else im.nbytes for im in images], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    data = np.empty(int(offsets[-1]), np.uint8)
+    for image, start, length in zip(images, offsets[:-1], lengths):
+        if image is not None and length:
+            data[start:start + length] = image.reshape(-1).view(np.uint8)
+    valid = np.array([im is not None for im in images], bool)
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.large_binary(), len(images),
+                                 [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=int((~valid).sum()))
 
 
-def _table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
-
-
-def _decode_files(batch: pa.Table, *, root: str, ndim: int, min_side: int) -> pa.Table:
-    rows = []
-    for data, path in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist()):
-        split, label = split_and_label(path, root)
-        image, reason = decode_record(data, path, ndim, min_side)
-        rows.append(_row(path, path, label, split, image, reason))
-    return _table(rows)
-
-
-def _cell_value(value: Any) -> Any:
-    """Bytes, or an ndarray, from one Parquet image cell."""
-    if isinstance(value, dict):              # {"bytes": ..., "path": ...} (Hugging Face style)
-        value = value.get("bytes")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    array = np.asarray(value)
-    if array.dtype == object:                # nested lists arrive as arrays of arrays
-        array = np.stack([np.asarray(v) for v in array])
-    return array
-
-
-def _decode_parquet(batch: dict[str, np.ndarray], *, config: ReadConfig, has_split: bool,
-                    has_id: bool) -> pa.Table:
-    rows = []
-    images = batch[config.image_column]
-    for i in range(len(images)):
-        path = str(batch["path"][i])
-        label = "" if batch[config.label_column][i] is None else str(batch[config.label_column][i])
-        split = str(batch[config.split_column][i]).lower() if has_split else UNSPLIT
-        try:
-            value = _cell_value(images[i])
-        except Exception as error:
-            value, early = None, f"cannot read image cell: {type(error).__name__}: {error}"
-        else:
-            early = None if value is not None else "image cell is empty"
-        if has_id:
-            rid = f"{path}#{batch[config.id_column][i]}"
-        else:
-            content = value if isinstance(value, bytes) else \
-                (b"" if value is None else np.ascontiguousarray(value).tobytes())
-            rid = f"{path}#{hashlib.sha1(content).hexdigest()[:16]}"
-        if early:
-            rows.append(_row(rid, rid, label, split, None, early))
-            continue
-        image, reason = decode_record(value, "", config.ndim, config.min_side)
-        rows.append(_row(rid, rid, label, split, image, reason))
-    return _table(rows)
-
-
-def _is_parquet(fs, path: str, config: ReadConfig) -> bool:
-    if config.format is not InputFormat.AUTO:
-        return config.format is InputFormat.PARQUET
-    if path.endswith(".parquet"):
-        return True
-    if not fs.isdir(path):
-        return False
-    for _, _, files in fs.walk(path, maxdepth=3):
-        if any(f.endswith(".parquet") for f in files):
-            return True
-        if any(f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS
-               for f in files):
-            return False
-    return False
-
-
-def read_dataset(url: str | None = None, *, config: ReadConfig):
-    """Read an image dataset from ``url`` as a lazy Ray Dataset of decoded rows.
+def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | None = None
+               ) -> pa.Table:
+    """Fetch and decode one manifest block into decoded rows (runs in a Ray task).
 
     Parameters
     ----------
-    url : str, optional
-        Overrides ``config.url``: an image folder, a ``.npy`` volume folder, or Parquet,
-        on any fsspec URL (local path, ``s3://bucket/prefix``, ``gs://…``).
+    block : pyarrow.Table
+        Manifest rows (:data:`kernelbank.io.manifest.MANIFEST_SCHEMA`).
+    fs : fsspec.AbstractFileSystem
+        The input's filesystem (:func:`kernelbank.io.storage.read_filesystem`).
     config : ReadConfig
-        Format, column names, ``ndim``, ``min_side`` and the S3 endpoint.
+        ``ndim``, ``min_side``, limits, concurrency and retry attempts.
+    image_column : str, optional
+        Image column of Parquet records; default: the manifest's, else the config's.
+
+    Returns
+    -------
+    pyarrow.Table
+        One row per manifest row (:data:`DECODED_SCHEMA`), ordered by (shape, dtype),
+        error rows last.
+    """
+    n = block.num_rows
+    limits = DecodeLimits(max_pixels=config.max_pixels, max_bytes=config.max_bytes)
+    image_column = image_column or manifest_info(block).get("image_column",
+                                                            config.image_column)
+    images: list[np.ndarray | None] = [None] * n
+    stage: list[str | None] = [None] * n
+    reason: list[str | None] = [None] * n
+    bytes_read = np.zeros(n, np.int64)
+    retries = np.zeros(n, np.int32)
+    paths = block.column("path").to_pylist()
+    for record in fetch_records(fs, block, image_column=image_column,
+                                concurrency=config.fetch_concurrency,
+                                policy=RetryPolicy(attempts=config.read_attempts),
+                                max_bytes=config.max_bytes):
+        i = record.index
+        bytes_read[i], retries[i] = record.bytes_read, record.retries
+        if record.error is not None:
+            stage[i], reason[i] = "read", record.error
+            continue
+        image, why = decode_record(record.value, paths[i], config.ndim, config.min_side, limits)
+        images[i], stage[i], reason[i] = image, None if why is None else "decode", why
+    shapes = [[] if im is None else list(im.shape) for im in images]
+    dtypes = [None if im is None else im.dtype.name for im in images]
+    # a record that decoded but failed a check keeps its shape, not its pixels
+    kept = [None if why else im for im, why in zip(images, reason)]
+    order = sorted(range(n), key=lambda i: (kept[i] is None, len(shapes[i]), shapes[i],
+                                            dtypes[i] or ""))
+    table = pa.Table.from_arrays([
+        block.column("id"), block.column("path"), block.column("label"), block.column("split"),
+        pa.array(shapes, pa.list_(pa.int32())),
+        pa.array([d if k is not None else None for d, k in zip(dtypes, kept)], pa.string()),
+        _pixels_column(kept), pa.array(stage, pa.string()), pa.array(reason, pa.string()),
+        pa.array(bytes_read), pa.array(retries)], schema=DECODED_SCHEMA)
+    return table.take(pa.array(order, pa.int64()))
+
+
+def read_images(manifest: pa.Table, config: ReadConfig):
+    """A lazy Ray Dataset of decoded rows for the records of ``manifest``.
+
+    Parameters
+    ----------
+    manifest : pyarrow.Table
+        From :func:`kernelbank.io.manifest.list_inputs` (or a subset of its rows, or one
+        read back with :func:`~kernelbank.io.manifest.load_manifest`).
+    config : ReadConfig
+        The input URL and S3 endpoint (for the filesystem), ``ndim``, ``min_side``,
+        decoder limits, ``fetch_concurrency``, ``read_attempts``, block sizes.
 
     Returns
     -------
     ray.data.Dataset
-        One row per record with the columns of :data:`DECODED_SCHEMA`; records that
-        cannot be decoded, are smaller than ``config.min_side`` or contain NaN/inf have
-        ``pixels`` null and ``stage``/``reason`` set. Nothing is read until the
-        dataset is consumed; decoding happens in Ray tasks.
+        One row per manifest row (:data:`DECODED_SCHEMA`). Blocks of a few hundred to
+        ``config.block_rows`` records, cut by encoded bytes (``config.block_bytes``); each
+        block is one Ray task that fetches its records ``fetch_concurrency`` at a time
+        and decodes them as they arrive. Nothing is read until the dataset is consumed.
+
+    Examples
+    --------
+    >>> manifest = list_inputs(config)                                      # doctest: +SKIP
+    >>> ds = read_images(manifest, config)                                  # doctest: +SKIP
+    >>> for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):  # doctest: +SKIP
+    ...     for group in shape_groups(batch): ...
+    """
+    import ray.data
+    info = manifest_info(manifest)
+    url = info.get("url", config.url)
+    fs, _ = read_filesystem(url, s3_endpoint=config.s3_endpoint,
+                            connections=config.fetch_concurrency)
+    blocks = plan_blocks(manifest, target_bytes=config.block_bytes, max_rows=config.block_rows,
+                         min_blocks=config.override_num_blocks or _default_parallelism())
+    plain = manifest.replace_schema_metadata(None)
+    tables = [plain.slice(start, stop - start) for start, stop in blocks] or [plain]
+    return ray.data.from_arrow(tables).map_batches(
+        read_block, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+        fn_kwargs={"fs": fs, "config": config,
+                   "image_column": info.get("image_column", config.image_column)})
+
+
+def _default_parallelism() -> int:
+    """Blocks wanted at least: two per CPU of the cluster, so every CPU has work."""
+    import ray
+    if not ray.is_initialized():
+        return 1
+    return 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def read_dataset(url: str | None = None, *, config: ReadConfig):
+    """List ``url`` and read it: :func:`list_inputs` then :func:`read_images`.
+
+    Parameters
+    ----------
+    url : str, optional
+        Overrides ``config.url``: an image folder, packed shards, Parquet or tar files,
+        on any fsspec URL (local path, ``s3://bucket/prefix``, ``gs://…``).
+    config : ReadConfig
+
+    Returns
+    -------
+    ray.data.Dataset
+        Decoded rows (:data:`DECODED_SCHEMA`).
 
     Raises
     ------
     FileNotFoundError
         When ``url`` does not exist.
     ValueError
-        When a Parquet input lacks the image or label column.
-
-    Examples
-    --------
-    >>> ds = read_dataset(config=ReadConfig("s3://bucket/textures", min_side=9))  # doctest: +SKIP
-    >>> for batch in ds.iter_batches(batch_format="pyarrow"):               # doctest: +SKIP
-    ...     images = images_from_batch(batch)                               # list of ndarrays
+        When it holds nothing readable, or a Parquet input lacks the image or label column.
     """
-    import ray.data
-
-    url = url or config.url
-    fs, path = resolve(url, s3_endpoint=config.s3_endpoint)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"input {url!r} does not exist")
-    filesystem = ray_filesystem(fs)
-    if _is_parquet(fs, path, config):
-        ds = ray.data.read_parquet(path, filesystem=filesystem, include_paths=True,
-                                   override_num_blocks=config.override_num_blocks)
-        names = ds.schema().names
-        missing = [c for c in (config.image_column, config.label_column) if c not in names]
-        if missing:
-            raise ValueError(f"Parquet input {url!r} has no column {missing} (columns: {names});"
-                             " set image_column/label_column (--image-column/--label-column)")
-        has_split, has_id = config.split_column in names, config.id_column in names
-        keep = [config.image_column, config.label_column, "path"] + \
-            ([config.split_column] if has_split else []) + ([config.id_column] if has_id else [])
-        return ds.select_columns(keep).map_batches(
-            _decode_parquet, batch_format="numpy", zero_copy_batch=True,
-            fn_kwargs={"config": config, "has_split": has_split, "has_id": has_id})
-    extensions = list(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
-    extensions += [e.upper() for e in extensions]
-    ds = ray.data.read_binary_files(path, filesystem=filesystem, include_paths=True,
-                                    file_extensions=extensions,
-                                    override_num_blocks=config.override_num_blocks)
-    return ds.map_batches(_decode_files, batch_format="pyarrow",
-                          fn_kwargs={"root": path, "ndim": config.ndim,
-                                     "min_side": config.min_side})
+    if url is not None and url != config.url:
+        from dataclasses import replace
+        config = replace(config, url=url)
+    return read_images(list_inputs(config), config)
 
 
-def images_from_batch(batch: pa.Table | dict[str, Any]) -> list[np.ndarray | None]:
-    """The float32 images of a batch of decoded rows (``None`` for error rows).
-
-    Parameters
-    ----------
-    batch : pyarrow.Table or dict of columns
-        Rows with ``shape`` and ``pixels`` (see :data:`DECODED_SCHEMA`).
-
-    Returns
-    -------
-    list of ndarray of shape ``shape``, float32 (read-only views of the batch's bytes)
-    """
-    if isinstance(batch, pa.Table):
-        shapes, pixels = batch.column("shape").to_pylist(), batch.column("pixels").to_pylist()
-    else:
-        shapes, pixels = batch["shape"], batch["pixels"]
-    return [None if data is None else
-            np.frombuffer(data, dtype=np.float32).reshape(tuple(int(s) for s in shape))
-            for shape, data in zip(shapes, pixels)]
+def read_totals(table: pa.Table | dict[str, Any]) -> dict[str, int]:
+    """``records``, ``errors``, ``bytes_read`` and ``read_retries`` summed over decoded rows."""
+    import pyarrow.compute as pc
+    if isinstance(table, pa.Table):
+        total = lambda c: int(pc.sum(table.column(c)).as_py() or 0)  # noqa: E731
+        return {"records": table.num_rows, "errors": int(table.column("reason").is_valid()
+                                                         .to_numpy(zero_copy_only=False).sum()),
+                "bytes_read": total("bytes_read"), "read_retries": total("read_retries")}
+    return {"records": len(table["reason"]),
+            "errors": int(sum(r is not None for r in table["reason"])),
+            "bytes_read": int(np.sum(table["bytes_read"])),
+            "read_retries": int(np.sum(table["read_retries"]))}

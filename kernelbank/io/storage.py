@@ -15,7 +15,8 @@ from typing import Any
 
 import fsspec
 
-__all__ = ["resolve", "storage_options", "url_of", "ray_filesystem", "join", "is_local", "redact"]
+__all__ = ["resolve", "read_filesystem", "storage_options", "url_of", "ray_filesystem", "join",
+           "is_local", "redact"]
 
 
 def storage_options(url: str, s3_endpoint: str | None = None) -> dict[str, Any]:
@@ -56,6 +57,27 @@ def resolve(url: str, *, s3_endpoint: str | None = None
     if is_local(fs):
         path = os.path.abspath(path)
     return fs, path.rstrip("/") or "/"
+
+
+def read_filesystem(url: str, *, s3_endpoint: str | None = None, connections: int = 32
+                    ) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Like :func:`resolve`, tuned for many concurrent small reads with counted retries.
+
+    For ``s3://`` the filesystem keeps ``connections`` HTTP connections open (botocore's
+    default pool of 10 would cap concurrent GETs) and has the retries of botocore and
+    s3fs switched off, so that throttling and time-outs reach
+    :mod:`kernelbank.io.fetch`, which retries them with backoff and counts them. Other
+    protocols are returned as :func:`resolve` gives them.
+    """
+    protocol = fsspec.utils.get_protocol(url)
+    if protocol not in ("s3", "s3a"):
+        return resolve(url, s3_endpoint=s3_endpoint)
+    from .s3read import CountedRetryS3FileSystem
+    options = _storage_options(protocol, s3_endpoint)
+    fs = CountedRetryS3FileSystem(
+        config_kwargs={"max_pool_connections": int(connections),
+                       "retries": {"total_max_attempts": 1}}, **options)
+    return fs, fs._strip_protocol(url).rstrip("/")
 
 
 def url_of(fs: fsspec.AbstractFileSystem, path: str) -> str:

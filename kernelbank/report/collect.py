@@ -166,7 +166,8 @@ def _load_sample(sample: dict, input_url: str | None, ndim: int,
 
 
 def _parquet_image(fs, path: str, row_id: str, ndim: int) -> np.ndarray:
-    """The image of row ``row_id`` (id column value or content hash) of a Parquet file."""
+    """The image of row ``row_id`` (id column value, row number or content hash) of a Parquet
+    file."""
     import hashlib
     import pyarrow.parquet as pq
     from ..io.decode import decode_record
@@ -175,9 +176,14 @@ def _parquet_image(fs, path: str, row_id: str, ndim: int) -> np.ndarray:
         table = pq.read_table(handle)
     images = table.column("image").to_pylist()
     ids = table.column("id").to_pylist() if "id" in table.column_names else None
+    if ids is None and row_id.isdigit() and int(row_id) < len(images):
+        images = images[int(row_id):int(row_id) + 1]       # the reader's "<file>#<row>" ids
+        row_id = None
     for i, cell in enumerate(images):
         value = _cell_value(cell)
-        if ids is not None:
+        if row_id is None:
+            match = True
+        elif ids is not None:
             match = str(ids[i]) == row_id
         else:
             content = value if isinstance(value, bytes) else np.ascontiguousarray(value).tobytes()

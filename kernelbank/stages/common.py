@@ -8,6 +8,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from .progress import info_enabled, ray_log_level
+
 __all__ = ["connect_ray", "actor_pool_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
            "make_basis"]
 
@@ -17,7 +19,9 @@ TEST_SPLIT = "test"
 
 
 def log(message: str) -> None:
-    """One progress line on stderr (visible in ``ray job logs`` too)."""
+    """One progress line on stderr (visible in ``ray job logs`` too; not with ``--quiet``)."""
+    if not info_enabled():
+        return
     print(f"[kernelbank] {message}", file=sys.stderr, flush=True)
 
 
@@ -40,10 +44,10 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
     else:
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address)
+            ray.init(address=address, logging_level=ray_log_level())
             mode = "cluster"
         else:
-            ray.init(include_dashboard=False)
+            ray.init(include_dashboard=False, logging_level=ray_log_level())
             mode = "embedded"
     seconds = time.perf_counter() - start
     resources = {k: float(v) for k, v in ray.cluster_resources().items()

@@ -1,0 +1,217 @@
+"""Progress a person can read in a job log: one line per stage every few seconds.
+
+Ray Data draws per-operator bars on a terminal; when its output is not a terminal (``ray
+job logs``, CI, ``nohup``) it dumps operator status lines instead, dozens per stage.
+:class:`Progress` prints one kernelbank line per stage every ``interval`` seconds::
+
+    [kernelbank] fit: 412,000/1,000,000 images (41.2%), 3,150 images/s, ETA 3m07s, 12 errors
+
+— images done out of the total the manifest gives, the recent rate, the time left at
+that rate and the error rows so far. The driver feeds it as results stream in
+(:func:`track` wraps ``iter_batches``; a sink's per-task counts work the same way
+through :meth:`Progress.update`).
+
+:func:`configure_output` applies ``--quiet`` and ``--log-level``: the kernelbank and Ray
+loggers get the level; Ray's own bars stay on a terminal and go off when the output is
+not one (the kernelbank lines replace them) or with ``--quiet`` (which also silences the
+kernelbank lines: only warnings and errors remain).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, TextIO
+
+__all__ = ["Progress", "track", "configure_output", "info_enabled", "ray_log_level",
+           "LOG_LEVELS", "LOGGER"]
+
+LOGGER = "kernelbank"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Seconds of history the rate (and so the ETA) is measured over.
+RATE_WINDOW = 30.0
+
+
+def info_enabled() -> bool:
+    """Whether kernelbank's INFO lines print: the ``kernelbank`` logger's level, INFO when
+    nobody set one (``--quiet`` and ``--log-level`` set it, see :func:`configure_output`)."""
+    return (logging.getLogger(LOGGER).level or logging.INFO) <= logging.INFO
+
+
+def _interactive(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    """Counts of one stage, printed as one line every ``interval`` seconds.
+
+    Parameters
+    ----------
+    stage : str
+        Name at the start of each line (``fit``, ``features``…).
+    total : int, optional
+        Records expected (the manifest's row count); without it no percentage or ETA.
+    interval : float, default=5.0
+        Least seconds between two lines.
+    stream : file, optional
+        Where lines go; default ``sys.stderr``.
+    enabled : bool, optional
+        Default: when ``stream`` is not a terminal (there Ray's bars show progress) and
+        the ``kernelbank`` logger lets INFO through (``--quiet`` does not).
+    clock : callable, optional
+        Seconds as a float (``time.monotonic``); tests pass their own.
+
+    Notes
+    -----
+    :meth:`update` is thread-safe and cheap: it only formats a line when one is due.
+    """
+
+    def __init__(self, stage: str, total: int | None = None, *, interval: float = 5.0,
+                 stream: TextIO | None = None, enabled: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        if total is not None and total < 0:
+            raise ValueError(f"total must be >= 0, got {total!r}")
+        self.stage, self.total, self.interval, self.clock = stage, total, interval, clock
+        self.stream = stream or sys.stderr
+        self.enabled = (not _interactive(self.stream) and info_enabled()) \
+            if enabled is None else enabled
+        self.done = 0
+        self.errors = 0
+        self.lines = 0
+        self._start = clock()
+        self._last_line = self._start
+        self._history: collections.deque = collections.deque([(self._start, 0)])
+        self._lock = threading.Lock()
+
+    def rate(self) -> float:
+        """Records per second over the last :data:`RATE_WINDOW` seconds (0 before any)."""
+        (t0, n0), (t1, n1) = self._history[0], self._history[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def line(self) -> str:
+        """The current progress line (without the ``[kernelbank]`` prefix)."""
+        rate = self.rate()
+        text = f"{self.stage}: {self.done:,}"
+        if self.total is not None:
+            share = 100.0 * self.done / self.total if self.total else 100.0
+            text += f"/{self.total:,} images ({share:.1f}%)"
+        else:
+            text += " images"
+        text += f", {rate:,.0f} images/s"
+        if self.total is not None and self.done < self.total:
+            text += f", ETA {_duration((self.total - self.done) / rate)}" if rate > 0 \
+                else ", ETA unknown"
+        return text + f", {self.errors:,} error{'s' if self.errors != 1 else ''}"
+
+    def _emit(self) -> None:
+        if self.enabled:
+            print(f"[{LOGGER}] {self.line()}", file=self.stream, flush=True)
+            self.lines += 1
+
+    def update(self, done: int = 0, errors: int = 0) -> None:
+        """Add ``done`` finished records, ``errors`` of them error rows; print when due."""
+        with self._lock:
+            self.done += int(done)
+            self.errors += int(errors)
+            now = self.clock()
+            self._history.append((now, self.done))
+            while len(self._history) > 2 and now - self._history[1][0] >= RATE_WINDOW:
+                self._history.popleft()
+            if now - self._last_line >= self.interval:
+                self._last_line = now
+                self._emit()
+
+    def close(self) -> None:
+        """Print the final line (when anything was counted since the last one)."""
+        with self._lock:
+            if self.lines == 0 or self._last_line != self._history[-1][0]:
+                self._emit()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _count(batch: Any) -> tuple[int, int]:
+    """Rows and error rows (``reason`` set) of a pyarrow, pandas or numpy-dict batch."""
+    if hasattr(batch, "num_rows") and hasattr(batch, "column"):          # pyarrow.Table
+        rows = batch.num_rows
+        errors = batch.column("reason").is_valid() if "reason" in batch.column_names else None
+        return rows, 0 if errors is None else int(errors.to_numpy(zero_copy_only=False).sum())
+    reason = batch["reason"] if "reason" in batch else None
+    rows = len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
+    return rows, 0 if reason is None else int(sum(r is not None and r == r for r in reason))
+
+
+def track(batches: Iterable, progress: Progress) -> Iterator:
+    """Yield ``batches`` unchanged, counting rows and error rows into ``progress``.
+
+    Examples
+    --------
+    >>> with Progress("fit", total=manifest.num_rows) as progress:          # doctest: +SKIP
+    ...     for batch in track(ds.iter_batches(batch_format="pyarrow"), progress):
+    ...         write(batch)
+    """
+    for batch in batches:
+        rows, errors = _count(batch)
+        progress.update(rows, errors)
+        yield batch
+
+
+def configure_output(*, quiet: bool = False, log_level: str = "INFO",
+                     stream: TextIO | None = None) -> bool:
+    """Apply ``--quiet`` / ``--log-level`` to kernelbank's and Ray's output.
+
+    Parameters
+    ----------
+    quiet : bool, default=False
+        Only warnings and errors: no kernelbank progress lines, no Ray bars.
+    log_level : {"DEBUG", "INFO", "WARNING", "ERROR"}, default="INFO"
+    stream : file, optional
+        The output progress goes to; default ``sys.stderr``.
+
+    Returns
+    -------
+    bool
+        Whether kernelbank progress lines will be printed (:class:`Progress`'s default).
+    """
+    level = str(log_level).upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    if quiet:
+        level = "WARNING" if level in ("DEBUG", "INFO") else level
+    numeric = getattr(logging, level)
+    logging.getLogger(LOGGER).setLevel(numeric)
+    interactive = _interactive(stream or sys.stderr)
+    try:
+        import ray.data                    # configures Ray Data's loggers: ours come after
+    except ImportError:                    # the math layer runs without Ray
+        return not interactive and info_enabled()
+    ray_level = ray_log_level()
+    logging.getLogger("ray").setLevel(ray_level)
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):     # the console, not Ray's log file
+            handler.setLevel(ray_level)
+    ray.data.DataContext.get_current().enable_progress_bars = interactive and not quiet
+    return not interactive and info_enabled()
+
+
+def ray_log_level() -> int:
+    """The level for Ray's console messages: kernelbank's, never below INFO (Ray's DEBUG
+    is not ours to ask for); pass it as ``ray.init(logging_level=...)``."""
+    return max(logging.getLogger(LOGGER).level or logging.INFO, logging.INFO)
