@@ -41,7 +41,7 @@ from .core.channel_basis import ChannelBasis
 from .core.features import ar_feature_names, ar_features, bank_feature_names, bank_features
 from .core.fit import fit as fit_images
 from .core.likelihood import UNKNOWN, LikelihoodClassifier
-from .core.residual import ResidualDescriptors, residual_features
+from .core.residual import ResidualDescriptors, residual_descriptor_names, residual_features
 from .core.stats import ClassStats
 
 __all__ = ["ARFeatures", "BankFeatures", "ARLikelihoodClassifier", "ResidualFeatures",
@@ -434,10 +434,15 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
     normalize : bool, default=True
     image_shape : tuple of int, optional
         Shape of the images when ``X`` is 2-D (flattened rows); default square.
+    channels : int, default=1
+        Channels of the images; above 1, each image's vector kernel and the descriptors
+        of every channel's residual.
+    centre_mask : {"own", "all"}, default="own"
+        With channels: mask only the predicted channel's centre tap, or every channel's.
 
     Attributes
     ----------
-    basis_ : Basis
+    basis_ : Basis or ChannelBasis
     descriptors_ : ResidualDescriptors
     feature_names_out_ : list of str
     n_features_in_ : int
@@ -456,7 +461,7 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
     def __init__(self, radius=2, basis="full", dilations=(1, 2, 3), scales=(1,),
                  coefficients=False, moments=True, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99),
                  patterns=("ri", "nri"), ternary=None, cooccurrence=2, levels=2, lags=(1,),
-                 ridge=1e-6, normalize=True, image_shape=None):
+                 ridge=1e-6, normalize=True, image_shape=None, channels=1, centre_mask="own"):
         self.radius = radius
         self.basis = basis
         self.dilations = dilations
@@ -472,6 +477,8 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
         self.ridge = ridge
         self.normalize = normalize
         self.image_shape = image_shape
+        self.channels = channels
+        self.centre_mask = centre_mask
 
     def _descriptors(self) -> ResidualDescriptors:
         return ResidualDescriptors(
@@ -481,11 +488,14 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
 
     def _own_names(self) -> list[str]:
         names = []
-        per_entry = self.descriptors_.names(self.basis_.ndim)
+        channels = self.basis_.channels
+        per_entry = residual_descriptor_names(self.descriptors_, self.basis_.ndim, channels)
+        outputs = [""] if channels == 1 else [f"_ch{c}" for c in range(channels)]
         for s in self._scales():
             for d in self._dilations():
                 if self.coefficients:
-                    names += [f"ar_s{s}_d{d}_c{j:02d}" for j in range(self.basis_.n_components)]
+                    names += [f"ar_s{s}_d{d}{o}_c{j:02d}" for o in outputs
+                              for j in range(self.basis_.n_components)]
                 names += [f"res_s{s}_d{d}_{n}" for n in per_entry]
         return names
 
@@ -526,7 +536,7 @@ class TextureFeatures(ResidualFeatures):
     Parameters
     ----------
     radius, basis, dilations, scales, moments, quantiles, patterns, ternary, cooccurrence, \
-levels, lags, ridge, normalize, image_shape
+levels, lags, ridge, normalize, image_shape, channels, centre_mask
         As :class:`ResidualFeatures`.
     coefficients : bool, default=True
     bank : {None, "stats", "pixels"}, default=None
@@ -553,12 +563,12 @@ levels, lags, ridge, normalize, image_shape
                  coefficients=True, moments=True, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99),
                  patterns=("ri", "nri"), ternary=None, cooccurrence=2, levels=2, lags=(1,),
                  bank=None, bank_joint=False, bank_grid=2, ridge=1e-6, normalize=True,
-                 image_shape=None):
+                 image_shape=None, channels=1, centre_mask="own"):
         super().__init__(radius=radius, basis=basis, dilations=dilations, scales=scales,
                          coefficients=coefficients, moments=moments, quantiles=quantiles,
                          patterns=patterns, ternary=ternary, cooccurrence=cooccurrence,
                          levels=levels, lags=lags, ridge=ridge, normalize=normalize,
-                         image_shape=image_shape)
+                         image_shape=image_shape, channels=channels, centre_mask=centre_mask)
         self.bank = bank
         self.bank_joint = bank_joint
         self.bank_grid = bank_grid
@@ -576,7 +586,8 @@ levels, lags, ridge, normalize, image_shape
         self.bank_features_ = BankFeatures(
             radius=self.radius, basis="full", method="pooled", dilations=self._dilations(),
             grid=1 if self.bank == "stats" else self.bank_grid, joint=self.bank_joint,
-            ridge=self.ridge, normalize=self.normalize).fit(images, y)
+            ridge=self.ridge, normalize=self.normalize, channels=self.channels,
+            centre_mask=self.centre_mask).fit(images, y)
         self.classes_ = self.bank_features_.classes_
         bank_names = list(self.bank_features_.get_feature_names_out())
         self._bank_columns = np.array([self._keep(n) for n in bank_names], dtype=bool)

@@ -229,3 +229,16 @@ def test_colour_estimators_equal_core():
     assert clf.score(X_test, y_test) == 1.0
     with pytest.raises(ValueError, match="not a square image of 3 channel"):
         ARFeatures(channels=3).fit(np.zeros((2, 3 * 17)))
+
+
+def test_colour_texture_features_equal_core():
+    from kernelbank.sklearn import TextureFeatures
+    X, y = _colour(4, 2, side=20)
+    est = TextureFeatures(radius=1, dilations=(1,), patterns=("ri",), cooccurrence=0,
+                          channels=3, bank="stats").fit(X, y)
+    core, names = kb.residual_features(X, kb.Basis.full(1, channels=3), dilations=(1,),
+                                       coefficients=True, descriptors=est.descriptors_)
+    out = est.transform(X)
+    np.testing.assert_allclose(out[:, :core.shape[1]], core.numpy())
+    assert list(est.get_feature_names_out())[:len(names)] == names
+    assert est.bank_features_.bank_.channels == 3
