@@ -26,8 +26,10 @@ masked or every centre masked, CV choosing)
                          residual vector with the class's residual covariance.
     ``bank_rgb_svm``     residual features of per-class pooled full vector kernels.
     ``ar_rgb_svm``       each image's own vector AR coefficients.
+    ``texture_rgb_svm``  each image's own full vector kernel and the residual descriptors
+                         of every channel (``TextureFeatures(channels=3)``).
 kernelbank, luminance (the same recipes on the images' luminance, PIL ``L``)
-    ``likelihood``, ``bank_svm``, ``ar_svm``
+    ``likelihood``, ``bank_svm``, ``ar_svm``, ``texture_svm``
 peers given colour
     ``lbp_rgb_svm``      LBP histograms of each channel, concatenated.
     ``gabor_rgb_svm``    colour Gabor energy: per channel mean and std of each filter's
@@ -54,7 +56,7 @@ import numpy as np
 
 from accuracy import (SUFFIXES, Extractor, Likelihood, gabor_features, lbp_features,
                       select_and_test)
-from kernelbank.sklearn import ARFeatures, BankFeatures
+from kernelbank.sklearn import ARFeatures, BankFeatures, TextureFeatures
 
 
 # ---------------------------------------------------------------------------- data
@@ -69,7 +71,8 @@ def load_colour_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, n
     colour, grey, labels = [], [], []
     folder = root / split
     if not folder.is_dir():
-        raise SystemExit(f"{folder} does not exist: ROOT must hold train/<class>/ and test/<class>/")
+        raise SystemExit(f"{folder} does not exist: ROOT must hold train/<class>/ and "
+                         f"test/<class>/")
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         for path in sorted(class_dir.iterdir()):
             if path.suffix.lower() not in SUFFIXES - {".npy"}:
@@ -177,6 +180,12 @@ def colour_methods(min_side: int) -> dict:
                 f"isotropic r{r} d1-3{name}": {"radius": r, "dilations": fits(r, (1, 2, 3)),
                                                **mask}
                 for r in (2, 3) for name, mask in masks.items()}),
+            # bench/accuracy.py's best recipe: own full kernels + residual descriptors
+            f"texture{suffix}_svm": (family, data, True,
+                                     lambda **p: TextureFeatures(**c, **p), {
+                f"full r2 d1-3 lbp{'+cooc' if cooc else ''}{name}":
+                    {"radius": 2, "dilations": fits(2, (1, 2, 3)), "cooccurrence": cooc, **mask}
+                for cooc in (0, 2) for name, mask in masks.items()}),
         }
 
     lbp = {f"r{'-'.join(map(str, r))} uniform grid{g}": {"radii": r, "grid": g}

@@ -18,9 +18,10 @@ zero by construction. With a vector AR basis (``ClassStats`` of a
 :class:`~kernelbank.core.channel_basis.ChannelBasis`) every bank entry is a vector kernel
 ``(C, C, *window)`` (output channel, input channel), a coefficient vector is an image's
 ``(C, m)`` coefficients flattened (pca and kmeans work on those), and the pooled kernel
-solves each output channel on the class's summed ``A``. Predefined banks: ``gabor`` (a Gaussian-windowed cosine per
-orientation and frequency, centre zeroed, unit L2 norm) and ``random`` (Gaussian taps,
-centre zeroed, unit L2 norm). Banks at several dilations combine with
+solves each output channel on the class's summed ``A``.
+
+Predefined banks: ``gabor`` (a Gaussian-windowed cosine per orientation and frequency,
+centre zeroed, unit L2 norm) and ``random`` (Gaussian taps, centre zeroed, unit L2 norm). Banks at several dilations combine with
 :meth:`KernelBank.concat`.
 """
 

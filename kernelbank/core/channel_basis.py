@@ -188,7 +188,8 @@ class ChannelBasis:
                              f"window, got shape {tuple(k.shape)}")
         channels, m, window = k.shape[0], k.shape[1], k.shape[3:]
         if len(set(window)) != 1 or window[0] % 2 == 0:
-            raise ValueError(f"kernel window must be odd and equal on every axis, got {tuple(window)}")
+            raise ValueError(f"kernel window must be odd and equal on every axis, got "
+                             f"{tuple(window)}")
         if m == 0:
             raise ValueError("kernels is empty: a basis needs at least one kernel per channel")
         radius, ndim = window[0] // 2, len(window)

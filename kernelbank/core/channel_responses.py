@@ -3,7 +3,8 @@ r"""Grams of multi-channel responses: one spatial basis on every channel, one pr
 For images with ``C`` channels and a one-channel basis ``b_1 … b_m``, the planes of
 channel ``c`` are its responses and itself, ``(b_1 ⋆ x_c, …, b_m ⋆ x_c, x_c)``; stacking
 the planes of every channel gives per pixel the vector ``z`` of ``C (m + 1)`` values, and
-this module sums ``z zᵀ`` over the valid pixels. Every cross-channel product of the planes is in it, so
+this module sums ``z zᵀ`` over the valid pixels. Every cross-channel product of the
+planes is in it, so
 
 * with the full basis, ``z`` is every tap of every channel and the Gram is the window
   cross matrix of the channels, which :func:`kernelbank.core.sums.window_sums` with

@@ -216,8 +216,9 @@ def write_textures(root: str | Path, patch_size: int = 64, test_fraction: float 
 
     ``row`` and ``col`` are the pixel coordinates of the patch's top-left corner in the
     (cropped) source photograph, zero-padded to 4 digits. Patches are uint8 greyscale
-    PNGs, or RGB PNGs with ``colour`` (greyscale sources replicated). A summary is also written to ``root/textures.json``. Patch files left in
-    ``root`` by an earlier write (any parameters) are deleted first; other files are kept.
+    PNGs, or RGB PNGs with ``colour`` (greyscale sources replicated). A summary is also
+    written to ``root/textures.json``. Patch files left in ``root`` by an earlier write
+    (any parameters) are deleted first; other files are kept.
 
     Parameters
     ----------

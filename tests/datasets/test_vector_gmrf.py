@@ -20,7 +20,8 @@ def explicit_covariance(kernel: np.ndarray, shape: tuple[int, ...], sigma: np.nd
     precision = np.eye(channels * size)
     for c, p in itertools.product(range(channels), itertools.product(*map(range, shape))):
         row = c * size + np.ravel_multi_index(p, shape)
-        for source, tap in itertools.product(range(channels), itertools.product(*map(range, window))):
+        taps = itertools.product(range(channels), itertools.product(*map(range, window)))
+        for source, tap in taps:
             q = tuple((np.array(p) + np.array(tap) - np.array(window) // 2) % np.array(shape))
             precision[row, source * size + np.ravel_multi_index(q, shape)] -= \
                 kernel[(c, source) + tap]
