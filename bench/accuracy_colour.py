@@ -259,18 +259,29 @@ def run(args) -> int:
               f"{r['cv']:>8.3f}±{r['cv_sd']:.3f}{r['images_per_s']:>10.1f}  {r['recipe']}")
 
     def best(family):
-        rows = {n: r for n, r in results.items() if r["family"] == family}
-        return max(rows.items(), key=lambda item: item[1]["cv"]) if rows else None
+        """The family's row of best CV mean (then smallest CV sd, then table order), and
+        the other rows tied with it on CV mean."""
+        rows = [(n, r) for n, r in results.items() if r["family"] == family]
+        if not rows:
+            return None, []
+        name, row = max(rows, key=lambda item: (item[1]["cv"], -np.nan_to_num(item[1]["cv_sd"])))
+        return (name, row), [n for n, r in rows if r["cv"] == row["cv"] and n != name]
 
-    colour, grey, peer = (best("kernelbank colour"), best("kernelbank luminance"),
-                          best("peer colour"))
+    def errors(row):
+        return round((1 - row["accuracy"]) * len(y_test))
+
+    (colour, colour_ties), (grey, _), (peer, _) = (
+        best("kernelbank colour"), best("kernelbank luminance"), best("peer colour"))
     if colour and grey:
-        print(f"kernelbank colour ({colour[0]}, best by CV) vs luminance ({grey[0]}): "
-              f"test accuracy {colour[1]['accuracy']:.4f} vs {grey[1]['accuracy']:.4f}, "
-              f"CV {colour[1]['cv']:.3f} vs {grey[1]['cv']:.3f}")
+        tied = f"; CV tie with {', '.join(colour_ties)}" if colour_ties else ""
+        print(f"kernelbank colour ({colour[0]}, best by CV{tied}) vs luminance ({grey[0]}): "
+              f"test errors {errors(colour[1])} vs {errors(grey[1])}, CV "
+              f"{colour[1]['cv']:.3f} vs {grey[1]['cv']:.3f}")
     if colour and peer:
-        ratio = (1 - colour[1]["accuracy"]) / max(1 - peer[1]["accuracy"], 1e-12)
-        print(f"kernelbank colour vs best colour peer ({peer[0]}): error ratio {ratio:.2f}")
+        mine, theirs = errors(colour[1]), errors(peer[1])
+        ratio = f"{mine / theirs:.2f}" if theirs else ("n/a" if mine == 0 else "inf")
+        print(f"kernelbank colour vs best colour peer ({peer[0]}): test errors {mine} vs "
+              f"{theirs}, error ratio {ratio}")
     if args.json:
         import json
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -134,7 +134,7 @@ def residual_covariance(gram: torch.Tensor, n_pixels: torch.Tensor, basis: Chann
                        device=gram.device)                                  # (…, C, M)
     sel = basis.selection.to(gram.device).expand(coef.shape)
     rows.scatter_(-1, sel, -coef)
-    rows[..., torch.arange(channels), basis.targets.to(gram.device)] += 1
+    rows[..., torch.arange(channels, device=gram.device), basis.targets.to(gram.device)] += 1
     cov = rows @ gram @ rows.transpose(-1, -2) / n_pixels.to(torch.float64)[..., None, None]
     cov = (cov + cov.transpose(-1, -2)) / 2
     diag = torch.diagonal(cov, dim1=-2, dim2=-1)
