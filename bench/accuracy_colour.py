@@ -92,13 +92,16 @@ def load_colour_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, n
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)      # PIL's "L" (ITU-R 601)
 
 
-def gmrf_classes(n_train: int = 40, n_test: int = 16, size: int = 64, seed: int = 0):
+def gmrf_classes(n_train: int = 40, n_test: int = 16, size: int = 64, seed: int = 0,
+                 strength: float = 0.1):
     """Four classes of 3-channel GMRF samples that have the same luminance.
 
     One multivariate GMRF (a random stable vector kernel) is drawn for every image; class
-    ``k`` then mixes its channels at every pixel by ``M_k = I + u_k v_kᵀ`` with ``u_k``
-    orthogonal to the luminance weights ``w``, so ``wᵀ M_k = wᵀ``: the luminance of every
-    class is the same random field, and only the colour tells the classes apart.
+    ``k`` then mixes its channels at every pixel by ``M_k = I + s u_k v_kᵀ`` with ``u_k``
+    a unit vector orthogonal to the luminance weights ``w``, ``v_k`` standard normal and
+    ``s`` the ``strength``, so ``wᵀ M_k = wᵀ``: the luminance of every class is the same
+    random field, and only the colour tells the classes apart (the more weakly, the
+    smaller ``s``).
     """
     from kernelbank.datasets import random_stable_vector_kernel, simulate_vector_gmrf
 
@@ -109,7 +112,8 @@ def gmrf_classes(n_train: int = 40, n_test: int = 16, size: int = 64, seed: int 
     for _ in range(4):
         u = rng.normal(size=3)
         u -= w * (u @ w) / (w @ w)                       # orthogonal to the luminance
-        mixes.append(np.eye(3) + np.outer(u / np.linalg.norm(u), rng.normal(size=3)))
+        mixes.append(np.eye(3) + strength * np.outer(u / np.linalg.norm(u),
+                                                     rng.normal(size=3)))
     splits = {}
     for split, count in (("train", n_train), ("test", n_test)):
         images, labels = [], []
