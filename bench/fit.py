@@ -215,8 +215,8 @@ def full_bases(quick: bool) -> None:
                       f"{rate['full']:>9.1f} {rate['iso']:>10.1f} {rate['full prev']:>10.1f} "
                       f"{rate['iso prev']:>9.1f} {ratio:>9.2f} {targets[radius]:>5.1f} "
                       f"{rate['full'] / rate['full prev']:>10.2f} "
-                      f"{rate['iso'] / rate['iso prev']:>9.2f}   full/iso {verdict}, "
-                      f"isotropic {'no slower' if rate['iso'] >= 0.95 * rate['iso prev'] else 'SLOWER'}")
+                      f"{rate['iso'] / rate['iso prev']:>9.2f}   full/iso {verdict}, isotropic "
+                      f"{'no slower' if rate['iso'] >= 0.95 * rate['iso prev'] else 'SLOWER'}")
 
 
 def main() -> None:

@@ -11,17 +11,22 @@ pixels. Two engines give the same sums (to float64 rounding):
   every dilation, and the sums themselves are what the later stages are algebra on.
 
 Which engine is used, per basis and image size (:func:`prefers_window_sums`), was
-measured with ``bench/fit.py`` (one thread, real textures, window sums against strips):
+measured on one thread (CPU time per image, window sums + ``BᵀGB`` against strips, on a
+busy 2-core machine, so ±30 %; 2-D: real textures, 3-D: noise volumes):
 
-============================  ==============================================
-basis                          engine
-============================  ==============================================
-full, any radius, 2-D or 3-D   window sums (radius 4: 4–10× the strip rate)
-isotropic / from_kernels       strips, unless the window sums are needed anyway
-============================  ==============================================
+=====================  ===============================================  ===============
+basis                  measured (strip time / window-sum time)           engine
+=====================  ===============================================  ===============
+full, 2-D, radius 1    64²–256²: 0.9–1.4×                               window sums
+full, 2-D, radius ≥ 2  64²: 1.6–3.2×, 128²: 2.1–4.8×, 256²: 2.8–7.8×    window sums
+full, 3-D              radius 1: 0.2–0.5×; radius 2–3: 0.3–0.5× up to   window sums if
+                       24³, 1.2–3.1× from 40³ (when side > 10·reach)    radius ≥ 2, side
+                                                                        ≥ 40 and > 10·reach
+isotropic, custom      2-D: 0.15–0.93×, 3-D: 0.03–0.18×                 strips
+=====================  ===============================================  ===============
 
 With ``return_sums`` the window sums are computed in any case, and every basis then takes
-its equations from them.
+its equations from them (one ``W cross Wᵀ``, negligible next to the sums).
 """
 
 from __future__ import annotations
@@ -40,9 +45,17 @@ __all__ = ["level_equations", "normal_equations", "prefers_window_sums"]
 Equations = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def prefers_window_sums(basis: Basis) -> bool:
-    """Whether the window-sum engine is the faster one for this basis (see the table)."""
-    return basis.kind == "full"
+def prefers_window_sums(basis: Basis, shape: Sequence[int]) -> bool:
+    """Whether the window-sum engine is the faster one for this basis and image shape.
+
+    See the table in the module docstring for the measurements behind the rule.
+    """
+    if basis.kind != "full":
+        return False
+    if basis.ndim == 2:
+        return True
+    side = min(shape)
+    return basis.radius >= 2 and side >= 40 and side > 10 * basis.reach
 
 
 def _strip_equations(batch: torch.Tensor, basis: Basis) -> Equations:
@@ -70,7 +83,7 @@ def normal_equations(batch: torch.Tensor, basis: Basis) -> Equations:
     sum_sq : (n,) float64
     n_pixels : (n,) int64
     """
-    if prefers_window_sums(basis):
+    if prefers_window_sums(basis, batch.shape[1:]):
         sums, = window_sums(batch, basis.radius, [basis.dilation])
         return sums.basis_sums(basis)
     return _strip_equations(batch, basis)
@@ -97,7 +110,8 @@ def level_equations(level: torch.Tensor, basis: Basis, dilations: Sequence[int],
     sums : list of WindowSums, one per dilation, or None
     """
     dilated = [basis.with_dilation(d) for d in dilations]
-    by_sums = [d for d, b in zip(dilations, dilated) if with_sums or prefers_window_sums(b)]
+    by_sums = [d for d, b in zip(dilations, dilated)
+               if with_sums or prefers_window_sums(b, level.shape[1:])]
     sums = dict(zip(by_sums, window_sums(level, basis.radius, by_sums))) if by_sums else {}
     equations = [sums[d].basis_sums(b) if d in sums else _strip_equations(level, b)
                  for d, b in zip(dilations, dilated)]

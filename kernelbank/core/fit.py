@@ -10,6 +10,12 @@ the solution is ``α = (G + λ n I)⁻¹ h`` and the mean squared prediction err
 ``(s - 2 αᵀh + αᵀ G α) / n``. No learning rate, no epochs, no random start: the
 result is the optimum.
 
+The sums come from whichever of two exact engines is faster for the basis and image
+size (:mod:`kernelbank.core.equations`): full bases take them from the window sums of
+:mod:`kernelbank.core.sums` (lag products; one pass serves every dilation), isotropic
+and custom bases from their responses, strip by strip. ``return_sums=True`` also hands
+back the window sums, the statistics every later stage is algebra on.
+
 Multi-scale fits run the same operation on
 
 * several dilations of the basis (taps spaced 1, 2, 3 … pixels apart), and
@@ -367,7 +373,8 @@ def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
 
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    merged = {k: torch.cat(v)[inverse.to(v[0].device)] for k, v in per_key.items()}
+    in_order = order == sorted(order)
+    merged = {k: _in_input_order(v, inverse, in_order) for k, v in per_key.items()}
     if not multi:
         merged = {k: v[:, 0] for k, v in merged.items()}
     coef = merged["coef"].to(dtype)
@@ -380,11 +387,19 @@ def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
         sums=[_merge_sums(parts, inverse) for parts in sums_parts] if return_sums else None)
 
 
+def _in_input_order(parts: list[torch.Tensor], inverse: torch.Tensor,
+                    in_order: bool) -> torch.Tensor:
+    """The chunks of one result, concatenated back into input order (copies only if needed)."""
+    values = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return values if in_order else values[inverse.to(values.device)]
+
+
 def _merge_sums(parts: list[WindowSums], inverse: torch.Tensor) -> WindowSums:
     """Window sums of the chunks and shape groups of one (scale, dilation), input order."""
+    in_order = bool(torch.equal(inverse, torch.arange(len(inverse))))
+
     def cat(name: str) -> torch.Tensor:
-        values = torch.cat([getattr(p, name) for p in parts])
-        return values[inverse.to(values.device)]
+        return _in_input_order([getattr(p, name) for p in parts], inverse, in_order)
     first = parts[0]
     return WindowSums(cat("cross"), cat("first"), cat("n_pixels"), first.radius,
                       first.dilation, first.ndim, first.scale, first.grid, first.channels)

@@ -11,38 +11,49 @@ core. Along an axis of ``S`` pixels, tap coordinate ``u − r`` (``u = 0 … 2r`
 *run* ``[δu, S − 2R + δu)`` (``R = rδ``): the core ``[2R, S − 2R)``, the *low* blocks
 ``m ≥ u`` (``[δm, δm + δ)``, ``m < 2r``, near the start) and the *high* blocks ``m < u``
 (``S − 2R + [δm, δm + δ)``, near the end). So every run sum is
-``core + Σ low + prefix_u(high − low)``, and each entry of the window sums is a sum of
-the lag product over (rows run) × (columns run) [× (planes run)]: float64 algebra on a
-few per-block sums. Those come from three kinds of work, one per region of the image:
+``core + Σ low + prefix_u(high − low)`` — sums of sums, never a difference of large
+prefix sums — and each entry of the window sums is the lag product summed over
+(rows run) × (columns run) [× (planes run)]. Those box sums come from three kinds of
+work, one per region of the image:
 
 * **core rows × all columns** (nearly all pixels): for each row lag, one batched matrix
   product over the core rows of column tiles, ``X_tileᵀ · X_tile+halo``, of which the
-  band of column lags ``|l| ≤ 2r`` is kept;
+  band of column lags ``|l| ≤ 2r`` is kept, then one product with the 0/1 matrix of
+  columns in each columns run;
 * **edge rows × core columns**: for each column lag, one batched product over the
   columns of the ``4R`` edge rows against their partner rows;
 * **edge rows × edge columns** (the four corners): explicit products, with the images
-  innermost so that they vectorise.
+  innermost so that they vectorise, reduced to runs by two small matrix products.
 
 Columns are dilated by deinterleaving: the ``δ`` column phases of the image are laid side
 by side, so column lags are ``|l| ≤ 2r`` in phase units and no product pairs columns the
-window never pairs. Rows and planes are used as they
-are, with lags that are multiples of ``δ``. Images smaller than this structure needs
-(an axis shorter than ``4R``) are summed directly from their stack of shifted windows.
+window never pairs. Rows and planes are used as they are, with lags that are multiples
+of ``δ``; volumes take every plane lag in turn. Images smaller than this structure needs
+(an axis shorter than ``4R``, or column phases shorter than ``4r``) are summed directly
+from their stack of shifted windows.
+
+Cost: about ``(2r+1)·2(T + 4r)`` flops per pixel in matrix products (``T`` the tile
+width: 16 at radius 4, against ``(4r+1)(2r+1)`` useful multiply-adds) plus ``4·(2R)²``
+explicit products per lag in the corners, which matter only for small images at large
+dilations.
 
 Channels: for images of ``C`` channels the taps are ``(c, o_a)`` (channel-major) and every
-entry is a lag product of two channels, ``Σ x_c(q) x_{c'}(q + L)``. Each channel is laid
-out as a one-channel batch (channels outermost), and every region's products run once
-per ordered channel pair ``(c, c')``: ``C²`` times the one-channel work and nothing else
-(swapping the taps of a cross-channel product swaps its channels, so both orders are
-needed). One channel is the case ``C = 1``, operation for operation.
+entry is a lag product of two channels, ``Σ x_c(q) x_{c'}(q + L)``. Each channel has its
+own layout, and the three regions' products are taken for every ordered channel pair
+(the left operand from one channel, the partner rows and columns from the other):
+``C²`` times the one-channel work, nothing else. Both orders are needed because swapping
+the taps of a cross-channel product swaps its channels. One channel is the case
+``C = 1``, operation for operation.
 
 Notes
 -----
-Products are formed in the images' dtype; within a block the matrix products accumulate
-in that dtype (as the strip Grams of :mod:`kernelbank.core.responses` do) and everything
-after is float64. The caller passes a shift (each image's mean) that is subtracted when
-the layout is filled, so a large offset costs no digits in float32 products;
-:func:`kernelbank.core.sums.window_sums` adds its exact contribution back in float64.
+Products are formed in the images' dtype; a float32 matrix product sums at most
+``_SPAN`` products (core rows are taken in blocks) before float64 takes over, the span
+of one strip Gram of :mod:`kernelbank.core.responses`. The caller passes a shift (each
+image's mean) that is subtracted when the layout is filled, so a large offset costs no
+digits in float32 products; :func:`kernelbank.core.sums.window_sums` adds its exact
+contribution back in float64. Every operation is a device-agnostic torch operation
+(strided views, batched matrix products); nothing leaves the images' device.
 """
 
 from __future__ import annotations
@@ -56,8 +67,10 @@ __all__ = ["lag_window_sums"]
 
 # Elements of the image layout (or of the run table, all lags × runs) per group of images:
 # bounded so the working set stays in cache and memory stays flat for any batch.
-_LAYOUT_ELEMENTS = 1 << 18
+_LAYOUT_ELEMENTS = 1 << 19
 _TABLE_ELEMENTS = 2 << 20
+# Elements of one corner's products per pass (bounds memory for large groups).
+_CORNER_ELEMENTS = 1 << 18
 # Products summed in the images' dtype before float64 takes over (rows × columns of one
 # matrix-product block): the span of one strip Gram of kernelbank.core.responses.
 _SPAN = 1 << 17
@@ -156,76 +169,62 @@ def _plane_runs(values: torch.Tensor, dim: int, axis: _Axis | None, planes: int,
 
 
 # ---------------------------------------------------------------------------- layout
-class _Layout:
-    """The shifted images copied once into the arrangement the matrix products read.
+def _taps(radius: int, ndim: int) -> np.ndarray:
+    """Window taps as (plane, row, column) coordinates in C order, shape (t, 3)."""
+    axis = np.arange(-radius, radius + 1)
+    taps = np.stack(np.meshgrid(*([axis] * ndim), indexing="ij"), -1).reshape(-1, ndim)
+    if ndim == 2:
+        taps = np.concatenate([np.zeros((len(taps), 1), dtype=taps.dtype), taps], 1)
+    return taps
 
-    ``z`` has shape ``(channels, rows, planes, n, width)``: channels outermost, each laid
-    out as a one-channel batch with image rows outermost (the contraction axis of the
-    core products), then planes (volumes) and images, then the column phases side by
-    side, the width rounded up to whole tiles with zeros. ``2R + δ`` zero rows follow
-    each channel's image rows and the flat ``buffer`` has ``2r`` zeros before and after
-    ``z``, so every shifted view a product reads stays inside it.
+
+class _Plan:
+    """Everything that depends on the image shape but not on the pixels (once per call).
+
+    The layout (:class:`_Layout`) has ``width`` columns: the ``δ`` column phases side by
+    side (phase ``φ`` at ``offsets[φ]``, ``widths[φ]`` columns), rounded up to whole
+    tiles; ``rows`` rows: the image's, then ``2R + δ`` zero rows.
     """
 
-    def __init__(self, images: torch.Tensor, shift: torch.Tensor, radius: int, dilation: int):
-        """``images`` (n, channels, *spatial), ``shift`` (n, channels)."""
-        n, channels, ndim = images.shape[0], images.shape[1], images.ndim - 2
-        planes = images.shape[2] if ndim == 3 else 1
-        height, width = images.shape[-2:]
-        r, d = radius, dilation
+    def __init__(self, shape: tuple[int, ...], radius: int, dilation: int,
+                 dtype: torch.dtype, device: torch.device):
+        r, d, ndim = radius, dilation, len(shape)
         self.radius, self.dilation, self.ndim = r, d, ndim
-        self.n, self.channels, self.planes, self.height = n, channels, planes, height
+        self.planes = shape[0] if ndim == 3 else 1
+        self.height, image_width = shape[-2:]
         self.tile = _tile_width(r)
-        self.widths = [_ceil_div(width - phase, d) for phase in range(d)]
+        self.widths = [_ceil_div(image_width - phase, d) for phase in range(d)]
         self.offsets = [sum(self.widths[:phase]) for phase in range(d)]
-        self.width = _ceil_div(width, self.tile) * self.tile
-        rows = height + 2 * r * d + d
+        self.image_width = image_width
+        self.width = _ceil_div(image_width, self.tile) * self.tile
+        self.rows = self.height + 2 * r * d + d
         self.margin = 2 * r
-        self.row_stride = planes * n * self.width
-        self.channel_stride = rows * self.row_stride
-        size = channels * self.channel_stride
-        self.buffer = images.new_empty(2 * self.margin + size)
-        self.z = self.buffer[self.margin:self.margin + size].view(
-            channels, rows, planes, n, self.width)
-        # Zeros wherever no pixel goes. The phases need no zeros between them: a product
-        # reaching past a phase's end only enters (run, lag) pairs that no tap pair
-        # reads, which only requires it to be finite.
-        self.buffer[:self.margin].zero_()
-        self.buffer[self.margin + size:].zero_()
-        self.z[:, height:].zero_()
-        self.z[:, :height, :, :, width:].zero_()
-        for c in range(channels):
-            self._fill(self.z[c], images[:, c], shift[:, c].reshape(1, 1, n, 1))
-        self.row_axis = _Axis.rows(height, r, d)
+        self.row_axis = _Axis.rows(self.height, r, d)
         self.column_axis = _Axis.phases(self.offsets, self.widths, r)
-        self.plane_axis = _Axis.rows(planes, r, d) if ndim == 3 else None
+        self.plane_axis = _Axis.rows(self.planes, r, d) if ndim == 3 else None
         self.plane_radius = r if ndim == 3 else 0
-        self._columns = torch.from_numpy(self.column_axis.membership(self.width)).to(
-            images.device, images.dtype)
 
-    def _fill(self, z: torch.Tensor, images: torch.Tensor, shift: torch.Tensor) -> None:
-        """Copy one channel's images (n, *spatial), less ``shift``, into its ``z``."""
-        n, planes, height, d = self.n, self.planes, self.height, self.dilation
-        width = images.shape[-1]
-        if width % d == 0:
-            # equal phases: one pass reads the images in order
-            w = width // d
-            source = images.reshape(n, planes, height, w, d).permute(2, 1, 0, 4, 3)
-            torch.sub(source, shift[..., None],
-                      out=z[:height, :, :, :width].unflatten(-1, (d, w)))
-        else:
-            for offset, w, phase in zip(self.offsets, self.widths, range(d)):
-                source = images.reshape(n, planes, height, width)[..., phase::d]
-                torch.sub(source.permute(2, 1, 0, 3), shift,
-                          out=z[:height, :, :, offset:offset + w])
+        def constant(array: np.ndarray, kind: torch.dtype = dtype) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device, kind)
 
-    def pairs(self) -> list[tuple[int, int]]:
-        """Every ordered (left, right) channel pair; (0, 0) alone for one channel."""
-        return [(a, b) for a in range(self.channels) for b in range(self.channels)]
-
-    def column_membership(self) -> torch.Tensor:
-        """(width, Sc) 0/1 matrix of columns in each columns run, images' dtype."""
-        return self._columns
+        # 0/1 run membership of every column and row, in the images' dtype
+        self.column_runs = constant(self.column_axis.membership(self.width).T)   # (Sc, width)
+        self.row_runs = constant(self.row_axis.membership(self.height).T)        # (Sr, rows)
+        core = np.zeros(self.width)
+        for start, stop in self.column_axis.core:
+            core[start:stop] = 1
+        self.core_columns = constant(core)
+        # corners: rows group (top, bottom) × residue × 4r (2r rows + 2r partner rows);
+        # columns side (left, right) × phase × 6r (2r columns + 2r halo each side)
+        reach = r * d
+        self.corner_rows = (np.array([0, self.height - 2 * reach])[:, None, None]
+                            + np.arange(d)[None, :, None] + d * np.arange(4 * r))
+        starts = np.array([[o - 2 * r for o in self.offsets],
+                           [o + w - 4 * r for o, w in zip(self.offsets, self.widths)]])
+        self.corner_columns = starts[:, :, None] + np.arange(6 * r)
+        u, m = np.arange(2 * r + 1)[:, None], np.arange(2 * r)[None, :]
+        self.block_runs = (constant(m >= u), constant(m < u))       # low, high blocks
+        self._gather_indices(device)
 
     def plane_lags(self):
         """(lag index, shift in planes, first plane, stop plane) of each plane lag."""
@@ -236,12 +235,138 @@ class _Layout:
             if p0 < p1:
                 yield index, shift, p0, p1
 
+    def table_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the run tables of :class:`_RunSums`, without the image axis."""
+        r, rp = self.radius, self.plane_radius
+        ld, li, lj, s, sp = 4 * rp + 1, 2 * r + 1, 4 * r + 1, 2 * r + 1, 2 * rp + 1
+        return {"core": (ld, li, s, lj, sp), "edge": (ld, s, li, lj, sp),
+                "corners": (ld, s, li, s, lj, sp), "image": (s, s, sp)}
+
+    def _gather_indices(self, device: torch.device) -> None:
+        """Rows of each run table holding each (tap, tap) entry and each tap's first sum."""
+        r, rp = self.radius, self.plane_radius
+        taps = _taps(r, self.ndim)
+        t = len(taps)
+        a, b = np.repeat(taps, t, 0), np.tile(taps, (t, 1))
+        # one canonical direction per unordered pair, so (a, b) and (b, a) read the same
+        # sum: row lag > 0, or row lag 0 and column lag > 0, or both 0 and plane lag >= 0
+        step = b - a
+        forward = ((step[:, 1] > 0) | ((step[:, 1] == 0) & (
+            (step[:, 2] > 0) | ((step[:, 2] == 0) & (step[:, 0] >= 0)))))[:, None]
+        sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run per axis
+        ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
+        shapes = self.table_shapes()
+
+        def rows(name: str, index: tuple[np.ndarray, ...]) -> torch.Tensor:
+            return torch.from_numpy(np.ravel_multi_index(index, shapes[name])).to(device)
+
+        self.gather = {"corners": rows("corners", (ld, sr, li, sc, lj, sp)),
+                       "core": rows("core", (ld, li, sc, lj, sp)),
+                       "edge": rows("edge", (ld, sr, li, lj, sp)),
+                       "image": rows("image", (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))}
+        self.n_taps = t
+        # per (tap, tap): whether the entry is read in the direction asked (else the taps,
+        # and with channels the channels, are swapped), and whether the taps are one
+        self.forward = torch.from_numpy(forward[:, 0]).to(device)
+        self.same_tap = torch.from_numpy((step == 0).all(1)).to(device)
+
+
+class _Layout:
+    """The shifted images copied once into the arrangement the matrix products read.
+
+    ``z`` has shape ``(rows, planes, n, width)`` (see :class:`_Plan`): image rows
+    outermost (the contraction axis of the core products), then planes and images,
+    then the column phases side by side. The flat ``buffer`` has ``2r`` zeros before
+    and after ``z``, so every shifted view a product reads stays inside it.
+    """
+
+    def __init__(self, plan: _Plan, images: torch.Tensor, shift: torch.Tensor):
+        self.plan = plan
+        n, planes, height, width = images.shape[0], plan.planes, plan.height, plan.image_width
+        d = plan.dilation
+        self.n = n
+        self._edge: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._region: torch.Tensor | None = None
+        self.row_stride = planes * n * plan.width
+        self.buffer = images.new_empty(2 * plan.margin + plan.rows * self.row_stride)
+        self.z = self.buffer[plan.margin:plan.margin + plan.rows * self.row_stride].view(
+            plan.rows, planes, n, plan.width)
+        # Zeros wherever no pixel goes. The phases need no zeros between them: a product
+        # reaching past a phase's end only enters (run, lag) pairs that no tap pair
+        # reads, which only requires it to be finite.
+        self.buffer[:plan.margin].zero_()
+        self.buffer[plan.margin + height * self.row_stride:].zero_()
+        self.z[:height, :, :, width:].zero_()
+        shift = shift.reshape(1, 1, n, 1)
+        if width % d == 0:
+            # equal phases: one pass reads the images in order
+            w = width // d
+            source = images.reshape(n, planes, height, w, d).permute(2, 1, 0, 4, 3)
+            torch.sub(source, shift[..., None],
+                      out=self.z[:height, :, :, :width].unflatten(-1, (d, w)))
+        else:
+            for offset, w, phase in zip(plan.offsets, plan.widths, range(d)):
+                source = images.reshape(n, planes, height, width)[..., phase::d]
+                torch.sub(source.permute(2, 1, 0, 3), shift,
+                          out=self.z[:height, :, :, offset:offset + w])
+
     def strided(self, shape: tuple[int, ...], strides: tuple[int, ...], row: int, plane: int,
-                column: int, channel: int = 0) -> torch.Tensor:
-        """A view of the buffer starting at (channel, row, plane, image 0, column)."""
-        offset = (self.margin + channel * self.channel_stride + row * self.row_stride
-                  + plane * self.n * self.width + column)
+                column: int) -> torch.Tensor:
+        """A view of the buffer starting at (row, plane, image 0, column)."""
+        offset = self.plan.margin + row * self.row_stride + plane * self.n * self.plan.width \
+            + column
         return self.buffer.as_strided(shape, strides, offset)
+
+    def edge_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The edge rows and their partners, and the edge rows' core columns (built once).
+
+        ``edge`` (4R+1, group, planes, n, width + 4r): both groups' rows interleaved per
+        row, so that (residue, group, plane, image) is one batch stride of ``width`` and
+        every row its own row; ``left`` the first 2R rows, core columns only.
+        """
+        if self._edge is None:
+            plan, n = self.plan, self.n
+            r, R, width = plan.radius, plan.radius * plan.dilation, plan.width
+            edge = self.buffer.new_empty((4 * R + 1, 2, plan.planes, n, width + 4 * r))
+            edge[..., :2 * r].zero_()
+            edge[..., width + 2 * r:].zero_()
+            edge[-1].zero_()
+            for group, g0 in enumerate((0, plan.height - 2 * R)):
+                edge[:4 * R, group, ..., 2 * r:width + 2 * r] = self.z[g0:g0 + 4 * R]
+            self._edge = edge, edge[:2 * R, ..., 2 * r:width + 2 * r] * plan.core_columns
+        return self._edge
+
+    def corner_region(self) -> torch.Tensor:
+        """(group, residue, side, phase, 4r, 6r, planes·n) corner pixels, images
+        innermost (built once); the views may reach past a row's end, which only reads
+        finite neighbours."""
+        if self._region is None:
+            plan, n = self.plan, self.n
+            r, d = plan.radius, plan.dilation
+            rows, columns = plan.corner_rows, plan.corner_columns
+            region = self.buffer.new_empty((2, d, 2, d, 4 * r, 6 * r, plan.planes * n))
+            for group, side, phase in np.ndindex(2, 2, d):
+                offset = plan.margin + int(rows[group, 0, 0]) * self.row_stride \
+                    + int(columns[side, phase, 0])
+                region[group, :, side, phase].copy_(self.buffer.as_strided(
+                    (d, 4 * r, 6 * r, plan.planes * n),
+                    (self.row_stride, d * self.row_stride, 1, plan.width), offset))
+            self._region = region
+        return self._region
+
+    def image_runs(self) -> torch.Tensor:
+        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
+        plan = self.plan
+        z = self.z[:plan.height].reshape(plan.height, -1)
+        step = max(1, _SPAN // plan.width)
+        boxes = 0
+        for b0 in range(0, plan.height, step):
+            part = plan.row_runs[:, b0:b0 + step] @ z[b0:b0 + step]     # (Sr, P·n·width)
+            part = part.view(-1, plan.width) @ plan.column_runs.T
+            boxes = boxes + part.to(torch.float64)
+        boxes = boxes.view(2 * plan.radius + 1, plan.planes, self.n, 2 * plan.radius + 1)
+        boxes = _plane_runs(boxes, 1, plan.plane_axis, plan.planes, 0, plan.planes)
+        return boxes.permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------------------- the regions
@@ -250,266 +375,247 @@ class _RunSums:
 
     Lags are indexed as plane lag ``(i − 2rp)δ``, row lag ``iδ`` (only non-negative:
     the other half is the same products with the two taps swapped) and column lag
-    ``i − 2r`` in phase units; runs ``S·`` as in the module docstring. Every table
-    starts with the image axis and the (left, right) channel pair ``Ca, Cb`` of the
-    products ``Σ x_left(q) x_right(q + L)``.
+    ``i − 2r`` in phase units; runs ``S·`` as in the module docstring. Every table ends
+    with the image axis (shapes: :meth:`_Plan.table_shapes`). The products are
+    ``Σ x(q) y(q + L)`` of the images ``x`` of ``layout`` and ``y`` of ``partner`` (two
+    channels of the same images; ``layout`` itself by default).
 
     Attributes
     ----------
-    core : (n, Ca, Cb, plane lags, Li, Sc, Lj, Sp) float64
+    core : (plane lags, Li, Sc, Lj, Sp, n) float64
         Core rows (in every rows run) × the columns of each columns run.
-    edge : (n, Ca, Cb, plane lags, Sr, Li, Lj, Sp) float64
+    edge : (plane lags, Sr, Li, Lj, Sp, n) float64
         Edge rows of each rows run × core columns (in every columns run).
-    corners : (n, Ca, Cb, plane lags, Sr, Li, Sc, Lj, Sp) float64
+    corners : (plane lags, Sr, Li, Sc, Lj, Sp, n) float64
         Edge rows × edge columns of each (rows run, columns run).
     """
 
-    def __init__(self, layout: _Layout):
-        r, rp = layout.radius, layout.plane_radius
-        self.layout = layout
-        lags, runs = (4 * rp + 1, 2 * r + 1, 4 * r + 1), (2 * r + 1, 2 * rp + 1)
+    def __init__(self, layout: _Layout, partner: _Layout | None = None):
+        self.layout, self.plan = layout, layout.plan
+        self.partner = layout if partner is None else partner
+        shapes = self.plan.table_shapes()
         new = layout.buffer.new_zeros
-        pairs = (layout.n, layout.channels, layout.channels)
-        self.core = new(pairs + (lags[0], lags[1], runs[0], lags[2], runs[1]),
-                        dtype=torch.float64)
-        self.edge = new(pairs + (lags[0], runs[0], lags[1], lags[2], runs[1]),
-                        dtype=torch.float64)
-        self.corners = new(pairs + (lags[0], runs[0], lags[1], runs[0], lags[2], runs[1]),
-                           dtype=torch.float64)
-        for ca, cb in layout.pairs():
-            self._core_rows(ca, cb)
-            self._edge_rows(ca, cb)
-            self._corners(ca, cb)
+        for name in ("core", "edge", "corners"):
+            setattr(self, name, new(shapes[name] + (layout.n,), dtype=torch.float64))
+        self._core_rows()
+        self._edge_rows()
+        self._corners()
 
     def _plane_runs(self, values: torch.Tensor, dim: int, p0: int, p1: int) -> torch.Tensor:
-        lay = self.layout
-        return _plane_runs(values, dim, lay.plane_axis, lay.planes, p0, p1)
+        plan = self.plan
+        return _plane_runs(values, dim, plan.plane_axis, plan.planes, p0, p1)
 
-    def _core_rows(self, ca: int, cb: int) -> None:
+    def _core_rows(self) -> None:
         """Core rows × all columns: one batched product per (row block, plane lag, row lag)."""
-        lay = self.layout
-        if not lay.row_axis.core:
+        lay, plan = self.layout, self.plan
+        if not plan.row_axis.core:
             return
-        (c0, c1), = lay.row_axis.core
-        r, d, tile, width = lay.radius, lay.dilation, lay.tile, lay.width
+        (c0, c1), = plan.row_axis.core
+        r, d, tile, width, n = plan.radius, plan.dilation, plan.tile, plan.width, lay.n
         halo = tile + 4 * r
-        member = lay.column_membership().T                       # (Sc, width)
         step = max(1, _SPAN // width)
-        for lag_index, shift, p0, p1 in lay.plane_lags():
+        for lag_index, shift, p0, p1 in plan.plane_lags():
             planes = p1 - p0
-            batch = planes * lay.n * (width // tile)
+            batch = planes * n * (width // tile)
             # per column: (row lags, P'·n·tiles, tile, column lags)
             bands = lay.buffer.new_empty((2 * r + 1, batch, tile, 4 * r + 1))
-            total = 0
+            product = lay.buffer.new_empty((batch, tile, halo))
             for b0 in range(c0, c1, step):
                 span = min(c1, b0 + step) - b0
-                left = lay.strided((batch, tile, span), (tile, 1, lay.row_stride), b0, p0, 0,
-                                   ca)
+                # the left operand serves every row lag: packed once, rows innermost
+                # (measured 1.5× faster products than reading it in place)
+                left = lay.strided((batch, span, tile), (tile, lay.row_stride, 1), b0, p0, 0)
+                left = left.contiguous().transpose(1, 2)
                 for k in range(2 * r + 1):
-                    right = lay.strided((batch, span, halo), (tile, lay.row_stride, 1),
-                                        b0 + k * d, p0 + shift, -2 * r, cb)
-                    product = torch.bmm(left, right)
+                    right = self.partner.strided((batch, span, halo), (tile, lay.row_stride, 1),
+                                                 b0 + k * d, p0 + shift, -2 * r)
+                    torch.bmm(left, right, out=product)
                     bands[k].copy_(product.as_strided((batch, tile, 4 * r + 1),
                                                       (tile * halo, halo + 1, 1)))
-                runs = torch.matmul(member, bands.view((2 * r + 1) * planes * lay.n, width, -1))
-                total = total + runs.to(torch.float64)            # (Li·P'·n, Sc, Lj)
-            runs = self._plane_runs(total.view(2 * r + 1, planes, lay.n, 2 * r + 1, 4 * r + 1),
+                runs = torch.matmul(plan.column_runs,
+                                    bands.view((2 * r + 1) * planes * n, width, -1))
+                if b0 == c0:                                      # (Li·P'·n, Sc, Lj)
+                    total = runs.to(torch.float64)
+                else:
+                    total += runs
+            runs = self._plane_runs(total.view(2 * r + 1, planes, n, 2 * r + 1, 4 * r + 1),
                                     1, p0, p1)                       # (Li, Sp, n, Sc, Lj)
-            self.core[:, ca, cb, lag_index] = runs.permute(2, 0, 3, 4, 1)
+            self.core[lag_index] = runs.permute(0, 3, 4, 1, 2)
 
-    def _edge_rows(self, ca: int, cb: int) -> None:
-        """Edge rows × core columns: one batched product per (group, plane lag, column lag)."""
-        lay = self.layout
-        if not lay.column_axis.core:
+    def _edge_rows(self) -> None:
+        """Edge rows × core columns: one batched product per (plane lag, column lag)."""
+        lay, plan = self.layout, self.plan
+        if not plan.column_axis.core:
             return
-        r, R = lay.radius, lay.radius * lay.dilation
-        mask = torch.zeros(lay.width, dtype=lay.buffer.dtype, device=lay.buffer.device)
-        for start, stop in lay.column_axis.core:
-            mask[start:stop] = 1
-        for lag_index, shift, p0, p1 in lay.plane_lags():
-            groups = []
-            for g0 in (0, lay.height - 2 * R):
-                masked = lay.z[ca, g0:g0 + 2 * R] * mask        # core columns only
-                bands = [self._edge_band(masked, cb, g0, shift, p0, p1, lag)
-                         for lag in range(-2 * r, 2 * r + 1)]
-                # (Lj, δ, P', n, 2r, Li) → sum the δ rows of each block
-                groups.append(torch.stack(bands).sum(1))
-            runs = _runs(groups[0], groups[1], 3)                     # (Lj, P', n, Sr, Li)
+        r, d, width, n = plan.radius, plan.dilation, plan.width, lay.n
+        _, left = lay.edge_rows()                      # this channel's rows, core columns
+        edge, _ = self.partner.edge_rows()             # the partner rows
+        stride = 2 * plan.planes * n * (width + 4 * r)
+        for lag_index, shift, p0, p1 in plan.plane_lags():
+            planes = p1 - p0
+            batch = d * 2 * planes * n
+            if planes == plan.planes:
+                a = left.as_strided((batch, 2 * r, width), (width, d * left.stride(0), 1))
+                a = a.contiguous()                        # shared by every column lag
+                bands = a.new_empty((4 * r + 1, batch, 2 * r, 4 * r))
+                for j, lag in enumerate(range(-2 * r, 2 * r + 1)):
+                    b = edge.as_strided((batch, 4 * r, width), (width + 4 * r, d * stride, 1),
+                                        2 * r + lag)
+                    torch.bmm(a, b.transpose(1, 2), out=bands[j])
+            else:
+                bands = torch.stack([self._edge_band(left, edge, residue, group, shift, p0,
+                                                     p1, lag)
+                                     for lag in range(-2 * r, 2 * r + 1)
+                                     for residue in range(d) for group in range(2)])
+            band = bands.as_strided((4 * r + 1, batch, 2 * r, 2 * r + 1),
+                                    (batch * 8 * r * r, 8 * r * r, 4 * r + 1, 1))
+            # (Lj, δ, group, P', n, 2r, Li) → sum the δ rows of each block
+            band = band.reshape(4 * r + 1, d, 2, planes, n, 2 * r, 2 * r + 1).sum(1)
+            runs = _runs(band[:, 0], band[:, 1], 3)                    # (Lj, P', n, Sr, Li)
             runs = self._plane_runs(runs, 1, p0, p1)                   # (Lj, Sp, n, Sr, Li)
-            self.edge[:, ca, cb, lag_index] = runs.permute(2, 3, 4, 0, 1)
+            self.edge[lag_index] = runs.permute(3, 4, 0, 1, 2)
 
-    def _edge_band(self, masked: torch.Tensor, channel: int, g0: int, shift: int, p0: int,
-                   p1: int, lag: int) -> torch.Tensor:
-        """(δ, P', n, 2r, 2r+1): rows ``g0 + ρ + δm`` against rows ``+ δk`` of ``channel``,
-        column lag ``lag``."""
-        lay = self.layout
-        r, d, width, stride = lay.radius, lay.dilation, lay.width, lay.row_stride
-        count, partners, planes = 2 * r, 4 * r, p1 - p0
-        if planes == lay.planes:
-            # (residue, plane, image) is one stride of `width`: all residues in one batch
-            batch = d * planes * lay.n
-            left = masked.as_strided((batch, count, width), (width, d * stride, 1), 0)
-            right = lay.strided((batch, partners, width), (width, d * stride, 1), g0, 0, lag,
-                                channel)
-            product = torch.bmm(left, right.transpose(1, 2))
-        else:
-            parts = []
-            for residue in range(d):
-                left = masked.as_strided((planes * lay.n, count, width), (width, d * stride, 1),
-                                         residue * stride + p0 * lay.n * width)
-                right = lay.strided((planes * lay.n, partners, width), (width, d * stride, 1),
-                                    g0 + residue, p0 + shift, lag, channel)
-                parts.append(torch.bmm(left, right.transpose(1, 2)))
-            product = torch.cat(parts)
-        band = product.as_strided((product.shape[0], count, 2 * r + 1),
-                                  (count * partners, partners + 1, 1))
-        return band.reshape(d, planes, lay.n, count, 2 * r + 1)
+    def _edge_band(self, left: torch.Tensor, edge: torch.Tensor, residue: int, group: int,
+                   shift: int, p0: int, p1: int, lag: int) -> torch.Tensor:
+        """(P'·n, 2r, 4r) products of one residue and group for a plane lag (volumes)."""
+        r, d, n, width = self.plan.radius, self.plan.dilation, self.layout.n, self.plan.width
+        planes = p1 - p0
+        a = left[residue::d, group, p0:p1].permute(1, 2, 0, 3).reshape(planes * n, 2 * r, width)
+        b = edge[residue::d, group, p0 + shift:p1 + shift, :, 2 * r + lag:2 * r + lag + width]
+        b = b[:4 * r].permute(1, 2, 0, 3).reshape(planes * n, 4 * r, width)
+        return torch.bmm(a, b.transpose(1, 2)).view(planes * n, 2 * r, 4 * r)
 
-    def _corners(self, ca: int, cb: int) -> None:
+    def _corners(self) -> None:
         """Edge rows × edge columns: explicit products, images innermost."""
-        lay = self.layout
-        r, d, R = lay.radius, lay.dilation, lay.radius * lay.dilation
-        device, dtype = lay.buffer.device, lay.buffer.dtype
-        # rows: group (top, bottom) × residue × 4r block rows (2r + their 2r partners)
-        rows = (np.array([0, lay.height - 2 * R])[:, None, None] + np.arange(d)[None, :, None]
-                + d * np.arange(4 * r)[None, None, :])
-        # columns: side (left, right) × phase × 6r (2r + the 2r-column halo on each side)
-        starts = np.array([[o - 2 * r for o in lay.offsets],
-                           [o + w - 4 * r for o, w in zip(lay.offsets, lay.widths)]])
-        columns = starts[:, :, None] + np.arange(6 * r)
-        # (group, residue, side, phase, 4r, 6r, planes·n), images innermost, of the left
-        # and the right channel; the views may reach past a row's end, which only reads
-        # finite neighbours
-        regions = {}
-        for channel in {ca, cb}:
-            region = lay.buffer.new_empty((2, d, 2, d, 4 * r, 6 * r, lay.planes * lay.n))
-            for group, side, phase in np.ndindex(2, 2, d):
-                offset = lay.margin + channel * lay.channel_stride \
-                    + int(rows[group, 0, 0]) * lay.row_stride + int(columns[side, phase, 0])
-                region[group, :, side, phase].copy_(lay.buffer.as_strided(
-                    (d, 4 * r, 6 * r, lay.planes * lay.n),
-                    (lay.row_stride, d * lay.row_stride, 1, lay.width), offset))
-            regions[channel] = region
-        region, partner = regions[ca], regions[cb]
-        st = region.stride()
-        # run sums of an axis's 2r low blocks (m ≥ u) and 2r high blocks (m < u)
-        u = np.arange(2 * r + 1)[:, None]
-        m = np.arange(2 * r)[None, :]
-        runs = [torch.from_numpy((m >= u) * 1.0).to(device, dtype),
-                torch.from_numpy((m < u) * 1.0).to(device, dtype)]
-        for lag_index, shift, p0, p1 in lay.plane_lags():
-            inner = (p1 - p0) * lay.n
-            shape = (2 * r, 2 * r + 1, 2 * r, 4 * r + 1, inner)     # (m, Li, m', Lj, ·)
-            products = region.new_empty(shape)
-            expanded = region.new_empty((2 * r, 1, 2 * r, 4 * r + 1, inner))
-            both = None                                          # (Sc, Sr, Li, Lj, ·)
-            # one corner (group of rows × side of columns) at a time: stays in cache
-            for group, side in np.ndindex(2, 2):
-                for residue, phase in np.ndindex(d, d):
-                    base = (region.storage_offset() + group * st[0] + residue * st[1]
-                            + side * st[2] + phase * st[3])
-                    a = region.as_strided((2 * r, 1, 2 * r, 4 * r + 1, inner),
-                                          (st[4], 0, st[5], 0, 1),
-                                          base + 2 * r * st[5] + p0 * lay.n)
-                    b = partner.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
-                                           base + (p0 + shift) * lay.n)
-                    # expanded once along the column lags, so that every operand runs
-                    # contiguously over (column lag, image) and the product vectorises
-                    if residue == phase == 0:
-                        torch.mul(b, expanded.copy_(a), out=products)
-                    else:
-                        products.addcmul_(b, expanded.copy_(a))
-                rows_run = (runs[group] @ products.view(2 * r, -1)).view(
-                    (2 * r + 1) * (2 * r + 1), 2 * r, -1)       # (Sr·Li, m', Lj·inner)
-                part = runs[side] @ rows_run.transpose(0, 1).reshape(2 * r, -1)
-                both = part if both is None else both.add_(part)
-            both = both.to(torch.float64).view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1,
-                                               p1 - p0, lay.n)
-            if lay.plane_axis is not None:
-                both = self._plane_runs(both, 4, p0, p1)
-            # (Sc, Sr, Li, Lj, Sp, n) → (n, Sr, Li, Sc, Lj, Sp)
-            self.corners[:, ca, cb, lag_index] = both.permute(5, 1, 2, 0, 3, 4)
+        plan = self.plan
+        region, partner = self.layout.corner_region(), self.partner.corner_region()
+        for lag_index, shift, p0, p1 in plan.plane_lags():
+            parts = [self._corner_runs(region, partner, i0, i1, shift, p0, p1)
+                     for i0, i1 in self._corner_groups(p1 - p0)]
+            both = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+            if plan.plane_axis is None:                 # (Sr, Li, Sc, Lj, 1, n)
+                self.corners[lag_index].copy_(both)
+            else:
+                self.corners[lag_index] = self._plane_runs(both.to(torch.float64), 4, p0, p1)
 
-    def image_runs(self) -> torch.Tensor:
-        """Sums of the shifted images per (Sr, Sc, Sp) box, (n, channels, Sr, Sc, Sp), float64."""
-        lay = self.layout
-        rows = torch.from_numpy(lay.row_axis.membership(lay.height).T).to(lay.buffer)
-        step = max(1, _SPAN // lay.width)
-        out = []
-        for c in range(lay.channels):
-            z = lay.z[c, :lay.height].reshape(lay.height, -1)
-            boxes = 0
-            for b0 in range(0, lay.height, step):
-                part = rows[:, b0:b0 + step] @ z[b0:b0 + step]           # (Sr, P·n·width)
-                part = part.view(-1, lay.width) @ lay.column_membership()
-                boxes = boxes + part.to(torch.float64)
-            boxes = boxes.view(2 * lay.radius + 1, lay.planes, lay.n, 2 * lay.radius + 1)
-            boxes = _plane_runs(boxes, 1, lay.plane_axis, lay.planes, 0, lay.planes)
-            out.append(boxes.permute(2, 0, 3, 1))
-        return torch.stack(out, 1)
+    def _corner_groups(self, planes: int) -> list[tuple[int, int]]:
+        """Images per corner pass, so that one corner's products stay in cache."""
+        r, n = self.plan.radius, self.layout.n
+        per_image = (2 * r) ** 2 * (2 * r + 1) * (4 * r + 1) * planes
+        step = max(1, min(n, _CORNER_ELEMENTS // per_image))
+        return [(i0, min(n, i0 + step)) for i0 in range(0, n, step)]
+
+    def _corner_runs(self, region: torch.Tensor, partner: torch.Tensor, i0: int, i1: int,
+                     shift: int, p0: int, p1: int) -> torch.Tensor:
+        """(Sr, Li, Sc, Lj, P', n') run sums of the corners of images ``[i0, i1)``.
+
+        ``region``, ``partner``: (group, residue, side, phase, 4r, 6r, planes·n) of this
+        layout and of the partner's (:meth:`_Layout.corner_region`), same strides.
+        """
+        plan = self.plan
+        r, d, n = plan.radius, plan.dilation, i1 - i0
+        if n != self.layout.n:
+            def subset(values: torch.Tensor) -> torch.Tensor:
+                return values.unflatten(-1, (plan.planes, -1))[..., i0:i1].flatten(-2).contiguous()
+            same = partner is region
+            region = subset(region)
+            partner = region if same else subset(partner)
+        st = region.stride()
+        inner = (p1 - p0) * n
+        shape = (2 * r, 2 * r + 1, 2 * r, 4 * r + 1, inner)     # (m, Li, m', Lj, ·)
+        products = region.new_empty(shape)
+        expanded = region.new_empty((2 * r, 1, 2 * r, 4 * r + 1, inner))
+        both = None                                          # (Sr·Li, Sc, Lj·inner)
+        for group, side in np.ndindex(2, 2):         # one corner of the images at a time
+            for residue, phase in np.ndindex(d, d):
+                base = (region.storage_offset() + group * st[0] + residue * st[1]
+                        + side * st[2] + phase * st[3])
+                a = region.as_strided((2 * r, 1, 2 * r, 4 * r + 1, inner),
+                                      (st[4], 0, st[5], 0, 1), base + 2 * r * st[5] + p0 * n)
+                b = partner.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
+                                       base + (p0 + shift) * n)
+                # expanded once along the column lags, so that every operand runs
+                # contiguously over (column lag, image) and the product vectorises
+                if residue == phase == 0:
+                    torch.mul(b, expanded.copy_(a), out=products)
+                else:
+                    products.addcmul_(b, expanded.copy_(a))
+            # top rows and left columns are low blocks, bottom and right high ones
+            rows_run = (plan.block_runs[group] @ products.view(2 * r, -1)).view(
+                (2 * r + 1) * (2 * r + 1), 2 * r, -1)       # (Sr·Li, m', Lj·inner)
+            columns = plan.block_runs[side].expand(rows_run.shape[0], -1, -1)
+            if both is None:
+                both = torch.bmm(columns, rows_run)
+            else:
+                both.baddbmm_(columns, rows_run)
+        return both.view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1, p1 - p0, n)
 
 
 # ---------------------------------------------------------------------------- assembly
-def _taps(radius: int, ndim: int) -> np.ndarray:
-    """Window taps as (plane, row, column) coordinates in C order, shape (t, 3)."""
-    axis = np.arange(-radius, radius + 1)
-    taps = np.stack(np.meshgrid(*([axis] * ndim), indexing="ij"), -1).reshape(-1, ndim)
-    if ndim == 2:
-        taps = np.concatenate([np.zeros((len(taps), 1), dtype=taps.dtype), taps], 1)
-    return taps
+def _rows(sums: _RunSums) -> torch.Tensor:
+    """The (tap, tap) entries of one layout pair's run tables, (t², n): whole-row gathers."""
+    plan, n = sums.plan, sums.layout.n
+
+    def rows(table: torch.Tensor, name: str) -> torch.Tensor:
+        return table.reshape(-1, n).index_select(0, plan.gather[name])
+
+    cross = rows(sums.corners, "corners")
+    cross += rows(sums.core, "core")
+    cross += rows(sums.edge, "edge")
+    return cross
 
 
-def _gather(table: torch.Tensor, index: tuple[np.ndarray, ...]) -> torch.Tensor:
-    """Entries ``table[:, index]`` of a table whose first axis is the image, (n, count)."""
-    flat = np.ravel_multi_index(index, table.shape[1:])
-    return table.reshape(table.shape[0], -1).index_select(
-        1, torch.from_numpy(flat).to(table.device))
+def _assemble(layouts: list[_Layout]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross products and first sums of the shifted images, channel-major taps.
 
-
-def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross products and first sums of the shifted images (channel-major taps)."""
-    lay = sums.layout
-    r, rp, n, channels = lay.radius, lay.plane_radius, lay.n, lay.channels
-    spatial = _taps(r, lay.ndim)
-    t = channels * len(spatial)
-    taps = np.tile(spatial, (channels, 1))
-    channel = np.repeat(np.arange(channels), len(spatial))
-    first_tap, second_tap = np.repeat(np.arange(t), t), np.tile(np.arange(t), t)
-    a, b = taps[first_tap], taps[second_tap]
-    ca, cb = channel[first_tap], channel[second_tap]
-    # one canonical direction per unordered pair, so (a, b) and (b, a) read the same
-    # sum: row lag > 0, or row lag 0 and column lag > 0, or both 0 and plane lag > 0, or
-    # no lag at all and the channels in order; swapping the taps swaps the channels
-    step = b - a
-    forward = ((step[:, 1] > 0) | ((step[:, 1] == 0) & (
-        (step[:, 2] > 0) | ((step[:, 2] == 0) & (
-            (step[:, 0] > 0) | ((step[:, 0] == 0) & (ca <= cb)))))))
-    left, right = np.where(forward, ca, cb), np.where(forward, cb, ca)
-    forward = forward[:, None]
-    sp, sr, sc = (np.where(forward, a, b) + np.array([rp, r, r])).T    # run of each axis
-    ld, li, lj = (np.where(forward, b - a, a - b) + np.array([2 * rp, 0, 2 * r])).T
-    cross = _gather(sums.corners, (left, right, ld, sr, li, sc, lj, sp))
-    cross += _gather(sums.core, (left, right, ld, li, sc, lj, sp))
-    cross += _gather(sums.edge, (left, right, ld, sr, li, lj, sp))
-    first = _gather(sums.image_runs(), (channel, taps[:, 1] + r, taps[:, 2] + r,
-                                        taps[:, 0] + rp))
-    return cross.view(n, t, t), first
+    Entry ``((c, a), (c', b))`` is read from the run tables of the channel pair ``(c, c')``
+    when the plan reads taps ``(a, b)`` forward, else from those of ``(c', c)``; at one
+    tap, from the pair in channel order, so the matrix is exactly symmetric.
+    """
+    plan, n = layouts[0].plan, layouts[0].n
+    t, channels = plan.n_taps, len(layouts)
+    first = torch.cat([layout.image_runs().reshape(-1, n).index_select(0, plan.gather["image"])
+                       for layout in layouts]).T
+    if channels == 1:
+        return _rows(_RunSums(layouts[0])).T.reshape(n, t, t), first
+    pairs = {(a, b): _rows(_RunSums(layouts[a], layouts[b]))
+             for a in range(channels) for b in range(channels)}
+    cross = first.new_empty((channels, t, channels, t, n))
+    for a, b in pairs:
+        direct = plan.forward & ~(plan.same_tap & (a > b))
+        cross[a, :, b] = torch.where(direct[:, None], pairs[a, b], pairs[b, a]).view(t, t, n)
+    return cross.permute(4, 0, 1, 2, 3).reshape(n, channels * t, channels * t), first
 
 
 def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window sums from the explicit stack of shifted windows (images too small for runs),
-    of ``images`` (n, channels, *spatial) less ``shift`` (n, channels)."""
+    """Window sums from the explicit stack of shifted windows, float64.
+
+    For images too small for the run structure (and small 3-D windows, where it is the
+    faster engine): ``t²`` products per valid pixel, a slab of valid rows at a time.
+    ``images`` (n, channels, *spatial) and ``shift`` (n, channels); taps channel-major.
+    """
     ndim = images.ndim - 2
     reach = radius * dilation
     valid = [s - 2 * reach for s in images.shape[2:]]
     shifted = images.to(torch.float64) - shift.to(torch.float64).reshape(
         shift.shape + (1,) * ndim)
-    taps = _taps(radius, ndim)[:, 3 - ndim:] * dilation
-    views = torch.stack([shifted[(slice(None), c) + tuple(
-        slice(reach + o, reach + o + v) for o, v in zip(offset, valid))].reshape(len(images), -1)
-        for c in range(images.shape[1]) for offset in taps.tolist()], 1)
-    return views @ views.transpose(1, 2), views.sum(-1)
+    spatial = (_taps(radius, ndim)[:, 3 - ndim:] * dilation).tolist()
+    taps = [(c, o) for c in range(images.shape[1]) for o in spatial]
+    n, t = len(images), len(taps)
+    cross = shifted.new_zeros((n, t, t))
+    first = shifted.new_zeros((n, t))
+    per_slab = max(1, _LAYOUT_ELEMENTS // max(1, t * int(np.prod(valid[1:]))))
+    for s0 in range(0, valid[0], per_slab):
+        rows = min(valid[0], s0 + per_slab) - s0
+        def view(c: int, o: list[int]) -> torch.Tensor:
+            first_axis = slice(reach + o[0] + s0, reach + o[0] + s0 + rows)
+            others = tuple(slice(reach + a, reach + a + v) for a, v in zip(o[1:], valid[1:]))
+            return shifted[(slice(None), c, first_axis) + others].reshape(n, -1)
+        views = torch.stack([view(c, o) for c, o in taps], 1)
+        cross += views @ views.transpose(1, 2)
+        first += views.sum(-1)
+    return cross, first
 
 
 def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor,
@@ -541,14 +647,15 @@ def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: tor
     *lead, height, width = images.shape[2:]
     if min(lead + [height]) < 4 * reach or width // d < 4 * r:
         return _direct_sums(images, r, d, shift)
-    rp = r if ndim == 3 else 0
-    table = channels ** 2 * (4 * rp + 1) * (2 * rp + 1) * (2 * r + 1) ** 3 * (4 * r + 1)
-    # the layout budget is per channel: a pair of channels is what one product reads
+    plan = _Plan(tuple(images.shape[2:]), r, d, images.dtype, images.device)
+    table = int(np.prod(plan.table_shapes()["corners"]))
+    # budgets per channel: one pair of channels is what a product reads
     chunk = max(1, min(_LAYOUT_ELEMENTS // images[0, 0].numel(), _TABLE_ELEMENTS // table))
     crosses, firsts = [], []
     for i0 in range(0, images.shape[0], chunk):
-        sums = _RunSums(_Layout(images[i0:i0 + chunk], shift[i0:i0 + chunk], r, d))
-        cross, first = _assemble(sums)
+        layouts = [_Layout(plan, images[i0:i0 + chunk, c], shift[i0:i0 + chunk, c])
+                   for c in range(images.shape[1])]
+        cross, first = _assemble(layouts)
         crosses.append(cross)
         firsts.append(first)
     return torch.cat(crosses), torch.cat(firsts)

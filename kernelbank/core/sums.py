@@ -36,7 +36,10 @@ path of :func:`kernelbank.bank_features` uses, so both paths agree exactly.
 Notes
 -----
 Sums are float64 whatever the image dtype: a float32 sum over hundreds of thousands
-of pixels loses digits that the solve of a nearly predictable image needs.
+of pixels loses digits that the solve of a nearly predictable image needs. They are
+computed from lag products (:mod:`kernelbank.core.lags`): exactly the sums of the
+explicit stack of shifted windows, at the cost of about one product per pixel and
+distinct lag instead of ``t²``.
 """
 
 from __future__ import annotations
@@ -198,7 +201,7 @@ class WindowSums:
         c = self.centre
         taps = _selected_taps(w)
         if taps is not None:    # one tap per component (full basis): pick, don't multiply
-            gram = self.cross.index_select(-1, taps).index_select(-2, taps)
+            gram = _submatrix(self.cross, taps)
             rhs = self.cross[..., c].index_select(-1, taps)
         else:
             gram = w @ self.cross @ w.T
@@ -226,6 +229,20 @@ def _selected_taps(weights: torch.Tensor) -> torch.Tensor | None:
     if bool((ones.sum(1) == 1).all()) and int((weights != 0).sum()) == weights.shape[0]:
         return ones.to(torch.int64).argmax(1)
     return None
+
+
+def _submatrix(matrix: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """``matrix[..., taps, :][..., taps]``, by block copies when ``taps`` is a few runs."""
+    index = taps.tolist()
+    starts = [i for i in range(len(index)) if i == 0 or index[i] != index[i - 1] + 1]
+    if len(starts) > 4:
+        return matrix.index_select(-1, taps).index_select(-2, taps)
+    runs = [(s, index[s], e - s) for s, e in zip(starts, starts[1:] + [len(index)])]
+    out = matrix.new_empty(matrix.shape[:-2] + (len(index), len(index)))
+    for i, a, length_a in runs:
+        for j, b, length_b in runs:
+            out[..., i:i + length_a, j:j + length_b] = matrix[..., a:a + length_a, b:b + length_b]
+    return out
 
 
 # ---------------------------------------------------------------------------- computation
@@ -325,20 +342,25 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
     -----
     Computed from lag products (:mod:`kernelbank.core.lags`), exactly: the same sums as
     the explicit stack of shifted windows, in float64, at the cost of about one product
-    per pixel and distinct lag. Each image's mean is subtracted (in the image's dtype)
-    before any product and its contribution added back in float64, so float32 images
-    with a large offset lose no digits to cancellation. With several channels every
-    channel pair's lag products are taken (``C²`` times the one-channel work), each
-    channel's mean subtracted the same way.
+    per pixel and distinct lag. An image whose mean exceeds its standard deviation has
+    its mean subtracted (in the image's dtype) before any product and its contribution
+    added back in float64, so float32 images with a large offset lose no digits to
+    cancellation. With several channels every channel pair's lag products are taken
+    (``C²`` times the one-channel work), each channel shifted the same way.
     """
     dilations = list(dilations)
     _check(batch, radius, dilations, grid, channels)
     if channels > 1:
         return _channel_window_sums(batch, radius, dilations, grid, channels)
     n, ndim = batch.shape[0], batch.ndim - 1
-    # the shift actually subtracted (rounded to the batch dtype) is the one added back
-    shift = batch.reshape(n, -1).mean(1, dtype=torch.float64).to(batch.dtype)
+    # Images whose mean exceeds their spread are shifted by their mean: only there can
+    # the products' sums cancel digits. The shift actually subtracted (rounded to the
+    # batch dtype) is the one added back.
+    variance, mean = torch.var_mean(batch.reshape(n, -1).to(torch.float64), dim=1,
+                                    correction=0)
+    shift = torch.where(mean.square() > variance, mean, torch.zeros_like(mean)).to(batch.dtype)
     offset = shift.to(torch.float64)
+    shifted = bool(offset.any())
     out = []
     for dilation in dilations:
         reach = radius * dilation
@@ -350,11 +372,12 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
         else:
             cross, first, count = _cell_sums(batch, radius, dilation, grid, shift, 1)
             c = offset[:, None]
-        pixels = count.to(torch.float64)
-        # Σ(y+c)(y'+c) = Σyy' + c(Σy + cn/2) + c(Σy' + cn/2), added as one symmetric term
-        half = c[..., None] * (first + (c * pixels / 2)[..., None])          # (…, t)
-        cross += half[..., :, None] + half[..., None, :]
-        first = first + (c * pixels)[..., None]
+        if shifted:
+            pixels = count.to(torch.float64)
+            # Σ(y+c)(y'+c) = Σyy' + c(Σy + cn/2) + c(Σy' + cn/2), as one symmetric term
+            half = c[..., None] * (first + (c * pixels / 2)[..., None])      # (…, t)
+            cross += half[..., :, None] + half[..., None, :]
+            first = first + (c * pixels)[..., None]
         out.append(WindowSums(cross, first, count, radius, int(dilation), ndim, grid=grid))
     return out
 
@@ -364,7 +387,10 @@ def _channel_window_sums(batch: torch.Tensor, radius: int, dilations: list[int],
     """:func:`window_sums` of ``(n, C, *spatial)`` images: a mean shift per channel."""
     n, ndim = batch.shape[0], batch.ndim - 2
     t = (2 * radius + 1) ** ndim
-    shift = batch.reshape(n, channels, -1).mean(2, dtype=torch.float64).to(batch.dtype)
+    # as for one channel: channels whose mean exceeds their spread are shifted by it
+    variance, mean = torch.var_mean(batch.reshape(n, channels, -1).to(torch.float64), dim=2,
+                                    correction=0)
+    shift = torch.where(mean.square() > variance, mean, torch.zeros_like(mean)).to(batch.dtype)
     offset = shift.to(torch.float64).repeat_interleave(t, dim=1)         # per tap, (n, T)
     out = []
     for dilation in dilations:
@@ -377,12 +403,13 @@ def _channel_window_sums(batch: torch.Tensor, radius: int, dilations: list[int],
         else:
             cross, first, count = _cell_sums(batch, radius, dilation, grid, shift, channels)
             c = offset[:, None]
-        pixels = count.to(torch.float64)[..., None]
-        # Σ(y_a+c_a)(y_b+c_b) = Σy_a y_b + c_a h_b + h_a c_b with h = Σy + cn/2: one
-        # product and its transpose, added as one symmetric term
-        outer = c[..., :, None] * (first + c * pixels / 2)[..., None, :]
-        cross += outer.add_(outer.transpose(-1, -2).clone())
-        first = first + c * pixels
+        if bool(offset.any()):
+            pixels = count.to(torch.float64)[..., None]
+            # Σ(y_a+c_a)(y_b+c_b) = Σy_a y_b + c_a h_b + h_a c_b with h = Σy + cn/2: one
+            # product and its transpose, added as one symmetric term
+            outer = c[..., :, None] * (first + c * pixels / 2)[..., None, :]
+            cross += outer.add_(outer.transpose(-1, -2).clone())
+            first = first + c * pixels
         out.append(WindowSums(cross, first, count, radius, int(dilation), ndim, grid=grid,
                               channels=channels))
     return out

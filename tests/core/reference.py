@@ -65,8 +65,8 @@ def window_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int | Non
 
     def sums(images, shape):
         views = torch.stack([images[(slice(None), c) + tuple(
-            slice(reach + o, reach + o + v) for o, v in zip(offset, shape))].reshape(len(images), -1)
-            for c in range(images.shape[1]) for offset in taps.tolist()], 1)
+            slice(reach + o, reach + o + v) for o, v in zip(offset, shape))
+        ].reshape(len(images), -1) for c in range(images.shape[1]) for offset in taps.tolist()], 1)
         return views @ views.transpose(1, 2), views.sum(-1), int(np.prod(shape))
 
     if grid is None:
