@@ -31,6 +31,8 @@ def test_channel_window_sums_equal_the_explicit_windows(shape, radius, dilation,
     assert torch.allclose(sums.cross, cross, rtol=1e-12, atol=1e-10)
     assert torch.allclose(sums.first, first, rtol=1e-12, atol=1e-10)
     assert torch.equal(sums.n_pixels, count.to(torch.int64))
+    # exactly symmetric: ((c, a), (c', b)) and ((c', b), (c, a)) read one lag sum
+    assert torch.equal(sums.cross, sums.cross.transpose(-1, -2))
 
 
 def test_float32_channels_with_a_large_offset_lose_no_digits():
