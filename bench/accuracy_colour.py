@@ -246,10 +246,8 @@ def run(args) -> int:
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            outcome = select_and_test(make, variants, svm, train, y_train, test, y_test)
-        # (accuracy, images/s, recipe, cv mean[, cv sd]): the sd is newer than some copies
-        accuracy, speed, recipe, cv = outcome[:4]
-        cv_sd = outcome[4] if len(outcome) > 4 else float("nan")
+            accuracy, speed, recipe, cv, cv_sd = select_and_test(make, variants, svm, train,
+                                                                 y_train, test, y_test)
         results[name] = {"accuracy": accuracy, "images_per_s": speed, "family": family,
                          "recipe": recipe, "cv": cv, "cv_sd": cv_sd}
         print(f"# done {name}: {accuracy:.4f} ({recipe}; {time.perf_counter() - started:.0f} s)",
