@@ -77,7 +77,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         errors = sum(sum(s.get("errors", {}).values()) for s in stages.values())
         summary = scrub({
             "input": config.read.url, "output": config.output,
-            "settings": {"radius": config.fit.radius, "dilations": list(config.fit.dilations),
+            "settings": {"channels": config.read.channels.value,
+                         "n_channels": stages["fit"].get("n_channels", 1),
+                         "radius": config.fit.radius, "dilations": list(config.fit.dilations),
                          "scales": list(config.fit.scales), "basis": config.fit.basis.value,
                          "descriptors": config.fit.descriptors, "grid": config.fit.grid,
                          "bank_method": config.reduce.method.value,
