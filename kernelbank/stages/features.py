@@ -263,10 +263,6 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
     bank, stats = load_bank_and_stats(banks_url, s3_endpoint=s3_endpoint)
     fs_fit, fit_path = resolve(fit_url, s3_endpoint=s3_endpoint)
     meta = load_fit_meta(fs_fit, fit_path, fit_url)
-    if config.pixel_features and meta.n_channels > 1:
-        raise ValueError(f"--pixel-features is not supported for tables with channels ("
-                         f"{fit_url!r} has {meta.n_channels}, --channels {meta.channels}): the "
-                         "pixel-only MAE and win rate are one-channel; drop --pixel-features")
     names = feature_names(meta, bank, config)
     sink = SplitParquetSink(staging.fs, staging.dir("features"), staging.dir("errors"),
                             staging.part_prefix)
@@ -284,6 +280,9 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
                             num_cpus=config.threads_per_actor)
         if config.pixel_features:
             read = read or _fit_input(fs_fit, fit_path, fit_url, s3_endpoint)
+            # the images are decoded as the fit stage decoded them (its table says how)
+            read = replace(read, channels=meta.channels,
+                           n_channels=meta.n_channels if meta.channels == "all" else None)
             pixel = _pixel_features(read, bank, config, meta)
             names = names + pixel.schema().names[1:-2]
             ds = _join_on_id(ds, pixel)
