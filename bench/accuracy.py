@@ -50,6 +50,9 @@ The last line gives the error ratio of kernelbank's best against the best peer (
 ``images/s`` is inference throughput on the test set: feature extraction plus
 prediction, single process, measured in this run. The machine is shared, so read the
 ratio column (against ``lbp_svm``), not the absolute numbers.
+
+``--channels rgb`` runs the colour benchmark instead (``bench/accuracy_colour.py``: vector
+AR kernels against their own luminance recipe and colour peers, ``--data textures|gmrf``).
 """
 
 from __future__ import annotations
@@ -373,7 +376,14 @@ def main(argv=None) -> int:
     parser.add_argument("--patch-size", type=int, default=64, help="built-in textures only")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "kernelbank-textures"),
                         help="where the built-in textures are written (default: %(default)s)")
+    parser.add_argument("--channels", choices=("luminance", "rgb"), default="luminance",
+                        help="rgb: the colour benchmark of bench/accuracy_colour.py")
+    parser.add_argument("--data", choices=("textures", "gmrf"), default="textures",
+                        help="with --channels rgb: the built-in colour data to use")
     args = parser.parse_args(argv)
+    if args.channels == "rgb":
+        from accuracy_colour import run
+        return run(args)
 
     if args.root:
         root = Path(args.root)

@@ -224,8 +224,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images, for a smoke run")
     parser.add_argument("--full-only", action="store_true",
                         help="only the full-basis comparison")
+    parser.add_argument("--channels", action="store_true",
+                        help="also 3-channel vs 1-channel fits (bench/fit_channels.py)")
     args = parser.parse_args()
     full_bases(args.quick)
+    if args.channels:
+        from fit_channels import channel_section
+        channel_section(args.quick)
     if args.full_only:
         return
     all_threads = os.cpu_count() or 1

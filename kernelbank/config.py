@@ -11,7 +11,7 @@ import enum
 import os
 from dataclasses import dataclass, field
 
-__all__ = ["BasisKind", "BankMethod", "InputFormat", "ReadConfig", "FitConfig",
+__all__ = ["BasisKind", "BankMethod", "Channels", "InputFormat", "ReadConfig", "FitConfig",
            "ReduceConfig", "FeatureConfig", "FEATURE_GROUPS", "ClassifyConfig", "PipelineConfig"]
 
 
@@ -20,6 +20,20 @@ class BasisKind(str, enum.Enum):
 
     ISOTROPIC = "isotropic"
     FULL = "full"
+
+
+class Channels(str, enum.Enum):
+    """Which bands of each image the pipeline models (``--channels``).
+
+    ``LUMINANCE`` turns colour into one grey channel (the default, see
+    :mod:`kernelbank.io.decode`); ``RGB`` keeps three channels (grey images replicated,
+    alpha dropped); ``ALL`` keeps every band of each image as stored (the run's channel
+    count is that of its first decodable record; other counts are error rows).
+    """
+
+    LUMINANCE = "luminance"
+    RGB = "rgb"
+    ALL = "all"
 
 
 class BankMethod(str, enum.Enum):
@@ -65,7 +79,13 @@ class ReadConfig:
     image_column, label_column, split_column, id_column : str
         Column names for Parquet input; ``split_column``/``id_column`` may be absent.
     ndim : {2, 3}, default=2
-        2 for images (RGB becomes luminance), 3 for ``.npy`` volumes.
+        2 for images, 3 for ``.npy`` volumes.
+    channels : Channels, default=LUMINANCE
+        Bands kept per image (2-D images only): luminance (one channel), ``rgb`` or
+        ``all`` (see :class:`Channels`).
+    n_channels : int, optional
+        With ``channels=ALL``: the channel count every record must have (the fit stage
+        sets it from the first record); records of another count are error rows.
     min_side : int, default=1
         Images with a side shorter than this become error rows (the fit stage sets it
         to the window size at the largest dilation).
@@ -95,6 +115,8 @@ class ReadConfig:
     split_column: str = "split"
     id_column: str = "id"
     ndim: int = 2
+    channels: Channels = Channels.LUMINANCE
+    n_channels: int | None = None
     min_side: int = 1
     override_num_blocks: int | None = None
     max_pixels: int = 64_000_000
@@ -110,6 +132,11 @@ class ReadConfig:
         object.__setattr__(self, "format", InputFormat(self.format))
         if self.ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 (images) or 3 (volumes), got {self.ndim!r}")
+        object.__setattr__(self, "channels", Channels(self.channels))
+        if self.channels is not Channels.LUMINANCE and self.ndim != 2:
+            raise ValueError(f"channels={self.channels.value!r} needs 2-D images (ndim=2); "
+                             "volumes are read as one channel (channels='luminance')")
+        _check_positive("n_channels", self.n_channels, allow_none=True)
         _check_positive("min_side", self.min_side)
         _check_positive("override_num_blocks", self.override_num_blocks, allow_none=True)
         for name in ("max_pixels", "max_bytes", "fetch_concurrency", "read_attempts",

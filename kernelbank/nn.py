@@ -20,6 +20,12 @@ x(p + δ o)``, the convention of :mod:`kernelbank.core`. No padding: the residua
 the pixels whose whole dilated window is inside the image, so its size depends on the
 image and the dilation; the metrics are means and adaptive pools and accept any size.
 
+Colour: with a :class:`~kernelbank.core.channel_basis.ChannelBasis` (``C`` channels,
+``ModelConfig(channels=C)``) every learned kernel is a vector kernel ``(C, C, *window)``
+predicting each channel from the window of all channels, with each channel's own centre
+tap masked by construction (or every centre, ``centre_mask="all"``); its residual is one
+map per (kernel, channel), and the images are ``(N, C, *spatial)``, z-scored per channel.
+
 The module imports torch and the math layer only (no Ray); :func:`save_model` and
 :func:`load_model` read and write one file, through ``fsspec`` when given a URL.
 """
@@ -36,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core.basis import Basis
+from .core.channel_basis import ChannelBasis
 from .core.fit import normalize_images
 
 __all__ = ["ModelConfig", "METRIC_NAMES", "residual_metrics", "ResidualMetrics",
@@ -103,36 +110,46 @@ class ResidualMetrics(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the bank
-def project_kernels(kernels: torch.Tensor, basis: Basis) -> torch.Tensor:
+def project_kernels(kernels: torch.Tensor, basis: Basis | ChannelBasis) -> torch.Tensor:
     """Least-squares coefficients ``c`` with ``c @ basis.kernels ≈ kernels``.
 
     Parameters
     ----------
-    kernels : torch.Tensor of shape (M, *window)
+    kernels : torch.Tensor of shape (M, *window), or (M, C, C, *window) for a ChannelBasis
         Kernels on a window of radius at most ``basis.radius`` (a smaller window is
-        zero-padded to the basis window). Their centre is ignored.
-    basis : Basis
+        zero-padded to the basis window). Their (masked) centre is ignored.
+    basis : Basis or ChannelBasis
 
     Returns
     -------
-    torch.Tensor of shape (M, basis.n_components), float64
+    torch.Tensor of shape (M, basis.n_components), or (M, C, m) for a ChannelBasis, float64
         Exact when the kernels lie in the span of the basis (e.g. any centre-masked
         kernel with a ``full`` basis); otherwise the orthogonal projection (ring
-        averages for an ``isotropic`` basis).
+        averages for an ``isotropic`` basis), output channel by output channel.
     """
     k = torch.as_tensor(kernels).detach().to("cpu", torch.float64)
-    if k.ndim != basis.ndim + 1 or k.shape[1] % 2 == 0:
-        raise ValueError(f"kernels must have shape (M, *window) with an odd {basis.ndim}-D "
+    lead = 1 if basis.channels == 1 else 3
+    if (k.ndim != basis.ndim + lead or k.shape[-1] % 2 == 0
+            or tuple(k.shape[1:lead]) != (basis.channels,) * (lead - 1)):
+        expected = "(M, *window)" if lead == 1 else \
+            f"(M, {basis.channels}, {basis.channels}, *window)"
+        raise ValueError(f"kernels must have shape {expected} with an odd {basis.ndim}-D "
                          f"window, got shape {tuple(k.shape)}")
-    radius = k.shape[1] // 2
+    radius = k.shape[-1] // 2
     if radius > basis.radius:
         raise ValueError(f"kernels have radius {radius} but the basis only {basis.radius}; "
                          f"build the model with radius >= {radius}")
     pad = basis.radius - radius
     if pad:
         k = F.pad(k, (pad, pad) * basis.ndim)
-    design = basis.kernels.reshape(basis.n_components, -1)        # (m, P)
-    target = k.reshape(k.shape[0], -1)                            # (M, P)
+    if lead == 3:          # each output channel on its own components
+        return torch.stack([_project(k[:, c].flatten(1), basis.kernels[c].flatten(1))
+                            for c in range(basis.channels)], 1)
+    return _project(k.reshape(k.shape[0], -1), basis.kernels.reshape(basis.n_components, -1))
+
+
+def _project(target: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
+    """Coefficients (M, m) of rows ``target (M, P)`` on rows ``design (m, P)``."""
     return torch.linalg.lstsq(design.T, target.T).solution.T
 
 
@@ -141,8 +158,9 @@ class LearnableKernelBank(nn.Module):
 
     Parameters
     ----------
-    basis : Basis
-        Basis of the kernels (its dilation is ignored; ``dilations`` decides).
+    basis : Basis or ChannelBasis
+        Basis of the kernels (its dilation is ignored; ``dilations`` decides). A
+        ChannelBasis of ``C`` channels makes vector kernels and takes (N, C, *spatial).
     dilations : sequence of int, default=(1, 2, 4)
         Tap spacings; each gets its own ``n_kernels`` kernels.
     n_kernels : int, default=8
@@ -154,15 +172,17 @@ class LearnableKernelBank(nn.Module):
 
     Attributes
     ----------
-    coef : nn.Parameter of shape (n_dilations, n_kernels, n_components)
-    basis_kernels : buffer of shape (n_components, *window), not saved in ``state_dict``
+    coef : nn.Parameter of shape (n_dilations, n_kernels, [C,] n_components)
+    basis_kernels : buffer of shape ([C,] n_components, [C,] *window), not saved in
+        ``state_dict``
     """
 
-    def __init__(self, basis: Basis, dilations: Sequence[int] = (1, 2, 4), n_kernels: int = 8,
-                 gain: bool = False, device=None, dtype=None):
+    def __init__(self, basis: Basis | ChannelBasis, dilations: Sequence[int] = (1, 2, 4),
+                 n_kernels: int = 8, gain: bool = False, device=None, dtype=None):
         super().__init__()
-        if not isinstance(basis, Basis):
-            raise TypeError(f"basis must be a kernelbank.Basis, got {type(basis).__name__}")
+        if not isinstance(basis, (Basis, ChannelBasis)):
+            raise TypeError(f"basis must be a kernelbank.Basis or ChannelBasis, got "
+                            f"{type(basis).__name__}")
         dilations = tuple(int(d) for d in dilations)
         if not dilations or min(dilations) < 1:
             raise ValueError(f"dilations must be positive integers, got {dilations!r}")
@@ -171,7 +191,9 @@ class LearnableKernelBank(nn.Module):
         self.basis, self.dilations, self.n_kernels = basis, dilations, int(n_kernels)
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         self.register_buffer("basis_kernels", basis.kernels.to(**factory), persistent=False)
-        self.coef = nn.Parameter(torch.zeros(len(dilations), n_kernels, basis.n_components,
+        per_kernel = (basis.n_components,) if basis.channels == 1 else \
+            (basis.channels, basis.n_components)
+        self.coef = nn.Parameter(torch.zeros((len(dilations), n_kernels) + per_kernel,
                                              **factory))
         self.gain = nn.Parameter(torch.ones(len(dilations), n_kernels, **factory)) if gain else None
 
@@ -181,41 +203,54 @@ class LearnableKernelBank(nn.Module):
         return 2 * self.basis.radius * max(self.dilations) + 1
 
     def kernels(self) -> torch.Tensor:
-        """The current kernels, shape (n_dilations, n_kernels, *window), centre exactly 0."""
-        return torch.tensordot(self.coef, self.basis_kernels, dims=([-1], [0]))
+        """The current kernels, centre exactly 0 (each output channel's own centre).
+
+        Shape (n_dilations, n_kernels, *window), or (n_dilations, n_kernels, C, C,
+        *window) for a ChannelBasis.
+        """
+        if self.basis.channels == 1:
+            return torch.tensordot(self.coef, self.basis_kernels, dims=([-1], [0]))
+        return torch.einsum("dkcm,cm...->dkc...", self.coef, self.basis_kernels)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Residuals ``x − k ⋆ x`` of every kernel.
+        """Residuals ``x − k ⋆ x`` of every kernel (of every kernel and channel).
 
         Parameters
         ----------
-        images : torch.Tensor of shape (N, *spatial)
+        images : torch.Tensor of shape (N, *spatial), or (N, C, *spatial) for C channels
 
         Returns
         -------
-        list of torch.Tensor, one per dilation ``δ``, of shape (N, n_kernels, *valid_δ)
-            ``valid_δ = spatial − 2 r δ``.
+        list of torch.Tensor, one per dilation ``δ``, of shape (N, n_kernels [· C], *valid_δ)
+            ``valid_δ = spatial − 2 r δ``; with channels, kernel-major (kernel, channel).
         """
-        if images.ndim != self.basis.ndim + 1:
-            raise ValueError(f"images must have shape (N, *spatial) with {self.basis.ndim} "
+        channels = self.basis.channels
+        lead = 1 if channels == 1 else 2
+        if images.ndim != self.basis.ndim + lead or (lead == 2 and images.shape[1] != channels):
+            shape = "(N, *spatial)" if lead == 1 else f"(N, {channels}, *spatial)"
+            raise ValueError(f"images must have shape {shape} with {self.basis.ndim} "
                              f"spatial axes, got shape {tuple(images.shape)}")
-        small = min(images.shape[1:])
+        small = min(images.shape[lead:])
         if small < self.min_image_size:
             raise ValueError(
-                f"images of size {tuple(images.shape[1:])} are too small: radius "
+                f"images of size {tuple(images.shape[lead:])} are too small: radius "
                 f"{self.basis.radius} at dilation {max(self.dilations)} needs a side of at least "
                 f"{self.min_image_size}; use larger images, a smaller radius or smaller dilations")
         conv = F.conv2d if self.basis.ndim == 2 else F.conv3d
-        x = images[:, None]
-        kernels = self.kernels()
+        x = images[:, None] if channels == 1 else images
+        window = self.basis.window_shape
+        # one conv output per (kernel, predicted channel), reading every input channel
+        kernels = self.kernels().reshape((len(self.dilations), -1, channels) + window)
         out = []
         for i, d in enumerate(self.dilations):
-            pred = conv(x, kernels[i][:, None], dilation=d)
+            pred = conv(x, kernels[i], dilation=d)
             if self.gain is not None:
-                pred = pred * self.gain[i].reshape((1, -1) + (1,) * self.basis.ndim)
+                gain = self.gain[i].repeat_interleave(channels)
+                pred = pred * gain.reshape((1, -1) + (1,) * self.basis.ndim)
             reach = self.basis.radius * d
             centre = x[(slice(None), slice(None)) + (slice(reach, -reach),) * self.basis.ndim]
-            out.append(centre - pred)
+            out.append(centre.repeat((1, self.n_kernels) + (1,) * self.basis.ndim) - pred
+                       if channels > 1 else centre - pred)
         return out
 
     def extra_repr(self) -> str:
@@ -253,6 +288,10 @@ class ModelConfig:
         Learnable per-kernel gain.
     dropout : float, default=0.0
     ndim : int, default=2
+    channels : int, default=1
+        Channels of the images; above 1, vector kernels (a ChannelBasis).
+    centre_mask : {"own", "all"}, default="own"
+        Centre taps masked in vector kernels (see :class:`ChannelBasis`).
     """
 
     class_names: tuple[str, ...]
@@ -266,6 +305,8 @@ class ModelConfig:
     gain: bool = False
     dropout: float = 0.0
     ndim: int = 2
+    channels: int = 1
+    centre_mask: str = "own"
 
     def __post_init__(self):
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
@@ -276,6 +317,10 @@ class ModelConfig:
             raise ValueError(f"basis must be 'isotropic', 'full' or 'custom', got {self.basis!r}")
         if self.norm not in ("layer", "batch"):
             raise ValueError(f"norm must be 'layer' or 'batch', got {self.norm!r}")
+        if not isinstance(self.channels, int) or self.channels < 1:
+            raise ValueError(f"channels must be an integer >= 1, got {self.channels!r}")
+        if self.centre_mask not in ("own", "all"):
+            raise ValueError(f"centre_mask must be 'own' or 'all', got {self.centre_mask!r}")
         if self.grid < 1 or self.hidden < 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"need grid >= 1, hidden >= 0 and 0 <= dropout < 1, got grid="
                              f"{self.grid}, hidden={self.hidden}, dropout={self.dropout}")
@@ -283,13 +328,15 @@ class ModelConfig:
     @property
     def n_features(self) -> int:
         """Length of the feature vector the head sees."""
-        return len(self.dilations) * self.n_kernels * (len(METRIC_NAMES) + self.grid ** self.ndim)
+        return len(self.dilations) * self.n_kernels * self.channels * (
+            len(METRIC_NAMES) + self.grid ** self.ndim)
 
     def feature_names(self) -> list[str]:
-        """``"d{δ}_k{i}_{metric}"`` for every feature, in order."""
+        """``"d{δ}_k{i}_{metric}"`` (``"d{δ}_k{i}_c{c}_{metric}"`` with channels), in order."""
         cells = [f"energy{i}" for i in range(self.grid ** self.ndim)]
-        return [f"d{d}_k{k}_{m}" for d in self.dilations for k in range(self.n_kernels)
-                for m in METRIC_NAMES + tuple(cells)]
+        outputs = [""] if self.channels == 1 else [f"_c{c}" for c in range(self.channels)]
+        return [f"d{d}_k{k}{c}_{m}" for d in self.dilations for k in range(self.n_kernels)
+                for c in outputs for m in METRIC_NAMES + tuple(cells)]
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -301,11 +348,12 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def make_basis(self) -> Basis:
+    def make_basis(self) -> Basis | ChannelBasis:
         if self.basis == "custom":
             raise ValueError("a 'custom' basis is not described by the config; pass basis=")
         builder = Basis.isotropic if self.basis == "isotropic" else Basis.full
-        return builder(radius=self.radius, ndim=self.ndim)
+        return builder(radius=self.radius, ndim=self.ndim, channels=self.channels,
+                       centre_mask=self.centre_mask)
 
 
 class EndToEndClassifier(nn.Module):
@@ -329,9 +377,10 @@ class EndToEndClassifier(nn.Module):
         super().__init__()
         self.config = config
         basis = basis if basis is not None else config.make_basis()
-        if basis.radius != config.radius or basis.ndim != config.ndim:
+        if (basis.radius != config.radius or basis.ndim != config.ndim
+                or basis.channels != config.channels):
             raise ValueError(f"basis {basis!r} does not match config radius={config.radius}, "
-                             f"ndim={config.ndim}")
+                             f"ndim={config.ndim}, channels={config.channels}")
         factory = {"device": device, "dtype": dtype}
         self.bank = LearnableKernelBank(basis, config.dilations, config.n_kernels, config.gain,
                                         **factory)
@@ -351,7 +400,8 @@ class EndToEndClassifier(nn.Module):
     def init_random(self, scale: float = 0.3, random_state: int | None = 0) -> "EndToEndClassifier":
         """Random coefficients whose kernels have tap sum ≈ ``N(0, scale)``."""
         gen = torch.Generator().manual_seed(int(random_state or 0))
-        taps = self.bank.basis_kernels.flatten(1).abs().sum(1).clamp_min(1).cpu()
+        per_component = self.bank.basis_kernels.flatten(self.bank.coef.ndim - 2)
+        taps = per_component.abs().sum(-1).clamp_min(1).cpu()
         noise = torch.randn(self.bank.coef.shape, generator=gen, dtype=torch.float64)
         coef = noise * scale / (taps * self.bank.basis.n_components ** 0.5)
         with torch.no_grad():
@@ -368,7 +418,7 @@ class EndToEndClassifier(nn.Module):
 
         Parameters
         ----------
-        kernels : torch.Tensor of shape (M, *window)
+        kernels : torch.Tensor of shape (M, *window), or (M, C, C, *window) with channels
         dilations : sequence of int, length M
         """
         if len(kernels) != len(dilations):
@@ -394,18 +444,22 @@ class EndToEndClassifier(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Log residual metrics before the norm, shape (N, config.n_features)."""
-        if images.ndim == self.config.ndim + 1 and min(images.shape[1:]) < self.min_image_size:
+        lead = 1 if self.config.channels == 1 else 2
+        spatial = tuple(images.shape[lead:])
+        if images.ndim == self.config.ndim + lead and min(spatial) < self.min_image_size:
             raise ValueError(
-                f"images of size {tuple(images.shape[1:])} are too small for this model: radius "
+                f"images of size {spatial} are too small for this model: radius "
                 f"{self.config.radius} at dilation {max(self.config.dilations)} with a "
                 f"{self.config.grid}x{self.config.grid} grid needs a side of at least "
                 f"{self.min_image_size}; use larger images")
-        x = normalize_images(images.to(self.bank.coef.dtype))
+        x = images.to(self.bank.coef.dtype)
+        # each image (each channel) z-scored on its own
+        x = normalize_images(x.reshape((-1,) + x.shape[lead:])).reshape(x.shape)
         per_dilation = [self.metrics(e) for e in self.bank(x)]
         return torch.cat(per_dilation, dim=1).flatten(1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits, shape (N, n_classes), for same-sized images (N, *spatial)."""
+        """Class logits, shape (N, n_classes), for same-sized images (N, [C,] *spatial)."""
         return self.head(self.norm(self.features(images)))
 
     @torch.no_grad()
@@ -476,8 +530,13 @@ def load_model(path_or_file: str | BinaryIO, map_location: str | torch.device = 
                          f"(expected format {MODEL_FORMAT!r})")
     config = ModelConfig.from_dict(payload["config"])
     meta = payload["basis"]
-    basis = (Basis.from_kernels(meta["kernels"], atol=1e-12) if config.basis == "custom"
-             else config.make_basis())
+    if config.basis != "custom":
+        basis = config.make_basis()
+    elif config.channels > 1:
+        basis = ChannelBasis.from_kernels(meta["kernels"], centre_mask=config.centre_mask,
+                                          atol=1e-12)
+    else:
+        basis = Basis.from_kernels(meta["kernels"], atol=1e-12)
     model = EndToEndClassifier(config, basis=basis)
     model.load_state_dict(payload["state_dict"])
     model.metadata = payload.get("metadata", {})

@@ -19,6 +19,11 @@ arrays of any sizes; or a 2-D array ``(n_samples, H * W)`` of flattened images w
 shape is ``image_shape`` (square when ``image_shape`` is None). Only the 2-D form is
 validated with scikit-learn's ``validate_data`` (and sets ``n_features_in_``); the
 others are checked by the core, which names the bad image.
+
+Colour: ``channels=C`` (every estimator) fits vector AR kernels
+(:class:`~kernelbank.core.channel_basis.ChannelBasis`); images are then ``(n_samples, C,
+H, W)``, a list of ``(C, H, W)`` arrays, or rows of ``C·H·W`` values channel-major
+(``image_shape=(C, H, W)``, square ``H = W`` when None).
 """
 
 from __future__ import annotations
@@ -32,10 +37,11 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from .core.bank import KernelBank
 from .core.basis import Basis
+from .core.channel_basis import ChannelBasis
 from .core.features import ar_feature_names, ar_features, bank_feature_names, bank_features
 from .core.fit import fit as fit_images
 from .core.likelihood import UNKNOWN, LikelihoodClassifier
-from .core.residual import ResidualDescriptors, residual_features
+from .core.residual import ResidualDescriptors, residual_descriptor_names, residual_features
 from .core.stats import ClassStats
 
 __all__ = ["ARFeatures", "BankFeatures", "ARLikelihoodClassifier", "ResidualFeatures",
@@ -49,6 +55,7 @@ class _ImageInput:
     """Shared handling of image-valued ``X`` and of the basis parameters."""
 
     def _images(self, X, reset: bool):
+        channels = self._channels()
         if sparse.issparse(X):
             validate_data(self, X, reset=reset)   # raises: sparse input is not supported
         if isinstance(X, (list, tuple)) or (isinstance(X, np.ndarray) and X.dtype == object
@@ -60,30 +67,37 @@ class _ImageInput:
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
         X = np.asarray(X)
-        if X.ndim == 3:
+        if X.ndim == 3 + int(channels > 1):
             if not np.issubdtype(X.dtype, np.number):
                 raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
             return X
         X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
         shape = self.image_shape
         if shape is None:
-            side = int(round(np.sqrt(X.shape[1])))
-            if side * side != X.shape[1]:
+            side = int(round(np.sqrt(X.shape[1] / channels)))
+            if channels * side * side != X.shape[1]:
                 raise ValueError(
-                    f"X has {X.shape[1]} features per row, which is not a square image; pass "
-                    "image_shape=(H, W), or X as a 3-D array (n_samples, H, W) or a list of images")
-            shape = (side, side)
+                    f"X has {X.shape[1]} features per row, which is not a square image of "
+                    f"{channels} channel(s); pass image_shape, or X as an array of images or "
+                    f"a list of images")
+            shape = (side, side) if channels == 1 else (channels, side, side)
         if int(np.prod(shape)) != X.shape[1]:
             raise ValueError(f"image_shape {tuple(shape)} has {int(np.prod(shape))} pixels but X "
                              f"has {X.shape[1]} features per row")
         return X.reshape((X.shape[0],) + tuple(shape))
 
-    def _basis(self) -> Basis:
+    def _channels(self) -> int:
+        if not isinstance(self.channels, (int, np.integer)) or self.channels < 1:
+            raise ValueError(f"channels must be an integer >= 1, got {self.channels!r}")
+        return int(self.channels)
+
+    def _basis(self) -> Basis | ChannelBasis:
         if self.basis not in _BASES:
             raise ValueError(f"basis must be one of {_BASES}, got {self.basis!r}")
         if not isinstance(self.radius, (int, np.integer)) or self.radius < 1:
             raise ValueError(f"radius must be an integer >= 1, got {self.radius!r}")
-        return getattr(Basis, self.basis)(int(self.radius))
+        return getattr(Basis, self.basis)(int(self.radius), channels=self._channels(),
+                                          centre_mask=self.centre_mask)
 
     def _dilations(self) -> tuple[int, ...]:
         values = (self.dilations,) if isinstance(self.dilations, (int, np.integer)) \
@@ -146,10 +160,14 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
         Z-score each image before fitting.
     image_shape : tuple of int, optional
         Shape of the images when ``X`` is 2-D (flattened rows); default square.
+    channels : int, default=1
+        Channels of the images; above 1, vector AR coefficients (``C·m`` per dilation).
+    centre_mask : {"own", "all"}, default="own"
+        With channels: mask only the predicted channel's centre tap, or every channel's.
 
     Attributes
     ----------
-    basis_ : Basis
+    basis_ : Basis or ChannelBasis
     feature_names_out_ : list of str
     n_features_in_ : int
         Only when fitted on 2-D ``X``.
@@ -164,13 +182,16 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, radius=4, basis="isotropic", dilations=(1, 2, 3, 4, 5), ridge=1e-6,
-                 normalize=True, image_shape=None):
+                 normalize=True, image_shape=None, channels=1,
+                 centre_mask="own"):
         self.radius = radius
         self.basis = basis
         self.dilations = dilations
         self.ridge = ridge
         self.normalize = normalize
         self.image_shape = image_shape
+        self.channels = channels
+        self.centre_mask = centre_mask
 
     def fit(self, X, y=None):
         """Check the parameters and ``X``; nothing is learned."""
@@ -217,6 +238,10 @@ class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
     random_state : int, Generator or None, default=0
         Seeds k-means.
     image_shape : tuple of int, optional
+    channels : int, default=1
+        Channels of the images; above 1, banks of vector kernels.
+    centre_mask : {"own", "all"}, default="own"
+        With channels: mask only the predicted channel's centre tap, or every channel's.
 
     Attributes
     ----------
@@ -228,7 +253,8 @@ class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
 
     def __init__(self, radius=4, basis="full", method="pooled", dilations=(1, 2, 3),
                  n_components=None, grid=2, joint=False, log=True, ridge=1e-6, normalize=True,
-                 random_state=0, image_shape=None):
+                 random_state=0, image_shape=None, channels=1,
+                 centre_mask="own"):
         self.radius = radius
         self.basis = basis
         self.method = method
@@ -241,6 +267,8 @@ class BankFeatures(_ImageInput, TransformerMixin, BaseEstimator):
         self.normalize = normalize
         self.random_state = random_state
         self.image_shape = image_shape
+        self.channels = channels
+        self.centre_mask = centre_mask
 
     def fit(self, X, y):
         """Learn the bank from images ``X`` with class labels ``y``."""
@@ -307,6 +335,12 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
     temperature : float or None, default=None
         None: probabilities from the full-image likelihood; a float t: ``softmax(ℓ / t)``.
     image_shape : tuple of int, optional
+    channels : int, default=1
+        Channels of the images; above 1, vector kernels and their residual covariance.
+    centre_mask : {"own", "all"}, default="own"
+        With channels: mask only the predicted channel's centre tap, or every channel's
+        (a greyscale image in equal channels is then modelled by its spatial texture
+        instead of being predicted exactly from another channel's centre).
 
     Attributes
     ----------
@@ -316,7 +350,8 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, radius=4, basis="full", dilations=(1, 2, 3), ridge=1e-6, normalize=True,
-                 unknown_z=None, temperature=None, image_shape=None):
+                 unknown_z=None, temperature=None, image_shape=None, channels=1,
+                 centre_mask="own"):
         self.radius = radius
         self.basis = basis
         self.dilations = dilations
@@ -325,6 +360,8 @@ class ARLikelihoodClassifier(_ImageInput, ClassifierMixin, BaseEstimator):
         self.unknown_z = unknown_z
         self.temperature = temperature
         self.image_shape = image_shape
+        self.channels = channels
+        self.centre_mask = centre_mask
 
     def fit(self, X, y):
         """Per-class statistics at each dilation → pooled kernels and variances."""
@@ -397,10 +434,15 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
     normalize : bool, default=True
     image_shape : tuple of int, optional
         Shape of the images when ``X`` is 2-D (flattened rows); default square.
+    channels : int, default=1
+        Channels of the images; above 1, each image's vector kernel and the descriptors
+        of every channel's residual.
+    centre_mask : {"own", "all"}, default="own"
+        With channels: mask only the predicted channel's centre tap, or every channel's.
 
     Attributes
     ----------
-    basis_ : Basis
+    basis_ : Basis or ChannelBasis
     descriptors_ : ResidualDescriptors
     feature_names_out_ : list of str
     n_features_in_ : int
@@ -419,7 +461,7 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
     def __init__(self, radius=2, basis="full", dilations=(1, 2, 3), scales=(1,),
                  coefficients=False, moments=True, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99),
                  patterns=("ri", "nri"), ternary=None, cooccurrence=2, levels=2, lags=(1,),
-                 ridge=1e-6, normalize=True, image_shape=None):
+                 ridge=1e-6, normalize=True, image_shape=None, channels=1, centre_mask="own"):
         self.radius = radius
         self.basis = basis
         self.dilations = dilations
@@ -435,6 +477,8 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
         self.ridge = ridge
         self.normalize = normalize
         self.image_shape = image_shape
+        self.channels = channels
+        self.centre_mask = centre_mask
 
     def _descriptors(self) -> ResidualDescriptors:
         return ResidualDescriptors(
@@ -444,11 +488,14 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
 
     def _own_names(self) -> list[str]:
         names = []
-        per_entry = self.descriptors_.names(self.basis_.ndim)
+        channels = self.basis_.channels
+        per_entry = residual_descriptor_names(self.descriptors_, self.basis_.ndim, channels)
+        outputs = [""] if channels == 1 else [f"_ch{c}" for c in range(channels)]
         for s in self._scales():
             for d in self._dilations():
                 if self.coefficients:
-                    names += [f"ar_s{s}_d{d}_c{j:02d}" for j in range(self.basis_.n_components)]
+                    names += [f"ar_s{s}_d{d}{o}_c{j:02d}" for o in outputs
+                              for j in range(self.basis_.n_components)]
                 names += [f"res_s{s}_d{d}_{n}" for n in per_entry]
         return names
 
@@ -489,7 +536,7 @@ class TextureFeatures(ResidualFeatures):
     Parameters
     ----------
     radius, basis, dilations, scales, moments, quantiles, patterns, ternary, cooccurrence, \
-levels, lags, ridge, normalize, image_shape
+levels, lags, ridge, normalize, image_shape, channels, centre_mask
         As :class:`ResidualFeatures`.
     coefficients : bool, default=True
     bank : {None, "stats", "pixels"}, default=None
@@ -516,12 +563,12 @@ levels, lags, ridge, normalize, image_shape
                  coefficients=True, moments=True, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99),
                  patterns=("ri", "nri"), ternary=None, cooccurrence=2, levels=2, lags=(1,),
                  bank=None, bank_joint=False, bank_grid=2, ridge=1e-6, normalize=True,
-                 image_shape=None):
+                 image_shape=None, channels=1, centre_mask="own"):
         super().__init__(radius=radius, basis=basis, dilations=dilations, scales=scales,
                          coefficients=coefficients, moments=moments, quantiles=quantiles,
                          patterns=patterns, ternary=ternary, cooccurrence=cooccurrence,
                          levels=levels, lags=lags, ridge=ridge, normalize=normalize,
-                         image_shape=image_shape)
+                         image_shape=image_shape, channels=channels, centre_mask=centre_mask)
         self.bank = bank
         self.bank_joint = bank_joint
         self.bank_grid = bank_grid
@@ -539,7 +586,8 @@ levels, lags, ridge, normalize, image_shape
         self.bank_features_ = BankFeatures(
             radius=self.radius, basis="full", method="pooled", dilations=self._dilations(),
             grid=1 if self.bank == "stats" else self.bank_grid, joint=self.bank_joint,
-            ridge=self.ridge, normalize=self.normalize).fit(images, y)
+            ridge=self.ridge, normalize=self.normalize, channels=self.channels,
+            centre_mask=self.centre_mask).fit(images, y)
         self.classes_ = self.bank_features_.classes_
         bank_names = list(self.bank_features_.get_feature_names_out())
         self._bank_columns = np.array([self._keep(n) for n in bank_names], dtype=bool)

@@ -8,6 +8,7 @@ distance.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 
 import numpy as np
@@ -194,3 +195,54 @@ def test_config_validation_names_the_parameter():
         ModelConfig(class_names=CLASSES, norm="group")
     with pytest.raises(ValueError, match="at least 2 classes"):
         ModelConfig(class_names=("only",))
+
+
+# ---------------------------------------------------------------------------- channels
+@pytest.mark.parametrize("basis,mask", [("isotropic", "own"), ("full", "all")])
+def test_colour_kernels_keep_their_masked_centres_and_predict_by_convolution(basis, mask):
+    config = ModelConfig(class_names=CLASSES, radius=1, basis=basis, dilations=(1, 2),
+                         n_kernels=2, channels=3, centre_mask=mask, hidden=0)
+    model = EndToEndClassifier(config).init_random(random_state=2)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(6, 3, 20, 20, generator=gen)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.5)
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(images), torch.tensor([0, 1, 2] * 2))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    kernels = model.bank.kernels().detach()                    # (dilations, K, C, C, 3, 3)
+    assert kernels.shape == (2, 2, 3, 3, 3, 3)
+    own = kernels[:, :, [0, 1, 2], [0, 1, 2], 1, 1]
+    assert torch.all(own == 0)
+    if mask == "all":
+        assert torch.all(kernels[..., 1, 1] == 0)
+    else:
+        assert kernels[..., 1, 1].abs().sum() > 0              # other channels' centres learn
+    # residual of every kernel and channel at dilation 2 by explicit shifted sums
+    residuals = model.bank(images)[1].detach().double()
+    x = images.double()
+    for k, c in itertools.product(range(2), range(3)):
+        expected = x[:, c, 2:-2, 2:-2].clone()
+        for source, a, b in itertools.product(range(3), range(3), range(3)):
+            expected -= kernels[1, k, c, source, a, b].double() * x[:, source, 2 * a:2 * a + 16,
+                                                                    2 * b:2 * b + 16]
+        assert torch.allclose(residuals[:, k * 3 + c], expected, atol=1e-5)
+    assert model.features(images).shape == (6, config.n_features) == (6, 2 * 2 * 3 * 7)
+    assert len(config.feature_names()) == config.n_features
+
+
+def test_colour_model_starts_from_a_vector_bank_and_round_trips(tmp_path):
+    config = ModelConfig(class_names=CLASSES, radius=1, basis="full", dilations=(1,),
+                         n_kernels=3, channels=2)
+    bank = kb.KernelBank.random(1, 3, channels=2)
+    model = EndToEndClassifier(config).init_from_bank(bank)
+    # a full basis spans every vector kernel with masked own centres: exact
+    assert torch.allclose(model.bank.kernels()[0].detach().double(), bank.kernels, atol=1e-6)
+    path = tmp_path / "colour.pt"
+    save_model(model, str(path))
+    again = load_model(str(path))
+    images = torch.randn(2, 2, 12, 12)
+    assert torch.allclose(again(images), model.eval()(images))
+    with pytest.raises(ValueError, match=r"\(N, 2, \*spatial\)"):
+        model.bank(torch.randn(2, 12, 12))

@@ -189,3 +189,56 @@ def _expected_failures(estimator):
                          expected_failed_checks=_expected_failures)
 def test_sklearn_checks(estimator, check):
     check(estimator)
+
+
+# ---------------------------------------------------------------------------- channels
+def _colour(n, seed, side=18):
+    from kernelbank.datasets import random_stable_vector_kernel, simulate_vector_gmrf
+    kernels = [random_stable_vector_kernel(1, channels=3, random_state=s) for s in (4, 5)]
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([simulate_vector_gmrf(k, (side, side), n=n, random_state=rng)
+                        for k in kernels])
+    return X, np.repeat(["p", "q"], n)
+
+
+def test_colour_estimators_equal_core():
+    X, y = _colour(6, 0)
+    basis = kb.Basis.full(1, channels=3)
+    features = ARFeatures(radius=1, basis="full", dilations=(1, 2), channels=3)
+    core, names = kb.ar_features(X, basis, (1, 2))
+    np.testing.assert_array_equal(features.fit_transform(X), core.numpy())
+    assert list(features.get_feature_names_out()) == names and names[0] == "ar_d1_ch0_c00"
+    # channel-major flattened rows: square images inferred
+    np.testing.assert_array_equal(features.fit_transform(X.reshape(len(X), -1)), core.numpy())
+
+    bank_est = BankFeatures(radius=1, dilations=(1,), channels=3).fit(X, y)
+    stats = kb.ClassStats.from_fit(kb.fit(X, basis), y)
+    bank = kb.KernelBank.from_stats(stats)
+    np.testing.assert_allclose(bank_est.bank_.kernels, bank.kernels, rtol=1e-12)
+    raw, raw_names = kb.bank_features(X, bank)
+    out = bank_est.transform(X)
+    column = raw_names.index("k00_p_d1_c2_gain")
+    assert list(bank_est.get_feature_names_out())[column] == "k00_p_d1_c2_gain"
+    np.testing.assert_allclose(out[:, column], raw[:, column].numpy())
+
+    clf = ARLikelihoodClassifier(radius=1, dilations=(1,), channels=3).fit(X, y)
+    core_clf = kb.LikelihoodClassifier.from_stats(stats)
+    X_test, y_test = _colour(4, 1)
+    np.testing.assert_allclose(clf.predict_proba(X_test), core_clf.predict_proba(X_test).numpy(),
+                               rtol=1e-9)
+    assert clf.score(X_test, y_test) == 1.0
+    with pytest.raises(ValueError, match="not a square image of 3 channel"):
+        ARFeatures(channels=3).fit(np.zeros((2, 3 * 17)))
+
+
+def test_colour_texture_features_equal_core():
+    from kernelbank.sklearn import TextureFeatures
+    X, y = _colour(4, 2, side=20)
+    est = TextureFeatures(radius=1, dilations=(1,), patterns=("ri",), cooccurrence=0,
+                          channels=3, bank="stats").fit(X, y)
+    core, names = kb.residual_features(X, kb.Basis.full(1, channels=3), dilations=(1,),
+                                       coefficients=True, descriptors=est.descriptors_)
+    out = est.transform(X)
+    np.testing.assert_allclose(out[:, :core.shape[1]], core.numpy())
+    assert list(est.get_feature_names_out())[:len(names)] == names
+    assert est.bank_features_.bank_.channels == 3

@@ -15,8 +15,9 @@ import argparse
 import os
 from pathlib import Path
 
-from ..config import (FEATURE_GROUPS, BankMethod, BasisKind, ClassifyConfig, FeatureConfig,
-                      FitConfig, InputFormat, PipelineConfig, ReadConfig, ReduceConfig)
+from ..config import (FEATURE_GROUPS, BankMethod, BasisKind, Channels, ClassifyConfig,
+                      FeatureConfig, FitConfig, InputFormat, PipelineConfig, ReadConfig,
+                      ReduceConfig)
 from ..faults import fit_fault_from_env
 from ..stages.progress import LOG_LEVELS, configure_output
 
@@ -89,6 +90,13 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
         model.add_argument("--basis", choices=[b.value for b in BasisKind], default="full",
                            help="AR basis (default full)")
         model.add_argument("--ridge", type=float, default=1e-6, help="per-pixel ridge of the fit")
+        model.add_argument("--channels", choices=[c.value for c in Channels],
+                           default="luminance",
+                           help="luminance: one grey channel (default); rgb: a vector AR model "
+                                "of 3 channels (grey images replicated, alpha dropped); all: "
+                                "every band as stored (records with another channel count "
+                                "than the first become error rows). Later stages read it "
+                                "from fit/")
         model.add_argument("--no-descriptors", action="store_true",
                            help="do not store residual descriptors in the statistics table")
         model.add_argument("--stats-grid", type=int, default=None, metavar="G",
@@ -157,8 +165,13 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     read = ReadConfig(url, s3_endpoint=get("s3_endpoint"), format=get("format", "auto"),
                       image_column=get("image_column", "image"),
                       label_column=get("label_column", "label"), ndim=get("ndim", 2),
+                      channels=get("channels", "luminance"),
                       max_pixels=get("max_pixels", 64_000_000),
                       fetch_concurrency=get("read_concurrency", 32))
+    if get("train", False) and read.channels is not Channels.LUMINANCE:
+        raise ValueError(f"--train with --channels {read.channels.value} is not supported: the "
+                         "end-to-end model takes one channel; drop --train or use "
+                         "--channels luminance")
     fit = FitConfig(radius=get("radius", 2), dilations=tuple(get("dilations", [1, 2, 3])),
                     scales=tuple(get("scales", [1])), basis=get("basis", "full"),
                     ridge=get("ridge", 1e-6), descriptors=not get("no_descriptors", False),

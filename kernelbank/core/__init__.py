@@ -2,6 +2,8 @@
 
 from .bank import KernelBank
 from .basis import Basis
+from .channel_basis import ChannelBasis
+from .channel_fit import ChannelFitResult, channel_fit_from_sums, fit_channels
 from .features import ar_features, bank_features
 from .fit import (FitResult, fit, normal_equations, normalize_images, pyramid_level,
                   residual_mse)
@@ -16,11 +18,12 @@ from .sums import WindowSums, window_sums
 from .sums_fit import fit_from_sums, fit_result_from_sums, select_sums
 from .sums_rows import sums_from_rows, sums_row_length, sums_to_rows
 
-__all__ = ["Basis", "ClassStats", "FitResult", "ImageStatistics", "KernelBank",
-           "LikelihoodClassifier", "image_statistics",
-           "ResidualDescriptors", "SingularGramWarning", "WindowSums", "ar_features",
-           "bank_feature_names_from_sums", "bank_features", "bank_features_from_sums",
-           "describe_residuals", "fit", "fit_from_sums", "fit_result_from_sums",
-           "normal_equations", "normalize_images", "pyramid_level", "residual_descriptor_names",
+__all__ = ["Basis", "ChannelBasis", "ChannelFitResult", "ClassStats", "FitResult",
+           "ImageStatistics", "KernelBank", "LikelihoodClassifier", "ResidualDescriptors",
+           "SingularGramWarning", "WindowSums", "ar_features", "bank_feature_names_from_sums",
+           "bank_features", "bank_features_from_sums", "channel_fit_from_sums",
+           "describe_residuals", "fit", "fit_channels", "fit_from_sums", "fit_result_from_sums",
+           "image_statistics", "normal_equations", "normalize_images", "pyramid_level",
+           "residual_descriptor_names",
            "residual_features", "residual_mse", "select_sums", "solve_normal_equations",
            "sums_from_rows", "sums_row_length", "sums_to_rows", "window_sums"]

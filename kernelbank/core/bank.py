@@ -14,9 +14,14 @@ From :class:`~kernelbank.core.stats.ClassStats` (basis kernels ``b_j``, per clas
     Centroids of k-means on the class's reservoir sample of coefficient rows.
 
 Every learned kernel is ``Σ_j α_j b_j`` for some coefficient vector, so its centre is
-zero by construction. Predefined banks: ``gabor`` (a Gaussian-windowed cosine per
-orientation and frequency, centre zeroed, unit L2 norm) and ``random`` (Gaussian taps,
-centre zeroed, unit L2 norm). Banks at several dilations combine with
+zero by construction. With a vector AR basis (``ClassStats`` of a
+:class:`~kernelbank.core.channel_basis.ChannelBasis`) every bank entry is a vector kernel
+``(C, C, *window)`` (output channel, input channel), a coefficient vector is an image's
+``(C, m)`` coefficients flattened (pca and kmeans work on those), and the pooled kernel
+solves each output channel on the class's summed ``A``.
+
+Predefined banks: ``gabor`` (a Gaussian-windowed cosine per orientation and frequency,
+centre zeroed, unit L2 norm) and ``random`` (Gaussian taps, centre zeroed, unit L2 norm). Banks at several dilations combine with
 :meth:`KernelBank.concat`.
 """
 
@@ -29,6 +34,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .channel_basis import ChannelBasis
+from .channel_stats import pooled_channel_model
 from .solve import solve_normal_equations
 from .stats import ClassStats
 
@@ -101,8 +108,10 @@ class KernelBank:
 
     Attributes
     ----------
-    kernels : torch.Tensor of shape (M, *window), float64
-        The kernels; every centre weight is zero.
+    kernels : torch.Tensor of shape (M, *window) or (M, C, C, *window), float64
+        The kernels; every centre weight is zero. With ``channels = C > 1``, vector
+        kernels: ``kernels[j, c, c']`` are the weights output channel ``c`` puts on input
+        channel ``c'``, and the centre of each output channel's own input is zero.
     dilations : torch.Tensor of shape (M,), int64
         Tap spacing each kernel is applied with.
     class_index : torch.Tensor of shape (M,), int64
@@ -119,6 +128,8 @@ class KernelBank:
         JSON-friendly: basis description, ridge, n_components, counts, …
     kernel_methods : list of str
         Method each kernel came from (differs from ``method`` only after concat).
+    channels : int
+        Channels of the images the kernels predict (1: plain kernels).
 
     Examples
     --------
@@ -136,11 +147,20 @@ class KernelBank:
     explained_variance: torch.Tensor | None = None
     metadata: dict = field(default_factory=dict)
     kernel_methods: list[str] | None = None
+    channels: int = 1
 
     def __post_init__(self):
         k = torch.as_tensor(self.kernels).detach().to("cpu", torch.float64)
-        if k.ndim not in (3, 4) or len(set(k.shape[1:])) != 1 or k.shape[1] % 2 == 0:
-            raise ValueError(f"kernels must have shape (M, *window) with an odd cubic window, "
+        if not isinstance(self.channels, (int, np.integer)) or self.channels < 1:
+            raise ValueError(f"channels must be an integer >= 1, got {self.channels!r}")
+        self.channels = int(self.channels)
+        lead = 1 if self.channels == 1 else 3
+        window = k.shape[lead:]
+        if (k.ndim - lead not in (2, 3) or len(set(window)) != 1 or window[0] % 2 == 0
+                or tuple(k.shape[1:lead]) != (self.channels,) * (lead - 1)):
+            expected = "(M, *window)" if self.channels == 1 else \
+                f"(M, {self.channels}, {self.channels}, *window)"
+            raise ValueError(f"kernels must have shape {expected} with an odd cubic window, "
                              f"got {tuple(k.shape)}")
         m = k.shape[0]
         self.kernels = k
@@ -153,9 +173,12 @@ class KernelBank:
             raise ValueError("dilations must be >= 1")
         if self.class_index.numel() and int(self.class_index.max()) >= len(self.class_names):
             raise ValueError("class_index refers past class_names")
-        centre = k[(slice(None),) + (self.radius,) * self.ndim]
+        centre = k[(slice(None),) * lead + (self.radius,) * self.ndim]
+        if self.channels > 1:
+            centre = torch.diagonal(centre, dim1=1, dim2=2)            # each output's own
         if torch.any(centre != 0):
-            raise ValueError("bank kernels must have a zero centre weight")
+            raise ValueError("bank kernels must have a zero centre weight (for vector "
+                             "kernels: on each output channel's own input)")
         if self.explained_variance is not None:
             self.explained_variance = torch.as_tensor(self.explained_variance,
                                                       dtype=torch.float64).reshape(m)
@@ -169,11 +192,11 @@ class KernelBank:
     # ------------------------------------------------------------------ geometry
     @property
     def radius(self) -> int:
-        return int(self.kernels.shape[1] // 2)
+        return int(self.kernels.shape[-1] // 2)
 
     @property
     def ndim(self) -> int:
-        return int(self.kernels.ndim - 1)
+        return int(self.kernels.ndim - (1 if self.channels == 1 else 3))
 
     def __len__(self) -> int:
         return int(self.kernels.shape[0])
@@ -192,6 +215,14 @@ class KernelBank:
             origin = _slug(self.class_names[c]) if c >= 0 else self.kernel_methods[i]
             names.append(f"k{i:0{width}d}_{origin}_d{d}")
         return names
+
+    @property
+    def output_names(self) -> list[str]:
+        """One name per predicted channel of each kernel: :attr:`kernel_names` for one
+        channel, ``<kernel name>_c<channel>`` (kernel-major) for vector kernels."""
+        if self.channels == 1:
+            return self.kernel_names
+        return [f"{name}_c{c}" for name in self.kernel_names for c in range(self.channels)]
 
     # ------------------------------------------------------------------ learned banks
     @classmethod
@@ -223,10 +254,15 @@ class KernelBank:
             raise ValueError(f"method must be one of {BANK_METHODS}, got {method!r}")
         basis = stats.require_basis()
         rng = np.random.default_rng(random_state)
+        channel = isinstance(basis, ChannelBasis)
         coefs, owners, variances = [], [], []
         for index, name in enumerate(stats.classes):
             part = stats[name]
-            if method == "pooled":
+            if method == "pooled" and channel:
+                rows = pooled_channel_model(part.sum_gram, part.n_pixels, basis,
+                                            ridge)[0].flatten().numpy()[None]
+                var = [np.nan]
+            elif method == "pooled":
                 rows = solve_normal_equations(
                     torch.from_numpy(part.sum_gram), torch.from_numpy(part.sum_rhs),
                     torch.tensor(part.n_pixels), ridge).numpy()[None]
@@ -244,11 +280,14 @@ class KernelBank:
             variances.extend(var)
             owners.extend([index] * len(rows))
         coef = torch.from_numpy(np.concatenate(coefs))
+        if channel:
+            coef = coef.reshape(len(coef), basis.channels, basis.n_components)
         meta = {"basis": stats.basis_meta, "ridge": ridge, "n_components": n_components,
                 "counts": {c: stats.count(c) for c in stats.classes}}
         return cls(basis.to_kernels(coef), [basis.dilation] * len(coef), owners,
                    stats.classes, method,
-                   torch.tensor(variances) if method == "pca" else None, meta)
+                   torch.tensor(variances) if method == "pca" else None, meta,
+                   channels=basis.channels)
 
     # ------------------------------------------------------------------ predefined banks
     @classmethod
@@ -290,16 +329,28 @@ class KernelBank:
 
     @classmethod
     def random(cls, radius: int = 4, n_kernels: int = 8, dilation: int = 1, ndim: int = 2,
-               random_state: int | np.random.Generator | None = 0) -> "KernelBank":
-        """Gaussian random kernels, centre zeroed, unit L2 norm."""
+               random_state: int | np.random.Generator | None = 0, *,
+               channels: int = 1) -> "KernelBank":
+        """Gaussian random kernels, centre zeroed, unit L2 norm.
+
+        With ``channels > 1``, vector kernels ``(C, C, *window)`` with each output
+        channel's own centre zeroed, unit L2 norm per output channel.
+        """
         if n_kernels < 1:
             raise ValueError(f"n_kernels must be >= 1, got {n_kernels!r}")
         rng = np.random.default_rng(random_state)
-        k = rng.normal(size=(n_kernels,) + (2 * radius + 1,) * ndim)
-        k[(slice(None),) + (radius,) * ndim] = 0
-        k /= np.linalg.norm(k.reshape(n_kernels, -1), axis=1).reshape((-1,) + (1,) * ndim)
+        lead = (n_kernels,) if channels == 1 else (n_kernels, channels, channels)
+        k = rng.normal(size=lead + (2 * radius + 1,) * ndim)
+        centre = (radius,) * ndim
+        if channels == 1:
+            k[(slice(None),) + centre] = 0
+        else:
+            k[(slice(None), np.arange(channels), np.arange(channels)) + centre] = 0
+        norm_axes = lead[:2]                       # (kernel[, output channel])
+        norm = np.linalg.norm(k.reshape(norm_axes + (-1,)), axis=-1)
+        k /= norm.reshape(norm_axes + (1,) * (k.ndim - len(norm_axes)))
         return cls(k, [dilation] * n_kernels, [-1] * n_kernels, [], "random", None,
-                   {"radius": radius})
+                   {"radius": radius}, channels=channels)
 
     # ------------------------------------------------------------------ combining
     @classmethod
@@ -312,8 +363,9 @@ class KernelBank:
         if not banks:
             raise ValueError("concat needs at least one bank")
         shapes = {tuple(b.kernels.shape[1:]) for b in banks}
-        if len(shapes) != 1:
-            raise ValueError(f"banks to concat must share one window shape, got {sorted(shapes)}")
+        if len(shapes) != 1 or len({b.channels for b in banks}) != 1:
+            raise ValueError(f"banks to concat must share one window shape and channel count, "
+                             f"got {sorted(shapes)}")
         names: list[str] = []
         for b in banks:
             names.extend(c for c in b.class_names if c not in names)
@@ -329,7 +381,7 @@ class KernelBank:
         return cls(torch.cat([b.kernels for b in banks]), torch.cat([b.dilations for b in banks]),
                    torch.cat(index), names, methods.pop() if len(methods) == 1 else "mixed", ev,
                    {"parts": [b.metadata for b in banks]},
-                   [m for b in banks for m in b.kernel_methods])
+                   [m for b in banks for m in b.kernel_methods], banks[0].channels)
 
     # ------------------------------------------------------------------ persistence
     def save(self, url: str, **storage_options) -> None:
@@ -344,8 +396,9 @@ class KernelBank:
         return load_bank(url, **storage_options)
 
     def __repr__(self) -> str:
+        channels = f"channels={self.channels}, " if self.channels > 1 else ""
         return (f"KernelBank(method={self.method!r}, n_kernels={len(self)}, radius={self.radius}, "
-                f"ndim={self.ndim}, dilations={sorted(set(self.dilations.tolist()))}, "
+                f"ndim={self.ndim}, {channels}dilations={sorted(set(self.dilations.tolist()))}, "
                 f"classes={self.class_names})")
 
 

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .channel_basis import ChannelBasis
 
 __all__ = ["Basis"]
 
@@ -43,6 +46,16 @@ def _window_offsets(radius: int, ndim: int) -> np.ndarray:
     axis = range(-radius, radius + 1)
     grid = np.array(list(itertools.product(axis, repeat=ndim)), dtype=np.int64)
     return grid[np.any(grid != 0, axis=1)]
+
+
+CENTRE_MASKS = ("own", "all")
+
+
+def _check_channels(channels: int, centre_mask: str) -> None:
+    if not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+    if centre_mask not in CENTRE_MASKS:
+        raise ValueError(f"centre_mask must be one of {CENTRE_MASKS}, got {centre_mask!r}")
 
 
 def _check_geometry(radius: int, dilation: int, ndim: int) -> None:
@@ -96,8 +109,20 @@ class Basis:
 
     # ------------------------------------------------------------------ builders
     @classmethod
-    def full(cls, radius: int, dilation: int = 1, ndim: int = 2) -> "Basis":
-        """Every non-centre tap of the window is its own coefficient."""
+    def full(cls, radius: int, dilation: int = 1, ndim: int = 2, *, channels: int = 1,
+             centre_mask: str = "own") -> "Basis | ChannelBasis":
+        """Every non-centre tap of the window is its own coefficient.
+
+        With ``channels > 1``, the vector AR basis of that many channels
+        (:meth:`ChannelBasis.full <kernelbank.core.channel_basis.ChannelBasis.full>`):
+        ``centre_mask="own"`` masks only the predicted channel's centre tap, ``"all"``
+        every channel's. One channel gives this class, whatever ``centre_mask``.
+        """
+        _check_channels(channels, centre_mask)
+        if channels != 1:
+            from .channel_basis import ChannelBasis
+            return ChannelBasis.full(radius, dilation, ndim, channels=channels,
+                                     centre_mask=centre_mask)
         _check_geometry(radius, dilation, ndim)
         offsets = _window_offsets(radius, ndim)
         weights = np.eye(len(offsets))
@@ -105,12 +130,20 @@ class Basis:
                    int(dilation), ndim, "full")
 
     @classmethod
-    def isotropic(cls, radius: int, dilation: int = 1, ndim: int = 2) -> "Basis":
+    def isotropic(cls, radius: int, dilation: int = 1, ndim: int = 2, *, channels: int = 1,
+                  centre_mask: str = "own") -> "Basis | ChannelBasis":
         """Taps at equal distance from the centre share one coefficient.
 
         Components are ordered by increasing distance; for ``radius=4`` in 2-D there
         are 14 rings (squared distances 1, 2, 4, 5, 8, 9, 10, 13, 16, 17, 18, 20, 25, 32).
+        With ``channels > 1``, rings are tied within each (output, input) channel pair
+        (:meth:`ChannelBasis.isotropic <kernelbank.core.channel_basis.ChannelBasis.isotropic>`).
         """
+        _check_channels(channels, centre_mask)
+        if channels != 1:
+            from .channel_basis import ChannelBasis
+            return ChannelBasis.isotropic(radius, dilation, ndim, channels=channels,
+                                          centre_mask=centre_mask)
         _check_geometry(radius, dilation, ndim)
         offsets = _window_offsets(radius, ndim)
         squared = (offsets**2).sum(axis=1)
@@ -167,6 +200,11 @@ class Basis:
     def n_components(self) -> int:
         """Number of basis kernels ``m``."""
         return int(self.weights.shape[0])
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images this basis models: always 1 (see ChannelBasis)."""
+        return 1
 
     @property
     def window_shape(self) -> tuple[int, ...]:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .basis import Basis
+from .channel_basis import ChannelBasis
 from .equations import level_equations, normal_equations
 from .responses import residual_sums
 from .solve import solve_normal_equations
@@ -264,10 +265,10 @@ def _as_tuple(value: int | Sequence[int] | None, default: int, name: str) -> tup
     return tuple(int(v) for v in values)
 
 
-def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: bool = True,
-        dilations: int | Sequence[int] | None = None, scales: int | Sequence[int] | None = None,
-        robust: bool = False, robust_iterations: int = 5, epsilon: float = 1e-3,
-        return_sums: bool = False) -> FitResult:
+def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
+        normalize: bool = True, dilations: int | Sequence[int] | None = None,
+        scales: int | Sequence[int] | None = None, robust: bool = False,
+        robust_iterations: int = 5, epsilon: float = 1e-3, return_sums: bool = False):
     """Fit the least-squares AR kernel of every image.
 
     Parameters
@@ -275,9 +276,12 @@ def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: boo
     images : array or tensor of shape (N, H, W) or (N, D, H, W), or a list of them
         A batch of same-sized images, or a list of images of different sizes (fitted in
         groups of equal size; results keep the list order). Any real dtype; the device
-        of a tensor is the device of the computation.
-    basis : Basis
-        The kernels to combine; its ``ndim`` decides 2-D or 3-D.
+        of a tensor is the device of the computation. With a :class:`ChannelBasis`,
+        ``(N, C, H, W)`` or ``(N, C, D, H, W)`` (or a list of ``(C, *spatial)`` images).
+    basis : Basis or ChannelBasis
+        The kernels to combine; its ``ndim`` decides 2-D or 3-D. A
+        :class:`~kernelbank.core.channel_basis.ChannelBasis` fits the vector AR model of
+        multi-channel images (:func:`kernelbank.core.channel_fit.fit_channels`).
     ridge : float, default=1e-6
         Per-pixel ridge ``λ`` in ``(G + λ n I)⁻¹ h``; 0 is allowed (singular systems then
         get the minimum-norm solution).
@@ -299,7 +303,7 @@ def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: boo
 
     Returns
     -------
-    FitResult
+    FitResult, or ChannelFitResult for a ChannelBasis
         With a scale axis when ``dilations`` or ``scales`` is a sequence.
 
     Raises
@@ -316,6 +320,13 @@ def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: boo
     >>> result.coef.shape, result.kernels.shape, result.mse.dtype
     (torch.Size([4, 6]), torch.Size([4, 5, 5]), torch.float64)
     """
+    if isinstance(basis, ChannelBasis):
+        if robust:
+            raise ValueError("robust=True is not available for a ChannelBasis (multi-channel "
+                             "fits are least squares only)")
+        from .channel_fit import fit_channels  # channel_fit builds on this module
+        return fit_channels(images, basis, ridge=ridge, normalize=normalize,
+                            dilations=dilations, scales=scales, return_sums=return_sums)
     if not isinstance(basis, Basis):
         raise TypeError(f"basis must be a kernelbank.Basis, got {type(basis).__name__}")
     if ridge < 0:
@@ -391,4 +402,4 @@ def _merge_sums(parts: list[WindowSums], inverse: torch.Tensor) -> WindowSums:
         return _in_input_order([getattr(p, name) for p in parts], inverse, in_order)
     first = parts[0]
     return WindowSums(cat("cross"), cat("first"), cat("n_pixels"), first.radius,
-                      first.dilation, first.ndim, first.scale, first.grid)
+                      first.dilation, first.ndim, first.scale, first.grid, first.channels)

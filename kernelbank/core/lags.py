@@ -37,6 +37,14 @@ width: 16 at radius 4, against ``(4r+1)(2r+1)`` useful multiply-adds) plus ``4·
 explicit products per lag in the corners, which matter only for small images at large
 dilations.
 
+Channels: for images of ``C`` channels the taps are ``(c, o_a)`` (channel-major) and every
+entry is a lag product of two channels, ``Σ x_c(q) x_{c'}(q + L)``. Each channel has its
+own layout, and the three regions' products are taken for every ordered channel pair
+(the left operand from one channel, the partner rows and columns from the other):
+``C²`` times the one-channel work, nothing else. Both orders are needed because swapping
+the taps of a cross-channel product swaps its channels. One channel is the case
+``C = 1``, operation for operation.
+
 Notes
 -----
 Products are formed in the images' dtype; a float32 matrix product sums at most
@@ -257,6 +265,10 @@ class _Plan:
                        "edge": rows("edge", (ld, sr, li, lj, sp)),
                        "image": rows("image", (taps[:, 1] + r, taps[:, 2] + r, taps[:, 0] + rp))}
         self.n_taps = t
+        # per (tap, tap): whether the entry is read in the direction asked (else the taps,
+        # and with channels the channels, are swapped), and whether the taps are one
+        self.forward = torch.from_numpy(forward[:, 0]).to(device)
+        self.same_tap = torch.from_numpy((step == 0).all(1)).to(device)
 
 
 class _Layout:
@@ -273,6 +285,8 @@ class _Layout:
         n, planes, height, width = images.shape[0], plan.planes, plan.height, plan.image_width
         d = plan.dilation
         self.n = n
+        self._edge: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._region: torch.Tensor | None = None
         self.row_stride = planes * n * plan.width
         self.buffer = images.new_empty(2 * plan.margin + plan.rows * self.row_stride)
         self.z = self.buffer[plan.margin:plan.margin + plan.rows * self.row_stride].view(
@@ -303,6 +317,57 @@ class _Layout:
             + column
         return self.buffer.as_strided(shape, strides, offset)
 
+    def edge_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The edge rows and their partners, and the edge rows' core columns (built once).
+
+        ``edge`` (4R+1, group, planes, n, width + 4r): both groups' rows interleaved per
+        row, so that (residue, group, plane, image) is one batch stride of ``width`` and
+        every row its own row; ``left`` the first 2R rows, core columns only.
+        """
+        if self._edge is None:
+            plan, n = self.plan, self.n
+            r, R, width = plan.radius, plan.radius * plan.dilation, plan.width
+            edge = self.buffer.new_empty((4 * R + 1, 2, plan.planes, n, width + 4 * r))
+            edge[..., :2 * r].zero_()
+            edge[..., width + 2 * r:].zero_()
+            edge[-1].zero_()
+            for group, g0 in enumerate((0, plan.height - 2 * R)):
+                edge[:4 * R, group, ..., 2 * r:width + 2 * r] = self.z[g0:g0 + 4 * R]
+            self._edge = edge, edge[:2 * R, ..., 2 * r:width + 2 * r] * plan.core_columns
+        return self._edge
+
+    def corner_region(self) -> torch.Tensor:
+        """(group, residue, side, phase, 4r, 6r, planes·n) corner pixels, images
+        innermost (built once); the views may reach past a row's end, which only reads
+        finite neighbours."""
+        if self._region is None:
+            plan, n = self.plan, self.n
+            r, d = plan.radius, plan.dilation
+            rows, columns = plan.corner_rows, plan.corner_columns
+            region = self.buffer.new_empty((2, d, 2, d, 4 * r, 6 * r, plan.planes * n))
+            for group, side, phase in np.ndindex(2, 2, d):
+                offset = plan.margin + int(rows[group, 0, 0]) * self.row_stride \
+                    + int(columns[side, phase, 0])
+                region[group, :, side, phase].copy_(self.buffer.as_strided(
+                    (d, 4 * r, 6 * r, plan.planes * n),
+                    (self.row_stride, d * self.row_stride, 1, plan.width), offset))
+            self._region = region
+        return self._region
+
+    def image_runs(self) -> torch.Tensor:
+        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
+        plan = self.plan
+        z = self.z[:plan.height].reshape(plan.height, -1)
+        step = max(1, _SPAN // plan.width)
+        boxes = 0
+        for b0 in range(0, plan.height, step):
+            part = plan.row_runs[:, b0:b0 + step] @ z[b0:b0 + step]     # (Sr, P·n·width)
+            part = part.view(-1, plan.width) @ plan.column_runs.T
+            boxes = boxes + part.to(torch.float64)
+        boxes = boxes.view(2 * plan.radius + 1, plan.planes, self.n, 2 * plan.radius + 1)
+        boxes = _plane_runs(boxes, 1, plan.plane_axis, plan.planes, 0, plan.planes)
+        return boxes.permute(0, 3, 1, 2)
+
 
 # ---------------------------------------------------------------------------- the regions
 class _RunSums:
@@ -311,7 +376,9 @@ class _RunSums:
     Lags are indexed as plane lag ``(i − 2rp)δ``, row lag ``iδ`` (only non-negative:
     the other half is the same products with the two taps swapped) and column lag
     ``i − 2r`` in phase units; runs ``S·`` as in the module docstring. Every table ends
-    with the image axis (shapes: :meth:`_Plan.table_shapes`).
+    with the image axis (shapes: :meth:`_Plan.table_shapes`). The products are
+    ``Σ x(q) y(q + L)`` of the images ``x`` of ``layout`` and ``y`` of ``partner`` (two
+    channels of the same images; ``layout`` itself by default).
 
     Attributes
     ----------
@@ -323,8 +390,9 @@ class _RunSums:
         Edge rows × edge columns of each (rows run, columns run).
     """
 
-    def __init__(self, layout: _Layout):
+    def __init__(self, layout: _Layout, partner: _Layout | None = None):
         self.layout, self.plan = layout, layout.plan
+        self.partner = layout if partner is None else partner
         shapes = self.plan.table_shapes()
         new = layout.buffer.new_zeros
         for name in ("core", "edge", "corners"):
@@ -359,8 +427,8 @@ class _RunSums:
                 left = lay.strided((batch, span, tile), (tile, lay.row_stride, 1), b0, p0, 0)
                 left = left.contiguous().transpose(1, 2)
                 for k in range(2 * r + 1):
-                    right = lay.strided((batch, span, halo), (tile, lay.row_stride, 1),
-                                        b0 + k * d, p0 + shift, -2 * r)
+                    right = self.partner.strided((batch, span, halo), (tile, lay.row_stride, 1),
+                                                 b0 + k * d, p0 + shift, -2 * r)
                     torch.bmm(left, right, out=product)
                     bands[k].copy_(product.as_strided((batch, tile, 4 * r + 1),
                                                       (tile * halo, halo + 1, 1)))
@@ -379,17 +447,9 @@ class _RunSums:
         lay, plan = self.layout, self.plan
         if not plan.column_axis.core:
             return
-        r, d, R, width, n = plan.radius, plan.dilation, plan.radius * plan.dilation, \
-            plan.width, lay.n
-        # Both groups' rows and partner rows, interleaved per row: (residue, group, plane,
-        # image) is then one batch stride of `width`, and every row its own row.
-        edge = lay.buffer.new_empty((4 * R + 1, 2, plan.planes, n, width + 4 * r))
-        edge[..., :2 * r].zero_()
-        edge[..., width + 2 * r:].zero_()
-        edge[-1].zero_()
-        for group, g0 in enumerate((0, plan.height - 2 * R)):
-            edge[:4 * R, group, ..., 2 * r:width + 2 * r] = lay.z[g0:g0 + 4 * R]
-        left = edge[:2 * R, ..., 2 * r:width + 2 * r] * plan.core_columns    # core columns
+        r, d, width, n = plan.radius, plan.dilation, plan.width, lay.n
+        _, left = lay.edge_rows()                      # this channel's rows, core columns
+        edge, _ = self.partner.edge_rows()             # the partner rows
         stride = 2 * plan.planes * n * (width + 4 * r)
         for lag_index, shift, p0, p1 in plan.plane_lags():
             planes = p1 - p0
@@ -427,20 +487,10 @@ class _RunSums:
 
     def _corners(self) -> None:
         """Edge rows × edge columns: explicit products, images innermost."""
-        lay, plan = self.layout, self.plan
-        r, d, n = plan.radius, plan.dilation, lay.n
-        rows, columns = plan.corner_rows, plan.corner_columns
-        # (group, residue, side, phase, 4r, 6r, planes·n), images innermost; the views
-        # may reach past a row's end, which only reads finite neighbours
-        region = lay.buffer.new_empty((2, d, 2, d, 4 * r, 6 * r, plan.planes * n))
-        for group, side, phase in np.ndindex(2, 2, d):
-            offset = plan.margin + int(rows[group, 0, 0]) * lay.row_stride \
-                + int(columns[side, phase, 0])
-            region[group, :, side, phase].copy_(lay.buffer.as_strided(
-                (d, 4 * r, 6 * r, plan.planes * n),
-                (lay.row_stride, d * lay.row_stride, 1, plan.width), offset))
+        plan = self.plan
+        region, partner = self.layout.corner_region(), self.partner.corner_region()
         for lag_index, shift, p0, p1 in plan.plane_lags():
-            parts = [self._corner_runs(region, i0, i1, shift, p0, p1)
+            parts = [self._corner_runs(region, partner, i0, i1, shift, p0, p1)
                      for i0, i1 in self._corner_groups(p1 - p0)]
             both = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
             if plan.plane_axis is None:                 # (Sr, Li, Sc, Lj, 1, n)
@@ -455,16 +505,21 @@ class _RunSums:
         step = max(1, min(n, _CORNER_ELEMENTS // per_image))
         return [(i0, min(n, i0 + step)) for i0 in range(0, n, step)]
 
-    def _corner_runs(self, region: torch.Tensor, i0: int, i1: int, shift: int, p0: int,
-                     p1: int) -> torch.Tensor:
+    def _corner_runs(self, region: torch.Tensor, partner: torch.Tensor, i0: int, i1: int,
+                     shift: int, p0: int, p1: int) -> torch.Tensor:
         """(Sr, Li, Sc, Lj, P', n') run sums of the corners of images ``[i0, i1)``.
 
-        ``region``: (group, residue, side, phase, 4r, 6r, planes·n), see :meth:`_corners`.
+        ``region``, ``partner``: (group, residue, side, phase, 4r, 6r, planes·n) of this
+        layout and of the partner's (:meth:`_Layout.corner_region`), same strides.
         """
         plan = self.plan
         r, d, n = plan.radius, plan.dilation, i1 - i0
         if n != self.layout.n:
-            region = region.unflatten(-1, (plan.planes, -1))[..., i0:i1].flatten(-2).contiguous()
+            def subset(values: torch.Tensor) -> torch.Tensor:
+                return values.unflatten(-1, (plan.planes, -1))[..., i0:i1].flatten(-2).contiguous()
+            same = partner is region
+            region = subset(region)
+            partner = region if same else subset(partner)
         st = region.stride()
         inner = (p1 - p0) * n
         shape = (2 * r, 2 * r + 1, 2 * r, 4 * r + 1, inner)     # (m, Li, m', Lj, ·)
@@ -477,8 +532,8 @@ class _RunSums:
                         + side * st[2] + phase * st[3])
                 a = region.as_strided((2 * r, 1, 2 * r, 4 * r + 1, inner),
                                       (st[4], 0, st[5], 0, 1), base + 2 * r * st[5] + p0 * n)
-                b = region.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
-                                      base + (p0 + shift) * n)
+                b = partner.as_strided(shape, (st[4], st[4], st[5], st[5], 1),
+                                       base + (p0 + shift) * n)
                 # expanded once along the column lags, so that every operand runs
                 # contiguously over (column lag, image) and the product vectorises
                 if residue == phase == 0:
@@ -495,26 +550,11 @@ class _RunSums:
                 both.baddbmm_(columns, rows_run)
         return both.view(2 * r + 1, 2 * r + 1, 2 * r + 1, 4 * r + 1, p1 - p0, n)
 
-    def image_runs(self) -> torch.Tensor:
-        """Sums of the shifted images per (Sr, Sc, Sp) box, shape (Sr, Sc, Sp, n), float64."""
-        lay, plan = self.layout, self.plan
-        z = lay.z[:plan.height].reshape(plan.height, -1)
-        step = max(1, _SPAN // plan.width)
-        boxes = 0
-        for b0 in range(0, plan.height, step):
-            part = plan.row_runs[:, b0:b0 + step] @ z[b0:b0 + step]     # (Sr, P·n·width)
-            part = part.view(-1, plan.width) @ plan.column_runs.T
-            boxes = boxes + part.to(torch.float64)
-        boxes = boxes.view(2 * plan.radius + 1, plan.planes, lay.n, 2 * plan.radius + 1)
-        boxes = _plane_runs(boxes, 1, plan.plane_axis, plan.planes, 0, plan.planes)
-        return boxes.permute(0, 3, 1, 2)
-
 
 # ---------------------------------------------------------------------------- assembly
-def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross products and first sums of the shifted images: whole-row gathers."""
+def _rows(sums: _RunSums) -> torch.Tensor:
+    """The (tap, tap) entries of one layout pair's run tables, (t², n): whole-row gathers."""
     plan, n = sums.plan, sums.layout.n
-    t = plan.n_taps
 
     def rows(table: torch.Tensor, name: str) -> torch.Tensor:
         return table.reshape(-1, n).index_select(0, plan.gather[name])
@@ -522,8 +562,29 @@ def _assemble(sums: _RunSums) -> tuple[torch.Tensor, torch.Tensor]:
     cross = rows(sums.corners, "corners")
     cross += rows(sums.core, "core")
     cross += rows(sums.edge, "edge")
-    first = rows(sums.image_runs(), "image")
-    return cross.T.reshape(n, t, t), first.T
+    return cross
+
+
+def _assemble(layouts: list[_Layout]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross products and first sums of the shifted images, channel-major taps.
+
+    Entry ``((c, a), (c', b))`` is read from the run tables of the channel pair ``(c, c')``
+    when the plan reads taps ``(a, b)`` forward, else from those of ``(c', c)``; at one
+    tap, from the pair in channel order, so the matrix is exactly symmetric.
+    """
+    plan, n = layouts[0].plan, layouts[0].n
+    t, channels = plan.n_taps, len(layouts)
+    first = torch.cat([layout.image_runs().reshape(-1, n).index_select(0, plan.gather["image"])
+                       for layout in layouts]).T
+    if channels == 1:
+        return _rows(_RunSums(layouts[0])).T.reshape(n, t, t), first
+    pairs = {(a, b): _rows(_RunSums(layouts[a], layouts[b]))
+             for a in range(channels) for b in range(channels)}
+    cross = first.new_empty((channels, t, channels, t, n))
+    for a, b in pairs:
+        direct = plan.forward & ~(plan.same_tap & (a > b))
+        cross[a, :, b] = torch.where(direct[:, None], pairs[a, b], pairs[b, a]).view(t, t, n)
+    return cross.permute(4, 0, 1, 2, 3).reshape(n, channels * t, channels * t), first
 
 
 def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
@@ -532,59 +593,69 @@ def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.
 
     For images too small for the run structure (and small 3-D windows, where it is the
     faster engine): ``t²`` products per valid pixel, a slab of valid rows at a time.
+    ``images`` (n, channels, *spatial) and ``shift`` (n, channels); taps channel-major.
     """
-    ndim = images.ndim - 1
+    ndim = images.ndim - 2
     reach = radius * dilation
-    valid = [s - 2 * reach for s in images.shape[1:]]
-    shifted = images.to(torch.float64) - shift.to(torch.float64).reshape((-1,) + (1,) * ndim)
-    taps = (_taps(radius, ndim)[:, 3 - ndim:] * dilation).tolist()
+    valid = [s - 2 * reach for s in images.shape[2:]]
+    shifted = images.to(torch.float64) - shift.to(torch.float64).reshape(
+        shift.shape + (1,) * ndim)
+    spatial = (_taps(radius, ndim)[:, 3 - ndim:] * dilation).tolist()
+    taps = [(c, o) for c in range(images.shape[1]) for o in spatial]
     n, t = len(images), len(taps)
     cross = shifted.new_zeros((n, t, t))
     first = shifted.new_zeros((n, t))
     per_slab = max(1, _LAYOUT_ELEMENTS // max(1, t * int(np.prod(valid[1:]))))
     for s0 in range(0, valid[0], per_slab):
         rows = min(valid[0], s0 + per_slab) - s0
-        def view(o: list[int]) -> torch.Tensor:
+        def view(c: int, o: list[int]) -> torch.Tensor:
             first_axis = slice(reach + o[0] + s0, reach + o[0] + s0 + rows)
             others = tuple(slice(reach + a, reach + a + v) for a, v in zip(o[1:], valid[1:]))
-            return shifted[(slice(None), first_axis) + others].reshape(n, -1)
-        views = torch.stack([view(o) for o in taps], 1)
+            return shifted[(slice(None), c, first_axis) + others].reshape(n, -1)
+        views = torch.stack([view(c, o) for c, o in taps], 1)
         cross += views @ views.transpose(1, 2)
         first += views.sum(-1)
     return cross, first
 
 
-def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor,
+                    channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Window sums of ``images - shift`` over the valid pixels of one dilation.
 
     Parameters
     ----------
-    images : torch.Tensor of shape (n, H, W) or (n, D, H, W), float32 or float64
-        Same-sized images, each side at least ``2 radius dilation + 1``.
+    images : torch.Tensor of shape (n, [channels,] H, W) or (n, [channels,] D, H, W)
+        Same-sized images, float32 or float64, each side at least ``2 radius dilation
+        + 1``; the channel axis is there only when ``channels > 1``.
     radius, dilation : int
-    shift : torch.Tensor of shape (n,), dtype of ``images``
-        Subtracted from each image before any product (its mean, say).
+    shift : torch.Tensor of shape (n,) or (n, channels), dtype of ``images``
+        Subtracted from each image (channel) before any product (its mean, say).
+    channels : int, default=1
 
     Returns
     -------
-    cross : torch.Tensor of shape (n, t, t), float64
-    first : torch.Tensor of shape (n, t), float64
-        With ``t = (2 radius + 1)^ndim`` taps in C order, centre included; the sums of
-        the shifted images (see :mod:`kernelbank.core.sums` for the unshifted ones).
+    cross : torch.Tensor of shape (n, T, T), float64
+    first : torch.Tensor of shape (n, T), float64
+        With ``T = channels · t`` taps, channel-major, each channel's ``t = (2 radius +
+        1)^ndim`` in C order, centre included; the sums of the shifted images (see
+        :mod:`kernelbank.core.sums` for the unshifted ones).
     """
-    r, d, ndim = radius, dilation, images.ndim - 1
+    if channels == 1:
+        images, shift = images[:, None], shift.reshape(-1, 1)
+    r, d, ndim = radius, dilation, images.ndim - 2
     reach = r * d
-    *lead, height, width = images.shape[1:]
+    *lead, height, width = images.shape[2:]
     if min(lead + [height]) < 4 * reach or width // d < 4 * r:
         return _direct_sums(images, r, d, shift)
-    plan = _Plan(tuple(images.shape[1:]), r, d, images.dtype, images.device)
+    plan = _Plan(tuple(images.shape[2:]), r, d, images.dtype, images.device)
     table = int(np.prod(plan.table_shapes()["corners"]))
-    chunk = max(1, min(_LAYOUT_ELEMENTS // images[0].numel(), _TABLE_ELEMENTS // table))
+    # budgets per channel: one pair of channels is what a product reads
+    chunk = max(1, min(_LAYOUT_ELEMENTS // images[0, 0].numel(), _TABLE_ELEMENTS // table))
     crosses, firsts = [], []
     for i0 in range(0, images.shape[0], chunk):
-        sums = _RunSums(_Layout(plan, images[i0:i0 + chunk], shift[i0:i0 + chunk]))
-        cross, first = _assemble(sums)
+        layouts = [_Layout(plan, images[i0:i0 + chunk, c], shift[i0:i0 + chunk, c])
+                   for c in range(images.shape[1])]
+        cross, first = _assemble(layouts)
         crosses.append(cross)
         firsts.append(first)
     return torch.cat(crosses), torch.cat(firsts)

@@ -31,6 +31,18 @@ widths are the log-normal width matching the spread of the own-fit MSEs (a rough
 guess); :meth:`LikelihoodClassifier.calibrate` replaces them with the exact values
 measured on given images, which is recommended whenever the training images are at hand.
 
+**Channels.** With a vector AR basis (``ClassStats`` of a
+:class:`~kernelbank.core.channel_basis.ChannelBasis`, ``C`` channels) class ``c`` is its
+pooled vector kernel and the ``C × C`` residual covariance ``Σ_c`` of its training pixels;
+an image's residual covariance under it, ``S_c(x) = U_c A(x) U_cᵀ / n``, is again
+algebra on the image's own sums ``A`` (:mod:`kernelbank.core.channel_fit`), and
+
+    ℓ_c(x) = -½ (C log 2π + log det Σ_c + tr(Σ_c⁻¹ S_c(x)))
+
+is the per-pixel Gaussian log-likelihood of the residual vector. The one-number
+"mse" of the unknown test is then the generalised variance ``det(S)^(1/C)`` (the MSE for
+one channel), for the class, the image and its own fit alike.
+
 **Without pixels.** Every score needs, per model, only the image's own normal equations
 (``G, h, s, n``) and own-fit MSE, which its window sums give
 (:mod:`kernelbank.core.sums_fit`); each scoring method has a ``*_from_sums`` twin
@@ -46,6 +58,9 @@ import numpy as np
 import torch
 
 from .basis import Basis
+from .channel_basis import ChannelBasis
+from .channel_fit import ChannelFitResult, channel_fit_from_sums, residual_covariance
+from .channel_stats import generalised_variance, pooled_channel_model
 from .fit import FitResult, fit, residual_mse
 from .solve import solve_normal_equations
 from .stats import ClassStats
@@ -61,14 +76,15 @@ _OWN_FIT_RIDGE = 1e-6   # ridge of each scored image's own fit (the excess z-sco
 
 @dataclass
 class _Model:
-    basis: Basis
+    basis: Basis | ChannelBasis
     scale: int
-    coef: torch.Tensor        # (C, m) float64
-    variance: torch.Tensor    # (C,)
+    coef: torch.Tensor        # (C, m) float64; (C, channels, m) for a ChannelBasis
+    variance: torch.Tensor    # (C,); the generalised variance for a ChannelBasis
     log_mean: torch.Tensor    # (C,) training log mse_c
     log_std: torch.Tensor     # (C,)
     excess_mean: torch.Tensor  # (C,) training log(mse_c / own-fit mse)
     excess_std: torch.Tensor   # (C,)
+    covariance: torch.Tensor | None = None   # (C, channels, channels) for a ChannelBasis
 
 
 def _quadratic_mse(result, coef: torch.Tensor) -> torch.Tensor:
@@ -78,6 +94,29 @@ def _quadratic_mse(result, coef: torch.Tensor) -> torch.Tensor:
     lin = rhs @ coef.T
     mse = (result.sum_sq.cpu()[:, None] - 2 * lin + quad) / result.n_pixels.cpu()[:, None]
     return mse.clamp_min(torch.finfo(torch.float64).tiny)
+
+
+def _model_scores(result, model: _Model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) "mse" of every image under every class of a model, and ``ℓ``."""
+    if model.covariance is None:
+        mse = _quadratic_mse(result, model.coef)
+        variance = model.variance
+        return mse, -0.5 * torch.log(2 * np.pi * variance) - mse / (2 * variance)
+    gram = result.gram.cpu().to(torch.float64)[:, None]                  # (N, 1, M, M)
+    count = result.n_pixels.cpu()[:, None]
+    residual = residual_covariance(gram, count, model.basis, model.coef[None])   # (N, C, k, k)
+    channels = residual.shape[-1]
+    trace = (torch.linalg.inv(model.covariance)[None] * residual).sum((-2, -1))
+    logdet = torch.logdet(model.covariance)
+    loglik = -0.5 * (channels * np.log(2 * np.pi) + logdet + trace)
+    return generalised_variance(residual), loglik
+
+
+def _own_mse(result) -> torch.Tensor:
+    """(N,) residual variance of each image's own fit (generalised for channels)."""
+    if isinstance(result, ChannelFitResult):
+        return generalised_variance(result.covariance.cpu())
+    return result.mse.cpu().to(torch.float64)
 
 
 class LikelihoodClassifier:
@@ -147,12 +186,18 @@ class LikelihoodClassifier:
                                  f"and {classes}")
             sums = [part[c] for c in classes]
             gram = torch.from_numpy(np.stack([s.sum_gram for s in sums]))
-            rhs = torch.from_numpy(np.stack([s.sum_rhs for s in sums]))
             n_pix = torch.tensor([s.n_pixels for s in sums])
-            coef = solve_normal_equations(gram, rhs, n_pix, ridge)
-            sum_sq = torch.tensor([s.sum_sq for s in sums], dtype=torch.float64)
-            variance = residual_mse(gram, rhs, sum_sq, n_pix, coef).clamp_min(
-                torch.finfo(torch.float64).tiny)
+            covariance = None
+            if isinstance(basis, ChannelBasis):
+                coef, covariance = pooled_channel_model(gram, n_pix, basis, ridge)
+                variance = generalised_variance(covariance)
+                covariance = _regularised(covariance)
+            else:
+                rhs = torch.from_numpy(np.stack([s.sum_rhs for s in sums]))
+                coef = solve_normal_equations(gram, rhs, n_pix, ridge)
+                sum_sq = torch.tensor([s.sum_sq for s in sums], dtype=torch.float64)
+                variance = residual_mse(gram, rhs, sum_sq, n_pix, coef).clamp_min(
+                    torch.finfo(torch.float64).tiny)
             mean_own = torch.tensor([s.sum_mse / s.n for s in sums], dtype=torch.float64)
             var_own = torch.tensor([max(s.sum_mse_sq / s.n - (s.sum_mse / s.n) ** 2, 0.0)
                                     for s in sums], dtype=torch.float64)
@@ -160,7 +205,7 @@ class LikelihoodClassifier:
             log_std = log_std.clamp_min(_MIN_LOG_STD)
             excess = (variance / mean_own.clamp_min(1e-300)).log().clamp_min(0)
             models.append(_Model(basis, part.scale, coef, variance, variance.log(), log_std,
-                                 excess, log_std.clone()))
+                                 excess, log_std.clone(), covariance))
         return cls(classes, models, z, temperature, normalize)
 
     # ------------------------------------------------------------------ own fits
@@ -173,10 +218,13 @@ class LikelihoodClassifier:
 
     def _fits_from_sums(self, sums: Sequence[WindowSums]) -> list[FitResult]:
         sums = list(sums)
-        fits = [fit_result_from_sums(
-            select_sums(sums, m.basis.dilation, scale=m.scale,
-                        needed_by=f"the model of {m.basis} at scale {m.scale}"),
-            m.basis, _OWN_FIT_RIDGE) for m in self.models]
+        fits = []
+        for m in self.models:
+            chosen = select_sums(sums, m.basis.dilation, scale=m.scale,
+                                 needed_by=f"the model of {m.basis} at scale {m.scale}")
+            own = channel_fit_from_sums if isinstance(m.basis, ChannelBasis) else \
+                fit_result_from_sums
+            fits.append(own(chosen, m.basis, _OWN_FIT_RIDGE))
         counts = {len(r) for r in fits}
         if len(counts) != 1:
             raise ValueError(f"the window sums of the models hold different numbers of images "
@@ -185,12 +233,12 @@ class LikelihoodClassifier:
 
     # ------------------------------------------------------------------ scoring
     def _residual_mse(self, fits: list[FitResult]) -> torch.Tensor:
-        return torch.stack([_quadratic_mse(r, m.coef) for r, m in zip(fits, self.models)], 1)
+        return torch.stack([_model_scores(r, m)[0] for r, m in zip(fits, self.models)], 1)
 
     def _scores(self, fits: list[FitResult]):
-        mse = self._residual_mse(fits)
-        variance = torch.stack([m.variance for m in self.models])        # (S, C)
-        loglik = -0.5 * torch.log(2 * np.pi * variance) - mse / (2 * variance)   # (N, S, C)
+        scores = [_model_scores(r, m) for r, m in zip(fits, self.models)]
+        mse = torch.stack([s[0] for s in scores], 1)                      # (N, S, C)
+        loglik = torch.stack([s[1] for s in scores], 1)                   # (N, S, C)
         n_pix = torch.stack([r.n_pixels.cpu() for r in fits], 1).to(torch.float64)  # (N, S)
         deviation = self._deviation(mse, fits)
         return loglik, n_pix, deviation
@@ -198,7 +246,7 @@ class LikelihoodClassifier:
     def _deviation(self, mse: torch.Tensor, fits: list[FitResult]) -> torch.Tensor:
         """(N, C): per class, the larger of the level and excess z-scores, mean over models."""
         stack = lambda key: torch.stack([getattr(m, key) for m in self.models])  # noqa: E731
-        own = torch.stack([r.mse.cpu().to(torch.float64) for r in fits], 1)      # (N, S)
+        own = torch.stack([_own_mse(r) for r in fits], 1)                        # (N, S)
         log_mse = mse.log()
         level = ((log_mse - stack("log_mean")) / stack("log_std")).abs()
         excess = (log_mse - own.clamp_min(1e-300).log()[:, :, None] - stack("excess_mean")) \
@@ -223,7 +271,7 @@ class LikelihoodClassifier:
     def _calibrate(self, fits: list[FitResult], labels: Sequence[str]) -> "LikelihoodClassifier":
         labels = np.array([str(v) for v in labels], dtype=object)
         log_mse = self._residual_mse(fits).log()                          # (N, S, C)
-        own = torch.stack([r.mse.cpu().to(torch.float64) for r in fits], 1).clamp_min(1e-300).log()
+        own = torch.stack([_own_mse(r) for r in fits], 1).clamp_min(1e-300).log()
         if len(labels) != log_mse.shape[0]:
             raise ValueError(f"labels has {len(labels)} entries for {log_mse.shape[0]} images")
         for c, name in enumerate(self.classes):
@@ -317,6 +365,14 @@ class LikelihoodClassifier:
     def __repr__(self) -> str:
         return (f"LikelihoodClassifier(classes={self.classes}, models={len(self.models)}, "
                 f"z={self.z}, temperature={self.temperature})")
+
+
+def _regularised(covariance: torch.Tensor) -> torch.Tensor:
+    """A class covariance the likelihood can invert: eigenvalues at least 1e-12 of its
+    largest (a class of grey images in equal channels has a singular one)."""
+    values, vectors = torch.linalg.eigh(covariance)
+    floor = values.amax(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny) * 1e-12
+    return (vectors * values.clamp_min(floor)[..., None, :]) @ vectors.transpose(-1, -2)
 
 
 def _mean_std(values: torch.Tensor) -> tuple[float, float]:

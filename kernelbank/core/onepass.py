@@ -84,7 +84,8 @@ def _cat_sums(parts: list[WindowSums], order: torch.Tensor) -> WindowSums:
     return WindowSums(torch.cat([p.cross for p in parts])[order],
                       torch.cat([p.first for p in parts])[order],
                       torch.cat([p.n_pixels for p in parts])[order],
-                      first.radius, first.dilation, first.ndim, first.scale, first.grid)
+                      first.radius, first.dilation, first.ndim, first.scale, first.grid,
+                      first.channels)
 
 
 def image_statistics(images, basis: Basis, *, dilations: Sequence[int] | None = None,

@@ -22,6 +22,11 @@ and in the *spatial patterns* of residual signs, which need the pixels. Per imag
 ``cooc_ax<a>_lag<L>_<v…>``
     Co-occurrences of ``clip(round(e / (q σ)), -T, T)`` along each axis of the grid.
 
+Channels: with a vector AR kernel (a :class:`~kernelbank.core.channel_basis.ChannelBasis`)
+each channel ``c`` has its residual ``e_c = x_c − Σ_{c'} k_{cc'} ⋆ x_{c'}``, and every
+descriptor above is taken of each channel's residual (columns ``c<c>_<name>``,
+channel-major).
+
 :func:`describe_residuals` works on a batch of same-sized, already normalised images
 with their fitted kernels (what the fit stage holds in memory in its one pass);
 :func:`residual_features` fits the kernels itself (via :func:`kernelbank.fit`) at
@@ -43,6 +48,7 @@ import numpy as np
 import torch
 
 from .basis import Basis
+from .channel_basis import ChannelBasis
 from .fit import (ImageBatch, _as_tuple, check_finite, fit, group_by_shape, normalize_images,
                   pyramid_level)
 from .patterns import (N_NRI, N_RI, binary_codes, cooccurrence_codes, histograms,
@@ -157,9 +163,13 @@ class ResidualDescriptors:
 
 
 def residual_descriptor_names(descriptors: ResidualDescriptors | None = None,
-                              ndim: int = 2) -> list[str]:
-    """Column names of :func:`describe_residuals` (``descriptors`` default: all defaults)."""
-    return (descriptors or ResidualDescriptors()).names(ndim)
+                              ndim: int = 2, channels: int = 1) -> list[str]:
+    """Column names of :func:`describe_residuals` (``descriptors`` default: all defaults);
+    ``c<c>_<name>`` for each channel's residual when ``channels > 1``."""
+    names = (descriptors or ResidualDescriptors()).names(ndim)
+    if channels == 1:
+        return names
+    return [f"c{c}_{name}" for c in range(channels) for name in names]
 
 
 def residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -167,38 +177,51 @@ def residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int) -> torc
 
     Parameters
     ----------
-    batch : torch.Tensor of shape (n, *spatial), floating
-    kernels : torch.Tensor of shape (n, *window)
-        One centre-masked kernel per image on an odd window (2r+1 per axis).
+    batch : torch.Tensor of shape (n, *spatial) or (n, C, *spatial), floating
+    kernels : torch.Tensor of shape (n, *window) or (n, C, C, *window)
+        One centre-masked kernel per image on an odd window (2r+1 per axis); with
+        channels, each image's vector kernel (``[c, c']``: weights of channel ``c'`` in the
+        prediction of channel ``c``).
     dilation : int
         Tap spacing in pixels.
 
     Returns
     -------
-    torch.Tensor of shape (n, *(spatial - 2 r dilation)), dtype and device of ``batch``
+    torch.Tensor of shape (n, [C,] *(spatial - 2 r dilation)), dtype and device of ``batch``
     """
-    ndim = batch.ndim - 1
-    if kernels.ndim != ndim + 1 or kernels.shape[0] != batch.shape[0]:
-        raise ValueError(f"kernels must have shape (n, *window) with n={batch.shape[0]} and a "
-                         f"{ndim}-D window, got {tuple(kernels.shape)}")
-    window = tuple(kernels.shape[1:])
+    vector = kernels.ndim == batch.ndim + 1          # (n, C, C, *window) for (n, C, *spatial)
+    lead = 2 if vector else 1
+    ndim = batch.ndim - lead
+    expected = (batch.shape[0],) + ((batch.shape[1],) * 2 if vector else ())
+    if kernels.ndim != ndim + 2 * lead - 1 or tuple(kernels.shape[:2 * lead - 1]) != expected:
+        shape = "(n, C, C, *window)" if vector else "(n, *window)"
+        raise ValueError(f"kernels must have shape {shape} for images of shape "
+                         f"{tuple(batch.shape)} and a {ndim}-D window, got "
+                         f"{tuple(kernels.shape)}")
+    window = tuple(kernels.shape[2 * lead - 1:])
     if len(set(window)) != 1 or window[0] % 2 == 0:
         raise ValueError(f"kernel window must be odd and equal on every axis, got {window}")
     if not isinstance(dilation, (int, np.integer)) or dilation < 1:
         raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
     radius = window[0] // 2
     reach = radius * int(dilation)
-    valid = tuple(s - 2 * reach for s in batch.shape[1:])
+    valid = tuple(s - 2 * reach for s in batch.shape[lead:])
     if min(valid) < 1:
-        raise ValueError(f"images of shape {tuple(batch.shape[1:])} are smaller than the "
+        raise ValueError(f"images of shape {tuple(batch.shape[lead:])} are smaller than the "
                          f"{2 * reach + 1}-pixel window of radius {radius} with dilation "
                          f"{dilation}")
     k = kernels.to(batch.device, batch.dtype)
-    # One grouped convolution (each image its own kernel as its own channel) is ~10x
+    # One grouped convolution (each image its own kernel as its own group) is ~10x
     # faster on a CPU than shift-and-add over the taps.
     conv = torch.nn.functional.conv2d if ndim == 2 else torch.nn.functional.conv3d
-    prediction = conv(batch[None], k[:, None], dilation=int(dilation), groups=len(k))[0]
-    target = batch[(slice(None),) + tuple(slice(reach, reach + v) for v in valid)]
+    n = batch.shape[0]
+    if vector:            # group = image: its C output channels read its C input channels
+        prediction = conv(batch.reshape((1, -1) + batch.shape[2:]),
+                          k.reshape((-1,) + k.shape[2:]), dilation=int(dilation),
+                          groups=n)[0].reshape((n, batch.shape[1]) + valid)
+    else:
+        prediction = conv(batch[None], k[:, None], dilation=int(dilation), groups=n)[0]
+    target = batch[(slice(None),) * lead + tuple(slice(reach, reach + v) for v in valid)]
     return torch.sub(target, prediction, out=prediction)
 
 
@@ -226,10 +249,11 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
 
     Parameters
     ----------
-    batch : torch.Tensor of shape (n, H, W) or (n, D, H, W), floating
+    batch : torch.Tensor of shape (n, [C,] H, W) or (n, [C,] D, H, W), floating
         Images as they were modelled (z-scored if the kernels were fitted so).
-    kernels : torch.Tensor of shape (n, *window)
-        Each image's kernel (e.g. ``kb.fit(...).kernels``), centre zero.
+    kernels : torch.Tensor of shape (n, *window) or (n, C, C, *window)
+        Each image's kernel (e.g. ``kb.fit(...).kernels``), centre zero; a vector kernel
+        for images with channels.
     dilation : int
         Tap spacing the kernels were fitted at.
     descriptors : ResidualDescriptors, optional
@@ -238,7 +262,8 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     Returns
     -------
     torch.Tensor of shape (n, F), float64, on the batch's device
-        Columns named by :func:`residual_descriptor_names` (``descriptors``, ndim).
+        Columns named by :func:`residual_descriptor_names` (``descriptors``, ndim,
+        channels): with channels, each channel's descriptors, channel-major.
 
     Raises
     ------
@@ -260,14 +285,24 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     if not isinstance(batch, torch.Tensor) or not batch.is_floating_point():
         raise TypeError(f"batch must be a floating torch.Tensor, got "
                         f"{type(batch).__name__} {getattr(batch, 'dtype', '')}")
-    ndim = batch.ndim - 1
+    vector = kernels.ndim == batch.ndim + 1
+    ndim = batch.ndim - (2 if vector else 1)
     spec.check_ndim(ndim)
     e = residuals(batch, kernels, dilation)
+    if vector:                 # every channel's residual described as an image of its own
+        n = e.shape[0]
+        per_channel = _describe(e.reshape((-1,) + e.shape[2:]), spec, ndim, dilation)
+        return per_channel.reshape(n, -1)
+    return _describe(e, spec, ndim, dilation)
+
+
+def _describe(e: torch.Tensor, spec: ResidualDescriptors, ndim: int,
+              dilation: int) -> torch.Tensor:
+    """Descriptors (n, F) of residual maps ``e`` (n, *valid)."""
     n = e.shape[0]
     if min(e.shape[1:]) <= 2 * spec.max_lag:
-        raise ValueError(f"the residual of images of shape {tuple(batch.shape[1:])} at dilation "
-                         f"{dilation} has shape {tuple(e.shape[1:])}, too small for lag "
-                         f"{spec.max_lag}; use smaller lags or dilations")
+        raise ValueError(f"the residual at dilation {dilation} has shape {tuple(e.shape[1:])}, "
+                         f"too small for lag {spec.max_lag}; use smaller lags or dilations")
     flat = e.reshape(n, -1)
     mse = flat.square().sum(1, dtype=torch.float64) / flat.shape[1]
     sigma = mse.sqrt()
@@ -304,11 +339,11 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
                 codes = cooccurrence_codes(quantised, spec.levels, spec.cooccurrence, lag, axis)
                 parts.append(histograms(codes, n_bins))
     if not parts:
-        return torch.empty((n, 0), dtype=torch.float64, device=batch.device)
+        return torch.empty((n, 0), dtype=torch.float64, device=e.device)
     return torch.cat(parts, 1)
 
 
-def residual_features(images: ImageBatch, basis: Basis, *,
+def residual_features(images: ImageBatch, basis: Basis | ChannelBasis, *,
                       dilations: int | Sequence[int] | None = None,
                       scales: int | Sequence[int] | None = None, ridge: float = 1e-6,
                       normalize: bool = True, coefficients: bool = False,
@@ -319,9 +354,11 @@ def residual_features(images: ImageBatch, basis: Basis, *,
     Parameters
     ----------
     images : array or tensor of shape (N, H, W) or (N, D, H, W), or a list of them
-        Images of any (possibly different) sizes, as :func:`kernelbank.fit` takes them.
-    basis : Basis
-        Basis of the own kernels (full: orientation-aware; isotropic: rotation-invariant).
+        Images of any (possibly different) sizes, as :func:`kernelbank.fit` takes them;
+        ``(N, C, *spatial)`` (or ``(C, *spatial)`` items) with a ChannelBasis.
+    basis : Basis or ChannelBasis
+        Basis of the own kernels (full: orientation-aware; isotropic: rotation-invariant);
+        a ChannelBasis describes each channel's residual under the image's vector kernel.
     dilations : int or sequence of int, optional
         Tap spacings; default the basis's own.
     scales : int or sequence of int, optional
@@ -340,7 +377,9 @@ def residual_features(images: ImageBatch, basis: Basis, *,
     features : torch.Tensor of shape (N, F), float64, on the images' device
         Per (scale, dilation), scale-major: [coefficients,] descriptors.
     names : list of str of length F
-        ``res_s<scale>_d<dilation>_<descriptor>`` (see :func:`residual_descriptor_names`).
+        ``res_s<scale>_d<dilation>_<descriptor>`` (see :func:`residual_descriptor_names`);
+        with channels ``res_s<s>_d<d>_c<c>_<descriptor>`` and coefficients
+        ``ar_s<s>_d<d>_ch<c>_c<j>``.
 
     Examples
     --------
@@ -351,20 +390,25 @@ def residual_features(images: ImageBatch, basis: Basis, *,
     (True, 'res_s1_d1_log_mse')
     """
     spec = descriptors or ResidualDescriptors()
-    if not isinstance(basis, Basis):
-        raise TypeError(f"basis must be a kernelbank.Basis, got {type(basis).__name__}")
+    if not isinstance(basis, (Basis, ChannelBasis)):
+        raise TypeError(f"basis must be a kernelbank.Basis or ChannelBasis, got "
+                        f"{type(basis).__name__}")
     spec.check_ndim(basis.ndim)
+    channels = basis.channels
+    vector = isinstance(basis, ChannelBasis)
     dilation_list = list(_as_tuple(dilations, basis.dilation, "dilations"))
     scale_list = list(_as_tuple(scales, 1, "scales"))
     result = fit(images, basis, ridge=ridge, normalize=normalize, dilations=dilation_list,
                  scales=scale_list)
-    per_entry = spec.names(basis.ndim)
+    per_entry = residual_descriptor_names(spec, basis.ndim, channels if vector else 1)
+    outputs = [f"_ch{c}" for c in range(channels)] if vector else [""]
     names: list[str] = []
     for s, d in result.scale_index:
         if coefficients:
-            names += [f"ar_s{s}_d{d}_c{j:02d}" for j in range(basis.n_components)]
+            names += [f"ar_s{s}_d{d}{o}_c{j:02d}" for o in outputs
+                      for j in range(basis.n_components)]
         names += [f"res_s{s}_d{d}_{name}" for name in per_entry]
-    groups, _, device = group_by_shape(images, basis.ndim)
+    groups, _, device = group_by_shape(images, basis.ndim + int(vector))
     out = torch.empty((len(result), len(names)), dtype=torch.float64, device=device)
     for indices, batch in groups:
         check_finite(batch, indices)
@@ -375,12 +419,15 @@ def residual_features(images: ImageBatch, basis: Basis, *,
             columns = []
             entry = 0
             for s in scale_list:
-                level = pyramid_level(part, s)
+                # with channels, the pyramid and the z-score act on each channel, as in fit
+                flat = part.reshape((-1,) + part.shape[1 + int(vector):])
+                level = pyramid_level(flat, s)
                 if normalize:
                     level = normalize_images(level)
+                level = level.reshape(part.shape[:1 + int(vector)] + level.shape[1:])
                 for d in dilation_list:
                     if coefficients:
-                        columns.append(result.coef[rows, entry].to(torch.float64))
+                        columns.append(result.coef[rows, entry].flatten(1).to(torch.float64))
                     columns.append(describe_residuals(level, result.kernels[rows, entry], d,
                                                       spec))
                     entry += 1

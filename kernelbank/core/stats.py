@@ -12,6 +12,13 @@ bank method needs::
     Σmse, Σmse²      per-image residual MSE of the images' own fits
     reservoir        a bounded sample of coefficient rows  → kmeans
 
+For a vector AR basis (:class:`~kernelbank.core.channel_basis.ChannelBasis`, ``C``
+channels) the same fields hold the same products of its regressors and targets: a
+coefficient row is the image's ``(C, m)`` coefficients flattened, ``ΣG`` is ``Σ A`` over
+its ``M`` regressor rows, ``Σh`` and ``Σx²`` are its regressors × targets ``(M, C)`` and
+targets × targets ``(C, C)`` blocks, and the MSE is the own fit's generalised variance
+(:mod:`kernelbank.core.channel_stats`).
+
 Merging is adding (``a + b``): counts and sums add, and the reservoir keeps the ``k`` rows
 of lowest *priority* among both. A row's priority is a keyed hash of its coefficient bytes
 (:func:`_priorities`), so the sample is a uniformly random subset that does not depend on
@@ -28,9 +35,14 @@ allow_pickle=False)`` reads it without kernelbank). ``C`` classes, ``m`` compone
                      class names (in order), basis description (kind, radius, dilation,
                      ndim, n_components, ring_distances) or null when empty
     basis_offsets    (n_taps, ndim) int64      basis_weights   (m, n_taps) float64
+                     (a ChannelBasis: basis_regressors (M, C t) float64, basis_selection
+                     (C, m) int64, basis_targets (C,) int64, and its channels and
+                     centre_mask in the header)
     n, n_pixels      (C,) int64
     sum_coef (C, m)  sum_outer (C, m, m)  sum_gram (C, m, m)  sum_rhs (C, m)   float64
     sum_sq, sum_mse, sum_mse_sq   (C,) float64
+                     (a ChannelBasis: the shapes of :mod:`~kernelbank.core.channel_stats`
+                     with a leading class axis)
     sample           (K, m) float64, every class's reservoir rows one class after another
     sample_priority  (K,) uint64                sample_count   (C,) int64
 
@@ -55,6 +67,10 @@ import numpy as np
 import torch
 
 from .basis import Basis
+from .channel_basis import ChannelBasis
+from .channel_fit import ChannelFitResult, channel_fit_from_sums
+from .channel_stats import (channel_basis_from_dict, channel_basis_to_dict,
+                            channel_field_shapes, channel_image_rows)
 from .sums import WindowSums
 from .sums_fit import fit_result_from_sums
 
@@ -93,7 +109,7 @@ class ClassSums:
     sum_outer: np.ndarray
     sum_gram: np.ndarray
     sum_rhs: np.ndarray
-    sum_sq: float
+    sum_sq: float | np.ndarray    # float; (C, C) for a ChannelBasis
     n_pixels: int
     sum_mse: float
     sum_mse_sq: float
@@ -127,30 +143,50 @@ class ClassSums:
     def to_dict(self) -> dict:
         return {"n": int(self.n), "sum_coef": self.sum_coef, "sum_outer": self.sum_outer,
                 "sum_gram": self.sum_gram, "sum_rhs": self.sum_rhs,
-                "sum_sq": float(self.sum_sq), "n_pixels": int(self.n_pixels),
+                "sum_sq": float(self.sum_sq) if np.ndim(self.sum_sq) == 0 else self.sum_sq,
+                "n_pixels": int(self.n_pixels),
                 "sum_mse": float(self.sum_mse), "sum_mse_sq": float(self.sum_mse_sq),
                 "sample": self.sample, "sample_priority": self.sample_priority}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassSums":
-        m = len(np.array(d["sum_coef"]))
+    def from_dict(cls, d: dict, shapes: dict[str, tuple[int, ...]] | None = None
+                  ) -> "ClassSums":
+        """Inverse of :meth:`to_dict`; ``shapes`` (from the basis) restores flattened arrays."""
+        if shapes is None:
+            shapes = _one_channel_shapes(len(np.asarray(d["sum_coef"])))
+        array = lambda key: np.array(d[key], np.float64).reshape(shapes[key])  # noqa: E731
+        sum_sq = array("sum_sq")
         return cls(
-            n=int(d["n"]), sum_coef=np.array(d["sum_coef"], np.float64).reshape(m),
-            sum_outer=np.array(d["sum_outer"], np.float64).reshape(m, m),
-            sum_gram=np.array(d["sum_gram"], np.float64).reshape(m, m),
-            sum_rhs=np.array(d["sum_rhs"], np.float64).reshape(m),
-            sum_sq=float(d["sum_sq"]), n_pixels=int(d["n_pixels"]),
+            n=int(d["n"]), sum_coef=array("sum_coef"), sum_outer=array("sum_outer"),
+            sum_gram=array("sum_gram"), sum_rhs=array("sum_rhs"),
+            sum_sq=float(sum_sq) if sum_sq.ndim == 0 else sum_sq, n_pixels=int(d["n_pixels"]),
             sum_mse=float(d["sum_mse"]), sum_mse_sq=float(d["sum_mse_sq"]),
-            sample=np.array(d["sample"], np.float64).reshape(-1, m),
+            sample=array("sample"),
             sample_priority=np.array(d["sample_priority"], np.uint64).reshape(-1))
 
 
-def _basis_to_dict(basis: Basis) -> dict:
+def _one_channel_shapes(m: int) -> dict[str, tuple[int, ...]]:
+    return {"sum_coef": (m,), "sum_outer": (m, m), "sum_gram": (m, m), "sum_rhs": (m,),
+            "sum_sq": (), "sample": (-1, m)}
+
+
+def _field_shapes(basis: Basis | ChannelBasis) -> dict[str, tuple[int, ...]]:
+    """Shape of each per-class array of statistics with this basis."""
+    if isinstance(basis, ChannelBasis):
+        return channel_field_shapes(basis)
+    return _one_channel_shapes(basis.n_components)
+
+
+def _basis_to_dict(basis: Basis | ChannelBasis) -> dict:
+    if isinstance(basis, ChannelBasis):
+        return channel_basis_to_dict(basis)
     return {**basis.describe(), "ring_distances": list(basis.ring_distances or []),
             "offsets": basis.offsets.numpy().copy(), "weights": basis.weights.numpy().copy()}
 
 
-def _basis_from_dict(d: dict) -> Basis:
+def _basis_from_dict(d: dict) -> Basis | ChannelBasis:
+    if "channels" in d:
+        return channel_basis_from_dict(d)
     rings = tuple(float(v) for v in d.get("ring_distances", [])) or None
     offsets = np.asarray(d["offsets"], np.int64).reshape(-1, int(d["ndim"]))
     weights = np.asarray(d["weights"], np.float64).reshape(int(d["n_components"]), -1)
@@ -158,9 +194,13 @@ def _basis_from_dict(d: dict) -> Basis:
                  int(d["radius"]), int(d["dilation"]), int(d["ndim"]), str(d["kind"]), rings)
 
 
-def _same_basis(a: Basis, b: Basis) -> bool:
-    return (a.describe() == b.describe() and torch.equal(a.offsets, b.offsets)
-            and torch.equal(a.weights, b.weights))
+def _same_basis(a: Basis | ChannelBasis, b: Basis | ChannelBasis) -> bool:
+    if type(a) is not type(b) or a.describe() != b.describe():
+        return False
+    if isinstance(a, ChannelBasis):
+        return (torch.equal(a.regressors, b.regressors) and torch.equal(a.selection, b.selection)
+                and torch.equal(a.targets, b.targets))
+    return torch.equal(a.offsets, b.offsets) and torch.equal(a.weights, b.weights)
 
 
 @dataclass
@@ -173,7 +213,7 @@ class ClassStats:
 
     Attributes
     ----------
-    basis : Basis or None
+    basis : Basis, ChannelBasis or None
         The basis (at its dilation) every class was fitted with; None when empty.
     sums : dict of str to ClassSums
         The sums of each class.
@@ -194,7 +234,7 @@ class ClassStats:
     (['x', 'y'], 3)
     """
 
-    basis: Basis | None = None
+    basis: Basis | ChannelBasis | None = None
     sums: dict[str, ClassSums] = field(default_factory=dict)
     scale: int = 1
     reservoir_size: int = DEFAULT_RESERVOIR
@@ -213,7 +253,7 @@ class ClassStats:
 
         Parameters
         ----------
-        result : FitResult
+        result : FitResult or ChannelFitResult
             With leading shape (N,), or (N, S) together with ``scale``.
         labels : sequence of str of length N
             Class of each image (converted with ``str``).
@@ -230,7 +270,8 @@ class ClassStats:
             raise ValueError(f"labels has {len(labels)} entries but the fit result has {n} images")
         if reservoir_size < 1:
             raise ValueError(f"reservoir_size must be >= 1, got {reservoir_size!r}")
-        multi = result.coef.ndim == 3
+        channel = isinstance(result, ChannelFitResult)
+        multi = result.coef.ndim == 3 + int(channel)
         if multi and scale is None:
             raise ValueError(
                 f"the fit result has a scale axis of {result.coef.shape[1]} entries "
@@ -238,12 +279,17 @@ class ClassStats:
         pick = (lambda t: t[:, scale]) if multi else (lambda t: t)
         factor, dilation = result.scale_index[scale if multi else 0]
         basis = result.basis.with_dilation(dilation)
-        coef = pick(result.coef).detach().cpu().to(torch.float64).numpy()
-        gram = pick(result.gram).detach().cpu().to(torch.float64).numpy()
-        rhs = pick(result.rhs).detach().cpu().to(torch.float64).numpy()
-        sum_sq = pick(result.sum_sq).detach().cpu().to(torch.float64).numpy()
-        n_pix = pick(result.n_pixels).detach().cpu().numpy().astype(np.int64)
-        mse = pick(result.mse).detach().cpu().to(torch.float64).numpy()
+        if channel:
+            rows = channel_image_rows(result, scale if multi else None)
+            coef, gram, rhs, sum_sq, n_pix, mse = (rows[k] for k in (
+                "coef", "gram", "rhs", "sum_sq", "n_pixels", "mse"))
+        else:
+            coef = pick(result.coef).detach().cpu().to(torch.float64).numpy()
+            gram = pick(result.gram).detach().cpu().to(torch.float64).numpy()
+            rhs = pick(result.rhs).detach().cpu().to(torch.float64).numpy()
+            sum_sq = pick(result.sum_sq).detach().cpu().to(torch.float64).numpy()
+            n_pix = pick(result.n_pixels).detach().cpu().numpy().astype(np.int64)
+            mse = pick(result.mse).detach().cpu().to(torch.float64).numpy()
         priority = _priorities(coef, seed)
         sums = {}
         label_array = np.array(labels, dtype=object)
@@ -253,14 +299,15 @@ class ClassStats:
             sample, sample_priority = _lowest(c, priority[rows], reservoir_size)
             sums[name] = ClassSums(
                 n=len(rows), sum_coef=c.sum(0), sum_outer=c.T @ c, sum_gram=gram[rows].sum(0),
-                sum_rhs=rhs[rows].sum(0), sum_sq=float(sum_sq[rows].sum()),
+                sum_rhs=rhs[rows].sum(0),
+                sum_sq=sum_sq[rows].sum(0) if channel else float(sum_sq[rows].sum()),
                 n_pixels=int(n_pix[rows].sum()), sum_mse=float(mse[rows].sum()),
                 sum_mse_sq=float((mse[rows] ** 2).sum()),
                 sample=sample, sample_priority=sample_priority)
         return cls(basis, sums, int(factor), int(reservoir_size), int(seed))
 
     @classmethod
-    def from_sums(cls, sums: WindowSums, labels: Sequence[str], basis: Basis, *,
+    def from_sums(cls, sums: WindowSums, labels: Sequence[str], basis: Basis | ChannelBasis, *,
                   ridge: float = 1e-6, coef: torch.Tensor | None = None,
                   mse: torch.Tensor | None = None, reservoir_size: int = DEFAULT_RESERVOIR,
                   seed: int = 0) -> "ClassStats":
@@ -276,7 +323,8 @@ class ClassStats:
             Whole-image sums of N images at one dilation and scale; the basis is applied
             at that dilation, and the statistics are at that scale.
         labels : sequence of str of length N
-        basis : Basis
+        basis : Basis or ChannelBasis
+            A ChannelBasis needs sums with as many channels.
         ridge : float, default=1e-6
             Per-pixel ridge of the images' own fits.
         coef, mse : torch.Tensor of shapes (N, m) and (N,), optional
@@ -284,7 +332,13 @@ class ClassStats:
         reservoir_size, seed : int
             As in :meth:`from_fit`.
         """
-        result = fit_result_from_sums(sums, basis, ridge, coef=coef, mse=mse)
+        if isinstance(basis, ChannelBasis):
+            if mse is not None:
+                raise ValueError("mse is not used with a ChannelBasis (its residual covariance "
+                                 "comes from the sums); pass coef alone")
+            result = channel_fit_from_sums(sums, basis, ridge, coef=coef)
+        else:
+            result = fit_result_from_sums(sums, basis, ridge, coef=coef, mse=mse)
         return cls.from_fit(result, labels, reservoir_size=reservoir_size, seed=seed)
 
     # ------------------------------------------------------------------ merging
@@ -349,7 +403,7 @@ class ClassStats:
             return {}
         return {**self.basis.describe(), "scale": self.scale}
 
-    def require_basis(self) -> Basis:
+    def require_basis(self) -> Basis | ChannelBasis:
         if self.basis is None or not self.sums:
             raise ValueError("these statistics are empty: build them with ClassStats.from_fit")
         return self.basis
@@ -368,7 +422,8 @@ class ClassStats:
         if int(d.get("version", 0)) != 1:
             raise ValueError(f"unsupported ClassStats dict version {d.get('version')!r}")
         basis = None if d["basis"] is None else _basis_from_dict(d["basis"])
-        sums = {str(k): ClassSums.from_dict(v) for k, v in sorted(d["classes"].items())}
+        shapes = None if basis is None else _field_shapes(basis)
+        sums = {str(k): ClassSums.from_dict(v, shapes) for k, v in sorted(d["classes"].items())}
         return cls(basis, sums, int(d["scale"]), int(d["reservoir_size"]), int(d["seed"]))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -379,18 +434,22 @@ class ClassStats:
         header = {"format": FILE_FORMAT, "version": FILE_VERSION, "scale": self.scale,
                   "reservoir_size": self.reservoir_size, "seed": self.seed,
                   "classes": names, "basis": basis}
-        m = 0 if self.basis is None else self.basis.n_components
+        shapes = _one_channel_shapes(0) if self.basis is None else _field_shapes(self.basis)
         parts = [self.sums[c] for c in names]
         arrays = {"header_json": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-        if self.basis is not None:
+        if isinstance(self.basis, ChannelBasis):
+            arrays["basis_regressors"] = self.basis.regressors.numpy().astype(np.float64)
+            arrays["basis_selection"] = self.basis.selection.numpy().astype(np.int64)
+            arrays["basis_targets"] = self.basis.targets.numpy().astype(np.int64)
+        elif self.basis is not None:
             arrays["basis_offsets"] = self.basis.offsets.numpy().astype(np.int64)
             arrays["basis_weights"] = self.basis.weights.numpy().astype(np.float64)
-        shapes = {"sum_coef": (m,), "sum_outer": (m, m), "sum_gram": (m, m), "sum_rhs": (m,)}
         for key in _PER_CLASS:
             dtype = np.int64 if key in ("n", "n_pixels") else np.float64
             arrays[key] = np.array([getattr(p, key) for p in parts], dtype=dtype).reshape(
                 (len(parts),) + shapes.get(key, ()))
-        arrays["sample"] = np.concatenate([p.sample for p in parts] + [np.empty((0, m))])
+        arrays["sample"] = np.concatenate([p.sample for p in parts]
+                                          + [np.empty((0, shapes["sample"][1]))])
         arrays["sample_priority"] = np.concatenate(
             [p.sample_priority for p in parts] + [np.empty(0, np.uint64)]).astype(np.uint64)
         arrays["sample_count"] = np.array([len(p.sample) for p in parts], dtype=np.int64)
@@ -406,8 +465,14 @@ class ClassStats:
                              f"version {FILE_VERSION}")
         if header["basis"] is None:
             return cls.empty(int(header["reservoir_size"]), int(header["seed"]))
-        basis = _basis_from_dict({**header["basis"], "offsets": arrays["basis_offsets"],
-                                  "weights": arrays["basis_weights"]})
+        if "channels" in header["basis"]:
+            basis = _basis_from_dict({**header["basis"], "regressors": arrays["basis_regressors"],
+                                      "selection": arrays["basis_selection"],
+                                      "targets": arrays["basis_targets"]})
+        else:
+            basis = _basis_from_dict({**header["basis"], "offsets": arrays["basis_offsets"],
+                                      "weights": arrays["basis_weights"]})
+        shapes = _field_shapes(basis)
         ends = np.cumsum(np.asarray(arrays["sample_count"], np.int64))
         sums = {}
         for i, name in enumerate(header["classes"]):
@@ -415,7 +480,7 @@ class ClassStats:
             fields = {key: arrays[key][i] for key in _PER_CLASS}
             fields["sample"] = arrays["sample"][start:ends[i]]
             fields["sample_priority"] = arrays["sample_priority"][start:ends[i]]
-            sums[str(name)] = ClassSums.from_dict(fields)
+            sums[str(name)] = ClassSums.from_dict(fields, shapes)
         return cls(basis, sums, int(header["scale"]), int(header["reservoir_size"]),
                    int(header["seed"]))
 

@@ -20,6 +20,11 @@ so, with the gain ``g = ⟨p, x⟩ / ⟨p, p⟩`` (0 when ``⟨p, p⟩ = 0``) an
 These are the quadratic features of the pixel path, with the same column names, in the
 pixel path's order less the columns that need pixels (``mae`` and ``win``).
 
+A bank of vector kernels (window sums with as many channels) does the same for each
+(kernel, output channel) pair: ``k`` is row ``c`` of the vector kernel over every
+channel's taps and ``x`` is channel ``c``, so ``C[:, c]`` above is the column of channel
+``c``'s centre tap; the joint coefficients fit each channel on its predictions.
+
 Valid pixels
 ------------
 The pixel path evaluates kernel ``k`` on its own dilation's valid pixels for the bank's
@@ -44,7 +49,7 @@ import torch
 
 from .bank import KernelBank
 from .basis import Basis
-from .features import _cells, _joint_order
+from .features import _cells, _joint_order, _outputs
 from .solve import solve_normal_equations
 from .sums import WindowSums
 from .sums_fit import select_sums
@@ -63,27 +68,28 @@ def bank_feature_names_from_sums(bank: KernelBank, grid: int | None = None,
     :func:`~kernelbank.core.features.bank_feature_names`.
     """
     cells = [] if grid is None else [f"energy_{c}" for c in _cells(grid, bank.ndim)]
-    names = [f"{n}_{s}" for n in bank.kernel_names for s in _PER_KERNEL + tuple(cells)]
+    names = [f"{n}_{s}" for n in bank.output_names for s in _PER_KERNEL + tuple(cells)]
     if joint:
         names += [f"joint_{n}" for n in _joint_order(bank)[1]]
     return names
 
 
-def _kernel_sums(sums: WindowSums, weights: torch.Tensor
+def _kernel_sums(sums: WindowSums, weights: torch.Tensor, targets: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``⟨p,p⟩``, ``⟨p,x⟩``, ``Σp`` (…, m) and ``K C Kᵀ`` (…, m, m) of kernel rows (m, t)."""
-    cross_k = sums.cross @ weights.T                               # (…, t, m)
+    """``⟨p,p⟩``, ``⟨p,x⟩``, ``Σp`` (…, m) and ``K C Kᵀ`` (…, m, m) of kernel rows (m, T)
+    predicting the taps ``targets`` (m,) (the centre of the channel each row predicts)."""
+    cross_k = sums.cross @ weights.T                               # (…, T, m)
     gram = weights @ cross_k                                       # (…, m, m)
     pp = torch.diagonal(gram, dim1=-2, dim2=-1)
-    px = cross_k[..., sums.centre, :]                              # C symmetric: W C[:, c]
+    columns = torch.arange(len(targets), device=targets.device)
+    px = cross_k[..., targets, columns]                            # C symmetric: W C[:, c]
     return pp, px, sums.first @ weights.T, gram
 
 
 def _residual_energy(sums: WindowSums, pp: torch.Tensor, px: torch.Tensor,
-                     gain: torch.Tensor) -> torch.Tensor:
+                     gain: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean ``e²`` of ``e = x − g p``, (…, m); ``gain`` broadcasts against ``pp``."""
-    c = sums.centre
-    sum_sq = sums.cross[..., c, c, None]
+    sum_sq = sums.cross[..., targets, targets]
     count = sums.n_pixels.to(torch.float64)[..., None]
     return ((sum_sq - 2 * gain * px + gain.square() * pp) / count).clamp_min(0)
 
@@ -95,12 +101,30 @@ def _bank_sums(sums: Sequence[WindowSums], bank: KernelBank, dilation: int, scal
     if chosen.ndim != bank.ndim:
         raise ValueError(f"the bank is {bank.ndim}-D but the window sums at dilation {dilation} "
                          f"are {chosen.ndim}-D")
+    if chosen.channels != bank.channels:
+        raise ValueError(f"the bank's kernels predict {bank.channels} channel(s) but the window "
+                         f"sums at dilation {dilation} are of {chosen.channels}")
     if bank.radius > chosen.radius:
         raise ValueError(f"the bank has radius {bank.radius} but the window sums at dilation "
                          f"{dilation} have radius {chosen.radius}: they hold no products of "
                          f"the outer taps. Compute the sums with a radius >= {bank.radius}.")
     # same valid pixels (those of the sums' radius), fewer taps
     return chosen.restrict(bank.radius) if chosen.radius > bank.radius else chosen
+
+
+def _output_rows(sums: WindowSums, bank: KernelBank, index: torch.Tensor, dilation: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows over the sums' taps of the (kernel, output channel) pairs of kernels ``index``
+    (kernel-major), and the tap each predicts (its channel's centre)."""
+    if bank.channels == 1:
+        basis = Basis.from_kernels(bank.kernels[index], dilation=dilation)
+        weights = sums.tap_weights(basis)
+        targets = torch.full((len(index),), sums.centre, dtype=torch.int64)
+    else:
+        rows = bank.kernels[index].reshape(len(index) * bank.channels, -1)
+        weights = sums.place_rows(rows, bank.radius)
+        targets = sums.centres.cpu().repeat(len(index))
+    return weights, targets.to(weights.device)
 
 
 def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
@@ -182,26 +206,29 @@ def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
 
     n, device = n_images.pop(), whole[dilations[0]].cross.device
     n_cells = 0 if grid is None else grid ** bank.ndim
-    per_kernel = torch.empty((n, len(bank), len(_PER_KERNEL) + n_cells), dtype=torch.float64,
-                             device=device)
+    channels = bank.channels
+    per_kernel = torch.empty((n, len(bank) * channels, len(_PER_KERNEL) + n_cells),
+                             dtype=torch.float64, device=device)
     joint_coef = []
     for d, index in zip(dilations, groups):
         own = whole[d]
-        basis = Basis.from_kernels(bank.kernels[index], dilation=d)
-        weights = own.tap_weights(basis)                               # (m_d, t)
-        pp, px, sum_p, gram = _kernel_sums(own, weights)
+        weights, targets = _output_rows(own, bank, index, d)           # (m_d·C, T), (m_d·C,)
+        pp, px, sum_p, gram = _kernel_sums(own, weights, targets)
         gain = torch.where(pp > 0, px / pp.clamp_min(torch.finfo(torch.float64).tiny),
                            torch.zeros_like(pp))
-        mse = _residual_energy(own, pp, px, gain)
-        mean = (own.first[:, own.centre, None] - gain * sum_p) / own.n_pixels[:, None]
+        mse = _residual_energy(own, pp, px, gain, targets)
+        mean = (own.first[:, targets] - gain * sum_p) / own.n_pixels[:, None]
         columns = [mse, (mse - mean.square()).clamp_min(0), gain]
         if grid is not None:
-            cell_pp, cell_px, _, _ = _kernel_sums(cells[d], weights)
-            energy = _residual_energy(cells[d], cell_pp, cell_px, gain[:, None, :])
+            cell_pp, cell_px, _, _ = _kernel_sums(cells[d], weights, targets)
+            energy = _residual_energy(cells[d], cell_pp, cell_px, gain[:, None, :], targets)
             columns.extend(energy.unbind(1))
-        per_kernel[:, index.to(device)] = torch.stack(columns, -1)
+        per_kernel[:, _outputs(index, channels).to(device)] = torch.stack(columns, -1)
         if joint:
-            joint_coef.append(solve_normal_equations(gram, px, own.n_pixels, ridge))
+            # each channel on its own predictions: (n, m_d, C) → kernel-major columns
+            joint_coef.append(torch.stack([solve_normal_equations(
+                gram[:, c::channels, c::channels], px[:, c::channels], own.n_pixels, ridge)
+                for c in range(channels)], -1).flatten(1))
     features = torch.cat([per_kernel.flatten(1)] + joint_coef, 1)
     return features, bank_feature_names_from_sums(bank, grid, joint)
 

@@ -21,6 +21,14 @@ Every quantity the later stages need is algebra on these sums, with no pixels:
 * with the sums kept per cell of a ``grid × grid`` partition of ``V``, the same per
   cell (residual energy maps).
 
+Channels
+--------
+For images of ``C`` channels the window is the ``T = C t`` taps ``(c, o_a)``,
+channel-major (tap ``c t + a``), and ``cross``, ``first`` are the same sums over those
+taps: ``cross[c t + a, c' t + b] = Σ_{p∈V} x_c(p + o_a) x_{c'}(p + o_b)``. Every vector AR
+model on the window (:mod:`kernelbank.core.channel_fit`) is algebra on them in the same
+way. One channel is the case ``C = 1``.
+
 The partition into cells follows adaptive average pooling (cell ``i`` of ``g`` along an
 axis of ``L`` valid pixels covers ``[⌊iL/g⌋, ⌈(i+1)L/g⌉)``), which is what the pixel
 path of :func:`kernelbank.bank_features` uses, so both paths agree exactly.
@@ -43,6 +51,7 @@ import numpy as np
 import torch
 
 from .basis import Basis
+from .channel_basis import ChannelBasis
 from .lags import lag_window_sums
 
 __all__ = ["WindowSums", "window_sums", "window_taps", "cell_bounds"]
@@ -69,8 +78,9 @@ class WindowSums:
 
     Attributes
     ----------
-    cross : torch.Tensor of shape (n, [cells,] t, t), float64
-    first : torch.Tensor of shape (n, [cells,] t), float64
+    cross : torch.Tensor of shape (n, [cells,] T, T), float64
+    first : torch.Tensor of shape (n, [cells,] T), float64
+        ``T = channels · t`` taps, channel-major.
     n_pixels : torch.Tensor of shape (n, [cells]), int64
     radius, dilation, ndim : int
         The window.
@@ -79,6 +89,8 @@ class WindowSums:
     grid : int or None
         Cells per axis when the sums are per cell (a ``cells = grid**ndim`` axis, C
         order over the cell grid), None for whole-image sums.
+    channels : int
+        Channels of the images (1: one-channel sums, ``T = t``).
     """
 
     cross: torch.Tensor
@@ -89,22 +101,40 @@ class WindowSums:
     ndim: int
     scale: int = 1
     grid: int | None = None
+    channels: int = 1
 
     @property
-    def n_taps(self) -> int:
+    def spatial_taps(self) -> int:
+        """Taps of one channel's window, ``t = (2r+1)^ndim``."""
         return (2 * self.radius + 1) ** self.ndim
 
     @property
+    def n_taps(self) -> int:
+        """Taps of the whole window, ``T = channels · t`` (the side of ``cross``)."""
+        return self.channels * self.spatial_taps
+
+    @property
     def centre(self) -> int:
-        """Index of the centre tap (the predicted pixel itself)."""
+        """Index of the centre tap (the predicted pixel itself) of one-channel sums."""
+        if self.channels != 1:
+            raise ValueError(f"these window sums have {self.channels} channels, hence one "
+                             f"centre per channel: use .centres")
         return self.n_taps // 2
+
+    @property
+    def centres(self) -> torch.Tensor:
+        """Index of each channel's centre tap, shape (channels,), int64."""
+        t = self.spatial_taps
+        return torch.arange(self.channels, device=self.cross.device) * t + t // 2
 
     def __len__(self) -> int:
         return int(self.n_pixels.shape[0])
 
-    def tap_weights(self, basis: Basis) -> torch.Tensor:
-        """The basis as rows over this window's taps, shape (m, t), float64.
+    def tap_weights(self, basis: Basis | ChannelBasis) -> torch.Tensor:
+        """The basis as rows over this window's taps, float64.
 
+        Shape (m, t) for a one-channel :class:`Basis` on one-channel sums; for a
+        :class:`ChannelBasis` on sums of as many channels, its regressor rows, (M, T).
         A basis with a smaller radius is placed in the middle of the window (its
         coefficients then fit on this window's valid pixels, which are fewer than its
         own: exact for the sums, not for a fit of that smaller model on its own).
@@ -116,6 +146,11 @@ class WindowSums:
         if basis.dilation != self.dilation:
             raise ValueError(f"{basis} has dilation {basis.dilation}, these sums were taken "
                              f"at dilation {self.dilation}")
+        if basis.channels != self.channels:
+            raise ValueError(f"{basis} models {basis.channels} channel(s) but these window "
+                             f"sums were taken on {self.channels}")
+        if isinstance(basis, ChannelBasis):
+            return self.place_rows(basis.regressors, basis.radius)
         side = 2 * self.radius + 1
         index = np.ravel_multi_index(tuple((basis.offsets.numpy() + self.radius).T),
                                      (side,) * self.ndim)
@@ -123,9 +158,45 @@ class WindowSums:
         weights[:, torch.from_numpy(index)] = basis.weights.to(torch.float64)
         return weights.to(self.cross.device)
 
+    def place_rows(self, rows: torch.Tensor, radius: int) -> torch.Tensor:
+        """Rows over the taps of a centred window of ``radius``, as rows over these taps.
+
+        Parameters
+        ----------
+        rows : torch.Tensor of shape (k, channels · (2 radius + 1)^ndim)
+            Weights over the channel-major taps of the smaller window, centres included.
+        radius : int
+            At most the sums' radius.
+
+        Returns
+        -------
+        torch.Tensor of shape (k, T), float64, on the sums' device
+        """
+        if not 1 <= radius <= self.radius:
+            raise ValueError(f"rows of a radius-{radius} window do not fit in these sums' "
+                             f"window of radius {self.radius}")
+        side = 2 * self.radius + 1
+        inner = window_taps(radius, self.ndim) + self.radius
+        spatial = np.ravel_multi_index(tuple(inner.T), (side,) * self.ndim)
+        index = (np.arange(self.channels)[:, None] * self.spatial_taps
+                 + spatial[None, :]).reshape(-1)
+        if rows.shape[-1] != len(index):
+            raise ValueError(f"rows must have {len(index)} values (the taps of {self.channels} "
+                             f"channel(s) at radius {radius}), got shape {tuple(rows.shape)}")
+        placed = torch.zeros((rows.shape[0], self.n_taps), dtype=torch.float64)
+        placed[:, torch.from_numpy(index)] = rows.detach().cpu().to(torch.float64)
+        return placed.to(self.cross.device)
+
     def basis_sums(self, basis: Basis
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normal equations of ``basis``: ``G (…, m, m)``, ``h (…, m)``, ``Σx² (…)``, ``n``."""
+        """Normal equations of ``basis``: ``G (…, m, m)``, ``h (…, m)``, ``Σx² (…)``, ``n``.
+
+        One channel only; the vector AR model of a :class:`ChannelBasis` is in
+        :func:`kernelbank.core.channel_fit.channel_fit_from_sums`.
+        """
+        if isinstance(basis, ChannelBasis):
+            raise TypeError(f"basis_sums takes a one-channel Basis, got {basis}; use "
+                            f"kernelbank.core.channel_fit.channel_fit_from_sums")
         w = self.tap_weights(basis)
         c = self.centre
         taps = _selected_taps(w)
@@ -143,11 +214,13 @@ class WindowSums:
             raise ValueError(f"radius must be in 1..{self.radius}, got {radius!r}")
         side = 2 * self.radius + 1
         taps = window_taps(radius, self.ndim) + self.radius
-        index = torch.from_numpy(np.ravel_multi_index(tuple(taps.T), (side,) * self.ndim))
-        index = index.to(self.cross.device)
+        spatial = np.ravel_multi_index(tuple(taps.T), (side,) * self.ndim)
+        index = (np.arange(self.channels)[:, None] * self.spatial_taps
+                 + spatial[None, :]).reshape(-1)
+        index = torch.from_numpy(index).to(self.cross.device)
         cross = self.cross.index_select(-1, index).index_select(-2, index)
         return WindowSums(cross, self.first.index_select(-1, index), self.n_pixels, radius,
-                          self.dilation, self.ndim, self.scale, self.grid)
+                          self.dilation, self.ndim, self.scale, self.grid, self.channels)
 
 
 def _selected_taps(weights: torch.Tensor) -> torch.Tensor | None:
@@ -173,12 +246,18 @@ def _submatrix(matrix: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- computation
-def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int | None) -> None:
+def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int | None,
+           channels: int) -> None:
     if not isinstance(batch, torch.Tensor):
         raise TypeError(f"batch must be a torch.Tensor, got {type(batch).__name__}")
-    if batch.ndim not in (3, 4):
+    if not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+    if channels == 1 and batch.ndim not in (3, 4):
         raise ValueError(f"batch must have shape (n, H, W) or (n, D, H, W), got shape "
                          f"{tuple(batch.shape)}")
+    if channels > 1 and (batch.ndim not in (4, 5) or batch.shape[1] != channels):
+        raise ValueError(f"batch must have shape (n, {channels}, H, W) or (n, {channels}, D, "
+                         f"H, W) for channels={channels}, got shape {tuple(batch.shape)}")
     if batch.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"batch must be float32 or float64, got {batch.dtype}")
     if batch.shape[0] == 0:
@@ -191,42 +270,46 @@ def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int
                          f"got {dilations!r}")
     if grid is not None and (not isinstance(grid, (int, np.integer)) or grid < 1):
         raise ValueError(f"grid must be an integer >= 1 or None, got {grid!r}")
+    spatial = batch.shape[1 + int(channels > 1):]
     for dilation in dilations:
         reach = radius * dilation
-        if min(batch.shape[1:]) < 2 * reach + 1:
-            raise ValueError(f"images of shape {tuple(batch.shape[1:])} are smaller than the "
+        if min(spatial) < 2 * reach + 1:
+            raise ValueError(f"images of shape {tuple(spatial)} are smaller than the "
                              f"{2 * reach + 1}-pixel window of radius {radius} with dilation "
                              f"{dilation}")
-        if grid is not None and min(batch.shape[1:]) - 2 * reach < grid:
-            raise ValueError(f"images of shape {tuple(batch.shape[1:])} have fewer than "
+        if grid is not None and min(spatial) - 2 * reach < grid:
+            raise ValueError(f"images of shape {tuple(spatial)} have fewer than "
                              f"{grid} valid pixels along some axis at dilation {dilation}; "
                              f"use a smaller grid")
 
 
 def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
-               shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               shift: torch.Tensor, channels: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sums of every cell: the window sums of the crop whose valid pixels are the cell.
 
     Crops of equal shape are computed together; returns (n, cells, …) tensors.
     """
-    n, ndim = batch.shape[0], batch.ndim - 1
+    lead = 1 + int(channels > 1)                   # image axis [and channel axis]
+    n, ndim = batch.shape[0], batch.ndim - lead
     reach = radius * dilation
-    bounds = [cell_bounds(s - 2 * reach, grid) for s in batch.shape[1:]]
+    bounds = [cell_bounds(s - 2 * reach, grid) for s in batch.shape[lead:]]
     cells = list(np.ndindex(*([grid] * ndim)))
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, cell in enumerate(cells):
         shape = tuple(bounds[axis][i][1] - bounds[axis][i][0] for axis, i in enumerate(cell))
         by_shape.setdefault(shape, []).append(index)
-    t = (2 * radius + 1) ** ndim
+    t = channels * (2 * radius + 1) ** ndim
     cross = batch.new_empty((n, len(cells), t, t), dtype=torch.float64)
     first = batch.new_empty((n, len(cells), t), dtype=torch.float64)
     count = torch.empty((n, len(cells)), dtype=torch.int64, device=batch.device)
     for shape, members in by_shape.items():
-        crops = [batch[(slice(None),) + tuple(
+        crops = [batch[(slice(None),) * lead + tuple(
             slice(bounds[axis][i][0], bounds[axis][i][1] + 2 * reach)
             for axis, i in enumerate(cells[index]))] for index in members]
+        repeat = (len(members),) + (1,) * (shift.ndim - 1)
         part_cross, part_first = lag_window_sums(torch.cat(crops), radius, dilation,
-                                                 shift.repeat(len(members)))
+                                                 shift.repeat(repeat), channels)
         where = torch.tensor(members, device=batch.device)
         cross[:, where] = part_cross.reshape(len(members), n, t, t).transpose(0, 1)
         first[:, where] = part_first.reshape(len(members), n, t).transpose(0, 1)
@@ -235,18 +318,21 @@ def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
 
 
 def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
-                grid: int | None = None) -> list[WindowSums]:
+                grid: int | None = None, channels: int = 1) -> list[WindowSums]:
     """Window sums of same-sized images at each dilation.
 
     Parameters
     ----------
-    batch : torch.Tensor of shape (n, *spatial), float32 or float64
-        Images as they should be modelled (already normalised if wanted).
+    batch : torch.Tensor of shape (n, *spatial) or (n, channels, *spatial)
+        Images as they should be modelled (already normalised if wanted), float32 or
+        float64; the channel axis is there when ``channels > 1``.
     radius : int
     dilations : sequence of int
     grid : int, optional
         Also split the valid pixels into ``grid`` cells per axis and return per-cell sums
         (a cells axis after the image axis).
+    channels : int, default=1
+        Channels of the images: the sums are then over every tap of every channel.
 
     Returns
     -------
@@ -259,10 +345,13 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
     per pixel and distinct lag. An image whose mean exceeds its standard deviation has
     its mean subtracted (in the image's dtype) before any product and its contribution
     added back in float64, so float32 images with a large offset lose no digits to
-    cancellation.
+    cancellation. With several channels every channel pair's lag products are taken
+    (``C²`` times the one-channel work), each channel shifted the same way.
     """
     dilations = list(dilations)
-    _check(batch, radius, dilations, grid)
+    _check(batch, radius, dilations, grid, channels)
+    if channels > 1:
+        return _channel_window_sums(batch, radius, dilations, grid, channels)
     n, ndim = batch.shape[0], batch.ndim - 1
     # Images whose mean exceeds their spread are shifted by their mean: only there can
     # the products' sums cancel digits. The shift actually subtracted (rounded to the
@@ -281,7 +370,7 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
             count = torch.full((n,), valid, dtype=torch.int64, device=batch.device)
             c = offset
         else:
-            cross, first, count = _cell_sums(batch, radius, dilation, grid, shift)
+            cross, first, count = _cell_sums(batch, radius, dilation, grid, shift, 1)
             c = offset[:, None]
         if shifted:
             pixels = count.to(torch.float64)
@@ -290,4 +379,37 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
             cross += half[..., :, None] + half[..., None, :]
             first = first + (c * pixels)[..., None]
         out.append(WindowSums(cross, first, count, radius, int(dilation), ndim, grid=grid))
+    return out
+
+
+def _channel_window_sums(batch: torch.Tensor, radius: int, dilations: list[int],
+                         grid: int | None, channels: int) -> list[WindowSums]:
+    """:func:`window_sums` of ``(n, C, *spatial)`` images: a mean shift per channel."""
+    n, ndim = batch.shape[0], batch.ndim - 2
+    t = (2 * radius + 1) ** ndim
+    # as for one channel: channels whose mean exceeds their spread are shifted by it
+    variance, mean = torch.var_mean(batch.reshape(n, channels, -1).to(torch.float64), dim=2,
+                                    correction=0)
+    shift = torch.where(mean.square() > variance, mean, torch.zeros_like(mean)).to(batch.dtype)
+    offset = shift.to(torch.float64).repeat_interleave(t, dim=1)         # per tap, (n, T)
+    out = []
+    for dilation in dilations:
+        reach = radius * dilation
+        if grid is None:
+            cross, first = lag_window_sums(batch, radius, dilation, shift, channels)
+            valid = int(np.prod([s - 2 * reach for s in batch.shape[2:]]))
+            count = torch.full((n,), valid, dtype=torch.int64, device=batch.device)
+            c = offset
+        else:
+            cross, first, count = _cell_sums(batch, radius, dilation, grid, shift, channels)
+            c = offset[:, None]
+        if bool(offset.any()):
+            pixels = count.to(torch.float64)[..., None]
+            # Σ(y_a+c_a)(y_b+c_b) = Σy_a y_b + c_a h_b + h_a c_b with h = Σy + cn/2: one
+            # product and its transpose, added as one symmetric term
+            outer = c[..., :, None] * (first + c * pixels / 2)[..., None, :]
+            cross += outer.add_(outer.transpose(-1, -2).clone())
+            first = first + c * pixels
+        out.append(WindowSums(cross, first, count, radius, int(dilation), ndim, grid=grid,
+                              channels=channels))
     return out

@@ -10,9 +10,10 @@ centre included, see :mod:`kernelbank.core.sums`)::
 
 Per-cell sums (a ``grid``) repeat that block for every cell, cells in C order over the
 cell grid, so a row has ``cells · (t(t+1)/2 + t + 1)`` values
-(:func:`sums_row_length`). The window (radius, dilation, ndim), the pyramid scale and
-the grid are not in the row: they are the column's, and :func:`sums_from_rows` takes
-them back as arguments.
+(:func:`sums_row_length`). Sums of ``C`` channels have ``t = C (2r+1)^d`` taps,
+channel-major, in the same layout. The window (radius, dilation, ndim, channels), the
+pyramid scale and the grid are not in the row: they are the column's, and
+:func:`sums_from_rows` takes them back as arguments.
 
 Sizes: a 2-D radius-2 window (t = 25) is 351 values (2.8 kB) per image; radius 4
 (t = 81) is 3403 values (27 kB).
@@ -40,16 +41,18 @@ def _block_length(n_taps: int) -> int:
     return n_taps * (n_taps + 1) // 2 + n_taps + 1
 
 
-def sums_row_length(radius: int, ndim: int, grid: int | None = None) -> int:
-    """Values in one image's row for sums of this window (and grid)."""
+def sums_row_length(radius: int, ndim: int, grid: int | None = None, channels: int = 1) -> int:
+    """Values in one image's row for sums of this window (and grid, and channels)."""
     if not isinstance(radius, (int, np.integer)) or radius < 1:
         raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
     if ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
     if grid is not None and (not isinstance(grid, (int, np.integer)) or grid < 1):
         raise ValueError(f"grid must be None or an integer >= 1, got {grid!r}")
+    if not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
     cells = 1 if grid is None else grid ** ndim
-    return cells * _block_length((2 * radius + 1) ** ndim)
+    return cells * _block_length(channels * (2 * radius + 1) ** ndim)
 
 
 def sums_to_rows(sums: WindowSums) -> np.ndarray:
@@ -62,7 +65,7 @@ def sums_to_rows(sums: WindowSums) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray of shape (N, sums_row_length(radius, ndim, grid)), float64
+    np.ndarray of shape (N, sums_row_length(radius, ndim, grid, channels)), float64
     """
     if not isinstance(sums, WindowSums):
         raise TypeError(f"sums must be a WindowSums, got {type(sums).__name__}")
@@ -76,8 +79,8 @@ def sums_to_rows(sums: WindowSums) -> np.ndarray:
 
 
 def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, radius: int,
-                   dilation: int, ndim: int, scale: int = 1,
-                   grid: int | None = None) -> WindowSums:
+                   dilation: int, ndim: int, scale: int = 1, grid: int | None = None,
+                   channels: int = 1) -> WindowSums:
     """Inverse of :func:`sums_to_rows`: the window sums of the images the rows describe.
 
     Parameters
@@ -90,6 +93,8 @@ def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, ra
         Pyramid scale of the images the sums were taken on.
     grid : int or None, default=None
         Cells per axis of per-cell sums; None for whole-image sums.
+    channels : int, default=1
+        Channels of the images the sums were taken on.
 
     Returns
     -------
@@ -101,7 +106,7 @@ def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, ra
     ValueError
         For rows of the wrong length, non-finite values or a non-integer pixel count.
     """
-    length = sums_row_length(radius, ndim, grid)
+    length = sums_row_length(radius, ndim, grid, channels)
     if not isinstance(dilation, (int, np.integer)) or dilation < 1:
         raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
     if isinstance(rows, torch.Tensor):
@@ -113,14 +118,16 @@ def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, ra
         bad = [i for i, r in enumerate(parts) if r.size != length]
         if bad:
             raise ValueError(f"row {bad[0]} has {parts[bad[0]].size} values; window sums of "
-                             f"radius {radius} in {ndim}-D (grid {grid}) have {length}")
+                             f"radius {radius} in {ndim}-D (grid {grid}, {channels} channel(s)) "
+                             f"have {length}")
         array = np.stack(parts) if parts else np.empty((0, length))
     if array.ndim != 2 or array.shape[1] != length:
         raise ValueError(f"rows must have shape (N, {length}) for window sums of radius "
-                         f"{radius} in {ndim}-D (grid {grid}), got {array.shape}")
+                         f"{radius} in {ndim}-D (grid {grid}, {channels} channel(s)), got "
+                         f"{array.shape}")
     if not np.isfinite(array).all():
         raise ValueError("rows contain NaN or inf values")
-    t = (2 * radius + 1) ** ndim
+    t = channels * (2 * radius + 1) ** ndim
     cells = 1 if grid is None else grid ** ndim
     blocks = torch.from_numpy(array.reshape(len(array), cells, _block_length(t)))
     tri = t * (t + 1) // 2
@@ -137,4 +144,4 @@ def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, ra
     if grid is None:
         cross, first, count = cross[:, 0], first[:, 0], count[:, 0]
     return WindowSums(cross.contiguous(), first.contiguous(), count.contiguous(), int(radius),
-                      int(dilation), int(ndim), int(scale), grid)
+                      int(dilation), int(ndim), int(scale), grid, int(channels))

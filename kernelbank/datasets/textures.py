@@ -19,6 +19,13 @@ The classes (all bundled with scikit-image, no download):
   stroma, the least homogeneous class.
 
 Larger photographs are centre-cropped to ``max_size`` so the classes are balanced.
+
+**Colour** (``colour=True``): the same patches in RGB. Only ``starfield`` and ``tissue``
+have colour sources; ``brick``, ``grass``, ``gravel`` and ``moon`` are greyscale
+photographs, replicated into three equal channels (:data:`COLOUR_CLASSES` names the
+real colour ones). A colour model can therefore tell those four from the other two by
+their missing colour alone; between the four it has only their luminance. The greyscale
+patches of the colour classes are the luminance (``rgb2gray``) of the colour ones.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["TEXTURE_CLASSES", "load_texture_image", "texture_patch_positions", "load_textures",
-           "write_textures", "ensure_textures"]
+__all__ = ["TEXTURE_CLASSES", "COLOUR_CLASSES", "load_texture_image", "texture_patch_positions",
+           "load_textures", "write_textures", "ensure_textures"]
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
@@ -39,24 +46,33 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
     return np.rint(rgb2gray(rgb) * 255).astype(np.uint8)
 
 
-def _sources() -> dict[str, Callable[[], np.ndarray]]:
+def _replicated(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _sources(colour: bool = False) -> dict[str, Callable[[], np.ndarray]]:
     import skimage.data as data
+    as_grey = _replicated if colour else (lambda image: image)
+    as_colour = (lambda image: image) if colour else _grey
     return {
-        "brick": data.brick,
-        "grass": data.grass,
-        "gravel": data.gravel,
-        "moon": data.moon,
-        "starfield": lambda: _grey(data.hubble_deep_field()),
-        "tissue": lambda: _grey(data.immunohistochemistry()),
+        "brick": lambda: as_grey(data.brick()),
+        "grass": lambda: as_grey(data.grass()),
+        "gravel": lambda: as_grey(data.gravel()),
+        "moon": lambda: as_grey(data.moon()),
+        "starfield": lambda: as_colour(data.hubble_deep_field()),
+        "tissue": lambda: as_colour(data.immunohistochemistry()),
     }
 
 
 TEXTURE_CLASSES: tuple[str, ...] = ("brick", "grass", "gravel", "moon", "starfield", "tissue")
+#: The classes whose source photograph is in colour (the others are replicated grey).
+COLOUR_CLASSES: tuple[str, ...] = ("starfield", "tissue")
 MANIFEST = "textures.json"
 
 
-def load_texture_image(name: str, max_size: int | None = 512) -> np.ndarray:
-    """The greyscale source photograph of one texture class.
+def load_texture_image(name: str, max_size: int | None = 512, *,
+                       colour: bool = False) -> np.ndarray:
+    """The source photograph of one texture class, greyscale or colour.
 
     Parameters
     ----------
@@ -64,17 +80,21 @@ def load_texture_image(name: str, max_size: int | None = 512) -> np.ndarray:
         One of :data:`TEXTURE_CLASSES`.
     max_size : int or None, default=512
         Centre-crop each side to at most this many pixels; None keeps the whole photo.
+    colour : bool, default=False
+        RGB; a greyscale source is replicated into three equal channels.
 
     Returns
     -------
-    np.ndarray of shape (H, W), uint8
+    np.ndarray of shape (H, W), or (H, W, 3) with ``colour``, uint8
     """
-    sources = _sources()
+    sources = _sources(colour)
     if name not in sources:
         raise ValueError(f"unknown texture class {name!r}; choose from {list(TEXTURE_CLASSES)}")
     image = np.asarray(sources[name]())
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"texture {name!r} did not load as a greyscale uint8 image "
+    expected = 3 if colour else 2
+    if image.ndim != expected or image.dtype != np.uint8:
+        kind = "an RGB" if colour else "a greyscale"
+        raise ValueError(f"texture {name!r} did not load as {kind} uint8 image "
                          f"(got {image.dtype}, shape {image.shape})")
     if max_size is not None:
         top = max(0, (image.shape[0] - max_size) // 2)
@@ -145,19 +165,19 @@ def _check_classes(classes: Sequence[str] | None) -> list[str]:
     return list(classes)
 
 
-def _patches(patch_size, test_fraction, gap, classes, max_size):
-    """Yield (class, split, row, col, patch) in a fixed order."""
+def _patches(patch_size, test_fraction, gap, classes, max_size, colour=False):
+    """Yield (class, split, row, col, patch) in a fixed order; colour patches (P, P, 3)."""
     for name in _check_classes(classes):
-        image = load_texture_image(name, max_size)
-        positions = texture_patch_positions(image.shape, patch_size, test_fraction, gap)
+        image = load_texture_image(name, max_size, colour=colour)
+        positions = texture_patch_positions(image.shape[:2], patch_size, test_fraction, gap)
         for split in ("train", "test"):
             for row, col in positions[split]:
                 yield name, split, row, col, image[row:row + patch_size, col:col + patch_size]
 
 
 def load_textures(patch_size: int = 64, test_fraction: float = 0.3, gap: int | None = None,
-                  classes: Sequence[str] | None = None, max_size: int | None = 512
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  classes: Sequence[str] | None = None, max_size: int | None = 512, *,
+                  colour: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All texture patches in memory.
 
     Parameters are those of :func:`write_textures`.
@@ -165,6 +185,8 @@ def load_textures(patch_size: int = 64, test_fraction: float = 0.3, gap: int | N
     Returns
     -------
     images : np.ndarray of shape (n_patches, patch_size, patch_size), uint8
+        With ``colour``: (n_patches, 3, patch_size, patch_size), channels first as
+        ``kb.fit`` takes them.
     labels : np.ndarray of shape (n_patches,), str
         Class name of each patch.
     splits : np.ndarray of shape (n_patches,), str
@@ -176,8 +198,10 @@ def load_textures(patch_size: int = 64, test_fraction: float = 0.3, gap: int | N
     >>> images.shape, sorted(set(labels)) == sorted(TEXTURE_CLASSES)
     ((336, 64, 64), True)
     """
-    records = list(_patches(patch_size, test_fraction, gap, classes, max_size))
+    records = list(_patches(patch_size, test_fraction, gap, classes, max_size, colour))
     images = np.stack([r[4] for r in records])
+    if colour:
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
     return images, np.array([r[0] for r in records]), np.array([r[1] for r in records])
 
 
@@ -187,13 +211,14 @@ def _patch_name(name: str, row: int, col: int) -> str:
 
 def write_textures(root: str | Path, patch_size: int = 64, test_fraction: float = 0.3,
                    gap: int | None = None, classes: Sequence[str] | None = None,
-                   max_size: int | None = 512) -> dict:
+                   max_size: int | None = 512, *, colour: bool = False) -> dict:
     """Write the texture patches as ``root/<split>/<class>/<class>_<row>_<col>.png``.
 
     ``row`` and ``col`` are the pixel coordinates of the patch's top-left corner in the
     (cropped) source photograph, zero-padded to 4 digits. Patches are uint8 greyscale
-    PNGs. A summary is also written to ``root/textures.json``. Patch files left in
-    ``root`` by an earlier write (any parameters) are deleted first; other files are kept.
+    PNGs, or RGB PNGs with ``colour`` (greyscale sources replicated). A summary is also
+    written to ``root/textures.json``. Patch files left in ``root`` by an earlier write
+    (any parameters) are deleted first; other files are kept.
 
     Parameters
     ----------
@@ -209,6 +234,8 @@ def write_textures(root: str | Path, patch_size: int = 64, test_fraction: float 
         Subset of :data:`TEXTURE_CLASSES`; default all.
     max_size : int or None, default=512
         Centre-crop larger photographs to this side so classes are balanced.
+    colour : bool, default=False
+        Write RGB patches (see the module docstring).
 
     Returns
     -------
@@ -220,14 +247,12 @@ def write_textures(root: str | Path, patch_size: int = 64, test_fraction: float 
     from PIL import Image
 
     root = Path(root)
-    params = {"patch_size": int(patch_size), "test_fraction": float(test_fraction),
-              "gap": _default_gap(patch_size) if gap is None else int(gap),
-              "classes": _check_classes(classes), "max_size": max_size}
+    params = _params(patch_size, test_fraction, gap, classes, max_size, colour)
     _remove_previous(root)
     counts = {"train": {c: 0 for c in params["classes"]}, "test": {c: 0 for c in params["classes"]}}
     patches = []
     for name, split, row, col, patch in _patches(patch_size, test_fraction, params["gap"],
-                                                 params["classes"], max_size):
+                                                 params["classes"], max_size, colour):
         folder = root / split / name
         folder.mkdir(parents=True, exist_ok=True)
         relative = f"{split}/{name}/{_patch_name(name, row, col)}"
@@ -254,18 +279,22 @@ def _remove_previous(root: Path) -> None:
     (root / MANIFEST).unlink(missing_ok=True)
 
 
+def _params(patch_size, test_fraction, gap, classes, max_size, colour) -> dict:
+    return {"patch_size": int(patch_size), "test_fraction": float(test_fraction),
+            "gap": _default_gap(patch_size) if gap is None else int(gap),
+            "classes": _check_classes(classes), "max_size": max_size, "colour": bool(colour)}
+
+
 def ensure_textures(root: str | Path, patch_size: int = 64, test_fraction: float = 0.3,
                     gap: int | None = None, classes: Sequence[str] | None = None,
-                    max_size: int | None = 512) -> dict:
+                    max_size: int | None = 512, *, colour: bool = False) -> dict:
     """Return the summary of the texture patches in ``root``, writing them only if needed.
 
     The patches are reused when ``root/textures.json`` records the same parameters and
     every file it lists exists; otherwise :func:`write_textures` (re)writes them.
     """
     root = Path(root)
-    params = {"patch_size": int(patch_size), "test_fraction": float(test_fraction),
-              "gap": _default_gap(patch_size) if gap is None else int(gap),
-              "classes": _check_classes(classes), "max_size": max_size}
+    params = _params(patch_size, test_fraction, gap, classes, max_size, colour)
     manifest = root / MANIFEST
     if manifest.exists():
         try:
@@ -276,4 +305,5 @@ def ensure_textures(root: str | Path, patch_size: int = 64, test_fraction: float
                 and all((root / p["path"]).exists() for p in summary["patches"])):
             summary["root"] = str(root)
             return summary
-    return write_textures(root, patch_size, test_fraction, gap, classes, max_size)
+    return write_textures(root, patch_size, test_fraction, gap, classes, max_size,
+                          colour=colour)

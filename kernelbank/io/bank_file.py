@@ -2,12 +2,12 @@
 
 The archive holds plain arrays (no pickle):
 
-``kernels``             (M, *window) float64
+``kernels``             (M, *window) float64, or (M, C, C, *window) for vector kernels
 ``dilations``           (M,) int64
 ``class_index``         (M,) int64
 ``explained_variance``  (M,) float64, present only when the bank has it
 ``metadata_json``       uint8 bytes of a UTF-8 JSON object: format version, method,
-                        class names, radius, ndim and the bank's own metadata
+                        class names, radius, ndim, channels and the bank's own metadata
 
 so ``numpy.load(path, allow_pickle=False)`` can read it without kernelbank.
 """
@@ -44,6 +44,7 @@ def save_bank(bank: KernelBank, url: str, **storage_options) -> None:
     """Write ``bank`` to ``url`` (local path or any fsspec URL, e.g. ``s3://b/bank.npz``)."""
     header = {"format": FORMAT, "version": VERSION, "method": bank.method,
               "class_names": bank.class_names, "radius": bank.radius, "ndim": bank.ndim,
+              "channels": bank.channels,
               "kernel_names": bank.kernel_names,
               "kernel_methods": bank.kernel_methods, "metadata": _jsonable(bank.metadata)}
     arrays = {"kernels": bank.kernels.numpy(), "dilations": bank.dilations.numpy(),
@@ -72,4 +73,4 @@ def load_bank(url: str, **storage_options) -> KernelBank:
     ev = archive["explained_variance"] if "explained_variance" in archive.files else None
     return KernelBank(archive["kernels"], archive["dilations"], archive["class_index"],
                       header["class_names"], header["method"], ev, header["metadata"],
-                      header["kernel_methods"])
+                      header["kernel_methods"], int(header.get("channels", 1)))

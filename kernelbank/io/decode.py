@@ -9,7 +9,20 @@ Runs inside Ray workers (never on the driver). What comes out:
   ``convert("L")`` uses) computed in ``float32`` rather than rounded to ``uint8``: the
   rounding would change every fitted kernel a little. A colour image whose channels are
   all equal is greyscale stored as RGB and keeps its ``uint8`` channel. Alpha is dropped.
-* ``.npy`` files hold one 2-D image or one 3-D volume.
+* ``.npy`` files hold one 2-D image (optionally with a trailing band axis) or one 3-D
+  volume.
+
+With channels (``channels="rgb"`` or ``"all"``, 2-D images only) the bands are kept
+instead, as a ``(C, H, W)`` array in the native dtype (``uint8``/``uint16`` stay integers):
+
+* ``rgb``: three channels. RGB stays as it is; a greyscale image (``L``, ``I;16``, an
+  ``(H, W)`` array) is replicated into three equal channels, so grey and colour images
+  share one run and a grey image's vector kernel is the grey kernel spread over equal
+  channels; alpha (``LA``, ``RGBA``) is dropped; more than four bands is an error;
+* ``all``: every band as stored (RGBA keeps its alpha as a 4th channel, multi-band
+  TIFF and ``(H, W, B)`` arrays keep their ``B`` bands, grey is one channel). A run
+  needs one channel count, so records of another count become error rows (see
+  :func:`kernelbank.io.readers.read_block`).
 
 Why the native dtype: 8-bit pixels travel through the object store and into the fit at
 1 byte each instead of 4 (the fit casts to float on its device).
@@ -37,13 +50,16 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["IMAGE_EXTENSIONS", "VOLUME_EXTENSIONS", "ALLOWED_FORMATS", "DecodeLimits",
-           "RecordRejected", "decode_bytes", "to_grey", "check_image", "decode_record"]
+           "RecordRejected", "decode_bytes", "to_grey", "to_channels", "check_image",
+           "decode_record", "CHANNEL_MODES"]
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff")
 VOLUME_EXTENSIONS = ("npy",)
 #: The only Pillow decoders a record may reach.
 ALLOWED_FORMATS = ("PNG", "JPEG", "TIFF")
 _NPY_MAGIC = b"\x93NUMPY"
+#: Values of the ``channels`` argument: one grey channel, three, or every band.
+CHANNEL_MODES = ("luminance", "rgb", "all")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _KEEP_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "uint16", "int8", "int16", "float32"))
 #: Bytes per sample of Pillow modes wider than 8 bits (everything else is 1).
@@ -121,6 +137,49 @@ def to_grey(array: np.ndarray, ndim: int = 2) -> np.ndarray:
     return _native(array)
 
 
+def to_channels(array: np.ndarray, channels: str) -> np.ndarray:
+    """The bands of a decoded 2-D image as ``(C, H, W)``, in its native dtype.
+
+    Parameters
+    ----------
+    array : ndarray of shape (H, W) or (H, W, B)
+    channels : {"rgb", "all"}
+        ``rgb``: grey replicated to 3 channels, alpha dropped; ``all``: every band.
+
+    Returns
+    -------
+    ndarray of shape (C, H, W), C-contiguous
+
+    Raises
+    ------
+    ValueError
+        For ``rgb`` and an image of more than four bands, or an array of another rank.
+    """
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise ValueError(f"a 2-D image with channels has shape (H, W) or (H, W, bands), got "
+                         f"shape {array.shape}")
+    bands = array.shape[-1]
+    if channels == "rgb":
+        if bands > 4:
+            raise ValueError(f"has {bands} bands; --channels rgb takes grey, grey+alpha, RGB "
+                             "or RGBA (1-4 bands): use --channels all to keep every band")
+        # grey (+ alpha): replicate the grey band; RGB (+ alpha): drop the alpha
+        array = np.repeat(array[..., :1], 3, axis=-1) if bands <= 2 else array[..., :3]
+    elif channels != "all":
+        raise ValueError(f"channels must be 'rgb' or 'all' here, got {channels!r}")
+    return _native(np.moveaxis(array, -1, 0))
+
+
+def _bands(array: np.ndarray, ndim: int, channels: str) -> np.ndarray:
+    """The decoded array as the run models it: grey, or ``(C, H, W)`` bands."""
+    if channels == "luminance":
+        return to_grey(array, ndim)
+    return to_channels(array, channels)
+
+
 def _npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of a ``.npy`` from its header alone (no data is read)."""
     from numpy.lib import format as npy_format
@@ -132,12 +191,14 @@ def _npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(s) for s in shape), np.dtype(dtype)
 
 
-def _decode_npy(data: bytes, ndim: int, limits: DecodeLimits) -> np.ndarray:
+def _decode_npy(data: bytes, ndim: int, limits: DecodeLimits, channels: str = "luminance"
+                ) -> np.ndarray:
     shape, dtype = _npy_header(data)
     if dtype.hasobject or dtype.kind not in "biuf":
         raise RecordRejected(f".npy of dtype {dtype} is not an image (numbers only)")
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    pixels = count // shape[-1] if ndim == 2 and len(shape) == 3 and shape[-1] <= 4 else count
+    bands = ndim == 2 and len(shape) == 3 and (shape[-1] <= 4 or channels == "all")
+    pixels = count // shape[-1] if bands else count
     if pixels > limits.max_pixels:
         raise RecordRejected(f".npy of shape {shape} has {pixels} pixels, more than "
                              f"max_pixels={limits.max_pixels} (--max-pixels)")
@@ -145,7 +206,7 @@ def _decode_npy(data: bytes, ndim: int, limits: DecodeLimits) -> np.ndarray:
         raise RecordRejected(f".npy of shape {shape} and dtype {dtype} decodes to "
                              f"{count * dtype.itemsize} bytes, more than "
                              f"max_bytes={limits.max_bytes}")
-    return to_grey(np.load(io.BytesIO(data), allow_pickle=False), ndim)
+    return _bands(np.load(io.BytesIO(data), allow_pickle=False), ndim, channels)
 
 
 def _check_header(image, limits: DecodeLimits) -> None:
@@ -163,7 +224,8 @@ def _check_header(image, limits: DecodeLimits) -> None:
                                  f"to {decoded} bytes, more than max_bytes={limits.max_bytes}")
 
 
-def _decode_pillow(data: bytes, ndim: int, limits: DecodeLimits) -> np.ndarray:
+def _decode_pillow(data: bytes, ndim: int, limits: DecodeLimits, channels: str = "luminance"
+                   ) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", Image.DecompressionBombWarning)
@@ -188,11 +250,12 @@ def _decode_pillow(data: bytes, ndim: int, limits: DecodeLimits) -> np.ndarray:
         array = np.asarray(image)
     if array.dtype == np.int32 and array.size and array.min() >= 0 and array.max() <= 65535:
         array = array.astype(np.uint16)              # 16-bit data Pillow widened to mode I
-    return to_grey(array, ndim)
+    return _bands(array, ndim, channels)
 
 
 def decode_bytes(data: bytes, name: str = "", ndim: int = 2,
-                 limits: DecodeLimits | None = None) -> np.ndarray:
+                 limits: DecodeLimits | None = None, channels: str = "luminance"
+                 ) -> np.ndarray:
     """Decode one record's bytes: ``.npy`` by its header, else PNG/JPEG/TIFF via Pillow.
 
     Parameters
@@ -204,10 +267,13 @@ def decode_bytes(data: bytes, name: str = "", ndim: int = 2,
     ndim : {2, 3}
     limits : DecodeLimits, optional
         Default: :class:`DecodeLimits` ``()`` (64 MP, 1 GiB).
+    channels : {"luminance", "rgb", "all"}, default="luminance"
+        One grey channel, or the bands as ``(C, H, W)`` (see :func:`to_channels`).
 
     Returns
     -------
-    ndarray of shape (H, W) or (D, H, W), native dtype (see :func:`to_grey`)
+    ndarray of shape (H, W) or (D, H, W) (luminance) or (C, H, W), native dtype (see
+    :func:`to_grey`)
 
     Raises
     ------
@@ -217,19 +283,24 @@ def decode_bytes(data: bytes, name: str = "", ndim: int = 2,
         Bytes that are not a readable image (Pillow's or NumPy's error).
     """
     limits = limits or DecodeLimits()
+    if channels not in CHANNEL_MODES:
+        raise ValueError(f"channels must be one of {CHANNEL_MODES}, got {channels!r}")
     if data[:6] == _NPY_MAGIC:
-        return _decode_npy(data, ndim, limits)
+        return _decode_npy(data, ndim, limits, channels)
     if name.lower().endswith(".npy"):
         raise RecordRejected("named .npy but has no NumPy header")
-    return _decode_pillow(data, ndim, limits)
+    return _decode_pillow(data, ndim, limits, channels)
 
 
-def check_image(array: np.ndarray, ndim: int, min_side: int) -> str | None:
-    """Why ``array`` cannot be fitted, or ``None`` when it can."""
-    if array.ndim != ndim:
-        hint = " (pass --ndim 3 for volumes)" if array.ndim == 3 else ""
-        return f"has {array.ndim} dimensions (shape {array.shape}), expected {ndim}{hint}"
-    if min(array.shape) < min_side:
+def check_image(array: np.ndarray, ndim: int, min_side: int, channels: bool = False
+                ) -> str | None:
+    """Why ``array`` cannot be fitted, or ``None`` when it can (``channels``: a leading
+    channel axis before the ``ndim`` spatial ones)."""
+    expected = ndim + int(channels)
+    if array.ndim != expected:
+        hint = " (pass --ndim 3 for volumes)" if array.ndim == 3 and not channels else ""
+        return f"has {array.ndim} dimensions (shape {array.shape}), expected {expected}{hint}"
+    if min(array.shape[int(channels):]) < min_side:
         return (f"shape {array.shape} is smaller than the {min_side}-pixel window of the "
                 f"largest radius x dilation; use a smaller radius or dilation")
     if array.dtype.kind == "f":
@@ -240,7 +311,7 @@ def check_image(array: np.ndarray, ndim: int, min_side: int) -> str | None:
 
 
 def decode_record(data: bytes | np.ndarray, name: str, ndim: int, min_side: int,
-                  limits: DecodeLimits | None = None
+                  limits: DecodeLimits | None = None, channels: str = "luminance"
                   ) -> tuple[np.ndarray | None, str | None]:
     """Decode and check one record.
 
@@ -253,6 +324,8 @@ def decode_record(data: bytes | np.ndarray, name: str, ndim: int, min_side: int,
     ndim, min_side : int
         See :func:`check_image`.
     limits : DecodeLimits, optional
+    channels : {"luminance", "rgb", "all"}, default="luminance"
+        See :func:`decode_bytes`; an array cell is ``(H, W)`` or ``(H, W, bands)``.
 
     Returns
     -------
@@ -265,16 +338,16 @@ def decode_record(data: bytes | np.ndarray, name: str, ndim: int, min_side: int,
     limits = limits or DecodeLimits()
     try:
         if isinstance(data, (bytes, bytearray, memoryview)):
-            image = decode_bytes(bytes(data), name, ndim, limits)
+            image = decode_bytes(bytes(data), name, ndim, limits, channels)
         else:
             array = np.asarray(data)
             if array.size > limits.max_pixels:
                 raise RecordRejected(f"array of shape {array.shape} is larger than "
                                      f"max_pixels={limits.max_pixels} (--max-pixels)")
-            image = to_grey(array, ndim)
+            image = _bands(array, ndim, channels)
     except RecordRejected as error:
         return None, f"rejected: {error}"
     except Exception as error:  # any decoder failure is a property of this record
         message = str(error).split(" <_io.")[0]      # drop PIL's object repr
         return None, f"cannot decode: {type(error).__name__}: {message}"
-    return image, check_image(image, ndim, min_side)
+    return image, check_image(image, ndim, min_side, channels != "luminance")

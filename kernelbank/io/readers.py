@@ -15,7 +15,8 @@ Each output row is one record, decoded or not (:data:`DECODED_SCHEMA`):
 ``path``          where the record came from
 ``label``         class name, ``""`` when unknown
 ``split``         ``train``/``test``/``val``… from the path or column, ``"unsplit"`` otherwise
-``shape``         ``list<int32>`` image shape, ``(H, W)`` or ``(D, H, W)``
+``shape``         ``list<int32>`` image shape, ``(H, W)`` or ``(D, H, W)``; ``(C, H, W)`` with
+                  ``channels`` ``rgb``/``all`` (see :mod:`kernelbank.io.decode`)
 ``dtype``         NumPy dtype name of ``pixels``: ``uint8`` for 8-bit images, ``uint16`` for
                   16-bit, ``float32`` for float sources and colour (luminance)
 ``pixels``        the image as C-order bytes of ``dtype`` (null for an error row)
@@ -54,7 +55,7 @@ from .storage import read_filesystem
 
 __all__ = ["DECODED_SCHEMA", "SPLIT_NAMES", "UNSPLIT", "read_dataset", "read_images",
            "read_block", "images_from_batch", "shape_groups", "split_and_label", "list_inputs",
-           "read_totals"]
+           "read_totals", "channel_mismatch", "probe_channels"]
 
 DECODED_SCHEMA = pa.schema([
     ("id", pa.string()), ("path", pa.string()), ("label", pa.string()),
@@ -85,6 +86,21 @@ def _pixels_column(images: list[np.ndarray | None]) -> pa.Array:
     return pa.Array.from_buffers(pa.large_binary(), len(images),
                                  [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
                                  null_count=int((~valid).sum()))
+
+
+def channel_mismatch(image: np.ndarray, config: ReadConfig, path: str) -> str | None:
+    """Why a decoded ``(C, H, W)`` image does not fit the run's channel count, or None.
+
+    Only ``channels="all"`` runs can meet one: ``rgb`` makes every image three channels,
+    luminance one.
+    """
+    expected = config.n_channels
+    if config.channels.value != "all" or expected is None or image.shape[0] == expected:
+        return None
+    return (f"{path} has {image.shape[0]} channel(s) but this run's images have {expected} "
+            "(--channels all keeps every band; a run's channel count is that of its first "
+            "record): convert the file, or use --channels rgb (grey replicated, alpha "
+            "dropped) or luminance")
 
 
 def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | None = None
@@ -127,7 +143,10 @@ def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | N
         if record.error is not None:
             stage[i], reason[i] = "read", record.error
             continue
-        image, why = decode_record(record.value, paths[i], config.ndim, config.min_side, limits)
+        image, why = decode_record(record.value, paths[i], config.ndim, config.min_side, limits,
+                                   config.channels.value)
+        if why is None and image is not None:
+            why = channel_mismatch(image, config, paths[i])
         images[i], stage[i], reason[i] = image, None if why is None else "decode", why
     # a record without a class is never guessed into one (a file directly under the root)
     for i, label in enumerate(block.column("label").to_pylist()):
@@ -146,6 +165,33 @@ def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | N
         _pixels_column(kept), pa.array(stage, pa.string()), pa.array(reason, pa.string()),
         pa.array(bytes_read), pa.array(retries)], schema=DECODED_SCHEMA)
     return table.take(pa.array(order, pa.int64()))
+
+
+def probe_channels(manifest: pa.Table, config: ReadConfig, *, max_records: int = 64) -> int:
+    """The channel count of a ``channels="all"`` run: that of its first decodable record.
+
+    Reads records in manifest order, one at a time on the driver, until one decodes
+    (usually the first: one extra read of one image per run).
+
+    Raises
+    ------
+    ValueError
+        When none of the first ``max_records`` records decodes.
+    """
+    from dataclasses import replace
+    info = manifest_info(manifest)
+    fs, _ = read_filesystem(info.get("url", config.url), s3_endpoint=config.s3_endpoint,
+                            connections=4)
+    probe = replace(config, channels="all", n_channels=None, min_side=1, fetch_concurrency=4)
+    plain = manifest.replace_schema_metadata(None)
+    for start in range(min(plain.num_rows, max_records)):
+        row = read_block(plain.slice(start, 1), fs=fs, config=probe,
+                         image_column=info.get("image_column", config.image_column))
+        if row.column("pixels").is_valid()[0].as_py():
+            return int(row.column("shape")[0].as_py()[0])
+    raise ValueError(f"--channels all: none of the first {min(plain.num_rows, max_records)} "
+                     f"records of {config.url!r} decodes, so the run's channel count is "
+                     "unknown; check errors of a --channels rgb run, or fix the input")
 
 
 def read_images(manifest: pa.Table, config: ReadConfig):

@@ -103,6 +103,51 @@ def kernel_grid(kernels: Sequence[np.ndarray], titles: Sequence[str], vmax: floa
     return _png(fig)
 
 
+def channel_kernel_grid(kernels: Sequence[np.ndarray], titles: Sequence[str], vmax: float,
+                        channel_names: Sequence[str] | None = None) -> bytes:
+    """Vector (colour) kernels, each as a ``C × C`` grid of kernel images.
+
+    Parameters
+    ----------
+    kernels : sequence of arrays of shape (C, C, k, k)
+        ``kernel[c, c']``: the weights output channel ``c`` puts on input channel ``c'``
+        (rows: output channel, columns: input channel).
+    titles : sequence of str
+        One caption per kernel (drawn above its grid).
+    vmax : float
+        Colour limit shared by every kernel.
+    channel_names : sequence of str, optional
+        Names of the channels (default ``c0, c1, …``).
+    """
+    vmax = float(vmax) if vmax > 0 else 1.0
+    n, channels = len(kernels), int(np.asarray(kernels[0]).shape[0])
+    names = list(channel_names or [f"c{c}" for c in range(channels)])
+    per_row = max(1, min(n, 4 if channels <= 3 else 2))
+    rows = -(-n // per_row)
+    # one spare column between kernels keeps their grids apart
+    cols = per_row * (channels + 1) - 1
+    fig, axes = plt.subplots(rows * channels, cols, squeeze=False,
+                             figsize=(0.9 * cols + 0.8, 0.95 * rows * channels + 0.5 * rows))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    image = None
+    for i, (kernel, title) in enumerate(zip(kernels, titles)):
+        top, left = (i // per_row) * channels, (i % per_row) * (channels + 1)
+        for c in range(channels):
+            for c2 in range(channels):
+                ax = axes[top + c, left + c2]
+                image = ax.imshow(np.asarray(kernel)[c, c2], cmap=KERNEL_CMAP, vmin=-vmax,
+                                  vmax=vmax, interpolation="nearest")
+                if c == 0:
+                    ax.set_title((f"{title}\n" if c2 == 0 else "\n") + f"in {names[c2]}",
+                                 fontsize=6, loc="left" if c2 == 0 else "center")
+                if c2 == 0:
+                    ax.text(-0.6, (np.asarray(kernel).shape[-2] - 1) / 2, f"out {names[c]}",
+                            fontsize=6, ha="right", va="center")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="tap weight")
+    return _png(fig)
+
+
 @_literal_text
 def sample_panel(image: np.ndarray, residual: np.ndarray, categories: np.ndarray,
                  names: Sequence[str], title: str, legend_title: str = "kernel") -> bytes:

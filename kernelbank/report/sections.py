@@ -139,6 +139,11 @@ def bank_section(data: RunData, images: dict[str, bytes], max_classes: int = 24)
             f"at dilations {text(sorted(set(bank.dilations.tolist())))}. All kernels share one "
             f"colour scale (red positive, blue negative, limit ±{vmax:.3g}); the centre tap is "
             f"always 0. <i>d</i> is the dilation (tap spacing).</p>")
+    if bank.channels > 1:
+        body += (f"<p>Vector kernels of {bank.channels} channels: each kernel is a "
+                 f"{bank.channels}×{bank.channels} grid, row <i>c</i> (out) the weights "
+                 f"output channel <i>c</i> puts on each input channel (column, in); the "
+                 f"centre of each channel's own input is 0.</p>")
     groups = [(c, bank.class_names[c]) for c in range(len(bank.class_names))]
     if (bank.class_index < 0).any():
         groups.append((-1, "class-free kernels"))
@@ -146,6 +151,9 @@ def bank_section(data: RunData, images: dict[str, bytes], max_classes: int = 24)
     members = [(c, name, [i for i in range(len(bank)) if bank.class_index[i] == c])
                for c, name in groups]
     members = [m for m in members if m[2]]
+    if bank.channels > 1:
+        return body + _channel_banks(bank, members, captions, vmax, images, max_classes) + \
+            _variance_table(bank, data, captions)
     if max(len(index) for _, _, index in members) <= SMALL_CLASS_BANK and \
             len(members) <= max_classes:
         # a few kernels per class (pooled banks): one figure, each kernel titled by class
@@ -172,6 +180,24 @@ def bank_section(data: RunData, images: dict[str, bytes], max_classes: int = 24)
         body += f"<h3>{text(name)}</h3>" + figure(
             file, f"{len(index)} kernels of {text(name)}.", f"bank kernels of {name}")
     return body + _variance_table(bank, data, captions)
+
+
+def _channel_banks(bank, members, captions: list[str], vmax: float,
+                   images: dict[str, bytes], max_classes: int) -> str:
+    """One figure per class of vector kernels, each a channel × channel grid."""
+    body = ""
+    kernels = bank.kernels.numpy()
+    for n, (c, name, index) in enumerate(members):
+        if n >= max_classes:
+            body += f'<p class="note">Banks of {len(members) - n} more classes not drawn.</p>'
+            break
+        file = f"bank_{n:03d}.png"
+        images[file] = figures.channel_kernel_grid([kernels[i] for i in index],
+                                                   [captions[i] for i in index], vmax)
+        body += f"<h3>{text(name)}</h3>" + figure(
+            file, f"{len(index)} vector kernels of {text(name)} (rows: output channel, "
+            "columns: input channel).", f"bank kernels of {name}")
+    return body
 
 
 def _variance_table(bank, data: RunData, captions: list[str]) -> str:
@@ -214,6 +240,9 @@ def samples_section(data: RunData, images: dict[str, bytes]) -> str:
     bank = data.bank
     if bank is None or not data.samples:
         return ""
+    if bank.channels > 1:
+        return ('<p class="note">Residual and winner maps are drawn for one-channel banks '
+                f"only; this bank models {bank.channels} channels.</p>")
     per = "kernel" if len(bank) <= MAX_KERNEL_CATEGORIES else "class of the kernel"
     box = 2 * WINNER_SMOOTH + 1
     body = (f"<p>For a few test images per class: the image, the residual "

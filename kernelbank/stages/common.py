@@ -124,11 +124,12 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
             "batch_size": batch_size, **resources}
 
 
-def make_basis(kind: str, radius: int, ndim: int = 2):
-    """The fit basis at dilation 1 (``isotropic`` or ``full``)."""
+def make_basis(kind: str, radius: int, ndim: int = 2, channels: int = 1):
+    """The fit basis at dilation 1 (``isotropic`` or ``full``); a
+    :class:`~kernelbank.core.channel_basis.ChannelBasis` when ``channels > 1``."""
     import kernelbank as kb
     builder = kb.Basis.isotropic if getattr(kind, "value", kind) == "isotropic" else kb.Basis.full
-    return builder(radius=radius, ndim=ndim)
+    return builder(radius=radius, ndim=ndim, channels=channels)
 
 
 @contextmanager

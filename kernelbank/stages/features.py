@@ -11,6 +11,13 @@ named by prefix:
                                       each bank kernel, from the window sums
 ``joint_<kernel>``                    joint coefficients of each dilation's bank kernels
 
+With channels (a table of ``C > 1`` channels, read from ``fit/_kernelbank.json``) the
+own-kernel group is per output channel ``ar_<entry>_ch<c>_c<j>`` and
+``ar_<entry>_ch<c>_log_mse``, plus the residual correlation of each channel pair
+``ar_<entry>_corr_c<a>_c<b>``; descriptors are ``res_<entry>_c<c>_<name>``; bank
+features are per (kernel, output channel) ``<kernel>_c<c>_log_mse`` …; the likelihood
+uses each class's ``C × C`` residual covariance.
+
 then ``likelihood_prediction`` (the class whose pooled AR models explain the image
 best, also from the sums). Which groups a run computes is the feature config's
 ``groups``; logs turn the ratios between kernels that separate classes into the
@@ -36,7 +43,7 @@ from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
 from ..io.tables import SplitParquetSink
 from .common import actor_pool_args, log, timed
 from .reduce import BANK_FILE, load_fit_meta, stats_file
-from .table import TableMeta, column_array, sums_of_rows, table_files
+from .table import TableMeta, column_array, covariance_of_rows, sums_of_rows, table_files
 
 __all__ = ["TableFeaturizer", "PixelFeaturizer", "load_bank_and_stats", "run_features",
            "write_features", "PREDICTION", "feature_names"]
@@ -63,6 +70,23 @@ def _is_positive(name: str) -> bool:
     return name.rpartition("_")[2] in _POSITIVE or "_energy_" in name
 
 
+def _channel_pairs(channels: int) -> list[tuple[int, int]]:
+    """Channel pairs ``a < b`` (row-major): the residual correlations' order."""
+    return [(a, b) for a in range(channels) for b in range(a + 1, channels)]
+
+
+def _correlations(covariance: np.ndarray) -> np.ndarray:
+    """(n, pairs) residual correlations of covariances (n, C, C); 0 where a channel's
+    residual vanishes."""
+    pairs = _channel_pairs(covariance.shape[-1])
+    if not pairs:
+        return np.zeros((len(covariance), 0))
+    a, b = np.array(pairs).T
+    diag = np.diagonal(covariance, axis1=-2, axis2=-1)
+    scale = np.sqrt(np.maximum(diag[:, a] * diag[:, b], 0))
+    return np.where(scale > _FLOOR, covariance[:, a, b] / np.maximum(scale, _FLOOR), 0.0)
+
+
 def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
     """Column names of the feature table for ``config.groups``, in order."""
     from ..core.stats_features import bank_feature_names_from_sums
@@ -72,8 +96,12 @@ def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
         tag = _entry_tag(scale, dilation)
         if "own" in groups:
             width = max(2, len(str(meta.n_components - 1)))
-            names += [f"ar_{tag}_c{j:0{width}d}" for j in range(meta.n_components)]
-            names.append(f"ar_{tag}_log_mse")
+            outputs = [f"_ch{c}" for c in range(meta.n_channels)] if meta.n_channels > 1 \
+                else [""]
+            names += [f"ar_{tag}{o}_c{j:0{width}d}" for o in outputs
+                      for j in range(meta.n_components)]
+            names += [f"ar_{tag}{o}_log_mse" for o in outputs]
+            names += [f"ar_{tag}_corr_c{a}_c{b}" for a, b in _channel_pairs(meta.n_channels)]
         if "residual" in groups and meta.descriptor_names:
             names += [f"res_{tag}_{n}" for n in meta.descriptor_names]
     if "bank" in groups:
@@ -110,15 +138,19 @@ class TableFeaturizer:
     def _columns(self, table: pa.Table) -> tuple[np.ndarray, list[str]]:
         from ..core.stats_features import bank_features_from_sums
         meta, groups, n = self.meta, self.config.groups, table.num_rows
-        s, m = meta.n_entries, meta.n_components
+        s, c = meta.n_entries, meta.n_channels
         parts = []
-        coef = column_array(table, "coef").reshape(n, s, m)
-        log_mse = np.log(np.maximum(column_array(table, "mse"), _FLOOR))
+        coef = column_array(table, "coef").reshape(n, s, -1)
+        log_mse = np.log(np.maximum(column_array(table, "mse"), _FLOOR)).reshape(n, s, c)
+        covariance = covariance_of_rows(column_array(table, "covariance"), meta) \
+            if c > 1 and "own" in groups else None
         desc = column_array(table, "descriptors").reshape(n, s, -1) \
             if "residual" in groups and meta.descriptor_names else None
         for e in range(s):
             if "own" in groups:
-                parts += [coef[:, e], log_mse[:, e:e + 1]]
+                parts += [coef[:, e], log_mse[:, e]]
+                if covariance is not None:
+                    parts.append(_correlations(covariance[:, e]))
             if desc is not None:
                 parts.append(desc[:, e])
         sums = sums_of_rows(column_array(table, "sums"), meta)
@@ -248,6 +280,9 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
                             num_cpus=config.threads_per_actor)
         if config.pixel_features:
             read = read or _fit_input(fs_fit, fit_path, fit_url, s3_endpoint)
+            # the images are decoded as the fit stage decoded them (its table says how)
+            read = replace(read, channels=meta.channels,
+                           n_channels=meta.n_channels if meta.channels == "all" else None)
             pixel = _pixel_features(read, bank, config, meta)
             names = names + pixel.schema().names[1:-2]
             ds = _join_on_id(ds, pixel)

@@ -25,6 +25,23 @@ descriptors:
 ``descriptors`` S·F   residual descriptors of the own kernel (float32; only with
                       ``descriptors``)
 
+With channels (``--channels rgb|all``: ``C > 1`` channels per image, a vector AR model
+with a :class:`~kernelbank.core.channel_basis.ChannelBasis`, see
+:mod:`kernelbank.core.channel_onepass`) the same columns hold, per entry:
+
+``coef``        S·C·m   own vector-kernel coefficients, output-channel-major (m per
+                        output channel)
+``mse``         S·C     each channel's residual mean square
+``covariance``  S·C(C+1)/2  the C×C residual covariance, upper triangle row-major (only
+                        with channels)
+``sums``        S·L     window sums with channels: t = C (2r+1)^d taps, channel-major
+``cell_sums``   S·g^d·L the same per grid cell
+``descriptors`` S·C·F   each channel's residual descriptors, channel-major, named
+                        ``c<c>_<name>``
+
+and ``_kernelbank.json`` records ``channels`` (``luminance``/``rgb``/``all``) and
+``n_channels`` (C), which later stages read from there, never from their own options.
+
 Every later stage is algebra on this table: banks of any method from the exact class
 sums (reduce), the features of any bank whose window fits in radius ``r`` at a fitted
 dilation, the likelihood classifier, and any classifier on the features. Sums are kept
@@ -45,14 +62,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import faults
-from ..config import FitConfig, ReadConfig
+from ..config import Channels, FitConfig, ReadConfig
 from ..io.layout import write_json
 from ..io.manifest import list_inputs, load_manifest, save_manifest
-from ..io.readers import images_from_batch, read_images
+from ..io.readers import images_from_batch, probe_channels, read_images
 from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, SplitParquetSink, count_rows
 from .common import actor_pool_args, log, make_basis, timed
-from .table import flat_sums, table_files
+from .table import flat_covariance, flat_sums, table_files
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
            "run_fit", "write_fit"]
@@ -82,6 +99,8 @@ class StatisticsFitter:
     config : FitConfig
     ndim : int
         2 for images, 3 for volumes.
+    channels : int, default=1
+        Channels of every image (``(C, *spatial)`` when > 1: a vector AR model).
 
     Notes
     -----
@@ -93,15 +112,15 @@ class StatisticsFitter:
     (stage ``decode``) pass through.
     """
 
-    def __init__(self, config: FitConfig, ndim: int = 2):
+    def __init__(self, config: FitConfig, ndim: int = 2, channels: int = 1):
         import torch
         torch.set_num_threads(config.threads_per_actor)
         self.torch = torch
         self.config = config
         self.device = torch.device("cuda" if config.num_gpus > 0 and torch.cuda.is_available()
                                    else "cpu")
-        self.basis = make_basis(config.basis, config.radius, ndim)
-        self.ndim = ndim
+        self.basis = make_basis(config.basis, config.radius, ndim, channels)
+        self.ndim, self.channels = ndim, channels
         self.images_seen = 0
 
     # ------------------------------------------------------------------ computing
@@ -112,16 +131,20 @@ class StatisticsFitter:
         return batch
 
     def _statistics(self, images: list[np.ndarray], ids: list[str]) -> dict[str, np.ndarray]:
+        from ..core.channel_onepass import channel_image_statistics
         from ..core.onepass import image_statistics
         faults.group_fault(ids)
         config = self.config
-        stats = image_statistics(self._to_device(images), self.basis,
-                                 dilations=config.dilations, scales=config.scales,
-                                 ridge=config.ridge, normalize=config.normalize,
-                                 descriptors=config.descriptors, grid=config.grid)
+        compute = channel_image_statistics if self.channels > 1 else image_statistics
+        stats = compute(self._to_device(images), self.basis,
+                        dilations=config.dilations, scales=config.scales,
+                        ridge=config.ridge, normalize=config.normalize,
+                        descriptors=config.descriptors, grid=config.grid)
         n = len(images)
         out = {"coef": stats.coef.reshape(n, -1).cpu().numpy(),
-               "mse": stats.mse.cpu().numpy(), "sums": flat_sums(stats.sums)}
+               "mse": stats.mse.reshape(n, -1).cpu().numpy(), "sums": flat_sums(stats.sums)}
+        if self.channels > 1:
+            out["covariance"] = flat_covariance(stats.covariance)
         if stats.cell_sums is not None:
             out["cell_sums"] = flat_sums(stats.cell_sums)
         if stats.descriptors is not None:
@@ -193,22 +216,30 @@ class StatisticsFitter:
         return pa.table(out)
 
 
-def fit_metadata(config: FitConfig, ndim: int, input_url: str = "") -> dict[str, Any]:
-    """What a reader of ``fit/`` needs (written as ``fit/_kernelbank.json``)."""
-    basis = make_basis(config.basis, config.radius, ndim)
+def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",
+                 channels: Channels = Channels.LUMINANCE, n_channels: int = 1
+                 ) -> dict[str, Any]:
+    """What a reader of ``fit/`` needs (written as ``fit/_kernelbank.json``).
+
+    ``channels`` is the read mode and ``n_channels`` the channel count C of every row;
+    ``n_components`` and ``n_taps`` are per output channel and per channel's window.
+    """
+    basis = make_basis(config.basis, config.radius, ndim, n_channels)
     names: list[str] = []
     if config.descriptors:
         from ..core.onepass import default_descriptors
-        names = default_descriptors(ndim).names(ndim)
+        from ..core.residual import residual_descriptor_names
+        names = residual_descriptor_names(default_descriptors(ndim), ndim, n_channels)
     from ..core.sums_rows import sums_row_length
     n_taps = (2 * config.radius + 1) ** ndim
     return {"version": TABLE_VERSION, "basis": config.basis.value, "radius": config.radius,
             "ndim": ndim, "dilations": list(config.dilations), "scales": list(config.scales),
             "scale_index": [list(e) for e in config.scale_index],
             "n_components": basis.n_components, "n_taps": n_taps,
-            "sums_width": sums_row_length(config.radius, ndim), "grid": config.grid,
-            "ridge": config.ridge, "normalize": config.normalize,
-            "descriptor_names": names, "input": redact(input_url)}
+            "sums_width": sums_row_length(config.radius, ndim, channels=n_channels),
+            "grid": config.grid, "ridge": config.ridge, "normalize": config.normalize,
+            "descriptor_names": names, "channels": Channels(channels).value,
+            "n_channels": n_channels, "input": redact(input_url)}
 
 
 def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None):
@@ -219,13 +250,40 @@ def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None):
     """
     from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
-    ds = read_images(list_inputs(read) if manifest is None else manifest, read)
-    return ds.map_batches(StatisticsFitter, fn_constructor_args=(config, read.ndim),
+    manifest = list_inputs(read) if manifest is None else manifest
+    if read.channels is Channels.ALL and read.n_channels is None:
+        read = replace(read, n_channels=probe_channels(manifest, read))
+    ds = read_images(manifest, read)
+    return ds.map_batches(StatisticsFitter,
+                          fn_constructor_args=(config, read.ndim, run_channels(read)),
                           batch_format="pyarrow",
                           **actor_pool_args(num_gpus=config.num_gpus,
                                             max_actors=config.max_actors,
                                             threads=config.threads_per_actor,
                                             batch_size=config.batch_size))
+
+
+def run_channels(read: ReadConfig) -> int:
+    """Channels of every image of the run: 1 (luminance), 3 (rgb) or the probed count."""
+    if read.channels is Channels.LUMINANCE:
+        return 1
+    if read.channels is Channels.RGB:
+        return 3
+    if read.n_channels is None:
+        raise ValueError("channels='all' needs the run's channel count (n_channels): probe the "
+                         "input first (kernelbank.io.readers.probe_channels)")
+    return read.n_channels
+
+
+def _with_channel_count(read: ReadConfig, manifest) -> ReadConfig:
+    """``read`` with ``n_channels`` set for ``channels='all'`` (from the first record)."""
+    if read.channels is not Channels.ALL or read.n_channels is not None:
+        return read
+    from dataclasses import replace
+    count = probe_channels(manifest, read)
+    log(f"fit: --channels all: {count} channel(s), from the first decodable record; "
+        "records with another count become error rows")
+    return replace(read, n_channels=count)
 
 
 def _inputs(read: ReadConfig, fs, path: str):
@@ -257,13 +315,16 @@ def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
     with timed(summary):
         with timed(summary, "listing_seconds"):
             manifest = _inputs(read, fs, join(staging.dir("fit"), MANIFEST_FILE))
+        read = _with_channel_count(read, manifest)
         ok_parts, error_parts = staging.completed_parts()
         done = staging.completed_ids() if ok_parts or error_parts else set()
         todo = manifest.filter(pc.invert(pc.is_in(manifest.column("id"),
                                                   value_set=pa.array(sorted(done), pa.string()))))
         log(f"fit: {redact(read.url)} basis={config.basis.value} radius={config.radius} "
             f"dilations={list(config.dilations)} scales={list(config.scales)} "
-            f"descriptors={config.descriptors} gpus={config.num_gpus}"
+            f"descriptors={config.descriptors} channels={read.channels.value}"
+            f"{'' if read.channels is Channels.LUMINANCE else f' ({run_channels(read)})'} "
+            f"gpus={config.num_gpus}"
             + (f"; resuming, {len(done)} records already done" if done else ""))
         with remote_progress("fit", todo.num_rows) as counter:
             sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"),
@@ -275,7 +336,7 @@ def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
     if done:
         sink.counts.update(count_rows(fs, ok_parts, error_parts))
     write_json(fs, join(staging.dir("fit"), FIT_META),
-               fit_metadata(config, read.ndim, read.url))
+               fit_metadata(config, read.ndim, read.url, read.channels, run_channels(read)))
     counts = sink.per_split_and_class()
     images = sum(sum(v.values()) for v in counts.values())
     errors = sink.errors_by_stage()
@@ -283,7 +344,8 @@ def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
     table_bytes = sum(fs.size(p) for p in table_files(fs, staging.dir("fit")))
     input_bytes = int(pc.sum(manifest.column("size")).as_py() or 0)
     read_totals = sink.read_totals()
-    summary.update({"images": images, "errors": errors, "records": total, "counts": counts,
+    summary.update({"channels": read.channels.value, "n_channels": run_channels(read),
+                    "images": images, "errors": errors, "records": total, "counts": counts,
                     "listed": manifest.num_rows, "input_bytes": input_bytes,
                     "bytes_read": read_totals["bytes_read"],
                     "read_retries": read_totals["read_retries"],

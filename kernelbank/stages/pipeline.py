@@ -37,7 +37,8 @@ def recipe(config: PipelineConfig) -> str:
     fit, feats = config.fit, config.features
     dilations = ",".join(map(str, fit.dilations))
     scales = "" if tuple(fit.scales) == (1,) else f" scales {','.join(map(str, fit.scales))}"
-    own = (f"{fit.basis.value} radius {fit.radius} dilations {dilations}{scales}"
+    channels = "" if config.read.channels.value == "luminance" else f" {config.read.channels.value}"
+    own = (f"{fit.basis.value}{channels} radius {fit.radius} dilations {dilations}{scales}"
            + (" + residual descriptors" if fit.descriptors else ""))
     groups = "+".join(feats.groups) + (" + joint" if feats.joint else "")
     ridge = config.classify.ridge
@@ -93,7 +94,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         errors = sum(sum(s.get("errors", {}).values()) for s in stages.values())
         summary = scrub({
             "input": config.read.url, "output": config.output, "recipe": recipe(config),
-            "settings": {"radius": config.fit.radius, "dilations": list(config.fit.dilations),
+            "settings": {"channels": config.read.channels.value,
+                         "n_channels": stages["fit"].get("n_channels", 1),
+                         "radius": config.fit.radius, "dilations": list(config.fit.dilations),
                          "scales": list(config.fit.scales), "basis": config.fit.basis.value,
                          "descriptors": config.fit.descriptors, "grid": config.fit.grid,
                          "bank_method": config.reduce.method.value,

@@ -58,8 +58,17 @@ def settings_of(config: Any) -> dict[str, Any]:
 
 
 def input_spec(read) -> dict[str, Any]:
-    """What identifies the input of a :class:`~kernelbank.config.ReadConfig`."""
-    return scrub(settings_of(read))
+    """What identifies the input of a :class:`~kernelbank.config.ReadConfig`.
+
+    ``channels`` appears only when it is not the default luminance, so the fingerprint
+    of a luminance run is the one it had before channels existed; ``n_channels`` is
+    found from the data (the first record), never part of the spec.
+    """
+    spec = settings_of(read)
+    spec.pop("n_channels", None)
+    if spec.get("channels") == "luminance":
+        spec.pop("channels")
+    return scrub(spec)
 
 
 def stage_specs(config, stages: tuple[str, ...] = ("fit", "reduce", "features", "classify")

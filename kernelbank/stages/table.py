@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["TableMeta", "flat_sums", "sums_of_rows", "column_array", "fit_result_of",
-           "table_files"]
+__all__ = ["TableMeta", "flat_sums", "flat_covariance", "covariance_of_rows", "sums_of_rows",
+           "column_array", "fit_result_of", "table_files"]
 
 
 def table_files(fs, path: str) -> list[str]:
@@ -45,6 +45,8 @@ class TableMeta:
     ridge: float
     normalize: bool
     descriptor_names: tuple[str, ...]
+    channels: str = "luminance"
+    n_channels: int = 1
 
     @classmethod
     def from_json(cls, meta: dict[str, Any], where: str = "fit/") -> "TableMeta":
@@ -55,7 +57,8 @@ class TableMeta:
         return cls(str(meta["basis"]), int(meta["radius"]), int(meta["ndim"]),
                    tuple((int(s), int(d)) for s, d in meta["scale_index"]),
                    int(meta["n_components"]), meta.get("grid"), float(meta["ridge"]),
-                   bool(meta["normalize"]), tuple(meta.get("descriptor_names", [])))
+                   bool(meta["normalize"]), tuple(meta.get("descriptor_names", [])),
+                   str(meta.get("channels", "luminance")), int(meta.get("n_channels", 1)))
 
     @property
     def n_taps(self) -> int:
@@ -65,9 +68,16 @@ class TableMeta:
     def n_entries(self) -> int:
         return len(self.scale_index)
 
+    @property
+    def channel_names(self) -> list[str]:
+        """``c<c>`` per channel (the prefix of its columns); empty for one channel."""
+        return [f"c{c}" for c in range(self.n_channels)] if self.n_channels > 1 else []
+
     def basis_at(self, dilation: int):
+        """The fit basis at ``dilation`` (a ChannelBasis with channels)."""
         from .common import make_basis
-        return make_basis(self.basis, self.radius, self.ndim).with_dilation(dilation)
+        return make_basis(self.basis, self.radius, self.ndim,
+                          self.n_channels).with_dilation(dilation)
 
 
 def flat_sums(entries) -> np.ndarray:
@@ -77,13 +87,33 @@ def flat_sums(entries) -> np.ndarray:
     return np.concatenate([sums_to_rows(ws) for ws in entries], 1)
 
 
+def flat_covariance(covariance) -> np.ndarray:
+    """(n, S·C(C+1)/2) float64 rows of covariances (n, S, C, C): each entry's upper
+    triangle, row-major (``numpy.triu_indices`` order)."""
+    values = covariance.detach().cpu().numpy() if hasattr(covariance, "detach") \
+        else np.asarray(covariance)
+    upper = np.triu_indices(values.shape[-1])
+    return values[..., upper[0], upper[1]].reshape(len(values), -1).astype(np.float64)
+
+
+def covariance_of_rows(rows: np.ndarray, meta: "TableMeta") -> np.ndarray:
+    """Inverse of :func:`flat_covariance`: (n, S, C, C) symmetric float64."""
+    c = meta.n_channels
+    upper = np.triu_indices(c)
+    out = np.zeros((len(rows), meta.n_entries, c, c))
+    values = np.asarray(rows, np.float64).reshape(len(rows), meta.n_entries, -1)
+    out[..., upper[0], upper[1]] = values
+    out[..., upper[1], upper[0]] = values
+    return out
+
+
 def sums_of_rows(rows: np.ndarray, meta: "TableMeta", *, cells: bool = False) -> list:
     """Inverse of :func:`flat_sums`: one WindowSums per entry of ``meta.scale_index``."""
     from ..core.sums_rows import sums_from_rows
     grid = meta.grid if cells else None
     per_entry = np.split(rows, meta.n_entries, axis=1)
     return [sums_from_rows(part, radius=meta.radius, dilation=d, ndim=meta.ndim, scale=s,
-                           grid=grid)
+                           grid=grid, channels=meta.n_channels)
             for part, (s, d) in zip(per_entry, meta.scale_index)]
 
 
@@ -99,11 +129,15 @@ def fit_result_of(table: pa.Table, meta: TableMeta):
     """The table's own fits as a :class:`kernelbank.FitResult` with a scale axis.
 
     Coefficients and MSE come from the table; ``G``/``h``/``Σx²`` of the chosen basis
-    from the window sums.
+    from the window sums. With channels, a
+    :class:`~kernelbank.core.channel_fit.ChannelFitResult` (its Gram ``A`` and residual
+    covariance from the sums, the coefficients from the table).
     """
     import torch
     import kernelbank as kb
     from ..core.sums_fit import fit_result_from_sums
+    if meta.n_channels > 1:
+        return _channel_fit_result_of(table, meta)
     s, m = meta.n_entries, meta.n_components
     coef = torch.from_numpy(column_array(table, "coef").reshape(-1, s, m))
     mse = torch.from_numpy(column_array(table, "mse"))
@@ -116,3 +150,20 @@ def fit_result_of(table: pa.Table, meta: TableMeta):
     return kb.FitResult(coef=coef, kernels=basis.to_kernels(coef), mse=mse, gram=stack("gram"),
                         rhs=stack("rhs"), sum_sq=stack("sum_sq"), n_pixels=stack("n_pixels"),
                         basis=basis, scale_index=list(meta.scale_index))
+
+
+def _channel_fit_result_of(table: pa.Table, meta: TableMeta):
+    """:func:`fit_result_of` for a table with channels."""
+    import torch
+    from ..core.channel_fit import ChannelFitResult, channel_fit_from_sums
+    s, c, m = meta.n_entries, meta.n_channels, meta.n_components
+    coef = torch.from_numpy(column_array(table, "coef").reshape(-1, s, c, m))
+    sums = sums_of_rows(column_array(table, "sums"), meta)
+    entries = [channel_fit_from_sums(ws, meta.basis_at(d), meta.ridge, coef=coef[:, e])
+               for e, (ws, (_, d)) in enumerate(zip(sums, meta.scale_index))]
+    basis = meta.basis_at(meta.scale_index[0][1])
+    stack = lambda key: torch.stack([getattr(r, key) for r in entries], 1)  # noqa: E731
+    return ChannelFitResult(coef=coef, kernels=basis.to_kernels(coef), mse=stack("mse"),
+                            covariance=stack("covariance"), gram=stack("gram"),
+                            n_pixels=stack("n_pixels"), basis=basis,
+                            scale_index=list(meta.scale_index))

@@ -28,3 +28,19 @@ def test_gpu_fit_matches_cpu(basis):
     cpu32 = kb.fit(images.float(), basis, robust=True)
     assert torch.allclose(gpu32.coef.cpu(), cpu32.coef, atol=1e-3)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("kind", ["full", "isotropic"])
+def test_gpu_colour_fit_matches_cpu(kind):
+    rng = np.random.default_rng(1)
+    images = torch.as_tensor(rng.normal(size=(4, 3, 64, 60)).cumsum(-1))
+    basis = getattr(kb.Basis, kind)(2, channels=3)
+    cpu = kb.fit(images, basis, dilations=[1, 2], return_sums=True)
+    gpu = kb.fit(images.to(DEVICE), basis, dilations=[1, 2], return_sums=True)
+    assert gpu.coef.device.type == "cuda" and gpu.sums[0].cross.device.type == "cuda"
+    # float64 on both: only summation order differs
+    assert torch.allclose(gpu.coef.cpu(), cpu.coef, rtol=1e-9, atol=1e-11)
+    assert torch.allclose(gpu.covariance.cpu(), cpu.covariance, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(gpu.sums[1].cross.cpu(), cpu.sums[1].cross, rtol=1e-12, atol=1e-9)

@@ -326,3 +326,31 @@ def test_gpu_descriptors_match_cpu():
     assert gpu.device.type == device and gpu_names == names
     # float64 on both: summation order differs, which could flip a comparison only at a tie
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_colour_residual_descriptors_are_each_channels_own():
+    from kernelbank.core.residual import describe_residuals, residual_descriptor_names
+    rng = np.random.default_rng(11)
+    images = torch.from_numpy(rng.normal(size=(3, 3, 28, 30)).cumsum(-1))
+    basis = kb.Basis.full(1, channels=3)
+    spec = ResidualDescriptors(quantiles=(0.5,), patterns=("ri",), cooccurrence=2)
+    fitted = kb.fit(images, basis, normalize=False)
+    out = describe_residuals(images, fitted.kernels, 1, spec)
+    names = residual_descriptor_names(spec, 2, channels=3)
+    assert out.shape == (3, len(names)) and names[0] == "c0_log_mse"
+    per_channel = len(names) // 3
+    for c in range(3):
+        # the residual of channel c by explicit shifted sums over every channel's taps
+        e = images[:, c, 1:-1, 1:-1].clone()
+        for source, a, b in np.ndindex(3, 3, 3):
+            e -= fitted.kernels[:, c, source, a, b, None, None] * images[:, source, a:a + 26,
+                                                                         b:b + 28]
+        expected = describe_residuals(e, torch.zeros(3, 1, 1, dtype=torch.float64), 1, spec)
+        assert torch.allclose(out[:, c * per_channel:(c + 1) * per_channel], expected,
+                              rtol=1e-9, atol=1e-9)
+        # the residual MSE is the fit's own channel MSE
+        assert torch.allclose(out[:, c * per_channel].exp(), fitted.mse[:, c], rtol=1e-9)
+    feats, feat_names = kb.residual_features(images, basis, dilations=(1, 2), coefficients=True,
+                                             descriptors=spec)
+    assert feats.shape[1] == len(feat_names) == 2 * (3 * basis.n_components + len(names))
+    assert feat_names[0] == "ar_s1_d1_ch0_c00" and "res_s1_d2_c2_log_mse" in feat_names

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernelbank.datasets import (TEXTURE_CLASSES, ensure_textures, load_texture_image,
-                                 load_textures, texture_patch_positions, write_textures)
+from kernelbank.datasets import (COLOUR_CLASSES, TEXTURE_CLASSES, ensure_textures,
+                                 load_texture_image, load_textures, texture_patch_positions,
+                                 write_textures)
 
 NAME = re.compile(r"^(?P<cls>[a-z]+)_(?P<row>\d{4})_(?P<col>\d{4})\.png$")
 
@@ -163,3 +164,31 @@ def test_invalid_arguments_raise():
         load_texture_image("astronaut")
     with pytest.raises(ValueError, match="subset"):
         load_textures(classes=["brick", "face"])
+
+
+def test_colour_patches_are_the_colour_sources_and_replicated_greys(tmp_path):
+    import skimage.data as data
+    from skimage.color import rgb2gray
+    images, labels, splits = load_textures(patch_size=128, colour=True)
+    grey, grey_labels, _ = load_textures(patch_size=128)
+    assert images.shape == (len(grey), 3, 128, 128) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, grey_labels)
+    for name in TEXTURE_CLASSES:
+        patches = images[labels == name]
+        equal = (patches[:, 0] == patches[:, 1]).all() and (patches[:, 1] == patches[:, 2]).all()
+        assert equal == (name not in COLOUR_CLASSES), name
+        if name not in COLOUR_CLASSES:     # replicated: each channel is the grey patch
+            np.testing.assert_array_equal(patches[:, 0], grey[grey_labels == name])
+    # the first tissue patch is the top-left corner of the IHC photograph itself
+    first = images[(labels == "tissue") & (splits == "train")][0]
+    np.testing.assert_array_equal(first.transpose(1, 2, 0),
+                                  data.immunohistochemistry()[:128, :128])
+    # and its grey version is that patch's luminance, rounded
+    np.testing.assert_array_equal(grey[(grey_labels == "tissue") & (splits == "train")][0],
+                                  np.rint(rgb2gray(first.transpose(1, 2, 0)) * 255))
+    summary = write_textures(tmp_path, patch_size=128, classes=["moon", "tissue"], colour=True)
+    assert summary["params"]["colour"] is True
+    written = np.asarray(Image.open(tmp_path / summary["patches"][0]["path"]))
+    assert written.shape == (128, 128, 3)
+    assert ensure_textures(tmp_path, patch_size=128, classes=["moon", "tissue"],
+                           colour=True)["patches"] == summary["patches"]
