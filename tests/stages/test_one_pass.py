@@ -37,7 +37,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow,
                                         "(.ci/run installs it as root)")]
 
 REPO = Path(__file__).resolve().parents[2]
-_OPEN = re.compile(r'openat\([^,]+, "([^"]+)", ([^)]*)\) = (\d+)')
+_OPEN = re.compile(r'^(\d+)\s+openat\([^,]+, "([^"]+)", ([^)<]*)(?:\) += (-?\d+)|<unfinished)')
+_RESUMED = re.compile(r'^(\d+)\s+<\.\.\. openat resumed>.*\) += (-?\d+)')
 
 
 def _traced(args: list[str], log: Path, cwd: Path) -> subprocess.CompletedProcess:
@@ -50,13 +51,26 @@ def _traced(args: list[str], log: Path, cwd: Path) -> subprocess.CompletedProces
 
 
 def _opens(log: Path, root: Path) -> Counter:
-    """Successful opens of regular files below ``root`` (directories are listings)."""
+    """Successful opens of regular files below ``root`` (directories are listings).
+
+    A call that another thread interrupts is logged in two lines, ``<unfinished ...>``
+    and ``<... openat resumed> = fd``, matched here by the thread id."""
     counts: Counter = Counter()
     prefix = str(root) + "/"
+    pending: dict[str, str] = {}
     for line in log.read_text(errors="replace").splitlines():
-        match = _OPEN.search(line)
-        if match and match.group(1).startswith(prefix) and "O_DIRECTORY" not in match.group(2):
-            counts[match.group(1)] += 1
+        if match := _OPEN.search(line):
+            tid, path, flags, result = match.groups()
+            if not path.startswith(prefix) or "O_DIRECTORY" in flags:
+                continue
+            if result is None:
+                pending[tid] = path
+            elif int(result) >= 0:
+                counts[path] += 1
+        elif (match := _RESUMED.search(line)) and match.group(1) in pending:
+            path = pending.pop(match.group(1))
+            if int(match.group(2)) >= 0:
+                counts[path] += 1
     return counts
 
 
