@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Iterator
@@ -232,12 +233,24 @@ def _parquet_file_manifest(fs, path: str, size: int, config: ReadConfig, packed:
         schema=MANIFEST_SCHEMA)
 
 
-def _parquet_manifest(fs, files: list[tuple[str, int]], config: ReadConfig, packed: bool
-                      ) -> pa.Table:
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(files)))) as pool:
-        parts = list(pool.map(lambda f: _parquet_file_manifest(fs, f[0], f[1], config, packed),
-                              files))
-    return pa.concat_tables(parts) if parts else _empty_manifest()
+def _ordered_map(fn, items: list, workers: int = 16) -> Iterator[Any]:
+    """``fn(item)`` of every item, in order, at most ``workers`` running or waiting to be
+    consumed (``ThreadPoolExecutor.map`` would keep every finished listing until the last)."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        pending: deque = deque()
+        for item in items:
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
+            yield pending.popleft().result()
+
+
+def _parquet_parts(fs, files: list[tuple[str, int]], config: ReadConfig, packed: bool
+                   ) -> Iterator[pa.Table]:
+    return _ordered_map(lambda f: _parquet_file_manifest(fs, f[0], f[1], config, packed), files)
 
 
 def _read_shards_manifest(fs, root: str) -> dict[str, Any] | None:
@@ -279,10 +292,8 @@ def _tar_manifest(fs, path: str, size: int, root: str) -> pa.Table:
          pa.array([o for _, o, _ in images], pa.int64())], schema=MANIFEST_SCHEMA)
 
 
-def _tars_manifest(fs, files: list[tuple[str, int]], root: str) -> pa.Table:
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(files)))) as pool:
-        parts = list(pool.map(lambda f: _tar_manifest(fs, f[0], f[1], root), files))
-    return pa.concat_tables(parts) if parts else _empty_manifest()
+def _tar_parts(fs, files: list[tuple[str, int]], root: str) -> Iterator[pa.Table]:
+    return _ordered_map(lambda f: _tar_manifest(fs, f[0], f[1], root), files)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -319,6 +330,19 @@ def list_inputs(config: ReadConfig) -> pa.Table:
     >>> manifest.num_rows, pc.sum(manifest["size"]).as_py()           # doctest: +SKIP
     (1000000, 4812000000)
     """
+    meta, parts = listing_parts(config)
+    parts = [p for p in parts if p.num_rows] or [_empty_manifest()]
+    return _with_metadata(pa.concat_tables(parts), **meta)
+
+
+def listing_parts(config: ReadConfig) -> tuple[dict[str, str], Iterator[pa.Table]]:
+    """The manifest as a stream: its metadata and its rows, part by part.
+
+    One part per shard, Parquet or tar file (listed a few at a time, in order), or one
+    part for a folder (sorting a folder's listing needs all of it). Concatenated, the
+    parts are :func:`list_inputs`; :func:`save_listing` writes them as they come, so a
+    listing of shards never holds more than a few shards' rows.
+    """
     fs, root = resolve(config.url, s3_endpoint=config.s3_endpoint)
     if not fs.exists(root):
         raise FileNotFoundError(f"input {config.url!r} does not exist")
@@ -328,21 +352,19 @@ def list_inputs(config: ReadConfig) -> pa.Table:
         parent = root.rsplit("/", 1)[0]
         if root.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
             one = pa.table({"path": pa.array([root]), "size": pa.array([size], pa.int64())})
-            return _with_metadata(_folder_manifest(one, parent), layout="folder",
-                                  **dict(meta, root=parent))
+            return dict(meta, layout="folder", root=parent), iter([_folder_manifest(one, parent)])
         if root.lower().endswith(".tar") or config.format is InputFormat.TAR:
-            return _with_metadata(_tars_manifest(fs, [(root, size)], parent), layout="tar",
-                                  **meta)
-        return _with_metadata(_parquet_manifest(fs, [(root, size)], config, packed=False),
-                              layout="parquet", **meta)
+            return dict(meta, layout="tar"), _tar_parts(fs, [(root, size)], parent)
+        return dict(meta, layout="parquet"), _parquet_parts(fs, [(root, size)], config,
+                                                            packed=False)
     shards = _read_shards_manifest(fs, root) if config.format in (
         InputFormat.AUTO, InputFormat.PARQUET) else None
     if shards is not None:
         files = [(join(root, s["path"]), int(s["file_bytes"])) for s in shards["shards"]]
         packed = replace(config, image_column="image", label_column="label",
                          split_column="split", id_column="id")
-        manifest = _parquet_manifest(fs, files, packed, packed=True)
-        return _with_metadata(manifest, layout="shards", **dict(meta, image_column="image"))
+        return (dict(meta, layout="shards", image_column="image"),
+                _parquet_parts(fs, files, packed, packed=True))
     listing = _listing(fs, root)
     images = _files_with(listing, IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
     images = images.filter(pc.invert(pc.ends_with(images.column("path"), "/")))
@@ -358,16 +380,15 @@ def list_inputs(config: ReadConfig) -> pa.Table:
             raise ValueError(f"input {config.url!r} holds no PNG/JPEG/TIFF/.npy image, Parquet "
                              f"or tar file ({listing.num_rows} other files)")
     if kind is InputFormat.FOLDER:
-        return _with_metadata(_folder_manifest(images, root), layout="folder", **meta)
+        return dict(meta, layout="folder"), iter([_folder_manifest(images, root)])
     if kind is InputFormat.PARQUET:
         files = _files_with(listing, ("parquet",))
-        return _with_metadata(_parquet_manifest(
+        return dict(meta, layout="parquet"), _parquet_parts(
             fs, list(zip(files["path"].to_pylist(), files["size"].to_pylist())), config,
-            packed=False), layout="parquet", **meta)
+            packed=False)
     files = _files_with(listing, ("tar",))
-    return _with_metadata(_tars_manifest(
-        fs, list(zip(files["path"].to_pylist(), files["size"].to_pylist())), root),
-        layout="tar", **meta)
+    return dict(meta, layout="tar"), _tar_parts(
+        fs, list(zip(files["path"].to_pylist(), files["size"].to_pylist())), root)
 
 
 # ---------------------------------------------------------------------------- blocks
