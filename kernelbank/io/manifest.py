@@ -43,7 +43,7 @@ import os
 import tarfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -57,8 +57,8 @@ from .fetch import RangeFile, RetryPolicy
 from .storage import is_local, join, resolve
 
 __all__ = ["MANIFEST_SCHEMA", "SPLIT_NAMES", "UNSPLIT", "SHARDS_MANIFEST", "SHARDS_FORMAT",
-           "list_inputs", "split_and_label", "plan_blocks", "save_manifest", "load_manifest",
-           "manifest_info"]
+           "list_inputs", "listing_parts", "split_and_label", "plan_blocks", "save_manifest",
+           "load_manifest", "manifest_info", "SavedManifest", "save_listing", "open_manifest"]
 
 SPLIT_NAMES = ("train", "test", "val", "validation")
 UNSPLIT = "unsplit"
@@ -442,3 +442,94 @@ def load_manifest(fs, path: str) -> pa.Table:
     """A manifest written by :func:`save_manifest`."""
     with fs.open(path, "rb") as handle:
         return pq.read_table(handle)
+
+
+# ---------------------------------------------------------------------------- saved, streamed
+#: Rows per row group of a saved listing: a read task reads its block's one or two groups.
+SAVED_GROUP_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class SavedManifest:
+    """A manifest kept in a Parquet file and read a block at a time, never whole.
+
+    What the driver of a million-image run holds instead of the listing itself: the file,
+    its row count, the input's bytes and the layout metadata. Read tasks take their rows
+    with :meth:`read`; block planning reads three small columns (:meth:`planning_table`).
+
+    Attributes
+    ----------
+    fs : fsspec.AbstractFileSystem
+    path : str
+        Protocol-free path of the Parquet file (:func:`save_listing`).
+    rows : int
+    input_bytes : int
+        Sum of the listed sizes (unknown sizes count 0).
+    info : dict
+        :func:`manifest_info` of the listing (layout, root, url, image column).
+    """
+
+    fs: Any
+    path: str
+    rows: int
+    input_bytes: int
+    info: dict
+
+    def read(self, start: int, stop: int) -> pa.Table:
+        """Rows ``[start, stop)`` (with the listing's metadata), reading only their groups."""
+        with self.fs.open(self.path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            counts = [parquet.metadata.row_group(g).num_rows
+                      for g in range(parquet.num_row_groups)]
+            firsts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            groups = [g for g in range(len(counts)) if firsts[g] < stop and firsts[g + 1] > start]
+            if not groups:
+                return MANIFEST_SCHEMA.empty_table()
+            table = parquet.read_row_groups(groups)
+        return table.slice(start - int(firsts[groups[0]]), stop - start)
+
+    def planning_table(self) -> pa.Table:
+        """``size``, ``shard`` (as an integer code) and ``group`` of every row: what
+        :func:`plan_blocks` needs, a few bytes per row."""
+        with self.fs.open(self.path, "rb") as handle:
+            table = pq.read_table(handle, columns=["size", "shard", "group"],
+                                  read_dictionary=["shard"]).unify_dictionaries()
+        codes = pa.chunked_array([chunk.indices for chunk in table.column("shard").chunks],
+                                 pa.int32())
+        return table.set_column(1, "shard", codes)
+
+
+def save_listing(config: ReadConfig, fs, path: str,
+                 group_rows: int = SAVED_GROUP_ROWS) -> SavedManifest:
+    """List ``config.url`` straight into a Parquet file at ``path``; its handle.
+
+    The listing is written part by part (:func:`listing_parts`), so memory holds a few
+    shards' rows whatever the input's size (a folder's listing is held whole: it is
+    sorted). The file appears complete or not at all (written under a temporary name,
+    then moved), so a run that stops while listing lists again when resumed.
+    """
+    meta, parts = listing_parts(config)
+    schema = _with_metadata(_empty_manifest(), **meta).schema
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    partial = path + ".partial"
+    rows = input_bytes = 0
+    with fs.open(partial, "wb") as handle:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            for part in parts:
+                if part.num_rows:
+                    writer.write_table(part.cast(schema), row_group_size=group_rows)
+                    rows += part.num_rows
+                    input_bytes += int(pc.sum(part.column("size")).as_py() or 0)
+    fs.mv(partial, path)
+    return SavedManifest(fs, path, rows, input_bytes, meta)
+
+
+def open_manifest(fs, path: str) -> SavedManifest:
+    """The handle of a listing saved by :func:`save_listing` (or :func:`save_manifest`)."""
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        rows = parquet.metadata.num_rows
+        info = manifest_info(parquet.schema_arrow.empty_table())
+        sizes = parquet.read(columns=["size"]).column(0)
+    return SavedManifest(fs, path, rows, int(pc.sum(sizes).as_py() or 0), info)

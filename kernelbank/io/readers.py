@@ -42,13 +42,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..config import ReadConfig
 from .batches import images_from_batch, shape_groups
 from .decode import DecodeLimits, decode_record
 from .fetch import RetryPolicy
-from .manifest import (SPLIT_NAMES, UNSPLIT, list_inputs, manifest_info, plan_blocks,
-                       split_and_label)
+from .manifest import (SPLIT_NAMES, UNSPLIT, SavedManifest, list_inputs, manifest_info,
+                       plan_blocks, split_and_label)
 from .records import cell_value, fetch_records
 from .storage import read_filesystem
 
@@ -148,17 +149,23 @@ def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | N
     return table.take(pa.array(order, pa.int64()))
 
 
-def read_images(manifest: pa.Table, config: ReadConfig):
+def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
+                skip_ids: pa.Array | None = None):
     """A lazy Ray Dataset of decoded rows for the records of ``manifest``.
 
     Parameters
     ----------
-    manifest : pyarrow.Table
+    manifest : pyarrow.Table or SavedManifest
         From :func:`kernelbank.io.manifest.list_inputs` (or a subset of its rows, or one
-        read back with :func:`~kernelbank.io.manifest.load_manifest`).
+        read back with :func:`~kernelbank.io.manifest.load_manifest`), or a listing saved
+        by :func:`~kernelbank.io.manifest.save_listing`: then each read task reads its own
+        rows from the file, and the driver never holds the listing (a million records
+        are a few hundred megabytes of ids and paths).
     config : ReadConfig
         The input URL and S3 endpoint (for the filesystem), ``ndim``, ``min_side``,
         decoder limits, ``fetch_concurrency``, ``read_attempts``, block sizes.
+    skip_ids : pyarrow.Array, optional
+        Record ids to leave out (a resumed run's completed records).
 
     Returns
     -------
@@ -176,18 +183,41 @@ def read_images(manifest: pa.Table, config: ReadConfig):
     ...     for group in shape_groups(batch): ...
     """
     import ray.data
-    info = manifest_info(manifest)
+    saved = isinstance(manifest, SavedManifest)
+    info = manifest.info if saved else manifest_info(manifest)
     url = info.get("url", config.url)
     fs, _ = read_filesystem(url, s3_endpoint=config.s3_endpoint,
                             connections=config.fetch_concurrency)
-    blocks = plan_blocks(manifest, target_bytes=config.block_bytes, max_rows=config.block_rows,
+    read_kwargs = {"fs": fs, "config": config,
+                   "image_column": info.get("image_column", config.image_column)}
+    if not saved and skip_ids is not None and len(skip_ids):
+        manifest = manifest.filter(pc.invert(pc.is_in(manifest.column("id"),
+                                                      value_set=skip_ids)))
+    blocks = plan_blocks(manifest.planning_table() if saved else manifest,
+                         target_bytes=config.block_bytes, max_rows=config.block_rows,
                          min_blocks=config.override_num_blocks or _default_parallelism())
+    if saved:
+        ranges = [{"start": a, "stop": b} for a, b in blocks] or [{"start": 0, "stop": 0}]
+        return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
+            _read_saved_blocks, batch_size=None, batch_format="pyarrow",
+            fn_kwargs={"manifest": manifest, "skip_ids": skip_ids, **read_kwargs})
     plain = manifest.replace_schema_metadata(None)
     tables = [plain.slice(start, stop - start) for start, stop in blocks] or [plain]
     return ray.data.from_arrow(tables).map_batches(
         read_block, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-        fn_kwargs={"fs": fs, "config": config,
-                   "image_column": info.get("image_column", config.image_column)})
+        fn_kwargs=read_kwargs)
+
+
+def _read_saved_blocks(ranges: pa.Table, *, manifest: SavedManifest,
+                       skip_ids: pa.Array | None, **read_kwargs) -> pa.Table:
+    """Decoded rows of the saved manifest's row ranges (one per block, so usually one)."""
+    parts = []
+    for start, stop in zip(ranges.column("start").to_pylist(), ranges.column("stop").to_pylist()):
+        rows = manifest.read(start, stop)
+        if skip_ids is not None and len(skip_ids):
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=skip_ids)))
+        parts.append(read_block(rows, **read_kwargs))
+    return pa.concat_tables(parts) if parts else DECODED_SCHEMA.empty_table()
 
 
 def _default_parallelism() -> int:
