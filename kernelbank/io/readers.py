@@ -197,9 +197,12 @@ def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
                          target_bytes=config.block_bytes, max_rows=config.block_rows,
                          min_blocks=config.override_num_blocks or _default_parallelism())
     if saved:
-        ranges = [{"start": a, "stop": b} for a, b in blocks] or [{"start": 0, "stop": 0}]
-        return ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
-            _read_saved_blocks, batch_size=None, batch_format="pyarrow",
+        # one block of row numbers per read block (8 bytes per record): Ray sizes tasks
+        # and bundles by rows, so a block must have as many rows as the records it reads
+        numbers = [pa.table({"row": np.arange(a, b, dtype=np.int64)}) for a, b in blocks]
+        return ray.data.from_arrow(numbers or [pa.table({"row": pa.array([], pa.int64())})]
+                                   ).map_batches(
+            _read_saved_rows, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
             fn_kwargs={"manifest": manifest, "skip_ids": skip_ids, **read_kwargs})
     plain = manifest.replace_schema_metadata(None)
     tables = [plain.slice(start, stop - start) for start, stop in blocks] or [plain]
@@ -208,15 +211,20 @@ def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
         fn_kwargs=read_kwargs)
 
 
-def _read_saved_blocks(ranges: pa.Table, *, manifest: SavedManifest,
-                       skip_ids: pa.Array | None, **read_kwargs) -> pa.Table:
-    """Decoded rows of the saved manifest's row ranges (one per block, so usually one)."""
+def _read_saved_rows(numbers: pa.Table, *, manifest: SavedManifest,
+                     skip_ids: pa.Array | None, **read_kwargs) -> pa.Table:
+    """Decoded rows of the saved manifest's rows ``numbers["row"]`` (runs of consecutive
+    rows are read with one :meth:`SavedManifest.read` each)."""
+    rows = np.asarray(numbers.column("row").to_numpy(zero_copy_only=False), np.int64)
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
     parts = []
-    for start, stop in zip(ranges.column("start").to_pylist(), ranges.column("stop").to_pylist()):
-        rows = manifest.read(start, stop)
+    for run in np.split(rows, cuts):
+        if not len(run):
+            continue
+        block = manifest.read(int(run[0]), int(run[-1]) + 1)
         if skip_ids is not None and len(skip_ids):
-            rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), value_set=skip_ids)))
-        parts.append(read_block(rows, **read_kwargs))
+            block = block.filter(pc.invert(pc.is_in(block.column("id"), value_set=skip_ids)))
+        parts.append(read_block(block, **read_kwargs))
     return pa.concat_tables(parts) if parts else DECODED_SCHEMA.empty_table()
 
 
