@@ -41,8 +41,9 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -56,8 +57,8 @@ from .fetch import RangeFile, RetryPolicy
 from .storage import is_local, join, resolve
 
 __all__ = ["MANIFEST_SCHEMA", "SPLIT_NAMES", "UNSPLIT", "SHARDS_MANIFEST", "SHARDS_FORMAT",
-           "list_inputs", "split_and_label", "plan_blocks", "save_manifest", "load_manifest",
-           "manifest_info"]
+           "list_inputs", "listing_parts", "split_and_label", "plan_blocks", "save_manifest",
+           "load_manifest", "manifest_info", "SavedManifest", "save_listing", "open_manifest"]
 
 SPLIT_NAMES = ("train", "test", "val", "validation")
 UNSPLIT = "unsplit"
@@ -232,12 +233,24 @@ def _parquet_file_manifest(fs, path: str, size: int, config: ReadConfig, packed:
         schema=MANIFEST_SCHEMA)
 
 
-def _parquet_manifest(fs, files: list[tuple[str, int]], config: ReadConfig, packed: bool
-                      ) -> pa.Table:
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(files)))) as pool:
-        parts = list(pool.map(lambda f: _parquet_file_manifest(fs, f[0], f[1], config, packed),
-                              files))
-    return pa.concat_tables(parts) if parts else _empty_manifest()
+def _ordered_map(fn, items: list, workers: int = 16) -> Iterator[Any]:
+    """``fn(item)`` of every item, in order, at most ``workers`` running or waiting to be
+    consumed (``ThreadPoolExecutor.map`` would keep every finished listing until the last)."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        pending: deque = deque()
+        for item in items:
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
+            yield pending.popleft().result()
+
+
+def _parquet_parts(fs, files: list[tuple[str, int]], config: ReadConfig, packed: bool
+                   ) -> Iterator[pa.Table]:
+    return _ordered_map(lambda f: _parquet_file_manifest(fs, f[0], f[1], config, packed), files)
 
 
 def _read_shards_manifest(fs, root: str) -> dict[str, Any] | None:
@@ -279,10 +292,8 @@ def _tar_manifest(fs, path: str, size: int, root: str) -> pa.Table:
          pa.array([o for _, o, _ in images], pa.int64())], schema=MANIFEST_SCHEMA)
 
 
-def _tars_manifest(fs, files: list[tuple[str, int]], root: str) -> pa.Table:
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(files)))) as pool:
-        parts = list(pool.map(lambda f: _tar_manifest(fs, f[0], f[1], root), files))
-    return pa.concat_tables(parts) if parts else _empty_manifest()
+def _tar_parts(fs, files: list[tuple[str, int]], root: str) -> Iterator[pa.Table]:
+    return _ordered_map(lambda f: _tar_manifest(fs, f[0], f[1], root), files)
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -319,6 +330,19 @@ def list_inputs(config: ReadConfig) -> pa.Table:
     >>> manifest.num_rows, pc.sum(manifest["size"]).as_py()           # doctest: +SKIP
     (1000000, 4812000000)
     """
+    meta, parts = listing_parts(config)
+    parts = [p for p in parts if p.num_rows] or [_empty_manifest()]
+    return _with_metadata(pa.concat_tables(parts), **meta)
+
+
+def listing_parts(config: ReadConfig) -> tuple[dict[str, str], Iterator[pa.Table]]:
+    """The manifest as a stream: its metadata and its rows, part by part.
+
+    One part per shard, Parquet or tar file (listed a few at a time, in order), or one
+    part for a folder (sorting a folder's listing needs all of it). Concatenated, the
+    parts are :func:`list_inputs`; :func:`save_listing` writes them as they come, so a
+    listing of shards never holds more than a few shards' rows.
+    """
     fs, root = resolve(config.url, s3_endpoint=config.s3_endpoint)
     if not fs.exists(root):
         raise FileNotFoundError(f"input {config.url!r} does not exist")
@@ -328,21 +352,19 @@ def list_inputs(config: ReadConfig) -> pa.Table:
         parent = root.rsplit("/", 1)[0]
         if root.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
             one = pa.table({"path": pa.array([root]), "size": pa.array([size], pa.int64())})
-            return _with_metadata(_folder_manifest(one, parent), layout="folder",
-                                  **dict(meta, root=parent))
+            return dict(meta, layout="folder", root=parent), iter([_folder_manifest(one, parent)])
         if root.lower().endswith(".tar") or config.format is InputFormat.TAR:
-            return _with_metadata(_tars_manifest(fs, [(root, size)], parent), layout="tar",
-                                  **meta)
-        return _with_metadata(_parquet_manifest(fs, [(root, size)], config, packed=False),
-                              layout="parquet", **meta)
+            return dict(meta, layout="tar"), _tar_parts(fs, [(root, size)], parent)
+        return dict(meta, layout="parquet"), _parquet_parts(fs, [(root, size)], config,
+                                                            packed=False)
     shards = _read_shards_manifest(fs, root) if config.format in (
         InputFormat.AUTO, InputFormat.PARQUET) else None
     if shards is not None:
         files = [(join(root, s["path"]), int(s["file_bytes"])) for s in shards["shards"]]
         packed = replace(config, image_column="image", label_column="label",
                          split_column="split", id_column="id")
-        manifest = _parquet_manifest(fs, files, packed, packed=True)
-        return _with_metadata(manifest, layout="shards", **dict(meta, image_column="image"))
+        return (dict(meta, layout="shards", image_column="image"),
+                _parquet_parts(fs, files, packed, packed=True))
     listing = _listing(fs, root)
     images = _files_with(listing, IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
     images = images.filter(pc.invert(pc.ends_with(images.column("path"), "/")))
@@ -358,16 +380,15 @@ def list_inputs(config: ReadConfig) -> pa.Table:
             raise ValueError(f"input {config.url!r} holds no PNG/JPEG/TIFF/.npy image, Parquet "
                              f"or tar file ({listing.num_rows} other files)")
     if kind is InputFormat.FOLDER:
-        return _with_metadata(_folder_manifest(images, root), layout="folder", **meta)
+        return dict(meta, layout="folder"), iter([_folder_manifest(images, root)])
     if kind is InputFormat.PARQUET:
         files = _files_with(listing, ("parquet",))
-        return _with_metadata(_parquet_manifest(
+        return dict(meta, layout="parquet"), _parquet_parts(
             fs, list(zip(files["path"].to_pylist(), files["size"].to_pylist())), config,
-            packed=False), layout="parquet", **meta)
+            packed=False)
     files = _files_with(listing, ("tar",))
-    return _with_metadata(_tars_manifest(
-        fs, list(zip(files["path"].to_pylist(), files["size"].to_pylist())), root),
-        layout="tar", **meta)
+    return dict(meta, layout="tar"), _tar_parts(
+        fs, list(zip(files["path"].to_pylist(), files["size"].to_pylist())), root)
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -421,3 +442,94 @@ def load_manifest(fs, path: str) -> pa.Table:
     """A manifest written by :func:`save_manifest`."""
     with fs.open(path, "rb") as handle:
         return pq.read_table(handle)
+
+
+# ---------------------------------------------------------------------------- saved, streamed
+#: Rows per row group of a saved listing: a read task reads its block's one or two groups.
+SAVED_GROUP_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class SavedManifest:
+    """A manifest kept in a Parquet file and read a block at a time, never whole.
+
+    What the driver of a million-image run holds instead of the listing itself: the file,
+    its row count, the input's bytes and the layout metadata. Read tasks take their rows
+    with :meth:`read`; block planning reads three small columns (:meth:`planning_table`).
+
+    Attributes
+    ----------
+    fs : fsspec.AbstractFileSystem
+    path : str
+        Protocol-free path of the Parquet file (:func:`save_listing`).
+    rows : int
+    input_bytes : int
+        Sum of the listed sizes (unknown sizes count 0).
+    info : dict
+        :func:`manifest_info` of the listing (layout, root, url, image column).
+    """
+
+    fs: Any
+    path: str
+    rows: int
+    input_bytes: int
+    info: dict
+
+    def read(self, start: int, stop: int) -> pa.Table:
+        """Rows ``[start, stop)`` (with the listing's metadata), reading only their groups."""
+        with self.fs.open(self.path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            counts = [parquet.metadata.row_group(g).num_rows
+                      for g in range(parquet.num_row_groups)]
+            firsts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            groups = [g for g in range(len(counts)) if firsts[g] < stop and firsts[g + 1] > start]
+            if not groups:
+                return MANIFEST_SCHEMA.empty_table()
+            table = parquet.read_row_groups(groups)
+        return table.slice(start - int(firsts[groups[0]]), stop - start)
+
+    def planning_table(self) -> pa.Table:
+        """``size``, ``shard`` (as an integer code) and ``group`` of every row: what
+        :func:`plan_blocks` needs, a few bytes per row."""
+        with self.fs.open(self.path, "rb") as handle:
+            table = pq.read_table(handle, columns=["size", "shard", "group"],
+                                  read_dictionary=["shard"]).unify_dictionaries()
+        codes = pa.chunked_array([chunk.indices for chunk in table.column("shard").chunks],
+                                 pa.int32())
+        return table.set_column(1, "shard", codes)
+
+
+def save_listing(config: ReadConfig, fs, path: str,
+                 group_rows: int = SAVED_GROUP_ROWS) -> SavedManifest:
+    """List ``config.url`` straight into a Parquet file at ``path``; its handle.
+
+    The listing is written part by part (:func:`listing_parts`), so memory holds a few
+    shards' rows whatever the input's size (a folder's listing is held whole: it is
+    sorted). The file appears complete or not at all (written under a temporary name,
+    then moved), so a run that stops while listing lists again when resumed.
+    """
+    meta, parts = listing_parts(config)
+    schema = _with_metadata(_empty_manifest(), **meta).schema
+    parent = path.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    partial = path + ".partial"
+    rows = input_bytes = 0
+    with fs.open(partial, "wb") as handle:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+            for part in parts:
+                if part.num_rows:
+                    writer.write_table(part.cast(schema), row_group_size=group_rows)
+                    rows += part.num_rows
+                    input_bytes += int(pc.sum(part.column("size")).as_py() or 0)
+    fs.mv(partial, path)
+    return SavedManifest(fs, path, rows, input_bytes, meta)
+
+
+def open_manifest(fs, path: str) -> SavedManifest:
+    """The handle of a listing saved by :func:`save_listing` (or :func:`save_manifest`)."""
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        rows = parquet.metadata.num_rows
+        info = manifest_info(parquet.schema_arrow.empty_table())
+        sizes = parquet.read(columns=["size"]).column(0)
+    return SavedManifest(fs, path, rows, int(pc.sum(sizes).as_py() or 0), info)

@@ -40,7 +40,8 @@ from .manifest import SHARDS_FORMAT, SHARDS_MANIFEST, list_inputs, manifest_info
 from .records import fetch_records
 from .storage import is_local, join, read_filesystem, redact, resolve
 
-__all__ = ["SHARD_SCHEMA", "pack_images", "plan_shards"]
+__all__ = ["SHARD_SCHEMA", "ShardWriter", "pack_images", "plan_shards",
+           "write_shards_manifest"]
 
 SHARD_SCHEMA = pa.schema([
     ("id", pa.string()), ("path", pa.string()), ("label", pa.string()), ("split", pa.string()),
@@ -85,18 +86,82 @@ def _prepare_output(fs, root: str, overwrite: bool, input_root: str, same_fs: An
             fs.rm(path)
 
 
+class ShardWriter:
+    """One shard file being written: rows appended in row groups, in the pack format.
+
+    Use as a context manager; :attr:`entry` (``rows``, ``bytes``, ``file_bytes``) is the
+    shard's line of ``_manifest.json`` once it is closed. Both ``kernelbank pack`` and
+    generators of synthetic shards (``bench/scale.py``) write through this class, so
+    there is one shard format.
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+    path : str
+        Protocol-free path of the shard file.
+    """
+
+    def __init__(self, fs, path: str):
+        self.fs, self.path = fs, path
+        self.rows = self.image_bytes = self.file_bytes = 0
+
+    def __enter__(self) -> "ShardWriter":
+        self._handle = self.fs.open(self.path, "wb")
+        self._writer = pq.ParquetWriter(self._handle, SHARD_SCHEMA, compression={
+            "id": "zstd", "path": "zstd", "label": "zstd", "split": "zstd", "size": "zstd",
+            "image": "none"}, use_dictionary=["label", "split"],
+            write_statistics=["id", "path", "label", "split", "size"])
+        return self
+
+    def write(self, ids, paths, labels, splits, images: list[bytes]) -> None:
+        """Append one row group: per record its id, path, label, split and encoded bytes."""
+        if not images:
+            return
+        as_strings = lambda values: values if isinstance(values, (pa.Array, pa.ChunkedArray)) \
+            else pa.array(values, pa.string())  # noqa: E731
+        self._writer.write_table(pa.Table.from_arrays([
+            as_strings(ids), as_strings(paths), as_strings(labels), as_strings(splits),
+            pa.array([len(b) for b in images], pa.int64()),
+            pa.array(images, pa.large_binary())], schema=SHARD_SCHEMA),
+            row_group_size=len(images))
+        self.rows += len(images)
+        self.image_bytes += sum(len(b) for b in images)
+
+    def __exit__(self, *exc) -> None:
+        self._writer.close()
+        self.file_bytes = int(self._handle.tell())
+        self._handle.close()
+
+    @property
+    def entry(self) -> dict[str, Any]:
+        """``rows``, ``bytes`` (image bytes) and ``file_bytes`` of the shard."""
+        return {"rows": self.rows, "bytes": self.image_bytes, "file_bytes": self.file_bytes}
+
+
+def write_shards_manifest(fs, root: str, shards: list[dict[str, Any]], *, source: str,
+                          errors: int = 0, error_samples: list | None = None,
+                          **extra: Any) -> dict[str, Any]:
+    """Write ``root/_manifest.json`` — last, since it marks the shard folder complete.
+
+    ``shards`` holds one ``{"path": name, **ShardWriter.entry}`` per shard file; ``extra``
+    (settings, timings) is stored as given. Returns the manifest's content.
+    """
+    result = {"format": SHARDS_FORMAT, "version": 1, "source": redact(source),
+              "rows": sum(s["rows"] for s in shards), "bytes": sum(s["bytes"] for s in shards),
+              "shards": shards, "errors": errors, "error_samples": error_samples or [],
+              **extra, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with fs.open(join(root, SHARDS_MANIFEST), "wb") as handle:
+        handle.write(json.dumps(result, indent=1).encode())
+    return result
+
+
 def _write_shard(fs_in, fs_out, path: str, part: pa.Table, config: ReadConfig,
                  group_rows: int, on_rows: Callable[[int, int], None]
                  ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Fetch ``part``'s records group by group into one Parquet shard at ``path``."""
-    rows = image_bytes = 0
     errors: list[dict[str, str]] = []
     policy = RetryPolicy(attempts=config.read_attempts)
-    with fs_out.open(path, "wb") as handle:
-        writer = pq.ParquetWriter(handle, SHARD_SCHEMA, compression={
-            "id": "zstd", "path": "zstd", "label": "zstd", "split": "zstd", "size": "zstd",
-            "image": "none"}, use_dictionary=["label", "split"],
-            write_statistics=["id", "path", "label", "split", "size"])
+    with ShardWriter(fs_out, path) as shard:
         for start in range(0, part.num_rows, group_rows):
             group = part.slice(start, group_rows)
             data: list[bytes | None] = [None] * group.num_rows
@@ -111,19 +176,10 @@ def _write_shard(fs_in, fs_out, path: str, part: pa.Table, config: ReadConfig,
                                              "images can be packed"})
             ok = np.flatnonzero([d is not None for d in data])
             kept = group.take(pa.array(ok, pa.int64()))
-            images = [data[i] for i in ok]
-            if images:
-                writer.write_table(pa.Table.from_arrays([
-                    kept.column("id"), kept.column("path"), kept.column("label"),
-                    kept.column("split"), pa.array([len(b) for b in images], pa.int64()),
-                    pa.array(images, pa.large_binary())], schema=SHARD_SCHEMA),
-                    row_group_size=len(images))
-            rows += len(images)
-            image_bytes += sum(len(b) for b in images)
-            on_rows(group.num_rows, group.num_rows - len(images))
-        writer.close()
-        file_bytes = handle.tell()
-    return {"rows": rows, "bytes": image_bytes, "file_bytes": int(file_bytes)}, errors
+            shard.write(kept.column("id"), kept.column("path"), kept.column("label"),
+                        kept.column("split"), [data[i] for i in ok])
+            on_rows(group.num_rows, group.num_rows - len(ok))
+    return shard.entry, errors
 
 
 def pack_images(input_url: str, output_url: str, *, shard_mb: float = 256,
@@ -199,13 +255,6 @@ def pack_images(input_url: str, output_url: str, *, shard_mb: float = 256,
             shards.append({"path": name, **entry})
         else:
             fs_out.rm(join(root, name))
-    result = {
-        "format": SHARDS_FORMAT, "version": 1, "source": redact(input_url),
-        "rows": sum(s["rows"] for s in shards), "bytes": sum(s["bytes"] for s in shards),
-        "shards": shards, "errors": n_errors, "error_samples": errors,
-        "shard_mb": shard_mb, "group_rows": group_rows,
-        "seconds": round(time.perf_counter() - start, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    with fs_out.open(join(root, SHARDS_MANIFEST), "wb") as handle:   # last: marks completion
-        handle.write(json.dumps(result, indent=1).encode())
-    return result
+    return write_shards_manifest(fs_out, root, shards, source=input_url, errors=n_errors,
+                                 error_samples=errors, shard_mb=shard_mb, group_rows=group_rows,
+                                 seconds=round(time.perf_counter() - start, 3))

@@ -43,13 +43,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..config import ReadConfig
 from .batches import images_from_batch, shape_groups
 from .decode import DecodeLimits, decode_record
 from .fetch import RetryPolicy
-from .manifest import (SPLIT_NAMES, UNSPLIT, list_inputs, manifest_info, plan_blocks,
-                       split_and_label)
+from .manifest import (SPLIT_NAMES, UNSPLIT, SavedManifest, list_inputs, manifest_info,
+                       plan_blocks, split_and_label)
 from .records import cell_value, fetch_records
 from .storage import read_filesystem
 
@@ -167,7 +168,8 @@ def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | N
     return table.take(pa.array(order, pa.int64()))
 
 
-def probe_channels(manifest: pa.Table, config: ReadConfig, *, max_records: int = 64) -> int:
+def probe_channels(manifest: "pa.Table | SavedManifest", config: ReadConfig, *,
+                   max_records: int = 64) -> int:
     """The channel count of a ``channels="all"`` run: that of its first decodable record.
 
     Reads records in manifest order, one at a time on the driver, until one decodes
@@ -179,32 +181,41 @@ def probe_channels(manifest: pa.Table, config: ReadConfig, *, max_records: int =
         When none of the first ``max_records`` records decodes.
     """
     from dataclasses import replace
-    info = manifest_info(manifest)
+    if isinstance(manifest, SavedManifest):
+        info, plain = manifest.info, manifest.read(0, min(manifest.rows, max_records))
+    else:
+        info, plain = manifest_info(manifest), manifest.slice(0, max_records)
+    plain = plain.replace_schema_metadata(None)
     fs, _ = read_filesystem(info.get("url", config.url), s3_endpoint=config.s3_endpoint,
                             connections=4)
     probe = replace(config, channels="all", n_channels=None, min_side=1, fetch_concurrency=4)
-    plain = manifest.replace_schema_metadata(None)
-    for start in range(min(plain.num_rows, max_records)):
+    for start in range(plain.num_rows):
         row = read_block(plain.slice(start, 1), fs=fs, config=probe,
                          image_column=info.get("image_column", config.image_column))
         if row.column("pixels").is_valid()[0].as_py():
             return int(row.column("shape")[0].as_py()[0])
-    raise ValueError(f"--channels all: none of the first {min(plain.num_rows, max_records)} "
+    raise ValueError(f"--channels all: none of the first {plain.num_rows} "
                      f"records of {config.url!r} decodes, so the run's channel count is "
                      "unknown; check errors of a --channels rgb run, or fix the input")
 
 
-def read_images(manifest: pa.Table, config: ReadConfig):
+def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
+                skip_ids: pa.Array | None = None):
     """A lazy Ray Dataset of decoded rows for the records of ``manifest``.
 
     Parameters
     ----------
-    manifest : pyarrow.Table
+    manifest : pyarrow.Table or SavedManifest
         From :func:`kernelbank.io.manifest.list_inputs` (or a subset of its rows, or one
-        read back with :func:`~kernelbank.io.manifest.load_manifest`).
+        read back with :func:`~kernelbank.io.manifest.load_manifest`), or a listing saved
+        by :func:`~kernelbank.io.manifest.save_listing`: then each read task reads its own
+        rows from the file, and the driver never holds the listing (a million records
+        are a few hundred megabytes of ids and paths).
     config : ReadConfig
         The input URL and S3 endpoint (for the filesystem), ``ndim``, ``min_side``,
         decoder limits, ``fetch_concurrency``, ``read_attempts``, block sizes.
+    skip_ids : pyarrow.Array, optional
+        Record ids to leave out (a resumed run's completed records).
 
     Returns
     -------
@@ -222,18 +233,49 @@ def read_images(manifest: pa.Table, config: ReadConfig):
     ...     for group in shape_groups(batch): ...
     """
     import ray.data
-    info = manifest_info(manifest)
+    saved = isinstance(manifest, SavedManifest)
+    info = manifest.info if saved else manifest_info(manifest)
     url = info.get("url", config.url)
     fs, _ = read_filesystem(url, s3_endpoint=config.s3_endpoint,
                             connections=config.fetch_concurrency)
-    blocks = plan_blocks(manifest, target_bytes=config.block_bytes, max_rows=config.block_rows,
+    read_kwargs = {"fs": fs, "config": config,
+                   "image_column": info.get("image_column", config.image_column)}
+    if not saved and skip_ids is not None and len(skip_ids):
+        manifest = manifest.filter(pc.invert(pc.is_in(manifest.column("id"),
+                                                      value_set=skip_ids)))
+    blocks = plan_blocks(manifest.planning_table() if saved else manifest,
+                         target_bytes=config.block_bytes, max_rows=config.block_rows,
                          min_blocks=config.override_num_blocks or _default_parallelism())
+    if saved:
+        # one block of row numbers per read block (8 bytes per record): Ray sizes tasks
+        # and bundles by rows, so a block must have as many rows as the records it reads
+        numbers = [pa.table({"row": np.arange(a, b, dtype=np.int64)}) for a, b in blocks]
+        return ray.data.from_arrow(numbers or [pa.table({"row": pa.array([], pa.int64())})]
+                                   ).map_batches(
+            _read_saved_rows, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+            fn_kwargs={"manifest": manifest, "skip_ids": skip_ids, **read_kwargs})
     plain = manifest.replace_schema_metadata(None)
     tables = [plain.slice(start, stop - start) for start, stop in blocks] or [plain]
     return ray.data.from_arrow(tables).map_batches(
         read_block, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-        fn_kwargs={"fs": fs, "config": config,
-                   "image_column": info.get("image_column", config.image_column)})
+        fn_kwargs=read_kwargs)
+
+
+def _read_saved_rows(numbers: pa.Table, *, manifest: SavedManifest,
+                     skip_ids: pa.Array | None, **read_kwargs) -> pa.Table:
+    """Decoded rows of the saved manifest's rows ``numbers["row"]`` (runs of consecutive
+    rows are read with one :meth:`SavedManifest.read` each)."""
+    rows = np.asarray(numbers.column("row").to_numpy(zero_copy_only=False), np.int64)
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    parts = []
+    for run in np.split(rows, cuts):
+        if not len(run):
+            continue
+        block = manifest.read(int(run[0]), int(run[-1]) + 1)
+        if skip_ids is not None and len(skip_ids):
+            block = block.filter(pc.invert(pc.is_in(block.column("id"), value_set=skip_ids)))
+        parts.append(read_block(block, **read_kwargs))
+    return pa.concat_tables(parts) if parts else DECODED_SCHEMA.empty_table()
 
 
 def _default_parallelism() -> int:

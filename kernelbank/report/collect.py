@@ -178,32 +178,56 @@ def _load_sample(sample: dict, input_url: str | None, ndim: int,
 
 def _parquet_image(fs, path: str, row_id: str, ndim: int) -> np.ndarray:
     """The image of row ``row_id`` (id column value, row number or content hash) of a Parquet
-    file."""
+    file.
+
+    Reads one row group at a time, its small ``id`` column first and the image column only
+    of the group that holds the row (groups whose id statistics exclude it are skipped):
+    a sample from a shard of a million-image dataset costs one row group, not the shard.
+    """
     import hashlib
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from ..io.decode import decode_record
     from ..io.readers import _cell_value
+
+    def decoded(value) -> np.ndarray:
+        image, _ = decode_record(value, "", ndim, 1)
+        if image is None:
+            raise ValueError("undecodable image cell")
+        return image
+
     with fs.open(path, "rb") as handle:
-        table = pq.read_table(handle)
-    images = table.column("image").to_pylist()
-    ids = table.column("id").to_pylist() if "id" in table.column_names else None
-    if ids is None and row_id.isdigit() and int(row_id) < len(images):
-        images = images[int(row_id):int(row_id) + 1]       # the reader's "<file>#<row>" ids
-        row_id = None
-    for i, cell in enumerate(images):
-        value = _cell_value(cell)
-        if row_id is None:
-            match = True
-        elif ids is not None:
-            match = str(ids[i]) == row_id
-        else:
-            content = value if isinstance(value, bytes) else np.ascontiguousarray(value).tobytes()
-            match = hashlib.sha1(content).hexdigest()[:16] == row_id
-        if match:
-            image, _ = decode_record(value, "", ndim, 1)
-            if image is None:
-                raise ValueError("undecodable image cell")
-            return image
+        parquet = pq.ParquetFile(handle)
+        meta = parquet.metadata
+        names = parquet.schema_arrow.names
+        image_of = lambda g: parquet.read_row_group(g, columns=["image"]).column(0)  # noqa: E731
+        if "id" in names:
+            id_index = names.index("id")
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(id_index).statistics
+                if stats is not None and stats.has_min_max and isinstance(stats.min, str) \
+                        and not stats.min <= row_id <= stats.max:
+                    continue
+                ids = pc.cast(parquet.read_row_group(g, columns=["id"]).column(0), pa.string())
+                hits = np.flatnonzero(pc.equal(ids, row_id).to_numpy(zero_copy_only=False))
+                if len(hits):
+                    return decoded(_cell_value(image_of(g)[int(hits[0])].as_py()))
+            raise ValueError(f"no row {row_id!r} in {path}")
+        if row_id.isdigit() and int(row_id) < meta.num_rows:     # the reader's "<file>#<row>"
+            first = 0
+            for g in range(meta.num_row_groups):
+                rows = meta.row_group(g).num_rows
+                if int(row_id) < first + rows:
+                    return decoded(_cell_value(image_of(g)[int(row_id) - first].as_py()))
+                first += rows
+        for g in range(meta.num_row_groups):                     # content hash (older ids)
+            for cell in image_of(g).to_pylist():
+                value = _cell_value(cell)
+                content = value if isinstance(value, bytes) \
+                    else np.ascontiguousarray(value).tobytes()
+                if hashlib.sha1(content).hexdigest()[:16] == row_id:
+                    return decoded(value)
     raise ValueError(f"no row {row_id!r} in {path}")
 
 

@@ -24,7 +24,7 @@ from ..config import ClassifyConfig
 from ..core.ridge import StreamingRidge, fold_of
 from ..io.layout import read_json, write_json
 from ..io.storage import join, resolve
-from .common import TEST_SPLIT, TRAIN_SPLITS, log, timed
+from .common import TEST_SPLIT, TRAIN_SPLITS, log, map_bounded, timed
 from .features import PREDICTION
 
 __all__ = ["run_classify", "write_classify", "classify_table", "RESULT"]
@@ -144,7 +144,7 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
         raise ValueError(f"the features table {features_url!r} is empty")
     train = ray.remote(num_cpus=1)(_train_file)
     folds = [StreamingRidge.empty(len(names)) for _ in range(config.cv_folds)]
-    for parts in ray.get([train.remote(fs, p, names, config.cv_folds) for p in files]):
+    for parts in map_bounded(train, ((fs, p, names, config.cv_folds) for p in files)):
         folds = [a + b for a, b in zip(folds, parts)]
     total = sum(folds, StreamingRidge.empty(len(names)))
     if len(total.class_n) < 2:
@@ -162,10 +162,10 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
                                                               "predictions")
     score = ray.remote(num_cpus=1)(_score_file)
     model_ref = ray.put(model)
-    jobs = [score.remote(fs, p, names, model_ref,
-                         join(predictions_dir, p.rsplit("/", 1)[-1])) for p in files]
+    jobs = ((fs, p, names, model_ref, join(predictions_dir, p.rsplit("/", 1)[-1]))
+            for p in files)
     counts: dict[tuple, int] = {}
-    for part in ray.get(jobs):
+    for part in map_bounded(score, jobs):
         for key, n in part.items():
             counts[key] = counts.get(key, 0) + n
     report = _accuracy_report(counts, model["classes"])

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import sys
 import time
 from contextlib import contextmanager, suppress
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..io.storage import redact
 from .progress import info_enabled, ray_log_level
 
 __all__ = ["connect_ray", "actor_pool_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
+           "map_bounded",
            "make_basis", "Terminated", "stop_on_sigterm"]
 
 #: Splits whose images build the banks and train the classifier.
@@ -122,6 +124,29 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
     return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, upper),
                                                   max_tasks_in_flight_per_actor=2),
             "batch_size": batch_size, **resources}
+
+
+def map_bounded(task: Callable, items: Iterable, *, max_in_flight: int | None = None
+                ) -> Iterator[Any]:
+    """Results of ``task.remote(*item)`` for every item, in the order of ``items``.
+
+    At most ``max_in_flight`` tasks are submitted and not yet collected (default: twice
+    the cluster's CPUs), and the driver holds one result at a time, so merging the
+    partial results of a table of any number of files takes a few results' memory on
+    the driver and in the object store (submitting every task at once and collecting
+    with one ``ray.get`` holds them all). Results come in submission order, so a merge
+    adds them in the same order on every run.
+    """
+    import ray
+    if max_in_flight is None:
+        max_in_flight = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    pending: collections.deque = collections.deque()
+    for item in items:
+        if len(pending) >= max_in_flight:
+            yield ray.get(pending.popleft())
+        pending.append(task.remote(*item))
+    while pending:
+        yield ray.get(pending.popleft())
 
 
 def make_basis(kind: str, radius: int, ndim: int = 2, channels: int = 1):

@@ -59,12 +59,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .. import faults
 from ..config import Channels, FitConfig, ReadConfig
 from ..io.layout import write_json
-from ..io.manifest import list_inputs, load_manifest, save_manifest
+from ..io.manifest import list_inputs, open_manifest, save_listing
 from ..io.readers import images_from_batch, probe_channels, read_images
 from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, SplitParquetSink, count_rows
@@ -242,18 +241,18 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",
             "n_channels": n_channels, "input": redact(input_url)}
 
 
-def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None):
+def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None, skip_ids=None):
     """The lazy Ray Dataset of statistics rows (and error rows) for ``read``'s input.
 
-    ``manifest`` is the input's listing (:func:`kernelbank.io.manifest.list_inputs`), or
-    the part of it still to do; listed here when not given.
+    ``manifest`` is the input's listing (:func:`kernelbank.io.manifest.list_inputs`, or a
+    :class:`~kernelbank.io.manifest.SavedManifest`); listed here when not given.
+    ``skip_ids``: records already done (a resumed run).
     """
     from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
     manifest = list_inputs(read) if manifest is None else manifest
-    if read.channels is Channels.ALL and read.n_channels is None:
-        read = replace(read, n_channels=probe_channels(manifest, read))
-    ds = read_images(manifest, read)
+    read = _with_channel_count(read, manifest)
+    ds = read_images(manifest, read, skip_ids=skip_ids)
     return ds.map_batches(StatisticsFitter,
                           fn_constructor_args=(config, read.ndim, run_channels(read)),
                           batch_format="pyarrow",
@@ -287,13 +286,11 @@ def _with_channel_count(read: ReadConfig, manifest) -> ReadConfig:
 
 
 def _inputs(read: ReadConfig, fs, path: str):
-    """The input's manifest: the one an interrupted attempt of this run saved, else a new
-    listing (saved for later stages and resumes)."""
+    """The input's saved manifest: the one an interrupted attempt of this run saved, else
+    a new listing (streamed to the file; the driver keeps only its handle)."""
     if fs.exists(path):
-        return load_manifest(fs, path)
-    manifest = list_inputs(read)
-    save_manifest(manifest, fs, path)
-    return manifest
+        return open_manifest(fs, path)
+    return save_listing(read, fs, path)
 
 
 def pixel_cache_url(fit_url: str) -> str:
@@ -318,21 +315,20 @@ def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
         read = _with_channel_count(read, manifest)
         ok_parts, error_parts = staging.completed_parts()
         done = staging.completed_ids() if ok_parts or error_parts else set()
-        todo = manifest.filter(pc.invert(pc.is_in(manifest.column("id"),
-                                                  value_set=pa.array(sorted(done), pa.string()))))
+        skip = pa.array(sorted(done), pa.string()) if done else None
         log(f"fit: {redact(read.url)} basis={config.basis.value} radius={config.radius} "
             f"dilations={list(config.dilations)} scales={list(config.scales)} "
             f"descriptors={config.descriptors} channels={read.channels.value}"
             f"{'' if read.channels is Channels.LUMINANCE else f' ({run_channels(read)})'} "
             f"gpus={config.num_gpus}"
             + (f"; resuming, {len(done)} records already done" if done else ""))
-        with remote_progress("fit", todo.num_rows) as counter:
+        with remote_progress("fit", manifest.rows - len(done)) as counter:
             sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"),
                                     staging.part_prefix,
                                     cache_dir=join(staging.dir("fit"), PIXEL_CACHE)
                                     if config.cache_pixels else None, counter=counter)
-            if todo.num_rows:
-                fit_dataset(read, config, todo).write_datasink(sink)
+            if manifest.rows > len(done):
+                fit_dataset(read, config, manifest, skip).write_datasink(sink)
     if done:
         sink.counts.update(count_rows(fs, ok_parts, error_parts))
     write_json(fs, join(staging.dir("fit"), FIT_META),
@@ -342,11 +338,11 @@ def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
     errors = sink.errors_by_stage()
     total = images + sum(errors.values())
     table_bytes = sum(fs.size(p) for p in table_files(fs, staging.dir("fit")))
-    input_bytes = int(pc.sum(manifest.column("size")).as_py() or 0)
+    input_bytes = manifest.input_bytes
     read_totals = sink.read_totals()
     summary.update({"channels": read.channels.value, "n_channels": run_channels(read),
                     "images": images, "errors": errors, "records": total, "counts": counts,
-                    "listed": manifest.num_rows, "input_bytes": input_bytes,
+                    "listed": manifest.rows, "input_bytes": input_bytes,
                     "bytes_read": read_totals["bytes_read"],
                     "read_retries": read_totals["read_retries"],
                     "bytes_per_image": round(table_bytes / max(images, 1), 1),

@@ -25,7 +25,7 @@ from ..config import ReduceConfig
 from ..io.layout import read_json, write_json
 from ..io.storage import join, resolve, storage_options, url_of
 
-from .common import TRAIN_SPLITS, log, timed
+from .common import TRAIN_SPLITS, log, map_bounded, timed
 from .fit import FIT_META
 from .table import TableMeta, fit_result_of, table_files
 
@@ -92,12 +92,9 @@ def merge_fit_table(fit_url: str, *, s3_endpoint: str | None = None,
     # one task per file (each file is one write task's rows, so bounded); the partials
     # travel as plain dicts of arrays through Ray's object store
     task = ray.remote(num_cpus=1)(_partial_of_file)
-    pending = [task.remote(fs, p, meta) for p in files]
     merged = {entry: kb.ClassStats.empty() for entry in meta.scale_index}
     count = 0
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        part = ray.get(ready[0])
+    for part in map_bounded(task, ((fs, p, meta) for p in files)):
         count += bool(part)
         for entry, stats in part.items():
             merged[entry] = merged[entry] + kb.ClassStats.from_dict(stats)

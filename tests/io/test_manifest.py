@@ -146,3 +146,65 @@ def test_s3_listing_skips_directory_markers(s3_endpoint, s3_bucket):
     assert manifest.column("size").to_pylist() == [len(payload[p]) for p in sorted(payload)]
     assert set(manifest.column("label").to_pylist()) == {"c0", "c1"}
     assert set(manifest.column("split").to_pylist()) == {"train"}
+
+
+def _packed_shards(root, n_shards: int, rows: int, group_rows: int) -> None:
+    """``n_shards`` shards of ``rows`` PNGs each (row groups of ``group_rows``) + manifest."""
+    import fsspec
+    from kernelbank.io.pack import ShardWriter, write_shards_manifest
+    fs, entries, k = fsspec.filesystem("file"), [], 0
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for s in range(n_shards):
+        with ShardWriter(fs, str(root / f"shard-{s:06d}.parquet")) as shard:
+            for start in range(0, rows, group_rows):
+                count = min(group_rows, rows - start)
+                ids = [f"{'test' if i % 4 == 0 else 'train'}/c{i % 3}/{i:05d}.png"
+                       for i in range(k, k + count)]
+                shard.write(ids, ids, [i.split("/")[1] for i in ids],
+                            [i.split("/")[0] for i in ids],
+                            [png_bytes(rng.integers(0, 256, (6, 5 + i % 3), np.uint8))
+                             for i in range(count)])
+                k += count
+        entries.append({"path": f"shard-{s:06d}.parquet", **shard.entry})
+    write_shards_manifest(fs, str(root), entries, source="test")
+
+
+def test_saved_listing_equals_the_listing_and_reads_any_row_range(tmp_path):
+    """A listing streamed to Parquet (what the fit stage keeps instead of a table on the
+    driver) holds the same rows, metadata and block plan; any range reads back exactly."""
+    from kernelbank.io.manifest import open_manifest, save_listing
+    _packed_shards(tmp_path / "in", n_shards=3, rows=50, group_rows=7)
+    config = ReadConfig(str(tmp_path / "in"))
+    listed = list_inputs(config)
+    fs, root = resolve(str(tmp_path))
+    saved = save_listing(config, fs, f"{root}/fit/_inputs.parquet", group_rows=16)
+    assert not fs.exists(f"{root}/fit/_inputs.parquet.partial")
+    for handle in (saved, open_manifest(fs, f"{root}/fit/_inputs.parquet")):
+        assert handle.rows == listed.num_rows == 150
+        assert handle.input_bytes == sum(listed.column("size").to_pylist())
+        assert handle.info == manifest_info(listed)
+        assert handle.read(0, handle.rows).equals(listed)
+        for start, stop in [(0, 1), (15, 17), (10, 49), (140, 150), (33, 33)]:
+            assert handle.read(start, stop).to_pylist() == listed.slice(start, stop - start
+                                                                        ).to_pylist()
+        # block plans agree, row groups of the shards kept whole
+        kwargs = {"target_bytes": 600, "max_rows": 20, "min_blocks": 3}
+        assert plan_blocks(handle.planning_table(), **kwargs) == plan_blocks(listed, **kwargs)
+    assert pq.read_metadata(tmp_path / "fit" / "_inputs.parquet").num_row_groups >= 150 // 16
+
+
+def test_listing_parts_are_produced_a_few_at_a_time():
+    """Per-file listings are consumed in order while at most ``workers`` are ahead: a
+    listing of thousands of shards never holds them all."""
+    from kernelbank.io.manifest import _ordered_map
+    started = []
+
+    def list_one(item):
+        started.append(item)
+        return item * 10
+    out = []
+    for value in _ordered_map(list_one, list(range(100)), workers=4):
+        out.append((value, len(started)))
+    assert [v for v, _ in out] == [i * 10 for i in range(100)]
+    assert all(n <= k + 5 for k, (_, n) in enumerate(out))

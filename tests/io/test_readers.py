@@ -106,6 +106,18 @@ def test_shards_and_folder_give_identical_rows(ray_local, tmp_path):
                       if p.suffix in (".png", ".npy"))
     assert sum(r["bytes_read"] for r in folder) == input_bytes
     assert sum(r["bytes_read"] for r in shards) >= packed["bytes"]
+    # the same shards through a saved listing (each read task reads its own manifest rows),
+    # with a resumed run's completed ids left out
+    from kernelbank.io.manifest import save_listing
+    from kernelbank.io.storage import resolve
+    fs, root = resolve(str(tmp_path))
+    saved = save_listing(ReadConfig(str(tmp_path / "shards")), fs, f"{root}/fit/_inputs.parquet",
+                         group_rows=4)
+    done = [r["id"] for r in shards[::3]]
+    config = ReadConfig(str(tmp_path / "shards"), min_side=5, block_rows=7)
+    streamed = _rows(read_images(saved, config, skip_ids=pa.array(done)))
+    assert [{k: r[k] for k in keys} for r in streamed] == \
+        [{k: r[k] for k in keys} for r in shards if r["id"] not in set(done)]
 
 
 def _upload(s3_endpoint, bucket: str, n: int) -> tuple[object, dict[str, np.ndarray]]:

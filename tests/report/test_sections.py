@@ -58,3 +58,49 @@ def test_sample_images_are_read_back_from_parquet_rows(tmp_path, with_id):
     missing = {"path": f"{path}#nope", "label": "b", "split": "test"}
     _load_sample(missing, str(tmp_path), 2, None)
     assert "image" not in missing and "no row 'nope'" in missing["problem"]
+
+
+def test_sample_image_from_a_shard_reads_one_row_group(tmp_path):
+    """A report sample inside a large shard costs one row group of reads, not the shard
+    (a million-image run's report would otherwise read whole 256 MB shards per sample)."""
+    import io
+    from kernelbank.io.pack import ShardWriter
+    from kernelbank.report.collect import _parquet_image
+    import fsspec
+    rng = np.random.default_rng(5)
+    arrays = [rng.integers(0, 255, size=(24, 24), dtype=np.uint8) for _ in range(1600)]
+    ids = [f"train/a/{i:05d}.png" for i in range(1600)]
+    with ShardWriter(fsspec.filesystem("file"), str(tmp_path / "shard.parquet")) as shard:
+        for start in range(0, 1600, 100):                      # 16 row groups
+            part = slice(start, start + 100)
+            shard.write(ids[part], ids[part], ["a"] * 100, ["train"] * 100,
+                        [_png(a) for a in arrays[part]])
+
+    class CountingFS:
+        """Local files whose reads are counted (the bytes a store would return)."""
+
+        def __init__(self):
+            self.bytes = 0
+
+        def open(self, path, mode="rb"):
+            owner = self
+
+            class Counted(io.FileIO):
+                def read(self, size=-1):
+                    data = super().read(size)
+                    owner.bytes += len(data)
+                    return data
+
+                def readinto(self, buffer):
+                    n = super().readinto(buffer)
+                    owner.bytes += n or 0
+                    return n
+            return Counted(path, "rb")
+
+    fs = CountingFS()
+    image = _parquet_image(fs, str(tmp_path / "shard.parquet"), ids[1333], 2)
+    np.testing.assert_array_equal(image, arrays[1333])
+    size = (tmp_path / "shard.parquet").stat().st_size
+    assert fs.bytes < size / 4, (fs.bytes, size)
+    with pytest.raises(ValueError, match="no row"):
+        _parquet_image(fs, str(tmp_path / "shard.parquet"), "train/a/99999.png", 2)

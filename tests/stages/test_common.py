@@ -1,0 +1,27 @@
+"""Shared stage helpers on a real local Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.ray]
+
+
+def test_map_bounded_streams_in_order(ray_local):
+    """Results come in submission order, and no more than ``max_in_flight`` tasks are
+    submitted before the first result is handed back (the driver never holds them all)."""
+    from kernelbank.stages.common import map_bounded
+    square = ray_local.remote(num_cpus=0.1)(lambda x: x * x)
+    pulled = []
+
+    def items():
+        for i in range(20):
+            pulled.append(i)
+            yield (i,)
+    seen = []
+    for result in map_bounded(square, items(), max_in_flight=3):
+        seen.append((result, len(pulled)))
+    assert [r for r, _ in seen] == [i * i for i in range(20)]
+    # the 4th item is pulled before the 1st result is yielded, never more
+    assert seen[0][1] == 4
+    assert all(pulled_then <= k + 4 for k, (_, pulled_then) in enumerate(seen))
