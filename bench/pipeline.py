@@ -100,38 +100,41 @@ def in_process(root: Path, threads: int | None = None, batch: int = 256) -> dict
 
 
 def in_process_records(load: Callable[[], list[bytes]], *, ids: list[str], labels: list[str],
-                       splits: list[str], threads: int | None = None, batch: int = 256
-                       ) -> dict[str, float]:
+                       splits: list[str], threads: int | None = None, batch: int = 256,
+                       config=None) -> dict[str, float]:
     """Rates of ``load()`` + decode + one pass, and of everything ``kernelbank run`` computes.
 
     ``load`` returns the encoded images (in the order of ``ids``); it runs inside the
-    timed region, so the baseline pays for its reads as the pipeline does.
+    timed region, so the baseline pays for its reads as the pipeline does. ``config``: the
+    run's :class:`~kernelbank.config.FitConfig` (default: the pipeline's defaults).
     """
     import torch
     default = torch.get_num_threads()
     torch.set_num_threads(threads or default)
     try:
-        return _in_process(load, ids, labels, np.array(splits), batch)
+        return _in_process(load, ids, labels, np.array(splits), batch, config)
     finally:
         torch.set_num_threads(default)
 
 
-def _in_process(load, ids: list[str], labels: list[str], splits: np.ndarray, batch: int
-                ) -> dict[str, float]:
+def _in_process(load, ids: list[str], labels: list[str], splits: np.ndarray, batch: int,
+                config=None) -> dict[str, float]:
     import torch
     import kernelbank as kb
     from kernelbank.config import FitConfig
     from kernelbank.core.onepass import image_statistics
     from kernelbank.core.ridge import StreamingRidge, fold_of
     from kernelbank.io.decode import decode_bytes
-    config = FitConfig()
-    basis = kb.Basis.full(config.radius)
+    from kernelbank.stages.common import make_basis
+    config = config or FitConfig()
+    basis = make_basis(config.basis, config.radius)
     start = time.perf_counter()
     images = [decode_bytes(blob, name) for blob, name in zip(load(), ids)]
     parts = []
     for i in range(0, len(images), batch):
         parts.append(image_statistics(np.stack(images[i:i + batch]), basis,
-                                      dilations=config.dilations, scales=config.scales))
+                                      dilations=config.dilations, scales=config.scales,
+                                      descriptors=config.descriptors))
     one_pass = time.perf_counter()
     # reduce: class statistics of the train split, pooled bank per dilation
     train = np.nonzero(splits == "train")[0]
@@ -151,7 +154,8 @@ def _in_process(load, ids: list[str], labels: list[str], splits: np.ndarray, bat
         bank_values, _ = kb.bank_features_from_sums(p.sums, bank, joint=True)
         likelihood.predict_from_sums(p.sums)
         rows.append(np.concatenate([p.coef.flatten(1).numpy(), p.mse.log().numpy(),
-                                    p.descriptors.flatten(1).numpy(),
+                                    *([] if p.descriptors is None
+                                      else [p.descriptors.flatten(1).numpy()]),
                                     bank_values.numpy()], 1))
     x = np.concatenate(rows)
     folds = fold_of(ids, 5)

@@ -41,9 +41,9 @@ Absolute rates on a shared 2-core machine are noise; compare ratios measured in 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
+import shlex
 import shutil
 import socket
 import struct
@@ -266,11 +266,22 @@ class TreeMemory:
         return {f"{k}_peak_mib": round(v / 2 ** 20, 1) for k, v in self.peak.items()}
 
 
-def run_kernelbank(input_url: str, output: Path, env: dict, log_path: Path) -> dict:
+def fit_config(run_args: list[str]):
+    """The fit settings ``kernelbank run <run_args>`` would use, parsed by its own parser."""
+    import argparse
+    from kernelbank.commands.pipeline_args import add_pipeline_options, pipeline_config
+    parser = argparse.ArgumentParser()
+    add_pipeline_options(parser)
+    known, _ = parser.parse_known_args(["--input", "unused", "--output", "unused", *run_args])
+    return pipeline_config(known).fit
+
+
+def run_kernelbank(input_url: str, output: Path, env: dict, log_path: Path,
+                   run_args: list[str] = ()) -> dict:
     """``kernelbank run`` in a child process: its summary, memory, spill and timings."""
     spill_file = output.parent / f"{output.name}.spill.json"
     command = [sys.executable, "-c", _CHILD, str(spill_file), "run", "--input", input_url,
-               "--output", str(output), "--overwrite"]
+               "--output", str(output), "--overwrite", *run_args]
     start = time.perf_counter()
     with open(log_path, "w") as log:
         child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -336,11 +347,12 @@ def measure(n: int, args, pool: TexturePool, work: Path, s3_endpoint: str | None
         [str(Path(__file__).resolve().parents[1])] + os.environ.get("PYTHONPATH", "").split(
             os.pathsep)).rstrip(os.pathsep))
     output = work / f"out-{n}"
-    run = run_kernelbank(input_url, output, env, work / f"run-{n}.log")
+    run = run_kernelbank(input_url, output, env, work / f"run-{n}.log", args.run_args)
     summary = run["summary"]
     ids, labels, splits, images = read_sample(fs, root, manifest, min(n, args.sample))
     base = max((in_process_records(lambda: list(images), ids=ids, labels=labels,
-                                   splits=splits, threads=t) for t in (None, 1)),
+                                   splits=splits, threads=t, config=fit_config(args.run_args))
+                for t in (None, 1)),
                key=lambda r: r["everything"])
     if not args.keep:
         shutil.rmtree(output, ignore_errors=True)
@@ -429,6 +441,10 @@ def main() -> None:
                         help="where shards and outputs go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep shards and outputs")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--run-args", type=shlex.split, default=[],
+                        help="extra `kernelbank run` options, e.g. \"--radius 1 --dilations 1 "
+                             "--no-descriptors\" (the in-process baseline uses the same fit "
+                             "settings); default: the pipeline's defaults")
     args = parser.parse_args()
     sizes = [int(s) for s in args.images.split(",") if s.strip()]
     moto, endpoint = start_moto() if args.s3 else (None, None)
@@ -449,7 +465,8 @@ def main() -> None:
         if args.workdir is None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"machine: {machine()}; {args.size}x{args.size} PNG, {args.classes} GMRF classes, "
-          "default `kernelbank run` (full r2, dilations 1-3, descriptors, pooled bank, report)")
+          + (f"`kernelbank run {' '.join(args.run_args)}`" if args.run_args else
+             "default `kernelbank run` (full r2, dilations 1-3, descriptors, pooled bank, report)"))
     print_table(points)
 
 
