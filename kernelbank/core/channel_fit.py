@@ -50,8 +50,8 @@ import torch
 from .basis import Basis
 from .channel_basis import ChannelBasis
 from .channel_responses import channel_gram
-from .fit import (ImageBatch, _as_tuple, _merge_sums, check_finite, group_by_shape,
-                  normalize_images, pyramid_level)
+from .fit import (ImageBatch, _as_tuple, _merge_sums, check_finite, check_windows_fit,
+                  group_by_shape, normalize_images, pyramid_level)
 from .solve import solve_normal_equations
 from .sums import WindowSums, _selected_taps, window_sums
 
@@ -399,16 +399,7 @@ def fit_channels(images: ImageBatch, basis: ChannelBasis, *, ridge: float = 1e-6
     scale_list = _as_tuple(scales, 1, "scales")
     scale_index = [(s, d) for s in scale_list for d in dilation_list]
     groups, dtype, _ = group_by_shape(images, basis.ndim + 1)
-    for indices, batch in groups:
-        for s, d in scale_index:
-            scaled = tuple(-(-v // s) for v in batch.shape[2:])
-            need = 2 * basis.radius * d + 1
-            if min(scaled) < need:
-                where = f" at pyramid scale {s} (size {scaled})" if s > 1 else ""
-                raise ValueError(
-                    f"image {indices[0]} has spatial shape {tuple(batch.shape[2:])}{where}, "
-                    f"smaller than the {need}-pixel window of radius {basis.radius} with "
-                    f"dilation {d}; use a smaller radius or dilation, or drop this image")
+    check_windows_fit(groups, basis, scale_index, spatial_from=2)
 
     per_key: dict[str, list[torch.Tensor]] = {}
     sums_parts: list[list[WindowSums]] = [[] for _ in scale_index]

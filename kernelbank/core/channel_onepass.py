@@ -27,7 +27,8 @@ import torch
 
 from .channel_basis import ChannelBasis
 from .channel_fit import _check_images, _gram_from_sums, _result
-from .fit import _as_tuple, check_finite, group_by_shape, normalize_images, pyramid_level
+from .fit import (_as_tuple, check_finite, check_windows_fit, group_by_shape,
+                  normalize_images, pyramid_level)
 from .onepass import _cat_sums, default_descriptors
 from .residual import describe_residuals, residual_descriptor_names
 from .sums import WindowSums, window_sums
@@ -125,16 +126,7 @@ def channel_image_statistics(images, basis: ChannelBasis, *,
     scale_list = _as_tuple(scales, 1, "scales")
     scale_index = [(s, d) for s in scale_list for d in dilation_list]
     groups, _, device = group_by_shape(images, basis.ndim + 1)
-    for indices, batch in groups:
-        for s, d in scale_index:
-            scaled = tuple(-(-v // s) for v in batch.shape[2:])
-            need = 2 * basis.radius * d + 1
-            if min(scaled) < need:
-                where = f" at pyramid scale {s} (size {scaled})" if s > 1 else ""
-                raise ValueError(
-                    f"image {indices[0]} has spatial shape {tuple(batch.shape[2:])}{where}, "
-                    f"smaller than the {need}-pixel window of radius {basis.radius} with "
-                    f"dilation {d}; use a smaller radius or dilation, or drop this image")
+    check_windows_fit(groups, basis, scale_index, spatial_from=2)
     spec = default_descriptors(basis.ndim) if descriptors else None
     names = residual_descriptor_names(spec, basis.ndim, channels) if spec is not None else []
 

@@ -164,6 +164,17 @@ def _check_size(shape: tuple[int, ...], index: int, basis: Basis, scale: int) ->
             "or dilation, or drop this image")
 
 
+def check_windows_fit(groups, basis, scale_index, spatial_from: int = 1) -> None:
+    """Raise for the first image smaller than the window at any (scale, dilation) entry.
+
+    ``groups`` are :func:`group_by_shape`'s; spatial axes start at ``spatial_from``
+    (1 for ``(N, *spatial)``, 2 for ``(N, C, *spatial)``)."""
+    for indices, batch in groups:
+        for s, d in scale_index:
+            scaled = tuple(-(-v // s) for v in batch.shape[spatial_from:])
+            _check_size(scaled, indices[0], basis.with_dilation(d), s)
+
+
 # ---------------------------------------------------------------------------- preprocessing
 def normalize_images(batch: torch.Tensor) -> torch.Tensor:
     """Z-score each image: subtract its mean, divide by its standard deviation.
@@ -337,10 +348,7 @@ def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
     scale_list = _as_tuple(scales, 1, "scales")
     groups, dtype, device = group_by_shape(images, basis.ndim)
     scale_index = [(s, d) for s in scale_list for d in dilation_list]
-    for indices, batch in groups:
-        for s, d in scale_index:
-            scaled = tuple(-(-v // s) for v in batch.shape[1:])
-            _check_size(scaled, indices[0], basis.with_dilation(d), s)
+    check_windows_fit(groups, basis, scale_index)
 
     per_key: dict[str, list[torch.Tensor]] = {}
     sums_parts: list[list[WindowSums]] = [[] for _ in scale_index]

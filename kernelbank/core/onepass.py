@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from .basis import Basis
-from .fit import (_as_tuple, _check_size, check_finite, group_by_shape, normalize_images,
-                  pyramid_level, residual_mse)
+from .fit import (_as_tuple, check_finite, check_windows_fit, group_by_shape,
+                  normalize_images, pyramid_level, residual_mse)
 from .residual import ResidualDescriptors, describe_residuals
 from .solve import solve_normal_equations
 from .sums import WindowSums, window_sums
@@ -130,10 +130,7 @@ def image_statistics(images, basis: Basis, *, dilations: Sequence[int] | None = 
     scale_list = _as_tuple(scales, 1, "scales")
     scale_index = [(s, d) for s in scale_list for d in dilation_list]
     groups, dtype, device = group_by_shape(images, basis.ndim)
-    for indices, batch in groups:
-        for s, d in scale_index:
-            scaled = tuple(-(-v // s) for v in batch.shape[1:])
-            _check_size(scaled, indices[0], basis.with_dilation(d), s)
+    check_windows_fit(groups, basis, scale_index)
     spec = default_descriptors(basis.ndim) if descriptors else None
     names = spec.names(basis.ndim) if spec is not None else []
 
