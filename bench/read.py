@@ -49,6 +49,7 @@ def write_images(root: Path, n: int, size: int, seed: int = 0) -> None:
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server on a free port of 127.0.0.1, with test credentials in the env."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -61,9 +62,13 @@ def start_moto() -> tuple[subprocess.Popen, str]:
             break
         except OSError:
             time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start within 30 s")
+    url = f"http://127.0.0.1:{port}"
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
-    return proc, f"http://127.0.0.1:{port}"
+                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=url)
+    return proc, url
 
 
 def upload(local: Path, url: str, endpoint: str) -> None:

@@ -45,7 +45,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -298,29 +297,6 @@ def run_kernelbank(input_url: str, output: Path, env: dict, log_path: Path,
             "memory": peaks, "spill": spill, "samples": memory.samples}
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    """moto's S3 server on a free port of 127.0.0.1, with test credentials in the env."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start within 30 s")
-    url = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=url)
-    return proc, url
-
-
 # ---------------------------------------------------------------------------- one point
 def measure(n: int, args, pool: TexturePool, work: Path, s3_endpoint: str | None) -> dict:
     """Generate, run and baseline one dataset of ``n`` images; every figure as a dict."""
@@ -447,6 +423,7 @@ def main() -> None:
                              "settings); default: the pipeline's defaults")
     args = parser.parse_args()
     sizes = [int(s) for s in args.images.split(",") if s.strip()]
+    from read import start_moto
     moto, endpoint = start_moto() if args.s3 else (None, None)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="kb-scale-"))
     work.mkdir(parents=True, exist_ok=True)
