@@ -48,7 +48,7 @@ dilation, the likelihood classifier, and any classifier on the features. Sums ar
 in float64 because the solve of a nearly predictable image needs their digits (a float32
 copy of ``cross`` changes fitted coefficients at the 1e-4 level on smooth textures);
 descriptors are float32 (they are histogram shares and moments, compared to classes,
-never solved with). At the default settings on 64×64 images a row is about 3× the image's
+never solved with). At the default settings on 64×64 images a row is about 2.4× the image's
 own bytes (see ``bytes_per_image`` in ``summary.json``).
 """
 
