@@ -171,8 +171,15 @@ class FitConfig:
     cache_pixels : bool, default=False
         Also write the decoded pixels (uint8 or the source's integer type) to
         ``pixels/``, for a training stage that must not read the images again.
-    batch_size : int, default=64
-        Images per actor call (images of equal shape are fitted together).
+    batch_size : int, optional
+        Images per actor call; default: one read block per call on CPU actors, 4096 on
+        GPU actors (Ray needs a number there).
+    batch_pixels : int, default=2**19
+        Pixels per computation: the images of equal shape in an actor call are fitted
+        together in chunks of at most this many pixels (an image larger than it alone).
+        Sized by pixels, not images, so 32×32 and 512×512 datasets both amortise the
+        per-call cost (measured at 32×32, default recipe, 1 thread: 64 images per call
+        1,450 images/s, 512 images 2,500/s).
     num_gpus : int, default=0
         GPUs to use: >0 gives one GPU per actor and at most this many actors. Decided
         here, never by probing the cluster (an autoscaling cluster shows 0 GPUs at start).
@@ -195,7 +202,8 @@ class FitConfig:
     descriptors: bool = True
     grid: int | None = None
     cache_pixels: bool = False
-    batch_size: int = 64
+    batch_size: int | None = None
+    batch_pixels: int = 1 << 19
     num_gpus: int = 0
     max_actors: int | None = None
     threads_per_actor: int = 1
@@ -216,7 +224,8 @@ class FitConfig:
         object.__setattr__(self, "basis", BasisKind(self.basis))
         if not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge!r}")
-        _check_positive("batch_size", self.batch_size)
+        _check_positive("batch_size", self.batch_size, allow_none=True)
+        _check_positive("batch_pixels", self.batch_pixels)
         if not isinstance(self.num_gpus, int) or self.num_gpus < 0:
             raise ValueError(f"num_gpus must be an integer >= 0, got {self.num_gpus!r}")
         _check_positive("max_actors", self.max_actors, allow_none=True)

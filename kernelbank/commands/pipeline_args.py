@@ -74,7 +74,12 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                          help="cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)")
     cluster.add_argument("--num-gpus", type=int, default=0,
                          help="GPUs for the fit and feature actors (one each); 0 = CPU (default)")
-    cluster.add_argument("--batch-size", type=int, default=64, help="images per actor call")
+    cluster.add_argument("--batch-size", type=int, default=None,
+                         help="images per actor call (default: one read block per fit call; "
+                              "64 for pixel features)")
+    cluster.add_argument("--batch-pixels", type=int, default=1 << 19,
+                         help="pixels per fit computation: images of one shape are fitted "
+                              "together up to this many pixels (default 524288)")
     cluster.add_argument("--max-actors", type=int, default=None,
                          help="upper bound of each autoscaling CPU actor pool "
                               "(default: cluster CPUs / threads)")
@@ -176,7 +181,8 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                     scales=tuple(get("scales", [1])), basis=get("basis", "full"),
                     ridge=get("ridge", 1e-6), descriptors=not get("no_descriptors", False),
                     grid=get("stats_grid"), cache_pixels=bool(get("train", False)),
-                    batch_size=get("batch_size", 64), num_gpus=get("num_gpus", 0),
+                    batch_size=get("batch_size"), batch_pixels=get("batch_pixels", 1 << 19),
+                    num_gpus=get("num_gpus", 0),
                     max_actors=get("max_actors"), threads_per_actor=get("threads_per_actor", 1),
                     **fit_fault_from_env())
     reduce = ReduceConfig(method=get("bank_method", "pooled"),
@@ -184,7 +190,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     features = FeatureConfig(groups=tuple(get("feature_groups", FEATURE_GROUPS)),
                              joint=not get("no_joint", False),
                              pixel_features=bool(get("pixel_features", False)),
-                             batch_size=get("batch_size", 64),
+                             batch_size=get("batch_size") or 64,
                              max_actors=get("max_actors"),
                              threads_per_actor=get("threads_per_actor", 1),
                              num_gpus=get("num_gpus", 0))

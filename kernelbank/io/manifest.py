@@ -54,11 +54,13 @@ import pyarrow.parquet as pq
 from ..config import InputFormat, ReadConfig
 from .decode import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS
 from .fetch import RangeFile, RetryPolicy
+from .records import footer_bytes
 from .storage import is_local, join, resolve
 
 __all__ = ["MANIFEST_SCHEMA", "SPLIT_NAMES", "UNSPLIT", "SHARDS_MANIFEST", "SHARDS_FORMAT",
            "list_inputs", "listing_parts", "split_and_label", "plan_blocks", "save_manifest",
-           "load_manifest", "manifest_info", "SavedManifest", "save_listing", "open_manifest"]
+           "load_manifest", "manifest_info", "SavedManifest", "save_listing", "open_manifest",
+           "footers_path_of"]
 
 SPLIT_NAMES = ("train", "test", "val", "validation")
 UNSPLIT = "unsplit"
@@ -197,11 +199,14 @@ def _folder_manifest(files: pa.Table, root: str) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------- Parquet
-def _parquet_file_manifest(fs, path: str, size: int, config: ReadConfig, packed: bool
-                           ) -> pa.Table:
-    """Manifest rows of one Parquet file (reads its footer and the small columns only)."""
+def _parquet_file_manifest(fs, path: str, size: int, config: ReadConfig, packed: bool,
+                           footers: dict[str, bytes] | None = None) -> pa.Table:
+    """Manifest rows of one Parquet file (reads its footer and the small columns only);
+    the footer goes into ``footers[path]`` when a dict is given."""
     handle = RangeFile(fs, path, size, RetryPolicy(attempts=config.read_attempts))
     parquet = pq.ParquetFile(handle, pre_buffer=True)
+    if footers is not None:
+        footers[path] = footer_bytes(parquet.metadata)
     names = parquet.schema_arrow.names
     missing = [c for c in (config.image_column, config.label_column) if c not in names]
     if missing:
@@ -248,9 +253,10 @@ def _ordered_map(fn, items: list, workers: int = 16) -> Iterator[Any]:
             yield pending.popleft().result()
 
 
-def _parquet_parts(fs, files: list[tuple[str, int]], config: ReadConfig, packed: bool
-                   ) -> Iterator[pa.Table]:
-    return _ordered_map(lambda f: _parquet_file_manifest(fs, f[0], f[1], config, packed), files)
+def _parquet_parts(fs, files: list[tuple[str, int]], config: ReadConfig, packed: bool,
+                   footers: dict[str, bytes] | None = None) -> Iterator[pa.Table]:
+    return _ordered_map(lambda f: _parquet_file_manifest(fs, f[0], f[1], config, packed,
+                                                         footers), files)
 
 
 def _read_shards_manifest(fs, root: str) -> dict[str, Any] | None:
@@ -335,13 +341,15 @@ def list_inputs(config: ReadConfig) -> pa.Table:
     return _with_metadata(pa.concat_tables(parts), **meta)
 
 
-def listing_parts(config: ReadConfig) -> tuple[dict[str, str], Iterator[pa.Table]]:
+def listing_parts(config: ReadConfig, footers: dict[str, bytes] | None = None
+                  ) -> tuple[dict[str, str], Iterator[pa.Table]]:
     """The manifest as a stream: its metadata and its rows, part by part.
 
     One part per shard, Parquet or tar file (listed a few at a time, in order), or one
     part for a folder (sorting a folder's listing needs all of it). Concatenated, the
     parts are :func:`list_inputs`; :func:`save_listing` writes them as they come, so a
-    listing of shards never holds more than a few shards' rows.
+    listing of shards never holds more than a few shards' rows. Each Parquet file's
+    footer is put in ``footers`` (when given) as its part is listed.
     """
     fs, root = resolve(config.url, s3_endpoint=config.s3_endpoint)
     if not fs.exists(root):
@@ -356,7 +364,7 @@ def listing_parts(config: ReadConfig) -> tuple[dict[str, str], Iterator[pa.Table
         if root.lower().endswith(".tar") or config.format is InputFormat.TAR:
             return dict(meta, layout="tar"), _tar_parts(fs, [(root, size)], parent)
         return dict(meta, layout="parquet"), _parquet_parts(fs, [(root, size)], config,
-                                                            packed=False)
+                                                            packed=False, footers=footers)
     shards = _read_shards_manifest(fs, root) if config.format in (
         InputFormat.AUTO, InputFormat.PARQUET) else None
     if shards is not None:
@@ -364,7 +372,7 @@ def listing_parts(config: ReadConfig) -> tuple[dict[str, str], Iterator[pa.Table
         packed = replace(config, image_column="image", label_column="label",
                          split_column="split", id_column="id")
         return (dict(meta, layout="shards", image_column="image"),
-                _parquet_parts(fs, files, packed, packed=True))
+                _parquet_parts(fs, files, packed, packed=True, footers=footers))
     listing = _listing(fs, root)
     images = _files_with(listing, IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
     images = images.filter(pc.invert(pc.ends_with(images.column("path"), "/")))
@@ -385,7 +393,7 @@ def listing_parts(config: ReadConfig) -> tuple[dict[str, str], Iterator[pa.Table
         files = _files_with(listing, ("parquet",))
         return dict(meta, layout="parquet"), _parquet_parts(
             fs, list(zip(files["path"].to_pylist(), files["size"].to_pylist())), config,
-            packed=False)
+            packed=False, footers=footers)
     files = _files_with(listing, ("tar",))
     return dict(meta, layout="tar"), _tar_parts(
         fs, list(zip(files["path"].to_pylist(), files["size"].to_pylist())), root)
@@ -467,6 +475,8 @@ class SavedManifest:
         Sum of the listed sizes (unknown sizes count 0).
     info : dict
         :func:`manifest_info` of the listing (layout, root, url, image column).
+    footers_path : str, optional
+        The Parquet shards' footers, saved with the listing (:func:`footers_path_of`).
     """
 
     fs: Any
@@ -474,6 +484,16 @@ class SavedManifest:
     rows: int
     input_bytes: int
     info: dict
+    footers_path: str | None = None
+
+    def footers(self) -> dict[str, bytes]:
+        """Each Parquet file's footer (:func:`~kernelbank.io.records.footer_bytes`), by
+        the ``shard`` of its rows; empty for other layouts or an older listing."""
+        if self.footers_path is None:
+            return {}
+        with self.fs.open(self.footers_path, "rb") as handle:
+            table = pq.read_table(handle)
+        return dict(zip(table.column("shard").to_pylist(), table.column("footer").to_pylist()))
 
     def read(self, start: int, stop: int) -> pa.Table:
         """Rows ``[start, stop)`` (with the listing's metadata), reading only their groups."""
@@ -508,7 +528,8 @@ def save_listing(config: ReadConfig, fs, path: str,
     sorted). The file appears complete or not at all (written under a temporary name,
     then moved), so a run that stops while listing lists again when resumed.
     """
-    meta, parts = listing_parts(config)
+    footers: dict[str, bytes] = {}
+    meta, parts = listing_parts(config, footers)
     schema = _with_metadata(_empty_manifest(), **meta).schema
     parent = path.rsplit("/", 1)[0]
     fs.makedirs(parent, exist_ok=True)
@@ -521,8 +542,24 @@ def save_listing(config: ReadConfig, fs, path: str,
                     writer.write_table(part.cast(schema), row_group_size=group_rows)
                     rows += part.num_rows
                     input_bytes += int(pc.sum(part.column("size")).as_py() or 0)
+    saved_footers = None
+    if footers:                 # before the listing appears: a listing implies its footers
+        saved_footers = footers_path_of(path)
+        with fs.open(saved_footers, "wb") as handle:
+            pq.write_table(pa.table({"shard": list(footers), "footer": list(footers.values())},
+                                    schema=_FOOTERS_SCHEMA), handle)
     fs.mv(partial, path)
-    return SavedManifest(fs, path, rows, input_bytes, meta)
+    return SavedManifest(fs, path, rows, input_bytes, meta, saved_footers)
+
+
+_FOOTERS_SCHEMA = pa.schema([("shard", pa.string()), ("footer", pa.large_binary())])
+
+
+def footers_path_of(listing_path: str) -> str:
+    """Where :func:`save_listing` keeps the shards' footers of the listing at ``path``
+    (``<name>.footers.parquet`` beside it)."""
+    stem = listing_path[:-len(".parquet")] if listing_path.endswith(".parquet") else listing_path
+    return stem + ".footers.parquet"
 
 
 def open_manifest(fs, path: str) -> SavedManifest:
@@ -532,4 +569,6 @@ def open_manifest(fs, path: str) -> SavedManifest:
         rows = parquet.metadata.num_rows
         info = manifest_info(parquet.schema_arrow.empty_table())
         sizes = parquet.read(columns=["size"]).column(0)
-    return SavedManifest(fs, path, rows, int(pc.sum(sizes).as_py() or 0), info)
+    footers = footers_path_of(path)
+    return SavedManifest(fs, path, rows, int(pc.sum(sizes).as_py() or 0), info,
+                         footers if fs.exists(footers) else None)

@@ -104,8 +104,8 @@ def channel_mismatch(image: np.ndarray, config: ReadConfig, path: str) -> str | 
             "dropped) or luminance")
 
 
-def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | None = None
-               ) -> pa.Table:
+def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | None = None,
+               footers: dict[str, bytes] | None = None) -> pa.Table:
     """Fetch and decode one manifest block into decoded rows (runs in a Ray task).
 
     Parameters
@@ -118,6 +118,8 @@ def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | N
         ``ndim``, ``min_side``, limits, concurrency and retry attempts.
     image_column : str, optional
         Image column of Parquet records; default: the manifest's, else the config's.
+    footers : dict, optional
+        Parquet shard -> footer, from the saved listing (the footers are not read again).
 
     Returns
     -------
@@ -138,7 +140,7 @@ def read_block(block: pa.Table, *, fs, config: ReadConfig, image_column: str | N
     for record in fetch_records(fs, block, image_column=image_column,
                                 concurrency=config.fetch_concurrency,
                                 policy=RetryPolicy(attempts=config.read_attempts),
-                                max_bytes=config.max_bytes):
+                                max_bytes=config.max_bytes, footers=footers):
         i = record.index
         bytes_read[i], retries[i] = record.bytes_read, record.retries
         if record.error is not None:
@@ -253,7 +255,8 @@ def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
         return ray.data.from_arrow(numbers or [pa.table({"row": pa.array([], pa.int64())})]
                                    ).map_batches(
             _read_saved_rows, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-            fn_kwargs={"manifest": manifest, "skip_ids": skip_ids, **read_kwargs})
+            fn_kwargs={"manifest": manifest, "skip_ids": skip_ids,
+                       "footers": manifest.footers(), **read_kwargs})
     plain = manifest.replace_schema_metadata(None)
     tables = [plain.slice(start, stop - start) for start, stop in blocks] or [plain]
     return ray.data.from_arrow(tables).map_batches(
@@ -264,7 +267,8 @@ def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
 def _read_saved_rows(numbers: pa.Table, *, manifest: SavedManifest,
                      skip_ids: pa.Array | None, **read_kwargs) -> pa.Table:
     """Decoded rows of the saved manifest's rows ``numbers["row"]`` (runs of consecutive
-    rows are read with one :meth:`SavedManifest.read` each)."""
+    rows are read with one :meth:`SavedManifest.read` each). ``read_kwargs`` go to
+    :func:`read_block` (with the shards' footers the listing saved)."""
     rows = np.asarray(numbers.column("row").to_numpy(zero_copy_only=False), np.int64)
     cuts = np.flatnonzero(np.diff(rows) != 1) + 1
     parts = []

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from .fetch import RangeFile, RetryPolicy, fetch_ranges
 
-__all__ = ["RawRecord", "fetch_records", "cell_value"]
+__all__ = ["RawRecord", "fetch_records", "cell_value", "footer_bytes", "footer_metadata"]
 
 
 @dataclass
@@ -112,13 +112,33 @@ def _tars(fs, block: pa.Table, rows: np.ndarray, concurrency: int, policy: Retry
             yield RawRecord(row, data, None, len(data) + extra, result.retries if j == 0 else 0)
 
 
+def footer_bytes(metadata: pq.FileMetaData) -> bytes:
+    """A Parquet file's footer as bytes (a metadata-only Parquet file), for
+    :func:`footer_metadata`: the listing keeps each shard's footer so read tasks fetch
+    only their column chunks."""
+    sink = pa.BufferOutputStream()
+    metadata.write_metadata_file(sink)
+    return sink.getvalue().to_pybytes()
+
+
+def footer_metadata(data: bytes) -> pq.FileMetaData:
+    """The footer :func:`footer_bytes` wrote."""
+    return pq.read_metadata(pa.BufferReader(data))
+
+
 def _parquet_shard(fs, shard: str, shard_size: int, units: dict[int, list[tuple[int, int]]],
-                   image_column: str, policy: RetryPolicy) -> list[RawRecord]:
-    """Records of one Parquet file: ``units`` maps row group -> [(block row, file row)]."""
+                   image_column: str, policy: RetryPolicy, footer: bytes | None = None
+                   ) -> list[RawRecord]:
+    """Records of one Parquet file: ``units`` maps row group -> [(block row, file row)].
+
+    ``footer`` (:func:`footer_bytes`, kept by the listing) saves reading the file's footer
+    again: without it, pyarrow reads the last 64 KiB (or the whole footer) per call.
+    """
     handle = RangeFile(fs, shard, shard_size, policy)
     out: list[RawRecord] = []
     try:
-        parquet = pq.ParquetFile(handle, pre_buffer=True)
+        parquet = pq.ParquetFile(handle, pre_buffer=True,
+                                 metadata=footer_metadata(footer) if footer else None)
         firsts = np.concatenate([[0], np.cumsum([parquet.metadata.row_group(g).num_rows
                                                  for g in range(parquet.num_row_groups)])])
         for group, members in sorted(units.items()):
@@ -144,7 +164,7 @@ def _parquet_shard(fs, shard: str, shard_size: int, units: dict[int, list[tuple[
 
 
 def _parquet(fs, block: pa.Table, rows: np.ndarray, image_column: str, concurrency: int,
-             policy: RetryPolicy) -> Iterator[RawRecord]:
+             policy: RetryPolicy, footers: dict[str, bytes]) -> Iterator[RawRecord]:
     shards = block.column("shard").take(pa.array(rows)).to_pylist()
     shard_sizes = _column(block, "shard_size")[rows]
     groups = _column(block, "group")[rows]
@@ -157,14 +177,14 @@ def _parquet(fs, block: pa.Table, rows: np.ndarray, image_column: str, concurren
         sizes[shard] = int(shard_sizes[k])
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(plan)))) as pool:
         futures = [pool.submit(_parquet_shard, fs, shard, sizes[shard], units, image_column,
-                               policy) for shard, units in plan.items()]
+                               policy, footers.get(shard)) for shard, units in plan.items()]
         for future in futures:
             yield from future.result()
 
 
 def fetch_records(fs, block: pa.Table, *, image_column: str = "image", concurrency: int = 32,
-                  policy: RetryPolicy | None = None, max_bytes: int | None = None
-                  ) -> Iterator[RawRecord]:
+                  policy: RetryPolicy | None = None, max_bytes: int | None = None,
+                  footers: dict[str, bytes] | None = None) -> Iterator[RawRecord]:
     """The raw content of every row of a manifest block (any order; see ``index``).
 
     Parameters
@@ -180,6 +200,9 @@ def fetch_records(fs, block: pa.Table, *, image_column: str = "image", concurren
     policy : RetryPolicy, optional
     max_bytes : int, optional
         Objects the listing says are larger are not fetched (an error row instead).
+    footers : dict, optional
+        Parquet shard -> its footer (:func:`footer_bytes`), kept by the listing: the
+        shards' footers are then not read again.
 
     Yields
     ------
@@ -202,4 +225,4 @@ def fetch_records(fs, block: pa.Table, *, image_column: str = "image", concurren
     yield from _files(fs, block, np.flatnonzero(keep & ~in_shard), concurrency, policy)
     yield from _tars(fs, block, np.flatnonzero(keep & in_tar), concurrency, policy)
     yield from _parquet(fs, block, np.flatnonzero(keep & in_shard & ~in_tar), image_column,
-                        concurrency, policy)
+                        concurrency, policy, footers or {})

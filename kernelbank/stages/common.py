@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..io.storage import redact
 from .progress import info_enabled, ray_log_level
 
-__all__ = ["connect_ray", "actor_pool_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
+__all__ = ["connect_ray", "actor_pool_args", "WRITE_ARGS", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
            "map_bounded",
            "make_basis", "Terminated", "stop_on_sigterm"]
 
@@ -100,18 +100,32 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
     return {"mode": mode, "seconds": seconds, "resources": resources}
 
 
+#: Rows per call of a GPU actor when no batch size is given (the fit stage cuts them
+#: into computations by pixels).
+GPU_BATCH_ROWS = 4096
+
+
+#: ``write_datasink`` arguments of every stage: writes are I/O (a Parquet encode and an
+#: upload), so they reserve no CPU; reserving one starves them behind actors that hold
+#: every CPU, and a stage's first results then appear only when its last block is done.
+WRITE_ARGS = {"ray_remote_args": {"num_cpus": 0}}
+
+
 def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
-                    batch_size: int) -> dict[str, Any]:
+                    batch_size: int | None) -> dict[str, Any]:
     """``map_batches`` keyword arguments for an autoscaling actor pool.
 
     GPU use is decided by the config (``num_gpus``), never by probing the cluster: an
     autoscaling cluster reports 0 GPUs until a GPU node starts, and a GPU request on a
     cluster without GPUs waits forever. The pool scales from 1 actor up, so reads are
     never starved by actors holding every CPU (a fixed pool on a small machine hangs).
+    ``batch_size`` None gives each call a whole block; GPU actors get
+    :data:`GPU_BATCH_ROWS` then, because Ray needs a number of rows for them.
     """
     import ray
     import ray.data
     if num_gpus > 0:
+        batch_size = batch_size or GPU_BATCH_ROWS
         upper = num_gpus
         resources = {"num_gpus": 1, "num_cpus": 1}
         if not ray.cluster_resources().get("GPU"):
@@ -121,7 +135,11 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
         cpus = int(ray.cluster_resources().get("CPU", 1))
         upper = max_actors or max(1, cpus // threads)
         resources = {"num_cpus": threads}
-    return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, upper),
+    upper = max(1, upper)
+    # every actor starts at once (each one imports torch: seconds); the pool may still
+    # shrink to one when reads or writes need the CPUs
+    return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=upper,
+                                                  initial_size=upper,
                                                   max_tasks_in_flight_per_actor=2),
             "batch_size": batch_size, **resources}
 

@@ -41,7 +41,7 @@ from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
 from ..io.tables import SplitParquetSink
-from .common import actor_pool_args, log, timed
+from .common import WRITE_ARGS, actor_pool_args, log, timed
 from .reduce import BANK_FILE, load_fit_meta, stats_file
 from .table import TableMeta, column_array, covariance_of_rows, sums_of_rows, table_files
 
@@ -286,7 +286,7 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
             pixel = _pixel_features(read, bank, config, meta)
             names = names + pixel.schema().names[1:-2]
             ds = _join_on_id(ds, pixel)
-        ds.write_datasink(sink)
+        ds.write_datasink(sink, **WRITE_ARGS)
     write_json(staging.fs, join(staging.dir("features"), "_kernelbank.json"),
                {"feature_names": names, "prediction_column": PREDICTION,
                 "groups": list(config.groups), "joint": config.joint,

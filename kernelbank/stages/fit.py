@@ -55,7 +55,7 @@ own bytes (see ``bytes_per_image`` in ``summary.json``).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +67,7 @@ from ..io.manifest import list_inputs, open_manifest, save_listing
 from ..io.readers import images_from_batch, probe_channels, read_images
 from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, SplitParquetSink, count_rows
-from .common import actor_pool_args, log, make_basis, timed
+from .common import WRITE_ARGS, actor_pool_args, log, make_basis, timed
 from .table import flat_covariance, flat_sums, table_files
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
@@ -103,8 +103,8 @@ class StatisticsFitter:
 
     Notes
     -----
-    Images are grouped by shape and each group is computed in one call on the actor's
-    device (CUDA only when the config asks for GPUs and one is visible; host batches are
+    Images are grouped by shape and each group is computed in chunks of at most
+    ``config.batch_pixels`` pixels on the actor's device (CUDA only when the config asks for GPUs and one is visible; host batches are
     pinned and copied without blocking). A group that fails — a bad image, a singular
     solve, a CUDA or host out-of-memory — is split in halves and retried, so only images
     that fail alone become error rows (stage ``fit``). Rows that arrive as error rows
@@ -179,6 +179,16 @@ class StatisticsFitter:
                 handle.write(f"killed after {self.images_seen} images\n")
         os._exit(17)
 
+    def _chunks(self, groups: dict[tuple[int, ...], list[int]], images: list[np.ndarray]
+                ) -> Iterator[list[int]]:
+        """Each shape group's rows in runs of at most ``batch_pixels`` pixels (one image
+        at least): one computation each."""
+        for rows in groups.values():
+            per_image = images[rows[0]].size
+            step = max(1, self.config.batch_pixels // max(per_image, 1))
+            for start in range(0, len(rows), step):
+                yield rows[start:start + step]
+
     # ------------------------------------------------------------------ the batch
     def __call__(self, batch: pa.Table) -> pa.Table:
         images = images_from_batch(batch)
@@ -191,7 +201,7 @@ class StatisticsFitter:
         columns: dict[str, np.ndarray] = {}
         done = np.zeros(len(images), dtype=bool)
         ids = batch.column("id").to_pylist()
-        for rows in groups.values():
+        for rows in self._chunks(groups, images):
             for where, result in self._isolated([images[i] for i in rows], rows, ids):
                 if isinstance(result, str):
                     stage[where], reason[where] = "fit", result
@@ -328,7 +338,7 @@ def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
                                     cache_dir=join(staging.dir("fit"), PIXEL_CACHE)
                                     if config.cache_pixels else None, counter=counter)
             if manifest.rows > len(done):
-                fit_dataset(read, config, manifest, skip).write_datasink(sink)
+                fit_dataset(read, config, manifest, skip).write_datasink(sink, **WRITE_ARGS)
     if done:
         sink.counts.update(count_rows(fs, ok_parts, error_parts))
     write_json(fs, join(staging.dir("fit"), FIT_META),

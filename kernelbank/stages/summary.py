@@ -24,7 +24,8 @@ __all__ = ["scrub", "stage_specs", "settings_of", "input_spec", "run_alone", "de
 
 #: Config fields that change how fast a stage runs, not what it writes.
 RESOURCE_FIELDS = frozenset({
-    "batch_size", "num_gpus", "max_actors", "threads_per_actor", "override_num_blocks",
+    "batch_size", "batch_pixels", "num_gpus", "max_actors", "threads_per_actor",
+    "override_num_blocks",
     "fetch_concurrency", "read_attempts", "block_bytes", "block_rows",
     "s3_endpoint", "fault_kill_after", "fault_marker", "workers", "use_gpu",
     "cpus_per_worker", "storage_path", "fail_after_epoch", "output", "ray_address"})

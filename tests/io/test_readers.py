@@ -118,6 +118,18 @@ def test_shards_and_folder_give_identical_rows(ray_local, tmp_path):
     streamed = _rows(read_images(saved, config, skip_ids=pa.array(done)))
     assert [{k: r[k] for k in keys} for r in streamed] == \
         [{k: r[k] for k in keys} for r in shards if r["id"] not in set(done)]
+    # the listing kept each shard's footer: read tasks fetch exactly the image column
+    # chunks of the row groups they need, nothing else
+    assert saved.footers_path and len(saved.footers()) == len(packed["shards"])
+    listing = saved.read(0, saved.rows).to_pylist()
+    wanted = {(r["shard"], r["group"]) for r in listing if r["id"] not in set(done)}
+    chunks = 0
+    for shard, group in wanted:
+        meta = pq.ParquetFile(shard).metadata.row_group(group)
+        image = [meta.column(c) for c in range(meta.num_columns)
+                 if meta.column(c).path_in_schema == "image"][0]
+        chunks += image.total_compressed_size
+    assert sum(r["bytes_read"] for r in streamed) == chunks
 
 
 def _upload(s3_endpoint, bucket: str, n: int) -> tuple[object, dict[str, np.ndarray]]:
