@@ -109,10 +109,14 @@ def in_process_records(load: Callable[[], list[bytes]], *, ids: list[str], label
     run's :class:`~kernelbank.config.FitConfig` (default: the pipeline's defaults).
     """
     import torch
+    from threadpoolctl import threadpool_limits
     default = torch.get_num_threads()
     torch.set_num_threads(threads or default)
     try:
-        return _in_process(load, ids, labels, np.array(splits), batch, config)
+        # NumPy's BLAS (the ridge's eigh, the fold scatters) gets the same thread count
+        # as torch: its default spin-waiting threads are slower than one on a busy machine
+        with threadpool_limits(threads or default):
+            return _in_process(load, ids, labels, np.array(splits), batch, config)
     finally:
         torch.set_num_threads(default)
 

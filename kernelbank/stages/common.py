@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..io.storage import redact
 from .progress import info_enabled, ray_log_level
 
-__all__ = ["connect_ray", "actor_pool_args", "WRITE_ARGS", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
+__all__ = ["connect_ray", "actor_pool_args", "pool_size", "write_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
            "map_bounded",
            "make_basis", "Terminated", "stop_on_sigterm"]
 
@@ -105,39 +105,49 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
 GPU_BATCH_ROWS = 4096
 
 
-#: ``write_datasink`` arguments of every stage: writes are I/O (a Parquet encode and an
-#: upload), so they reserve no CPU; reserving one starves them behind actors that hold
-#: every CPU, and a stage's first results then appear only when its last block is done.
-WRITE_ARGS = {"ray_remote_args": {"num_cpus": 0}}
+def pool_size(*, num_gpus: int, max_actors: int | None, threads: int) -> int:
+    """Actors of a stage's pool: one per GPU asked for, else ``max_actors`` or one per
+    ``threads`` CPUs of the cluster (as it is now)."""
+    import ray
+    if num_gpus > 0:
+        return num_gpus
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, max_actors or cpus // threads)
+
+
+def write_args(pool: int) -> dict[str, Any]:
+    """``write_datasink`` arguments for a stage whose actor pool has ``pool`` actors.
+
+    Writes are I/O (a Parquet encode and an upload), so they reserve no CPU: reserving
+    one starves them behind actors that hold every CPU, and a stage's first part files
+    then appear only when its last block is computed. At most one write per actor runs
+    at once, so writes keep up with the pool without starting a worker process per block.
+    """
+    return {"ray_remote_args": {"num_cpus": 0}, "concurrency": max(1, pool)}
 
 
 def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
                     batch_size: int | None) -> dict[str, Any]:
-    """``map_batches`` keyword arguments for an autoscaling actor pool.
+    """``map_batches`` keyword arguments for a stage's actor pool (:func:`pool_size`).
 
     GPU use is decided by the config (``num_gpus``), never by probing the cluster: an
     autoscaling cluster reports 0 GPUs until a GPU node starts, and a GPU request on a
-    cluster without GPUs waits forever. The pool scales from 1 actor up, so reads are
-    never starved by actors holding every CPU (a fixed pool on a small machine hangs).
+    cluster without GPUs waits forever. Every actor starts at once (each imports torch,
+    seconds of start-up); the pool may shrink to one actor when reads need the CPUs.
     ``batch_size`` None gives each call a whole block; GPU actors get
     :data:`GPU_BATCH_ROWS` then, because Ray needs a number of rows for them.
     """
     import ray
     import ray.data
+    upper = pool_size(num_gpus=num_gpus, max_actors=max_actors, threads=threads)
     if num_gpus > 0:
         batch_size = batch_size or GPU_BATCH_ROWS
-        upper = num_gpus
         resources = {"num_gpus": 1, "num_cpus": 1}
         if not ray.cluster_resources().get("GPU"):
             log(f"asked for {num_gpus} GPU actor(s) but the cluster has no GPU now: an "
                 "autoscaler must add GPU nodes, otherwise the stage waits (use --num-gpus 0)")
     else:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        upper = max_actors or max(1, cpus // threads)
         resources = {"num_cpus": threads}
-    upper = max(1, upper)
-    # every actor starts at once (each one imports torch: seconds); the pool may still
-    # shrink to one when reads or writes need the CPUs
     return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=upper,
                                                   initial_size=upper,
                                                   max_tasks_in_flight_per_actor=2),

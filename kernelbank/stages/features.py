@@ -41,7 +41,7 @@ from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
 from ..io.tables import SplitParquetSink
-from .common import WRITE_ARGS, actor_pool_args, log, timed
+from .common import actor_pool_args, log, pool_size, timed, write_args
 from .reduce import BANK_FILE, load_fit_meta, stats_file
 from .table import TableMeta, column_array, covariance_of_rows, sums_of_rows, table_files
 
@@ -272,12 +272,13 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
     with timed(summary):
         files = table_files(fs_fit, fit_path)
         ds = ray.data.read_parquet(files, filesystem=ray_filesystem(fs_fit))
+        # statistics rows are small and the features are algebra on them: CPU actors,
+        # whole blocks per call, however many GPUs the pixel stages use
+        pool = actor_pool_args(num_gpus=0, max_actors=config.max_actors,
+                               threads=config.threads_per_actor, batch_size=None)
         ds = ds.map_batches(TableFeaturizer,
                             fn_constructor_args=(ray.put(bank), ray.put(stats), meta, config),
-                            batch_format="pyarrow", batch_size=None,
-                            compute=ray.data.ActorPoolStrategy(
-                                min_size=1, max_size=config.max_actors or 2),
-                            num_cpus=config.threads_per_actor)
+                            batch_format="pyarrow", **pool)
         if config.pixel_features:
             read = read or _fit_input(fs_fit, fit_path, fit_url, s3_endpoint)
             # the images are decoded as the fit stage decoded them (its table says how)
@@ -286,7 +287,8 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
             pixel = _pixel_features(read, bank, config, meta)
             names = names + pixel.schema().names[1:-2]
             ds = _join_on_id(ds, pixel)
-        ds.write_datasink(sink, **WRITE_ARGS)
+        ds.write_datasink(sink, **write_args(pool_size(num_gpus=0, max_actors=config.max_actors,
+                                                       threads=config.threads_per_actor)))
     write_json(staging.fs, join(staging.dir("features"), "_kernelbank.json"),
                {"feature_names": names, "prediction_column": PREDICTION,
                 "groups": list(config.groups), "joint": config.joint,

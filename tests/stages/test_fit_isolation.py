@@ -71,3 +71,32 @@ def test_faults_are_inert_without_the_test_switch(decoded, monkeypatch):
     monkeypatch.setenv(faults.POISON_IDS_ENV, decoded.column("id")[0].as_py())
     out, _ = _fit(decoded)
     assert out.column("reason").null_count == out.num_rows
+
+
+class _CountingFitter(StatisticsFitter):
+    """The real fitter, recording how many images each computation got."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.computations: list[int] = []
+
+    def _statistics(self, images, ids):
+        self.computations.append(len(images))
+        return super()._statistics(images, ids)
+
+
+def test_computations_are_sized_by_pixels(decoded):
+    from dataclasses import replace
+    _, clean = _fit(decoded)
+    pixels = int(np.prod(decoded.column("shape")[0].as_py()))
+    assert {tuple(s) for s in decoded.column("shape").to_pylist()} == \
+        {tuple(decoded.column("shape")[0].as_py())}            # one shape: one group of 16
+    fitter = _CountingFitter(replace(CONFIG, batch_pixels=5 * pixels + 3))
+    out = fitter(decoded)
+    assert fitter.computations == [5, 5, 5, 1]
+    coefs = dict(zip(out.column("id").to_pylist(), out.column("coef").to_pylist()))
+    for rid, coef in clean.items():
+        np.testing.assert_allclose(coefs[rid], coef, rtol=1e-6, atol=1e-7)
+    tiny = _CountingFitter(replace(CONFIG, batch_pixels=pixels // 2))  # less than one image
+    tiny(decoded)
+    assert tiny.computations == [1] * 16
