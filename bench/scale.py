@@ -181,7 +181,22 @@ def generate_shards(fs, root: str, n: int, pool: TexturePool, *, shard_mb: float
         shards.append({"path": name, **shard.entry})
     return write_shards_manifest(fs, root, shards, source="bench/scale.py (GMRF crops)",
                                  shard_mb=shard_mb, group_rows=group_rows,
+                                 image_size=pool.size, classes=len(pool.names),
                                  seconds=round(time.perf_counter() - start, 3))
+
+
+def _reusable(fs, root: str, n: int, args) -> dict | None:
+    """The shards a previous ``--keep`` run generated with the same settings, if any."""
+    from kernelbank.io.storage import join
+    try:
+        manifest = json.loads(fs.cat_file(join(root, "_manifest.json")))
+    except FileNotFoundError:
+        return None
+    same = (manifest.get("rows") == n and manifest.get("shard_mb") == args.shard_mb
+            and manifest.get("group_rows") == args.group_rows
+            and manifest.get("image_size") == args.size
+            and manifest.get("classes") == args.classes)
+    return dict(manifest, reused=True) if same else None
 
 
 def read_sample(fs, root: str, manifest: dict, count: int) -> tuple[list, list, list, list]:
@@ -314,11 +329,16 @@ def measure(n: int, args, pool: TexturePool, work: Path, s3_endpoint: str | None
     if not np.array_equal(decode_bytes(png_bytes(pool.image(0, 0)), "x.png"), pool.image(0, 0)):
         raise RuntimeError("the PNG encoder does not round-trip")
     start = time.perf_counter()
-    manifest = generate_shards(fs, root, n, pool, shard_mb=args.shard_mb,
-                               group_rows=args.group_rows)
-    generated = time.perf_counter() - start
+    manifest = _reusable(fs, root, n, args) if args.reuse else None
+    if manifest is None:
+        manifest = generate_shards(fs, root, n, pool, shard_mb=args.shard_mb,
+                                   group_rows=args.group_rows)
+        generated = time.perf_counter() - start
+    else:
+        generated = manifest.get("seconds", 0.0)
     print(f"[scale] {n} images: {manifest['bytes'] / 2**20:.1f} MiB in "
-          f"{len(manifest['shards'])} shards, generated in {generated:.1f} s", flush=True)
+          f"{len(manifest['shards'])} shards, generated in {generated:.1f} s"
+          + (" (reused)" if args.reuse and manifest.get("reused") else ""), flush=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[1])] + os.environ.get("PYTHONPATH", "").split(
             os.pathsep)).rstrip(os.pathsep))
@@ -416,6 +436,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where shards and outputs go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep shards and outputs")
+    parser.add_argument("--reuse", action="store_true",
+                        help="use the shards a previous --keep run left in --workdir when "
+                             "they have the same size, classes and sharding")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--run-args", type=shlex.split, default=[],
                         help="extra `kernelbank run` options, e.g. \"--radius 1 --dilations 1 "

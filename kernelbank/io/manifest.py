@@ -424,13 +424,16 @@ def plan_blocks(manifest: pa.Table, *, target_bytes: int, max_rows: int, min_blo
     by_rows = np.arange(n, dtype=np.int64) // rows
     starts = np.flatnonzero((np.diff(by_bytes) != 0) | (np.diff(by_rows) != 0)) + 1
     # row groups are indivisible: move each cut to the start of the group it falls in
-    shard = manifest.column("shard")
     group = manifest.column("group")
     if group.null_count < n:
-        key = pc.binary_join_element_wise(pc.fill_null(pc.cast(shard, pa.string()), ""),
-                                          pc.fill_null(pc.cast(group, pa.string()), ""), "/")
-        codes = np.asarray(pc.dictionary_encode(key).combine_chunks().indices)
-        group_starts = np.concatenate([[0], np.flatnonzero(np.diff(codes) != 0) + 1])
+        shard = manifest.column("shard")
+        if not pa.types.is_integer(shard.type):         # the planning table has codes
+            shard = pc.dictionary_encode(shard).combine_chunks().indices
+        # a row group is a run of equal (shard, group) pairs: compare them as integers
+        shard_code = np.asarray(pc.fill_null(shard, -1).to_numpy(zero_copy_only=False), np.int64)
+        group_code = np.asarray(pc.fill_null(group, -1).to_numpy(zero_copy_only=False), np.int64)
+        changed = (np.diff(shard_code) != 0) | (np.diff(group_code) != 0)
+        group_starts = np.concatenate([[0], np.flatnonzero(changed) + 1])
         starts = group_starts[np.searchsorted(group_starts, starts, side="right") - 1]
     starts = np.unique(np.concatenate([[0], starts[(starts > 0) & (starts < n)]]))
     stops = np.concatenate([starts[1:], [n]])

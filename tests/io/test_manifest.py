@@ -120,6 +120,10 @@ def test_plan_blocks_never_splits_a_row_group():
     assert {a for a, _ in blocks} <= group_starts            # every block starts a group
     assert all(b - a <= 5 + 10 for a, b in blocks)            # max_rows + the largest group
     assert len(blocks) >= 4
+    # two shards of one row group each: group 0 of the second shard is another group
+    two = pa.concat_tables([_shard_manifest([10]), _shard_manifest([10]).set_column(
+        5, "shard", pa.array(["t.parquet"] * 10))])
+    assert plan_blocks(two, target_bytes=1 << 30, max_rows=5) == [(0, 10), (10, 20)]
 
 
 def test_manifest_round_trips_through_parquet(tmp_path):
