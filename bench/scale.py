@@ -343,6 +343,7 @@ def measure(n: int, args, pool: TexturePool, work: Path, s3_endpoint: str | None
         [str(Path(__file__).resolve().parents[1])] + os.environ.get("PYTHONPATH", "").split(
             os.pathsep)).rstrip(os.pathsep))
     output = work / f"out-{n}"
+    shutil.rmtree(output, ignore_errors=True)   # a fresh run: never resume an earlier attempt
     run = run_kernelbank(input_url, output, env, work / f"run-{n}.log", args.run_args)
     summary = run["summary"]
     ids, labels, splits, images = read_sample(fs, root, manifest, min(n, args.sample))

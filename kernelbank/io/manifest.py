@@ -199,27 +199,62 @@ def _folder_manifest(files: pa.Table, root: str) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------- Parquet
-def _parquet_file_manifest(fs, path: str, size: int, config: ReadConfig, packed: bool,
-                           footers: dict[str, bytes] | None = None) -> pa.Table:
-    """Manifest rows of one Parquet file (reads its footer and the small columns only);
-    the footer goes into ``footers[path]`` when a dict is given."""
+#: Rows listed per unit of work: a Parquet file is listed a few row groups at a time, so
+#: the driver holds a few units' rows, not whole 256 MB shards' (a million 32×32 images
+#: are 4 shards of 250,000 rows).
+LISTING_UNIT_ROWS = 16_384
+
+
+@dataclass(frozen=True)
+class _ParquetUnit:
+    """Consecutive row groups of one Parquet file to list together."""
+
+    path: str
+    size: int
+    metadata: Any           # pyarrow.parquet.FileMetaData, read once per file
+    groups: list[int]
+    first_row: int          # the file row of the first group's first row
+
+
+def _footer(fs, path: str, size: int, config: ReadConfig) -> pq.FileMetaData:
+    """A Parquet file's footer, checked for the image and label columns."""
     handle = RangeFile(fs, path, size, RetryPolicy(attempts=config.read_attempts))
-    parquet = pq.ParquetFile(handle, pre_buffer=True)
-    if footers is not None:
-        footers[path] = footer_bytes(parquet.metadata)
-    names = parquet.schema_arrow.names
+    metadata = pq.ParquetFile(handle).metadata
+    names = metadata.schema.to_arrow_schema().names
     missing = [c for c in (config.image_column, config.label_column) if c not in names]
     if missing:
         raise ValueError(f"Parquet input {path!r} has no column {missing} (columns: {names});"
                          " set image_column/label_column (--image-column/--label-column)")
+    return metadata
+
+
+def _units(path: str, size: int, metadata: pq.FileMetaData) -> Iterator[_ParquetUnit]:
+    """The file's row groups in runs of about :data:`LISTING_UNIT_ROWS` rows."""
+    groups: list[int] = []
+    first = rows = 0
+    for g in range(metadata.num_row_groups):
+        count = metadata.row_group(g).num_rows
+        if groups and rows + count > LISTING_UNIT_ROWS:
+            yield _ParquetUnit(path, size, metadata, groups, first)
+            groups, first, rows = [], first + rows, 0
+        groups.append(g)
+        rows += count
+    if groups:
+        yield _ParquetUnit(path, size, metadata, groups, first)
+
+
+def _unit_manifest(fs, unit: _ParquetUnit, config: ReadConfig, packed: bool) -> pa.Table:
+    """Manifest rows of a unit (reads the small columns of its row groups only)."""
+    handle = RangeFile(fs, unit.path, unit.size, RetryPolicy(attempts=config.read_attempts))
+    parquet = pq.ParquetFile(handle, pre_buffer=True, metadata=unit.metadata)
+    names = parquet.schema_arrow.names
     wanted = [config.label_column] + [c for c in (config.split_column, config.id_column, "size")
                                       if c in names]
-    small = parquet.read(columns=wanted)
+    small = parquet.read_row_groups(unit.groups, columns=wanted)
     n = small.num_rows
-    groups = np.repeat(np.arange(parquet.num_row_groups, dtype=np.int32),
-                       [parquet.metadata.row_group(g).num_rows
-                        for g in range(parquet.num_row_groups)])
-    rows = pa.array(np.arange(n, dtype=np.int64))
+    groups = np.repeat(np.asarray(unit.groups, np.int32),
+                       [unit.metadata.row_group(g).num_rows for g in unit.groups])
+    rows = pa.array(np.arange(unit.first_row, unit.first_row + n, dtype=np.int64))
     label = pc.fill_null(pc.cast(small.column(config.label_column), pa.string()), "")
     if config.split_column in names:
         split = pc.utf8_lower(pc.cast(small.column(config.split_column), pa.string()))
@@ -228,22 +263,21 @@ def _parquet_file_manifest(fs, path: str, size: int, config: ReadConfig, packed:
         split = pa.repeat(pa.scalar(UNSPLIT), n)
     key = pc.cast(small.column(config.id_column), pa.string()) \
         if config.id_column in names else pc.cast(rows, pa.string())
-    prefixed = pc.binary_join_element_wise(path, key, "#")
+    prefixed = pc.binary_join_element_wise(unit.path, key, "#")
     record_id = key if packed else prefixed
     sizes = pc.cast(small.column("size"), pa.int64()) if packed and "size" in names \
         else pa.nulls(n, pa.int64())
     return pa.Table.from_arrays(
-        [record_id, prefixed, sizes, label, split, pa.repeat(pa.scalar(path), n),
-         pa.array(np.full(n, size, np.int64)), pa.array(groups), rows, pa.nulls(n, pa.int64())],
-        schema=MANIFEST_SCHEMA)
+        [record_id, prefixed, sizes, label, split, pa.repeat(pa.scalar(unit.path), n),
+         pa.array(np.full(n, unit.size, np.int64)), pa.array(groups), rows,
+         pa.nulls(n, pa.int64())], schema=MANIFEST_SCHEMA)
 
 
-def _ordered_map(fn, items: list, workers: int = 16) -> Iterator[Any]:
-    """``fn(item)`` of every item, in order, at most ``workers`` running or waiting to be
-    consumed (``ThreadPoolExecutor.map`` would keep every finished listing until the last)."""
-    if not items:
-        return
-    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+def _ordered_map(fn, items, workers: int = 16) -> Iterator[Any]:
+    """``fn(item)`` of every item (any iterable, consumed as results are), in order, at
+    most ``workers`` running or waiting to be consumed (``ThreadPoolExecutor.map`` would
+    keep every finished listing until the last)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
         for item in items:
             if len(pending) >= workers:
@@ -255,8 +289,16 @@ def _ordered_map(fn, items: list, workers: int = 16) -> Iterator[Any]:
 
 def _parquet_parts(fs, files: list[tuple[str, int]], config: ReadConfig, packed: bool,
                    footers: dict[str, bytes] | None = None) -> Iterator[pa.Table]:
-    return _ordered_map(lambda f: _parquet_file_manifest(fs, f[0], f[1], config, packed,
-                                                         footers), files)
+    """Manifest parts of Parquet files, a unit of row groups each: the footers are read
+    16 at a time, the units listed 4 at a time (each a few MB of ids and paths)."""
+    def units() -> Iterator[_ParquetUnit]:
+        for (path, size), metadata in zip(files, _ordered_map(
+                lambda f: _footer(fs, f[0], f[1], config), files)):
+            if footers is not None:
+                footers[path] = footer_bytes(metadata)
+            yield from _units(path, size, metadata)
+    return _ordered_map(lambda unit: _unit_manifest(fs, unit, config, packed), units(),
+                        workers=4)
 
 
 def _read_shards_manifest(fs, root: str) -> dict[str, Any] | None:

@@ -132,8 +132,9 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
 
     GPU use is decided by the config (``num_gpus``), never by probing the cluster: an
     autoscaling cluster reports 0 GPUs until a GPU node starts, and a GPU request on a
-    cluster without GPUs waits forever. Every actor starts at once (each imports torch,
-    seconds of start-up); the pool may shrink to one actor when reads need the CPUs.
+    cluster without GPUs waits forever. The pool scales from 1 actor up: starting every
+    actor at once (``initial_size``) deadlocks a small machine when a task that feeds
+    the actors, such as ``read_parquet``'s file listing, needs a CPU they all hold.
     ``batch_size`` None gives each call a whole block; GPU actors get
     :data:`GPU_BATCH_ROWS` then, because Ray needs a number of rows for them.
     """
@@ -149,7 +150,6 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
     else:
         resources = {"num_cpus": threads}
     return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=upper,
-                                                  initial_size=upper,
                                                   max_tasks_in_flight_per_actor=2),
             "batch_size": batch_size, **resources}
 

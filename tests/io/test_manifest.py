@@ -212,3 +212,22 @@ def test_listing_parts_are_produced_a_few_at_a_time():
         out.append((value, len(started)))
     assert [v for v, _ in out] == [i * 10 for i in range(100)]
     assert all(n <= k + 5 for k, (_, n) in enumerate(out))
+
+
+def test_a_parquet_file_is_listed_a_few_row_groups_at_a_time(tmp_path, monkeypatch):
+    """Listing units of a few row groups (bounded driver memory) give the same manifest as
+    one unit per file: every row once, in file order, with its group and file row."""
+    import kernelbank.io.manifest as manifest_module
+    _packed_shards(tmp_path / "in", n_shards=2, rows=50, group_rows=7)
+    config = ReadConfig(str(tmp_path / "in"))
+    whole = list_inputs(config)
+    monkeypatch.setattr(manifest_module, "LISTING_UNIT_ROWS", 10)
+    units = list(manifest_module._units("x", 1, pq.read_metadata(
+        tmp_path / "in" / "shard-000000.parquet")))
+    # groups of 7 rows and a last one of 1: units of at most 10 rows
+    assert [u.groups for u in units] == [[g] for g in range(6)] + [[6, 7]]
+    assert [u.first_row for u in units] == [7 * g for g in range(7)]
+    assert list_inputs(config).equals(whole)
+    first = whole.filter(pa.compute.ends_with(whole.column("shard"), "shard-000000.parquet"))
+    assert first.column("member").to_pylist() == list(range(50))
+    assert first.column("group").to_pylist() == [r // 7 for r in range(50)]
