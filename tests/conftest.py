@@ -89,3 +89,32 @@ def s3_bucket(s3_endpoint, request):
         fs.rm(name, recursive=True)
     fs.mkdir(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> dict:
+    """One ``kernelbank run --train`` in a subprocess, traced by strace where it may trace.
+
+    Every stage (fit, reduce, features, classify, report, one training epoch) on three
+    GMRF classes of 32x32 PNGs plus the bad records of ``pipeline_data.BAD_RECORDS``,
+    with a PCA bank of one direction per class and dilation. The run and its trace are
+    shared by the one-pass test (opens per image) and the report tests (the page), which
+    both need a whole run with training: one run instead of two saves minutes. Treat the
+    output as read-only (copy it to rerun stages on it).
+
+    Returns ``root``, ``images``, ``out``, ``stdout``, and ``trace`` (the strace log, or
+    ``None`` where strace is missing or may not trace).
+    """
+    from .stages.pipeline_data import write_dataset
+    from .stages.traced_run import STRACE, kernelbank
+    root = tmp_path_factory.mktemp("trained_run")
+    images, out = root / "images", root / "out"
+    write_dataset(images, classes=3, per_class=5, size=32)
+    trace = root / "run.strace" if STRACE else None
+    done = kernelbank(["run", "--input", str(images), "--output", str(out), "--radius", "2",
+                       "--dilations", "1", "2", "--bank-method", "pca", "--n-components", "1",
+                       "--batch-size", "8", "--max-actors", "1",
+                       "--train", "--train-epochs", "1"], root, trace)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {"root": root, "images": images, "out": out, "stdout": done.stdout,
+            "trace": trace}

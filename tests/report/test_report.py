@@ -1,12 +1,12 @@
 """The run report of a real pipeline output: files, numbers, errors, remote output, browser.
 
-One module-scoped ``kernelbank run`` (the CLI, on the session's local Ray) over three GMRF
-classes with a corrupt PNG, a too-small image and a NaN image feeds every test here.
+The session's ``trained_run`` (``kernelbank run --train`` in a subprocess, see
+tests/conftest.py) over three GMRF classes with a corrupt PNG, a too-small image and a
+NaN image feeds every test here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
@@ -25,7 +25,7 @@ from kernelbank.cli import main as cli_main
 from kernelbank.io.runs import open_published
 from kernelbank.report import write_report
 
-from ..stages.pipeline_data import BAD_RECORDS, write_dataset
+from ..stages.pipeline_data import BAD_RECORDS
 
 pytestmark = [pytest.mark.ray]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -69,22 +69,15 @@ class _Page(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def run(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    data, out = root / "images", root / "out"
-    write_dataset(data, classes=3, per_class=5, size=32)
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = cli_main(["run", "--input", str(data), "--output", str(out), "--radius", "2",
-                         "--dilations", "1", "2", "--bank-method", "pca", "--n-components",
-                         "1", "--batch-size", "8", "--train", "--train-epochs", "1"])
-    assert code == 0
+def run(trained_run):
+    """The session's ``kernelbank run --train`` (a PCA bank of one direction, one epoch)."""
+    out = trained_run["out"]
     view = open_published(str(out))                 # the train run, built on the pipeline's
     report = Path(view.path) / "report"
     page = _Page()
     page.feed((report / "index.html").read_text())
-    return {"data": data, "out": out, "view": view, "report": report,
-            "stdout": stdout.getvalue(), "page": page, "summary": view.summary}
+    return {"data": trained_run["images"], "out": out, "view": view, "report": report,
+            "stdout": trained_run["stdout"], "page": page, "summary": view.summary}
 
 
 def _lookup(document, key: str):
