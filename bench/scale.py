@@ -41,6 +41,7 @@ Absolute rates on a shared 2-core machine are noise; compare ratios measured in 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shlex
@@ -234,6 +235,10 @@ class TreeMemory:
         self.root = psutil.Process(pid)
         self.interval, self.first_glob = interval, first_glob
         self.peak = {"driver": 0, "workers": 0, "worker_max": 0, "daemons": 0, "total": 0}
+        # CPU seconds by what a process was doing when they were spent: a Ray worker's
+        # title (ray::MapWorker(...), ray::Write, ray::IDLE…) changes with its task
+        self.cpu: dict[str, float] = collections.defaultdict(float)
+        self._last_cpu: dict[int, float] = {}
         self.first_result_s: float | None = None
         self.samples = 0
         self._stop = threading.Event()
@@ -245,6 +250,7 @@ class TreeMemory:
         import psutil
         try:
             driver = self.root.memory_info().rss
+            self._count_cpu(self.root, "driver")
             children = self.root.children(recursive=True)
         except psutil.Error:
             return
@@ -253,6 +259,7 @@ class TreeMemory:
             try:
                 rss = child.memory_info().rss
                 name = " ".join(child.cmdline()[:1])
+                self._count_cpu(child, _cpu_category(name))
             except psutil.Error:
                 continue
             if name.startswith("ray::"):
@@ -264,6 +271,12 @@ class TreeMemory:
                "daemons": daemons, "total": driver + workers + daemons}
         self.peak = {k: max(v, now[k]) for k, v in self.peak.items()}
         self.samples += 1
+
+    def _count_cpu(self, process, category: str) -> None:
+        times = process.cpu_times()
+        used = times.user + times.system
+        self.cpu[category] += used - self._last_cpu.get(process.pid, 0.0)
+        self._last_cpu[process.pid] = used
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -278,6 +291,18 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
         return {f"{k}_peak_mib": round(v / 2 ** 20, 1) for k, v in self.peak.items()}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds per category, largest first."""
+        return {k: round(v, 1) for k, v in sorted(self.cpu.items(), key=lambda kv: -kv[1])}
+
+
+def _cpu_category(command: str) -> str:
+    """``ray::MapWorker(MapBatches(StatisticsFitter))`` and the like for Ray workers (the
+    task or actor they run), the program's name for Ray's daemons."""
+    if command.startswith("ray::"):
+        return command.split(" ")[0]
+    return Path(command.split(" ")[0]).name or command
 
 
 def fit_config(run_args: list[str]):
@@ -303,13 +328,14 @@ def run_kernelbank(input_url: str, output: Path, env: dict, log_path: Path,
         status = child.wait()
     wall = time.perf_counter() - start
     peaks = memory.stop()
+    cpu = memory.cpu_seconds()
     if status != 0:
         raise RuntimeError(f"kernelbank run exited with {status}; see {log_path}")
     run_id = json.loads((output / "LATEST.json").read_text())["run_id"]
     summary = json.loads((output / "runs" / run_id / "summary.json").read_text())
     spill = json.loads(spill_file.read_text()) if spill_file.exists() else {}
     return {"summary": summary, "wall_s": wall, "first_result_s": memory.first_result_s,
-            "memory": peaks, "spill": spill, "samples": memory.samples}
+            "memory": peaks, "cpu_seconds": cpu, "spill": spill, "samples": memory.samples}
 
 
 # ---------------------------------------------------------------------------- one point
@@ -372,7 +398,7 @@ def measure(n: int, args, pool: TexturePool, work: Path, s3_endpoint: str | None
         "rate_wall": round(images_done / run["wall_s"], 1),
         "first_result_s": None if run["first_result_s"] is None
         else round(run["first_result_s"], 2),
-        "memory": run["memory"], "spill": run["spill"],
+        "memory": run["memory"], "cpu_seconds": run["cpu_seconds"], "spill": run["spill"],
         "bytes_read": fit.get("bytes_read"), "input_bytes": fit.get("input_bytes"),
         "read_ratio": round(fit.get("bytes_read", 0) / max(fit.get("input_bytes", 1), 1), 4),
         "fit_bytes_per_image": fit.get("bytes_per_image"),
@@ -415,6 +441,12 @@ def print_table(points: list[dict]) -> None:
     width = max(len(name) for name, _ in rows)
     for name, cell in rows:
         print(f"{name:<{width}}  " + "  ".join(f"{cell(p):>22}" for p in points))
+    for p in points:
+        total = sum(p["cpu_seconds"].values())
+        top = ", ".join(f"{k} {v:,.0f} s ({v / max(total, 1e-9):.0%})"
+                        for k, v in list(p["cpu_seconds"].items())[:8])
+        print(f"CPU seconds, {p['images']:,} images ({total:,.0f} s in all, "
+              f"{os.cpu_count() * p['child_wall_s']:,.0f} core-seconds of wall): {top}")
     first = points[0]
     for p in points[1:]:
         d = p["memory"]["driver_peak_mib"] / max(first["memory"]["driver_peak_mib"], 1e-9)

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from .atomic import retried, write_bytes
 from .storage import join
 
-__all__ = ["ERROR_COLUMNS", "SplitParquetSink", "write_table", "parquet_files", "count_rows"]
+__all__ = ["ERROR_COLUMNS", "SplitParquetSink", "write_table", "parquet_files", "count_rows",
+           "table_rows"]
 
 ERROR_COLUMNS = ["id", "path", "label", "split", "stage", "reason"]
 #: Decoded-pixel columns a row may carry (kept only in a pixel cache, never in a table).
@@ -41,10 +42,15 @@ def write_table(table: pa.Table, fs, path: str) -> None:
     """Write one Parquet file with ``fs``, whole or not at all (retried on transient errors).
 
     The file is encoded in memory (one part file is one write task's rows, so bounded)
-    and written with :func:`kernelbank.io.atomic.write_bytes`.
+    and written with :func:`kernelbank.io.atomic.write_bytes`. Only string columns are
+    dictionary-encoded: ids, labels and splits repeat, while window sums, features and
+    pixel bytes never do, and trying a dictionary on them doubled the time of a write
+    (4,096 fit rows: 0.95 s against 0.46 s, and a slightly larger file).
     """
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    strings = [f.name for f in table.schema
+               if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=strings)
     write_bytes(fs, path, buffer.getvalue())
 
 
@@ -69,6 +75,19 @@ def count_rows(fs, ok_files: list[str], error_files: list[str]) -> Counter:
         for stage in read(path, ["stage"]).column("stage").to_pylist():
             counts[("error", stage)] += 1
     return counts
+
+
+def table_rows(fs, files: list[str]) -> int:
+    """Rows of Parquet ``files``, from their footers (read 16 at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def rows(path: str) -> int:
+        def once() -> int:
+            with fs.open(path, "rb") as handle:
+                return pq.ParquetFile(handle).metadata.num_rows
+        return retried(once)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return sum(pool.map(rows, files))
 
 
 def parquet_files(fs, path: str) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..io.storage import redact
 from .progress import info_enabled, ray_log_level
 
-__all__ = ["connect_ray", "actor_pool_args", "pool_size", "write_args", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
+__all__ = ["connect_ray", "actor_pool_args", "pool_size", "write_args", "save_ray_stats", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
            "map_bounded",
            "make_basis", "Terminated", "stop_on_sigterm"]
 
@@ -113,6 +113,23 @@ def pool_size(*, num_gpus: int, max_actors: int | None, threads: int) -> int:
         return num_gpus
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return max(1, max_actors or cpus // threads)
+
+
+#: Ray Data's execution statistics of a stage (``Dataset.stats()``: per operator wall
+#: and CPU time, rows, throughput), kept in the stage's folder beside its table.
+RAY_STATS_FILE = "_ray_data_stats.txt"
+
+
+def save_ray_stats(ds, fs, stage_dir: str) -> None:
+    """Keep ``ds.stats()`` of a written dataset as :data:`RAY_STATS_FILE` in ``stage_dir``
+    (where a stage's time went, for anyone tuning a run; never fatal)."""
+    from ..io.atomic import write_bytes
+    from ..io.storage import join
+    try:
+        text = ds.stats()
+    except Exception as error:      # statistics are a diagnostic: a Ray change must not fail a run
+        text = f"Ray Data statistics unavailable: {type(error).__name__}: {error}"
+    write_bytes(fs, join(stage_dir, RAY_STATS_FILE), text.encode())
 
 
 def write_args(pool: int) -> dict[str, Any]:

@@ -40,8 +40,9 @@ from ..config import FeatureConfig, ReadConfig
 from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
-from ..io.tables import SplitParquetSink
-from .common import actor_pool_args, log, pool_size, timed, write_args
+from ..io.tables import SplitParquetSink, table_rows
+from .common import actor_pool_args, log, pool_size, save_ray_stats, timed, write_args
+from .progress import remote_progress
 from .reduce import BANK_FILE, load_fit_meta, stats_file
 from .table import TableMeta, column_array, covariance_of_rows, sums_of_rows, table_files
 
@@ -264,13 +265,13 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
     fs_fit, fit_path = resolve(fit_url, s3_endpoint=s3_endpoint)
     meta = load_fit_meta(fs_fit, fit_path, fit_url)
     names = feature_names(meta, bank, config)
-    sink = SplitParquetSink(staging.fs, staging.dir("features"), staging.dir("errors"),
-                            staging.part_prefix)
     summary: dict[str, Any] = {}
     log(f"features: {fit_url} (no pixels) with {len(bank)} kernels, groups="
         f"{','.join(config.groups)}{' + pixel features (second read)' if config.pixel_features else ''}")
-    with timed(summary):
-        files = table_files(fs_fit, fit_path)
+    files = table_files(fs_fit, fit_path)
+    with timed(summary), remote_progress("features", table_rows(fs_fit, files)) as counter:
+        sink = SplitParquetSink(staging.fs, staging.dir("features"), staging.dir("errors"),
+                                staging.part_prefix, counter=counter)
         ds = ray.data.read_parquet(files, filesystem=ray_filesystem(fs_fit))
         # statistics rows are small and the features are algebra on them: CPU actors,
         # whole blocks per call, however many GPUs the pixel stages use
@@ -289,6 +290,7 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
             ds = _join_on_id(ds, pixel)
         ds.write_datasink(sink, **write_args(pool_size(num_gpus=0, max_actors=config.max_actors,
                                                        threads=config.threads_per_actor)))
+        save_ray_stats(ds, staging.fs, staging.dir("features"))
     write_json(staging.fs, join(staging.dir("features"), "_kernelbank.json"),
                {"feature_names": names, "prediction_column": PREDICTION,
                 "groups": list(config.groups), "joint": config.joint,

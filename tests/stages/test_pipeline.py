@@ -121,6 +121,9 @@ def test_summary_counts_and_layout(run):
     assert listing.num_rows == 39
     fit = summary["stages"]["fit"]
     assert fit["bytes_read"] == fit["input_bytes"] == sum(listing.column("size").to_pylist())
+    # where each pixel and table stage's time went, as Ray Data measured it
+    assert "StatisticsFitter" in (run["out"] / "fit" / "_ray_data_stats.txt").read_text()
+    assert "TableFeaturizer" in (run["out"] / "features" / "_ray_data_stats.txt").read_text()
     assert "[kernelbank] fit:" in run["printed"] and "wrote s3://kb-pipeline/out" in run["printed"]
 
 
