@@ -237,6 +237,7 @@ class TreeMemory:
         self.peak = {"driver": 0, "workers": 0, "worker_max": 0, "daemons": 0, "total": 0}
         # CPU seconds by what a process was doing when they were spent: a Ray worker's
         # title (ray::MapWorker(...), ray::Write, ray::IDLE…) changes with its task
+        self.largest_worker = ""        # what the largest Ray worker ran at its peak
         self.cpu: dict[str, float] = collections.defaultdict(float)
         self._last_cpu: dict[int, float] = {}
         self.first_result_s: float | None = None
@@ -255,6 +256,7 @@ class TreeMemory:
         except psutil.Error:
             return
         workers, worker_max, daemons = 0, 0, 0
+        worker_max_name = ""
         for child in children:
             try:
                 rss = child.memory_info().rss
@@ -264,11 +266,14 @@ class TreeMemory:
                 continue
             if name.startswith("ray::"):
                 workers += rss
-                worker_max = max(worker_max, rss)
+                if rss > worker_max:
+                    worker_max, worker_max_name = rss, _cpu_category(name)
             else:
                 daemons += rss
         now = {"driver": driver, "workers": workers, "worker_max": worker_max,
                "daemons": daemons, "total": driver + workers + daemons}
+        if worker_max > self.peak["worker_max"]:
+            self.largest_worker = worker_max_name
         self.peak = {k: max(v, now[k]) for k, v in self.peak.items()}
         self.samples += 1
 
@@ -290,7 +295,8 @@ class TreeMemory:
     def stop(self) -> dict:
         self._stop.set()
         self._thread.join()
-        return {f"{k}_peak_mib": round(v / 2 ** 20, 1) for k, v in self.peak.items()}
+        return {**{f"{k}_peak_mib": round(v / 2 ** 20, 1) for k, v in self.peak.items()},
+                "largest_worker": self.largest_worker}
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds per category, largest first."""
@@ -427,6 +433,7 @@ def print_table(points: list[dict]) -> None:
         ("driver peak RSS MiB", lambda p: f"{p['memory']['driver_peak_mib']:,.0f}"),
         ("workers peak RSS MiB", lambda p: f"{p['memory']['workers_peak_mib']:,.0f}"),
         ("largest worker MiB", lambda p: f"{p['memory']['worker_max_peak_mib']:,.0f}"),
+        ("largest worker ran", lambda p: p["memory"].get("largest_worker", "")[-22:]),
         ("ray daemons MiB", lambda p: f"{p['memory']['daemons_peak_mib']:,.0f}"),
         ("spilled MiB", lambda p: str(p["spill"].get("spilled_mib", "n/a"))),
         ("bytes read / input", lambda p: f"{p['read_ratio']:.4f}"),
