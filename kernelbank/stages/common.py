@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterable, Iterator
 from ..io.storage import redact
 from .progress import info_enabled, ray_log_level
 
-__all__ = ["connect_ray", "actor_pool_args", "pool_size", "write_args", "save_ray_stats", "log", "timed", "TRAIN_SPLITS", "TEST_SPLIT",
-           "map_bounded",
-           "make_basis", "Terminated", "stop_on_sigterm"]
+__all__ = ["connect_ray", "actor_pool_args", "pool_size", "write_args", "save_ray_stats", "log",
+           "timed", "TRAIN_SPLITS", "TEST_SPLIT", "map_bounded", "make_basis", "Terminated",
+           "stop_on_sigterm"]
 
 #: Splits whose images build the banks and train the classifier.
 TRAIN_SPLITS = ("train", "unsplit")

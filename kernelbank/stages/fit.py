@@ -105,8 +105,9 @@ class StatisticsFitter:
     Notes
     -----
     Images are grouped by shape and each group is computed in chunks of at most
-    ``config.batch_pixels`` pixels on the actor's device (CUDA only when the config asks for GPUs and one is visible; host batches are
-    pinned and copied without blocking). A group that fails — a bad image, a singular
+    ``config.batch_pixels`` values (pixels × channels) on the actor's device (CUDA only
+    when the config asks for GPUs and one is visible; host batches are pinned and copied
+    without blocking). A group that fails — a bad image, a singular
     solve, a CUDA or host out-of-memory — is split in halves and retried, so only images
     that fail alone become error rows (stage ``fit``). Rows that arrive as error rows
     (stage ``decode``) pass through.
