@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..io.storage import redact
 from .progress import info_enabled, ray_log_level
 
-__all__ = ["connect_ray", "actor_pool_args", "pool_size", "write_args", "save_ray_stats", "log",
+__all__ = ["connect_ray", "actor_pool_args", "pool_size", "write_stage", "log",
            "timed", "TRAIN_SPLITS", "TEST_SPLIT", "map_bounded", "make_basis", "Terminated",
            "stop_on_sigterm"]
 
@@ -120,27 +120,26 @@ def pool_size(*, num_gpus: int, max_actors: int | None, threads: int) -> int:
 RAY_STATS_FILE = "_ray_data_stats.txt"
 
 
-def save_ray_stats(ds, fs, stage_dir: str) -> None:
-    """Keep ``ds.stats()`` of a written dataset as :data:`RAY_STATS_FILE` in ``stage_dir``
-    (where a stage's time went, for anyone tuning a run; never fatal)."""
+def write_stage(ds, sink, fs, stage_dir: str, *, num_gpus: int, max_actors: int | None,
+                threads: int) -> None:
+    """Write ``ds`` through ``sink`` and keep Ray Data's statistics in ``stage_dir``.
+
+    The pool arguments are the stage's (:func:`pool_size`). Writes are I/O (a Parquet
+    encode and an upload), so they reserve no CPU: reserving one starves them behind
+    actors that hold every CPU, and a stage's first part files then appear only when its
+    last block is computed. At most one write per actor runs at once, so writes keep up
+    with the pool without starting a worker process per block. ``ds.stats()`` goes to
+    :data:`RAY_STATS_FILE` (where the stage's time went; never fatal).
+    """
     from ..io.atomic import write_bytes
     from ..io.storage import join
+    pool = pool_size(num_gpus=num_gpus, max_actors=max_actors, threads=threads)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=pool)
     try:
         text = ds.stats()
     except Exception as error:      # statistics are a diagnostic: a Ray change must not fail a run
         text = f"Ray Data statistics unavailable: {type(error).__name__}: {error}"
     write_bytes(fs, join(stage_dir, RAY_STATS_FILE), text.encode())
-
-
-def write_args(pool: int) -> dict[str, Any]:
-    """``write_datasink`` arguments for a stage whose actor pool has ``pool`` actors.
-
-    Writes are I/O (a Parquet encode and an upload), so they reserve no CPU: reserving
-    one starves them behind actors that hold every CPU, and a stage's first part files
-    then appear only when its last block is computed. At most one write per actor runs
-    at once, so writes keep up with the pool without starting a worker process per block.
-    """
-    return {"ray_remote_args": {"num_cpus": 0}, "concurrency": max(1, pool)}
 
 
 def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,

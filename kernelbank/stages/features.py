@@ -41,7 +41,7 @@ from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
 from ..io.tables import SplitParquetSink, table_rows
-from .common import actor_pool_args, log, pool_size, save_ray_stats, timed, write_args
+from .common import actor_pool_args, log, timed, write_stage
 from .progress import remote_progress
 from .reduce import BANK_FILE, load_fit_meta, stats_file
 from .table import TableMeta, column_array, covariance_of_rows, sums_of_rows, table_files
@@ -288,9 +288,8 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
             pixel = _pixel_features(read, bank, config, meta)
             names = names + pixel.schema().names[1:-2]
             ds = _join_on_id(ds, pixel)
-        ds.write_datasink(sink, **write_args(pool_size(num_gpus=0, max_actors=config.max_actors,
-                                                       threads=config.threads_per_actor)))
-        save_ray_stats(ds, staging.fs, staging.dir("features"))
+        write_stage(ds, sink, staging.fs, staging.dir("features"), num_gpus=0,
+                    max_actors=config.max_actors, threads=config.threads_per_actor)
     write_json(staging.fs, join(staging.dir("features"), "_kernelbank.json"),
                {"feature_names": names, "prediction_column": PREDICTION,
                 "groups": list(config.groups), "joint": config.joint,

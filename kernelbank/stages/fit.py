@@ -67,8 +67,7 @@ from ..io.manifest import list_inputs, open_manifest, save_listing
 from ..io.readers import images_from_batch, probe_channels, read_images
 from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, SplitParquetSink, count_rows
-from .common import (actor_pool_args, log, make_basis, pool_size, save_ray_stats, timed,
-                     write_args)
+from .common import actor_pool_args, log, make_basis, timed, write_stage
 from .table import flat_covariance, flat_sums, table_files
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
@@ -340,11 +339,9 @@ def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
                                     cache_dir=join(staging.dir("fit"), PIXEL_CACHE)
                                     if config.cache_pixels else None, counter=counter)
             if manifest.rows > len(done):
-                ds = fit_dataset(read, config, manifest, skip)
-                ds.write_datasink(sink, **write_args(
-                    pool_size(num_gpus=config.num_gpus, max_actors=config.max_actors,
-                              threads=config.threads_per_actor)))
-                save_ray_stats(ds, fs, staging.dir("fit"))
+                write_stage(fit_dataset(read, config, manifest, skip), sink, fs,
+                            staging.dir("fit"), num_gpus=config.num_gpus,
+                            max_actors=config.max_actors, threads=config.threads_per_actor)
     if done:
         sink.counts.update(count_rows(fs, ok_parts, error_parts))
     write_json(fs, join(staging.dir("fit"), FIT_META),
