@@ -1,22 +1,31 @@
-"""The math layer: pure PyTorch/NumPy, no Ray and no IO."""
+"""The math layer: pure PyTorch/NumPy, no Ray and no IO.
+
+One path for every channel count: a grey image is a one-channel image, and :func:`fit` is
+the one pass over the pixels (own kernel, window sums, residual descriptors).
+"""
 
 from .bank import KernelBank
 from .basis import Basis
-from .channel_basis import ChannelBasis
-from .channel_fit import ChannelFitResult, channel_fit_from_sums, fit_channels
-from .features import ar_features, bank_features
-from .fit import (FitResult, fit, normal_equations, normalize_images, pyramid_level,
-                  residual_mse)
+from .features import (ar_features, bank_feature_names_from_sums, bank_features,
+                       bank_features_from_sums)
+from .fit import (FitResult, fit, fit_from_sums, fit_result_from_sums, image_statistics,
+                  residual_features, select_sums)
+from .gram import normal_equations
+from .images import normalize_images, pyramid_level
 from .likelihood import LikelihoodClassifier
-from .onepass import ImageStatistics, image_statistics
-from .residual import (ResidualDescriptors, describe_residuals, residual_descriptor_names,
-                       residual_features)
-from .solve import SingularGramWarning, solve_normal_equations
+from .residual import ResidualDescriptors, describe_residuals, residual_descriptor_names
+from .solve import SingularGramWarning, residual_mse, solve_normal_equations
 from .stats import ClassStats
-from .stats_features import bank_feature_names_from_sums, bank_features_from_sums
 from .sums import WindowSums, window_sums
-from .sums_fit import fit_from_sums, fit_result_from_sums, select_sums
 from .sums_rows import sums_from_rows, sums_row_length, sums_to_rows
+
+# Deprecated names of the grey/colour split, kept so callers keep working: a Basis takes
+# channels=, one FitResult serves every channel count, fit_result_from_sums any basis.
+ChannelBasis = Basis
+ChannelFitResult = FitResult
+ImageStatistics = FitResult
+channel_fit_from_sums = fit_result_from_sums
+fit_channels = fit
 
 __all__ = ["Basis", "ChannelBasis", "ChannelFitResult", "ClassStats", "FitResult",
            "ImageStatistics", "KernelBank", "LikelihoodClassifier", "ResidualDescriptors",
@@ -24,6 +33,6 @@ __all__ = ["Basis", "ChannelBasis", "ChannelFitResult", "ClassStats", "FitResult
            "bank_features", "bank_features_from_sums", "channel_fit_from_sums",
            "describe_residuals", "fit", "fit_channels", "fit_from_sums", "fit_result_from_sums",
            "image_statistics", "normal_equations", "normalize_images", "pyramid_level",
-           "residual_descriptor_names",
-           "residual_features", "residual_mse", "select_sums", "solve_normal_equations",
-           "sums_from_rows", "sums_row_length", "sums_to_rows", "window_sums"]
+           "residual_descriptor_names", "residual_features", "residual_mse", "select_sums",
+           "solve_normal_equations", "sums_from_rows", "sums_row_length", "sums_to_rows",
+           "window_sums"]

@@ -15,7 +15,7 @@ From :class:`~kernelbank.core.stats.ClassStats` (basis kernels ``b_j``, per clas
 
 Every learned kernel is ``Σ_j α_j b_j`` for some coefficient vector, so its centre is
 zero by construction. With a vector AR basis (``ClassStats`` of a
-:class:`~kernelbank.core.channel_basis.ChannelBasis`) every bank entry is a vector kernel
+:class:`~kernelbank.core.basis.Basis` of ``C > 1`` channels) every bank entry is a vector kernel
 ``(C, C, *window)`` (output channel, input channel), a coefficient vector is an image's
 ``(C, m)`` coefficients flattened (pca and kmeans work on those), and the pooled kernel
 solves each output channel on the class's summed ``A``.
@@ -34,10 +34,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .channel_basis import ChannelBasis
-from .channel_stats import pooled_channel_model
 from .solve import solve_normal_equations
-from .stats import ClassStats
+from .stats import ClassStats, pooled_model
 
 __all__ = ["KernelBank", "BANK_METHODS"]
 
@@ -254,12 +252,12 @@ class KernelBank:
             raise ValueError(f"method must be one of {BANK_METHODS}, got {method!r}")
         basis = stats.require_basis()
         rng = np.random.default_rng(random_state)
-        channel = isinstance(basis, ChannelBasis)
+        channel = basis.channels > 1
         coefs, owners, variances = [], [], []
         for index, name in enumerate(stats.classes):
             part = stats[name]
             if method == "pooled" and channel:
-                rows = pooled_channel_model(part.sum_gram, part.n_pixels, basis,
+                rows = pooled_model(part.sum_gram, part.n_pixels, basis,
                                             ridge)[0].flatten().numpy()[None]
                 var = [np.nan]
             elif method == "pooled":

@@ -1,54 +1,66 @@
-r"""Window geometry and kernel bases.
+r"""Window geometry and kernel bases of the (vector) AR model; grey is one channel.
 
-A convolutional AR model predicts a pixel from its neighbours inside a window of
-``(2 r + 1)^d`` taps whose spacing is the dilation ``δ``; the centre tap is never used.
-A *basis* is a set of ``m`` centre-masked kernels ``b_1 … b_m`` on that window. The AR
-kernel of an image is a combination ``k = Σ_j α_j b_j``, and fitting it is a least-squares
-problem on the ``m`` responses ``R_j = b_j * x`` (see :mod:`kernelbank.core.fit`).
+A convolutional AR model predicts channel ``c`` of an image with ``C`` channels at pixel
+``p`` from the taps ``(c', o)``, ``x_{c'}(p + δ o)``, of a window of ``t = (2r+1)^d``
+offsets ``o`` spaced by the dilation ``δ``::
 
-Internally a basis is stored sparsely, as what the fit needs:
+    x_c(p) ≈ Σ_{c'} Σ_o k_{c c'}(o) x_{c'}(p + δ o)
 
-* ``offsets`` of shape ``(n_taps, ndim)``: the non-centre window positions any basis
-  kernel touches, in window units (multiply by the dilation for pixels);
-* ``weights`` of shape ``(m, n_taps)``: kernel ``j`` has weight ``weights[j, t]`` at
-  ``offsets[t]``.
+with the predicted value itself masked, ``k_{c c}(0) = 0`` (``centre_mask="own"``: at one
+pixel the channels of a colour image are strongly correlated, which is what makes colour
+informative), or every centre masked (``centre_mask="all"``). A grey image is the case
+``C = 1``: one kernel with a zero centre.
+
+A *basis* is ``m`` kernels per output channel; the AR kernel is ``k_c = Σ_j α_{cj} b_{cj}``
+and fitting it is least squares on the responses (:mod:`kernelbank.core.fit`).
+
+Representation
+--------------
+Taps are numbered channel-major over the whole window, centres included: tap
+``c·t + a`` is channel ``c`` at window offset ``a`` (C order), as in
+:class:`~kernelbank.core.sums.WindowSums`. A basis holds
+
+* ``regressors`` (M, C·t): every distinct linear combination of taps some output channel
+  uses, plus the ``C`` centre taps (the predicted values), so that one ``M × M`` matrix
+  ``A = Σ z zᵀ`` with ``z = regressors · taps`` holds every Gram, every right-hand side
+  and every target product of the model;
+* ``selection`` (C, m): the regressor rows output channel ``c`` combines;
+* ``targets`` (C,): the regressor row that is channel ``c``'s centre.
+
+With one channel the regressors are the ``m`` kernels then the centre, so ``A`` is the
+augmented Gram ``[[G, h], [hᵀ, Σx²]]`` of the responses and the image.
 
 Three kinds are built in:
 
 ``full``
-    One-hot offsets: every non-centre tap is its own coefficient, ``m = (2r+1)^d - 1``.
+    Every allowed tap is its own coefficient: ``m = C t − 1`` (own centre masked) or
+    ``C (t − 1)`` (every centre masked); ``m = t − 1`` for one channel.
 ``isotropic``
-    All taps at the same Euclidean distance from the centre share one coefficient
-    (an indicator of each distance ring), so the kernel is invariant to the
-    rotations and reflections of the grid. The coefficient is the weight of every tap
-    in its ring.
+    Taps at the same Euclidean distance share one coefficient within each (output,
+    input) channel pair: per input channel its rings, plus (own centre masked) the centre
+    of every other channel as a ring of distance 0. For ``radius=4`` in 2-D one channel
+    has 14 rings (squared distances 1, 2, 4, 5, 8, 9, 10, 13, 16, 17, 18, 20, 25, 32).
 ``custom``
-    Any stack of centre-masked kernels, e.g. a kernel bank used as a basis.
+    Any kernels on the window, e.g. a kernel bank (:meth:`Basis.from_kernels`).
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from .channel_basis import ChannelBasis
-
-__all__ = ["Basis"]
-
-
-def _window_offsets(radius: int, ndim: int) -> np.ndarray:
-    """All non-centre offsets of a ``(2r+1)^ndim`` window in C order, shape (n, ndim)."""
-    axis = range(-radius, radius + 1)
-    grid = np.array(list(itertools.product(axis, repeat=ndim)), dtype=np.int64)
-    return grid[np.any(grid != 0, axis=1)]
-
+__all__ = ["Basis", "CENTRE_MASKS", "window_taps"]
 
 CENTRE_MASKS = ("own", "all")
+
+
+def window_taps(radius: int, ndim: int) -> np.ndarray:
+    """All offsets of a ``(2r+1)^ndim`` window in C order, centre included, (t, ndim)."""
+    axis = range(-radius, radius + 1)
+    return np.array(list(itertools.product(axis, repeat=ndim)), dtype=np.int64)
 
 
 def _check_channels(channels: int, centre_mask: str) -> None:
@@ -69,26 +81,26 @@ def _check_geometry(radius: int, dilation: int, ndim: int) -> None:
 
 @dataclass(frozen=True, eq=False)
 class Basis:
-    """A set of centre-masked kernels on a dilated window.
+    """Kernels of a (vector) AR model on a dilated ``C``-channel window; ``C = 1`` by default.
 
-    Build one with :meth:`full`, :meth:`isotropic` or :meth:`from_kernels`.
+    Build one with :meth:`full`, :meth:`isotropic` or :meth:`from_kernels`. The layout is
+    described in the module docstring.
 
     Attributes
     ----------
-    offsets : torch.Tensor of shape (n_taps, ndim), int64
-        Window positions (in taps, not pixels) that the basis kernels touch.
-    weights : torch.Tensor of shape (n_components, n_taps), float64
-        Weight of each basis kernel at each offset.
-    radius : int
-        Half-width of the window in taps.
-    dilation : int
-        Pixel spacing between taps.
-    ndim : int
-        2 for images, 3 for volumes.
+    regressors : torch.Tensor of shape (M, channels * t), float64
+        Distinct tap combinations used by some output channel, and the centre taps.
+    selection : torch.Tensor of shape (channels, m), int64
+        Rows of ``regressors`` combined by each output channel.
+    targets : torch.Tensor of shape (channels,), int64
+        Row of ``regressors`` holding each channel's centre tap (the predicted value).
+    channels, radius, dilation, ndim : int
+        The window: ``(2 radius + 1)^ndim`` taps per channel, ``dilation`` pixels apart.
     kind : {"full", "isotropic", "custom"}
-        How the basis was built.
+    centre_mask : {"own", "all"}
+        Which centre taps no output channel may use (see the module docstring).
     ring_distances : tuple of float or None
-        For an isotropic basis, the distance (in taps) of each component's ring.
+        Isotropic: the distance (in taps) of each ring of one channel pair.
 
     Examples
     --------
@@ -97,118 +109,164 @@ class Basis:
     14
     >>> kb.Basis.full(radius=1, dilation=2).window_shape
     (3, 3)
+    >>> basis = kb.Basis.full(radius=1, channels=3)
+    >>> basis.n_components, basis.kernels.shape
+    (26, torch.Size([3, 26, 3, 3, 3]))
     """
 
-    offsets: torch.Tensor
-    weights: torch.Tensor
+    regressors: torch.Tensor
+    selection: torch.Tensor
+    targets: torch.Tensor
+    channels: int
     radius: int
     dilation: int
     ndim: int
     kind: str
+    centre_mask: str = "own"
     ring_distances: tuple[float, ...] | None = None
 
     # ------------------------------------------------------------------ builders
     @classmethod
-    def full(cls, radius: int, dilation: int = 1, ndim: int = 2, *, channels: int = 1,
-             centre_mask: str = "own") -> "Basis | ChannelBasis":
-        """Every non-centre tap of the window is its own coefficient.
+    def _one_channel(cls, weights: np.ndarray | torch.Tensor, radius: int, dilation: int,
+                     ndim: int, kind: str, rings: tuple[float, ...] | None = None) -> "Basis":
+        """One channel from weights ``(m, t − 1)`` over the non-centre taps: regressors are
+        the kernels, then the centre (the augmented Gram's layout)."""
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        t = (2 * radius + 1) ** ndim
+        m = weights.shape[0]
+        rows = torch.zeros((m + 1, t), dtype=torch.float64)
+        rows[:m, _non_centre(t)] = weights
+        rows[m, t // 2] = 1
+        return cls(rows, torch.arange(m, dtype=torch.int64)[None],
+                   torch.tensor([m], dtype=torch.int64), 1, int(radius), int(dilation), ndim,
+                   kind, "own", rings)
 
-        With ``channels > 1``, the vector AR basis of that many channels
-        (:meth:`ChannelBasis.full <kernelbank.core.channel_basis.ChannelBasis.full>`):
-        ``centre_mask="own"`` masks only the predicted channel's centre tap, ``"all"``
-        every channel's. One channel gives this class, whatever ``centre_mask``.
-        """
-        _check_channels(channels, centre_mask)
-        if channels != 1:
-            from .channel_basis import ChannelBasis
-            return ChannelBasis.full(radius, dilation, ndim, channels=channels,
-                                     centre_mask=centre_mask)
+    @classmethod
+    def full(cls, radius: int, dilation: int = 1, ndim: int = 2, *, channels: int = 1,
+             centre_mask: str = "own") -> "Basis":
+        """Every tap of every channel not masked is its own coefficient."""
         _check_geometry(radius, dilation, ndim)
-        offsets = _window_offsets(radius, ndim)
-        weights = np.eye(len(offsets))
-        return cls(torch.from_numpy(offsets), torch.from_numpy(weights), int(radius),
-                   int(dilation), ndim, "full")
+        _check_channels(channels, centre_mask)
+        t = (2 * radius + 1) ** ndim
+        if channels == 1:
+            return cls._one_channel(np.eye(t - 1), radius, dilation, ndim, "full")
+        centres = np.arange(channels) * t + t // 2
+        selection = [np.setdiff1d(np.arange(channels * t),
+                                  centres if centre_mask == "all" else centres[c:c + 1])
+                     for c in range(channels)]
+        return cls(torch.eye(channels * t, dtype=torch.float64),
+                   torch.from_numpy(np.stack(selection)), torch.from_numpy(centres),
+                   int(channels), int(radius), int(dilation), ndim, "full", centre_mask)
 
     @classmethod
     def isotropic(cls, radius: int, dilation: int = 1, ndim: int = 2, *, channels: int = 1,
-                  centre_mask: str = "own") -> "Basis | ChannelBasis":
-        """Taps at equal distance from the centre share one coefficient.
+                  centre_mask: str = "own") -> "Basis":
+        """Taps at equal distance share one coefficient within each channel pair.
 
-        Components are ordered by increasing distance; for ``radius=4`` in 2-D there
-        are 14 rings (squared distances 1, 2, 4, 5, 8, 9, 10, 13, 16, 17, 18, 20, 25, 32).
-        With ``channels > 1``, rings are tied within each (output, input) channel pair
-        (:meth:`ChannelBasis.isotropic <kernelbank.core.channel_basis.ChannelBasis.isotropic>`).
+        Components are ordered by increasing distance; with channels, input channel by
+        input channel (0 for another channel's centre tap, when allowed).
         """
-        _check_channels(channels, centre_mask)
-        if channels != 1:
-            from .channel_basis import ChannelBasis
-            return ChannelBasis.isotropic(radius, dilation, ndim, channels=channels,
-                                          centre_mask=centre_mask)
         _check_geometry(radius, dilation, ndim)
-        offsets = _window_offsets(radius, ndim)
-        squared = (offsets**2).sum(axis=1)
-        rings = np.unique(squared)
-        weights = (squared[None, :] == rings[:, None]).astype(np.float64)
-        return cls(torch.from_numpy(offsets), torch.from_numpy(weights), int(radius),
-                   int(dilation), ndim, "isotropic",
-                   tuple(float(np.sqrt(s)) for s in rings))
+        _check_channels(channels, centre_mask)
+        taps = window_taps(radius, ndim)
+        t = len(taps)
+        squared = (taps ** 2).sum(1)
+        rings = np.unique(squared[squared > 0])
+        distances = tuple(float(np.sqrt(v)) for v in rings)
+        indicator = (squared[None, :] == rings[:, None]).astype(np.float64)
+        if channels == 1:
+            return cls._one_channel(indicator[:, _non_centre(t)], radius, dilation, ndim,
+                                    "isotropic", distances)
+        per_channel = 1 + len(rings)          # per input channel: its centre, then its rings
+        rows = np.zeros((channels * per_channel, channels * t))
+        for c in range(channels):
+            block = rows[c * per_channel:(c + 1) * per_channel, c * t:(c + 1) * t]
+            block[0, t // 2] = 1
+            block[1:] = indicator
+        selection = [[source * per_channel + j for source in range(channels)
+                      for j in range(1 if (centre_mask == "all" or source == c) else 0,
+                                     per_channel)] for c in range(channels)]
+        return cls(torch.from_numpy(rows), torch.tensor(selection, dtype=torch.int64),
+                   torch.arange(channels, dtype=torch.int64) * per_channel, int(channels),
+                   int(radius), int(dilation), ndim, "isotropic", centre_mask, distances)
 
     @classmethod
-    def from_kernels(cls, kernels: np.ndarray | torch.Tensor, dilation: int = 1,
-                     *, atol: float = 0.0) -> "Basis":
+    def from_kernels(cls, kernels: np.ndarray | torch.Tensor, dilation: int = 1, *,
+                     centre_mask: str = "own", atol: float = 0.0) -> "Basis":
         """Use any stack of centre-masked kernels as a basis.
 
         Parameters
         ----------
-        kernels : array of shape (m, 2r+1, 2r+1) or (m, 2r+1, 2r+1, 2r+1)
-            Kernels on an odd, cubic window. Their centre weight must be zero
-            (within ``atol``).
+        kernels : array of shape (m, *window) or (C, m, C, *window)
+            One channel: ``m`` kernels on an odd, cubic 2-D or 3-D window with a zero
+            centre. ``C`` channels: ``kernels[c, j]`` is component ``j`` of output channel
+            ``c``, a kernel over every input channel, whose masked centres
+            (``kernels[c, j, c, centre]``, or every channel's with ``centre_mask="all"``)
+            are zero.
         dilation : int, default=1
-            Pixel spacing between taps.
+        centre_mask : {"own", "all"}, default="own"
         atol : float, default=0.0
-            Tolerance for the zero-centre check.
+            Tolerance of the zero-centre check.
         """
         k = torch.as_tensor(kernels).detach().to("cpu", torch.float64)
-        if k.ndim not in (3, 4):
-            raise ValueError(
-                f"kernels must have shape (m, *window) with a 2-D or 3-D window, got shape "
-                f"{tuple(k.shape)}")
-        window = k.shape[1:]
+        if k.ndim in (3, 4):            # one channel: (m, *window)
+            k = k[None, :, None]
+        if k.ndim not in (5, 6) or k.shape[0] != k.shape[2]:
+            raise ValueError(f"kernels must have shape (m, *window) or (C, m, C, *window) with "
+                             f"a 2-D or 3-D window, got shape {tuple(kernels.shape)}")
+        channels, m, window = k.shape[0], k.shape[1], k.shape[3:]
         if len(set(window)) != 1 or window[0] % 2 == 0:
-            raise ValueError(f"kernel window must be odd and equal on every axis, got {tuple(window)}")
-        if k.shape[0] == 0:
+            raise ValueError(f"kernel window must be odd and equal on every axis, got "
+                             f"{tuple(window)}")
+        if m == 0:
             raise ValueError("kernels is empty: a basis needs at least one kernel")
-        radius, ndim = window[0] // 2, k.ndim - 1
+        radius, ndim = window[0] // 2, len(window)
         _check_geometry(radius, dilation, ndim)
-        centre = k[(slice(None),) + (radius,) * ndim]
-        bad = torch.nonzero(centre.abs() > atol).flatten().tolist()
-        if bad:
-            raise ValueError(
-                f"basis kernels {bad[:10]} have a non-zero centre weight "
-                f"(e.g. {float(centre[bad[0]]):.3g}); an AR kernel must not use the pixel it "
-                f"predicts. Set the centre to 0 before building the basis.")
+        _check_channels(channels, centre_mask)
         if not torch.isfinite(k).all():
             raise ValueError("kernels contain NaN or inf values")
-        offsets = _window_offsets(radius, ndim)
-        flat = k.reshape(k.shape[0], -1)
-        index = np.ravel_multi_index(tuple((offsets + radius).T), window)
-        return cls(torch.from_numpy(offsets), flat[:, torch.from_numpy(index)], int(radius),
-                   int(dilation), ndim, "custom")
+        centre = k[(slice(None),) * 3 + (radius,) * ndim]                   # (C, m, C)
+        masked = torch.ones(channels, channels, dtype=torch.bool)
+        if centre_mask == "own":
+            masked = torch.eye(channels, dtype=torch.bool)
+        bad = (centre.abs() > atol) & masked[:, None, :]
+        if bad.any() and channels == 1:
+            found = torch.nonzero(bad[0, :, 0]).flatten().tolist()
+            raise ValueError(
+                f"basis kernels {found[:10]} have a non-zero centre weight (e.g. "
+                f"{float(centre[0, found[0], 0]):.3g}); an AR kernel must not use the pixel it "
+                f"predicts. Set the centre to 0 before building the basis.")
+        if bad.any():
+            c, j, source = (int(v) for v in torch.nonzero(bad)[0])
+            raise ValueError(
+                f"kernel {j} of output channel {c} has weight {float(centre[c, j, source]):.3g} "
+                f"at the centre of channel {source}, which centre_mask={centre_mask!r} masks; "
+                f"set it to 0 before building the basis")
+        t = int(np.prod(window))
+        if channels == 1:
+            flat = k.reshape(m, t)
+            return cls._one_channel(flat[:, _non_centre(t)], radius, dilation, ndim, "custom")
+        centres = torch.zeros((channels, channels * t), dtype=torch.float64)
+        centres[torch.arange(channels), torch.arange(channels) * t + t // 2] = 1
+        return cls(torch.cat([k.reshape(channels * m, channels * t), centres]),
+                   torch.arange(channels * m, dtype=torch.int64).reshape(channels, m),
+                   channels * m + torch.arange(channels, dtype=torch.int64), int(channels),
+                   int(radius), int(dilation), ndim, "custom", centre_mask)
 
     # ------------------------------------------------------------------ properties
     @property
     def n_components(self) -> int:
-        """Number of basis kernels ``m``."""
-        return int(self.weights.shape[0])
+        """Components per output channel ``m``."""
+        return int(self.selection.shape[1])
 
     @property
-    def channels(self) -> int:
-        """Channels of the images this basis models: always 1 (see ChannelBasis)."""
-        return 1
+    def n_taps(self) -> int:
+        """Spatial taps of the window, ``t = (2r+1)^ndim`` (centre included)."""
+        return (2 * self.radius + 1) ** self.ndim
 
     @property
     def window_shape(self) -> tuple[int, ...]:
-        """Shape of one kernel, ``(2r+1,) * ndim``."""
+        """Spatial shape of one kernel, ``(2r+1,) * ndim``."""
         return (2 * self.radius + 1,) * self.ndim
 
     @property
@@ -222,41 +280,110 @@ class Basis:
         return 2 * self.reach + 1
 
     @property
+    def offsets(self) -> torch.Tensor:
+        """One channel: the non-centre window offsets, (t − 1, ndim) int64, C order."""
+        taps = window_taps(self.radius, self.ndim)
+        return torch.from_numpy(taps[_non_centre(len(taps))])
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """One channel: each kernel's weight at each of :attr:`offsets`, (m, t − 1)."""
+        if self.channels != 1:
+            raise ValueError(f"{self} has {self.channels} channels: its kernels are "
+                             f"regressor rows over every channel (use .regressors)")
+        return self.regressors[self.selection[0]][:, _non_centre(self.n_taps)]
+
+    @property
     def kernels(self) -> torch.Tensor:
-        """The basis kernels as dense windows, shape (m, *window_shape), float64."""
-        return self.to_kernels(torch.eye(self.n_components, dtype=torch.float64))
+        """The components as dense kernels, float64: (m, *window) for one channel,
+        (C, m, C, *window) for ``C`` channels."""
+        dense = self.regressors[self.selection]                             # (C, m, C·t)
+        if self.channels == 1:
+            return dense[0].reshape((self.n_components,) + self.window_shape)
+        return dense.reshape((self.channels, self.n_components, self.channels)
+                             + self.window_shape)
 
     def with_dilation(self, dilation: int) -> "Basis":
         """The same kernels with another tap spacing."""
         _check_geometry(self.radius, dilation, self.ndim)
-        return Basis(self.offsets, self.weights, self.radius, int(dilation), self.ndim,
-                     self.kind, self.ring_distances)
+        return Basis(self.regressors, self.selection, self.targets, self.channels,
+                     self.radius, int(dilation), self.ndim, self.kind, self.centre_mask,
+                     self.ring_distances)
 
     def to_kernels(self, coef: torch.Tensor) -> torch.Tensor:
         """Turn coefficients into dense kernels.
 
         Parameters
         ----------
-        coef : torch.Tensor of shape (..., m)
+        coef : torch.Tensor of shape (..., m), or (..., C, m) with channels
 
         Returns
         -------
-        torch.Tensor of shape (..., *window_shape)
-            ``Σ_j coef[..., j] b_j``, with a zero centre; dtype and device of ``coef``.
+        torch.Tensor of shape (..., *window), or (..., C, C, *window) with channels
+            ``kernels[..., c, c']``: the weights output channel ``c`` puts on input channel
+            ``c'``; masked centres are zero. Dtype and device of ``coef``.
         """
-        taps = coef @ self.weights.to(coef.device, coef.dtype)
-        dense = taps.new_zeros(coef.shape[:-1] + (int(np.prod(self.window_shape)),))
-        index = np.ravel_multi_index(tuple((self.offsets.numpy() + self.radius).T),
-                                     self.window_shape)
-        dense[..., torch.from_numpy(index).to(coef.device)] = taps
-        return dense.reshape(coef.shape[:-1] + self.window_shape)
+        grey = self.channels == 1
+        if grey:
+            coef = coef[..., None, :]
+        if coef.shape[-2:] != (self.channels, self.n_components):
+            raise ValueError(f"coef must end in ({self.channels}, {self.n_components}) for "
+                             f"{self}, got shape {tuple(coef.shape)}")
+        dense = self.regressors[self.selection].to(coef.device, coef.dtype)   # (C, m, C·t)
+        taps = torch.einsum("...cm,cmt->...ct", coef, dense)
+        if grey:
+            return taps[..., 0, :].reshape(coef.shape[:-2] + self.window_shape)
+        return taps.reshape(coef.shape[:-1] + (self.channels,) + self.window_shape)
+
+    def same_as(self, other: "Basis") -> bool:
+        """Whether ``other`` is the same model: same window, kind and regressors."""
+        return (isinstance(other, Basis) and self.describe() == other.describe()
+                and torch.equal(self.regressors, other.regressors)
+                and torch.equal(self.selection, other.selection)
+                and torch.equal(self.targets, other.targets))
 
     def describe(self) -> dict:
-        """JSON-serialisable metadata (no tensors)."""
-        return {"kind": self.kind, "radius": self.radius, "dilation": self.dilation,
+        """JSON-serialisable metadata (no tensors); ``channels`` only when above 1."""
+        meta = {"kind": self.kind, "radius": self.radius, "dilation": self.dilation,
                 "ndim": self.ndim, "n_components": self.n_components}
+        if self.channels > 1:
+            meta.update(channels=self.channels, centre_mask=self.centre_mask)
+        return meta
+
+    def to_dict(self) -> dict:
+        """Description and arrays (inverse: :meth:`from_dict`)."""
+        return {**self.describe(), "ring_distances": list(self.ring_distances or []),
+                "regressors": self.regressors.numpy().copy(),
+                "selection": self.selection.numpy().copy(),
+                "targets": self.targets.numpy().copy()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Basis":
+        """Inverse of :meth:`to_dict`; also reads the one-channel ``offsets``/``weights``
+        form written before bases had channels."""
+        radius, dilation, ndim = int(d["radius"]), int(d["dilation"]), int(d["ndim"])
+        channels, m = int(d.get("channels", 1)), int(d["n_components"])
+        rings = tuple(float(v) for v in d.get("ring_distances", [])) or None
+        if "regressors" not in d:
+            weights = np.asarray(d["weights"], np.float64).reshape(m, -1)
+            return cls._one_channel(weights.copy(), radius, dilation, ndim, str(d["kind"]),
+                                    rings)
+        t = (2 * radius + 1) ** ndim
+        regressors = np.asarray(d["regressors"], np.float64).reshape(-1, channels * t)
+        return cls(torch.from_numpy(regressors.copy()),
+                   torch.from_numpy(np.asarray(d["selection"], np.int64).reshape(channels, m)),
+                   torch.from_numpy(np.asarray(d["targets"], np.int64).reshape(channels)),
+                   channels, radius, dilation, ndim, str(d["kind"]),
+                   str(d.get("centre_mask", "own")), rings)
 
     def __repr__(self) -> str:
-        return (f"Basis(kind={self.kind!r}, radius={self.radius}, dilation={self.dilation}, "
-                f"ndim={self.ndim}, n_components={self.n_components})")
+        extra = "" if self.channels == 1 else \
+            f"channels={self.channels}, centre_mask={self.centre_mask!r}, "
+        return (f"Basis(kind={self.kind!r}, {extra}radius={self.radius}, "
+                f"dilation={self.dilation}, ndim={self.ndim}, n_components={self.n_components})")
+
+
+def _non_centre(t: int) -> np.ndarray:
+    """Indices of the non-centre taps of a window of ``t`` taps (C order)."""
+    return np.delete(np.arange(t), t // 2)
 

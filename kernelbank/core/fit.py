@@ -1,327 +1,242 @@
-r"""Exact, batched least-squares fitting of convolutional AR kernels.
+r"""The one pass: every image's own AR kernel, window sums and residual descriptors.
 
-For an image ``x`` and a basis ``b_1 … b_m`` with responses ``R_j = b_j * x``, the AR
-coefficients minimise ``Σ_p (x(p) - Σ_j α_j R_j(p))²`` over the valid pixels ``p``
-(those whose whole dilated window lies inside the image; no padding). With
+For an image of ``C`` channels (a grey image is ``C = 1``) and a basis with regressor rows
+``Z`` (:mod:`kernelbank.core.basis`), the least-squares AR kernel over the valid pixels
+``p`` (those whose whole dilated window lies inside the image; no padding) solves the
+normal equations held by one matrix (:mod:`kernelbank.core.solve`)
 
-    G = Σ_p R Rᵀ      h = Σ_p R x      s = Σ_p x²      n = #valid pixels
+    A = Σ_p z(p) z(p)ᵀ,    z(p) = Z · taps(p),    α_c = (G_c + λ n I)⁻¹ h_c
 
-the solution is ``α = (G + λ n I)⁻¹ h`` and the mean squared prediction error is
-``(s - 2 αᵀh + αᵀ G α) / n``. No learning rate, no epochs, no random start: the
-result is the optimum.
+(grey: ``α = (G + λ n I)⁻¹ h`` with ``G = Σ R Rᵀ``, ``h = Σ R x``, and the residual MSE
+``(Σx² − 2αᵀh + αᵀGα) / n``). No learning rate, no epochs, no random start: the result
+is the optimum.
 
-The sums come from whichever of two exact engines is faster for the basis and image
-size (:mod:`kernelbank.core.equations`): full bases take them from the window sums of
-:mod:`kernelbank.core.sums` (lag products; one pass serves every dilation), isotropic
-and custom bases from their responses, strip by strip. ``return_sums=True`` also hands
-back the window sums, the statistics every later stage is algebra on.
+:func:`fit` is the one batch driver; every option is a by-product of the same visit of
+the pixels, per image and per (pyramid scale, dilation) entry:
 
-Multi-scale fits run the same operation on
+* the own kernel: coefficients, kernels, residual MSE (with channels the ``C × C``
+  residual covariance); ``A`` from the faster exact engine (:mod:`kernelbank.core.gram`);
+* ``return_sums``: the window sums of the full window (:class:`~kernelbank.core.sums.WindowSums`),
+  from which any bank's features, the pooled class kernels and the likelihood follow
+  with no pixels; ``grid``: the same per cell of a ``grid``-per-axis partition;
+* ``descriptors``: the shape and sign patterns of the own kernel's residual
+  (:mod:`kernelbank.core.residual`), higher-order and so not in the sums.
 
-* several dilations of the basis (taps spaced 1, 2, 3 … pixels apart), and
-* several levels of an anti-aliased pyramid: scale factor ``s`` blurs the image with
-  a Gaussian of ``σ = (s - 1) / 2`` pixels (the anti-aliasing rule of
-  ``skimage.transform.rescale``) and keeps every ``s``-th pixel. The original research
-  code subsampled with ``x[::s, ::s]`` and no blur, which aliases fine texture into
-  false low-frequency structure.
+:func:`image_statistics` (the fit stage's table) and :func:`residual_features` are this
+pass with options set; :func:`fit_result_from_sums` is its solve on sums already taken.
 
-A robust fit (``robust=True``) minimises the L1 error ``Σ_p |e(p)|``, as the original
-Adam loop did, by iteratively reweighted least squares (a few solves with weights
-``1 / max(|e|, ε)``). It is about ``robust_iterations + 1`` times slower.
+Multi-scale fits run the same operation on several dilations of the basis (taps spaced
+1, 2, 3 … pixels apart) and several levels of an anti-aliased pyramid
+(:func:`~kernelbank.core.images.pyramid_level`).
+
+A robust fit (``robust=True``, one channel only) minimises the L1 error ``Σ_p |e(p)|``, as
+the original Adam loop did, by iteratively reweighted least squares (a few solves with
+weights ``1 / max(|e|, ε)``); about ``robust_iterations + 1`` times slower.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from ._strips import residual_sums
 from .basis import Basis
-from .channel_basis import ChannelBasis
-from .equations import level_equations, normal_equations
-from .responses import residual_sums
-from .solve import solve_normal_equations
-from .sums import WindowSums
+from .gram import regressor_grams
+from .images import (ImageBatch, accept, check_finite, check_windows_fit, chunks, levels,
+                     restore_order, scale_entries)
+from .residual import ResidualDescriptors, describe_residuals, residual_descriptor_names
+from .solve import residual_covariance, solve_coefficients, solve_normal_equations
+from .sums import WindowSums, channel_window_sums
 
-__all__ = ["FitResult", "check_finite", "fit", "group_by_shape", "normal_equations",
-           "normalize_images", "pyramid_level", "residual_mse"]
-
-# Pixels normalised at a time by fit (per chunk of images); 16 MiB of float32 on a CPU.
-_CHUNK_ELEMENTS = 4 << 20
-
-ImageBatch = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]
+__all__ = ["FitResult", "fit", "image_statistics", "residual_features", "default_descriptors",
+           "fit_result_from_sums", "fit_from_sums", "select_sums"]
 
 
 @dataclass
 class FitResult:
-    """Result of :func:`fit`.
+    """Result of :func:`fit` (and :func:`image_statistics`): images in input order.
 
     With one scale the leading shape is ``(N,)``; with several dilations or pyramid
-    scales it is ``(N, S)`` where ``S = len(scales) * len(dilations)``, ordered scale
-    by scale, dilation by dilation (see :attr:`scale_index`).
+    scales (and always from :func:`image_statistics`) ``(N, S)``, ``S = len(scales) *
+    len(dilations)``, scale by scale, dilation by dilation (see :attr:`scale_index`).
+    Grey input ``(N, *spatial)`` gives grey results; input with a channel axis gives a
+    ``C`` axis (``C = 1`` included), shown as ``[C,]`` below.
 
     Attributes
     ----------
-    coef : torch.Tensor of shape (N, [S,] m)
-        AR coefficients, one row per image; dtype follows the input (float64 in,
-        float64 out; integer images give float32).
-    kernels : torch.Tensor of shape (N, [S,] *window)
-        The fitted kernels ``Σ_j coef_j b_j``, centre zero.
-    mse : torch.Tensor of shape (N, [S])
+    coef : torch.Tensor of shape (N, [S,] [C,] m)
+        AR coefficients of each output channel; dtype follows the input in :func:`fit`
+        (float64 in, float64 out; integer images give float32), float64 otherwise.
+    kernels : torch.Tensor of shape (N, [S,] [C, C,] *window)
+        The fitted kernels, centre zero (``[c, c']``: weights channel ``c`` puts on ``c'``).
+    mse : torch.Tensor of shape (N, [S,] [C])
         Mean squared prediction error over the valid pixels.
-    mae : torch.Tensor of shape (N, [S]) or None
-        Mean absolute error; computed only for robust fits.
-    gram : torch.Tensor of shape (N, [S,] m, m), float64
-        ``G = Σ R Rᵀ`` over valid pixels (summed, not averaged: sums merge).
-    rhs : torch.Tensor of shape (N, [S,] m), float64
-        ``h = Σ R x``.
-    sum_sq : torch.Tensor of shape (N, [S]), float64
-        ``Σ x²``.
+    gram : torch.Tensor, float64
+        Grey: ``G = Σ R Rᵀ`` (N, [S,] m, m). With channels: ``A = Σ z zᵀ`` (N, [S,] M, M)
+        over the basis's regressor rows. Summed, not averaged: sums merge.
     n_pixels : torch.Tensor of shape (N, [S]), int64
-        Number of valid pixels.
     basis : Basis
         The basis at its first dilation.
     scale_index : list of (int, int)
         ``(scale factor, dilation)`` of each entry of the scale axis.
-    sums : list of WindowSums or None
-        With ``return_sums=True``: the window sums (radius of the basis, images as
-        fitted, i.e. normalised when ``normalize``) of each entry of ``scale_index``,
-        images in input order; None otherwise.
+    rhs : torch.Tensor, float64
+        Grey: ``h = Σ R x`` (N, [S,] m); with channels ``A[:, τ]`` (N, [S,] M, C).
+    sum_sq : torch.Tensor, float64
+        Grey: ``Σ x²`` (N, [S]); with channels ``A[τ, τ]`` (N, [S,] C, C).
+    covariance : torch.Tensor of shape (N, [S,] C, C) or None
+        With channels: the residual covariance ``(1/n) Σ_p e(p) e(p)ᵀ``.
+    mae : torch.Tensor of shape (N, [S]) or None
+        Mean absolute error; robust fits only.
+    sums, cell_sums : list of WindowSums or None
+        With ``return_sums`` (``grid``): the whole-image (per-cell) window sums of each
+        entry of ``scale_index``, radius of the basis, images as fitted.
+    descriptors : torch.Tensor of shape (N, [S,] F) or None
+        Residual descriptors of each entry (with channels: each channel's, channel-major).
+    descriptor_names : list of str
+        The ``F`` names of one entry's descriptors.
     """
 
     coef: torch.Tensor
     kernels: torch.Tensor
     mse: torch.Tensor
     gram: torch.Tensor
-    rhs: torch.Tensor
-    sum_sq: torch.Tensor
     n_pixels: torch.Tensor
     basis: Basis
     scale_index: list[tuple[int, int]]
+    rhs: torch.Tensor | None = None
+    sum_sq: torch.Tensor | None = None
+    covariance: torch.Tensor | None = None
     mae: torch.Tensor | None = None
     sums: list[WindowSums] | None = None
+    cell_sums: list[WindowSums] | None = None
+    descriptors: torch.Tensor | None = None
+    descriptor_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.coef.shape[0])
 
-
-# ---------------------------------------------------------------------------- checks
-def group_by_shape(images: ImageBatch, ndim: int
-                    ) -> tuple[list[tuple[list[int], torch.Tensor]], torch.dtype, torch.device]:
-    """Split the accepted containers into batches of equal shape, checking each image.
-
-    Returns ``[(indices, batch)]`` with floating batches, the compute dtype and device.
-    A single array or tensor is one batch and is not copied unless its dtype changes.
-    """
-    spatial = f"(N, {'D, ' if ndim == 3 else ''}H, W)"
-    if isinstance(images, (np.ndarray, torch.Tensor)):
-        if images.ndim == ndim:
-            raise ValueError(f"expected a batch of shape {spatial}, got a single image of "
-                             f"shape {tuple(images.shape)}; pass images[None] to fit one image")
-        if images.ndim != ndim + 1:
-            raise ValueError(f"images must have {ndim + 1} dimensions {spatial} for a "
-                             f"{ndim}-D basis, got shape {tuple(images.shape)}")
-        if len(images) == 0:
-            raise ValueError("images is empty: fit needs at least one image")
-        batch = torch.as_tensor(images)
-        dtype = batch.dtype if batch.dtype in (torch.float32, torch.float64) else torch.float32
-        return [(list(range(len(batch))), batch.to(dtype))], dtype, batch.device
-    items = [i if isinstance(i, torch.Tensor) else torch.as_tensor(np.asarray(i)) for i in images]
-    if not items:
-        raise ValueError("images is empty: fit needs at least one image")
-    for index, item in enumerate(items):
-        if item.ndim != ndim:
-            raise ValueError(f"image {index} has {item.ndim} dimensions (shape "
-                             f"{tuple(item.shape)}); a {ndim}-D basis needs {ndim}-D images")
-    dtype = torch.float64 if any(i.dtype == torch.float64 for i in items) else torch.float32
-    device = items[0].device
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, item in enumerate(items):
-        groups.setdefault(tuple(item.shape), []).append(index)
-    return ([(indices, torch.stack([items[i] for i in indices]).to(device, dtype))
-             for indices in groups.values()], dtype, device)
+    def normal_equations(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each output channel's ``G (…, C, m, m)``, ``h (…, C, m)`` and the targets'
+        products ``Σ x_c x_c' (…, C, C)``, float64 (results with a channel axis)."""
+        from .solve import channel_normal_equations
+        if self.covariance is None:
+            raise ValueError("a grey result holds G, h and Σx² as .gram, .rhs and .sum_sq")
+        return channel_normal_equations(self.gram, self.basis)
 
 
-def check_finite(batch: torch.Tensor, indices: Sequence[int]) -> None:
-    # One cheap pass: a sum is finite unless some value is NaN/inf (or it overflows, in
-    # which case the exact check below clears the image).
-    suspect = ~torch.isfinite(batch.reshape(batch.shape[0], -1).sum(1))
-    for position in torch.nonzero(suspect).flatten().tolist():
-        count = int((~torch.isfinite(batch[position])).sum())
-        if count:
-            raise ValueError(f"image {indices[position]} contains {count} NaN or inf values")
+def default_descriptors(ndim: int) -> ResidualDescriptors:
+    """The residual descriptors of the one pass: every default for images; for volumes,
+    all but the 2-D sign patterns."""
+    return ResidualDescriptors() if ndim == 2 else ResidualDescriptors(patterns=())
 
 
-def _check_size(shape: tuple[int, ...], index: int, basis: Basis, scale: int) -> None:
-    need = basis.min_image_size
-    if min(shape) < need:
-        where = f" at pyramid scale {scale} (size {shape})" if scale > 1 else ""
-        raise ValueError(
-            f"image {index} has shape {shape}{where}, smaller than the {need}-pixel window "
-            f"of radius {basis.radius} with dilation {basis.dilation}; use a smaller radius "
-            "or dilation, or drop this image")
+# ---------------------------------------------------------------------------- one entry
+def _entry(gram: torch.Tensor, n_pixels: torch.Tensor, basis: Basis, ridge: float,
+           coef: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Coefficients (n, C, m), covariance and MSE of one (scale, dilation) from ``A``."""
+    if coef is None:
+        coef = solve_coefficients(gram, n_pixels, basis, ridge)
+    cov = residual_covariance(gram, n_pixels, basis, coef)
+    return {"coef": coef, "covariance": cov, "mse": torch.diagonal(cov, dim1=-2, dim2=-1),
+            "gram": gram, "n_pixels": n_pixels}
 
 
-def check_windows_fit(groups, basis, scale_index, spatial_from: int = 1) -> None:
-    """Raise for the first image smaller than the window at any (scale, dilation) entry.
-
-    ``groups`` are :func:`group_by_shape`'s; spatial axes start at ``spatial_from``
-    (1 for ``(N, *spatial)``, 2 for ``(N, C, *spatial)``)."""
-    for indices, batch in groups:
-        for s, d in scale_index:
-            scaled = tuple(-(-v // s) for v in batch.shape[spatial_from:])
-            _check_size(scaled, indices[0], basis.with_dilation(d), s)
-
-
-# ---------------------------------------------------------------------------- preprocessing
-def normalize_images(batch: torch.Tensor) -> torch.Tensor:
-    """Z-score each image: subtract its mean, divide by its standard deviation.
-
-    Constant images become all zeros (not NaN). The variance is taken of the centred
-    values, so a large offset (uint8 images around 128, say) cancels no digits; the
-    sums are PyTorch's cascaded reductions, accurate to a few float32 ulps.
-    """
-    n = batch.shape[0]
-    shape = (n,) + (1,) * (batch.ndim - 1)
-    centred = batch - batch.reshape(n, -1).mean(1).reshape(shape)
-    flat = centred.reshape(n, 1, -1)
-    var = torch.bmm(flat, flat.transpose(1, 2)).reshape(n) / flat.shape[-1]
-    std = var.to(torch.float64).sqrt()
-    inverse = torch.where(std > 0, 1 / std, torch.zeros_like(std)).to(batch.dtype)
-    return centred.mul_(inverse.reshape(shape))
-
-
-def pyramid_level(batch: torch.Tensor, factor: int) -> torch.Tensor:
-    """Anti-aliased downsampling by an integer factor.
-
-    Blurs each image with a separable Gaussian of ``σ = (factor - 1) / 2`` (reflect
-    padding, truncated at 4σ) and keeps every ``factor``-th pixel along each axis.
-
-    Parameters
-    ----------
-    batch : torch.Tensor of shape (n, *spatial)
-    factor : int >= 1
-
-    Returns
-    -------
-    torch.Tensor of shape (n, *ceil(spatial / factor))
-    """
-    if factor == 1:
-        return batch
-    sigma = (factor - 1) / 2
-    half = max(1, int(np.ceil(4 * sigma)))
-    taps = torch.arange(-half, half + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(batch.device, batch.dtype)
-    spatial = batch.ndim - 1
-    out = batch[:, None]
-    for axis in range(spatial):
-        shape = [1, 1] + [1] * spatial
-        shape[2 + axis] = kernel.numel()
-        pad = [0, 0] * spatial
-        pad[2 * (spatial - 1 - axis)] = pad[2 * (spatial - 1 - axis) + 1] = half
-        size = out.shape[2 + axis]
-        mode = "reflect" if size > half else "replicate"
-        conv = torch.nn.functional.conv2d if spatial == 2 else torch.nn.functional.conv3d
-        out = conv(torch.nn.functional.pad(out, pad, mode=mode), kernel.reshape(shape))
-    out = out[:, 0]
-    return out[(slice(None),) + (slice(None, None, factor),) * spatial].contiguous()
-
-
-# ---------------------------------------------------------------------------- the operation
-def residual_mse(gram: torch.Tensor, rhs: torch.Tensor, sum_sq: torch.Tensor,
-                 n_pixels: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """Mean squared residual of ``coef`` from the sums alone: ``(Σx² − 2αᵀh + αᵀGα) / n``.
-
-    Parameters
-    ----------
-    gram : (..., m, m), rhs : (..., m), sum_sq : (...), n_pixels : (...), coef : (..., m)
-
-    Returns
-    -------
-    torch.Tensor of shape (...), float64, clamped at 0 (rounding can make it negative)
-    """
-    coef = coef.to(torch.float64)
-    explained = 2 * (coef * rhs).sum(-1) - (coef[..., None, :] @ gram @ coef[..., None]
-                                            ).squeeze(-1).squeeze(-1)
-    return ((sum_sq - explained) / n_pixels.to(torch.float64)).clamp_min(0)
-
-
-def _solve(batch: torch.Tensor, basis: Basis, equations, ridge: float, robust: bool,
-           robust_iterations: int, epsilon: float) -> dict[str, torch.Tensor]:
-    gram, rhs, sum_sq, n_pixels = equations
-    coef = solve_normal_equations(gram, rhs, n_pixels, ridge)
-    out = {"gram": gram, "rhs": rhs, "sum_sq": sum_sq, "n_pixels": n_pixels}
-    if robust:
-        m = basis.n_components
-        for _ in range(robust_iterations):
-            _, weighted = residual_sums(batch, basis, coef, eps=epsilon)
-            coef = solve_normal_equations(weighted[:, :m, :m], weighted[:, :m, m],
-                                          n_pixels, ridge)
-        abs_sum, _ = residual_sums(batch, basis, coef)
-        out["mae"] = abs_sum / n_pixels.to(torch.float64)
-    out["coef"] = coef
-    out["mse"] = residual_mse(gram, rhs, sum_sq, n_pixels, coef)
+def _robust(level: torch.Tensor, basis: Basis, entry: dict, ridge: float, iterations: int,
+            epsilon: float) -> dict:
+    """Iteratively reweighted least squares of one channel from the least-squares start."""
+    m, n_pixels, coef = basis.n_components, entry["n_pixels"], entry["coef"][:, 0]
+    for _ in range(iterations):
+        _, weighted = residual_sums(level[:, 0], basis, coef, eps=epsilon)
+        coef = solve_normal_equations(weighted[:, :m, :m], weighted[:, :m, m], n_pixels, ridge)
+    abs_sum, _ = residual_sums(level[:, 0], basis, coef)
+    out = _entry(entry["gram"], n_pixels, basis, ridge, coef[:, None])
+    out["mae"] = (abs_sum / n_pixels.to(torch.float64))[:, None]
     return out
 
 
-def _as_tuple(value: int | Sequence[int] | None, default: int, name: str) -> tuple[int, ...]:
-    if value is None:
-        return (default,)
-    values = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
-    if not values or any(not isinstance(v, (int, np.integer)) or v < 1 for v in values):
-        raise ValueError(f"{name} must be positive integers, got {value!r}")
-    return tuple(int(v) for v in values)
+def _shaped(merged: dict[str, torch.Tensor], basis: Basis, grey: bool, dtype) -> dict:
+    """Per-key results (…, C, ·) as the caller sees them: grey squeezed, cast to ``dtype``."""
+    out = dict(merged)
+    gram, m = merged["gram"], basis.n_components
+    coef = merged["coef"] if dtype is None else merged["coef"].to(dtype)
+    if grey:
+        out.update(coef=coef[..., 0, :], gram=gram[..., :m, :m], rhs=gram[..., :m, m],
+                   sum_sq=gram[..., m, m], mse=merged["mse"][..., 0], covariance=None)
+        out["kernels"] = basis.to_kernels(out["coef"])
+        if "mae" in out:
+            out["mae"] = out["mae"][..., 0]
+    else:
+        targets = basis.targets.to(gram.device)
+        out.update(coef=coef, rhs=gram[..., :, targets],
+                   sum_sq=gram[..., targets[:, None], targets[None, :]])
+        if basis.channels == 1:      # one channel's kernel as a 1 × 1 vector kernel
+            flat = basis.to_kernels(coef[..., 0, :])
+            out["kernels"] = flat.reshape(coef.shape[:-2] + (1, 1) + basis.window_shape)
+        else:
+            out["kernels"] = basis.to_kernels(coef)
+    if dtype is not None:
+        out["mse"] = out["mse"].to(dtype)
+        if "mae" in out:
+            out["mae"] = out["mae"].to(dtype)
+    return out
 
 
-def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
-        normalize: bool = True, dilations: int | Sequence[int] | None = None,
+# ---------------------------------------------------------------------------- the driver
+def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: bool = True,
+        dilations: int | Sequence[int] | None = None,
         scales: int | Sequence[int] | None = None, robust: bool = False,
-        robust_iterations: int = 5, epsilon: float = 1e-3, return_sums: bool = False):
-    """Fit the least-squares AR kernel of every image.
+        robust_iterations: int = 5, epsilon: float = 1e-3, return_sums: bool = False,
+        grid: int | None = None, descriptors: bool | ResidualDescriptors = False,
+        _keep_dtype: bool = False, _scale_axis: bool = False) -> FitResult:
+    """Fit the least-squares AR kernel of every image, and what else the pass can give.
 
     Parameters
     ----------
-    images : array or tensor of shape (N, H, W) or (N, D, H, W), or a list of them
+    images : array or tensor of shape (N, [C,] H, W) or (N, [C,] D, H, W), or a list
         A batch of same-sized images, or a list of images of different sizes (fitted in
         groups of equal size; results keep the list order). Any real dtype; the device
-        of a tensor is the device of the computation. With a :class:`ChannelBasis`,
-        ``(N, C, H, W)`` or ``(N, C, D, H, W)`` (or a list of ``(C, *spatial)`` images).
-    basis : Basis or ChannelBasis
-        The kernels to combine; its ``ndim`` decides 2-D or 3-D. A
-        :class:`~kernelbank.core.channel_basis.ChannelBasis` fits the vector AR model of
-        multi-channel images (:func:`kernelbank.core.channel_fit.fit_channels`).
+        of a tensor is the device of the computation. ``C = basis.channels``; a grey
+        batch (no channel axis) gives grey results.
+    basis : Basis
+        The kernels to combine; its ``ndim`` decides 2-D or 3-D, its ``channels`` the
+        channels of the images.
     ridge : float, default=1e-6
         Per-pixel ridge ``λ`` in ``(G + λ n I)⁻¹ h``; 0 is allowed (singular systems then
         get the minimum-norm solution).
     normalize : bool, default=True
-        Z-score each image (at each pyramid scale) before fitting.
+        Z-score each image (each channel) at each pyramid scale before fitting.
     dilations : int or sequence of int, optional
         Tap spacings to fit; default: the basis's own.
     scales : int or sequence of int, optional
         Anti-aliased pyramid factors to fit (1 = original resolution); default 1.
     robust : bool, default=False
         Minimise the L1 error instead (iteratively reweighted least squares); slower.
+        One channel only.
     robust_iterations : int, default=5
         Reweighting steps of the robust fit.
     epsilon : float, default=1e-3
         Floor on ``|e|`` in the robust weights ``1 / max(|e|, ε)``.
     return_sums : bool, default=False
-        Also return the window sums of every (scale, dilation) in ``FitResult.sums``:
-        the statistics every later stage is algebra on, from the same pass.
+        Also return the window sums of every (scale, dilation) in ``FitResult.sums``.
+    grid : int, optional
+        Also return the window sums per cell of a ``grid``-per-axis partition
+        (``FitResult.cell_sums``).
+    descriptors : bool or ResidualDescriptors, default=False
+        Also describe each own-kernel residual (``True``: :func:`default_descriptors`).
 
     Returns
     -------
-    FitResult, or ChannelFitResult for a ChannelBasis
+    FitResult
         With a scale axis when ``dilations`` or ``scales`` is a sequence.
 
     Raises
     ------
     ValueError
-        For an empty batch, wrong dimensions, NaN/inf values, or an image smaller than
-        the dilated window at some scale; the message names the image index.
+        For an empty batch, wrong dimensions or channel count, NaN/inf values, or an
+        image smaller than the dilated window at some scale; the message names the image.
 
     Examples
     --------
@@ -330,84 +245,317 @@ def fit(images: ImageBatch, basis: Basis | ChannelBasis, *, ridge: float = 1e-6,
     >>> result = kb.fit(images, kb.Basis.isotropic(radius=2))
     >>> result.coef.shape, result.kernels.shape, result.mse.dtype
     (torch.Size([4, 6]), torch.Size([4, 5, 5]), torch.float64)
+    >>> colour = kb.fit(np.random.default_rng(0).normal(size=(2, 3, 24, 24)),
+    ...                 kb.Basis.isotropic(radius=1, channels=3))
+    >>> colour.coef.shape, colour.kernels.shape, colour.covariance.shape
+    (torch.Size([2, 3, 8]), torch.Size([2, 3, 3, 3, 3]), torch.Size([2, 3, 3]))
     """
-    if isinstance(basis, ChannelBasis):
-        if robust:
-            raise ValueError("robust=True is not available for a ChannelBasis (multi-channel "
-                             "fits are least squares only)")
-        from .channel_fit import fit_channels  # channel_fit builds on this module
-        return fit_channels(images, basis, ridge=ridge, normalize=normalize,
-                            dilations=dilations, scales=scales, return_sums=return_sums)
     if not isinstance(basis, Basis):
         raise TypeError(f"basis must be a kernelbank.Basis, got {type(basis).__name__}")
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
-    multi = not (dilations is None or isinstance(dilations, (int, np.integer))) or \
-        not (scales is None or isinstance(scales, (int, np.integer)))
-    dilation_list = _as_tuple(dilations, basis.dilation, "dilations")
-    scale_list = _as_tuple(scales, 1, "scales")
-    groups, dtype, device = group_by_shape(images, basis.ndim)
-    scale_index = [(s, d) for s in scale_list for d in dilation_list]
-    check_windows_fit(groups, basis, scale_index)
+    if grid is not None and (not isinstance(grid, (int, np.integer)) or grid < 1):
+        raise ValueError(f"grid must be a positive integer or None, got {grid!r}")
+    if robust and basis.channels > 1:
+        raise ValueError(f"robust=True is not available for {basis}: the robust (L1) fit "
+                         "is one channel only; multi-channel fits are least squares")
+    spec = default_descriptors(basis.ndim) if descriptors is True else (descriptors or None)
+    if spec is not None:
+        spec.check_ndim(basis.ndim)
+    entries, multi = scale_entries(dilations, scales, basis.dilation)
+    scale_list = list(dict.fromkeys(s for s, _ in entries))
+    dilation_list = list(dict.fromkeys(d for _, d in entries))
+    front = accept(images, basis.ndim, basis.channels)
+    check_windows_fit(front, basis, entries)
 
     per_key: dict[str, list[torch.Tensor]] = {}
-    sums_parts: list[list[WindowSums]] = [[] for _ in scale_index]
+    sums_parts: list[list[WindowSums]] = [[] for _ in entries]
+    cell_parts: list[list[WindowSums]] = [[] for _ in entries]
     order: list[int] = []
-    for indices, batch in groups:
+    for indices, batch in front.groups:
         check_finite(batch, indices)
-        # Normalised copies are made a chunk of images at a time: memory stays bounded
-        # for any batch, and same-sized buffers are recycled by the allocator instead of
-        # faulting in fresh pages.
-        budget = _CHUNK_ELEMENTS if batch.device.type == "cpu" else 16 * _CHUNK_ELEMENTS
-        chunk = max(1, budget // max(1, batch[0].numel()))
-        for start in range(0, len(batch), chunk):
-            part = batch[start:start + chunk]
-            entries = []
-            for scale_position, s in enumerate(scale_list):
-                level = pyramid_level(part, s)
-                if normalize:
-                    level = normalize_images(level)
-                equations, sums = level_equations(level, basis, dilation_list,
-                                                  with_sums=return_sums)
-                for d, equation in zip(dilation_list, equations):
-                    entries.append(_solve(level, basis.with_dilation(d), equation, ridge,
-                                          robust, robust_iterations, epsilon))
-                for position, window in enumerate(sums or []):
-                    window.scale = s
-                    sums_parts[scale_position * len(dilation_list) + position].append(window)
-            for key in entries[0]:
-                per_key.setdefault(key, []).append(torch.stack([e[key] for e in entries], 1))
+        for _, part in chunks(batch):
+            rows = []
+            for s, level in levels(part, scale_list, normalize):
+                grams, sums = regressor_grams(level, basis, dilation_list, with_sums=return_sums)
+                cells = channel_window_sums(level, basis.radius, dilation_list, grid) \
+                    if grid is not None else None
+                for k, d in enumerate(dilation_list):
+                    at_d, position = basis.with_dilation(d), len(rows)
+                    valid = int(np.prod([v - 2 * at_d.reach for v in level.shape[2:]]))
+                    count = torch.full((len(level),), valid, dtype=torch.int64,
+                                       device=grams[k].device)
+                    entry = _entry(grams[k], count, at_d, ridge)
+                    if robust:
+                        entry = _robust(level, at_d, entry, ridge, robust_iterations, epsilon)
+                    for found, parts in ((sums, sums_parts), (cells, cell_parts)):
+                        if found is not None:
+                            found[k].scale = s
+                            parts[position].append(found[k])
+                    if spec is not None:
+                        entry["descriptors"] = _describe(level, at_d, entry["coef"], spec)
+                    rows.append(entry)
+            for key in rows[0]:
+                per_key.setdefault(key, []).append(torch.stack([r[key] for r in rows], 1))
         order.extend(indices)
 
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    in_order = order == sorted(order)
-    merged = {k: _in_input_order(v, inverse, in_order) for k, v in per_key.items()}
-    if not multi:
+    merged = {k: restore_order(v, order) for k, v in per_key.items()}
+    if not (multi or _scale_axis):
         merged = {k: v[:, 0] for k, v in merged.items()}
-    coef = merged["coef"].to(dtype)
+    out = _shaped(merged, basis, front.grey, None if _keep_dtype else front.dtype)
     return FitResult(
-        coef=coef, kernels=basis.to_kernels(coef), mse=merged["mse"].to(dtype),
-        gram=merged["gram"], rhs=merged["rhs"], sum_sq=merged["sum_sq"],
-        n_pixels=merged["n_pixels"], basis=basis.with_dilation(dilation_list[0]),
-        scale_index=scale_index,
-        mae=merged["mae"].to(dtype) if "mae" in merged else None,
-        sums=[_merge_sums(parts, inverse) for parts in sums_parts] if return_sums else None)
+        basis=basis.with_dilation(dilation_list[0]), scale_index=entries,
+        sums=[_cat_sums(p, order) for p in sums_parts] if return_sums else None,
+        cell_sums=[_cat_sums(p, order) for p in cell_parts] if grid is not None else None,
+        descriptor_names=residual_descriptor_names(spec, basis.ndim, basis.channels)
+        if spec is not None else [], **out)
 
 
-def _in_input_order(parts: list[torch.Tensor], inverse: torch.Tensor,
-                    in_order: bool) -> torch.Tensor:
-    """The chunks of one result, concatenated back into input order (copies only if needed)."""
-    values = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return values if in_order else values[inverse.to(values.device)]
+def _describe(level: torch.Tensor, basis: Basis, coef: torch.Tensor,
+              spec: ResidualDescriptors) -> torch.Tensor:
+    """Descriptors of the own kernel's residual; grey images are described as grey."""
+    coef = coef.to(level.dtype)
+    if basis.channels == 1:
+        kernels = basis.to_kernels(coef[:, 0])
+        found = describe_residuals(level[:, 0], kernels, basis.dilation, spec)
+    else:
+        found = describe_residuals(level, basis.to_kernels(coef), basis.dilation, spec)
+    return found.to(torch.float64)
 
 
-def _merge_sums(parts: list[WindowSums], inverse: torch.Tensor) -> WindowSums:
+def _cat_sums(parts: list[WindowSums], order: list[int]) -> WindowSums:
     """Window sums of the chunks and shape groups of one (scale, dilation), input order."""
-    in_order = bool(torch.equal(inverse, torch.arange(len(inverse))))
-
-    def cat(name: str) -> torch.Tensor:
-        return _in_input_order([getattr(p, name) for p in parts], inverse, in_order)
     first = parts[0]
-    return WindowSums(cat("cross"), cat("first"), cat("n_pixels"), first.radius,
-                      first.dilation, first.ndim, first.scale, first.grid, first.channels)
+    return WindowSums(*(restore_order([getattr(p, name) for p in parts], order)
+                        for name in ("cross", "first", "n_pixels")),
+                      first.radius, first.dilation, first.ndim, first.scale, first.grid,
+                      first.channels)
+
+
+# ---------------------------------------------------------------------------- views of it
+def image_statistics(images: ImageBatch, basis: Basis, *,
+                     dilations: Sequence[int] | None = None,
+                     scales: Sequence[int] | None = None, ridge: float = 1e-6,
+                     normalize: bool = True, descriptors: bool = True,
+                     grid: int | None = None) -> FitResult:
+    """The fit stage's table: own kernels, window sums and residual descriptors, one pass.
+
+    :func:`fit` with ``return_sums=True`` and the default descriptors, always with a scale
+    axis and float64 coefficients; the Ray fit stage runs exactly this on each batch.
+
+    Parameters
+    ----------
+    images : as :func:`fit`
+    basis : Basis
+        The basis of the own-kernel coefficients; the window sums cover its full window.
+    dilations, scales : sequence of int, optional
+        Entries are every (scale, dilation) pair, scale-major; default: the basis's
+        dilation, scale 1.
+    ridge, normalize : as :func:`fit`
+    descriptors : bool, default=True
+        Also describe each own-kernel residual (:func:`default_descriptors`).
+    grid : int, optional
+        Also keep the window sums per cell of a ``grid``-per-axis partition.
+
+    Returns
+    -------
+    FitResult
+        ``coef (N, S, [C,] m)``, ``mse (N, S, [C])``, ``sums``, ``cell_sums``,
+        ``descriptors (N, S, F)``, ``descriptor_names``; with channels ``covariance``.
+
+    Examples
+    --------
+    >>> import numpy as np, kernelbank as kb
+    >>> images = np.random.default_rng(0).normal(size=(2, 3, 24, 24))
+    >>> stats = kb.image_statistics(images, kb.Basis.full(1, channels=3), descriptors=False)
+    >>> tuple(stats.coef.shape), tuple(stats.covariance.shape)
+    ((2, 1, 3, 26), (2, 1, 3, 3))
+    """
+    return fit(images, basis, ridge=ridge, normalize=normalize, dilations=dilations,
+               scales=scales, return_sums=True, grid=grid, descriptors=bool(descriptors),
+               _keep_dtype=True, _scale_axis=True)
+
+
+def residual_features(images: ImageBatch, basis: Basis, *,
+                      dilations: int | Sequence[int] | None = None,
+                      scales: int | Sequence[int] | None = None, ridge: float = 1e-6,
+                      normalize: bool = True, coefficients: bool = False,
+                      descriptors: ResidualDescriptors | None = None
+                      ) -> tuple[torch.Tensor, list[str]]:
+    """Each image's own AR kernel at every dilation and scale, and its residual descriptors.
+
+    Parameters
+    ----------
+    images, basis, dilations, scales, ridge, normalize
+        As :func:`fit` (full basis: orientation-aware; isotropic: rotation-invariant).
+    coefficients : bool, default=False
+        Also return the fitted coefficients (``ar_s<scale>_d<dilation>_c<j>``) before the
+        descriptors of each scale and dilation.
+    descriptors : ResidualDescriptors, optional
+        Default ``ResidualDescriptors()``.
+
+    Returns
+    -------
+    features : torch.Tensor of shape (N, F), float64, on the images' device
+        Per (scale, dilation), scale-major: [coefficients,] descriptors.
+    names : list of str of length F
+        ``res_s<scale>_d<dilation>_<descriptor>``; with channels
+        ``res_s<s>_d<d>_c<c>_<descriptor>`` and coefficients ``ar_s<s>_d<d>_ch<c>_c<j>``.
+
+    Examples
+    --------
+    >>> import numpy as np, kernelbank as kb
+    >>> images = np.random.default_rng(0).normal(size=(3, 32, 32))
+    >>> feats, names = kb.residual_features(images, kb.Basis.full(1), dilations=(1, 2))
+    >>> feats.shape[1] == len(names), names[0]
+    (True, 'res_s1_d1_log_mse')
+    """
+    if not isinstance(basis, Basis):
+        raise TypeError(f"basis must be a kernelbank.Basis, got {type(basis).__name__}")
+    spec = descriptors or ResidualDescriptors()
+    result = fit(images, basis, ridge=ridge, normalize=normalize, dilations=dilations,
+                 scales=scales, descriptors=spec, _scale_axis=True)
+    channels = basis.channels
+    outputs = [f"_ch{c}" for c in range(channels)] if channels > 1 else [""]
+    names, columns = [], []
+    for e, (s, d) in enumerate(result.scale_index):
+        if coefficients:
+            names += [f"ar_s{s}_d{d}{o}_c{j:02d}" for o in outputs
+                      for j in range(basis.n_components)]
+            columns.append(result.coef[:, e].flatten(1).to(torch.float64))
+        names += [f"res_s{s}_d{d}_{name}" for name in result.descriptor_names]
+        columns.append(result.descriptors[:, e])
+    return torch.cat(columns, 1), names
+
+
+# ---------------------------------------------------------------------------- from sums
+def _describe_sums(sums: WindowSums) -> str:
+    cells = "whole image" if sums.grid is None else f"grid {sums.grid}"
+    return f"d{sums.dilation}/r{sums.radius}/scale {sums.scale}/{cells}"
+
+
+def select_sums(sums: Iterable[WindowSums], dilation: int, *, scale: int = 1,
+                grid: int | None = None, needed_by: str = "") -> WindowSums:
+    """The one entry of ``sums`` taken at ``dilation``, ``scale`` and ``grid``.
+
+    Parameters
+    ----------
+    sums : iterable of WindowSums
+        Sums of the same images at any mix of dilations, scales and grids.
+    dilation, scale : int
+    grid : int or None, default=None
+        None picks whole-image sums, an int the per-cell sums of that grid.
+    needed_by : str, optional
+        What needs them, for the error message (e.g. "bank kernel k03_brick_d2").
+
+    Raises
+    ------
+    ValueError
+        When no entry, or more than one (e.g. two radii), matches.
+    """
+    sums = list(sums)
+    for entry in sums:
+        if not isinstance(entry, WindowSums):
+            raise TypeError(f"sums must hold WindowSums, got {type(entry).__name__}")
+    match = [s for s in sums if (s.dilation, s.scale, s.grid) == (dilation, scale, grid)]
+    cells = "whole-image" if grid is None else f"grid-{grid}"
+    who = f" ({needed_by} needs them)" if needed_by else ""
+    if not match:
+        have = ", ".join(_describe_sums(s) for s in sums) or "none"
+        raise ValueError(f"no {cells} window sums at dilation {dilation}, scale {scale}{who}; "
+                         f"the sums given are: {have}. Compute the sums at that dilation.")
+    if len(match) > 1:
+        raise ValueError(f"{len(match)} {cells} window sums at dilation {dilation}, scale "
+                         f"{scale}{who}: {', '.join(_describe_sums(s) for s in match)}; pass one")
+    return match[0]
+
+
+def fit_result_from_sums(sums: WindowSums, basis: Basis, ridge: float = 1e-6, *,
+                         coef: torch.Tensor | None = None,
+                         mse: torch.Tensor | None = None) -> FitResult:
+    """The :class:`FitResult` of ``basis`` from window sums, without the pixels.
+
+    ``A = Z cross Zᵀ`` replaces the pixels; the solve is :func:`fit`'s. With sums taken
+    on the images as ``fit`` models them (z-scored when ``normalize=True``) and at the
+    basis's own radius, the result is ``fit``'s to rounding. Sums of a larger radius ``R``
+    cover only the pixels whose whole ``R``-window fits: the fit is then exact for those
+    pixels and differs slightly from ``fit`` of the smaller basis on the images.
+
+    Parameters
+    ----------
+    sums : WindowSums
+        Whole-image sums of N images at one dilation, ``basis.channels`` channels.
+    basis : Basis
+        Applied at the sums' dilation (its own dilation is replaced).
+    ridge : float, default=1e-6
+    coef : torch.Tensor of shape (N, [C,] m), optional
+        Coefficients already solved (e.g. read from the fit table); skips the solve.
+    mse : torch.Tensor of shape (N,), optional
+        One channel: their residual MSE; computed from the sums when not given.
+
+    Returns
+    -------
+    FitResult
+        Leading shape (N,), float64, grey for one channel; ``scale_index`` is
+        ``[(sums.scale, sums.dilation)]``.
+    """
+    if not isinstance(sums, WindowSums):
+        raise TypeError(f"sums must be a WindowSums, got {type(sums).__name__}")
+    if not isinstance(basis, Basis):
+        raise TypeError(f"basis must be a kernelbank.Basis, got {type(basis).__name__}")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+    if sums.grid is not None:
+        raise ValueError(f"a fit needs whole-image window sums, got per-cell sums "
+                         f"({_describe_sums(sums)})")
+    if basis.ndim != sums.ndim:
+        raise ValueError(f"{basis} is {basis.ndim}-D but the window sums are {sums.ndim}-D")
+    if basis.radius > sums.radius:
+        raise ValueError(f"{basis} needs taps up to radius {basis.radius}, but the window "
+                         f"sums stop at radius {sums.radius}; compute the sums with a "
+                         f"radius >= {basis.radius}")
+    if sums.radius > basis.radius:       # same valid pixels, fewer taps: cheaper algebra
+        sums = sums.restrict(basis.radius)
+    basis = basis.with_dilation(sums.dilation)
+    grey = basis.channels == 1
+    gram = sums.gram(basis)
+    if coef is not None:
+        coef = torch.as_tensor(coef).to(gram.device, torch.float64)
+        expected = (len(sums),) + (() if grey else (basis.channels,)) + (basis.n_components,)
+        if tuple(coef.shape) != expected:
+            raise ValueError(f"coef must have shape {expected} for {len(sums)} images and "
+                             f"{basis}, got {tuple(coef.shape)}")
+        coef = coef[:, None] if grey else coef
+    elif mse is not None:
+        raise ValueError("mse was given without coef: pass both, or neither")
+    out = _shaped(_entry(gram, sums.n_pixels, basis, ridge, coef), basis, grey, None)
+    if mse is not None:
+        mse = torch.as_tensor(mse).to(gram.device, torch.float64)
+        if tuple(mse.shape) != (len(sums),):
+            raise ValueError(f"mse must have shape ({len(sums)},), got {tuple(mse.shape)}")
+        out["mse"] = mse
+    return FitResult(basis=basis, scale_index=[(sums.scale, sums.dilation)], **out)
+
+
+def fit_from_sums(sums: WindowSums, basis: Basis, ridge: float = 1e-6
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """AR coefficients and residual MSE of ``basis`` from window sums, as ``fit`` gives them.
+
+    Returns
+    -------
+    coef : torch.Tensor of shape (N, [C,] m), float64
+    mse : torch.Tensor of shape (N, [C]), float64
+
+    Examples
+    --------
+    >>> import numpy as np, torch, kernelbank as kb
+    >>> from kernelbank.core import normalize_images, window_sums
+    >>> images = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 20, 20)))
+    >>> basis = kb.Basis.isotropic(radius=2)
+    >>> [sums] = window_sums(normalize_images(images), 2, [1])
+    >>> coef, mse = kb.fit_from_sums(sums, basis)
+    >>> bool(torch.allclose(coef, kb.fit(images, basis).coef, rtol=1e-9, atol=1e-12))
+    True
+    """
+    result = fit_result_from_sums(sums, basis, ridge)
+    return result.coef, result.mse

@@ -32,10 +32,10 @@ guess); :meth:`LikelihoodClassifier.calibrate` replaces them with the exact valu
 measured on given images, which is recommended whenever the training images are at hand.
 
 **Channels.** With a vector AR basis (``ClassStats`` of a
-:class:`~kernelbank.core.channel_basis.ChannelBasis`, ``C`` channels) class ``c`` is its
+a :class:`~kernelbank.core.basis.Basis` of ``C > 1`` channels) class ``c`` is its
 pooled vector kernel and the ``C × C`` residual covariance ``Σ_c`` of its training pixels;
 an image's residual covariance under it, ``S_c(x) = U_c A(x) U_cᵀ / n``, is again
-algebra on the image's own sums ``A`` (:mod:`kernelbank.core.channel_fit`), and
+algebra on the image's own sums ``A`` (:mod:`kernelbank.core.solve`), and
 
     ℓ_c(x) = -½ (C log 2π + log det Σ_c + tr(Σ_c⁻¹ S_c(x)))
 
@@ -45,7 +45,7 @@ one channel), for the class, the image and its own fit alike.
 
 **Without pixels.** Every score needs, per model, only the image's own normal equations
 (``G, h, s, n``) and own-fit MSE, which its window sums give
-(:mod:`kernelbank.core.sums_fit`); each scoring method has a ``*_from_sums`` twin
+(:func:`~kernelbank.core.fit.fit_result_from_sums`); each scoring method has a ``*_from_sums`` twin
 (:meth:`LikelihoodClassifier.predict_from_sums`, …) taking the images' window sums.
 """
 
@@ -58,14 +58,11 @@ import numpy as np
 import torch
 
 from .basis import Basis
-from .channel_basis import ChannelBasis
-from .channel_fit import ChannelFitResult, channel_fit_from_sums, residual_covariance
-from .channel_stats import generalised_variance, pooled_channel_model
-from .fit import FitResult, fit, residual_mse
-from .solve import solve_normal_equations
-from .stats import ClassStats
+from .fit import FitResult, fit, fit_result_from_sums, select_sums
+from .solve import (generalised_variance, residual_covariance, residual_mse,
+                    solve_normal_equations)
+from .stats import ClassStats, pooled_model
 from .sums import WindowSums
-from .sums_fit import fit_result_from_sums, select_sums
 
 __all__ = ["LikelihoodClassifier", "UNKNOWN"]
 
@@ -76,15 +73,15 @@ _OWN_FIT_RIDGE = 1e-6   # ridge of each scored image's own fit (the excess z-sco
 
 @dataclass
 class _Model:
-    basis: Basis | ChannelBasis
+    basis: Basis
     scale: int
-    coef: torch.Tensor        # (C, m) float64; (C, channels, m) for a ChannelBasis
-    variance: torch.Tensor    # (C,); the generalised variance for a ChannelBasis
+    coef: torch.Tensor        # (C, m) float64; (C, channels, m) with channels
+    variance: torch.Tensor    # (C,); the generalised variance with channels
     log_mean: torch.Tensor    # (C,) training log mse_c
     log_std: torch.Tensor     # (C,)
     excess_mean: torch.Tensor  # (C,) training log(mse_c / own-fit mse)
     excess_std: torch.Tensor   # (C,)
-    covariance: torch.Tensor | None = None   # (C, channels, channels) for a ChannelBasis
+    covariance: torch.Tensor | None = None   # (C, channels, channels) with channels
 
 
 def _quadratic_mse(result, coef: torch.Tensor) -> torch.Tensor:
@@ -114,7 +111,7 @@ def _model_scores(result, model: _Model) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _own_mse(result) -> torch.Tensor:
     """(N,) residual variance of each image's own fit (generalised for channels)."""
-    if isinstance(result, ChannelFitResult):
+    if result.covariance is not None:
         return generalised_variance(result.covariance.cpu())
     return result.mse.cpu().to(torch.float64)
 
@@ -188,8 +185,8 @@ class LikelihoodClassifier:
             gram = torch.from_numpy(np.stack([s.sum_gram for s in sums]))
             n_pix = torch.tensor([s.n_pixels for s in sums])
             covariance = None
-            if isinstance(basis, ChannelBasis):
-                coef, covariance = pooled_channel_model(gram, n_pix, basis, ridge)
+            if basis.channels > 1:
+                coef, covariance = pooled_model(gram, n_pix, basis, ridge)
                 variance = generalised_variance(covariance)
                 covariance = _regularised(covariance)
             else:
@@ -222,9 +219,7 @@ class LikelihoodClassifier:
         for m in self.models:
             chosen = select_sums(sums, m.basis.dilation, scale=m.scale,
                                  needed_by=f"the model of {m.basis} at scale {m.scale}")
-            own = channel_fit_from_sums if isinstance(m.basis, ChannelBasis) else \
-                fit_result_from_sums
-            fits.append(own(chosen, m.basis, _OWN_FIT_RIDGE))
+            fits.append(fit_result_from_sums(chosen, m.basis, _OWN_FIT_RIDGE))
         counts = {len(r) for r in fits}
         if len(counts) != 1:
             raise ValueError(f"the window sums of the models hold different numbers of images "

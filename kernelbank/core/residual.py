@@ -22,15 +22,15 @@ and in the *spatial patterns* of residual signs, which need the pixels. Per imag
 ``cooc_ax<a>_lag<L>_<v…>``
     Co-occurrences of ``clip(round(e / (q σ)), -T, T)`` along each axis of the grid.
 
-Channels: with a vector AR kernel (a :class:`~kernelbank.core.channel_basis.ChannelBasis`)
+Channels: with a vector AR kernel (a :class:`~kernelbank.core.basis.Basis` of ``C > 1``)
 each channel ``c`` has its residual ``e_c = x_c − Σ_{c'} k_{cc'} ⋆ x_{c'}``, and every
 descriptor above is taken of each channel's residual (columns ``c<c>_<name>``,
 channel-major).
 
 :func:`describe_residuals` works on a batch of same-sized, already normalised images
 with their fitted kernels (what the fit stage holds in memory in its one pass);
-:func:`residual_features` fits the kernels itself (via :func:`kernelbank.fit`) at
-several dilations and anti-aliased pyramid scales and accepts images of different sizes.
+:func:`kernelbank.fit` with ``descriptors=`` (and :func:`~kernelbank.core.fit.residual_features`)
+fits the kernels itself in the one pass, at several dilations and pyramid scales.
 
 Notes
 -----
@@ -47,19 +47,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .basis import Basis
-from .channel_basis import ChannelBasis
-from .fit import (ImageBatch, _as_tuple, check_finite, fit, group_by_shape, normalize_images,
-                  pyramid_level)
+from .images import _as_tuple
 from .patterns import (N_NRI, N_RI, binary_codes, cooccurrence_codes, histograms,
                        pattern_bins, quantise, ternary_codes)
 
 __all__ = ["ResidualDescriptors", "describe_residuals", "residual_descriptor_names",
-           "residual_features", "residuals"]
-
-# Pixels described at a time by residual_features (per chunk of images): bounds the
-# memory of the residual, its codes and its sorted copy.
-_CHUNK_ELEMENTS = 4 << 20
+           "residuals"]
 _PATTERN_BINS = {"ri": N_RI, "nri": N_NRI}
 
 
@@ -342,94 +335,3 @@ def _describe(e: torch.Tensor, spec: ResidualDescriptors, ndim: int,
         return torch.empty((n, 0), dtype=torch.float64, device=e.device)
     return torch.cat(parts, 1)
 
-
-def residual_features(images: ImageBatch, basis: Basis | ChannelBasis, *,
-                      dilations: int | Sequence[int] | None = None,
-                      scales: int | Sequence[int] | None = None, ridge: float = 1e-6,
-                      normalize: bool = True, coefficients: bool = False,
-                      descriptors: ResidualDescriptors | None = None
-                      ) -> tuple[torch.Tensor, list[str]]:
-    """Each image's own AR kernel at every dilation and scale, and its residual descriptors.
-
-    Parameters
-    ----------
-    images : array or tensor of shape (N, H, W) or (N, D, H, W), or a list of them
-        Images of any (possibly different) sizes, as :func:`kernelbank.fit` takes them;
-        ``(N, C, *spatial)`` (or ``(C, *spatial)`` items) with a ChannelBasis.
-    basis : Basis or ChannelBasis
-        Basis of the own kernels (full: orientation-aware; isotropic: rotation-invariant);
-        a ChannelBasis describes each channel's residual under the image's vector kernel.
-    dilations : int or sequence of int, optional
-        Tap spacings; default the basis's own.
-    scales : int or sequence of int, optional
-        Anti-aliased pyramid factors (1 = original resolution); default 1.
-    ridge : float, default=1e-6
-    normalize : bool, default=True
-        Z-score each image at each scale before fitting (as :func:`kernelbank.fit`).
-    coefficients : bool, default=False
-        Also return the fitted coefficients (``ar_s<scale>_d<dilation>_c<j>``) before the
-        descriptors of each scale and dilation: the whole own-kernel recipe in one fit.
-    descriptors : ResidualDescriptors, optional
-        Default ``ResidualDescriptors()``.
-
-    Returns
-    -------
-    features : torch.Tensor of shape (N, F), float64, on the images' device
-        Per (scale, dilation), scale-major: [coefficients,] descriptors.
-    names : list of str of length F
-        ``res_s<scale>_d<dilation>_<descriptor>`` (see :func:`residual_descriptor_names`);
-        with channels ``res_s<s>_d<d>_c<c>_<descriptor>`` and coefficients
-        ``ar_s<s>_d<d>_ch<c>_c<j>``.
-
-    Examples
-    --------
-    >>> import numpy as np, kernelbank as kb
-    >>> images = np.random.default_rng(0).normal(size=(3, 32, 32))
-    >>> feats, names = kb.residual_features(images, kb.Basis.full(1), dilations=(1, 2))
-    >>> feats.shape[1] == len(names), names[0]
-    (True, 'res_s1_d1_log_mse')
-    """
-    spec = descriptors or ResidualDescriptors()
-    if not isinstance(basis, (Basis, ChannelBasis)):
-        raise TypeError(f"basis must be a kernelbank.Basis or ChannelBasis, got "
-                        f"{type(basis).__name__}")
-    spec.check_ndim(basis.ndim)
-    channels = basis.channels
-    vector = isinstance(basis, ChannelBasis)
-    dilation_list = list(_as_tuple(dilations, basis.dilation, "dilations"))
-    scale_list = list(_as_tuple(scales, 1, "scales"))
-    result = fit(images, basis, ridge=ridge, normalize=normalize, dilations=dilation_list,
-                 scales=scale_list)
-    per_entry = residual_descriptor_names(spec, basis.ndim, channels if vector else 1)
-    outputs = [f"_ch{c}" for c in range(channels)] if vector else [""]
-    names: list[str] = []
-    for s, d in result.scale_index:
-        if coefficients:
-            names += [f"ar_s{s}_d{d}{o}_c{j:02d}" for o in outputs
-                      for j in range(basis.n_components)]
-        names += [f"res_s{s}_d{d}_{name}" for name in per_entry]
-    groups, _, device = group_by_shape(images, basis.ndim + int(vector))
-    out = torch.empty((len(result), len(names)), dtype=torch.float64, device=device)
-    for indices, batch in groups:
-        check_finite(batch, indices)
-        chunk = max(1, _CHUNK_ELEMENTS // max(1, batch[0].numel()))
-        for start in range(0, len(batch), chunk):
-            rows = torch.tensor(indices[start:start + chunk], device=device)
-            part = batch[start:start + chunk]
-            columns = []
-            entry = 0
-            for s in scale_list:
-                # with channels, the pyramid and the z-score act on each channel, as in fit
-                flat = part.reshape((-1,) + part.shape[1 + int(vector):])
-                level = pyramid_level(flat, s)
-                if normalize:
-                    level = normalize_images(level)
-                level = level.reshape(part.shape[:1 + int(vector)] + level.shape[1:])
-                for d in dilation_list:
-                    if coefficients:
-                        columns.append(result.coef[rows, entry].flatten(1).to(torch.float64))
-                    columns.append(describe_residuals(level, result.kernels[rows, entry], d,
-                                                      spec))
-                    entry += 1
-            out[rows] = torch.cat(columns, 1)
-    return out, names

@@ -8,6 +8,25 @@ whose factorisation fails (singular or numerically indefinite ``G``: a constant 
 with ``ridge=0``, a basis with linearly dependent kernels) fall back to a pseudo-inverse
 from an eigendecomposition, which returns the minimum-norm least-squares solution
 instead of garbage. Everything stays on the input's device.
+
+The AR model of a :class:`~kernelbank.core.basis.Basis` (``C`` channels, regressor rows
+``Z``) is algebra on one matrix ``A = Σ_p z zᵀ``: output channel ``c`` combines the rows
+``S_c`` and predicts the row ``τ_c`` (its centre), so
+
+    G_c = A[S_c, S_c]      h_c = A[S_c, τ_c]      α_c = (G_c + λ n I)⁻¹ h_c
+
+and with ``u_c`` the residual ``e_c = x_c − α_cᵀ z_{S_c}`` written over the rows
+(``u_c[τ_c] = 1``, ``u_c[S_c] = −α_c``) the residual covariance is ``Σ = U A Uᵀ / n``,
+whose diagonal is each channel's residual MSE. One channel is ``C = 1``, with ``A`` the
+augmented Gram ``[[G, h], [hᵀ, Σx²]]`` and ``Σ`` the ``1 × 1`` MSE
+``(Σx² − 2αᵀh + αᵀGα) / n``.
+
+One factorisation for every channel: when each output channel uses every row but its
+own target (full and isotropic bases with the own centre masked), the regression of row
+``τ_c`` on all the others is read off ``P = (A + λ n I)⁻¹`` as
+``α_c = −P[S_c, τ_c] / P[τ_c, τ_c]`` (the partitioned inverse; the ridge on ``τ_c``'s own
+diagonal cancels in the ratio): one Cholesky of ``A`` replaces ``C`` of the ``G_c``.
+Problems whose factorisation fails take the per-channel solves.
 """
 
 from __future__ import annotations
@@ -16,7 +35,9 @@ import warnings
 
 import torch
 
-__all__ = ["solve_normal_equations", "SingularGramWarning"]
+__all__ = ["solve_normal_equations", "SingularGramWarning", "solve_coefficients",
+           "channel_normal_equations", "residual_covariance", "residual_mse",
+           "generalised_variance"]
 
 
 class SingularGramWarning(UserWarning):
@@ -79,3 +100,121 @@ def _pinv_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                           torch.zeros_like(values))
     projected = (vectors.transpose(-1, -2) @ b[..., None]).squeeze(-1)
     return (vectors @ (inverse * projected)[..., None]).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------- the AR model
+def channel_normal_equations(gram: torch.Tensor, basis
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``G_c = A[S_c, S_c]``, ``h_c = A[S_c, τ_c]`` and ``A[τ, τ]`` from ``A (…, M, M)``."""
+    sel = basis.selection.to(gram.device)
+    targets = basis.targets.to(gram.device)
+    g = gram[..., sel[:, :, None], sel[:, None, :]]                        # (…, C, m, m)
+    h = gram[..., sel, targets[:, None]]                                   # (…, C, m)
+    s = gram[..., targets[:, None], targets[None, :]]                      # (…, C, C)
+    return g, h, s
+
+
+def solve_coefficients(gram: torch.Tensor, n_pixels: torch.Tensor, basis,
+                       ridge: float) -> torch.Tensor:
+    """Coefficients (…, C, m) of every output channel from ``A (…, M, M)``."""
+    if basis.channels > 1 and ridge > 0 and _leaves_one_out(basis):
+        coef, failed = _solve_from_precision(gram, n_pixels, basis, ridge)
+        if failed.any():
+            coef[failed] = _solve_each(gram[failed], n_pixels[failed], basis, ridge)
+        return coef
+    return _solve_each(gram, n_pixels, basis, ridge)
+
+
+def _solve_each(gram: torch.Tensor, n_pixels: torch.Tensor, basis, ridge: float
+                ) -> torch.Tensor:
+    """Each output channel's ridge solve on its own ``G_c``, ``h_c``."""
+    g, h, _ = channel_normal_equations(gram, basis)
+    count = n_pixels[..., None].expand(h.shape[:-1])
+    return solve_normal_equations(g, h, count, ridge)
+
+
+def _leaves_one_out(basis) -> bool:
+    """Whether output channel ``c`` combines every regressor row but its target ``τ_c``."""
+    rows = len(basis.regressors)
+    if basis.n_components != rows - 1:
+        return False
+    every = torch.arange(rows)
+    return all(torch.equal(torch.sort(torch.cat([basis.selection[c], basis.targets[c:c + 1]]))
+                           .values, every) for c in range(basis.channels))
+
+
+def _solve_from_precision(gram: torch.Tensor, n_pixels: torch.Tensor, basis, ridge: float
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``α_c = −P[S_c, τ_c] / P[τ_c, τ_c]`` with ``P = (A + λ n I)⁻¹`` (Jacobi-scaled
+    Cholesky), and which problems failed to factorise."""
+    rows = gram.shape[-1]
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1) + \
+        (ridge * n_pixels.to(gram.dtype))[..., None]
+    scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(),
+                        torch.ones_like(diag))
+    # D (A + λnI) D, with unit diagonal, in one new matrix
+    a = gram * scale[..., :, None] * scale[..., None, :]
+    torch.diagonal(a, dim1=-2, dim2=-1).copy_(torch.where(diag > 0, 1.0, diag))
+    factor, info = torch.linalg.cholesky_ex(a)
+    targets = basis.targets.to(gram.device)
+    units = torch.zeros(a.shape[:-2] + (rows, len(targets)), dtype=a.dtype, device=a.device)
+    units[..., targets, torch.arange(len(targets), device=a.device)] = \
+        scale[..., targets]                                                  # D e_τ
+    # P e_τ = D (D A D)⁻¹ D e_τ
+    columns = torch.cholesky_solve(units, factor) * scale[..., :, None]
+    columns = columns.transpose(-1, -2)                                     # (…, C, M)
+    own = columns.gather(-1, targets[:, None].expand(columns.shape[:-1] + (1,)))
+    sel = basis.selection.to(gram.device).expand(columns.shape[:-1] + (basis.n_components,))
+    coef = -columns.gather(-1, sel) / own
+    failed = (info != 0) | ~torch.isfinite(coef).flatten(-2).all(-1) | \
+        (own <= 0).flatten(-2).any(-1)
+    return coef, failed
+
+
+def residual_covariance(gram: torch.Tensor, n_pixels: torch.Tensor, basis,
+                        coef: torch.Tensor) -> torch.Tensor:
+    """``U A Uᵀ / n`` for coefficients ``coef (…, C, m)``: residual covariance (…, C, C).
+
+    Float64, symmetric, with a diagonal clamped at 0 (rounding can make it negative).
+    """
+    coef = coef.to(gram.device, torch.float64)
+    rows = torch.zeros(coef.shape[:-1] + (gram.shape[-1],), dtype=torch.float64,
+                       device=gram.device)                                  # (…, C, M)
+    rows.scatter_(-1, basis.selection.to(gram.device).expand(coef.shape), -coef)
+    rows[..., torch.arange(basis.channels, device=gram.device),
+         basis.targets.to(gram.device)] += 1
+    cov = rows @ gram @ rows.transpose(-1, -2) / n_pixels.to(torch.float64)[..., None, None]
+    cov = (cov + cov.transpose(-1, -2)) / 2
+    torch.diagonal(cov, dim1=-2, dim2=-1).clamp_(min=0)
+    return cov
+
+
+def residual_mse(gram: torch.Tensor, rhs: torch.Tensor, sum_sq: torch.Tensor,
+                 n_pixels: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Mean squared residual of ``coef`` from one channel's sums: ``(Σx² − 2αᵀh + αᵀGα) / n``.
+
+    Parameters
+    ----------
+    gram : (..., m, m), rhs : (..., m), sum_sq : (...), n_pixels : (...), coef : (..., m)
+
+    Returns
+    -------
+    torch.Tensor of shape (...), float64, clamped at 0 (rounding can make it negative)
+    """
+    coef = coef.to(torch.float64)
+    explained = 2 * (coef * rhs).sum(-1) - (coef[..., None, :] @ gram @ coef[..., None]
+                                            ).squeeze(-1).squeeze(-1)
+    return ((sum_sq - explained) / n_pixels.to(torch.float64)).clamp_min(0)
+
+
+def generalised_variance(covariance: torch.Tensor) -> torch.Tensor:
+    """``det(Σ)^(1/C)`` of covariances (…, C, C), float64, at least the smallest normal.
+
+    The one-number residual variance of a vector model: the MSE itself for ``C = 1``.
+    Computed as ``exp(logdet / C)`` of the eigenvalues clamped at the smallest normal,
+    so a singular covariance (a grey image in three equal channels) gives a tiny value
+    instead of a negative or NaN one.
+    """
+    values = torch.linalg.eigvalsh(covariance.to(torch.float64))
+    tiny = torch.finfo(torch.float64).tiny
+    return values.clamp_min(tiny).log().mean(-1).exp().clamp_min(tiny)

@@ -12,12 +12,14 @@ bank method needs::
     Σmse, Σmse²      per-image residual MSE of the images' own fits
     reservoir        a bounded sample of coefficient rows  → kmeans
 
-For a vector AR basis (:class:`~kernelbank.core.channel_basis.ChannelBasis`, ``C``
-channels) the same fields hold the same products of its regressors and targets: a
-coefficient row is the image's ``(C, m)`` coefficients flattened, ``ΣG`` is ``Σ A`` over
-its ``M`` regressor rows, ``Σh`` and ``Σx²`` are its regressors × targets ``(M, C)`` and
-targets × targets ``(C, C)`` blocks, and the MSE is the own fit's generalised variance
-(:mod:`kernelbank.core.channel_stats`).
+These are the products of the basis's regressors ``A = Σ z zᵀ`` (:mod:`kernelbank.core.solve`):
+for ``C`` channels a coefficient row is the image's ``(C, m)`` coefficients flattened,
+``ΣG`` is ``Σ A`` over the ``M`` regressor rows, ``Σh`` and ``Σx²`` are its regressors ×
+targets ``(M, C)`` and targets × targets ``(C, C)`` blocks, and the MSE is the own fit's
+generalised variance ``det(Σ_own)^(1/C)``. One channel keeps the blocks of ``A`` that are
+not redundant, ``G = A[S, S]``, ``h = A[S, τ]`` and ``Σx² = A[τ, τ]``, and the MSE itself.
+The pooled class model is each output channel's solve on the summed ``A``
+(:func:`pooled_model`).
 
 Merging is adding (``a + b``): counts and sums add, and the reservoir keeps the ``k`` rows
 of lowest *priority* among both. A row's priority is a keyed hash of its coefficient bytes
@@ -34,15 +36,13 @@ allow_pickle=False)`` reads it without kernelbank). ``C`` classes, ``m`` compone
     header_json      uint8 UTF-8 JSON: format, version, scale, reservoir_size, seed,
                      class names (in order), basis description (kind, radius, dilation,
                      ndim, n_components, ring_distances) or null when empty
-    basis_offsets    (n_taps, ndim) int64      basis_weights   (m, n_taps) float64
-                     (a ChannelBasis: basis_regressors (M, C t) float64, basis_selection
-                     (C, m) int64, basis_targets (C,) int64, and its channels and
-                     centre_mask in the header)
+    basis_regressors (M, C t) float64  basis_selection (C, m) int64  basis_targets (C,)
+                     int64 (files written before bases had channels hold one channel's
+                     basis_offsets (n_taps, ndim) and basis_weights (m, n_taps) instead)
     n, n_pixels      (C,) int64
     sum_coef (C, m)  sum_outer (C, m, m)  sum_gram (C, m, m)  sum_rhs (C, m)   float64
     sum_sq, sum_mse, sum_mse_sq   (C,) float64
-                     (a ChannelBasis: the shapes of :mod:`~kernelbank.core.channel_stats`
-                     with a leading class axis)
+                     (C > 1 channels: the shapes above with a leading class axis)
     sample           (K, m) float64, every class's reservoir rows one class after another
     sample_priority  (K,) uint64                sample_count   (C,) int64
 
@@ -67,12 +67,9 @@ import numpy as np
 import torch
 
 from .basis import Basis
-from .channel_basis import ChannelBasis
-from .channel_fit import ChannelFitResult, channel_fit_from_sums
-from .channel_stats import (channel_basis_from_dict, channel_basis_to_dict,
-                            channel_field_shapes, channel_image_rows)
+from .fit import FitResult, fit_result_from_sums
+from .solve import generalised_variance, residual_covariance, solve_coefficients
 from .sums import WindowSums
-from .sums_fit import fit_result_from_sums
 
 __all__ = ["ClassStats", "ClassSums"]
 
@@ -109,7 +106,7 @@ class ClassSums:
     sum_outer: np.ndarray
     sum_gram: np.ndarray
     sum_rhs: np.ndarray
-    sum_sq: float | np.ndarray    # float; (C, C) for a ChannelBasis
+    sum_sq: float | np.ndarray    # float; (C, C) with channels
     n_pixels: int
     sum_mse: float
     sum_mse_sq: float
@@ -170,37 +167,46 @@ def _one_channel_shapes(m: int) -> dict[str, tuple[int, ...]]:
             "sum_sq": (), "sample": (-1, m)}
 
 
-def _field_shapes(basis: Basis | ChannelBasis) -> dict[str, tuple[int, ...]]:
+def _field_shapes(basis: Basis) -> dict[str, tuple[int, ...]]:
     """Shape of each per-class array of statistics with this basis."""
-    if isinstance(basis, ChannelBasis):
-        return channel_field_shapes(basis)
-    return _one_channel_shapes(basis.n_components)
+    if basis.channels == 1:
+        return _one_channel_shapes(basis.n_components)
+    k, rows, channels = basis.channels * basis.n_components, len(basis.regressors), \
+        basis.channels
+    return {"sum_coef": (k,), "sum_outer": (k, k), "sum_gram": (rows, rows),
+            "sum_rhs": (rows, channels), "sum_sq": (channels, channels), "sample": (-1, k)}
 
 
-def _basis_to_dict(basis: Basis | ChannelBasis) -> dict:
-    if isinstance(basis, ChannelBasis):
-        return channel_basis_to_dict(basis)
-    return {**basis.describe(), "ring_distances": list(basis.ring_distances or []),
-            "offsets": basis.offsets.numpy().copy(), "weights": basis.weights.numpy().copy()}
+def _image_rows(result: FitResult, scale: int | None) -> dict[str, np.ndarray]:
+    """Per-image arrays :meth:`ClassStats.from_fit` sums, float64 numpy (see the module
+    docstring): a one-channel result with a channel axis is read as grey."""
+    pick = (lambda t: t[:, scale]) if scale is not None else (lambda t: t)
+    numpy = lambda t: pick(t).detach().cpu().to(torch.float64).numpy()  # noqa: E731
+    basis = result.basis
+    rows = {"n_pixels": pick(result.n_pixels).detach().cpu().numpy().astype(np.int64)}
+    if result.covariance is None:                   # grey: G, h, Σx² as fitted
+        return {**rows, "coef": numpy(result.coef), "gram": numpy(result.gram),
+                "rhs": numpy(result.rhs), "sum_sq": numpy(result.sum_sq),
+                "mse": numpy(result.mse)}
+    gram = numpy(result.gram)
+    if basis.channels == 1:                         # (N, 1, ·) results of one channel
+        m = basis.n_components
+        return {**rows, "coef": numpy(result.coef)[:, 0], "gram": gram[:, :m, :m],
+                "rhs": gram[:, :m, m], "sum_sq": gram[:, m, m], "mse": numpy(result.mse)[:, 0]}
+    targets = basis.targets.numpy()
+    return {**rows, "coef": numpy(result.coef).reshape(len(gram), -1), "gram": gram,
+            "rhs": gram[:, :, targets], "sum_sq": gram[:, targets[:, None], targets[None, :]],
+            "mse": generalised_variance(pick(result.covariance).detach().cpu()).numpy()}
 
 
-def _basis_from_dict(d: dict) -> Basis | ChannelBasis:
-    if "channels" in d:
-        return channel_basis_from_dict(d)
-    rings = tuple(float(v) for v in d.get("ring_distances", [])) or None
-    offsets = np.asarray(d["offsets"], np.int64).reshape(-1, int(d["ndim"]))
-    weights = np.asarray(d["weights"], np.float64).reshape(int(d["n_components"]), -1)
-    return Basis(torch.from_numpy(offsets.copy()), torch.from_numpy(weights.copy()),
-                 int(d["radius"]), int(d["dilation"]), int(d["ndim"]), str(d["kind"]), rings)
-
-
-def _same_basis(a: Basis | ChannelBasis, b: Basis | ChannelBasis) -> bool:
-    if type(a) is not type(b) or a.describe() != b.describe():
-        return False
-    if isinstance(a, ChannelBasis):
-        return (torch.equal(a.regressors, b.regressors) and torch.equal(a.selection, b.selection)
-                and torch.equal(a.targets, b.targets))
-    return torch.equal(a.offsets, b.offsets) and torch.equal(a.weights, b.weights)
+def pooled_model(sum_gram: np.ndarray | torch.Tensor, n_pixels, basis: Basis, ridge: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled vector kernel (…, C, m) and its residual covariance (…, C, C) from the
+    summed ``A (…, M, M)`` of one or more classes of a multi-channel basis, float64."""
+    gram = torch.as_tensor(np.asarray(sum_gram, dtype=np.float64))
+    count = torch.as_tensor(np.asarray(n_pixels, dtype=np.int64))
+    coef = solve_coefficients(gram, count, basis, ridge)
+    return coef, residual_covariance(gram, count, basis, coef)
 
 
 @dataclass
@@ -213,7 +219,7 @@ class ClassStats:
 
     Attributes
     ----------
-    basis : Basis, ChannelBasis or None
+    basis : Basis or None
         The basis (at its dilation) every class was fitted with; None when empty.
     sums : dict of str to ClassSums
         The sums of each class.
@@ -234,7 +240,7 @@ class ClassStats:
     (['x', 'y'], 3)
     """
 
-    basis: Basis | ChannelBasis | None = None
+    basis: Basis | None = None
     sums: dict[str, ClassSums] = field(default_factory=dict)
     scale: int = 1
     reservoir_size: int = DEFAULT_RESERVOIR
@@ -253,7 +259,7 @@ class ClassStats:
 
         Parameters
         ----------
-        result : FitResult or ChannelFitResult
+        result : FitResult
             With leading shape (N,), or (N, S) together with ``scale``.
         labels : sequence of str of length N
             Class of each image (converted with ``str``).
@@ -270,26 +276,17 @@ class ClassStats:
             raise ValueError(f"labels has {len(labels)} entries but the fit result has {n} images")
         if reservoir_size < 1:
             raise ValueError(f"reservoir_size must be >= 1, got {reservoir_size!r}")
-        channel = isinstance(result, ChannelFitResult)
-        multi = result.coef.ndim == 3 + int(channel)
+        multi = result.n_pixels.ndim == 2
         if multi and scale is None:
             raise ValueError(
                 f"the fit result has a scale axis of {result.coef.shape[1]} entries "
                 f"{result.scale_index}; pass scale=<index> to pick one")
-        pick = (lambda t: t[:, scale]) if multi else (lambda t: t)
         factor, dilation = result.scale_index[scale if multi else 0]
         basis = result.basis.with_dilation(dilation)
-        if channel:
-            rows = channel_image_rows(result, scale if multi else None)
-            coef, gram, rhs, sum_sq, n_pix, mse = (rows[k] for k in (
-                "coef", "gram", "rhs", "sum_sq", "n_pixels", "mse"))
-        else:
-            coef = pick(result.coef).detach().cpu().to(torch.float64).numpy()
-            gram = pick(result.gram).detach().cpu().to(torch.float64).numpy()
-            rhs = pick(result.rhs).detach().cpu().to(torch.float64).numpy()
-            sum_sq = pick(result.sum_sq).detach().cpu().to(torch.float64).numpy()
-            n_pix = pick(result.n_pixels).detach().cpu().numpy().astype(np.int64)
-            mse = pick(result.mse).detach().cpu().to(torch.float64).numpy()
+        rows = _image_rows(result, scale if multi else None)
+        coef, gram, rhs, sum_sq, n_pix, mse = (rows[k] for k in (
+            "coef", "gram", "rhs", "sum_sq", "n_pixels", "mse"))
+        channel = basis.channels > 1
         priority = _priorities(coef, seed)
         sums = {}
         label_array = np.array(labels, dtype=object)
@@ -307,7 +304,7 @@ class ClassStats:
         return cls(basis, sums, int(factor), int(reservoir_size), int(seed))
 
     @classmethod
-    def from_sums(cls, sums: WindowSums, labels: Sequence[str], basis: Basis | ChannelBasis, *,
+    def from_sums(cls, sums: WindowSums, labels: Sequence[str], basis: Basis, *,
                   ridge: float = 1e-6, coef: torch.Tensor | None = None,
                   mse: torch.Tensor | None = None, reservoir_size: int = DEFAULT_RESERVOIR,
                   seed: int = 0) -> "ClassStats":
@@ -315,7 +312,7 @@ class ClassStats:
 
         Equal to ``from_fit(fit(images, basis, ridge=ridge), labels)`` when the sums were
         taken on the images as ``fit`` models them and at the basis's radius (see
-        :mod:`kernelbank.core.sums_fit`).
+        :func:`~kernelbank.core.fit.fit_result_from_sums`).
 
         Parameters
         ----------
@@ -323,22 +320,20 @@ class ClassStats:
             Whole-image sums of N images at one dilation and scale; the basis is applied
             at that dilation, and the statistics are at that scale.
         labels : sequence of str of length N
-        basis : Basis or ChannelBasis
-            A ChannelBasis needs sums with as many channels.
+        basis : Basis
+            Of as many channels as the sums.
         ridge : float, default=1e-6
             Per-pixel ridge of the images' own fits.
-        coef, mse : torch.Tensor of shapes (N, m) and (N,), optional
-            The images' own fits when already solved (e.g. read from the fit table).
+        coef, mse : torch.Tensor of shapes (N, [C,] m) and (N,), optional
+            The images' own fits when already solved (e.g. read from the fit table);
+            ``mse`` only for one channel (with channels the covariance comes from the sums).
         reservoir_size, seed : int
             As in :meth:`from_fit`.
         """
-        if isinstance(basis, ChannelBasis):
-            if mse is not None:
-                raise ValueError("mse is not used with a ChannelBasis (its residual covariance "
-                                 "comes from the sums); pass coef alone")
-            result = channel_fit_from_sums(sums, basis, ridge, coef=coef)
-        else:
-            result = fit_result_from_sums(sums, basis, ridge, coef=coef, mse=mse)
+        if basis.channels > 1 and mse is not None:
+            raise ValueError("mse is not used with several channels (the residual covariance "
+                             "comes from the sums); pass coef alone")
+        result = fit_result_from_sums(sums, basis, ridge, coef=coef, mse=mse)
         return cls.from_fit(result, labels, reservoir_size=reservoir_size, seed=seed)
 
     # ------------------------------------------------------------------ merging
@@ -356,7 +351,7 @@ class ClassStats:
             return other
         if other.basis is None:
             return self
-        if not _same_basis(self.basis, other.basis) or self.scale != other.scale:
+        if not self.basis.same_as(other.basis) or self.scale != other.scale:
             raise ValueError(
                 f"cannot merge statistics of different bases: {self.basis} at scale "
                 f"{self.scale} vs {other.basis} at scale {other.scale}")
@@ -403,7 +398,7 @@ class ClassStats:
             return {}
         return {**self.basis.describe(), "scale": self.scale}
 
-    def require_basis(self) -> Basis | ChannelBasis:
+    def require_basis(self) -> Basis:
         if self.basis is None or not self.sums:
             raise ValueError("these statistics are empty: build them with ClassStats.from_fit")
         return self.basis
@@ -413,7 +408,7 @@ class ClassStats:
         """Plain numpy arrays, str and int only (picklable; Arrow/JSON friendly)."""
         return {"version": 1, "scale": self.scale, "reservoir_size": self.reservoir_size,
                 "seed": self.seed,
-                "basis": None if self.basis is None else _basis_to_dict(self.basis),
+                "basis": None if self.basis is None else self.basis.to_dict(),
                 "classes": {name: part.to_dict() for name, part in sorted(self.sums.items())}}
 
     @classmethod
@@ -421,7 +416,7 @@ class ClassStats:
         """Inverse of :meth:`to_dict`."""
         if int(d.get("version", 0)) != 1:
             raise ValueError(f"unsupported ClassStats dict version {d.get('version')!r}")
-        basis = None if d["basis"] is None else _basis_from_dict(d["basis"])
+        basis = None if d["basis"] is None else Basis.from_dict(d["basis"])
         shapes = None if basis is None else _field_shapes(basis)
         sums = {str(k): ClassSums.from_dict(v, shapes) for k, v in sorted(d["classes"].items())}
         return cls(basis, sums, int(d["scale"]), int(d["reservoir_size"]), int(d["seed"]))
@@ -437,13 +432,10 @@ class ClassStats:
         shapes = _one_channel_shapes(0) if self.basis is None else _field_shapes(self.basis)
         parts = [self.sums[c] for c in names]
         arrays = {"header_json": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-        if isinstance(self.basis, ChannelBasis):
+        if self.basis is not None:
             arrays["basis_regressors"] = self.basis.regressors.numpy().astype(np.float64)
             arrays["basis_selection"] = self.basis.selection.numpy().astype(np.int64)
             arrays["basis_targets"] = self.basis.targets.numpy().astype(np.int64)
-        elif self.basis is not None:
-            arrays["basis_offsets"] = self.basis.offsets.numpy().astype(np.int64)
-            arrays["basis_weights"] = self.basis.weights.numpy().astype(np.float64)
         for key in _PER_CLASS:
             dtype = np.int64 if key in ("n", "n_pixels") else np.float64
             arrays[key] = np.array([getattr(p, key) for p in parts], dtype=dtype).reshape(
@@ -465,13 +457,10 @@ class ClassStats:
                              f"version {FILE_VERSION}")
         if header["basis"] is None:
             return cls.empty(int(header["reservoir_size"]), int(header["seed"]))
-        if "channels" in header["basis"]:
-            basis = _basis_from_dict({**header["basis"], "regressors": arrays["basis_regressors"],
-                                      "selection": arrays["basis_selection"],
-                                      "targets": arrays["basis_targets"]})
-        else:
-            basis = _basis_from_dict({**header["basis"], "offsets": arrays["basis_offsets"],
-                                      "weights": arrays["basis_weights"]})
+        names = ("regressors", "selection", "targets") if "basis_regressors" in arrays else \
+            ("offsets", "weights")       # one channel, written before bases had channels
+        basis = Basis.from_dict({**header["basis"],
+                                 **{name: arrays[f"basis_{name}"] for name in names}})
         shapes = _field_shapes(basis)
         ends = np.cumsum(np.asarray(arrays["sample_count"], np.int64))
         sums = {}

@@ -13,7 +13,7 @@ Every quantity the later stages need is algebra on these sums, with no pixels:
 * the normal equations of any basis ``B`` (rows ``w_j`` over the t taps, centre weight
   0): ``G = W cross Wᵀ``, ``h = W cross[:, c]``, ``Σx² = cross[c, c]``, ``ΣR = W first``,
   ``Σx = first[c]``, so the fitted coefficients and residual MSE of the full, isotropic
-  or any bank basis follow (:meth:`WindowSums.basis_sums`);
+  or any bank basis follow (:meth:`WindowSums.gram`);
 * for a kernel ``k`` (a t-vector with ``k_c = 0``), the prediction ``p = k ⋆ x``
   satisfies ``⟨p, x⟩ = kᵀ cross[:, c]``, ``⟨p, p⟩ = kᵀ cross k`` and ``Σp = kᵀ first``:
   gain, MSE after gain, residual mean and variance, the joint coefficients of a bank
@@ -26,7 +26,7 @@ Channels
 For images of ``C`` channels the window is the ``T = C t`` taps ``(c, o_a)``,
 channel-major (tap ``c t + a``), and ``cross``, ``first`` are the same sums over those
 taps: ``cross[c t + a, c' t + b] = Σ_{p∈V} x_c(p + o_a) x_{c'}(p + o_b)``. Every vector AR
-model on the window (:mod:`kernelbank.core.channel_fit`) is algebra on them in the same
+model on the window (:mod:`kernelbank.core.fit`) is algebra on them in the same
 way. One channel is the case ``C = 1``.
 
 The partition into cells follows adaptive average pooling (cell ``i`` of ``g`` along an
@@ -37,7 +37,7 @@ Notes
 -----
 Sums are float64 whatever the image dtype: a float32 sum over hundreds of thousands
 of pixels loses digits that the solve of a nearly predictable image needs. They are
-computed from lag products (:mod:`kernelbank.core.lags`): exactly the sums of the
+computed from lag products (:mod:`kernelbank.core._lags`): exactly the sums of the
 explicit stack of shifted windows, at the cost of about one product per pixel and
 distinct lag instead of ``t²``.
 """
@@ -50,17 +50,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .basis import Basis
-from .channel_basis import ChannelBasis
-from .lags import lag_window_sums
+from ._lags import lag_window_sums
+from .basis import Basis, window_taps
 
 __all__ = ["WindowSums", "window_sums", "window_taps", "cell_bounds"]
-
-
-def window_taps(radius: int, ndim: int) -> np.ndarray:
-    """All offsets of a ``(2r+1)^ndim`` window in C order, centre included, (t, ndim)."""
-    axis = np.arange(-radius, radius + 1)
-    return np.stack(np.meshgrid(*([axis] * ndim), indexing="ij"), -1).reshape(-1, ndim)
 
 
 def cell_bounds(length: int, grid: int) -> list[tuple[int, int]]:
@@ -130,11 +123,9 @@ class WindowSums:
     def __len__(self) -> int:
         return int(self.n_pixels.shape[0])
 
-    def tap_weights(self, basis: Basis | ChannelBasis) -> torch.Tensor:
-        """The basis as rows over this window's taps, float64.
+    def tap_weights(self, basis: Basis) -> torch.Tensor:
+        """The basis's regressor rows over this window's taps, (M, T) float64.
 
-        Shape (m, t) for a one-channel :class:`Basis` on one-channel sums; for a
-        :class:`ChannelBasis` on sums of as many channels, its regressor rows, (M, T).
         A basis with a smaller radius is placed in the middle of the window (its
         coefficients then fit on this window's valid pixels, which are fewer than its
         own: exact for the sums, not for a fit of that smaller model on its own).
@@ -149,14 +140,7 @@ class WindowSums:
         if basis.channels != self.channels:
             raise ValueError(f"{basis} models {basis.channels} channel(s) but these window "
                              f"sums were taken on {self.channels}")
-        if isinstance(basis, ChannelBasis):
-            return self.place_rows(basis.regressors, basis.radius)
-        side = 2 * self.radius + 1
-        index = np.ravel_multi_index(tuple((basis.offsets.numpy() + self.radius).T),
-                                     (side,) * self.ndim)
-        weights = torch.zeros((basis.n_components, self.n_taps), dtype=torch.float64)
-        weights[:, torch.from_numpy(index)] = basis.weights.to(torch.float64)
-        return weights.to(self.cross.device)
+        return self.place_rows(basis.regressors, basis.radius)
 
     def place_rows(self, rows: torch.Tensor, radius: int) -> torch.Tensor:
         """Rows over the taps of a centred window of ``radius``, as rows over these taps.
@@ -187,26 +171,27 @@ class WindowSums:
         placed[:, torch.from_numpy(index)] = rows.detach().cpu().to(torch.float64)
         return placed.to(self.cross.device)
 
+    def gram(self, basis: Basis) -> torch.Tensor:
+        """``A = Z cross Zᵀ`` of the basis's regressor rows ``Z`` (…, M, M), float64.
+
+        Picked, not multiplied, when every regressor is one tap (the full basis).
+        """
+        z = self.tap_weights(basis)
+        taps = _selected_taps(z)
+        if taps is None:
+            return z @ self.cross @ z.T
+        if torch.equal(taps, torch.arange(self.n_taps, device=taps.device)):
+            return self.cross
+        return _submatrix(self.cross, taps)
+
     def basis_sums(self, basis: Basis
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normal equations of ``basis``: ``G (…, m, m)``, ``h (…, m)``, ``Σx² (…)``, ``n``.
-
-        One channel only; the vector AR model of a :class:`ChannelBasis` is in
-        :func:`kernelbank.core.channel_fit.channel_fit_from_sums`.
-        """
-        if isinstance(basis, ChannelBasis):
-            raise TypeError(f"basis_sums takes a one-channel Basis, got {basis}; use "
-                            f"kernelbank.core.channel_fit.channel_fit_from_sums")
-        w = self.tap_weights(basis)
-        c = self.centre
-        taps = _selected_taps(w)
-        if taps is not None:    # one tap per component (full basis): pick, don't multiply
-            gram = _submatrix(self.cross, taps)
-            rhs = self.cross[..., c].index_select(-1, taps)
-        else:
-            gram = w @ self.cross @ w.T
-            rhs = self.cross[..., :, c] @ w.T
-        return gram, rhs, self.cross[..., c, c], self.n_pixels
+        """One channel's normal equations ``G (…, m, m)``, ``h (…, m)``, ``Σx² (…)``, ``n``:
+        the blocks of :meth:`gram`."""
+        if basis.channels != 1:
+            raise ValueError(f"basis_sums takes a one-channel basis, got {basis}; use .gram")
+        a, m = self.gram(basis), basis.n_components
+        return a[..., :m, :m], a[..., :m, m], a[..., m, m], self.n_pixels
 
     def restrict(self, radius: int) -> "WindowSums":
         """The sums of the inner ``(2 radius + 1)^d`` taps (same valid pixels)."""
@@ -284,13 +269,13 @@ def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int
 
 
 def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
-               shift: torch.Tensor, channels: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sums of every cell: the window sums of the crop whose valid pixels are the cell.
 
-    Crops of equal shape are computed together; returns (n, cells, …) tensors.
+    Crops of equal shape of ``(n, C, *spatial)`` images are computed together; returns
+    (n, cells, …) tensors.
     """
-    lead = 1 + int(channels > 1)                   # image axis [and channel axis]
+    lead, channels = 2, batch.shape[1]
     n, ndim = batch.shape[0], batch.ndim - lead
     reach = radius * dilation
     bounds = [cell_bounds(s - 2 * reach, grid) for s in batch.shape[lead:]]
@@ -309,7 +294,7 @@ def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
             for axis, i in enumerate(cells[index]))] for index in members]
         repeat = (len(members),) + (1,) * (shift.ndim - 1)
         part_cross, part_first = lag_window_sums(torch.cat(crops), radius, dilation,
-                                                 shift.repeat(repeat), channels)
+                                                 shift.repeat(repeat))
         where = torch.tensor(members, device=batch.device)
         cross[:, where] = part_cross.reshape(len(members), n, t, t).transpose(0, 1)
         first[:, where] = part_first.reshape(len(members), n, t).transpose(0, 1)
@@ -340,9 +325,9 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
 
     Notes
     -----
-    Computed from lag products (:mod:`kernelbank.core.lags`), exactly: the same sums as
+    Computed from lag products (:mod:`kernelbank.core._lags`), exactly: the same sums as
     the explicit stack of shifted windows, in float64, at the cost of about one product
-    per pixel and distinct lag. An image whose mean exceeds its standard deviation has
+    per pixel and distinct lag. A channel whose mean exceeds its standard deviation has
     its mean subtracted (in the image's dtype) before any product and its contribution
     added back in float64, so float32 images with a large offset lose no digits to
     cancellation. With several channels every channel pair's lag products are taken
@@ -350,44 +335,18 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
     """
     dilations = list(dilations)
     _check(batch, radius, dilations, grid, channels)
-    if channels > 1:
-        return _channel_window_sums(batch, radius, dilations, grid, channels)
-    n, ndim = batch.shape[0], batch.ndim - 1
-    # Images whose mean exceeds their spread are shifted by their mean: only there can
+    return channel_window_sums(batch if channels > 1 else batch[:, None], radius, dilations,
+                               grid)
+
+
+def channel_window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int],
+                        grid: int | None = None) -> list[WindowSums]:
+    """:func:`window_sums` of ``(n, C, *spatial)`` images, any ``C`` (one is grey)."""
+    n, channels, ndim = batch.shape[0], batch.shape[1], batch.ndim - 2
+    t = (2 * radius + 1) ** ndim
+    # Channels whose mean exceeds their spread are shifted by their mean: only there can
     # the products' sums cancel digits. The shift actually subtracted (rounded to the
     # batch dtype) is the one added back.
-    variance, mean = torch.var_mean(batch.reshape(n, -1).to(torch.float64), dim=1,
-                                    correction=0)
-    shift = torch.where(mean.square() > variance, mean, torch.zeros_like(mean)).to(batch.dtype)
-    offset = shift.to(torch.float64)
-    shifted = bool(offset.any())
-    out = []
-    for dilation in dilations:
-        reach = radius * dilation
-        if grid is None:
-            cross, first = lag_window_sums(batch, radius, dilation, shift)
-            valid = int(np.prod([s - 2 * reach for s in batch.shape[1:]]))
-            count = torch.full((n,), valid, dtype=torch.int64, device=batch.device)
-            c = offset
-        else:
-            cross, first, count = _cell_sums(batch, radius, dilation, grid, shift, 1)
-            c = offset[:, None]
-        if shifted:
-            pixels = count.to(torch.float64)
-            # Σ(y+c)(y'+c) = Σyy' + c(Σy + cn/2) + c(Σy' + cn/2), as one symmetric term
-            half = c[..., None] * (first + (c * pixels / 2)[..., None])      # (…, t)
-            cross += half[..., :, None] + half[..., None, :]
-            first = first + (c * pixels)[..., None]
-        out.append(WindowSums(cross, first, count, radius, int(dilation), ndim, grid=grid))
-    return out
-
-
-def _channel_window_sums(batch: torch.Tensor, radius: int, dilations: list[int],
-                         grid: int | None, channels: int) -> list[WindowSums]:
-    """:func:`window_sums` of ``(n, C, *spatial)`` images: a mean shift per channel."""
-    n, ndim = batch.shape[0], batch.ndim - 2
-    t = (2 * radius + 1) ** ndim
-    # as for one channel: channels whose mean exceeds their spread are shifted by it
     variance, mean = torch.var_mean(batch.reshape(n, channels, -1).to(torch.float64), dim=2,
                                     correction=0)
     shift = torch.where(mean.square() > variance, mean, torch.zeros_like(mean)).to(batch.dtype)
@@ -396,12 +355,12 @@ def _channel_window_sums(batch: torch.Tensor, radius: int, dilations: list[int],
     for dilation in dilations:
         reach = radius * dilation
         if grid is None:
-            cross, first = lag_window_sums(batch, radius, dilation, shift, channels)
+            cross, first = lag_window_sums(batch, radius, dilation, shift)
             valid = int(np.prod([s - 2 * reach for s in batch.shape[2:]]))
             count = torch.full((n,), valid, dtype=torch.int64, device=batch.device)
             c = offset
         else:
-            cross, first, count = _cell_sums(batch, radius, dilation, grid, shift, channels)
+            cross, first, count = _cell_sums(batch, radius, dilation, grid, shift)
             c = offset[:, None]
         if bool(offset.any()):
             pixels = count.to(torch.float64)[..., None]

@@ -1,7 +1,7 @@
 """Independent reference: an explicit per-pixel design matrix, solved by torch.linalg.lstsq.
 
 Built from the dense basis kernels with plain slicing, one column per basis kernel; it
-shares no code with the strip engine in kernelbank.core.responses.
+shares no code with the strip engine in kernelbank.core._strips.
 """
 
 from __future__ import annotations

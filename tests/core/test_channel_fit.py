@@ -137,7 +137,7 @@ def test_return_sums_gives_the_channel_window_sums_of_the_fitted_images():
 
 @pytest.mark.parametrize("kind", ["full", "isotropic"])
 def test_one_factorisation_gives_each_channels_own_solve(kind):
-    from kernelbank.core.channel_fit import _solve_each, _solve_from_precision
+    from kernelbank.core.solve import _solve_each, _solve_from_precision
     rng = np.random.default_rng(10)
     images = torch.from_numpy(_coloured(rng, 4, 3, (24, 24)))
     basis = getattr(kb.Basis, kind)(1, channels=3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kernelbank as kb
-from kernelbank.core.channel_onepass import channel_image_statistics
+from kernelbank import image_statistics as channel_image_statistics
 from kernelbank.core.residual import ResidualDescriptors, _describe, residual_descriptor_names
 
 from .reference import channel_lstsq_fit, window_sums, zscore

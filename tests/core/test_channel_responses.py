@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kernelbank as kb
-from kernelbank.core.channel_responses import channel_gram
+from kernelbank.core._strips import plane_gram as channel_gram
 
 from .reference import window_sums as reference_sums
 

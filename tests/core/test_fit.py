@@ -6,7 +6,7 @@ import torch
 
 import kernelbank as kb
 from kernelbank.core import pyramid_level
-from kernelbank.core.responses import augmented_gram, residual_sums
+from kernelbank.core._strips import augmented_gram, residual_sums
 
 from .reference import lstsq_fit, zscore
 
@@ -228,7 +228,7 @@ def test_strips_and_image_chunks_sum_to_the_whole(monkeypatch, basis):
     shape = (37, 45) if basis.ndim == 2 else (11, 12, 13)
     images = _images(rng, 7, shape)
     whole = kb.fit(images, basis, ridge=0)
-    monkeypatch.setattr("kernelbank.core.responses._STRIP_ELEMENTS", 50)
+    monkeypatch.setattr("kernelbank.core._strips._STRIP_ELEMENTS", 50)
     pieces = kb.fit(images, basis, ridge=0)
     assert torch.allclose(pieces.gram, whole.gram, rtol=1e-12)
     assert torch.allclose(pieces.coef, whole.coef, rtol=1e-10, atol=1e-12)
@@ -241,7 +241,7 @@ def test_image_chunks_of_fit_keep_order_and_values(monkeypatch):
     images = [_images(rng, 1, s)[0] for s in [(30, 30), (31, 33)] * 4]
     basis = kb.Basis.isotropic(2)
     whole = kb.fit(images, basis, scales=[1, 2])
-    fit_module = importlib.import_module("kernelbank.core.fit")   # the name `fit` is shadowed
+    fit_module = importlib.import_module("kernelbank.core.images")
     monkeypatch.setattr(fit_module, "_CHUNK_ELEMENTS", 1500)       # 1 image per chunk
     chunked = kb.fit(images, basis, scales=[1, 2])
     assert torch.allclose(chunked.coef, whole.coef, rtol=1e-12, atol=1e-12)
@@ -251,7 +251,7 @@ def test_image_chunks_of_fit_keep_order_and_values(monkeypatch):
 
 # ---------------------------------------------------------------------------- engines
 def _strip_sums(level, basis):
-    """The previous Gram path: responses strip by strip (kernelbank.core.responses)."""
+    """The previous Gram path: responses strip by strip (kernelbank.core._strips)."""
     m = basis.n_components
     full = augmented_gram(level, basis)
     return full[:, :m, :m], full[:, :m, m], full[:, m, m]
@@ -330,10 +330,10 @@ def test_return_sums_are_the_window_sums_of_each_scale_and_dilation():
 
 def test_full_basis_fit_no_longer_builds_strip_responses(monkeypatch):
     # full bases take the lag engine; isotropic ones keep the (faster for them) strips
-    import kernelbank.core.equations as equations
+    import kernelbank.core.gram as equations
     calls = []
-    monkeypatch.setattr(equations, "augmented_gram",
-                        lambda *a: calls.append(a[1].kind) or augmented_gram(*a))
+    monkeypatch.setattr(equations, "plane_gram",
+                        lambda *a: calls.append(a[1].kind) or augmented_gram(a[0][:, 0], a[1]))
     rng = np.random.default_rng(13)
     images = _images(rng, 2, (40, 40))
     kb.fit(images, kb.Basis.full(2), dilations=[1, 2])

@@ -22,8 +22,8 @@ from PIL import Image
 
 import kernelbank as kb
 from kernelbank.cli import main
-from kernelbank.core.channel_onepass import channel_image_statistics
-from kernelbank.core.onepass import image_statistics
+from kernelbank import image_statistics as channel_image_statistics
+from kernelbank.core.fit import image_statistics
 from kernelbank.io.runs import open_published
 
 from .colour_data import write_colour_dataset

@@ -1,4 +1,4 @@
-r"""Basis responses and their Gram matrices, computed strip by strip.
+r"""Private engine: basis responses and their Gram matrices, computed strip by strip.
 
 For an image ``x`` and a basis ``b_1 … b_m`` the fit needs, over every *valid* pixel
 ``p`` (one whose whole dilated window lies inside the image), the augmented Gram
@@ -21,6 +21,12 @@ Three ways to build the responses of a strip, picked from the basis:
 * dense: every tap is gathered once and mixed by a matrix product (custom bases whose
   kernels use most taps).
 
+With ``C`` channels the planes of each channel (its responses and itself) come from the
+same plans, channel by channel on the same strip of rows, and are multiplied together
+once per strip (:func:`plane_gram`): the Gram costs ``C²`` times the one-channel Gram, the
+plane arithmetic ``C`` times. Every cross-channel product of the planes is in it, so it
+holds every regressor and target of the full and isotropic vector AR models.
+
 Notes
 -----
 Partial Gram matrices of one strip are formed in the input precision and summed in
@@ -35,7 +41,7 @@ import torch
 
 from .basis import Basis
 
-__all__ = ["augmented_gram", "residual_sums"]
+__all__ = ["augmented_gram", "plane_gram", "residual_sums"]
 
 # Elements of one response plane of one strip (images × rows × columns). Measured on a
 # 2 MiB-L2 core: 64k–150k keeps the working set of ~15 planes cache-resident while
@@ -287,3 +293,42 @@ def residual_sums(images: torch.Tensor, basis: Basis, coef: torch.Tensor,
             scaled = flat * root[:, None, :]
             weighted[i0:i1] += torch.bmm(scaled, scaled.transpose(1, 2)).to(torch.float64)
     return abs_sum, weighted
+
+
+def plane_gram(images: torch.Tensor, basis: Basis) -> torch.Tensor:
+    """Sum over valid pixels of ``z zᵀ`` for the planes of every channel.
+
+    Parameters
+    ----------
+    images : torch.Tensor of shape (n, C, *spatial)
+        Same-sized images, floating dtype.
+    basis : Basis
+        One-channel basis applied to every channel.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, C (m + 1), C (m + 1)), float64, on the images' device
+        Plane ``c (m + 1) + j`` is ``b_j ⋆ x_c`` for ``j < m`` and ``x_c`` for ``j = m``.
+    """
+    n, channels = images.shape[:2]
+    m = basis.n_components
+    per_channel = m + 1
+    size = channels * per_channel
+    if channels == 1:     # the one-channel Gram, operation for operation
+        return augmented_gram(images[:, 0], basis)
+    out = torch.zeros((n, size, size), dtype=torch.float64, device=images.device)
+    streams = [_strips(images[:, c], basis, m) for c in range(channels)]
+    work = None
+    for parts in zip(*streams):
+        i0, i1, _ = parts[0]
+        pixels = parts[0][2].shape[-1]
+        if work is None:
+            # the first strip is the largest (chunk of images × strip of rows); zero
+            # planes pad the count to a multiple of 8, where BLAS Grams run fastest
+            work = images.new_zeros((i1 - i0, -(-size // 8) * 8, pixels))
+        flat = work[:i1 - i0, :, :pixels]
+        for c, (_, _, planes) in enumerate(parts):
+            flat[:, c * per_channel:(c + 1) * per_channel] = planes[:, :per_channel]
+        partial = torch.bmm(flat, flat.transpose(1, 2))
+        out[i0:i1] += partial[:, :size, :size].to(torch.float64)
+    return out

@@ -1,4 +1,4 @@
-r"""Exact window sums from lag products, contracted by matrix products.
+r"""Private engine: exact window sums from lag products, contracted by matrix products.
 
 For one image ``x``, a window of taps ``o_a = δ a`` (``a ∈ [-r, r]^d``) and the valid
 pixels ``V``, every entry of the window's cross-product matrix is a sum of one *lag
@@ -618,30 +618,27 @@ def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.
     return cross, first
 
 
-def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor,
-                    channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Window sums of ``images - shift`` over the valid pixels of one dilation.
 
     Parameters
     ----------
-    images : torch.Tensor of shape (n, [channels,] H, W) or (n, [channels,] D, H, W)
+    images : torch.Tensor of shape (n, C, H, W) or (n, C, D, H, W)
         Same-sized images, float32 or float64, each side at least ``2 radius dilation
-        + 1``; the channel axis is there only when ``channels > 1``.
+        + 1``.
     radius, dilation : int
-    shift : torch.Tensor of shape (n,) or (n, channels), dtype of ``images``
-        Subtracted from each image (channel) before any product (its mean, say).
-    channels : int, default=1
+    shift : torch.Tensor of shape (n, C), dtype of ``images``
+        Subtracted from each channel before any product (its mean, say).
 
     Returns
     -------
     cross : torch.Tensor of shape (n, T, T), float64
     first : torch.Tensor of shape (n, T), float64
-        With ``T = channels · t`` taps, channel-major, each channel's ``t = (2 radius +
-        1)^ndim`` in C order, centre included; the sums of the shifted images (see
+        With ``T = C · t`` taps, channel-major, each channel's ``t = (2 radius + 1)^ndim``
+        in C order, centre included; the sums of the shifted images (see
         :mod:`kernelbank.core.sums` for the unshifted ones).
     """
-    if channels == 1:
-        images, shift = images[:, None], shift.reshape(-1, 1)
     r, d, ndim = radius, dilation, images.ndim - 2
     reach = r * d
     *lead, height, width = images.shape[2:]
