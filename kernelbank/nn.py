@@ -20,7 +20,7 @@ x(p + δ o)``, the convention of :mod:`kernelbank.core`. No padding: the residua
 the pixels whose whole dilated window is inside the image, so its size depends on the
 image and the dilation; the metrics are means and adaptive pools and accept any size.
 
-Colour: with a :class:`~kernelbank.core.channel_basis.ChannelBasis` (``C`` channels,
+Colour: with a :class:`~kernelbank.core.basis.Basis` with ``channels=C`` (``C`` channels,
 ``ModelConfig(channels=C)``) every learned kernel is a vector kernel ``(C, C, *window)``
 predicting each channel from the window of all channels, with each channel's own centre
 tap masked by construction (or every centre, ``centre_mask="all"``); its residual is one
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core.basis import Basis
-from .core.channel_basis import ChannelBasis
+from .core import ChannelBasis
 from .core.fit import normalize_images
 
 __all__ = ["ModelConfig", "METRIC_NAMES", "residual_metrics", "ResidualMetrics",

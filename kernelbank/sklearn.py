@@ -21,7 +21,7 @@ validated with scikit-learn's ``validate_data`` (and sets ``n_features_in_``); t
 others are checked by the core, which names the bad image.
 
 Colour: ``channels=C`` (every estimator) fits vector AR kernels
-(:class:`~kernelbank.core.channel_basis.ChannelBasis`); images are then ``(n_samples, C,
+(:class:`~kernelbank.core.basis.Basis` with ``channels=C``); images are then ``(n_samples, C,
 H, W)``, a list of ``(C, H, W)`` arrays, or rows of ``C·H·W`` values channel-major
 (``image_shape=(C, H, W)``, square ``H = W`` when None).
 """
@@ -37,7 +37,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from .core.bank import KernelBank
 from .core.basis import Basis
-from .core.channel_basis import ChannelBasis
+from .core import ChannelBasis
 from .core.features import ar_feature_names, ar_features, bank_feature_names, bank_features
 from .core.fit import fit as fit_images
 from .core.likelihood import UNKNOWN, LikelihoodClassifier

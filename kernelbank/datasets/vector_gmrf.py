@@ -21,7 +21,7 @@ of white noise of unit variance per channel.
 Because the model is conditional, the residual ``e = (I − K) x`` has ``Cov(e, x) = Λ``:
 ``e_c(p)`` is uncorrelated with every value but ``x_c(p)``, so least squares of channel ``c``
 on every other tap of the window (the vector AR fit of ``kb.fit`` with a
-:class:`~kernelbank.core.channel_basis.ChannelBasis`, own centre masked) estimates
+:class:`~kernelbank.core.basis.Basis` of ``C`` channels, own centre masked) estimates
 ``k_{c·}`` consistently. At one pixel the residuals of the channels have covariance
 ``σ_c²`` on the diagonal and ``−σ_c² k_{c'c}(0)`` off it
 (:func:`vector_gmrf_residual_covariance`).

@@ -195,7 +195,7 @@ def map_bounded(task: Callable, items: Iterable, *, max_in_flight: int | None = 
 
 def make_basis(kind: str, radius: int, ndim: int = 2, channels: int = 1):
     """The fit basis at dilation 1 (``isotropic`` or ``full``); a
-    :class:`~kernelbank.core.channel_basis.ChannelBasis` when ``channels > 1``."""
+    :class:`~kernelbank.core.basis.Basis` of ``C`` channels when ``channels > 1``."""
     import kernelbank as kb
     builder = kb.Basis.isotropic if getattr(kind, "value", kind) == "isotropic" else kb.Basis.full
     return builder(radius=radius, ndim=ndim, channels=channels)

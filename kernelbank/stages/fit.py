@@ -26,8 +26,8 @@ descriptors:
                       ``descriptors``)
 
 With channels (``--channels rgb|all``: ``C > 1`` channels per image, a vector AR model
-with a :class:`~kernelbank.core.channel_basis.ChannelBasis`, see
-:mod:`kernelbank.core.channel_onepass`) the same columns hold, per entry:
+with a :class:`~kernelbank.core.basis.Basis` of ``C > 1``, see
+:func:`kernelbank.core.fit.image_statistics`) the same columns hold, per entry:
 
 ``coef``        S·C·m   own vector-kernel coefficients, output-channel-major (m per
                         output channel)
@@ -131,15 +131,13 @@ class StatisticsFitter:
         return batch
 
     def _statistics(self, images: list[np.ndarray], ids: list[str]) -> dict[str, np.ndarray]:
-        from ..core.channel_onepass import channel_image_statistics
-        from ..core.onepass import image_statistics
+        from ..core.fit import image_statistics      # the one pass kb.image_statistics runs
         faults.group_fault(ids)
         config = self.config
-        compute = channel_image_statistics if self.channels > 1 else image_statistics
-        stats = compute(self._to_device(images), self.basis,
-                        dilations=config.dilations, scales=config.scales,
-                        ridge=config.ridge, normalize=config.normalize,
-                        descriptors=config.descriptors, grid=config.grid)
+        stats = image_statistics(self._to_device(images), self.basis,
+                                 dilations=config.dilations, scales=config.scales,
+                                 ridge=config.ridge, normalize=config.normalize,
+                                 descriptors=config.descriptors, grid=config.grid)
         n = len(images)
         out = {"coef": stats.coef.reshape(n, -1).cpu().numpy(),
                "mse": stats.mse.reshape(n, -1).cpu().numpy(), "sums": flat_sums(stats.sums)}

@@ -130,7 +130,7 @@ def fit_result_of(table: pa.Table, meta: TableMeta):
 
     Coefficients and MSE come from the table; ``G``/``h``/``Σx²`` of the chosen basis
     from the window sums. With channels, a
-    :class:`~kernelbank.core.channel_fit.ChannelFitResult` (its Gram ``A`` and residual
+    :class:`~kernelbank.core.fit.FitResult` (its Gram ``A`` and residual
     covariance from the sums, the coefficients from the table).
     """
     import torch
@@ -155,7 +155,7 @@ def fit_result_of(table: pa.Table, meta: TableMeta):
 def _channel_fit_result_of(table: pa.Table, meta: TableMeta):
     """:func:`fit_result_of` for a table with channels."""
     import torch
-    from ..core.channel_fit import ChannelFitResult, channel_fit_from_sums
+    from ..core import ChannelFitResult, channel_fit_from_sums
     s, c, m = meta.n_entries, meta.n_channels, meta.n_components
     coef = torch.from_numpy(column_array(table, "coef").reshape(-1, s, c, m))
     sums = sums_of_rows(column_array(table, "sums"), meta)
