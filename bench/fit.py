@@ -17,7 +17,7 @@ and, for full (untied) bases of radius 2 and 4 at 128×128 and 576×576, on one 
 * images/s of ``kb.fit`` with a full basis at dilations 1–3 in one call and at dilation
   1 alone, against ``kb.fit`` with the isotropic basis of the same radius and dilations
   and against the previous Gram path (responses strip by strip, one dilation at a
-  time: :func:`kernelbank.core.responses.augmented_gram`), all in the same run;
+  time: :func:`kernelbank.core._strips.augmented_gram`), all in the same run;
 * the ratios against the targets: full radius 4 at ≥ 0.5× isotropic radius 4, full
   radius 2 at ≥ 0.6× isotropic radius 2, isotropic no slower than the previous path.
 
@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 import kernelbank as kb
-from kernelbank.core.fit import normalize_images, residual_mse
-from kernelbank.core.responses import augmented_gram, residual_sums
+from kernelbank.core.images import normalize_images
+from kernelbank.core.solve import residual_mse
+from kernelbank.core._strips import augmented_gram, residual_sums
 from kernelbank.core.solve import solve_normal_equations
 
 FLOP_PER_PIXEL = 320  # isotropic radius 4: 80 adds into 14 rings + 15·16/2·2 Gram flops

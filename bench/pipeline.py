@@ -6,7 +6,7 @@ Writes ``--images`` and ``--scale × --images`` labelled PNG textures (GMRF samp
 two classes, train and test splits) to a temp folder, then measures in this run:
 
 * the baseline: in one process, read + decode every file, the one pass
-  (:func:`kernelbank.core.onepass.image_statistics`: own kernels, window sums, residual
+  (:func:`kernelbank.core.fit.image_statistics`: own kernels, window sums, residual
   descriptors), class statistics and the pooled bank, bank features and likelihood from
   the sums, and the streaming ridge classifier (alpha by CV) — everything
   ``kernelbank run`` computes, with the pipeline's default settings; measured before and
@@ -126,7 +126,7 @@ def _in_process(load, ids: list[str], labels: list[str], splits: np.ndarray, bat
     import torch
     import kernelbank as kb
     from kernelbank.config import FitConfig
-    from kernelbank.core.onepass import image_statistics
+    from kernelbank.core.fit import image_statistics
     from kernelbank.core.ridge import StreamingRidge, fold_of
     from kernelbank.io.decode import decode_bytes
     from kernelbank.stages.common import make_basis

@@ -43,7 +43,7 @@ from torch import nn
 
 from .core.basis import Basis
 from .core import ChannelBasis
-from .core.fit import normalize_images
+from .core.images import normalize_images
 
 __all__ = ["ModelConfig", "METRIC_NAMES", "residual_metrics", "ResidualMetrics",
            "project_kernels", "LearnableKernelBank", "EndToEndClassifier", "save_model",

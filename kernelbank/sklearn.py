@@ -41,7 +41,8 @@ from .core import ChannelBasis
 from .core.features import ar_feature_names, ar_features, bank_feature_names, bank_features
 from .core.fit import fit as fit_images
 from .core.likelihood import UNKNOWN, LikelihoodClassifier
-from .core.residual import ResidualDescriptors, residual_descriptor_names, residual_features
+from .core.fit import residual_features
+from .core.residual import ResidualDescriptors, residual_descriptor_names
 from .core.stats import ClassStats
 
 __all__ = ["ARFeatures", "BankFeatures", "ARLikelihoodClassifier", "ResidualFeatures",

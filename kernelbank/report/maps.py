@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.bank import KernelBank
-from ..core.fit import normalize_images
+from ..core.images import normalize_images
 
 __all__ = ["BankMaps", "bank_maps"]
 

@@ -90,7 +90,7 @@ def _correlations(covariance: np.ndarray) -> np.ndarray:
 
 def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
     """Column names of the feature table for ``config.groups``, in order."""
-    from ..core.stats_features import bank_feature_names_from_sums
+    from ..core.features import bank_feature_names_from_sums
     names: list[str] = []
     groups = config.groups
     for scale, dilation in meta.scale_index:
@@ -137,7 +137,7 @@ class TableFeaturizer:
         self.names = feature_names(meta, self.bank, config)
 
     def _columns(self, table: pa.Table) -> tuple[np.ndarray, list[str]]:
-        from ..core.stats_features import bank_features_from_sums
+        from ..core.features import bank_features_from_sums
         meta, groups, n = self.meta, self.config.groups, table.num_rows
         s, c = meta.n_entries, meta.n_channels
         parts = []

@@ -1,7 +1,7 @@
 """The fit stage: the only stage that reads pixels. One pass per image, one table row.
 
 ``read_dataset`` (list once, fetch and decode in CPU tasks) → :class:`StatisticsFitter`
-actors (images of equal shape together, :func:`kernelbank.core.onepass.image_statistics`
+actors (images of equal shape together, :func:`kernelbank.core.fit.image_statistics`
 on the actor's device) → :class:`~kernelbank.io.tables.SplitParquetSink` writing
 ``fit/`` (one row per image), ``errors/`` (one row per bad record) and, when a training
 stage will follow, ``pixels/`` (the decoded integer pixels, so nothing reads the images
@@ -235,7 +235,7 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",
     basis = make_basis(config.basis, config.radius, ndim, n_channels)
     names: list[str] = []
     if config.descriptors:
-        from ..core.onepass import default_descriptors
+        from ..core.fit import default_descriptors
         from ..core.residual import residual_descriptor_names
         names = residual_descriptor_names(default_descriptors(ndim), ndim, n_channels)
     from ..core.sums_rows import sums_row_length

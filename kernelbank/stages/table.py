@@ -135,7 +135,7 @@ def fit_result_of(table: pa.Table, meta: TableMeta):
     """
     import torch
     import kernelbank as kb
-    from ..core.sums_fit import fit_result_from_sums
+    from ..core.fit import fit_result_from_sums
     if meta.n_channels > 1:
         return _channel_fit_result_of(table, meta)
     s, m = meta.n_entries, meta.n_components
