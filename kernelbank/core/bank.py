@@ -383,13 +383,14 @@ class KernelBank:
 
     # ------------------------------------------------------------------ persistence
     def save(self, url: str, **storage_options) -> None:
-        """Write the bank to one ``.npz`` file at a local path or fsspec URL."""
-        from ..io.bank_file import save_bank  # lazy: core does not import fsspec
+        """Write the bank to one ``.npz`` file: :func:`kernelbank.io.bank_file.save_bank`
+        (kept here so callers keep working; the file I/O lives in :mod:`kernelbank.io`)."""
+        from ..io.bank_file import save_bank
         save_bank(self, url, **storage_options)
 
     @classmethod
     def load(cls, url: str, **storage_options) -> "KernelBank":
-        """Read a bank written by :meth:`save`."""
+        """Read a bank written by :meth:`save`: :func:`kernelbank.io.bank_file.load_bank`."""
         from ..io.bank_file import load_bank
         return load_bank(url, **storage_options)
 

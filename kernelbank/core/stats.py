@@ -30,7 +30,8 @@ is the identity.
 
 Files
 -----
-:meth:`ClassStats.save` writes one ``.npz`` archive (no pickle; ``numpy.load(...,
+:meth:`ClassStats.to_arrays` gives the arrays of one ``.npz`` archive, which
+:func:`kernelbank.io.stats_file.save_stats` writes (no pickle; ``numpy.load(...,
 allow_pickle=False)`` reads it without kernelbank). ``C`` classes, ``m`` components::
 
     header_json      uint8 UTF-8 JSON: format, version, scale, reservoir_size, seed,
@@ -56,12 +57,9 @@ addition), which is far below anything a bank or a classifier can see.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
-import zipfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -473,59 +471,17 @@ class ClassStats:
         return cls(basis, sums, int(header["scale"]), int(header["reservoir_size"]),
                    int(header["seed"]))
 
-    def save(self, target: str | os.PathLike | BinaryIO, **storage_options) -> None:
-        """Write one ``.npz`` file (no pickle) to a path, an fsspec URL or a binary file.
-
-        Parameters
-        ----------
-        target : str, path or binary file object
-            ``stats_d1.npz``, ``s3://bucket/banks/stats_d1.npz``, or an open file.
-        **storage_options
-            Passed to ``fsspec.open`` for a URL (e.g. ``client_kwargs``).
-        """
-        buffer = io.BytesIO()
-        np.savez(buffer, **self.to_arrays())
-        if hasattr(target, "write"):
-            target.write(buffer.getvalue())
-            return
-        import fsspec  # lazy: the math layer imports no IO library unless asked to write
-        with fsspec.open(os.fspath(target), "wb", **storage_options) as handle:
-            handle.write(buffer.getvalue())
+    def save(self, target, **storage_options) -> None:
+        """Write one ``.npz`` file: :func:`kernelbank.io.stats_file.save_stats` (kept here
+        so callers keep working; the file I/O lives in :mod:`kernelbank.io`)."""
+        from ..io.stats_file import save_stats
+        save_stats(self, target, **storage_options)
 
     @classmethod
-    def load(cls, source: str | os.PathLike | BinaryIO, **storage_options) -> "ClassStats":
-        """Read a file written by :meth:`save`; refuses pickles and object arrays.
-
-        Raises
-        ------
-        ValueError
-            When ``source`` is not a class-statistics ``.npz`` (a pickle, an archive
-            holding object arrays, another format or version).
-        """
-        if hasattr(source, "read"):
-            data = source.read()
-            where = getattr(source, "name", "the given file")
-        else:
-            import fsspec
-            where = os.fspath(source)
-            with fsspec.open(where, "rb", **storage_options) as handle:
-                data = handle.read()
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"{where} is not a kernelbank ClassStats .npz file (pickled data "
-                             f"and object arrays are refused): {error}") from error
-        if "header_json" not in arrays:
-            raise ValueError(f"{where} is not a kernelbank ClassStats .npz file: no header_json")
-        try:
-            return cls.from_arrays(arrays)
-        except KeyError as error:
-            raise ValueError(f"{where} lacks the array {error}: not a complete ClassStats "
-                             "file") from None
-        except IndexError as error:
-            raise ValueError(f"{where} has fewer per-class rows than classes in its header: "
-                             f"{error}") from None
+    def load(cls, source, **storage_options) -> "ClassStats":
+        """Read a file written by :meth:`save`: :func:`kernelbank.io.stats_file.load_stats`."""
+        from ..io.stats_file import load_stats
+        return load_stats(source, **storage_options)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v.n}" for k, v in sorted(self.sums.items()))
