@@ -31,7 +31,9 @@ widths are the log-normal width matching the spread of the own-fit MSEs (a rough
 guess); :meth:`LikelihoodClassifier.calibrate` replaces them with the exact values
 measured on given images, which is recommended whenever the training images are at hand.
 
-**Channels.** With a vector AR basis (``ClassStats`` of a
+**Channels: one likelihood.** Every model is the channel form below; a grey model is its
+``C = 1`` case (``Σ_c = σ_c²``, ``S_c(x) = mse_c(x)``, and ``ℓ`` reduces to the formula
+above). With a vector AR basis (``ClassStats`` of a
 a :class:`~kernelbank.core.basis.Basis` of ``C > 1`` channels) class ``c`` is its
 pooled vector kernel and the ``C × C`` residual covariance ``Σ_c`` of its training pixels;
 an image's residual covariance under it, ``S_c(x) = U_c A(x) U_cᵀ / n``, is again
@@ -59,8 +61,7 @@ import torch
 
 from .basis import Basis
 from .fit import FitResult, fit, fit_result_from_sums, select_sums
-from .solve import (generalised_variance, residual_covariance, residual_mse,
-                    solve_normal_equations)
+from .solve import augmented, generalised_variance, residual_covariance
 from .stats import ClassStats, pooled_model
 from .sums import WindowSums
 
@@ -75,31 +76,21 @@ _OWN_FIT_RIDGE = 1e-6   # ridge of each scored image's own fit (the excess z-sco
 class _Model:
     basis: Basis
     scale: int
-    coef: torch.Tensor        # (C, m) float64; (C, channels, m) with channels
-    variance: torch.Tensor    # (C,); the generalised variance with channels
+    coef: torch.Tensor        # (C, channels, m) float64
+    variance: torch.Tensor    # (C,) generalised variance (one channel: the MSE)
     log_mean: torch.Tensor    # (C,) training log mse_c
     log_std: torch.Tensor     # (C,)
     excess_mean: torch.Tensor  # (C,) training log(mse_c / own-fit mse)
     excess_std: torch.Tensor   # (C,)
-    covariance: torch.Tensor | None = None   # (C, channels, channels) with channels
-
-
-def _quadratic_mse(result, coef: torch.Tensor) -> torch.Tensor:
-    """(N, C) residual MSE of every image under every coefficient row."""
-    gram, rhs = result.gram.cpu(), result.rhs.cpu()
-    quad = torch.einsum("cm,nmk,ck->nc", coef, gram, coef)
-    lin = rhs @ coef.T
-    mse = (result.sum_sq.cpu()[:, None] - 2 * lin + quad) / result.n_pixels.cpu()[:, None]
-    return mse.clamp_min(torch.finfo(torch.float64).tiny)
+    covariance: torch.Tensor  # (C, channels, channels); (C, 1, 1) for grey
 
 
 def _model_scores(result, model: _Model) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C) "mse" of every image under every class of a model, and ``ℓ``."""
-    if model.covariance is None:
-        mse = _quadratic_mse(result, model.coef)
-        variance = model.variance
-        return mse, -0.5 * torch.log(2 * np.pi * variance) - mse / (2 * variance)
-    gram = result.gram.cpu().to(torch.float64)[:, None]                  # (N, 1, M, M)
+    gram = result.gram.cpu().to(torch.float64)
+    if result.covariance is None:           # a grey result: G, h, Σx² → A
+        gram = augmented(gram, result.rhs.cpu(), result.sum_sq.cpu())
+    gram = gram[:, None]                                                  # (N, 1, M, M)
     count = result.n_pixels.cpu()[:, None]
     residual = residual_covariance(gram, count, model.basis, model.coef[None])   # (N, C, k, k)
     channels = residual.shape[-1]
@@ -184,17 +175,12 @@ class LikelihoodClassifier:
             sums = [part[c] for c in classes]
             gram = torch.from_numpy(np.stack([s.sum_gram for s in sums]))
             n_pix = torch.tensor([s.n_pixels for s in sums])
-            covariance = None
-            if basis.channels > 1:
-                coef, covariance = pooled_model(gram, n_pix, basis, ridge)
-                variance = generalised_variance(covariance)
-                covariance = _regularised(covariance)
-            else:
-                rhs = torch.from_numpy(np.stack([s.sum_rhs for s in sums]))
-                coef = solve_normal_equations(gram, rhs, n_pix, ridge)
-                sum_sq = torch.tensor([s.sum_sq for s in sums], dtype=torch.float64)
-                variance = residual_mse(gram, rhs, sum_sq, n_pix, coef).clamp_min(
-                    torch.finfo(torch.float64).tiny)
+            if basis.channels == 1:      # grey statistics keep G, h, Σx²: A is their block
+                gram = augmented(gram, torch.from_numpy(np.stack([s.sum_rhs for s in sums])),
+                                 torch.tensor([s.sum_sq for s in sums], dtype=torch.float64))
+            coef, covariance = pooled_model(gram, n_pix, basis, ridge)
+            variance = generalised_variance(covariance)
+            covariance = _regularised(covariance)
             mean_own = torch.tensor([s.sum_mse / s.n for s in sums], dtype=torch.float64)
             var_own = torch.tensor([max(s.sum_mse_sq / s.n - (s.sum_mse / s.n) ** 2, 0.0)
                                     for s in sums], dtype=torch.float64)

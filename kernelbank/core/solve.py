@@ -37,7 +37,7 @@ import torch
 
 __all__ = ["solve_normal_equations", "SingularGramWarning", "solve_coefficients",
            "channel_normal_equations", "residual_covariance", "residual_mse",
-           "generalised_variance"]
+           "generalised_variance", "augmented"]
 
 
 class SingularGramWarning(UserWarning):
@@ -205,6 +205,13 @@ def residual_mse(gram: torch.Tensor, rhs: torch.Tensor, sum_sq: torch.Tensor,
     explained = 2 * (coef * rhs).sum(-1) - (coef[..., None, :] @ gram @ coef[..., None]
                                             ).squeeze(-1).squeeze(-1)
     return ((sum_sq - explained) / n_pixels.to(torch.float64)).clamp_min(0)
+
+
+def augmented(gram: torch.Tensor, rhs: torch.Tensor, sum_sq: torch.Tensor) -> torch.Tensor:
+    """One channel's ``A = [[G, h], [hᵀ, Σx²]]`` (…, m+1, m+1) from ``G``, ``h``, ``Σx²``."""
+    top = torch.cat([gram, rhs[..., :, None]], -1)
+    bottom = torch.cat([rhs, sum_sq[..., None]], -1)[..., None, :]
+    return torch.cat([top, bottom], -2).to(torch.float64)
 
 
 def generalised_variance(covariance: torch.Tensor) -> torch.Tensor:
