@@ -68,6 +68,30 @@ def test_one_channel_reproduces_the_one_channel_fit(kind):
     # the MSE is the same quadratic form summed in another order
     assert torch.equal(one.coef[:, :, 0], plain.coef)
     assert torch.allclose(one.mse[:, :, 0], plain.mse, rtol=1e-12, atol=1e-15)
+    assert torch.equal(one.kernels[:, :, 0, 0], plain.kernels)
+    assert torch.allclose(one.covariance[..., 0, 0], plain.mse, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("make", [lambda c: kb.Basis.full(2, channels=c),
+                                  lambda c: kb.Basis.isotropic(1, ndim=3, channels=c),
+                                  lambda c: kb.Basis.from_kernels(
+                                      kb.KernelBank.gabor(2, 3, (0.25,)).kernels)])
+def test_grey_is_the_one_channel_case_of_the_one_pass(make):
+    # (N, H, W) with a basis and (N, 1, H, W) with channels=1 run the same driver: every
+    # output of the one pass agrees to 1e-10 (float64 images; only the squeeze differs)
+    basis = make(1)
+    rng = np.random.default_rng(8)
+    images = _coloured(rng, 3, 1, (24, 23) if basis.ndim == 2 else (13, 12, 14))[:, 0]
+    grey = kb.image_statistics(images, basis, dilations=(1, 2), grid=2)
+    one = kb.image_statistics(images[:, None], basis, dilations=(1, 2), grid=2)
+    assert grey.covariance is None and one.coef.shape == grey.coef.shape[:2] + (1, grey.coef.shape[-1])
+    for a, b in [(one.coef[:, :, 0], grey.coef), (one.mse[:, :, 0], grey.mse),
+                 (one.descriptors, grey.descriptors),
+                 (one.sums[1].cross, grey.sums[1].cross),
+                 (one.cell_sums[0].cross, grey.cell_sums[0].cross)]:
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="one channel only"):
+        kb.fit(images[:, None].repeat(3, 1), kb.Basis.full(1, channels=3), robust=True)
 
 
 def test_own_centre_mask_uses_the_other_channels_at_the_same_pixel():
