@@ -1,4 +1,5 @@
-"""Window sums with channels against the explicit stack of shifted (channel, offset) windows."""
+"""Window sums and Grams of several channels (the engines behind kernelbank.core.gram) against
+the explicit stack of shifted (channel, offset) windows."""
 
 import numpy as np
 import pytest
