@@ -180,9 +180,9 @@ def residual_covariance(gram: torch.Tensor, n_pixels: torch.Tensor, basis,
     coef = coef.to(gram.device, torch.float64)
     rows = torch.zeros(coef.shape[:-1] + (gram.shape[-1],), dtype=torch.float64,
                        device=gram.device)                                  # (…, C, M)
+    # u_c[S_c] = −α_c and u_c[τ_c] = 1 (τ_c is not in S_c): two scatters, no index_put
     rows.scatter_(-1, basis.selection.to(gram.device).expand(coef.shape), -coef)
-    rows[..., torch.arange(basis.channels, device=gram.device),
-         basis.targets.to(gram.device)] += 1
+    rows.scatter_(-1, basis.targets.to(gram.device)[:, None].expand(coef.shape[:-1] + (1,)), 1.0)
     cov = rows @ gram @ rows.transpose(-1, -2) / n_pixels.to(torch.float64)[..., None, None]
     cov = (cov + cov.transpose(-1, -2)) / 2
     torch.diagonal(cov, dim1=-2, dim2=-1).clamp_(min=0)
