@@ -10,7 +10,6 @@ from .features import (ar_features, bank_feature_names_from_sums, bank_features,
                        bank_features_from_sums)
 from .fit import (FitResult, fit, fit_from_sums, fit_result_from_sums, image_statistics,
                   residual_features, select_sums)
-from .gram import normal_equations
 from .images import normalize_images, pyramid_level
 from .likelihood import LikelihoodClassifier
 from .residual import ResidualDescriptors, describe_residuals, residual_descriptor_names
@@ -32,7 +31,7 @@ __all__ = ["Basis", "ChannelBasis", "ChannelFitResult", "ClassStats", "FitResult
            "SingularGramWarning", "WindowSums", "ar_features", "bank_feature_names_from_sums",
            "bank_features", "bank_features_from_sums", "channel_fit_from_sums",
            "describe_residuals", "fit", "fit_channels", "fit_from_sums", "fit_result_from_sums",
-           "image_statistics", "normal_equations", "normalize_images", "pyramid_level",
+           "image_statistics", "normalize_images", "pyramid_level",
            "residual_descriptor_names", "residual_features", "residual_mse", "select_sums",
            "solve_normal_equations", "sums_from_rows", "sums_row_length", "sums_to_rows",
            "window_sums"]

@@ -49,7 +49,7 @@ Notes
 -----
 Products are formed in the images' dtype; a float32 matrix product sums at most
 ``_SPAN`` products (core rows are taken in blocks) before float64 takes over, the span
-of one strip Gram of :mod:`kernelbank.core.responses`. The caller passes a shift (each
+of one strip Gram of :mod:`kernelbank.core._strips`. The caller passes a shift (each
 image's mean) that is subtracted when the layout is filled, so a large offset costs no
 digits in float32 products; :func:`kernelbank.core.sums.window_sums` adds its exact
 contribution back in float64. Every operation is a device-agnostic torch operation
@@ -72,7 +72,7 @@ _TABLE_ELEMENTS = 2 << 20
 # Elements of one corner's products per pass (bounds memory for large groups).
 _CORNER_ELEMENTS = 1 << 18
 # Products summed in the images' dtype before float64 takes over (rows × columns of one
-# matrix-product block): the span of one strip Gram of kernelbank.core.responses.
+# matrix-product block): the span of one strip Gram of kernelbank.core._strips.
 _SPAN = 1 << 17
 
 

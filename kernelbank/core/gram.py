@@ -38,14 +38,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ._strips import plane_gram
 from .basis import Basis
 from .sums import WindowSums, channel_window_sums
 
-__all__ = ["prefers_window_sums", "regressor_grams", "normal_equations"]
+__all__ = ["prefers_window_sums", "regressor_grams"]
 
 
 def prefers_window_sums(basis: Basis, shape: Sequence[int]) -> bool:
@@ -115,29 +114,3 @@ def regressor_grams(level: torch.Tensor, basis: Basis, dilations: Sequence[int],
         grams.append(gram)
     return grams, [sums[d] for d in dilations] if with_sums else None
 
-
-def normal_equations(batch: torch.Tensor, basis: Basis
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``G``, ``h``, ``Σx²`` and the valid-pixel count of a one-channel basis.
-
-    Parameters
-    ----------
-    batch : torch.Tensor of shape (n, *spatial), floating
-        Images as they should be modelled (already normalised if wanted).
-    basis : Basis
-        One channel.
-
-    Returns
-    -------
-    gram : (n, m, m) float64
-    rhs : (n, m) float64
-    sum_sq : (n,) float64
-    n_pixels : (n,) int64
-    """
-    if basis.channels != 1:
-        raise ValueError(f"normal_equations takes a one-channel basis, got {basis}")
-    [a], _ = regressor_grams(batch[:, None], basis, [basis.dilation])
-    m = basis.n_components
-    valid = int(np.prod([s - 2 * basis.reach for s in batch.shape[1:]]))
-    count = torch.full((len(batch),), valid, dtype=torch.int64, device=batch.device)
-    return a[:, :m, :m], a[:, :m, m], a[:, m, m], count

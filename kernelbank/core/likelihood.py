@@ -313,7 +313,7 @@ class LikelihoodClassifier:
     # ------------------------------------------------------------------ from window sums
     # ``sums``: WindowSums of the images (normalised as ``normalize`` says), whole-image,
     # one entry at each model's dilation and scale with a radius >= its basis's (equal
-    # to reproduce the pixel methods: see kernelbank.core.sums_fit); others are ignored.
+    # to reproduce the pixel methods: see kernelbank.core.fit.fit_result_from_sums); others are ignored.
     def residual_mse_from_sums(self, sums: Sequence[WindowSums]) -> torch.Tensor:
         """:meth:`residual_mse` from window sums instead of pixels, (N, n_models, C)."""
         return self._residual_mse(self._fits_from_sums(sums))

@@ -17,7 +17,7 @@ Every quantity the later stages need is algebra on these sums, with no pixels:
 * for a kernel ``k`` (a t-vector with ``k_c = 0``), the prediction ``p = k ⋆ x``
   satisfies ``⟨p, x⟩ = kᵀ cross[:, c]``, ``⟨p, p⟩ = kᵀ cross k`` and ``Σp = kᵀ first``:
   gain, MSE after gain, residual mean and variance, the joint coefficients of a bank
-  and the Gaussian likelihood (:mod:`kernelbank.core.stats_features`);
+  and the Gaussian likelihood (:func:`kernelbank.core.features.bank_features_from_sums`);
 * with the sums kept per cell of a ``grid × grid`` partition of ``V``, the same per
   cell (residual energy maps).
 

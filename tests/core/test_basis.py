@@ -136,7 +136,7 @@ def test_to_kernels_combines_components_per_output_channel():
 
 def test_from_kernels_round_trip_and_masked_centre_check():
     basis = kb.Basis.full(1, channels=2)
-    again = kb.ChannelBasis.from_kernels(basis.kernels, dilation=3)
+    again = kb.Basis.from_kernels(basis.kernels, dilation=3)
     assert again.n_components == basis.n_components and again.dilation == 3
     assert torch.equal(again.kernels, basis.kernels)
     bad = basis.kernels.clone()

@@ -493,7 +493,7 @@ def test_return_sums_gives_the_channel_window_sums_of_the_fitted_images():
     level = normalize_images(images.reshape(6, 21, 23)).reshape(3, 2, 21, 23)
     [direct] = kb.window_sums(level, 1, [2], channels=2)
     assert torch.allclose(result.sums[1].cross, direct.cross, rtol=1e-12, atol=1e-10)
-    again = kb.channel_fit_from_sums(result.sums[3], basis)
+    again = kb.fit_result_from_sums(result.sums[3], basis)
     assert torch.allclose(again.coef, result.coef[:, 3].double(), rtol=0, atol=1e-9)
 
 
