@@ -36,10 +36,9 @@ import numpy as np
 import torch
 
 import kernelbank as kb
-from kernelbank.core.images import normalize_images
-from kernelbank.core.solve import residual_mse
 from kernelbank.core._strips import augmented_gram, residual_sums
-from kernelbank.core.solve import solve_normal_equations
+from kernelbank.core.images import normalize_images
+from kernelbank.core.solve import residual_mse, solve_normal_equations
 
 FLOP_PER_PIXEL = 320  # isotropic radius 4: 80 adds into 14 rings + 15·16/2·2 Gram flops
 RADIUS = 4
