@@ -21,6 +21,8 @@ import pytest
 import torch
 
 import kernelbank as kb
+from kernelbank.core._fused_lags import compiled_lag_window_sums
+from kernelbank.core.lags import _compiled_wins, lag_window_sums
 from kernelbank.core.residual import ResidualDescriptors, describe_residuals
 
 # summation order only (see the module docstring)
@@ -150,6 +152,36 @@ def test_auto_picks_compiled_on_cpu_and_checks_its_arguments():
         describe_residuals(x, kernels, 1, ResidualDescriptors(lags=(9,)), engine="compiled")
 
 
+@pytest.mark.parametrize("radius", [1, 2, 3, 4])
+def test_lag_sum_engines_agree(radius):
+    # the compiled window sums (kernelbank.core._fused_lags) against the matrix-product
+    # engine, on sides from the bare window to past 4·reach (its direct and run paths),
+    # with a shift; relative to the largest entry, as tests/core/test_sums.py
+    g = torch.Generator().manual_seed(radius)
+    for dilation in (1, 2, 3):
+        reach = radius * dilation
+        for shape in ((2 * reach + 1, 2 * reach + 2), (4 * reach + 3, 4 * reach + 9)):
+            x = torch.randn((3,) + shape, generator=g, dtype=torch.float64) + 1.5
+            shift = x.mean((1, 2))
+            cross, first = compiled_lag_window_sums(x, radius, dilation, shift)
+            ref_cross, ref_first = lag_window_sums(x, radius, dilation, shift, engine="torch")
+            scale = ref_cross.abs().max()
+            assert (cross - ref_cross).abs().max() / scale < 1e-12, (dilation, shape)
+            assert (first - ref_first).abs().max() / scale < 1e-12, (dilation, shape)
+            assert torch.equal(cross, cross.transpose(1, 2))       # exactly symmetric
+
+
+def test_lag_sums_widen_float32_exactly_and_auto_picks_by_the_rule():
+    x = torch.randn((9, 24, 26), generator=torch.Generator().manual_seed(0))
+    shift = torch.zeros(9)
+    single = compiled_lag_window_sums(x, 2, 1, shift)
+    widened = compiled_lag_window_sums(x.double(), 2, 1, shift.double())
+    assert all(torch.equal(a, b) for a, b in zip(single, widened))
+    # small one-channel CPU images go to the compiled engine, large ones to the products
+    assert torch.equal(lag_window_sums(x, 2, 1, shift)[0], single[0])
+    assert _compiled_wins(2, 1, (64, 64)) and not _compiled_wins(4, 1, (256, 256))
+
+
 @pytest.mark.slow
 def test_compiled_engine_is_loaded_from_its_cache_by_a_new_process():
     # Two fresh interpreters: after the first (which compiles, or loads what an earlier
@@ -159,7 +191,9 @@ def test_compiled_engine_is_loaded_from_its_cache_by_a_new_process():
     script = ("import torch; from kernelbank.core.residual import describe_residuals; "
               "x = torch.randn(2, 20, 20, dtype=torch.float64); "
               "describe_residuals(x, torch.zeros(2, 3, 3, dtype=torch.float64), 1, "
-              "engine='compiled')")
+              "engine='compiled'); "
+              "from kernelbank.core._fused_lags import compiled_lag_window_sums; "
+              "compiled_lag_window_sums(x, 2, 1, torch.zeros(2, dtype=torch.float64))")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                NUMBA_DEBUG_CACHE="1")
     runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
@@ -168,7 +202,9 @@ def test_compiled_engine_is_loaded_from_its_cache_by_a_new_process():
         assert run.returncode == 0, run.stderr
     loaded = [line.split("data loaded from ", 1)[1].strip().strip("'\"")
               for line in runs[1].stdout.splitlines() if "data loaded from" in line]
-    engine_files = [Path(path) for path in loaded if "describe_batch" in path]
-    assert engine_files, runs[1].stdout
+    engine_files = [Path(path) for path in loaded
+                    if "describe_batch" in path or "_window_sums" in path]
+    assert any("describe_batch" in path.name for path in engine_files), runs[1].stdout
+    assert any("_window_sums" in path.name for path in engine_files), runs[1].stdout
     assert all(path.is_file() for path in engine_files)
     assert "data saved to" not in runs[1].stdout, runs[1].stdout
