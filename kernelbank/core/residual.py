@@ -340,6 +340,16 @@ def _quantile_positions(levels: Sequence[float], size: int
             frac)
 
 
+def _width(spec: ResidualDescriptors, ndim: int) -> int:
+    """``len(spec.names(ndim))`` without building the names (per call of the engine)."""
+    per_lag = sum(_PATTERN_BINS[kind] for kind in spec.patterns)
+    if spec.ternary is not None:
+        per_lag += 2 * sum(_PATTERN_BINS[kind] for kind in spec.patterns or ("ri",))
+    if spec.cooccurrence:
+        per_lag += ndim * (2 * spec.levels + 1) ** spec.cooccurrence
+    return 4 * spec.moments + len(spec.quantiles) + len(spec.lags) * per_lag
+
+
 def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int,
                        spec: ResidualDescriptors) -> torch.Tensor:
     """:func:`describe_residuals` by the fused engine of :mod:`kernelbank.core._fused`."""
@@ -366,7 +376,7 @@ def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     kinds = np.array([_KIND_INDEX[kind] for kind in spec.patterns], dtype=np.int64)
     ternary_kinds = np.array([_KIND_INDEX[kind] for kind in spec.patterns or ("ri",)],
                              dtype=np.int64)
-    width = len(spec.names(ndim))
+    width = _width(spec, ndim)
     out = np.zeros((n, channels, width), dtype=np.float64)
     _fused.describe_batch(x, k, int(dilation), ndim == 2, spec.moments, ranks.astype(np.int64),
                           low.astype(np.int64), high.astype(np.int64), frac, kinds,
