@@ -346,9 +346,10 @@ def main() -> None:
     parser.add_argument("--channels", action="store_true",
                         help="also 3-channel vs 1-channel fits (bench/fit_channels.py)")
     args = parser.parse_args()
-    flops_cpu = matmul_cpu_flops()
-    print(f"float32 matmul, 1 thread: {flops_cpu / 1e9:.1f} GFLOP/s of CPU time")
-    one_pass(args.quick, flops_cpu)
+    if not args.full_only:
+        flops_cpu = matmul_cpu_flops()
+        print(f"float32 matmul, 1 thread: {flops_cpu / 1e9:.1f} GFLOP/s of CPU time")
+        one_pass(args.quick, flops_cpu)
     if args.one_pass_only:
         return
     full_bases(args.quick)

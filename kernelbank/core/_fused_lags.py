@@ -14,11 +14,13 @@ every entry of ``cross`` is a sum of the class sums its two runs cover (sums of 
 never a difference of large prefix sums). Each lag sweeps only the rectangle its tap
 pairs read, so at large dilations small images cost less than ``t²`` per pixel.
 
-Images are processed :data:`LANES` at a time, interleaved pixel by pixel (layout
-``(H, W, LANES)``, float64): every product is a short vector over images with a fixed
-length, so the compiler keeps the accumulators in registers and vectorises whatever the
-image size — which is what small images (32 × 32) need, where a per-image loop would be
-all loop overhead. Missing images of the last group are zeros (they add nothing).
+Per lag, the products of a row are added elementwise into one row of partial sums (a
+contiguous multiply-add, which the compiler vectorises), reduced to column classes
+only when the row class changes. Small images are interleaved pixel by pixel, up to
+:data:`LANES` at a time (layout ``(H, W, lanes)``, float64), so that a row is a long
+vector even at 32 × 32, where a per-image loop would be all loop overhead; large ones
+go one at a time so that the layout stays in cache. Missing images of the last group
+are zeros (they add nothing).
 
 Notes
 -----

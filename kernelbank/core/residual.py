@@ -274,7 +274,8 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
         ``"torch"``: whole-batch tensor operations on the batch's device (the reference,
         and what runs on a GPU); ``"compiled"``: the fused CPU engine of
         :mod:`kernelbank.core._fused` (one compiled sweep per image and dilation);
-        ``"auto"``: compiled for CPU tensors, torch elsewhere.
+        ``"auto"``: compiled for CPU tensors (unless they require gradients), torch
+        elsewhere.
 
     Returns
     -------
@@ -314,7 +315,11 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     vector = kernels.ndim == batch.ndim + 1
     ndim = batch.ndim - (2 if vector else 1)
     spec.check_ndim(ndim)
-    if engine == "compiled" or (engine == "auto" and batch.device.type == "cpu"):
+    # autograd needs the torch engine (the moments are differentiable there)
+    compiled = engine == "compiled" or (
+        engine == "auto" and batch.device.type == "cpu"
+        and not (batch.requires_grad or kernels.requires_grad))
+    if compiled:
         if batch.device.type != "cpu":
             raise ValueError(f"the compiled engine runs on CPU tensors, got a batch on "
                              f"{batch.device}; use engine='torch' (or 'auto')")
