@@ -21,7 +21,21 @@ and, for full (untied) bases of radius 2 and 4 at 128×128 and 576×576, on one 
 * the ratios against the targets: full radius 4 at ≥ 0.5× isotropic radius 4, full
   radius 2 at ≥ 0.6× isotropic radius 2, isotropic no slower than the previous path.
 
-Usage: ``python bench/fit.py [--quick] [--full-only]``. Absolute times on a shared
+and, for the one pass (``kb.image_statistics``, the default recipe: full radius 2,
+dilations 1–3, residual descriptors) on uint8 texture patches
+(:mod:`kernelbank.datasets.textures`) at 32², 64² and 256², on one thread:
+
+* ns/pixel, images/s and the share of the one-thread float32 matmul rate under the issue's
+  model of 500 flop per pixel (41 lag products, the 24-tap residual and ~40 descriptor
+  operations per dilation); target ≥ 5 % at every size;
+* the same with the torch engines (``engine="torch"``: the matrix-product window sums and
+  the whole-batch descriptor code, the engines before the compiled ones) in the same run,
+  and the new/old speed-up.
+
+The full-basis table also times the two bases with the torch engines ("… torch"), so the
+compiled engines' effect at 128² and 576² shows in the same run.
+
+Usage: ``python bench/fit.py [--quick] [--full-only] [--one-pass-only]``. Absolute times on a shared
 machine are noise; the ratios are the result (rates are the best of interleaved rounds,
 so every variant sees the same load).
 """
@@ -29,17 +43,24 @@ so every variant sees the same load).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
+import sys
 import time
 
 import numpy as np
 import torch
 
 import kernelbank as kb
+from kernelbank.core._lags import lag_window_sums
 from kernelbank.core._strips import augmented_gram, residual_sums
 from kernelbank.core.images import normalize_images
+from kernelbank.core.residual import describe_residuals
 from kernelbank.core.solve import residual_mse, solve_normal_equations
 
+ONE_PASS_FLOP_PER_PIXEL = 500   # issue 21's model of the default recipe's least work
+ONE_PASS_TARGET = 0.05
 FLOP_PER_PIXEL = 320  # isotropic radius 4: 80 adds into 14 rings + 15·16/2·2 Gram flops
 RADIUS = 4
 ADAM_SCALES = (1, 2, 3, 4, 5)
@@ -78,6 +99,20 @@ def best_rate(fn, work: float, repeats: int, min_seconds: float = 0.5) -> float:
                 break
         best = max(best, calls * work / elapsed)
     return best
+
+
+def matmul_cpu_flops() -> float:
+    """One-thread float32 matmul rate in FLOP per second of this process's CPU time, the
+    clock the one-pass rates are measured with (best of 20 calls)."""
+    torch.set_num_threads(1)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    best = float("inf")
+    for _ in range(20):
+        start = time.process_time()
+        a @ b
+        best = min(best, time.process_time() - start)
+    return 2 * 1024**3 / max(best, 1e-9)
 
 
 def matmul_flops(threads: int) -> float:
@@ -187,6 +222,82 @@ def interleaved_rates(fns: dict, work: float, rounds: int) -> dict[str, float]:
     return best
 
 
+@contextlib.contextmanager
+def torch_engines():
+    """Run the one pass on the torch engines (what it ran before the compiled ones):
+    the window sums' matrix products and the whole-batch descriptor code.
+
+    For this benchmark only: every ``kernelbank.core`` module's reference to the two
+    engine-picking functions is swapped for one that asks for ``engine="torch"``
+    (found by identity, so it survives modules being renamed or merged).
+    """
+    originals = {lag_window_sums: functools.partial(lag_window_sums, engine="torch"),
+                 describe_residuals: functools.partial(describe_residuals, engine="torch")}
+    swapped = []
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("kernelbank.core") or module is None:
+            continue
+        for attribute, value in list(vars(module).items()):
+            if any(value is original for original in originals):
+                swapped.append((module, attribute, value))
+                setattr(module, attribute, originals[value])
+    try:
+        yield
+    finally:
+        for module, attribute, value in swapped:
+            setattr(module, attribute, value)
+
+
+def _torch_engines(fn):
+    def run():
+        with torch_engines():
+            return fn()
+    return run
+
+
+def texture_patches(size: int, count: int) -> np.ndarray:
+    """uint8 greyscale patches of the texture photographs, size×size, as the fit stage
+    reads them (:mod:`kernelbank.datasets.textures`; whole photographs for large sizes)."""
+    from kernelbank.datasets.textures import TEXTURE_CLASSES, load_texture_image, load_textures
+    if size <= 64:
+        images = load_textures(patch_size=size)[0]
+    else:
+        tiles = []
+        for name in TEXTURE_CLASSES:
+            photo = load_texture_image(name, max_size=None)
+            tiles += [photo[r:r + size, c:c + size]
+                      for r in range(0, photo.shape[0] - size + 1, size)
+                      for c in range(0, photo.shape[1] - size + 1, size)]
+        images = np.stack(tiles)
+    return images[np.arange(count) % len(images)]
+
+
+def one_pass(quick: bool, flops_1: float) -> None:
+    """The default recipe's one pass, new engines against the torch ones, one thread."""
+    torch.set_num_threads(1)
+    basis = kb.Basis.full(2)
+    dilations = [1, 2, 3]
+    print("\none pass (kb.image_statistics: full r2, dilations 1-3, residual descriptors), "
+          "1 thread, uint8 textures; best of interleaved rounds (CPU time)")
+    print(f"{'size':>5} {'engines':>9} {'ns/pixel':>9} {'images/s':>9} {'share':>7} "
+          f"{'target':>7}")
+    for size, count in ((32, 512), (64, 128), (256, 8)):
+        if quick:
+            count = max(2, count // 4)
+        images = texture_patches(size, count)
+        fns = {"compiled": lambda: kb.image_statistics(images, basis, dilations=dilations),
+               "torch": _torch_engines(
+                   lambda: kb.image_statistics(images, basis, dilations=dilations))}
+        rate = interleaved_rates(fns, count, rounds=2 if quick else 5)
+        for name in fns:
+            ns = 1e9 / (rate[name] * size * size)
+            share = rate[name] * size * size * ONE_PASS_FLOP_PER_PIXEL / flops_1
+            verdict = "met" if share >= ONE_PASS_TARGET else "NOT met"
+            print(f"{size:>5} {name:>9} {ns:>9.1f} {rate[name]:>9.1f} {100 * share:>6.2f}% "
+                  f"{100 * ONE_PASS_TARGET:>5.0f}% {verdict if name == 'compiled' else ''}")
+        print(f"{size:>5} compiled/torch speed-up {rate['compiled'] / rate['torch']:.2f}x")
+
+
 def full_bases(quick: bool) -> None:
     """Full bases against isotropic ones and against the previous Gram path."""
     torch.set_num_threads(1)
@@ -207,6 +318,10 @@ def full_bases(quick: bool) -> None:
                     "iso": lambda: kb.fit(images, iso, dilations=list(dilations)),
                     "full prev": lambda: previous_fit(images, full, dilations),
                     "iso prev": lambda: previous_fit(images, iso, dilations),
+                    "full torch": _torch_engines(
+                        lambda: kb.fit(images, full, dilations=list(dilations))),
+                    "iso torch": _torch_engines(
+                        lambda: kb.fit(images, iso, dilations=list(dilations))),
                 }
                 rate = interleaved_rates(fns, count, rounds=2 if quick else 5)
                 ratio = rate["full"] / rate["iso"]
@@ -216,7 +331,9 @@ def full_bases(quick: bool) -> None:
                       f"{rate['iso prev']:>9.1f} {ratio:>9.2f} {targets[radius]:>5.1f} "
                       f"{rate['full'] / rate['full prev']:>10.2f} "
                       f"{rate['iso'] / rate['iso prev']:>9.2f}   full/iso {verdict}, isotropic "
-                      f"{'no slower' if rate['iso'] >= 0.95 * rate['iso prev'] else 'SLOWER'}")
+                      f"{'no slower' if rate['iso'] >= 0.95 * rate['iso prev'] else 'SLOWER'}; "
+                      f"engines new/torch: full {rate['full'] / rate['full torch']:.2f}x, "
+                      f"iso {rate['iso'] / rate['iso torch']:.2f}x")
 
 
 def main() -> None:
@@ -224,9 +341,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images, for a smoke run")
     parser.add_argument("--full-only", action="store_true",
                         help="only the full-basis comparison")
+    parser.add_argument("--one-pass-only", action="store_true",
+                        help="only the one-pass (default recipe) comparison")
     parser.add_argument("--channels", action="store_true",
                         help="also 3-channel vs 1-channel fits (bench/fit_channels.py)")
     args = parser.parse_args()
+    if not args.full_only:
+        flops_cpu = matmul_cpu_flops()
+        print(f"float32 matmul, 1 thread: {flops_cpu / 1e9:.1f} GFLOP/s of CPU time")
+        one_pass(args.quick, flops_cpu)
+    if args.one_pass_only:
+        return
     full_bases(args.quick)
     if args.channels:
         from fit_channels import channel_section
@@ -236,7 +361,7 @@ def main() -> None:
     all_threads = os.cpu_count() or 1
     basis = kb.Basis.isotropic(RADIUS)
     flops_1 = matmul_flops(1)
-    print(f"float32 matmul, 1 thread: {flops_1 / 1e9:.1f} GFLOP/s; cores: {all_threads}")
+    print(f"\nfloat32 matmul, 1 thread: {flops_1 / 1e9:.1f} GFLOP/s; cores: {all_threads}")
     rows = []
     ratios = {}
     for size, n_fit, n_loop, n_adam in ((128, 256, 32, 6), (576, 24, 4, 2)):

@@ -618,7 +618,21 @@ def _direct_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.
     return cross, first
 
 
-def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor
+def _compiled_wins(radius: int, dilation: int, shape: tuple[int, ...]) -> bool:
+    """Whether the compiled CPU engine (:mod:`kernelbank.core._fused_lags`) beats the
+    matrix products here. Measured on one thread (bench/fit.py, 32²–256²): it is 1.4–4×
+    faster on small images at radius ≤ 2 and about even at 128²; at radius 4 it wins only
+    on images below 64² that the products do not already sum directly."""
+    height, width = shape
+    pixels = height * width
+    if radius <= 2:
+        return pixels <= 128 * 128
+    direct = min(height, width) < 4 * radius * dilation or width // dilation < 4 * radius
+    return pixels <= 64 * 64 and not direct
+
+
+def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor,
+                    *, engine: str = "auto"
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Window sums of ``images - shift`` over the valid pixels of one dilation.
 
@@ -630,6 +644,10 @@ def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: tor
     radius, dilation : int
     shift : torch.Tensor of shape (n, C), dtype of ``images``
         Subtracted from each channel before any product (its mean, say).
+    engine : {"auto", "torch"}, default="auto"
+        ``"auto"`` takes the compiled CPU engine of :mod:`kernelbank.core._fused_lags` for
+        one-channel 2-D CPU images where it is measured faster (:func:`_compiled_wins`);
+        ``"torch"`` always the matrix products below (the reference, and the GPU path).
 
     Returns
     -------
@@ -639,6 +657,11 @@ def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: tor
         in C order, centre included; the sums of the shifted images (see
         :mod:`kernelbank.core.sums` for the unshifted ones).
     """
+    if (engine == "auto" and images.shape[1] == 1 and images.ndim == 4
+            and images.device.type == "cpu" and not images.requires_grad
+            and _compiled_wins(radius, dilation, images.shape[2:])):
+        from ._fused_lags import compiled_lag_window_sums
+        return compiled_lag_window_sums(images[:, 0], radius, dilation, shift[:, 0])
     r, d, ndim = radius, dilation, images.ndim - 2
     reach = r * d
     *lead, height, width = images.shape[2:]

@@ -48,12 +48,15 @@ import numpy as np
 import torch
 
 from .images import _as_tuple
-from .patterns import (N_NRI, N_RI, binary_codes, cooccurrence_codes, histograms,
-                       pattern_bins, quantise, ternary_codes)
+from .patterns import (_NRI_TABLE, _RI_TABLE, N_NRI, N_RI, binary_codes, cooccurrence_codes,
+                       histograms, pattern_bins, quantise, ternary_codes)
 
 __all__ = ["ResidualDescriptors", "describe_residuals", "residual_descriptor_names",
            "residuals"]
 _PATTERN_BINS = {"ri": N_RI, "nri": N_NRI}
+_KIND_INDEX = {"ri": 0, "nri": 1}
+# bin of each 8-bit code in the ri and the nri histogram, rows in _KIND_INDEX order
+_TABLES = np.stack([_RI_TABLE.numpy(), _NRI_TABLE.numpy()])
 
 
 @dataclass(frozen=True)
@@ -165,23 +168,10 @@ def residual_descriptor_names(descriptors: ResidualDescriptors | None = None,
     return [f"c{c}_{name}" for c in range(channels) for name in names]
 
 
-def residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int) -> torch.Tensor:
-    """``e = x - k ⋆ x`` over the valid pixels, each image with its own kernel.
-
-    Parameters
-    ----------
-    batch : torch.Tensor of shape (n, *spatial) or (n, C, *spatial), floating
-    kernels : torch.Tensor of shape (n, *window) or (n, C, C, *window)
-        One centre-masked kernel per image on an odd window (2r+1 per axis); with
-        channels, each image's vector kernel (``[c, c']``: weights of channel ``c'`` in the
-        prediction of channel ``c``).
-    dilation : int
-        Tap spacing in pixels.
-
-    Returns
-    -------
-    torch.Tensor of shape (n, [C,] *(spatial - 2 r dilation)), dtype and device of ``batch``
-    """
+def _check_residual_args(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
+                         ) -> tuple[bool, int, int, int, tuple[int, ...]]:
+    """Check the arguments of :func:`residuals`; return (vector, lead axes, spatial
+    ndim, reach in pixels, valid shape)."""
     vector = kernels.ndim == batch.ndim + 1          # (n, C, C, *window) for (n, C, *spatial)
     lead = 2 if vector else 1
     ndim = batch.ndim - lead
@@ -203,6 +193,27 @@ def residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int) -> torc
         raise ValueError(f"images of shape {tuple(batch.shape[lead:])} are smaller than the "
                          f"{2 * reach + 1}-pixel window of radius {radius} with dilation "
                          f"{dilation}")
+    return vector, lead, ndim, reach, valid
+
+
+def residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int) -> torch.Tensor:
+    """``e = x - k ⋆ x`` over the valid pixels, each image with its own kernel.
+
+    Parameters
+    ----------
+    batch : torch.Tensor of shape (n, *spatial) or (n, C, *spatial), floating
+    kernels : torch.Tensor of shape (n, *window) or (n, C, C, *window)
+        One centre-masked kernel per image on an odd window (2r+1 per axis); with
+        channels, each image's vector kernel (``[c, c']``: weights of channel ``c'`` in the
+        prediction of channel ``c``).
+    dilation : int
+        Tap spacing in pixels.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, [C,] *(spatial - 2 r dilation)), dtype and device of ``batch``
+    """
+    vector, lead, ndim, reach, valid = _check_residual_args(batch, kernels, dilation)
     k = kernels.to(batch.device, batch.dtype)
     # One grouped convolution (each image its own kernel as its own group) is ~10x
     # faster on a CPU than shift-and-add over the taps.
@@ -237,7 +248,8 @@ def _quantiles(values: torch.Tensor, levels: Sequence[float]) -> torch.Tensor:
 
 
 def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int,
-                       descriptors: ResidualDescriptors | None = None) -> torch.Tensor:
+                       descriptors: ResidualDescriptors | None = None, *,
+                       engine: str = "auto") -> torch.Tensor:
     """Residual descriptors of same-sized images under their own kernels.
 
     Parameters
@@ -251,6 +263,12 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
         Tap spacing the kernels were fitted at.
     descriptors : ResidualDescriptors, optional
         Which descriptors; default ``ResidualDescriptors()``.
+    engine : {"auto", "compiled", "torch"}, default="auto"
+        ``"torch"``: whole-batch tensor operations on the batch's device (the reference,
+        and what runs on a GPU); ``"compiled"``: the fused CPU engine of
+        :mod:`kernelbank.core._fused` (one compiled sweep per image and dilation);
+        ``"auto"``: compiled for CPU tensors (unless they require gradients), torch
+        elsewhere.
 
     Returns
     -------
@@ -262,7 +280,14 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     ------
     ValueError
         For mismatched shapes, an image smaller than the dilated window (plus the
-        largest lag), or sign patterns asked of 3-D volumes.
+        largest lag), sign patterns asked of 3-D volumes, or an unknown ``engine``.
+
+    Notes
+    -----
+    The engines agree to summation order for float64 images. For float32 images the
+    compiled engine forms the residual in float64 (the torch one in float32), so the
+    two agree to float32 rounding: a pattern or co-occurrence count can move by one
+    pixel where a comparison is within rounding of a tie.
 
     Examples
     --------
@@ -278,15 +303,85 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     if not isinstance(batch, torch.Tensor) or not batch.is_floating_point():
         raise TypeError(f"batch must be a floating torch.Tensor, got "
                         f"{type(batch).__name__} {getattr(batch, 'dtype', '')}")
+    if engine not in ("auto", "compiled", "torch"):
+        raise ValueError(f"engine must be 'auto', 'compiled' or 'torch', got {engine!r}")
     vector = kernels.ndim == batch.ndim + 1
     ndim = batch.ndim - (2 if vector else 1)
     spec.check_ndim(ndim)
+    # autograd needs the torch engine (the moments are differentiable there)
+    compiled = engine == "compiled" or (
+        engine == "auto" and batch.device.type == "cpu"
+        and not (batch.requires_grad or kernels.requires_grad))
+    if compiled:
+        if batch.device.type != "cpu":
+            raise ValueError(f"the compiled engine runs on CPU tensors, got a batch on "
+                             f"{batch.device}; use engine='torch' (or 'auto')")
+        return _compiled_describe(batch, kernels, dilation, spec)
     e = residuals(batch, kernels, dilation)
     if vector:                 # every channel's residual described as an image of its own
         n = e.shape[0]
         per_channel = _describe(e.reshape((-1,) + e.shape[2:]), spec, ndim, dilation)
         return per_channel.reshape(n, -1)
     return _describe(e, spec, ndim, dilation)
+
+
+def _quantile_positions(levels: Sequence[float], size: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ranks and weights of :func:`_quantiles` for ``size`` values: the distinct ranks
+    (sorted), each level's low and high rank as an index into them, and its weight."""
+    position = torch.tensor(levels, dtype=torch.float64) * (size - 1)
+    low = position.floor().long()
+    high = position.ceil().long()
+    frac = (position - low).numpy()
+    ranks = np.unique(np.concatenate([low.numpy(), high.numpy()]))
+    return (ranks, np.searchsorted(ranks, low.numpy()), np.searchsorted(ranks, high.numpy()),
+            frac)
+
+
+def _width(spec: ResidualDescriptors, ndim: int) -> int:
+    """``len(spec.names(ndim))`` without building the names (per call of the engine)."""
+    per_lag = sum(_PATTERN_BINS[kind] for kind in spec.patterns)
+    if spec.ternary is not None:
+        per_lag += 2 * sum(_PATTERN_BINS[kind] for kind in spec.patterns or ("ri",))
+    if spec.cooccurrence:
+        per_lag += ndim * (2 * spec.levels + 1) ** spec.cooccurrence
+    return 4 * spec.moments + len(spec.quantiles) + len(spec.lags) * per_lag
+
+
+def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int,
+                       spec: ResidualDescriptors) -> torch.Tensor:
+    """:func:`describe_residuals` by the fused engine of :mod:`kernelbank.core._fused`."""
+    from . import _fused              # compiled (or loaded from its cache) on first use
+
+    vector, lead, ndim, _, valid = _check_residual_args(batch, kernels, dilation)
+    if min(valid) <= 2 * spec.max_lag:
+        raise ValueError(f"the residual at dilation {dilation} has shape {valid}, too small "
+                         f"for lag {spec.max_lag}; use smaller lags or dilations")
+    n = batch.shape[0]
+    channels = batch.shape[1] if vector else 1
+    spatial = tuple(batch.shape[lead:])
+    window = tuple(kernels.shape[2 * lead - 1:])
+    pad = (1,) * (3 - ndim)
+    # (n, C, D, H, W) views; the kernel is rounded to the images' dtype as the torch
+    # engine does, then widened (exactly) to float64
+    x = batch.detach().reshape((n, channels) + pad + spatial).contiguous().numpy()
+    k = kernels.detach().to("cpu", batch.dtype).to(torch.float64).reshape(
+        (n, channels, channels) + pad + window).contiguous().numpy()
+    size = int(np.prod(valid))
+    ranks, low, high, frac = _quantile_positions(spec.quantiles, size) if spec.quantiles \
+        else (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
+              np.empty(0, np.float64))
+    kinds = np.array([_KIND_INDEX[kind] for kind in spec.patterns], dtype=np.int64)
+    ternary_kinds = np.array([_KIND_INDEX[kind] for kind in spec.patterns or ("ri",)],
+                             dtype=np.int64)
+    width = _width(spec, ndim)
+    out = np.zeros((n, channels, width), dtype=np.float64)
+    _fused.describe_batch(x, k, int(dilation), ndim == 2, spec.moments, ranks.astype(np.int64),
+                          low.astype(np.int64), high.astype(np.int64), frac, kinds,
+                          -1.0 if spec.ternary is None else float(spec.ternary),
+                          ternary_kinds, _TABLES, int(spec.cooccurrence), int(spec.levels),
+                          float(spec.step), np.asarray(spec.lags, dtype=np.int64), ndim, out)
+    return torch.from_numpy(out.reshape(n, channels * width)).to(batch.device)
 
 
 def _describe(e: torch.Tensor, spec: ResidualDescriptors, ndim: int,

@@ -55,7 +55,8 @@ def test_window_sums_equal_explicit_stack(ndim, radius, dilation):
 
 
 def test_both_engines_are_exercised():
-    # the sizes above must reach the run engine and the direct one; this guards the
+    # the sizes above must reach the run engine and the direct one of the matrix-product
+    # engine (engine="torch": the compiled one takes small CPU images); this guards the
     # size table against drifting to one engine only
     calls = []
     original = kb.core._lags._direct_sums
@@ -67,7 +68,8 @@ def test_both_engines_are_exercised():
     kb.core._lags._direct_sums = spy
     try:
         for shape in _sizes(2, 2, 2):
-            lag_window_sums(torch.zeros((1, 1) + shape), 2, 2, torch.zeros(1, 1))
+            lag_window_sums(torch.zeros((1, 1) + shape), 2, 2, torch.zeros(1, 1),
+                            engine="torch")
     finally:
         kb.core._lags._direct_sums = original
     assert 0 < len(calls) < len(_sizes(2, 2, 2))

@@ -1,0 +1,238 @@
+r"""Compiled CPU engine of the window sums: lag products summed per position class.
+
+The same sums as :func:`kernelbank.core.lags.lag_window_sums` (its module docstring
+gives the algebra): for taps ``o_a = δ a`` and the valid pixels ``V``,
+
+    cross[a, b] = Σ_{q ∈ V + o_a} x(q) x(q + δ (b − a)),      first[a] = Σ_{q ∈ V + o_a} x(q).
+
+Along an axis of ``S`` pixels, tap coordinate ``u`` (``0 … 2r``) covers the run
+``[δu, δu + S − 2R)``. The run ends cut the axis into at most ``4r + 1`` *classes* of
+positions that every run either covers whole or misses. So for each of the
+``((4r+1)² + 1) / 2`` distinct lags one sweep over the rows accumulates the lag products
+per (row class, column class) — one multiply-add per pixel and lag, nothing else — and
+every entry of ``cross`` is a sum of the class sums its two runs cover (sums of sums,
+never a difference of large prefix sums). Each lag sweeps only the rectangle its tap
+pairs read, so at large dilations small images cost less than ``t²`` per pixel.
+
+Per lag, the products of a row are added elementwise into one row of partial sums (a
+contiguous multiply-add, which the compiler vectorises), reduced to column classes
+only when the row class changes. Small images are interleaved pixel by pixel, up to
+:data:`LANES` at a time (layout ``(H, W, lanes)``, float64), so that a row is a long
+vector even at 32 × 32, where a per-image loop would be all loop overhead; large ones
+go one at a time so that the layout stays in cache. Missing images of the last group
+are zeros (they add nothing).
+
+Notes
+-----
+Products and sums are float64 (float32 images are widened exactly when the layout is
+filled): at least as accurate as the reference, which forms products in the images'
+dtype. 2-D, one channel; :func:`kernelbank.core.lags.lag_window_sums` picks this engine
+for CPU tensors of that kind and keeps its matrix-product engine for the rest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+
+__all__ = ["LANES", "compiled_lag_window_sums"]
+
+LANES = 8          # most images interleaved per layout
+
+
+@njit(cache=True, nogil=True)
+def _fill(images, shift, i0, layout):
+    """``layout[y, x, j] = images[i0 + j, y, x] − shift[i0 + j]`` in float64 (zeros past
+    the last image)."""
+    n, h, w = images.shape
+    lanes = layout.shape[2]
+    for j in range(lanes):
+        i = i0 + j
+        if i < n:
+            s = np.float64(shift[i])
+            for y in range(h):
+                for x in range(w):
+                    layout[y, x, j] = np.float64(images[i, y, x]) - s
+        else:
+            layout[:, :, j] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _flush(row, lanes, col_bounds, j0, j1, out):
+    """``out[j, lane] += Σ_{x ∈ column class j} row[x · lanes + lane]`` for j in [j0, j1)."""
+    for j in range(j0, j1):
+        for x in range(col_bounds[j], col_bounds[j + 1]):
+            seg = row[x * lanes:(x + 1) * lanes]
+            o = out[j]
+            for lane in range(lanes):
+                o[lane] += seg[lane]
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"})
+def _class_sums(layout, lags, dil, row_class, row_lo, row_hi, col_bounds, col_lo, col_hi,
+                acc, first):
+    """Lag products per (lag, row class, column class), and pixel sums per class pair.
+
+    ``acc`` (L, Ky, Kx, lanes) and ``first`` (Ky, Kx, lanes) are added to. Lag ``li`` is
+    ``lags[li]`` (tap units, row lag ≥ 0) and sweeps rows ``[row_lo, row_hi)`` and column
+    classes ``[col_lo, col_hi)``; column class ``j`` is ``[col_bounds[j], col_bounds[j+1])``.
+
+    Per lag, every row's products are added elementwise into one row of partial sums
+    (a contiguous multiply-add over columns × lanes, which the compiler vectorises);
+    that row is reduced to column classes only when the row class changes.
+    """
+    h, w, lanes = layout.shape
+    flat = layout.reshape(h * w * lanes)
+    stride = w * lanes
+    partial = np.zeros(stride)
+    n_cols = col_bounds.shape[0] - 1
+    current = row_class[0]
+    for y in range(h):
+        if row_class[y] != current:
+            _flush(partial, lanes, col_bounds, 0, n_cols, first[current])
+            partial[:] = 0.0
+            current = row_class[y]
+        src = flat[y * stride:(y + 1) * stride]
+        for k in range(stride):
+            partial[k] += src[k]
+    _flush(partial, lanes, col_bounds, 0, n_cols, first[current])
+    for li in range(lags.shape[0]):
+        dx = lags[li, 1] * dil
+        dy = lags[li, 0] * dil
+        k0 = col_bounds[col_lo[li]] * lanes
+        k1 = col_bounds[col_hi[li]] * lanes
+        m = k1 - k0
+        part = partial[k0:k1]
+        part[:] = 0.0
+        current = row_class[row_lo[li]]
+        for y in range(row_lo[li], row_hi[li]):
+            if row_class[y] != current:
+                _flush(partial, lanes, col_bounds, col_lo[li], col_hi[li], acc[li, current])
+                part[:] = 0.0
+                current = row_class[y]
+            # slices from 0: bare loop counters as indices (no negative-index check),
+            # so the loop vectorises
+            a0 = y * stride + k0
+            b0 = (y + dy) * stride + k0 + dx * lanes
+            p = flat[a0:a0 + m]
+            q = flat[b0:b0 + m]
+            for k in range(m):
+                part[k] += p[k] * q[k]
+        _flush(partial, lanes, col_bounds, col_lo[li], col_hi[li], acc[li, current])
+
+
+@njit(cache=True, nogil=True)
+def _assemble(acc, first, lags, row_cover, col_cover, side, i0, cross_out, first_out):
+    """Entries of ``cross`` and ``first`` of images ``i0 …`` from the class sums.
+
+    ``row_cover[u]`` / ``col_cover[u]``: ``[first class, last class + 1)`` of run ``u``.
+    """
+    n = cross_out.shape[0]
+    width = acc.shape[3]
+    lanes = min(width, n - i0)
+    ky = acc.shape[1]
+    part = np.empty((ky, side, width))
+    for li in range(lags.shape[0]):
+        ly, lx = lags[li, 0], lags[li, 1]
+        ux0, ux1 = max(0, -lx), min(side, side - lx)
+        for cy in range(ky):                 # column runs first: part[cy, ux]
+            for ux in range(ux0, ux1):
+                for j in range(width):
+                    part[cy, ux, j] = 0.0
+                for cx in range(col_cover[ux, 0], col_cover[ux, 1]):
+                    for j in range(width):
+                        part[cy, ux, j] += acc[li, cy, cx, j]
+        for uy in range(0, side - ly):
+            for ux in range(ux0, ux1):
+                a = uy * side + ux
+                b = (uy + ly) * side + ux + lx
+                for j in range(lanes):
+                    value = 0.0
+                    for cy in range(row_cover[uy, 0], row_cover[uy, 1]):
+                        value += part[cy, ux, j]
+                    cross_out[i0 + j, a, b] = value
+                    cross_out[i0 + j, b, a] = value
+    for uy in range(side):
+        for ux in range(side):
+            a = uy * side + ux
+            for j in range(lanes):
+                value = 0.0
+                for cy in range(row_cover[uy, 0], row_cover[uy, 1]):
+                    for cx in range(col_cover[ux, 0], col_cover[ux, 1]):
+                        value += first[cy, cx, j]
+                first_out[i0 + j, a] = value
+
+
+@njit(cache=True, nogil=True)
+def _window_sums(images, shift, dil, lanes, lags, row_class, row_lo, row_hi, col_bounds,
+                 col_lo, col_hi, row_cover, col_cover, side, n_row_classes, cross_out,
+                 first_out):
+    n, h, w = images.shape
+    layout = np.empty((h, w, lanes))
+    n_cols = col_bounds.shape[0] - 1
+    acc = np.empty((lags.shape[0], n_row_classes, n_cols, lanes))
+    first = np.empty((n_row_classes, n_cols, lanes))
+    for i0 in range(0, n, lanes):
+        _fill(images, shift, i0, layout)
+        acc[:] = 0.0
+        first[:] = 0.0
+        _class_sums(layout, lags, dil, row_class, row_lo, row_hi, col_bounds, col_lo, col_hi,
+                    acc, first)
+        _assemble(acc, first, lags, row_cover, col_cover, side, i0, cross_out, first_out)
+
+
+def _classes(length: int, radius: int, dilation: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class boundaries of an axis, the class of each position, and each run's classes.
+
+    Returns ``bounds`` (K + 1,), ``of`` (length,) and ``cover`` (2r + 1, 2): run ``u``
+    covers classes ``cover[u, 0] … cover[u, 1] − 1``.
+    """
+    valid = length - 2 * radius * dilation
+    starts = dilation * np.arange(2 * radius + 1)
+    bounds = np.unique(np.concatenate([[0, length], starts, starts + valid]))
+    of = np.searchsorted(bounds, np.arange(length), side="right") - 1
+    cover = np.stack([np.searchsorted(bounds, starts), np.searchsorted(bounds, starts + valid)],
+                     1)
+    return bounds.astype(np.int64), of.astype(np.int64), cover.astype(np.int64)
+
+
+def _lags(radius: int) -> np.ndarray:
+    """One lag ``(row, column)`` per unordered tap pair: row lag > 0, or 0 and column ≥ 0."""
+    span = range(-2 * radius, 2 * radius + 1)
+    return np.array([(ly, lx) for ly in range(0, 2 * radius + 1) for lx in span
+                     if ly > 0 or lx >= 0], dtype=np.int64)
+
+
+def _lanes(height: int, width: int, n: int) -> int:
+    """Images interleaved per layout: enough that a row of products is a long vector
+    (small images), few enough that the layout stays in cache (large ones)."""
+    return int(max(1, min(LANES, n, 4096 // max(1, width), (1 << 16) // (height * width))))
+
+
+def compiled_lag_window_sums(images: torch.Tensor, radius: int, dilation: int,
+                             shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`kernelbank.core.lags.lag_window_sums` of ``(n, H, W)`` CPU images.
+
+    Returns ``cross`` (n, t, t) and ``first`` (n, t), float64, of ``images − shift``.
+    """
+    n, h, w = images.shape
+    side = 2 * radius + 1
+    lags = _lags(radius)
+    row_bounds, row_class, row_cover = _classes(h, radius, dilation)
+    col_bounds, _, col_cover = _classes(w, radius, dilation)
+    d = dilation
+    # rows / columns each lag reads: the union of the runs of its first taps
+    ly, lx = lags[:, 0], lags[:, 1]
+    row_lo = np.zeros(len(lags), dtype=np.int64)
+    row_hi = d * (side - 1 - ly) + (h - 2 * radius * d)
+    u_lo, u_hi = np.maximum(0, -lx), np.minimum(side - 1, side - 1 - lx)
+    col_lo, col_hi = col_cover[u_lo, 0], col_cover[u_hi, 1]
+    x = images.detach().contiguous().numpy()
+    s = shift.detach().reshape(n).contiguous().numpy()
+    cross = np.empty((n, side * side, side * side))
+    first = np.empty((n, side * side))
+    _window_sums(x, s, int(d), _lanes(h, w, n), lags, row_class, row_lo, row_hi.astype(np.int64), col_bounds,
+                 col_lo, col_hi, row_cover, col_cover, side, len(row_bounds) - 1, cross, first)
+    return torch.from_numpy(cross), torch.from_numpy(first)
