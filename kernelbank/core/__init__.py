@@ -1,29 +1,109 @@
-"""The math layer: pure PyTorch/NumPy, no Ray and no IO."""
+"""The math layer: pure PyTorch/NumPy, no Ray and no IO.
 
-from .bank import KernelBank
-from .basis import Basis
-from .channel_basis import ChannelBasis
-from .channel_fit import ChannelFitResult, channel_fit_from_sums, fit_channels
-from .features import ar_features, bank_features
-from .fit import (FitResult, fit, normal_equations, normalize_images, pyramid_level,
-                  residual_mse)
-from .likelihood import LikelihoodClassifier
-from .onepass import ImageStatistics, image_statistics
-from .residual import (ResidualDescriptors, describe_residuals, residual_descriptor_names,
-                       residual_features)
-from .solve import SingularGramWarning, solve_normal_equations
-from .stats import ClassStats
-from .stats_features import bank_feature_names_from_sums, bank_features_from_sums
-from .sums import WindowSums, window_sums
-from .sums_fit import fit_from_sums, fit_result_from_sums, select_sums
-from .sums_rows import sums_from_rows, sums_row_length, sums_to_rows
+Names are imported on first use (PEP 562): ``import kernelbank.core`` costs nothing, and
+a module that needs one numpy-only helper (``kernelbank.core.ridge``) does not import
+torch through this package. :data:`_EXPORTS` maps each public name to the submodule
+that defines it — one line per name, so adding or moving one is a one-line change.
+"""
 
-__all__ = ["Basis", "ChannelBasis", "ChannelFitResult", "ClassStats", "FitResult",
-           "ImageStatistics", "KernelBank", "LikelihoodClassifier", "ResidualDescriptors",
-           "SingularGramWarning", "WindowSums", "ar_features", "bank_feature_names_from_sums",
-           "bank_features", "bank_features_from_sums", "channel_fit_from_sums",
-           "describe_residuals", "fit", "fit_channels", "fit_from_sums", "fit_result_from_sums",
-           "image_statistics", "normal_equations", "normalize_images", "pyramid_level",
-           "residual_descriptor_names",
-           "residual_features", "residual_mse", "select_sums", "solve_normal_equations",
-           "sums_from_rows", "sums_row_length", "sums_to_rows", "window_sums"]
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> submodule of ``kernelbank.core`` that defines it.
+_EXPORTS: dict[str, str] = {
+    "Basis": "basis",
+    "ChannelBasis": "channel_basis",
+    "ChannelFitResult": "channel_fit",
+    "ClassStats": "stats",
+    "FitResult": "fit",
+    "ImageStatistics": "onepass",
+    "KernelBank": "bank",
+    "LikelihoodClassifier": "likelihood",
+    "ResidualDescriptors": "residual",
+    "SingularGramWarning": "solve",
+    "WindowSums": "sums",
+    "ar_features": "features",
+    "bank_feature_names_from_sums": "stats_features",
+    "bank_features": "features",
+    "bank_features_from_sums": "stats_features",
+    "channel_fit_from_sums": "channel_fit",
+    "describe_residuals": "residual",
+    "fit": "fit",
+    "fit_channels": "channel_fit",
+    "fit_from_sums": "sums_fit",
+    "fit_result_from_sums": "sums_fit",
+    "image_statistics": "onepass",
+    "normal_equations": "fit",
+    "normalize_images": "fit",
+    "pyramid_level": "fit",
+    "residual_descriptor_names": "residual",
+    "residual_features": "residual",
+    "residual_mse": "fit",
+    "select_sums": "sums_fit",
+    "solve_normal_equations": "solve",
+    "sums_from_rows": "sums_rows",
+    "sums_row_length": "sums_rows",
+    "sums_to_rows": "sums_rows",
+    "window_sums": "sums",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` (or the submodule ``name``) on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        try:                                    # kb.core.features, kb.core.lags, ...
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value                     # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """This package's module type: importing the submodule ``fit`` (by any path) must not
+    replace the function ``fit`` — the import system sets every submodule as an
+    attribute of its package, which the eager ``from .fit import fit`` used to undo."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _EXPORTS \
+                and value.__name__ == f"{__name__}.{name}":
+            return                      # keep resolving the exported name through __getattr__
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:                               # static analysers and IDEs see every name
+    from .bank import KernelBank  # noqa: F401
+    from .basis import Basis  # noqa: F401
+    from .channel_basis import ChannelBasis  # noqa: F401
+    from .channel_fit import ChannelFitResult, channel_fit_from_sums, fit_channels  # noqa: F401
+    from .features import ar_features, bank_features  # noqa: F401
+    from .fit import (FitResult, fit, normal_equations, normalize_images,  # noqa: F401
+                      pyramid_level, residual_mse)
+    from .likelihood import LikelihoodClassifier  # noqa: F401
+    from .onepass import ImageStatistics, image_statistics  # noqa: F401
+    from .residual import (ResidualDescriptors, describe_residuals,  # noqa: F401
+                           residual_descriptor_names, residual_features)
+    from .solve import SingularGramWarning, solve_normal_equations  # noqa: F401
+    from .stats import ClassStats  # noqa: F401
+    from .stats_features import (bank_feature_names_from_sums,  # noqa: F401
+                                 bank_features_from_sums)
+    from .sums import WindowSums, window_sums  # noqa: F401
+    from .sums_fit import fit_from_sums, fit_result_from_sums, select_sums  # noqa: F401
+    from .sums_rows import sums_from_rows, sums_row_length, sums_to_rows  # noqa: F401
