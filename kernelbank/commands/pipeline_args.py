@@ -173,6 +173,9 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                       channels=get("channels", "luminance"),
                       max_pixels=get("max_pixels", 64_000_000),
                       fetch_concurrency=get("read_concurrency", 32))
+    if needs_input:
+        from ..io.manifest import check_input
+        check_input(read)           # a missing or empty input fails before Ray or the output
     if get("train", False) and read.channels is not Channels.LUMINANCE:
         raise ValueError(f"--train with --channels {read.channels.value} is not supported: the "
                          "end-to-end model takes one channel; drop --train or use "

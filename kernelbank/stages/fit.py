@@ -373,8 +373,10 @@ def run_fit(read: ReadConfig, config: FitConfig, output: str, *, overwrite: bool
 
     Returns the stage summary (also in the run's ``summary.json``).
     """
+    from ..io.manifest import check_input
     from .summary import input_spec, run_alone, settings_of
     from .validation import check_classes
+    check_input(read)               # before Ray starts and before the output is touched
 
     def write(stage) -> dict[str, Any]:
         summary = write_fit(read, config, stage)

@@ -61,6 +61,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
     Raises
     ------
+    FileNotFoundError, ValueError
+        When the input does not exist or holds no input file (checked first, before
+        anything is created under the output and before Ray starts).
     FileExistsError
         When the output already has a published run and ``config.overwrite`` is false,
         or is not a kernelbank output (checked before any work).
@@ -68,7 +71,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         When the training images fall in fewer than two classes (after the fit stage,
         which is kept for a rerun).
     """
+    from ..io.manifest import check_input
     endpoint = config.read.s3_endpoint
+    check_input(config.read)        # before Ray starts and before the output is touched
     run = RunWriter.open(config.output, stage_specs(config), input_url=config.read.url,
                          overwrite=config.overwrite, s3_endpoint=endpoint, command="run",
                          describe={"input": config.read.url}, inherit=False)
