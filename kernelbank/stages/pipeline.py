@@ -81,21 +81,28 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     with run:
         ray_info = connect_ray(config.ray_address)
         stages: dict[str, Any] = {}
+        # the fit writes return the class statistics of their rows: reduce reads no table
+        class_stats: dict = {}
         stages["fit"] = run.stage("fit").run_once(
-            lambda stage: write_fit(config.read, config.fit, stage), resumable=True)
+            lambda stage: write_fit(config.read, config.fit, stage, class_stats=class_stats),
+            resumable=True)
         warnings = check_classes(stages["fit"], where=config.read.url)
         for warning in warnings:
             log(f"warning: {warning}")
         stages["reduce"] = run.stage("reduce").run_once(
             lambda stage: write_reduce(run.stage_url("fit"), config.reduce, stage,
-                                       s3_endpoint=endpoint))
+                                       s3_endpoint=endpoint, class_stats=class_stats))
+        # the feature writes return the classifier's per-fold sums: classify only solves
+        # and scores (a resumed run, whose features are on disk, sums them from there)
+        ridge: dict = {}
         stages["features"] = run.stage("features").run_once(
             lambda stage: write_features(run.stage_url("fit"), run.stage_url("reduce"),
                                          config.features, stage, read=config.read,
-                                         s3_endpoint=endpoint))
+                                         s3_endpoint=endpoint,
+                                         ridge_folds=config.classify.cv_folds, ridge_sums=ridge))
         stages["classify"] = run.stage("classify").run_once(
             lambda stage: write_classify(run.stage_url("features"), config.classify, stage,
-                                         s3_endpoint=endpoint))
+                                         s3_endpoint=endpoint, folds=ridge.get("folds")))
         errors = sum(sum(s.get("errors", {}).values()) for s in stages.values())
         summary = scrub({
             "input": config.read.url, "output": config.output, "recipe": recipe(config),
