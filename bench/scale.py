@@ -372,7 +372,7 @@ def fit_config(run_args: list[str]):
     parser = argparse.ArgumentParser()
     add_pipeline_options(parser)
     known, _ = parser.parse_known_args(["--input", "unused", "--output", "unused", *run_args])
-    return pipeline_config(known).fit
+    return pipeline_config(known, check_input=False).fit
 
 
 def run_kernelbank(input_url: str, output: Path, env: dict, log_path: Path,

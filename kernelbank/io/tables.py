@@ -125,60 +125,78 @@ class CountSummaries:
         return {key[1]: n for key, n in sorted(self.counts.items()) if key[0] == "error"}
 
 
-class SplitParquetSink(_sink_base(), CountSummaries):
-    """Ray Data sink writing good rows and error rows of a stage to two folders.
+def _define_sink():
+    """Define :class:`SplitParquetSink` (a subclass of Ray Data's ``Datasink``).
 
-    Parameters
-    ----------
-    fs : fsspec.AbstractFileSystem
-    ok_dir, errors_dir : str
-        Protocol-free folders (see :func:`kernelbank.io.storage.resolve`).
-    prefix : str
-        File-name prefix, the stage name (``fit``, ``features``).
-    cache_dir : str, optional
-        Where good rows' decoded pixels go (``id, label, split, shape, dtype, pixels``)
-        when the rows carry them; they are left out of ``ok_dir``'s table either way.
-    counter : Ray actor handle, optional
-        Told ``add(rows, error_rows)`` after each write (progress lines; see
-        :func:`kernelbank.stages.progress.remote_progress`).
-
-    Rows may carry the reader's accounting columns (``bytes_read``, ``read_retries``):
-    they are summed into :attr:`counts` and left out of both tables.
-
-    Attributes
-    ----------
-    counts : collections.Counter
-        After the write: ``("ok", split, label)`` and ``("error", stage)`` counts.
+    Done on first use (module ``__getattr__``), not at import: importing ``ray.data``
+    costs a worker about a second, and most users of this module (the fit actors' and
+    feature tasks' writes, the classify tasks) never need the sink.
     """
+    class SplitParquetSink(_sink_base(), CountSummaries):
+        """Ray Data sink writing good rows and error rows of a stage to two folders.
 
-    def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str,
-                 cache_dir: str | None = None, counter=None):
-        self.fs, self.ok_dir, self.errors_dir, self.prefix = fs, ok_dir, errors_dir, prefix
-        self.cache_dir, self.counter = cache_dir, counter
-        self.counts: Counter = Counter()
+        Parameters
+        ----------
+        fs : fsspec.AbstractFileSystem
+        ok_dir, errors_dir : str
+            Protocol-free folders (see :func:`kernelbank.io.storage.resolve`).
+        prefix : str
+            File-name prefix, the stage name (``fit``, ``features``).
+        cache_dir : str, optional
+            Where good rows' decoded pixels go (``id, label, split, shape, dtype, pixels``)
+            when the rows carry them; they are left out of ``ok_dir``'s table either way.
+        counter : Ray actor handle, optional
+            Told ``add(rows, error_rows)`` after each write (progress lines; see
+            :func:`kernelbank.stages.progress.remote_progress`).
 
-    def write(self, blocks, ctx) -> dict[str, Any]:
-        from ray.data.block import BlockAccessor
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-        tables = [t for t in tables if t.num_rows]
-        if not tables:
-            return {"counts": Counter()}
-        table = pa.concat_tables(tables, promote_options="default")
-        name = f"{self.prefix}-{ctx.task_idx:06d}.parquet"
-        counts = write_split(table, self.fs, self.ok_dir, self.errors_dir, name,
-                             cache_dir=self.cache_dir)
-        if self.counter is not None:
-            self.counter.add.remote(table.num_rows, sum(n for k, n in counts.items()
-                                                        if k[0] == "error"))
-        return {"counts": counts}
+        Rows may carry the reader's accounting columns (``bytes_read``, ``read_retries``):
+        they are summed into :attr:`counts` and left out of both tables.
 
-    def on_write_complete(self, write_result) -> None:
-        for part in write_result.write_returns:
-            if part:
-                self.counts.update(part["counts"])
+        Attributes
+        ----------
+        counts : collections.Counter
+            After the write: ``("ok", split, label)`` and ``("error", stage)`` counts.
+        """
 
-    def get_name(self) -> str:
-        return f"Write{self.prefix.split('-')[0].capitalize()}"
+        def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str,
+                     cache_dir: str | None = None, counter=None):
+            self.fs, self.ok_dir, self.errors_dir, self.prefix = fs, ok_dir, errors_dir, prefix
+            self.cache_dir, self.counter = cache_dir, counter
+            self.counts: Counter = Counter()
+
+        def write(self, blocks, ctx) -> dict[str, Any]:
+            from ray.data.block import BlockAccessor
+            tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+            tables = [t for t in tables if t.num_rows]
+            if not tables:
+                return {"counts": Counter()}
+            table = pa.concat_tables(tables, promote_options="default")
+            name = f"{self.prefix}-{ctx.task_idx:06d}.parquet"
+            counts = write_split(table, self.fs, self.ok_dir, self.errors_dir, name,
+                                 cache_dir=self.cache_dir)
+            if self.counter is not None:
+                self.counter.add.remote(table.num_rows, sum(n for k, n in counts.items()
+                                                            if k[0] == "error"))
+            return {"counts": counts}
+
+        def on_write_complete(self, write_result) -> None:
+            for part in write_result.write_returns:
+                if part:
+                    self.counts.update(part["counts"])
+
+        def get_name(self) -> str:
+            return f"Write{self.prefix.split('-')[0].capitalize()}"
+
+    SplitParquetSink.__module__ = __name__
+    SplitParquetSink.__qualname__ = "SplitParquetSink"     # pickled by reference
+    return SplitParquetSink
+
+
+def __getattr__(name: str):
+    if name == "SplitParquetSink":
+        globals()[name] = _define_sink()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def part_name(prefix: str, ids: list[str]) -> str:

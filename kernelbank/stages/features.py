@@ -48,7 +48,7 @@ from ..config import FeatureConfig, ReadConfig
 from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
-from ..io.tables import PartWriter, SplitParquetSink, table_rows
+from ..io.tables import PartWriter, table_rows
 from .common import actor_pool_args, log, timed, write_stage
 from .progress import remote_progress
 from .reduce import BANK_FILE, load_fit_meta, stats_file
@@ -387,6 +387,7 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
         if sums is not None:
             ridge_sums["folds"] = sums
         return _finish(staging, config, names, writer, summary)
+    from ..io.tables import SplitParquetSink        # imports ray.data: only on this path
     with timed(summary), remote_progress("features", table_rows(fs_fit, files)) as counter:
         sink = SplitParquetSink(staging.fs, staging.dir("features"), staging.dir("errors"),
                                 staging.part_prefix, counter=counter)
