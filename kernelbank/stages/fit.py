@@ -2,10 +2,12 @@
 
 ``read_dataset`` (list once, fetch and decode in CPU tasks) → :class:`StatisticsFitter`
 actors (images of equal shape together, :func:`kernelbank.core.onepass.image_statistics`
-on the actor's device) → :class:`~kernelbank.io.tables.SplitParquetSink` writing
+on the actor's device), each actor writing through a
+:class:`~kernelbank.io.tables.PartWriter` the part files of the rows it computed:
 ``fit/`` (one row per image), ``errors/`` (one row per bad record) and, when a training
-stage will follow, ``pixels/`` (the decoded integer pixels, so nothing reads the images
-again).
+stage will follow, ``fit/_pixels/`` (the decoded integer pixels, so nothing reads the
+images again). The actors return only counts and partial class statistics (merged on the
+driver for the reduce stage).
 
 The statistics table
 --------------------
