@@ -1,10 +1,53 @@
 import subprocess
 import sys
 
+#: The modules whose code runs in Ray workers that compute no tensor: read and decode
+#: tasks, the write tasks (the sink), the progress counter, the reduce and classify file
+#: tasks, and the stage modules they are pickled from.
+NON_COMPUTE_MODULES = ("kernelbank", "kernelbank.io", "kernelbank.io.readers",
+                       "kernelbank.io.decode", "kernelbank.io.records", "kernelbank.io.tables",
+                       "kernelbank.io.atomic", "kernelbank.io.layout", "kernelbank.io.runs",
+                       "kernelbank.stages.progress", "kernelbank.stages.common",
+                       "kernelbank.stages.table", "kernelbank.stages.fit",
+                       "kernelbank.stages.reduce", "kernelbank.stages.features",
+                       "kernelbank.stages.classify", "kernelbank.stages.pipeline",
+                       "kernelbank.core.ridge")
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
 
 def test_core_imports_no_ray_sklearn_or_io():
+    # every public name resolved: the lazy package must not hide an import
     code = ("import sys, kernelbank, kernelbank.core; "
+            "[getattr(kernelbank.core, n) for n in kernelbank.core.__all__]; "
+            "[getattr(kernelbank, n) for n in kernelbank.__all__]; "
             "bad = [m for m in ('ray', 'sklearn', 'pyarrow', 'fsspec', 's3fs', 'matplotlib') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, f"kernelbank.core pulled in {done.stdout.strip()}"
+    done = _run(code)
+    assert done.returncode == 0, f"kernelbank.core pulled in {done.stdout.strip()} {done.stderr}"
+
+
+def test_non_compute_worker_modules_import_no_torch():
+    # nor ray.data: a plain task worker (reduce, features, classify file tasks) would pay
+    # about a second to import it for nothing
+    code = ("import importlib, sys; "
+            f"[importlib.import_module(m) for m in {NON_COMPUTE_MODULES!r}]; "
+            "bad = [m for m in ('torch', 'ray.data') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = _run(code)
+    assert done.returncode == 0, f"worker modules imported {done.stdout} {done.stderr}"
+
+
+def test_lazy_names_are_the_definitions():
+    # ``kernelbank.fit`` stays the function even after the submodule ``core.fit`` is imported
+    code = ("import kernelbank.core.stats, kernelbank.core.fit, kernelbank as kb; "
+            "from kernelbank.core.fit import fit; "
+            "assert kb.fit is fit and kb.core.fit is fit, (kb.fit, kb.core.fit); "
+            "assert kb.ClassStats is kernelbank.core.stats.ClassStats; "
+            "assert callable(kb.core.features.bank_feature_names)")
+    done = _run(code)
+    assert done.returncode == 0, done.stderr
+    missing = _run("import kernelbank as kb; kb.no_such_name")
+    assert "has no attribute 'no_such_name'" in missing.stderr

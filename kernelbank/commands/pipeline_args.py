@@ -159,8 +159,13 @@ def apply_output_options(args: argparse.Namespace) -> None:
                      log_level=getattr(args, "log_level", "INFO") or "INFO")
 
 
-def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    """A validated :class:`PipelineConfig` from parsed arguments (missing ones default)."""
+def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> PipelineConfig:
+    """A validated :class:`PipelineConfig` from parsed arguments (missing ones default).
+
+    ``check_input``: fail now (before Ray or the output) when the input is missing or
+    empty (:func:`kernelbank.io.manifest.check_input`); off for a caller that only wants
+    the settings.
+    """
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     output, overwrite = resolve_output(get("output"), bool(get("overwrite", False)))
     # the features stage reads no image unless --pixel-features, which takes the fit
@@ -173,6 +178,9 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                       channels=get("channels", "luminance"),
                       max_pixels=get("max_pixels", 64_000_000),
                       fetch_concurrency=get("read_concurrency", 32))
+    if needs_input and check_input:
+        from ..io.manifest import check_input as check
+        check(read)                 # a missing or empty input fails before Ray or the output
     if get("train", False) and read.channels is not Channels.LUMINANCE:
         raise ValueError(f"--train with --channels {read.channels.value} is not supported: the "
                          "end-to-end model takes one channel; drop --train or use "

@@ -1,6 +1,6 @@
 r"""Compiled CPU engine of the window sums: lag products summed per position class.
 
-The same sums as :func:`kernelbank.core.lags.lag_window_sums` (its module docstring
+The same sums as :func:`kernelbank.core._lags.lag_window_sums` (its module docstring
 gives the algebra): for taps ``o_a = δ a`` and the valid pixels ``V``,
 
     cross[a, b] = Σ_{q ∈ V + o_a} x(q) x(q + δ (b − a)),      first[a] = Σ_{q ∈ V + o_a} x(q).
@@ -26,7 +26,7 @@ Notes
 -----
 Products and sums are float64 (float32 images are widened exactly when the layout is
 filled): at least as accurate as the reference, which forms products in the images'
-dtype. 2-D, one channel; :func:`kernelbank.core.lags.lag_window_sums` picks this engine
+dtype. 2-D, one channel; :func:`kernelbank.core._lags.lag_window_sums` picks this engine
 for CPU tensors of that kind and keeps its matrix-product engine for the rest.
 """
 
@@ -213,7 +213,7 @@ def _lanes(height: int, width: int, n: int) -> int:
 
 def compiled_lag_window_sums(images: torch.Tensor, radius: int, dilation: int,
                              shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`kernelbank.core.lags.lag_window_sums` of ``(n, H, W)`` CPU images.
+    """:func:`kernelbank.core._lags.lag_window_sums` of ``(n, H, W)`` CPU images.
 
     Returns ``cross`` (n, t, t) and ``first`` (n, t), float64, of ``images − shift``.
     """

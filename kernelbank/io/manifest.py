@@ -60,7 +60,7 @@ from .storage import is_local, join, resolve
 __all__ = ["MANIFEST_SCHEMA", "SPLIT_NAMES", "UNSPLIT", "SHARDS_MANIFEST", "SHARDS_FORMAT",
            "list_inputs", "listing_parts", "split_and_label", "plan_blocks", "save_manifest",
            "load_manifest", "manifest_info", "SavedManifest", "save_listing", "open_manifest",
-           "footers_path_of"]
+           "footers_path_of", "check_input"]
 
 SPLIT_NAMES = ("train", "test", "val", "validation")
 UNSPLIT = "unsplit"
@@ -381,6 +381,45 @@ def list_inputs(config: ReadConfig) -> pa.Table:
     meta, parts = listing_parts(config)
     parts = [p for p in parts if p.num_rows] or [_empty_manifest()]
     return _with_metadata(pa.concat_tables(parts), **meta)
+
+
+#: File kinds an input may hold (besides the shards' ``_manifest.json``).
+INPUT_EXTENSIONS = IMAGE_EXTENSIONS + VOLUME_EXTENSIONS + ("parquet", "tar")
+
+
+def check_input(config: ReadConfig) -> None:
+    """Fail at once, before any output or Ray exists, when the input is missing or empty.
+
+    Cheap whatever the input's size: a single file is checked to exist; a local folder is
+    walked only until its first image, volume, Parquet or tar file; a remote folder only
+    needs one entry (its full listing is the fit stage's, made once). A folder with files
+    but no image is still reported by the listing itself.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``config.url`` does not exist.
+    ValueError
+        When it is a folder with no input file in it.
+    """
+    fs, root = resolve(config.url, s3_endpoint=config.s3_endpoint)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"input {config.url!r} does not exist: pass an image folder "
+                                "(root/<class>/<image>), Parquet or tar shards, or leave out "
+                                "--input for the built-in textures")
+    if not fs.isdir(root):
+        return
+    if is_local(fs):
+        for _, _, names in os.walk(root):
+            if any(n.rsplit(".", 1)[-1].lower() in INPUT_EXTENSIONS for n in names):
+                return
+        found = False
+    else:
+        found = bool(fs.ls(root, detail=False))
+    if not found:
+        raise ValueError(f"input {config.url!r} is empty: no PNG/JPEG/TIFF/.npy image, Parquet "
+                         "or tar file in it (images go in root/<class>/<image> or "
+                         "root/<split>/<class>/<image>)")
 
 
 def listing_parts(config: ReadConfig, footers: dict[str, bytes] | None = None

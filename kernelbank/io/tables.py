@@ -17,6 +17,7 @@ the standard way and never pass through this code.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections import Counter
 from typing import Any
@@ -28,8 +29,8 @@ import pyarrow.parquet as pq
 from .atomic import retried, write_bytes
 from .storage import join
 
-__all__ = ["ERROR_COLUMNS", "SplitParquetSink", "write_table", "parquet_files", "count_rows",
-           "table_rows"]
+__all__ = ["ERROR_COLUMNS", "SplitParquetSink", "PartWriter", "write_split", "part_name",
+           "write_table", "parquet_files", "count_rows", "table_rows"]
 
 ERROR_COLUMNS = ["id", "path", "label", "split", "stage", "reason"]
 #: Decoded-pixel columns a row may carry (kept only in a pixel cache, never in a table).
@@ -102,82 +103,11 @@ def _sink_base():
     return Datasink
 
 
-class SplitParquetSink(_sink_base()):
-    """Ray Data sink writing good rows and error rows of a stage to two folders.
+class CountSummaries:
+    """Summaries of a ``counts`` Counter keyed like :func:`write_split`'s."""
 
-    Parameters
-    ----------
-    fs : fsspec.AbstractFileSystem
-    ok_dir, errors_dir : str
-        Protocol-free folders (see :func:`kernelbank.io.storage.resolve`).
-    prefix : str
-        File-name prefix, the stage name (``fit``, ``features``).
-    cache_dir : str, optional
-        Where good rows' decoded pixels go (``id, label, split, shape, dtype, pixels``)
-        when the rows carry them; they are left out of ``ok_dir``'s table either way.
-    counter : Ray actor handle, optional
-        Told ``add(rows, error_rows)`` after each write (progress lines; see
-        :func:`kernelbank.stages.progress.remote_progress`).
+    counts: Counter
 
-    Rows may carry the reader's accounting columns (``bytes_read``, ``read_retries``):
-    they are summed into :attr:`counts` and left out of both tables.
-
-    Attributes
-    ----------
-    counts : collections.Counter
-        After the write: ``("ok", split, label)`` and ``("error", stage)`` counts.
-    """
-
-    def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str,
-                 cache_dir: str | None = None, counter=None):
-        self.fs, self.ok_dir, self.errors_dir, self.prefix = fs, ok_dir, errors_dir, prefix
-        self.cache_dir, self.counter = cache_dir, counter
-        self.counts: Counter = Counter()
-
-    def write(self, blocks, ctx) -> dict[str, Any]:
-        from ray.data.block import BlockAccessor
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-        tables = [t for t in tables if t.num_rows]
-        counts: Counter = Counter()
-        if not tables:
-            return {"counts": counts}
-        table = pa.concat_tables(tables, promote_options="default")
-        for column in ACCOUNTING_COLUMNS:
-            if column in table.column_names:
-                counts[("read", column)] += int(pc.sum(table.column(column)).as_py() or 0)
-                table = table.drop_columns([column])
-        failed = pc.is_valid(table.column("reason"))
-        good = table.filter(pc.invert(failed))
-        bad = table.filter(failed)
-        name = f"{self.prefix}-{ctx.task_idx:06d}.parquet"
-        if good.num_rows:
-            good = good.drop_columns(["stage", "reason"])
-            pixel_columns = [c for c in PIXEL_COLUMNS if c in good.column_names]
-            if self.cache_dir is not None and pixel_columns:
-                cache = good.select(["id", "label", "split", "shape"] + pixel_columns)
-                write_table(cache, self.fs, join(self.cache_dir, name))
-            good = good.drop_columns(pixel_columns)
-            write_table(good, self.fs, join(self.ok_dir, name))
-            for split, label in zip(good.column("split").to_pylist(),
-                                    good.column("label").to_pylist()):
-                counts[("ok", split, label)] += 1
-        if bad.num_rows:
-            write_table(bad.select(ERROR_COLUMNS), self.fs, join(self.errors_dir, name))
-            for stage in bad.column("stage").to_pylist():
-                counts[("error", stage)] += 1
-        if self.counter is not None:
-            self.counter.add.remote(table.num_rows, bad.num_rows)
-        return {"counts": counts}
-
-    def on_write_complete(self, write_result) -> None:
-        for part in write_result.write_returns:
-            if part:
-                self.counts.update(part["counts"])
-
-    def get_name(self) -> str:
-        return f"Write{self.prefix.split('-')[0].capitalize()}"
-
-    # ------------------------------------------------------------------ summaries
     def per_split_and_class(self) -> dict[str, dict[str, int]]:
         """Good rows as ``{split: {label: n}}`` (sorted)."""
         out: dict[str, dict[str, int]] = {}
@@ -193,3 +123,155 @@ class SplitParquetSink(_sink_base()):
     def errors_by_stage(self) -> dict[str, int]:
         """Error rows per stage that produced them."""
         return {key[1]: n for key, n in sorted(self.counts.items()) if key[0] == "error"}
+
+
+def _define_sink():
+    """Define :class:`SplitParquetSink` (a subclass of Ray Data's ``Datasink``).
+
+    Done on first use (module ``__getattr__``), not at import: importing ``ray.data``
+    costs a worker about a second, and most users of this module (the fit actors' and
+    feature tasks' writes, the classify tasks) never need the sink.
+    """
+    class SplitParquetSink(_sink_base(), CountSummaries):
+        """Ray Data sink writing good rows and error rows of a stage to two folders.
+
+        Parameters
+        ----------
+        fs : fsspec.AbstractFileSystem
+        ok_dir, errors_dir : str
+            Protocol-free folders (see :func:`kernelbank.io.storage.resolve`).
+        prefix : str
+            File-name prefix, the stage name (``fit``, ``features``).
+        cache_dir : str, optional
+            Where good rows' decoded pixels go (``id, label, split, shape, dtype, pixels``)
+            when the rows carry them; they are left out of ``ok_dir``'s table either way.
+        counter : Ray actor handle, optional
+            Told ``add(rows, error_rows)`` after each write (progress lines; see
+            :func:`kernelbank.stages.progress.remote_progress`).
+
+        Rows may carry the reader's accounting columns (``bytes_read``, ``read_retries``):
+        they are summed into :attr:`counts` and left out of both tables.
+
+        Attributes
+        ----------
+        counts : collections.Counter
+            After the write: ``("ok", split, label)`` and ``("error", stage)`` counts.
+        """
+
+        def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str,
+                     cache_dir: str | None = None, counter=None):
+            self.fs, self.ok_dir, self.errors_dir, self.prefix = fs, ok_dir, errors_dir, prefix
+            self.cache_dir, self.counter = cache_dir, counter
+            self.counts: Counter = Counter()
+
+        def write(self, blocks, ctx) -> dict[str, Any]:
+            from ray.data.block import BlockAccessor
+            tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+            tables = [t for t in tables if t.num_rows]
+            if not tables:
+                return {"counts": Counter()}
+            table = pa.concat_tables(tables, promote_options="default")
+            name = f"{self.prefix}-{ctx.task_idx:06d}.parquet"
+            counts = write_split(table, self.fs, self.ok_dir, self.errors_dir, name,
+                                 cache_dir=self.cache_dir)
+            if self.counter is not None:
+                self.counter.add.remote(table.num_rows, sum(n for k, n in counts.items()
+                                                            if k[0] == "error"))
+            return {"counts": counts}
+
+        def on_write_complete(self, write_result) -> None:
+            for part in write_result.write_returns:
+                if part:
+                    self.counts.update(part["counts"])
+
+        def get_name(self) -> str:
+            return f"Write{self.prefix.split('-')[0].capitalize()}"
+
+    SplitParquetSink.__module__ = __name__
+    SplitParquetSink.__qualname__ = "SplitParquetSink"     # pickled by reference
+    return SplitParquetSink
+
+
+def __getattr__(name: str):
+    if name == "SplitParquetSink":
+        globals()[name] = _define_sink()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def part_name(prefix: str, ids: list[str]) -> str:
+    """``<prefix>-<digest>.parquet``: a part file named by the ids of its rows.
+
+    A writer that is not a Ray Data write task (an actor writing the block it computed)
+    has no task index; naming the file by its rows' ids gives the same guarantee — a
+    retried block rewrites the same file, never a second copy of its rows.
+    """
+    digest = hashlib.blake2b("\n".join(ids).encode(), digest_size=10).hexdigest()
+    return f"{prefix}-{digest}.parquet"
+
+
+def write_split(table: pa.Table, fs, ok_dir: str, errors_dir: str, name: str, *,
+                cache_dir: str | None = None) -> Counter:
+    """Write a stage's rows as ``ok_dir/name`` (good rows) and ``errors_dir/name`` (error
+    rows), each file whole (:func:`write_table`); the counts of what was written.
+
+    ``table`` carries ``stage``/``reason`` (null for good rows) and may carry the
+    reader's accounting columns (summed into the counts, written nowhere) and decoded
+    pixels (written to ``cache_dir/name`` when given, never to the table). Counts are
+    keyed ``("ok", split, label)``, ``("error", stage)`` and ``("read", column)``.
+    """
+    counts: Counter = Counter()
+    for column in ACCOUNTING_COLUMNS:
+        if column in table.column_names:
+            counts[("read", column)] += int(pc.sum(table.column(column)).as_py() or 0)
+            table = table.drop_columns([column])
+    failed = pc.is_valid(table.column("reason"))
+    good = table.filter(pc.invert(failed))
+    bad = table.filter(failed)
+    if good.num_rows:
+        good = good.drop_columns(["stage", "reason"])
+        pixel_columns = [c for c in PIXEL_COLUMNS if c in good.column_names]
+        if cache_dir is not None and pixel_columns:
+            cache = good.select(["id", "label", "split", "shape"] + pixel_columns)
+            write_table(cache, fs, join(cache_dir, name))
+        good = good.drop_columns(pixel_columns)
+        write_table(good, fs, join(ok_dir, name))
+        for split, label in zip(good.column("split").to_pylist(),
+                                good.column("label").to_pylist()):
+            counts[("ok", split, label)] += 1
+    if bad.num_rows:
+        write_table(bad.select(ERROR_COLUMNS), fs, join(errors_dir, name))
+        for stage in bad.column("stage").to_pylist():
+            counts[("error", stage)] += 1
+    return counts
+
+
+class PartWriter(CountSummaries):
+    """Where a stage's own workers write their part files, and the counts they return.
+
+    The write half of :class:`SplitParquetSink` for a worker that already holds the rows
+    (the fit actor that computed them, a feature task that read its file): no block
+    crosses the object store to a separate write process. ``write(table, ids)`` writes
+    the part named :func:`part_name` and returns its counts; :meth:`add` and the summary
+    methods collect them on the driver.
+    """
+
+    def __init__(self, fs, ok_dir: str, errors_dir: str, prefix: str,
+                 cache_dir: str | None = None):
+        self.fs, self.ok_dir, self.errors_dir, self.prefix = fs, ok_dir, errors_dir, prefix
+        self.cache_dir = cache_dir
+        self.counts: Counter = Counter()
+
+    def write(self, table: pa.Table, name: str | None = None) -> Counter:
+        name = name or part_name(self.prefix, table.column("id").to_pylist())
+        return write_split(table, self.fs, self.ok_dir, self.errors_dir, name,
+                           cache_dir=self.cache_dir)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "counts"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, counts=Counter())
+
+    def add(self, counts) -> None:
+        self.counts.update(counts)

@@ -27,7 +27,7 @@ from ..io.storage import join, resolve
 from .common import TEST_SPLIT, TRAIN_SPLITS, log, map_bounded, timed
 from .features import PREDICTION
 
-__all__ = ["run_classify", "write_classify", "classify_table", "RESULT"]
+__all__ = ["run_classify", "write_classify", "classify_table", "train_sums", "RESULT"]
 
 #: The classify stage's summary file (accuracy, confusion matrices), next to predictions/.
 RESULT = "result.json"
@@ -54,8 +54,14 @@ def _read_features(fs, path: str, columns: list[str]) -> pa.Table:
 
 def _train_file(fs, path: str, names: list[str], folds: int) -> list[StreamingRidge]:
     """The streaming sums of the train rows of one features file, one per CV fold."""
+    return train_sums(_read_features(fs, path, ["id", "split", "label"] + names), names, folds)
+
+
+def train_sums(table: pa.Table, names: list[str], folds: int) -> list[StreamingRidge]:
+    """The streaming sums of the train rows of a features table, one per CV fold (by a
+    hash of the id: :func:`~kernelbank.core.ridge.fold_of`). The feature stage calls it
+    on the rows it writes; the first pass of :func:`classify_table` on each file."""
     import pyarrow.compute as pc
-    table = _read_features(fs, path, ["id", "split", "label"] + names)
     table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(TRAIN_SPLITS)))
     x = _matrix(table, names)
     keep = _finite_rows(x)
@@ -112,7 +118,8 @@ def _accuracy_report(counts: dict[tuple, int], classes: list[str]) -> dict[str, 
 
 def classify_table(features_url: str, config: ClassifyConfig, *,
                    predictions_dir: str | None = None, fs_out=None,
-                   s3_endpoint: str | None = None) -> dict[str, Any]:
+                   s3_endpoint: str | None = None,
+                   folds: list[StreamingRidge] | None = None) -> dict[str, Any]:
     """Train on the train split of a features table and score every split.
 
     Parameters
@@ -122,6 +129,9 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     predictions_dir : str, optional
         Protocol-free folder on ``fs_out`` for ``predictions/*.parquet``; default: next
         to the features (``features/../predictions``).
+    folds : list of StreamingRidge, optional
+        The per-fold sums of the train rows (``config.cv_folds`` of them), as the feature
+        stage's writes returned them; without them a first pass over the table sums them.
 
     Returns
     -------
@@ -142,10 +152,11 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     files = table_files(fs, path)
     if not files:
         raise ValueError(f"the features table {features_url!r} is empty")
-    train = ray.remote(num_cpus=1)(_train_file)
-    folds = [StreamingRidge.empty(len(names)) for _ in range(config.cv_folds)]
-    for parts in map_bounded(train, ((fs, p, names, config.cv_folds) for p in files)):
-        folds = [a + b for a, b in zip(folds, parts)]
+    if folds is None or len(folds) != config.cv_folds:
+        train = ray.remote(num_cpus=1)(_train_file)
+        folds = [StreamingRidge.empty(len(names)) for _ in range(config.cv_folds)]
+        for parts in map_bounded(train, ((fs, p, names, config.cv_folds) for p in files)):
+            folds = [a + b for a, b in zip(folds, parts)]
     total = sum(folds, StreamingRidge.empty(len(names)))
     if len(total.class_n) < 2:
         raise ValueError(f"the train split of the features table {features_url!r} has "
@@ -192,16 +203,17 @@ def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None
 
 
 def write_classify(features_url: str, config: ClassifyConfig, stage, *,
-                   s3_endpoint: str | None = None) -> dict[str, Any]:
+                   s3_endpoint: str | None = None,
+                   folds: list[StreamingRidge] | None = None) -> dict[str, Any]:
     """Run :func:`classify_table` into the classify stage's folder (``predictions/``,
-    ``result.json``) with timing."""
+    ``result.json``) with timing; ``folds``: the feature writes' ridge sums."""
     summary: dict[str, Any] = {}
     log(f"classify: {features_url} ridge alpha="
         f"{'by CV' if config.ridge is None else config.ridge}")
     with timed(summary):
         summary.update(classify_table(features_url, config, fs_out=stage.fs,
                                       predictions_dir=join(stage.path, "predictions"),
-                                      s3_endpoint=s3_endpoint))
+                                      s3_endpoint=s3_endpoint, folds=folds))
     images = sum(s["images"] for s in summary["splits"].values())
     summary["images_per_second"] = round(images / max(summary["seconds"], 1e-9), 2)
     acc = summary["test_accuracy"]

@@ -23,6 +23,14 @@ best, also from the sums). Which groups a run computes is the feature config's
 ``groups``; logs turn the ratios between kernels that separate classes into the
 differences a linear model sees. ``features/_kernelbank.json`` lists the columns.
 
+Feature values are float32 (half of float64's bytes; a standardised linear model needs no
+more digits). Without pixel features the stage is one Ray task per statistics file:
+the task reads only the columns its groups need, writes its own part file (named by its
+input file, so a retried task rewrites it) and returns its counts and, when the
+classifier follows, the per-fold ridge sums of its train rows
+(:class:`~kernelbank.core.ridge.StreamingRidge`), so the classify stage solves without
+a first pass over the table.
+
 MAE and the win rate of a bank kernel need the pixels: ``pixel_features=True``
 (``--pixel-features``) adds them by reading and decoding the images a second time
 (:func:`kernelbank.bank_features` on actors); the default run reads every image once.
@@ -40,7 +48,7 @@ from ..config import FeatureConfig, ReadConfig
 from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
-from ..io.tables import SplitParquetSink, table_rows
+from ..io.tables import PartWriter, table_rows
 from .common import actor_pool_args, log, timed, write_stage
 from .progress import remote_progress
 from .reduce import BANK_FILE, load_fit_meta, stats_file
@@ -172,8 +180,11 @@ class TableFeaturizer:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         values, predicted = self._columns(table)
+        # float32: features are standardised and fed to a linear model, never solved with
+        # (half the bytes to write, read and score; see the module docstring)
+        values = np.ascontiguousarray(values.T, dtype=np.float32)
         columns = {c: table.column(c) for c in ("id", "path", "label", "split")}
-        columns.update({name: pa.array(values[:, j]) for j, name in enumerate(self.names)})
+        columns.update({name: pa.array(values[j]) for j, name in enumerate(self.names)})
         columns[PREDICTION] = pa.array(predicted, pa.string())
         columns["stage"] = pa.nulls(table.num_rows, pa.string())
         columns["reason"] = pa.nulls(table.num_rows, pa.string())
@@ -229,6 +240,95 @@ class PixelFeaturizer:
         return pa.table(columns)
 
 
+#: Per worker process: the featurizer of the stage being run (bank, class statistics and
+#: likelihood classifier built once per process, not once per file).
+_FEATURIZERS: dict[str, TableFeaturizer] = {}
+
+
+def _table_columns(meta: TableMeta, config: FeatureConfig) -> list[str]:
+    """The statistics table's columns the feature groups read (column projection)."""
+    groups = config.groups
+    columns = ["id", "path", "label", "split", "coef", "mse", "sums"]
+    if meta.n_channels > 1 and "own" in groups:
+        columns.append("covariance")
+    if "residual" in groups and meta.descriptor_names:
+        columns.append("descriptors")
+    if "bank" in groups and meta.grid is not None:
+        columns.append("cell_sums")
+    return columns
+
+
+def _features_of_file(key: str, featurizer_args: tuple, fs_in, path: str, writer,
+                      folds: int | None) -> dict[str, Any]:
+    """One statistics file's feature rows, written as one part file; counts and sums.
+
+    ``featurizer_args`` holds the bank and class statistics as object references; the
+    featurizer is built once per worker process (:data:`_FEATURIZERS`, keyed by the
+    stage attempt ``key``). ``folds``: also return the per-fold ridge sums of the train
+    rows, computed from the float32 values the file holds (what a scoring pass reads).
+    """
+    import pyarrow.parquet as pq
+    from ..io.atomic import retried
+    from ..io.tables import part_name
+    import time
+    start = time.perf_counter()
+    featurizer = _FEATURIZERS.get(key)
+    if featurizer is None:
+        _FEATURIZERS.clear()
+        featurizer = _FEATURIZERS[key] = TableFeaturizer(*featurizer_args)
+    seconds = {"setup": time.perf_counter() - start}
+
+    def read() -> pa.Table:
+        with fs_in.open(path, "rb") as handle:
+            return pq.read_table(handle, columns=_table_columns(featurizer.meta,
+                                                                 featurizer.config))
+    start = time.perf_counter()
+    table = retried(read)
+    seconds["read"] = time.perf_counter() - start
+    out = featurizer(table)
+    del table
+    seconds["compute"] = time.perf_counter() - start - seconds["read"]
+    start = time.perf_counter()
+    counts = writer.write(out, part_name(writer.prefix, [path.rsplit("/", 1)[-1]]))
+    seconds["write"] = time.perf_counter() - start
+    sums = None
+    if folds:
+        from .classify import train_sums
+        start = time.perf_counter()
+        sums = train_sums(out, featurizer.names, folds)
+        seconds["ridge_sums"] = time.perf_counter() - start
+    rows = out.num_rows
+    del out
+    pa.default_memory_pool().release_unused()      # hand the file's Arrow pages back
+    return {"counts": dict(counts), "rows": rows, "folds": sums, "seconds": seconds}
+
+
+def _write_file_by_file(files: list[str], fs_fit, writer, featurizer_args: tuple,
+                        config: FeatureConfig, folds: int | None, total: int,
+                        task_seconds: dict) -> list | None:
+    """Run :func:`_features_of_file` on every file (bounded in flight); merged fold sums.
+
+    ``task_seconds`` receives the tasks' summed seconds per step (setup, read, compute,
+    write, ridge_sums): where the stage's time went."""
+    import ray
+    from .common import map_bounded
+    from .progress import Progress
+    task = ray.remote(num_cpus=config.threads_per_actor)(_features_of_file)
+    merged = None
+    with Progress("features", total) as progress:
+        for result in map_bounded(task, ((writer.prefix, featurizer_args, fs_fit, p, writer,
+                                          folds) for p in files)):
+            writer.add(result["counts"])
+            for step, value in result["seconds"].items():
+                task_seconds[step] = round(task_seconds.get(step, 0.0) + value, 3)
+            progress.update(result["rows"], sum(n for k, n in result["counts"].items()
+                                                if k[0] == "error"))
+            if result["folds"] is not None:
+                merged = result["folds"] if merged is None else \
+                    [a + b for a, b in zip(merged, result["folds"])]
+    return merged
+
+
 def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
     """The bank and the merged class statistics (per entry) written by the reduce stage.
 
@@ -253,11 +353,16 @@ def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
 
 
 def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging, *,
-                   read: ReadConfig | None = None, s3_endpoint: str | None = None
+                   read: ReadConfig | None = None, s3_endpoint: str | None = None,
+                   ridge_folds: int | None = None, ridge_sums: dict | None = None
                    ) -> dict[str, Any]:
     """Run the feature stage into ``staging`` (``features/`` and ``errors/features-*``).
 
     ``read`` is needed only with ``config.pixel_features`` (the second read).
+    ``ridge_folds`` and ``ridge_sums``: when both are given (and no pixel features), the
+    writes also sum the train rows per CV fold for the classifier, and
+    ``ridge_sums["folds"]`` receives them (see
+    :func:`kernelbank.stages.classify.classify_table`).
     """
     import ray
     import ray.data
@@ -269,6 +374,20 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
     log(f"features: {fit_url} (no pixels) with {len(bank)} kernels, groups="
         f"{','.join(config.groups)}{' + pixel features (second read)' if config.pixel_features else ''}")
     files = table_files(fs_fit, fit_path)
+    if not config.pixel_features:
+        writer = PartWriter(staging.fs, staging.dir("features"), staging.dir("errors"),
+                            staging.part_prefix)
+        folds = ridge_folds if ridge_sums is not None else None
+        steps: dict[str, float] = {}
+        with timed(summary):
+            sums = _write_file_by_file(files, fs_fit, writer,
+                                       (ray.put(bank), ray.put(stats), meta, config), config,
+                                       folds, table_rows(fs_fit, files), steps)
+        summary.update({"files": len(files), "task_seconds": steps})
+        if sums is not None:
+            ridge_sums["folds"] = sums
+        return _finish(staging, config, names, writer, summary)
+    from ..io.tables import SplitParquetSink        # imports ray.data: only on this path
     with timed(summary), remote_progress("features", table_rows(fs_fit, files)) as counter:
         sink = SplitParquetSink(staging.fs, staging.dir("features"), staging.dir("errors"),
                                 staging.part_prefix, counter=counter)
@@ -290,6 +409,12 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
             ds = _join_on_id(ds, pixel)
         write_stage(ds, sink, staging.fs, staging.dir("features"), num_gpus=0,
                     max_actors=config.max_actors, threads=config.threads_per_actor)
+    return _finish(staging, config, names, sink, summary)
+
+
+def _finish(staging, config: FeatureConfig, names: list[str], sink, summary: dict
+            ) -> dict[str, Any]:
+    """The stage's ``_kernelbank.json`` and summary (counts from the writes)."""
     write_json(staging.fs, join(staging.dir("features"), "_kernelbank.json"),
                {"feature_names": names, "prediction_column": PREDICTION,
                 "groups": list(config.groups), "joint": config.joint,

@@ -2,10 +2,12 @@
 
 ``read_dataset`` (list once, fetch and decode in CPU tasks) → :class:`StatisticsFitter`
 actors (images of equal shape together, :func:`kernelbank.core.fit.image_statistics`
-on the actor's device) → :class:`~kernelbank.io.tables.SplitParquetSink` writing
+on the actor's device), each actor writing through a
+:class:`~kernelbank.io.tables.PartWriter` the part files of the rows it computed:
 ``fit/`` (one row per image), ``errors/`` (one row per bad record) and, when a training
-stage will follow, ``pixels/`` (the decoded integer pixels, so nothing reads the images
-again).
+stage will follow, ``fit/_pixels/`` (the decoded integer pixels, so nothing reads the
+images again). The actors return only counts and partial class statistics (merged on the
+driver for the reduce stage).
 
 The statistics table
 --------------------
@@ -66,9 +68,9 @@ from ..io.layout import write_json
 from ..io.manifest import list_inputs, open_manifest, save_listing
 from ..io.readers import images_from_batch, probe_channels, read_images
 from ..io.storage import join, redact
-from ..io.tables import ACCOUNTING_COLUMNS, SplitParquetSink, count_rows
-from .common import actor_pool_args, log, make_basis, timed, write_stage
-from .table import flat_covariance, flat_sums, table_files
+from ..io.tables import ACCOUNTING_COLUMNS, PartWriter, count_rows
+from .common import RAY_STATS_FILE, actor_pool_args, log, make_basis, timed
+from .table import TableMeta, flat_covariance, flat_sums, table_files
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
            "run_fit", "write_fit"]
@@ -100,6 +102,15 @@ class StatisticsFitter:
         2 for images, 3 for volumes.
     channels : int, default=1
         Channels of every image (``(C, *spatial)`` when > 1: a vector AR model).
+    writer : PartWriter, optional
+        When given, the actor writes each batch's rows itself (``fit/``, ``errors/`` and
+        the pixel cache, one part file named by the batch's ids) and returns one small
+        row per batch instead of the rows: ``result``, a dict of the write's ``counts``
+        and the partial class statistics of its train rows (``stats``: per entry
+        ``(scale, dilation)`` a :meth:`ClassStats.to_dict`), which the driver merges —
+        the rows never cross the object store, and the reduce stage reads no table.
+    meta : dict, optional
+        The table's metadata (:func:`fit_metadata`), for the partial statistics.
 
     Notes
     -----
@@ -112,7 +123,8 @@ class StatisticsFitter:
     (stage ``decode``) pass through.
     """
 
-    def __init__(self, config: FitConfig, ndim: int = 2, channels: int = 1):
+    def __init__(self, config: FitConfig, ndim: int = 2, channels: int = 1,
+                 writer: PartWriter | None = None, meta: dict | None = None):
         import torch
         torch.set_num_threads(config.threads_per_actor)
         self.torch = torch
@@ -122,6 +134,8 @@ class StatisticsFitter:
         self.basis = make_basis(config.basis, config.radius, ndim, channels)
         self.ndim, self.channels = ndim, channels
         self.images_seen = 0
+        self.writer = writer
+        self.meta = None if meta is None else TableMeta.from_json(meta)
 
     # ------------------------------------------------------------------ computing
     def _to_device(self, images: list[np.ndarray]):
@@ -221,7 +235,23 @@ class StatisticsFitter:
             out[key] = _fixed(values, np.float32 if key == "descriptors" else np.float64)
         out["stage"] = pa.array(stage, pa.string())
         out["reason"] = pa.array(reason, pa.string())
-        return pa.table(out)
+        table = pa.table(out)
+        if self.writer is None:
+            return table
+        return {"result": np.array([self._write(table)], dtype=object)}
+
+    def _write(self, table: pa.Table) -> dict[str, Any]:
+        """Write the batch's part files; its counts and partial class statistics."""
+        import pyarrow.compute as pc
+        from .reduce import STATS_COLUMNS, partial_stats
+        counts = self.writer.write(table)
+        stats = {}
+        # the columns the reduce stage reads, so equal sums (none when no image of the
+        # batch could be fitted: then the batch has no statistics columns at all)
+        if self.meta is not None and "coef" in table.column_names:
+            good = table.filter(pc.is_null(table.column("reason")))
+            stats = partial_stats(good.select(STATS_COLUMNS), self.meta)
+        return {"counts": dict(counts), "stats": stats, "rows": table.num_rows}
 
 
 def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",
@@ -250,20 +280,26 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",
             "n_channels": n_channels, "input": redact(input_url)}
 
 
-def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None, skip_ids=None):
+def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None, skip_ids=None,
+                writer: PartWriter | None = None):
     """The lazy Ray Dataset of statistics rows (and error rows) for ``read``'s input.
 
     ``manifest`` is the input's listing (:func:`kernelbank.io.manifest.list_inputs`, or a
     :class:`~kernelbank.io.manifest.SavedManifest`); listed here when not given.
-    ``skip_ids``: records already done (a resumed run).
+    ``skip_ids``: records already done (a resumed run). With ``writer`` the actors write
+    the rows themselves and the dataset holds one result per batch (see
+    :class:`StatisticsFitter`).
     """
     from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
     manifest = list_inputs(read) if manifest is None else manifest
     read = _with_channel_count(read, manifest)
     ds = read_images(manifest, read, skip_ids=skip_ids)
+    meta = None if writer is None else fit_metadata(config, read.ndim, read.url, read.channels,
+                                                    run_channels(read))
     return ds.map_batches(StatisticsFitter,
-                          fn_constructor_args=(config, read.ndim, run_channels(read)),
+                          fn_constructor_args=(config, read.ndim, run_channels(read), writer,
+                                               meta),
                           batch_format="pyarrow",
                           **actor_pool_args(num_gpus=config.num_gpus,
                                             max_actors=config.max_actors,
@@ -307,15 +343,20 @@ def pixel_cache_url(fit_url: str) -> str:
     return fit_url.rstrip("/") + "/" + PIXEL_CACHE
 
 
-def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
+def write_fit(read: ReadConfig, config: FitConfig, staging, *,
+              class_stats: dict | None = None) -> dict[str, Any]:
     """Run the fit stage into ``staging`` (``fit/``, ``errors/fit-*``); summary dict.
 
     ``staging`` is the :class:`~kernelbank.io.runs.StageWriter` of the run's fit stage.
     The input is listed once; its manifest is kept in ``fit/_inputs.parquet`` for later
     stages (pixel features, training) and resumes. Records in part files an interrupted
     attempt completed are left out of the manifest (and counted): nothing is read twice.
+
+    ``class_stats``, when given, receives the merged class statistics of the train rows
+    (``"stats"``: ``{(scale, dilation): ClassStats}``, from the actors' writes, and
+    ``"partials"``: how many were merged) when this attempt fitted every row — what the
+    reduce stage would compute from ``fit/``; it stays empty for a resumed stage.
     """
-    from .progress import remote_progress
     fs = staging.fs
     summary: dict[str, Any] = {}
     with timed(summary):
@@ -331,26 +372,26 @@ def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
             f"{'' if read.channels is Channels.LUMINANCE else f' ({run_channels(read)})'} "
             f"gpus={config.num_gpus}"
             + (f"; resuming, {len(done)} records already done" if done else ""))
-        with remote_progress("fit", manifest.rows - len(done)) as counter:
-            sink = SplitParquetSink(fs, staging.dir("fit"), staging.dir("errors"),
-                                    staging.part_prefix,
-                                    cache_dir=join(staging.dir("fit"), PIXEL_CACHE)
-                                    if config.cache_pixels else None, counter=counter)
-            if manifest.rows > len(done):
-                write_stage(fit_dataset(read, config, manifest, skip), sink, fs,
-                            staging.dir("fit"), num_gpus=config.num_gpus,
-                            max_actors=config.max_actors, threads=config.threads_per_actor)
+        writer = PartWriter(fs, staging.dir("fit"), staging.dir("errors"), staging.part_prefix,
+                            cache_dir=join(staging.dir("fit"), PIXEL_CACHE)
+                            if config.cache_pixels else None)
+        stats: dict | None = None if done else {}
+        if manifest.rows > len(done):
+            stats = _run_writes(fit_dataset(read, config, manifest, skip, writer), writer,
+                                fs, staging.dir("fit"), manifest.rows - len(done), stats)
+        if class_stats is not None and stats:
+            class_stats.update(stats)           # "stats" and "partials"
     if done:
-        sink.counts.update(count_rows(fs, ok_parts, error_parts))
+        writer.counts.update(count_rows(fs, ok_parts, error_parts))
     write_json(fs, join(staging.dir("fit"), FIT_META),
                fit_metadata(config, read.ndim, read.url, read.channels, run_channels(read)))
-    counts = sink.per_split_and_class()
+    counts = writer.per_split_and_class()
     images = sum(sum(v.values()) for v in counts.values())
-    errors = sink.errors_by_stage()
+    errors = writer.errors_by_stage()
     total = images + sum(errors.values())
     table_bytes = sum(fs.size(p) for p in table_files(fs, staging.dir("fit")))
     input_bytes = manifest.input_bytes
-    read_totals = sink.read_totals()
+    read_totals = writer.read_totals()
     summary.update({"channels": read.channels.value, "n_channels": run_channels(read),
                     "images": images, "errors": errors, "records": total, "counts": counts,
                     "listed": manifest.rows, "input_bytes": input_bytes,
@@ -365,14 +406,52 @@ def write_fit(read: ReadConfig, config: FitConfig, staging) -> dict[str, Any]:
     return summary
 
 
+def _run_writes(ds, writer: PartWriter, fs, stage_dir: str, total: int,
+                stats: dict | None) -> dict | None:
+    """Execute the fit dataset (the actors write their parts); merge what they return.
+
+    Each batch's result brings the counts of its part files (added to ``writer``) and
+    its partial class statistics, merged per entry in arrival order (the sums are exact,
+    so the order changes nothing beyond rounding): ``{"stats": merged, "partials": n}``.
+    ``stats`` None (a resumed stage, whose earlier parts' statistics are not here)
+    merges nothing and returns None.
+    Ray Data's statistics go to :data:`RAY_STATS_FILE`.
+    """
+    import kernelbank as kb
+    from ..io.atomic import write_bytes
+    from .progress import Progress
+    merged: dict = {}
+    partials = 0
+    with Progress("fit", total) as progress:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for result in batch["result"]:
+                writer.add(result["counts"])
+                errors = sum(n for k, n in result["counts"].items() if k[0] == "error")
+                progress.update(result["rows"], errors)
+                if stats is None:
+                    continue
+                partials += bool(result["stats"])
+                for entry, part in result["stats"].items():
+                    part = kb.ClassStats.from_dict(part)
+                    merged[entry] = merged[entry] + part if entry in merged else part
+    try:
+        text = ds.stats()
+    except Exception as error:      # statistics are a diagnostic: a Ray change must not fail a run
+        text = f"Ray Data statistics unavailable: {type(error).__name__}: {error}"
+    write_bytes(fs, join(stage_dir, RAY_STATS_FILE), text.encode())
+    return None if stats is None or not merged else {"stats": merged, "partials": partials}
+
+
 def run_fit(read: ReadConfig, config: FitConfig, output: str, *, overwrite: bool = False
             ) -> dict[str, Any]:
     """The fit stage alone, published as a new run of ``output`` (``fit/``, ``errors/fit-*``).
 
     Returns the stage summary (also in the run's ``summary.json``).
     """
+    from ..io.manifest import check_input
     from .summary import input_spec, run_alone, settings_of
     from .validation import check_classes
+    check_input(read)               # before Ray starts and before the output is touched
 
     def write(stage) -> dict[str, Any]:
         summary = write_fit(read, config, stage)

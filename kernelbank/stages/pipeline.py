@@ -61,6 +61,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
 
     Raises
     ------
+    FileNotFoundError, ValueError
+        When the input does not exist or holds no input file (checked first, before
+        anything is created under the output and before Ray starts).
     FileExistsError
         When the output already has a published run and ``config.overwrite`` is false,
         or is not a kernelbank output (checked before any work).
@@ -68,7 +71,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         When the training images fall in fewer than two classes (after the fit stage,
         which is kept for a rerun).
     """
+    from ..io.manifest import check_input
     endpoint = config.read.s3_endpoint
+    check_input(config.read)        # before Ray starts and before the output is touched
     run = RunWriter.open(config.output, stage_specs(config), input_url=config.read.url,
                          overwrite=config.overwrite, s3_endpoint=endpoint, command="run",
                          describe={"input": config.read.url}, inherit=False)
@@ -76,21 +81,28 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     with run:
         ray_info = connect_ray(config.ray_address)
         stages: dict[str, Any] = {}
+        # the fit writes return the class statistics of their rows: reduce reads no table
+        class_stats: dict = {}
         stages["fit"] = run.stage("fit").run_once(
-            lambda stage: write_fit(config.read, config.fit, stage), resumable=True)
+            lambda stage: write_fit(config.read, config.fit, stage, class_stats=class_stats),
+            resumable=True)
         warnings = check_classes(stages["fit"], where=config.read.url)
         for warning in warnings:
             log(f"warning: {warning}")
         stages["reduce"] = run.stage("reduce").run_once(
             lambda stage: write_reduce(run.stage_url("fit"), config.reduce, stage,
-                                       s3_endpoint=endpoint))
+                                       s3_endpoint=endpoint, class_stats=class_stats))
+        # the feature writes return the classifier's per-fold sums: classify only solves
+        # and scores (a resumed run, whose features are on disk, sums them from there)
+        ridge: dict = {}
         stages["features"] = run.stage("features").run_once(
             lambda stage: write_features(run.stage_url("fit"), run.stage_url("reduce"),
                                          config.features, stage, read=config.read,
-                                         s3_endpoint=endpoint))
+                                         s3_endpoint=endpoint,
+                                         ridge_folds=config.classify.cv_folds, ridge_sums=ridge))
         stages["classify"] = run.stage("classify").run_once(
             lambda stage: write_classify(run.stage_url("features"), config.classify, stage,
-                                         s3_endpoint=endpoint))
+                                         s3_endpoint=endpoint, folds=ridge.get("folds")))
         errors = sum(sum(s.get("errors", {}).values()) for s in stages.values())
         summary = scrub({
             "input": config.read.url, "output": config.output, "recipe": recipe(config),

@@ -33,7 +33,8 @@ __all__ = ["partial_stats", "merge_fit_table", "banks_from_stats", "run_reduce",
            "BANK_FILE", "stats_file", "load_fit_meta"]
 
 BANK_FILE = "bank.npz"
-_STATS_COLUMNS = ["label", "split", "coef", "mse", "sums"]
+#: The statistics table's columns the class statistics are built from.
+STATS_COLUMNS = ["label", "split", "coef", "mse", "sums"]
 
 
 def stats_file(scale: int, dilation: int) -> str:
@@ -64,7 +65,7 @@ def partial_stats(table: pa.Table, meta: TableMeta) -> dict[tuple[int, int], dic
 def _partial_of_file(fs, path: str, meta: TableMeta) -> dict[tuple[int, int], dict]:
     import pyarrow.parquet as pq
     with fs.open(path, "rb") as handle:
-        return partial_stats(pq.read_table(handle, columns=_STATS_COLUMNS), meta)
+        return partial_stats(pq.read_table(handle, columns=STATS_COLUMNS), meta)
 
 
 def merge_fit_table(fit_url: str, *, s3_endpoint: str | None = None,
@@ -121,13 +122,28 @@ def banks_from_stats(stats: dict[tuple[int, int], Any], config: ReduceConfig):
 
 
 def write_reduce(fit_url: str, config: ReduceConfig, staging, *,
-                 s3_endpoint: str | None = None) -> dict[str, Any]:
-    """Run the reduce stage into ``staging.dir("banks")``; returns the stage summary."""
+                 s3_endpoint: str | None = None, class_stats: dict | None = None
+                 ) -> dict[str, Any]:
+    """Run the reduce stage into ``staging.dir("banks")``; returns the stage summary.
+
+    ``class_stats``: what the fit stage's writes returned
+    (:func:`kernelbank.stages.fit.write_fit`: ``"stats"`` and ``"partials"``); when it
+    covers every entry of the table the stage only builds banks, else it merges ``fit/``
+    file by file (``kernelbank reduce`` alone, a resumed fit stage).
+    """
     summary: dict[str, Any] = {}
-    log(f"reduce: {fit_url} method={config.method.value}")
+    fs_fit, fit_path = resolve(fit_url, s3_endpoint=s3_endpoint)
+    entries = load_fit_meta(fs_fit, fit_path, fit_url).scale_index
+    folded = bool(class_stats) and all(e in class_stats["stats"] for e in entries)
+    log(f"reduce: {fit_url} method={config.method.value}"
+        + (" (class statistics from the fit stage's writes)" if folded else ""))
     partials: list[int] = []
     with timed(summary):
-        stats = merge_fit_table(fit_url, s3_endpoint=s3_endpoint, partials_seen=partials)
+        if folded:
+            stats = {e: class_stats["stats"][e] for e in entries}
+            partials.append(class_stats["partials"])
+        else:
+            stats = merge_fit_table(fit_url, s3_endpoint=s3_endpoint, partials_seen=partials)
         bank = banks_from_stats(stats, config)
     fs, banks = staging.fs, staging.dir("banks")
     fs.makedirs(banks, exist_ok=True)
@@ -148,6 +164,7 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging, *,
     images = sum(counts.values())
     summary.update({"images": images, "classes": counts, "n_kernels": len(bank),
                     "partial_stats_merged": partials[0],
+                    "statistics_from": "fit writes" if folded else "fit table",
                     "method": config.method.value,
                     "images_per_second": round(images / max(summary["seconds"], 1e-9), 2)})
     log(f"reduce: {images} train images, {len(counts)} classes -> {len(bank)} kernels "

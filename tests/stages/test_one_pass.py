@@ -40,7 +40,7 @@ def test_run_with_training_opens_every_image_once(trained_run):
 def test_rerun_of_features_with_another_bank_reads_no_image(trained_run, tmp_path):
     output = tmp_path / "out"                        # a copy: the shared run stays as it is
     shutil.copytree(trained_run["out"], output)
-    for stage, extra in (("reduce", ["--bank-method", "pooled"]), ("features", [])):
+    for stage, extra in (("reduce", ["--bank-method", "pca"]), ("features", [])):
         log = tmp_path / f"{stage}.strace"
         done = kernelbank([stage, "--output", str(output), "--overwrite", "--max-actors", "1",
                            *extra], tmp_path, log)

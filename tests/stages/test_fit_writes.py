@@ -1,0 +1,98 @@
+"""The fit actor writes its own part files and returns counts and partial class statistics.
+
+The actor (:class:`kernelbank.stages.fit.StatisticsFitter` with a
+:class:`kernelbank.io.tables.PartWriter`) runs in-process on rows decoded by the real
+reader from real PNG files; its returned statistics, merged in any order, must equal
+``kb.ClassStats.from_fit`` of ``kb.fit`` on the same train images — what the reduce
+stage would compute from the table — and its part files must hold every row once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import kernelbank as kb
+from kernelbank.config import FitConfig, ReadConfig
+from kernelbank.io.batches import images_from_batch
+from kernelbank.io.manifest import list_inputs
+from kernelbank.io.readers import read_block
+from kernelbank.io.storage import read_filesystem
+from kernelbank.io.tables import PartWriter
+from kernelbank.stages.common import TRAIN_SPLITS
+from kernelbank.stages.fit import StatisticsFitter, fit_metadata
+
+from .pipeline_data import write_dataset
+
+CONFIG = FitConfig(radius=1, dilations=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def decoded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fitwrites") / "images"
+    write_dataset(root, classes=3, per_class=4, size=24, bad=False)
+    read = ReadConfig(str(root), min_side=CONFIG.min_side)
+    fs, _ = read_filesystem(str(root))
+    return read_block(list_inputs(read), fs=fs, config=read)
+
+
+def test_fit_writes_return_the_class_statistics_of_their_rows(decoded, tmp_path):
+    fs, _ = read_filesystem(str(tmp_path))
+    writer = PartWriter(fs, str(tmp_path / "fit"), str(tmp_path / "errors"), "fit-a1")
+    fitter = StatisticsFitter(CONFIG, 2, 1, writer, fit_metadata(CONFIG, 2))
+    # two batches that share classes and splits (rows alternate between them)
+    results = [fitter(decoded.take(list(range(k, decoded.num_rows, 2))))["result"][0]
+               for k in (0, 1)]
+    # the rows are in the part files, each once, and the counts say so
+    files = sorted((tmp_path / "fit").glob("fit-a1-*.parquet"))
+    ids = [i for f in files for i in pq.read_table(f).column("id").to_pylist()]
+    assert len(files) == 2 and sorted(ids) == sorted(decoded.column("id").to_pylist())
+    assert sum(sum(n for k, n in r["counts"].items() if k[0] == "ok") for r in results) == \
+        decoded.num_rows
+    # the reference: kb.fit on the train images, class statistics of the whole set
+    splits = decoded.column("split").to_pylist()
+    train = [i for i, s in enumerate(splits) if s in TRAIN_SPLITS]
+    images = images_from_batch(decoded)
+    labels = decoded.column("label").to_pylist()
+    fitted = kb.fit([images[i] for i in train], kb.Basis.full(1), dilations=[1, 2])
+    for index, entry in enumerate(((1, 1), (1, 2))):
+        expected = kb.ClassStats.from_fit(fitted, [labels[i] for i in train], scale=index)
+        # merge order is free: the sums are exact
+        parts = [kb.ClassStats.from_dict(r["stats"][entry]) for r in results
+                 if entry in r["stats"]]
+        assert len(parts) == 2, "both halves hold train rows: a broken merge would show"
+        for merged in (parts[0] + parts[1], parts[1] + parts[0]):
+            assert merged.classes == expected.classes
+            for name in merged.classes:
+                assert merged[name].n == expected[name].n
+                assert merged[name].n_pixels == expected[name].n_pixels
+                for field in ("sum_coef", "sum_outer", "sum_gram", "sum_rhs"):
+                    np.testing.assert_allclose(getattr(merged[name], field),
+                                               getattr(expected[name], field),
+                                               rtol=1e-5, atol=1e-4)
+
+
+def test_a_retried_batch_rewrites_its_own_file(decoded, tmp_path):
+    fs, _ = read_filesystem(str(tmp_path))
+    writer = PartWriter(fs, str(tmp_path / "fit"), str(tmp_path / "errors"), "fit-a1")
+    fitter = StatisticsFitter(CONFIG, 2, 1, writer)
+    fitter(decoded)
+    fitter(decoded)                                 # the same block again (a retry)
+    assert len(list((tmp_path / "fit").glob("*.parquet"))) == 1
+
+
+def test_a_batch_of_error_rows_only_is_written_and_counted(decoded, tmp_path):
+    import pyarrow as pa
+    fs, _ = read_filesystem(str(tmp_path))
+    writer = PartWriter(fs, str(tmp_path / "fit"), str(tmp_path / "errors"), "fit-a1")
+    fitter = StatisticsFitter(CONFIG, 2, 1, writer, fit_metadata(CONFIG, 2))
+    batch = decoded.slice(0, 2)
+    bad = batch.set_column(batch.schema.get_field_index("reason"), "reason",
+                           pa.array(["not decodable"] * 2, pa.string()))
+    bad = bad.set_column(bad.schema.get_field_index("stage"), "stage",
+                         pa.array(["decode"] * 2, pa.string()))
+    result = fitter(bad)["result"][0]
+    assert result["stats"] == {} and result["counts"][("error", "decode")] == 2
+    assert not any(k[0] == "ok" for k in result["counts"])
+    assert not (tmp_path / "fit").exists() and len(list((tmp_path / "errors").iterdir())) == 1
