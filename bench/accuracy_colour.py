@@ -54,7 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
-from accuracy import (SUFFIXES, Extractor, Likelihood, gabor_features, lbp_features,
+from accuracy import SUFFIXES, Extractor, gabor_features, lbp_features
+from select_v1 import (Likelihood,
                       select_and_test)
 from kernelbank.sklearn import ARFeatures, BankFeatures, TextureFeatures
 

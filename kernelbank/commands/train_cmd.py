@@ -1,7 +1,7 @@
 """``kernelbank train`` and ``kernelbank predict``: the end-to-end model on Ray Train.
 
     kernelbank train [--input URL] [--output URL] [--init-bank URL] [--workers N]
-                     [--epochs E] [--lr LR] [--use-gpu] ...
+                     [--epochs E] [--lr LR] [--validation-fraction F] [--use-gpu] ...
     kernelbank predict MODEL IMAGE [IMAGE ...] [--device cpu|cuda]
 
 ``train`` needs no option: it trains on the built-in texture patches (the default
@@ -66,7 +66,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Adam weight decay (default 0)")
     train.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                        help="learning rate per epoch (default cosine decay)")
-    train.add_argument("--seed", type=int, default=0, help="random_state (default 0)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="random_state: model, batch order, validation split (default 0)")
+    train.add_argument("--validation-fraction", type=float, default=0.2,
+                       help="share of each class's train images the epoch is chosen on, "
+                            "unless the input has a val split (default 0.2); the test split "
+                            "is scored once, after training")
     ray_group = parser.add_argument_group("Ray")
     ray_group.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
     ray_group.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
@@ -86,7 +91,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "train", help="train the end-to-end model (learnable bank + classifier) with Ray Train",
         description="Learn a kernel bank, residual metrics and an MLP classifier jointly with "
-                    "Ray Train; export the best model to OUTPUT/train/model.pt.")
+                    "Ray Train; export the epoch with the best validation accuracy to "
+                    "OUTPUT/train/model.pt and score it once on the test split.")
     add_train_arguments(parser)
     parser.set_defaults(handler=main)
 
@@ -112,7 +118,8 @@ def config_from_args(args: argparse.Namespace):
         radius=args.radius, basis=args.basis,
         dilations=args.dilations, n_kernels=args.n_kernels, grid=args.grid, hidden=args.hidden,
         classes=args.classes, storage_path=args.storage_path,
-        run_name=args.run_name, random_state=args.seed, s3_endpoint=args.s3_endpoint)
+        run_name=args.run_name, random_state=args.seed, s3_endpoint=args.s3_endpoint,
+        validation_fraction=args.validation_fraction)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -128,9 +135,12 @@ def main(args: argparse.Namespace) -> int:
     summary = run_train(config, overwrite=overwrite)
     for h in summary["epochs"]:
         print(f"epoch {h['epoch']}: loss {h['loss']:.4f}  train acc {h['train_accuracy']:.3f}  "
-              f"test acc {h['test_accuracy']:.3f}  {h['images_per_s']:.0f} images/s")
-    print(f"best test accuracy {summary['test_accuracy']:.3f} (epoch {summary['best_epoch']}); "
-          f"model: {summary['checkpoint']}")
+              f"validation acc {h['validation_accuracy']:.3f}  {h['images_per_s']:.0f} images/s")
+    validation = summary["validation"]
+    print(f"epoch {summary['best_epoch']} chosen by validation accuracy "
+          f"{summary['validation_accuracy']:.3f} ({validation['images']} images, "
+          f"{validation.get('source')}); test accuracy {summary['test_accuracy']:.3f} "
+          f"(scored once); model: {summary['checkpoint']}")
     return 0
 
 

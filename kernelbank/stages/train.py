@@ -4,8 +4,12 @@
 :class:`~kernelbank.nn.EndToEndClassifier` with a ``TorchTrainer`` (data sharded to the
 workers, DDP on gloo or NCCL), reports per-epoch metrics and a checkpoint through
 ``ray.train.report`` to a local or ``s3://`` storage path, resumes from the latest
-checkpoint of a run with the same name, and exports the best model (by test accuracy)
-as one file that :func:`kernelbank.nn.load_model` and ``kernelbank predict`` read.
+checkpoint of a run with the same name, and exports the model of the epoch with the
+best *validation* accuracy as one file that :func:`kernelbank.nn.load_model` and
+``kernelbank predict`` read. The validation rows are the input's own ``val`` split or,
+without one, a stratified seeded share of the train split
+(:func:`~kernelbank.stages.holdout.carve_validation`); the test split is scored once,
+with the exported weights, after the last epoch: it plays no part in any choice.
 
 ``run_train`` publishes a run of ``OUTPUT`` (see :mod:`kernelbank.io.runs`) that adds a
 ``train/`` stage and reuses the published run's other stages: ``model.pt`` (the exported
@@ -86,6 +90,10 @@ class TrainConfig:
         rerun resumes from the latest checkpoint Ray's controller registered: this
         epoch's, or the one before when the failure overtook the report.
     random_state : int, default=0
+        Seeds the model, the batch order and the validation split.
+    validation_fraction : float, default=0.2
+        Share of each class's training rows set aside to select the epoch on (stratified,
+        seeded by ``random_state``), unless the input has its own ``val`` split.
     pixel_cache : str, optional
         A folder of decoded pixels written by the fit stage (``OUTPUT/pixels``, with
         ``kernelbank run --train``): training then reads no image at all. Without one, an
@@ -121,6 +129,7 @@ class TrainConfig:
     run_name: str = "end_to_end"
     fail_after_epoch: int | None = None
     random_state: int = 0
+    validation_fraction: float = 0.2
     s3_endpoint: str | None = None
 
     def __post_init__(self) -> None:
@@ -136,6 +145,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got "
+                             f"{self.validation_fraction!r}")
         if not self.lr > 0 or not self.cpus_per_worker > 0:
             raise ValueError(f"lr and cpus_per_worker must be > 0, got lr={self.lr!r}, "
                              f"cpus_per_worker={self.cpus_per_worker!r}")
@@ -188,12 +200,13 @@ def _checkpoint_storage(config: TrainConfig, folder_url: str):
 
 
 def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConfig,
-                   folder_url: str | None = None) -> dict:
-    """Train on ``datasets["train"]``, score on ``datasets["test"]``, export the best model.
+                   folder_url: str | None = None, validation: dict | None = None) -> dict:
+    """Train on ``datasets["train"]``, select the epoch on ``datasets["validation"]``,
+    export that epoch's model and score it once on ``datasets["test"]``.
 
     Parameters
     ----------
-    datasets : dict with keys "train" and "test" of ray.data.Dataset
+    datasets : dict with keys "train", "validation" and "test" of ray.data.Dataset
         Rows with ``image`` (2-D array, or ``(H, W, C)``; equal sizes batch together) and
         ``label`` (a name in ``class_names``).
     class_names : sequence of str
@@ -202,6 +215,9 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
     folder_url : str, optional
         Folder of ``model.pt``, ``summary.json`` and (by default) ``checkpoints/``;
         default ``config.train_url``. :func:`run_train` passes its run's ``train/``.
+    validation : dict, optional
+        How the validation rows were chosen (:func:`load_train_test` returns it); copied
+        into the summary.
 
     Returns
     -------
@@ -228,7 +244,9 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers, use_gpu=config.use_gpu,
             resources_per_worker={"CPU": config.cpus_per_worker}),
-        datasets={"train": datasets["train"].randomize_block_order(), "test": datasets["test"]},
+        # a seeded block order (the local shuffle is seeded too)
+        datasets={"train": datasets["train"].randomize_block_order(seed=config.random_state),
+                  "validation": datasets["validation"], "test": datasets["test"]},
         run_config=ray.train.RunConfig(
             name=config.run_name, storage_path=storage_path,
             storage_filesystem=ray_filesystem(storage_fs),
@@ -244,12 +262,22 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
     history = state["history"]
     model_url = join(folder_url, "model.pt")
     best = state["best"]
-    save_model(model, model_url, metadata={"test_accuracy": best["test_accuracy"],
+    final = state["test"]                   # the one scoring of the test split
+    if final is None:
+        raise RuntimeError("the training run ended without scoring the test split; rerun the "
+                           "same command to resume it")
+    save_model(model, model_url, metadata={"test_accuracy": final["test_accuracy"],
+                                           "validation_accuracy": best["validation_accuracy"],
                                            "epoch": best["epoch"]})
     # steady state: the first epoch of every run also waits for the data pipeline to start
     steady = [h for h in history if h["epoch"] != h["run_start_epoch"]] or history
     summary = {
-        "stage": "train", "test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
+        "stage": "train", "test_accuracy": final["test_accuracy"],
+        "test_images": final["test_images"], "best_epoch": best["epoch"],
+        "validation_accuracy": best["validation_accuracy"],
+        "selected_by": "validation_accuracy",
+        "validation": {**(validation or {}), "images": history[0]["validation_images"]
+                       if history else 0},
         "checkpoint": model_url, "run_checkpoint": result.checkpoint.path,
         "epochs": history, "class_names": list(class_names),
         "images_per_s": _rate(steady), "images_per_s_with_startup": _rate(history),
@@ -281,6 +309,23 @@ def _texture_rows(config: TrainConfig) -> list[dict]:
     return rows
 
 
+#: Share of the rows without a split that become test rows (by a hash of their id).
+TEST_FRACTION = 0.3
+
+
+def _split_files(files: list[str], split: str) -> list[str]:
+    """The files that can hold rows of ``split``: all of them, unless every file's name
+    says its split (the caches :func:`_decode_once` writes)."""
+    import posixpath
+    from .holdout import VALIDATION_SPLITS
+    sources = {"train": ("train",), "validation": ("train", *VALIDATION_SPLITS),
+               "test": ("test",)}[split]
+    named = {f: posixpath.basename(f).split("-part-")[0] for f in files}
+    if not all("-part-" in posixpath.basename(f) for f in files):
+        return files
+    return [f for f in files if named[f] in sources]
+
+
 def _assign_split(batch: dict, test_fraction: float) -> dict:
     """Keep ``train``/``test`` rows; give unsplit rows a stable split by a hash of their id."""
     import zlib
@@ -309,25 +354,51 @@ def _decode_once(config: TrainConfig) -> str:
     columns = ["id", "path", "label", "split", "shape", *PIXEL_COLUMNS, "stage", "reason"]
 
     def write(batch, *, fs=fs, cache=cache):
-        import uuid
+        import hashlib
+        import re
+        import pyarrow as pa
+        import pyarrow.compute as pc
         batch = batch.select([c for c in columns if c in batch.column_names])
-        write_table(batch, fs, join(cache, f"part-{uuid.uuid4().hex}.parquet"))
+        splits = _assign_split({"id": batch.column("id").to_pylist(),
+                                "split": batch.column("split").to_pylist()}, TEST_FRACTION)
+        batch = batch.set_column(batch.column_names.index("split"), "split",
+                                 pa.array(list(splits["split"]), pa.string()))
+        # one file per split: an epoch reads the train split's files alone, and they are
+        # the same whatever the other splits hold; named by the smallest id, not at random,
+        # so that listing the files by name gives the reader's order back
+        for split in sorted(set(splits["split"])):
+            part = batch.filter(pc.equal(batch.column("split"), split))
+            ids = sorted(map(str, part.column("id").to_pylist()))
+            first = re.sub(r"[^A-Za-z0-9._-]", "_", ids[0])[:120]
+            digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
+            write_table(part, fs, join(cache, f"{split}-part-{first}-{digest}.parquet"))
         return {"rows": [batch.num_rows]}
     for _ in ds.map_batches(write, batch_format="pyarrow").iter_batches(batch_size=None):
         pass
     return cache if is_local(fs) else fs.unstrip_protocol(cache)
 
 
-def load_train_test(config: TrainConfig) -> tuple[dict, list[str]]:
-    """``{"train": Dataset, "test": Dataset}`` of decoded rows and the sorted class names.
+def _mark_validation(batch: dict, ids: frozenset) -> dict:
+    """Relabel the rows whose id is in ``ids`` as the ``validation`` split."""
+    batch["split"] = np.array(["validation" if str(rid) in ids else str(split)
+                               for rid, split in zip(batch["id"], batch["split"])], dtype=object)
+    return batch
+
+
+def load_train_test(config: TrainConfig) -> tuple[dict, list[str], dict]:
+    """``{"train", "validation", "test": Dataset}`` of decoded rows, the sorted class names,
+    and how the validation rows were chosen.
 
     The images are read at most once: from the fit stage's pixel cache
     (``config.pixel_cache``), or decoded once from ``config.input`` into a Parquet cache
     under the output; every epoch iterates the cache. Rows without a ``train``/``test``
-    split are assigned one by a hash of their id (30 % test); ``val`` rows are left out.
-    Without either, the built-in textures are used. Class names are ``config.classes``
-    or else the labels of the train split (read from the label column alone).
+    split are assigned one by a hash of their id (30 % test). The input's ``val`` rows
+    are the validation split; without any, :func:`~.holdout.carve_validation` sets aside
+    ``config.validation_fraction`` of each class's train rows (ids and labels only are
+    read for that). Without either input, the built-in textures are used. Class names are
+    ``config.classes`` or else the labels of the train split.
     """
+    from .holdout import VALIDATION_SPLITS, carve_validation
     import ray.data
     from ..io.readers import DECODED_SCHEMA
     if config.pixel_cache is None and config.input is None:
@@ -335,30 +406,55 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str]]:
         rows = _texture_rows(config)
         ds = ray.data.from_arrow([pa.Table.from_pylist(rows[i:i + 64], schema=DECODED_SCHEMA)
                                   for i in range(0, len(rows), 64)])    # blocks to shuffle
-        found = {row["label"] for row in rows}
+
+        def read(split, *, ds=ds):
+            return ds
+        keys = [(row["id"], row["label"], row["split"]) for row in rows]
     else:
         cache = config.pixel_cache or _decode_once(config)
         fs, path = resolve(cache, s3_endpoint=config.s3_endpoint)
-        files = [p for p in fs.find(path) if p.endswith(".parquet")]
+        files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
         if not files:
             raise FileNotFoundError(f"no decoded pixels in {cache!r}: nothing to train on")
-        ds = ray.data.read_parquet(files, filesystem=ray_filesystem(fs))
-        ds = ds.map_batches(_assign_split, batch_format="numpy",
-                            fn_kwargs={"test_fraction": 0.3})
-        found = None
-        if config.classes is None:
-            import pyarrow.compute as pc
-            import pyarrow.dataset as pads
-            labels = pads.dataset(files, format="parquet", filesystem=ray_filesystem(fs))
-            table = labels.to_table(columns=["label", "split"])
-            train = table.filter(pc.equal(table.column("split"), "train")) \
-                if "train" in table.column("split").to_pylist() else table
-            found = {str(c) for c in train.column("label").to_pylist() if c}
+
+        def read(split, *, files=files, fs=fs):
+            chosen = _split_files(files, split)
+            if not chosen:        # no file of this split: an empty dataset of the same rows
+                return ray.data.read_parquet(files[:1], filesystem=ray_filesystem(fs)).limit(0)
+            return ray.data.read_parquet(chosen, filesystem=ray_filesystem(fs)).map_batches(
+                _assign_split, batch_format="numpy", fn_kwargs={"test_fraction": TEST_FRACTION})
+        import pyarrow.dataset as pads
+        dataset = pads.dataset(files, format="parquet", filesystem=ray_filesystem(fs))
+        table = dataset.to_table(columns=[c for c in ("id", "label", "split", "stage")
+                                          if c in dataset.schema.names])
+        # the same split rule as the rows will get (_assign_split), on ids and labels only
+        splits = _assign_split({"id": table.column("id").to_pylist(),
+                                "split": table.column("split").to_pylist()},
+                               TEST_FRACTION)["split"]
+        stages = table.column("stage").to_pylist() if "stage" in table.column_names \
+            else [None] * table.num_rows          # error rows have a stage and no pixels
+        keys = [(rid, label, split) for rid, label, split, stage in
+                zip(table.column("id").to_pylist(), table.column("label").to_pylist(), splits,
+                    stages) if stage is None and label]
+    train_keys = [(rid, label) for rid, label, split in keys if split == "train"]
+    found = {str(label) for _, label in train_keys if label}
+    wanted = set(config.classes) if config.classes is not None else found
+    if any(split in VALIDATION_SPLITS for _, _, split in keys):
+        ids = frozenset(rid for rid, _, split in keys if split in VALIDATION_SPLITS)
+        validation = {"source": "input", "splits": list(VALIDATION_SPLITS)}
+    else:
+        carved, counts = carve_validation(
+            [rid for rid, label in train_keys if label in wanted],
+            [label for rid, label in train_keys if label in wanted],
+            config.validation_fraction, config.random_state)
+        ids = frozenset(carved)
+        validation = {"source": "carved from train", "fraction": config.validation_fraction,
+                      "random_state": config.random_state, "per_class": counts}
     from ray.data.expressions import col
-    datasets = {split: ds.filter(expr=col("split") == split) for split in ("train", "test")}
-    if config.classes is not None:
-        return datasets, sorted(config.classes)
-    return datasets, sorted(found)
+    datasets = {split: read(split).map_batches(_mark_validation, batch_format="numpy",
+                                               fn_kwargs={"ids": ids})
+                .filter(expr=col("split") == split) for split in ("train", "validation", "test")}
+    return datasets, sorted(wanted), validation
 
 
 def run_train(config: TrainConfig, *, overwrite: bool = False) -> dict:
@@ -371,11 +467,12 @@ def run_train(config: TrainConfig, *, overwrite: bool = False) -> dict:
 
     def train(stage) -> dict:
         began = time.perf_counter()
-        datasets, class_names = load_train_test(config)
+        datasets, class_names, validation = load_train_test(config)
         if len(class_names) < 2:
             raise ValueError(f"training needs at least 2 classes in the train split of "
                              f"{config.input or 'the built-in textures'}, found {class_names}")
-        summary = fit_end_to_end(datasets, class_names, config, folder_url=stage.url)
+        summary = fit_end_to_end(datasets, class_names, config, folder_url=stage.url,
+                                 validation=validation)
         # the run summary's per-stage fields, like every other stage's
         return {**summary, "seconds": round(time.perf_counter() - began, 3),
                 "images_per_second": round(summary["images_per_s"], 2)}

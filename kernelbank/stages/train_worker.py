@@ -4,8 +4,11 @@
 the model (identical on every rank), restores the latest checkpoint when there is one
 (model, optimizer, epoch counter, history, best weights), then per epoch trains on its
 shard of the train split under DDP, averages batch-norm statistics over the workers,
-scores its shard of the test split, and reports the summed metrics with a checkpoint
-(rank 0). Its configuration is a plain dict built by
+scores its shard of the validation split, and reports the summed metrics with a
+checkpoint (rank 0). The best weights are those of the epoch with the best validation
+accuracy (the earliest on a tie). After the last epoch every worker loads them and
+scores its shard of the test split, once: the last report (``final: True``) carries that
+accuracy, which no choice depends on. Its configuration is a plain dict built by
 :func:`kernelbank.stages.train.fit_end_to_end`.
 
 A checkpoint is two files, neither of which can run code when it is read:
@@ -33,17 +36,20 @@ STATE_JSON = "state.json"
 
 
 def save_checkpoint(folder: str, *, model_state: dict, optimizer_state: dict, epoch: int,
-                    history: list, best: dict, model_config: dict) -> None:
+                    history: list, best: dict, model_config: dict,
+                    test: dict | None = None) -> None:
     """Write a checkpoint into ``folder``: tensors in ``state.pt``, the rest in ``state.json``.
 
-    ``best`` is ``{"test_accuracy", "epoch", "state"}`` with ``state`` a state dict (or None).
+    ``best`` is ``{"validation_accuracy", "epoch", "state"}`` with ``state`` a state dict
+    (or None). ``test`` (the last checkpoint of a finished run only) is the one scoring
+    of the test split with the best weights: ``{"test_accuracy", "test_images"}``.
     """
     import torch
     torch.save({"model": model_state, "optimizer": optimizer_state, "best_state": best["state"]},
                os.path.join(folder, STATE_FILE))
     with open(os.path.join(folder, STATE_JSON), "w") as handle:
         json.dump({"epoch": epoch, "history": history, "model_config": model_config,
-                   "best": {"test_accuracy": best["test_accuracy"], "epoch": best["epoch"]}},
+                   "best": {k: v for k, v in best.items() if k != "state"}, "test": test},
                   handle)
 
 
@@ -51,7 +57,8 @@ def load_checkpoint(folder: str) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (never unpickles).
 
     Returns ``model``, ``optimizer`` (state dicts), ``epoch``, ``history``,
-    ``model_config`` and ``best`` (with its ``state``).
+    ``model_config``, ``best`` (with its ``state``) and ``test`` (None until the run
+    has finished).
 
     Raises
     ------
@@ -65,7 +72,7 @@ def load_checkpoint(folder: str) -> dict:
         meta = json.load(handle)
     return {"model": tensors["model"], "optimizer": tensors["optimizer"],
             "epoch": int(meta["epoch"]), "history": meta["history"],
-            "model_config": meta["model_config"],
+            "model_config": meta["model_config"], "test": meta.get("test"),
             "best": {**meta["best"], "state": tensors["best_state"]}}
 
 
@@ -184,7 +191,7 @@ def train_loop_per_worker(loop: dict) -> None:
     device = rtt.get_device()
     raw = _initial_model(loop)
     optimizer = torch.optim.Adam(raw.parameters(), lr=loop["lr"], weight_decay=loop["weight_decay"])
-    start, history, best = 0, [], {"test_accuracy": -1.0, "epoch": -1, "state": None}
+    start, history, best = 0, [], {"validation_accuracy": -1.0, "epoch": -1, "state": None}
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -195,6 +202,7 @@ def train_loop_per_worker(loop: dict) -> None:
         start, history, best = state["epoch"] + 1, state["history"], state["best"]
     model = rtt.prepare_model(raw)
     train_shard = ray.train.get_dataset_shard("train")
+    validation_shard = ray.train.get_dataset_shard("validation")
     test_shard = ray.train.get_dataset_shard("test")
 
     for epoch in range(start, loop["epochs"]):
@@ -223,14 +231,14 @@ def train_loop_per_worker(loop: dict) -> None:
         loss_sum, correct, count = _all_reduce([loss_sum, correct, count])
         (elapsed,) = _all_reduce([elapsed], op="max")
         _average_buffers(raw)
-        test_correct, test_total = _evaluate(raw, test_shard, loop, device, errors)
-        test_correct, test_total, n_errors = _all_reduce(
-            [test_correct, test_total, len(errors) if errors is not None else -1])
+        val_correct, val_total = _evaluate(raw, validation_shard, loop, device, errors)
+        val_correct, val_total, n_errors = _all_reduce(
+            [val_correct, val_total, len(errors) if errors is not None else -1])
         steps = max((int(s["step"]) for s in optimizer.state_dict()["state"].values()), default=0)
         metrics = {"epoch": epoch, "loss": loss_sum / max(count, 1),
                    "train_accuracy": correct / max(count, 1),
-                   "test_accuracy": test_correct / max(test_total, 1),
-                   "train_images": int(count), "test_images": int(test_total),
+                   "validation_accuracy": val_correct / max(val_total, 1),
+                   "train_images": int(count), "validation_images": int(val_total),
                    "images_per_s": count / max(elapsed, 1e-9), "epoch_seconds": elapsed,
                    "optimizer_steps": steps, "workers": world, "run_start_epoch": start,
                    "lr": optimizer.param_groups[0]["lr"]}
@@ -238,8 +246,8 @@ def train_loop_per_worker(loop: dict) -> None:
             metrics["skipped_rows"] = int(n_errors)
             metrics["skipped_examples"] = _gather(errors[:5])[:5]
         history.append(metrics)
-        if metrics["test_accuracy"] > best["test_accuracy"]:
-            best = {"test_accuracy": metrics["test_accuracy"], "epoch": epoch,
+        if metrics["validation_accuracy"] > best["validation_accuracy"]:
+            best = {"validation_accuracy": metrics["validation_accuracy"], "epoch": epoch,
                     "state": {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}}
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
@@ -251,3 +259,21 @@ def train_loop_per_worker(loop: dict) -> None:
             ray.train.report(metrics)
         if loop.get("fail_after_epoch") == epoch:
             raise RuntimeError(f"fault drill: stopping after the checkpoint of epoch {epoch}")
+
+    # the test split, once, with the exported (validation-selected) weights; the result
+    # travels in a last checkpoint, which is what the driver reads back
+    last = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
+    if best["state"] is not None:
+        raw.load_state_dict(best["state"])
+    test_correct, test_total = _evaluate(raw, test_shard, loop, device, None)
+    test_correct, test_total = _all_reduce([test_correct, test_total])
+    test = {"test_accuracy": test_correct / max(test_total, 1), "test_images": int(test_total)}
+    metrics = {"final": True, "best_epoch": best["epoch"], **test}
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(folder, model_state=last, optimizer_state=optimizer.state_dict(),
+                            epoch=loop["epochs"] - 1, history=history, best=best,
+                            model_config=loop["model"], test=test)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    else:
+        ray.train.report(metrics)
