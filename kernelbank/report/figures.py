@@ -257,13 +257,13 @@ def stages_figure(names: Sequence[str], seconds: Sequence[float],
 
 @_literal_text
 def curves_figure(epochs: Sequence[dict]) -> bytes:
-    """Loss and train/test accuracy per epoch of an end-to-end run."""
+    """Loss and train/validation accuracy per epoch of an end-to-end run."""
     x = [e["epoch"] for e in epochs]
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 2.8))
     left.plot(x, [e["loss"] for e in epochs], "o-", color="#c44e52")
     left.set_xlabel("epoch")
     left.set_ylabel("training loss")
-    for key, color in (("train_accuracy", "#4c72b0"), ("test_accuracy", "#55a868")):
+    for key, color in (("train_accuracy", "#4c72b0"), ("validation_accuracy", "#55a868")):
         right.plot(x, [e.get(key) for e in epochs], "o-", color=color,
                    label=key.replace("_", " "))
     right.set_xlabel("epoch")

@@ -376,15 +376,17 @@ def training_section(data: RunData, images: dict[str, bytes]) -> str:
     if not t:
         return ""
     epochs = t.get("epochs") or []
-    body = (f"<p>Best epoch {number(t.get('best_epoch'), 'best_epoch', 'train')} with test "
-            f"accuracy {number(t.get('test_accuracy'), 'test_accuracy', 'train', 4)}; "
+    body = (f"<p>Epoch {number(t.get('best_epoch'), 'best_epoch', 'train')} chosen by "
+            f"validation accuracy "
+            f"{number(t.get('validation_accuracy'), 'validation_accuracy', 'train', 4)}; "
+            f"test accuracy {number(t.get('test_accuracy'), 'test_accuracy', 'train', 4)}; "
             f"{number(t.get('images_per_s'), 'images_per_s', 'train', 1)} training images/s; "
             f"model <code>{text(t.get('checkpoint'))}</code>.</p>")
     if epochs:
         images["learning_curves.png"] = figures.curves_figure(epochs)
         body += figure("learning_curves.png", "Training loss and accuracy per epoch.",
                        "learning curves")
-        keys = ("loss", "train_accuracy", "test_accuracy", "images_per_s")
+        keys = ("loss", "train_accuracy", "validation_accuracy", "images_per_s")
         body += table(["epoch"] + list(keys),
                       [[str(e.get("epoch"))] + [number(e.get(k), f"epochs.{i}.{k}", "train", 4)
                                                 for k in keys] for i, e in enumerate(epochs)],

@@ -53,8 +53,10 @@ def output(tmp_path_factory):
     model = EndToEndClassifier(ModelConfig(class_names=("columns", "layers"), radius=1,
                                            dilations=(1, 2), n_kernels=2, ndim=3)).init_random()
     epochs = [{"epoch": e, "loss": 1.0 / (e + 1), "train_accuracy": 0.5 + 0.1 * e,
-               "test_accuracy": 0.5 + 0.05 * e, "images_per_s": 100.0 + e} for e in range(3)]
-    train = {"test_accuracy": 0.6, "best_epoch": 2, "images_per_s": 101.5, "epochs": epochs}
+               "validation_accuracy": 0.5 + 0.05 * e, "images_per_s": 100.0 + e}
+              for e in range(3)]
+    train = {"test_accuracy": 0.6, "validation_accuracy": 0.6, "best_epoch": 2,
+             "images_per_s": 101.5, "epochs": epochs}
 
     def fit(stage):
         folder = Path(stage.path)
@@ -133,7 +135,8 @@ def test_training_curves_kernels_and_numbers(output):
                 value = value[int(part)] if isinstance(value, list) else value[part]
             assert json.loads(item["data-value"]) == value
     keys = {i["data-key"] for i in page.numbers if i["data-source"] == "train"}
-    assert {"test_accuracy", "best_epoch", "epochs.2.loss", "epochs.0.test_accuracy"} <= keys
+    assert {"test_accuracy", "validation_accuracy", "best_epoch", "epochs.2.loss",
+            "epochs.0.validation_accuracy"} <= keys
     with Image.open(output["report"] / "learned_kernels.png") as image:
         image.load()                     # 2 dilations x 2 kernels, 3 slices each: taller than wide
         assert image.height > image.width
