@@ -46,7 +46,16 @@ def _parsed(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+def _image_folder(root: Path) -> Path:
+    """An input that passes the fail-fast check: one real PNG under root/<class>/."""
+    from PIL import Image
+    (root / "a").mkdir(parents=True)
+    Image.new("L", (16, 16)).save(root / "a" / "x.png")
+    return root
+
+
 def test_default_output_is_named_and_refused_inside_a_ray_job(monkeypatch, capsys, tmp_path):
+    tmp_path = _image_folder(tmp_path / "images")
     monkeypatch.delenv(RAY_JOB_ENV, raising=False)
     config = pipeline_config(_parsed("--input", str(tmp_path)))
     assert config.output == "runs/latest" and config.overwrite
@@ -59,6 +68,7 @@ def test_default_output_is_named_and_refused_inside_a_ray_job(monkeypatch, capsy
 
 
 def test_fault_switch_needs_the_explicit_test_flag(monkeypatch, tmp_path):
+    _image_folder(tmp_path)
     monkeypatch.setenv(faults.FAULT_KILL_FIT_AFTER_ENV, "3")
     monkeypatch.delenv(faults.TEST_FLAG_ENV, raising=False)
     assert faults.fit_fault_from_env() == {}
