@@ -174,18 +174,22 @@ def track(batches: Iterable, progress: Progress) -> Iterator:
         yield batch
 
 
-class _Counter:
-    """Ray actor: finished rows reported by write tasks, polled by the driver."""
+def _counter_class() -> type:
+    """The counter actor's class: finished rows reported by write tasks, polled by the
+    driver. Made here, not at module level, so that Ray ships it by value: its worker
+    then imports nothing of kernelbank (whose package import brings in torch, seconds of
+    start-up for a counter)."""
+    class Counter:
+        def __init__(self):
+            self.done = self.errors = 0
 
-    def __init__(self):
-        self.done = self.errors = 0
+        def add(self, done: int, errors: int) -> None:
+            self.done += int(done)
+            self.errors += int(errors)
 
-    def add(self, done: int, errors: int) -> None:
-        self.done += int(done)
-        self.errors += int(errors)
-
-    def totals(self) -> tuple[int, int]:
-        return self.done, self.errors
+        def totals(self) -> tuple[int, int]:
+            return self.done, self.errors
+    return Counter
 
 
 def driver_node_options() -> dict[str, Any]:
@@ -203,8 +207,8 @@ def driver_node_options() -> dict[str, Any]:
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)}
 
 
-#: Seconds the driver waits for the counter's totals before it gives the counter up.
-POLL_TIMEOUT = 30.0
+#: Seconds the driver waits for the counter's last totals at the end of a stage.
+POLL_TIMEOUT = 10.0
 
 
 @contextlib.contextmanager
@@ -231,17 +235,23 @@ def remote_progress(stage: str, total: int | None = None, *, interval: float = 5
         yield None
         return
     import ray
-    counter = ray.remote(**driver_node_options())(_Counter).remote()
+    counter = ray.remote(**driver_node_options())(_counter_class()).remote()
     stop = threading.Event()
     seen = [0, 0]
     lost: list[BaseException] = []
+    asked: list[Any] = []               # the totals call in flight (a slow counter is fine)
 
-    def poll() -> None:
+    def poll(wait: float = 0.0) -> None:
         if lost:
             return
+        if not asked:
+            asked.append(counter.totals.remote())
+        ready, _ = ray.wait(asked, timeout=wait)
+        if not ready:
+            return                      # still starting, or busy: ask again later
         try:
-            done, errors = ray.get(counter.totals.remote(), timeout=POLL_TIMEOUT)
-        except Exception as error:          # the counter's node is gone, or Ray is
+            done, errors = ray.get(asked.pop())
+        except Exception as error:      # the counter's node is gone, or Ray is
             lost.append(error)
             if progress.enabled:
                 print(f"[{LOGGER}] {stage}: progress counter lost ({type(error).__name__}); "
@@ -271,7 +281,8 @@ def remote_progress(stage: str, total: int | None = None, *, interval: float = 5
     finally:
         stop.set()
         thread.join()
-        poll()
+        poll(wait=POLL_TIMEOUT)         # the call in flight, then a fresh one: the totals
+        poll(wait=POLL_TIMEOUT)         # after the stage's last write
         progress.close()
         with contextlib.suppress(Exception):
             ray.kill(counter)

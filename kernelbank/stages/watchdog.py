@@ -4,7 +4,8 @@ Ray never fails a task or an actor it cannot place: it waits, because an autosca
 add the node. A cluster without one (a laptop, a fixed cluster that lost its workers, a
 GPU request on a CPU cluster) then hangs with no error. :class:`StallWatchdog` watches a
 stage's progress count from the driver; when nothing finished for ``timeout`` seconds
-while Ray reports resource demands it cannot place and no node is being launched, the
+while Ray reports resource demands it cannot place (the same ones for :data:`CONFIRM_SECONDS`) and no node is
+being launched, the
 stage fails with :class:`StageStalled`, whose message names what the stage waits for and
 what the cluster has::
 
@@ -31,6 +32,8 @@ STALL_ENV = "KERNELBANK_STALL_SECONDS"
 #: Seconds without progress, while Ray reports demands it cannot place, before a stage
 #: fails. Long enough for an actor's start (torch import) and a large GPU batch.
 DEFAULT_STALL_SECONDS = 300.0
+#: Seconds the same demands must stay unplaced, after the timeout, before a stage fails.
+CONFIRM_SECONDS = 10.0
 
 
 class StageStalled(RuntimeError):
@@ -131,6 +134,7 @@ class StallWatchdog:
         self.message: str | None = None
         self._seen: int | None = None
         self._since = clock()
+        self._first: tuple[float, list] | None = None   # (when, demands) first seen stalled
 
     @property
     def enabled(self) -> bool:
@@ -139,19 +143,35 @@ class StallWatchdog:
     def observe(self, done: int) -> None:
         """The stage's progress count now; a change restarts the clock."""
         if done != self._seen:
-            self._seen, self._since = done, self.clock()
+            self._seen, self._since, self._first = done, self.clock(), None
 
     def check(self) -> str | None:
-        """The stall message when the stage has stalled (once), else None."""
+        """The stall message when the stage has stalled (once), else None.
+
+        Stalled: no progress for ``timeout`` seconds, and the same resource demands
+        unplaced for :data:`CONFIRM_SECONDS` more with no node being launched (a task
+        that waits a moment for a worker process is not a stall).
+        """
         if not self.enabled or self.message is not None:
             return None
-        idle = self.clock() - self._since
-        if idle < self.timeout:
+        now = self.clock()
+        if now - self._since < self.timeout:
             return None
         waits = self.waits()
         if waits is None or not waits["demands"] or waits["launching"]:
-            return None                     # slow, or the cluster is growing: not a hang
-        self.message = describe_wait(self.stage, idle, waits)
+            self._first = None              # slow, or the cluster is growing: not a hang
+            return None
+        if self._first is None:
+            self._first = (now, waits["demands"])
+            return None
+        lasting = [d for d in waits["demands"] if d in self._first[1]]
+        if not lasting:
+            self._first = (now, waits["demands"])
+            return None
+        if now - self._first[0] < CONFIRM_SECONDS:
+            return None
+        self.message = describe_wait(self.stage, now - self._since,
+                                     dict(waits, demands=lasting))
         return self.message
 
     @staticmethod
