@@ -197,14 +197,14 @@ def driver_node_options() -> dict[str, Any]:
 
     A counter placed by Ray's default policy may land on any node, and a lost worker node
     (a spot preemption) then takes it along. On the driver's node it lives as long as the
-    driver does. Soft affinity: should that node not be known (a Ray client), Ray places
-    the actor anywhere rather than never.
+    driver does. Hard affinity: Ray 2.60 placed a soft-affinity actor on another node of
+    a three-node cluster (seen here); the driver's node is alive while the driver is.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     node = ray.get_runtime_context().get_node_id()
     return {"num_cpus": 0, "max_restarts": 0,
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)}
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
 
 
 #: Seconds the driver waits for the counter's last totals at the end of a stage.

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: wait for it, a production cluster does too (see README, Reliability).
 FAST_FAILURE = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3,
                 "health_check_initial_delay_ms": 1000}
-DRIVER_TIMEOUT = 300
+DRIVER_TIMEOUT = 480
 
 
 def _free_port() -> int:
