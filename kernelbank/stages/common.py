@@ -158,7 +158,7 @@ def write_stage(ds, sink, fs, stage_dir: str, *, num_gpus: int, max_actors: int 
 
 
 def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
-                    batch_size: int | None) -> dict[str, Any]:
+                    batch_size: int | None, start: int | None = None) -> dict[str, Any]:
     """``map_batches`` keyword arguments for a stage's actor pool.
 
     The pool starts at its size at once (:func:`pool_size`: every CPU of the cluster, or
@@ -184,11 +184,14 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
     GPU use is decided by the config (``num_gpus``), never by probing the cluster: an
     autoscaling cluster reports 0 GPUs until a GPU node starts. ``batch_size`` None
     gives each call a whole block; GPU actors get :data:`GPU_BATCH_ROWS` then, because
-    Ray needs a number of rows for them.
+    Ray needs a number of rows for them. ``start`` overrides the starting size: a stage
+    with two pools side by side (the pixel features) starts each at one actor, or they
+    would ask for twice the cluster's CPUs at once.
     """
     import ray
     import ray.data
-    start = pool_size(num_gpus=num_gpus, max_actors=max_actors, threads=threads)
+    if start is None:
+        start = pool_size(num_gpus=num_gpus, max_actors=max_actors, threads=threads)
     if num_gpus > 0:
         batch_size = batch_size or GPU_BATCH_ROWS
         resources = {"num_gpus": 1, "num_cpus": 1}

@@ -274,7 +274,8 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
         # statistics rows are small and the features are algebra on them: CPU actors,
         # whole blocks per call, however many GPUs the pixel stages use
         pool = actor_pool_args(num_gpus=0, max_actors=config.max_actors,
-                               threads=config.threads_per_actor, batch_size=None)
+                               threads=config.threads_per_actor, batch_size=None,
+                               start=1 if config.pixel_features else None)
         # listed here, read inside the actors (read_parquet's listing task can starve)
         ds = read_table_files(files, fs_fit, pool=pool)
         ds = ds.map_batches(TableFeaturizer,
@@ -324,7 +325,8 @@ def _pixel_features(read: ReadConfig, bank, config: FeatureConfig, meta: TableMe
         PixelFeaturizer, fn_constructor_args=(ray.put(bank), config, meta.normalize),
         batch_format="pyarrow",
         **actor_pool_args(num_gpus=config.num_gpus, max_actors=config.max_actors,
-                          threads=config.threads_per_actor, batch_size=config.batch_size))
+                          threads=config.threads_per_actor, batch_size=config.batch_size,
+                          start=1))
 
 
 def _join_on_id(table_ds, pixel_ds):

@@ -4,10 +4,10 @@ Ray never fails a task or an actor it cannot place: it waits, because an autosca
 add the node. A cluster without one (a laptop, a fixed cluster that lost its workers, a
 GPU request on a CPU cluster) then hangs with no error. :class:`StallWatchdog` watches a
 stage's progress count from the driver; when nothing finished for ``timeout`` seconds
-while Ray reports resource demands it cannot place (the same ones for :data:`CONFIRM_SECONDS`) and no node is
-being launched, the
-stage fails with :class:`StageStalled`, whose message names what the stage waits for and
-what the cluster has::
+while Ray reports resource demands it cannot place (the same ones for
+:data:`CONFIRM_SECONDS`) and no node is being launched, the stage fails with
+:class:`StageStalled`, whose message names what the stage waits for and what the cluster
+has::
 
     features: no progress for 120 s while Ray waits for resources the cluster does not
     have: 1 task or actor needs {CPU: 1}; the cluster has 1 node (CPU 1 of which 0 free,

@@ -5,7 +5,7 @@ process against a ``ray.cluster_utils.Cluster``: the test process kills and adds
 
 The same options as ``kernelbank run``; ``--block-rows`` cuts the input into small read
 blocks (many batches in flight, so a node lost mid-stage holds some of them). Prints the
-run's summary as JSON on the last line.
+run's summary as JSON on a line of its own (:data:`SUMMARY`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+
+
+#: Prefix of the summary line (Ray may print its own lines after it).
+SUMMARY = "cluster_driver summary: "
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_pipeline(config)
     out = {k: summary[k] for k in ("run_id", "images", "errors", "test_accuracy", "seconds")}
     out["stage_seconds"] = {k: v.get("seconds") for k, v in summary["stages"].items()}
-    print(json.dumps(out))
+    print(SUMMARY + json.dumps(out), flush=True)
     return 0
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from .cluster_driver import SUMMARY
 from .pipeline_data import write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +94,8 @@ def drive(address: str, data: Path, out: Path, events=(), *, block_rows: int = 8
     log = "".join(lines)
     assert proc.returncode == 0, f"driver failed (exit {proc.returncode}):\n{log[-6000:]}"
     assert not pending, f"{len(pending)} event(s) never came: the run ended first\n{log[-3000:]}"
-    return json.loads(log.strip().splitlines()[-1]), log
+    summary = [x for x in log.splitlines() if x.startswith(SUMMARY)]
+    return json.loads(summary[-1][len(SUMMARY):]), log
 
 
 def first_part(stage: str):
