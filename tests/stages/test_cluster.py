@@ -290,6 +290,7 @@ def test_stall_timeout_comes_from_the_environment(monkeypatch):
         stall_seconds()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_stage_waiting_for_a_gpu_the_cluster_lacks_fails_with_a_message(
         ray_local, data, tmp_path, monkeypatch):
