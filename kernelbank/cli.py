@@ -32,11 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns its exit status.
 
-    2 for bad input or a refused output (the message says why), 143 when stopped by
-    SIGTERM and 130 by Ctrl-C (the run is left resumable: rerun the same command).
+    2 for bad input or a refused output (the message says why), 3 when a stage stalled
+    waiting for resources the cluster does not have, 143 when stopped by SIGTERM and 130
+    by Ctrl-C (the run is left resumable: rerun the same command).
     """
     from .io.storage import redact
     from .stages.common import Terminated, stop_on_sigterm
+    from .stages.watchdog import StageStalled
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -45,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as error:
         print(f"kernelbank {args.command}: error: {redact(str(error))}", file=sys.stderr)
         return 2
+    except StageStalled as error:
+        print(f"kernelbank {args.command}: error: {error}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt as stop:
         print(f"kernelbank {args.command}: stopped ({stop or 'interrupted'}); rerun the same "
               "command to resume", file=sys.stderr)

@@ -12,7 +12,9 @@ variables are set in the environment of the process:
 
 :func:`group_fault` makes a fit group fail the way a device running out of memory or a
 numerical error would (``KERNELBANK_FAULT_GROUP_LIMIT``, ``KERNELBANK_FAULT_POISON_IDS``),
-so the tests can watch a failed group being split and retried.
+so the tests can watch a failed group being split and retried, or last at least
+``KERNELBANK_FAULT_GROUP_DELAY`` seconds, as large images would (the cluster tests need
+batches in flight when a node dies or joins).
 
 :func:`fit_fault_from_env` gives the fit actors' kill switch
 (``KERNELBANK_FAULT_KILL_FIT_AFTER`` images, once, remembered in the file named by
@@ -26,8 +28,8 @@ import os
 import signal
 
 __all__ = ["TEST_FLAG_ENV", "KILL_AT_ENV", "FAULT_KILL_FIT_AFTER_ENV", "FAULT_MARKER_ENV",
-           "GROUP_LIMIT_ENV", "POISON_IDS_ENV", "testing", "fault_point", "fit_fault_from_env",
-           "group_fault"]
+           "GROUP_LIMIT_ENV", "POISON_IDS_ENV", "GROUP_DELAY_ENV", "testing", "fault_point",
+           "fit_fault_from_env", "group_fault"]
 
 TEST_FLAG_ENV = "KERNELBANK_TESTING"
 KILL_AT_ENV = "KERNELBANK_FAULT_KILL_AT"
@@ -39,6 +41,8 @@ FAULT_MARKER_ENV = "KERNELBANK_FAULT_MARKER"
 GROUP_LIMIT_ENV = "KERNELBANK_FAULT_GROUP_LIMIT"
 #: Comma-separated record ids whose group always fails, alone too (tests only).
 POISON_IDS_ENV = "KERNELBANK_FAULT_POISON_IDS"
+#: Seconds every fit group takes at least (tests only): slow batches without big data.
+GROUP_DELAY_ENV = "KERNELBANK_FAULT_GROUP_DELAY"
 
 
 def testing() -> bool:
@@ -66,10 +70,15 @@ def group_fault(ids: list[str]) -> None:
 
     A group larger than ``KERNELBANK_FAULT_GROUP_LIMIT`` raises ``RuntimeError`` ("out of
     memory"); a group holding an id of ``KERNELBANK_FAULT_POISON_IDS`` raises
-    ``RuntimeError`` whatever its size.
+    ``RuntimeError`` whatever its size. ``KERNELBANK_FAULT_GROUP_DELAY`` seconds pass
+    first.
     """
     if not testing():
         return
+    delay = os.environ.get(GROUP_DELAY_ENV)
+    if delay:
+        import time
+        time.sleep(float(delay))
     limit = os.environ.get(GROUP_LIMIT_ENV)
     if limit and len(ids) > int(limit):
         raise RuntimeError(f"CUDA out of memory (injected: group of {len(ids)} > {limit})")

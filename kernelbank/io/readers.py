@@ -202,7 +202,7 @@ def probe_channels(manifest: "pa.Table | SavedManifest", config: ReadConfig, *,
 
 
 def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
-                skip_ids: pa.Array | None = None):
+                skip_ids: pa.Array | None = None, ray_remote_args: dict | None = None):
     """A lazy Ray Dataset of decoded rows for the records of ``manifest``.
 
     Parameters
@@ -218,6 +218,10 @@ def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
         decoder limits, ``fetch_concurrency``, ``read_attempts``, block sizes.
     skip_ids : pyarrow.Array, optional
         Record ids to leave out (a resumed run's completed records).
+    ray_remote_args : dict, optional
+        Resources of the read tasks; the stage passes its actor pool's
+        (:func:`kernelbank.stages.common.read_args`) so that Ray Data fuses the reads
+        into the actors (default: one CPU per read task).
 
     Returns
     -------
@@ -256,12 +260,12 @@ def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
                                    ).map_batches(
             _read_saved_rows, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
             fn_kwargs={"manifest": manifest, "skip_ids": skip_ids,
-                       "footers": manifest.footers(), **read_kwargs})
+                       "footers": manifest.footers(), **read_kwargs}, **(ray_remote_args or {}))
     plain = manifest.replace_schema_metadata(None)
     tables = [plain.slice(start, stop - start) for start, stop in blocks] or [plain]
     return ray.data.from_arrow(tables).map_batches(
         read_block, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-        fn_kwargs=read_kwargs)
+        fn_kwargs=read_kwargs, **(ray_remote_args or {}))
 
 
 def _read_saved_rows(numbers: pa.Table, *, manifest: SavedManifest,

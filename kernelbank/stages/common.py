@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable, Iterator
 from ..io.storage import redact
 from .progress import info_enabled, ray_log_level
 
-__all__ = ["connect_ray", "actor_pool_args", "pool_size", "write_stage", "log",
+__all__ = ["connect_ray", "actor_pool_args", "pool_size", "read_args", "read_table_files",
+           "cluster_cpus", "actor_cpus", "write_stage", "log",
            "timed", "TRAIN_SPLITS", "TEST_SPLIT", "map_bounded", "make_basis", "Terminated",
            "stop_on_sigterm"]
 
@@ -105,14 +106,28 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
 GPU_BATCH_ROWS = 4096
 
 
-def pool_size(*, num_gpus: int, max_actors: int | None, threads: int) -> int:
-    """Actors of a stage's pool: one per GPU asked for, else ``max_actors`` or one per
-    ``threads`` CPUs of the cluster (as it is now)."""
+def cluster_cpus() -> tuple[float, float]:
+    """CPUs of the cluster's alive nodes now: ``(total, largest node's)``."""
     import ray
+    per_node = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    return sum(per_node), max(per_node, default=0.0)
+
+
+def actor_cpus(threads: int) -> float:
+    """CPUs one CPU actor asks for: ``threads``, but never more than the largest node has
+    (an actor no node can hold waits for ever, and so does its stage)."""
+    largest = cluster_cpus()[1]
+    return float(min(threads, largest)) if largest >= 1 else float(threads)
+
+
+def pool_size(*, num_gpus: int, max_actors: int | None, threads: int) -> int:
+    """Actors a stage's pool starts with: one per GPU asked for, else one per
+    :func:`actor_cpus` CPUs the cluster has now (at most ``max_actors``, at least one)."""
     if num_gpus > 0:
         return num_gpus
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, max_actors or cpus // threads)
+    total = cluster_cpus()[0]
+    start = max(1, int(total // actor_cpus(threads)))
+    return min(start, max_actors) if max_actors else start
 
 
 #: Ray Data's execution statistics of a stage (``Dataset.stats()``: per operator wall
@@ -143,31 +158,96 @@ def write_stage(ds, sink, fs, stage_dir: str, *, num_gpus: int, max_actors: int 
 
 
 def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
-                    batch_size: int | None) -> dict[str, Any]:
-    """``map_batches`` keyword arguments for a stage's actor pool (:func:`pool_size`).
+                    batch_size: int | None, start: int | None = None) -> dict[str, Any]:
+    """``map_batches`` keyword arguments for a stage's actor pool.
+
+    The pool starts at its size at once (:func:`pool_size`: every CPU of the cluster, or
+    one actor per GPU) and grows without bound (or to ``max_actors``) onto nodes that
+    join while it runs: Ray Data adds an actor when the pool is busy and the cluster has
+    room for it, and on an autoscaling cluster asks the autoscaler for that room.
+
+    Starting at full size cannot deadlock because nothing that feeds the actors needs a
+    CPU of its own: reads run inside the actors (a read ``map_batches`` with the same
+    resources, see :func:`read_args`, is fused into the actor by Ray Data) and writes
+    reserve no CPU. What deadlocked before was ``read_parquet``: its ``ListFiles`` task
+    asks for a whole CPU and is never fused, and Ray Data starts an actor pool's actors
+    before any upstream task runs, so actors holding every CPU left the listing, and the
+    stage, waiting for ever. Stages list their tables on the driver instead
+    (:func:`read_table_files`).
+
+    A lost node costs only its work in flight: Ray Data gives pool actors
+    ``max_restarts=-1`` and ``max_task_retries=-1``, so an actor on a lost node restarts
+    where there is room and its batches run again (exactly once in the output: part
+    files are named by write task). They are not repeated here on purpose: any remote
+    argument the read lacks would stop the read from fusing into the actor.
 
     GPU use is decided by the config (``num_gpus``), never by probing the cluster: an
-    autoscaling cluster reports 0 GPUs until a GPU node starts, and a GPU request on a
-    cluster without GPUs waits forever. The pool scales from 1 actor up: starting every
-    actor at once (``initial_size``) deadlocks a small machine when a task that feeds
-    the actors, such as ``read_parquet``'s file listing, needs a CPU they all hold.
-    ``batch_size`` None gives each call a whole block; GPU actors get
-    :data:`GPU_BATCH_ROWS` then, because Ray needs a number of rows for them.
+    autoscaling cluster reports 0 GPUs until a GPU node starts. ``batch_size`` None
+    gives each call a whole block; GPU actors get :data:`GPU_BATCH_ROWS` then, because
+    Ray needs a number of rows for them. ``start`` overrides the starting size: a stage
+    with two pools side by side (the pixel features) starts each at one actor, or they
+    would ask for twice the cluster's CPUs at once.
     """
     import ray
     import ray.data
-    upper = pool_size(num_gpus=num_gpus, max_actors=max_actors, threads=threads)
+    if start is None:
+        start = pool_size(num_gpus=num_gpus, max_actors=max_actors, threads=threads)
     if num_gpus > 0:
         batch_size = batch_size or GPU_BATCH_ROWS
         resources = {"num_gpus": 1, "num_cpus": 1}
+        upper: int | None = num_gpus
         if not ray.cluster_resources().get("GPU"):
             log(f"asked for {num_gpus} GPU actor(s) but the cluster has no GPU now: an "
-                "autoscaler must add GPU nodes, otherwise the stage waits (use --num-gpus 0)")
+                "autoscaler must add GPU nodes, otherwise the stage fails after "
+                "KERNELBANK_STALL_SECONDS without progress (use --num-gpus 0)")
     else:
-        resources = {"num_cpus": threads}
+        resources = {"num_cpus": actor_cpus(threads)}
+        upper = max_actors
     return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=upper,
+                                                  initial_size=start,
                                                   max_tasks_in_flight_per_actor=2),
             "batch_size": batch_size, **resources}
+
+
+def read_args(pool: dict[str, Any]) -> dict[str, Any]:
+    """Remote arguments for a read ``map_batches`` that feeds the actor pool ``pool``
+    (:func:`actor_pool_args`): the same resources, so that Ray Data fuses the read into
+    the actors instead of running it as tasks that need CPUs the actors hold. GPU pools
+    are the exception: their reads stay CPU tasks (decoding on the GPU actor's one CPU
+    would starve the GPU), which needs CPUs beside the GPU actors."""
+    if pool.get("num_gpus"):
+        return {}
+    return {"num_cpus": pool["num_cpus"]}
+
+
+def _read_parquet_files(paths, *, fs, columns=None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    tables = [pq.read_table(p, filesystem=fs, columns=columns)
+              for p in paths.column("path").to_pylist()]
+    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+
+def read_table_files(files: list[str], fs, *, pool: dict[str, Any] | None = None,
+                     columns: list[str] | None = None):
+    """A lazy Ray Dataset of Parquet ``files`` listed on the driver, one block per file.
+
+    ``ray.data.read_parquet`` lists its paths in a ``ListFiles`` task that asks for a
+    whole CPU and never fuses with what follows; behind an actor pool that holds every
+    CPU it never runs (the one-CPU hang of the feature stage). Here each file is read by
+    a ``map_batches`` call with the pool's resources (:func:`read_args`), which Ray Data
+    fuses into the pool's actors: no task of its own, nothing to wait for.
+
+    ``fs`` is an fsspec or pyarrow filesystem (pickled to the readers).
+    """
+    import pyarrow as pa
+    import ray.data
+    if not files:
+        raise ValueError("no Parquet files to read: the stage's input table is empty")
+    blocks = [pa.table({"path": [f]}) for f in files]
+    return ray.data.from_arrow(blocks).map_batches(
+        _read_parquet_files, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+        fn_kwargs={"fs": fs, "columns": columns}, **read_args(pool or {"num_cpus": 1}))
 
 
 def map_bounded(task: Callable, items: Iterable, *, max_in_flight: int | None = None

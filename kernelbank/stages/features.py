@@ -47,9 +47,9 @@ import pyarrow as pa
 from ..config import FeatureConfig, ReadConfig
 from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
-from ..io.storage import join, ray_filesystem, resolve, storage_options, url_of
+from ..io.storage import join, resolve, storage_options, url_of
 from ..io.tables import PartWriter, table_rows
-from .common import actor_pool_args, log, timed, write_stage
+from .common import actor_pool_args, log, read_table_files, timed, write_stage
 from .progress import remote_progress
 from .reduce import BANK_FILE, load_fit_meta, stats_file
 from .table import TableMeta, column_array, covariance_of_rows, sums_of_rows, table_files
@@ -365,7 +365,6 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
     :func:`kernelbank.stages.classify.classify_table`).
     """
     import ray
-    import ray.data
     bank, stats = load_bank_and_stats(banks_url, s3_endpoint=s3_endpoint)
     fs_fit, fit_path = resolve(fit_url, s3_endpoint=s3_endpoint)
     meta = load_fit_meta(fs_fit, fit_path, fit_url)
@@ -391,11 +390,13 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
     with timed(summary), remote_progress("features", table_rows(fs_fit, files)) as counter:
         sink = SplitParquetSink(staging.fs, staging.dir("features"), staging.dir("errors"),
                                 staging.part_prefix, counter=counter)
-        ds = ray.data.read_parquet(files, filesystem=ray_filesystem(fs_fit))
         # statistics rows are small and the features are algebra on them: CPU actors,
         # whole blocks per call, however many GPUs the pixel stages use
         pool = actor_pool_args(num_gpus=0, max_actors=config.max_actors,
-                               threads=config.threads_per_actor, batch_size=None)
+                               threads=config.threads_per_actor, batch_size=None,
+                               start=1 if config.pixel_features else None)
+        # listed here, read inside the actors (read_parquet's listing task can starve)
+        ds = read_table_files(files, fs_fit, pool=pool)
         ds = ds.map_batches(TableFeaturizer,
                             fn_constructor_args=(ray.put(bank), ray.put(stats), meta, config),
                             batch_format="pyarrow", **pool)
@@ -449,7 +450,8 @@ def _pixel_features(read: ReadConfig, bank, config: FeatureConfig, meta: TableMe
         PixelFeaturizer, fn_constructor_args=(ray.put(bank), config, meta.normalize),
         batch_format="pyarrow",
         **actor_pool_args(num_gpus=config.num_gpus, max_actors=config.max_actors,
-                          threads=config.threads_per_actor, batch_size=config.batch_size))
+                          threads=config.threads_per_actor, batch_size=config.batch_size,
+                          start=1))
 
 
 def _join_on_id(table_ds, pixel_ds):

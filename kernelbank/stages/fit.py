@@ -69,7 +69,7 @@ from ..io.manifest import list_inputs, open_manifest, save_listing
 from ..io.readers import images_from_batch, probe_channels, read_images
 from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, PartWriter, count_rows
-from .common import RAY_STATS_FILE, actor_pool_args, log, make_basis, timed
+from .common import RAY_STATS_FILE, actor_pool_args, log, make_basis, read_args, timed
 from .table import TableMeta, flat_covariance, flat_sums, table_files
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
@@ -294,17 +294,15 @@ def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None, skip_ids=Non
     read = replace(read, min_side=max(read.min_side, config.min_side))
     manifest = list_inputs(read) if manifest is None else manifest
     read = _with_channel_count(read, manifest)
-    ds = read_images(manifest, read, skip_ids=skip_ids)
+    pool = actor_pool_args(num_gpus=config.num_gpus, max_actors=config.max_actors,
+                           threads=config.threads_per_actor, batch_size=config.batch_size)
+    ds = read_images(manifest, read, skip_ids=skip_ids, ray_remote_args=read_args(pool))
     meta = None if writer is None else fit_metadata(config, read.ndim, read.url, read.channels,
                                                     run_channels(read))
     return ds.map_batches(StatisticsFitter,
                           fn_constructor_args=(config, read.ndim, run_channels(read), writer,
                                                meta),
-                          batch_format="pyarrow",
-                          **actor_pool_args(num_gpus=config.num_gpus,
-                                            max_actors=config.max_actors,
-                                            threads=config.threads_per_actor,
-                                            batch_size=config.batch_size))
+                          batch_format="pyarrow", **pool)
 
 
 def run_channels(read: ReadConfig) -> int:

@@ -27,8 +27,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
-__all__ = ["Progress", "track", "remote_progress", "configure_output", "info_enabled",
-           "ray_log_level", "LOG_LEVELS", "LOGGER"]
+__all__ = ["Progress", "track", "remote_progress", "driver_node_options", "configure_output",
+           "info_enabled", "ray_log_level", "LOG_LEVELS", "LOGGER"]
 
 LOGGER = "kernelbank"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -174,56 +174,118 @@ def track(batches: Iterable, progress: Progress) -> Iterator:
         yield batch
 
 
-class _Counter:
-    """Ray actor: finished rows reported by write tasks, polled by the driver."""
+def _counter_class() -> type:
+    """The counter actor's class: finished rows reported by write tasks, polled by the
+    driver. Made here, not at module level, so that Ray ships it by value: its worker
+    then imports nothing of kernelbank (whose package import brings in torch, seconds of
+    start-up for a counter)."""
+    class Counter:
+        def __init__(self):
+            self.done = self.errors = 0
 
-    def __init__(self):
-        self.done = self.errors = 0
+        def add(self, done: int, errors: int) -> None:
+            self.done += int(done)
+            self.errors += int(errors)
 
-    def add(self, done: int, errors: int) -> None:
-        self.done += int(done)
-        self.errors += int(errors)
+        def totals(self) -> tuple[int, int]:
+            return self.done, self.errors
+    return Counter
 
-    def totals(self) -> tuple[int, int]:
-        return self.done, self.errors
+
+def driver_node_options() -> dict[str, Any]:
+    """Actor options that keep a bookkeeping actor on the driver's node.
+
+    A counter placed by Ray's default policy may land on any node, and a lost worker node
+    (a spot preemption) then takes it along. On the driver's node it lives as long as the
+    driver does. Hard affinity: Ray 2.60 placed a soft-affinity actor on another node of
+    a three-node cluster (seen here); the driver's node is alive while the driver is.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    node = ray.get_runtime_context().get_node_id()
+    return {"num_cpus": 0, "max_restarts": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
+
+
+#: Seconds the driver waits for the counter's last totals at the end of a stage.
+POLL_TIMEOUT = 10.0
 
 
 @contextlib.contextmanager
-def remote_progress(stage: str, total: int | None = None, *, interval: float = 5.0
-                    ) -> Iterator[Any]:
-    """Progress lines for a stage whose rows are counted in Ray tasks (a sink's writes).
+def remote_progress(stage: str, total: int | None = None, *, interval: float = 5.0,
+                    stall_timeout: float | None = None) -> Iterator[Any]:
+    """Progress lines and the stall watchdog of a stage whose rows are counted in Ray
+    tasks (a sink's writes).
 
-    Yields a counter actor handle (``None`` when lines are off: on a terminal, or with
-    ``--quiet``): tasks call ``counter.add.remote(done, errors)``; a driver thread polls
-    it every second and prints through :class:`Progress`.
+    Yields a counter actor handle (``None`` when lines are off and the watchdog too):
+    tasks call ``counter.add.remote(done, errors)``; a driver thread polls it every
+    second, prints through :class:`Progress` and feeds the
+    :class:`~kernelbank.stages.watchdog.StallWatchdog` (``stall_timeout`` seconds,
+    default ``KERNELBANK_STALL_SECONDS``).
+
+    Bookkeeping never fails a run: the counter lives on the driver's node
+    (:func:`driver_node_options`), and should it still be lost, the stage goes on
+    without progress lines (one line says so). A stalled stage raises
+    :class:`~kernelbank.stages.watchdog.StageStalled` out of the ``with`` block.
     """
+    from .watchdog import StageStalled, StallWatchdog
     progress = Progress(stage, total, interval=interval)
-    if not progress.enabled:
+    watchdog = StallWatchdog(stage, stall_timeout)
+    if not progress.enabled and not watchdog.enabled:
         yield None
         return
     import ray
-    counter = ray.remote(num_cpus=0)(_Counter).remote()
+    counter = ray.remote(**driver_node_options())(_counter_class()).remote()
     stop = threading.Event()
     seen = [0, 0]
+    lost: list[BaseException] = []
+    asked: list[Any] = []               # the totals call in flight (a slow counter is fine)
 
-    def poll() -> None:
-        done, errors = ray.get(counter.totals.remote())
+    def poll(wait: float = 0.0) -> None:
+        if lost:
+            return
+        if not asked:
+            asked.append(counter.totals.remote())
+        ready, _ = ray.wait(asked, timeout=wait)
+        if not ready:
+            return                      # still starting, or busy: ask again later
+        try:
+            done, errors = ray.get(asked.pop())
+        except Exception as error:      # the counter's node is gone, or Ray is
+            lost.append(error)
+            if progress.enabled:
+                print(f"[{LOGGER}] {stage}: progress counter lost ({type(error).__name__}); "
+                      "no more progress lines for this stage, the stage goes on",
+                      file=progress.stream, flush=True)
+            return
         progress.update(done - seen[0], errors - seen[1])
         seen[:] = [done, errors]
+        watchdog.observe(done)
 
     def loop() -> None:
         while not stop.wait(min(1.0, interval)):
             poll()
-    thread = threading.Thread(target=loop, daemon=True)
+            if not lost and watchdog.check() is not None:
+                watchdog.interrupt()
+                return
+    thread = threading.Thread(target=loop, name=f"kernelbank-{stage}-progress", daemon=True)
     thread.start()
     try:
         yield counter
+    except KeyboardInterrupt as error:
+        # the watchdog interrupts the main thread with a plain KeyboardInterrupt
+        # (SIGTERM's Terminated is a subclass and passes unchanged)
+        if watchdog.message is not None and type(error) is KeyboardInterrupt:
+            raise StageStalled(watchdog.message) from None
+        raise
     finally:
         stop.set()
         thread.join()
-        poll()
+        poll(wait=POLL_TIMEOUT)         # the call in flight, then a fresh one: the totals
+        poll(wait=POLL_TIMEOUT)         # after the stage's last write
         progress.close()
-        ray.kill(counter)
+        with contextlib.suppress(Exception):
+            ray.kill(counter)
 
 
 def configure_output(*, quiet: bool = False, log_level: str = "INFO",

@@ -11,7 +11,6 @@ import pathlib
 
 import numpy as np
 import pytest
-import torch
 
 from tests.core.fixtures.generate import outputs
 
