@@ -417,15 +417,16 @@ def _run_writes(ds, writer: PartWriter, fs, stage_dir: str, total: int,
     """
     import kernelbank as kb
     from ..io.atomic import write_bytes
-    from .progress import Progress
+    from .progress import Progress, stall_guard
     merged: dict = {}
     partials = 0
-    with Progress("fit", total) as progress:
+    with Progress("fit", total) as progress, stall_guard("fit") as observe:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for result in batch["result"]:
                 writer.add(result["counts"])
                 errors = sum(n for k, n in result["counts"].items() if k[0] == "error")
                 progress.update(result["rows"], errors)
+                observe(progress.done)
                 if stats is None:
                     continue
                 partials += bool(result["stats"])

@@ -207,6 +207,43 @@ def driver_node_options() -> dict[str, Any]:
             "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
 
 
+@contextlib.contextmanager
+def stall_guard(stage: str, stall_timeout: float | None = None
+                ) -> Iterator[Callable[[int], None]]:
+    """The stall watchdog of a stage whose driver counts its own rows as results arrive.
+
+    Yields ``observe(done)``: call it with the stage's count whenever it changes. A
+    driver thread checks the :class:`~kernelbank.stages.watchdog.StallWatchdog` every
+    second; a stage that makes no progress while Ray cannot place what it waits for
+    raises :class:`~kernelbank.stages.watchdog.StageStalled` out of the ``with`` block
+    (the main thread, blocked in Ray Data's iterator, is interrupted).
+    """
+    from .watchdog import StageStalled, StallWatchdog
+    watchdog = StallWatchdog(stage, stall_timeout)
+    if not watchdog.enabled:
+        yield lambda done: None
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(1.0):
+            if watchdog.check() is not None:
+                watchdog.interrupt()
+                return
+    thread = threading.Thread(target=loop, name=f"kernelbank-{stage}-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield watchdog.observe
+    except KeyboardInterrupt as error:
+        # SIGTERM's Terminated is a KeyboardInterrupt subclass and passes unchanged
+        if watchdog.message is not None and type(error) is KeyboardInterrupt:
+            raise StageStalled(watchdog.message) from None
+        raise
+    finally:
+        stop.set()
+        thread.join()
+
+
 #: Seconds the driver waits for the counter's last totals at the end of a stage.
 POLL_TIMEOUT = 10.0
 
