@@ -420,13 +420,13 @@ def _run_writes(ds, writer: PartWriter, fs, stage_dir: str, total: int,
     from .progress import Progress, stall_guard
     merged: dict = {}
     partials = 0
-    with Progress("fit", total) as progress, stall_guard("fit") as observe:
+    with Progress("fit", total) as progress, stall_guard("fit") as watchdog:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for result in batch["result"]:
                 writer.add(result["counts"])
                 errors = sum(n for k, n in result["counts"].items() if k[0] == "error")
                 progress.update(result["rows"], errors)
-                observe(progress.done)
+                watchdog.observe(progress.done)
                 if stats is None:
                     continue
                 partials += bool(result["stats"])

@@ -208,20 +208,19 @@ def driver_node_options() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def stall_guard(stage: str, stall_timeout: float | None = None
-                ) -> Iterator[Callable[[int], None]]:
-    """The stall watchdog of a stage whose driver counts its own rows as results arrive.
+def stall_guard(stage: str, stall_timeout: float | None = None) -> Iterator[Any]:
+    """The stall watchdog of a stage, checked every second by a driver thread.
 
-    Yields ``observe(done)``: call it with the stage's count whenever it changes. A
-    driver thread checks the :class:`~kernelbank.stages.watchdog.StallWatchdog` every
-    second; a stage that makes no progress while Ray cannot place what it waits for
-    raises :class:`~kernelbank.stages.watchdog.StageStalled` out of the ``with`` block
-    (the main thread, blocked in Ray Data's iterator, is interrupted).
+    Yields the :class:`~kernelbank.stages.watchdog.StallWatchdog`: call its ``observe``
+    with the stage's count whenever it changes (``timeout = 0`` switches it off, as when
+    the count can no longer be known). A stage that makes no progress while Ray cannot
+    place what it waits for raises :class:`~kernelbank.stages.watchdog.StageStalled` out
+    of the ``with`` block (the main thread, blocked in Ray, is interrupted).
     """
     from .watchdog import StageStalled, StallWatchdog
     watchdog = StallWatchdog(stage, stall_timeout)
     if not watchdog.enabled:
-        yield lambda done: None
+        yield watchdog
         return
     stop = threading.Event()
 
@@ -233,7 +232,7 @@ def stall_guard(stage: str, stall_timeout: float | None = None
     thread = threading.Thread(target=loop, name=f"kernelbank-{stage}-watchdog", daemon=True)
     thread.start()
     try:
-        yield watchdog.observe
+        yield watchdog
     except KeyboardInterrupt as error:
         # SIGTERM's Terminated is a KeyboardInterrupt subclass and passes unchanged
         if watchdog.message is not None and type(error) is KeyboardInterrupt:
@@ -265,64 +264,56 @@ def remote_progress(stage: str, total: int | None = None, *, interval: float = 5
     without progress lines (one line says so). A stalled stage raises
     :class:`~kernelbank.stages.watchdog.StageStalled` out of the ``with`` block.
     """
-    from .watchdog import StageStalled, StallWatchdog
     progress = Progress(stage, total, interval=interval)
-    watchdog = StallWatchdog(stage, stall_timeout)
-    if not progress.enabled and not watchdog.enabled:
-        yield None
-        return
-    import ray
-    counter = ray.remote(**driver_node_options())(_counter_class()).remote()
-    stop = threading.Event()
-    seen = [0, 0]
-    lost: list[BaseException] = []
-    asked: list[Any] = []               # the totals call in flight (a slow counter is fine)
-
-    def poll(wait: float = 0.0) -> None:
-        if lost:
+    with stall_guard(stage, stall_timeout) as watchdog:
+        if not progress.enabled and not watchdog.enabled:
+            yield None
             return
-        if not asked:
-            asked.append(counter.totals.remote())
-        ready, _ = ray.wait(asked, timeout=wait)
-        if not ready:
-            return                      # still starting, or busy: ask again later
-        try:
-            done, errors = ray.get(asked.pop())
-        except Exception as error:      # the counter's node is gone, or Ray is
-            lost.append(error)
-            if progress.enabled:
-                print(f"[{LOGGER}] {stage}: progress counter lost ({type(error).__name__}); "
-                      "no more progress lines for this stage, the stage goes on",
-                      file=progress.stream, flush=True)
-            return
-        progress.update(done - seen[0], errors - seen[1])
-        seen[:] = [done, errors]
-        watchdog.observe(done)
+        import ray
+        counter = ray.remote(**driver_node_options())(_counter_class()).remote()
+        stop = threading.Event()
+        seen = [0, 0]
+        lost: list[BaseException] = []
+        asked: list[Any] = []           # the totals call in flight (a slow counter is fine)
 
-    def loop() -> None:
-        while not stop.wait(min(1.0, interval)):
-            poll()
-            if not lost and watchdog.check() is not None:
-                watchdog.interrupt()
+        def poll(wait: float = 0.0) -> None:
+            if lost:
                 return
-    thread = threading.Thread(target=loop, name=f"kernelbank-{stage}-progress", daemon=True)
-    thread.start()
-    try:
-        yield counter
-    except KeyboardInterrupt as error:
-        # the watchdog interrupts the main thread with a plain KeyboardInterrupt
-        # (SIGTERM's Terminated is a subclass and passes unchanged)
-        if watchdog.message is not None and type(error) is KeyboardInterrupt:
-            raise StageStalled(watchdog.message) from None
-        raise
-    finally:
-        stop.set()
-        thread.join()
-        poll(wait=POLL_TIMEOUT)         # the call in flight, then a fresh one: the totals
-        poll(wait=POLL_TIMEOUT)         # after the stage's last write
-        progress.close()
-        with contextlib.suppress(Exception):
-            ray.kill(counter)
+            if not asked:
+                asked.append(counter.totals.remote())
+            ready, _ = ray.wait(asked, timeout=wait)
+            if not ready:
+                return                  # still starting, or busy: ask again later
+            try:
+                done, errors = ray.get(asked.pop())
+            except Exception as error:  # the counter's node is gone, or Ray is
+                lost.append(error)
+                watchdog.timeout = 0    # progress is unknown from here: never call it a stall
+                if progress.enabled:
+                    print(f"[{LOGGER}] {stage}: progress counter lost "
+                          f"({type(error).__name__}); no more progress lines for this "
+                          "stage, the stage goes on", file=progress.stream, flush=True)
+                return
+            progress.update(done - seen[0], errors - seen[1])
+            seen[:] = [done, errors]
+            watchdog.observe(done)
+
+        def loop() -> None:
+            while not stop.wait(min(1.0, interval)):
+                poll()
+        thread = threading.Thread(target=loop, name=f"kernelbank-{stage}-progress",
+                                  daemon=True)
+        thread.start()
+        try:
+            yield counter
+        finally:
+            stop.set()
+            thread.join()
+            poll(wait=POLL_TIMEOUT)     # the call in flight, then a fresh one: the totals
+            poll(wait=POLL_TIMEOUT)     # after the stage's last write
+            progress.close()
+            with contextlib.suppress(Exception):
+                ray.kill(counter)
 
 
 def configure_output(*, quiet: bool = False, log_level: str = "INFO",
