@@ -358,8 +358,8 @@ class TreeMemory:
 
 
 def _cpu_category(command: str) -> str:
-    """``ray::MapWorker(MapBatches(StatisticsFitter))`` and the like for Ray workers (the
-    task or actor they run), the program's name for Ray's daemons."""
+    """``ray::<task or actor>`` for Ray workers (what they run when sampled, ``ray::IDLE``
+    between tasks), the program's name for Ray's daemons."""
     if command.startswith("ray::"):
         return command.split(" ")[0]
     return Path(command.split(" ")[0]).name or command

@@ -196,10 +196,7 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
         batch_size = batch_size or GPU_BATCH_ROWS
         resources = {"num_gpus": 1, "num_cpus": 1}
         upper: int | None = num_gpus
-        if not ray.cluster_resources().get("GPU"):
-            log(f"asked for {num_gpus} GPU actor(s) but the cluster has no GPU now: an "
-                "autoscaler must add GPU nodes, otherwise the stage fails after "
-                "KERNELBANK_STALL_SECONDS without progress (use --num-gpus 0)")
+        _warn_without_gpu(num_gpus)
     else:
         resources = {"num_cpus": actor_cpus(threads)}
         upper = max_actors
@@ -209,12 +206,51 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
             "batch_size": batch_size, **resources}
 
 
+def task_args(*, num_gpus: int, max_actors: int | None, threads: int,
+              batch_size: int | None) -> dict[str, Any]:
+    """``map_batches`` keyword arguments for a stage's compute as Ray Data tasks.
+
+    Tasks, not an actor pool: an actor's process dies with its pool at the end of the
+    stage, so every stage paid a process start and a torch import per CPU again; a task's
+    worker process goes back to Ray's pool, and the next stage's tasks (the features
+    stage's, on the same table) run in the processes that already hold torch and the
+    compiled engines. Nothing can hold a CPU while waiting for work, so there is nothing
+    to size up front: Ray Data runs as many tasks as the cluster has room for (at most
+    ``max_actors`` at once), including on nodes that join during the stage, and on an
+    autoscaling cluster asks for more room. A read ``map_batches`` with the same
+    resources (:func:`read_args`) is fused into each task. A task lost with its node runs
+    again (Ray Data retries tasks without limit; its part file is named by its rows, so
+    it is written once).
+
+    GPU use is decided by the config (``num_gpus``: at most that many tasks at once, one
+    GPU each), never by probing the cluster: an autoscaling cluster reports 0 GPUs until
+    a GPU node starts. GPU tasks get :data:`GPU_BATCH_ROWS` rows per call when
+    ``batch_size`` is None (whole blocks otherwise).
+    """
+    if num_gpus > 0:
+        _warn_without_gpu(num_gpus)
+        return {"num_gpus": 1, "num_cpus": 1, "concurrency": num_gpus,
+                "batch_size": batch_size or GPU_BATCH_ROWS}
+    args: dict[str, Any] = {"num_cpus": actor_cpus(threads), "batch_size": batch_size}
+    if max_actors:
+        args["concurrency"] = max_actors
+    return args
+
+
+def _warn_without_gpu(num_gpus: int) -> None:
+    import ray
+    if not ray.cluster_resources().get("GPU"):
+        log(f"asked for {num_gpus} GPU worker(s) but the cluster has no GPU now: an "
+            "autoscaler must add GPU nodes, otherwise the stage fails after "
+            "KERNELBANK_STALL_SECONDS without progress (use --num-gpus 0)")
+
+
 def read_args(pool: dict[str, Any]) -> dict[str, Any]:
-    """Remote arguments for a read ``map_batches`` that feeds the actor pool ``pool``
-    (:func:`actor_pool_args`): the same resources, so that Ray Data fuses the read into
-    the actors instead of running it as tasks that need CPUs the actors hold. GPU pools
-    are the exception: their reads stay CPU tasks (decoding on the GPU actor's one CPU
-    would starve the GPU), which needs CPUs beside the GPU actors."""
+    """Remote arguments for a read ``map_batches`` that feeds the compute ``pool``
+    (:func:`task_args` or :func:`actor_pool_args`): the same resources, so that Ray Data
+    fuses the read into the compute instead of running it as tasks that need CPUs of
+    their own. GPU compute is the exception: its reads stay CPU tasks (decoding on the GPU
+    worker's one CPU would starve the GPU), which needs CPUs beside the GPU workers."""
     if pool.get("num_gpus"):
         return {}
     return {"num_cpus": pool["num_cpus"]}

@@ -69,10 +69,11 @@ from ..io.manifest import list_inputs, open_manifest, save_listing
 from ..io.readers import images_from_batch, probe_channels, read_images
 from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, PartWriter, count_rows
-from .common import RAY_STATS_FILE, actor_pool_args, log, make_basis, read_args, timed
+from .common import RAY_STATS_FILE, log, make_basis, read_args, task_args, timed
 from .table import TableMeta, flat_covariance, flat_sums, table_files
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
+           "fit_statistics",
            "run_fit", "write_fit"]
 
 FIT_META = "_kernelbank.json"
@@ -280,28 +281,45 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",
             "n_channels": n_channels, "input": redact(input_url)}
 
 
+#: The fitter each worker process keeps for the fit it serves (one at a time, by key):
+#: built on the process's first batch, so torch, the basis and the compiled engines load
+#: once per process, and the same warm processes then run the features stage's tasks.
+_FITTERS: dict[str, StatisticsFitter] = {}
+
+
+def fit_statistics(batch: pa.Table, *, key: str, args: tuple) -> pa.Table:
+    """Ray Data task body: ``StatisticsFitter(*args)(batch)``, with the fitter this
+    worker process keeps for ``key`` (one fit stage attempt)."""
+    fitter = _FITTERS.get(key)
+    if fitter is None:
+        _FITTERS.clear()
+        fitter = _FITTERS[key] = StatisticsFitter(*args)
+    return fitter(batch)
+
+
 def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None, skip_ids=None,
                 writer: PartWriter | None = None):
     """The lazy Ray Dataset of statistics rows (and error rows) for ``read``'s input.
 
     ``manifest`` is the input's listing (:func:`kernelbank.io.manifest.list_inputs`, or a
     :class:`~kernelbank.io.manifest.SavedManifest`); listed here when not given.
-    ``skip_ids``: records already done (a resumed run). With ``writer`` the actors write
+    ``skip_ids``: records already done (a resumed run). With ``writer`` the tasks write
     the rows themselves and the dataset holds one result per batch (see
-    :class:`StatisticsFitter`).
+    :class:`StatisticsFitter`). Each read task is fused with its fit
+    (:func:`fit_statistics`, see :func:`~kernelbank.stages.common.task_args`).
     """
+    import uuid
     from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
     manifest = list_inputs(read) if manifest is None else manifest
     read = _with_channel_count(read, manifest)
-    pool = actor_pool_args(num_gpus=config.num_gpus, max_actors=config.max_actors,
-                           threads=config.threads_per_actor, batch_size=config.batch_size)
+    pool = task_args(num_gpus=config.num_gpus, max_actors=config.max_actors,
+                     threads=config.threads_per_actor, batch_size=config.batch_size)
     ds = read_images(manifest, read, skip_ids=skip_ids, ray_remote_args=read_args(pool))
     meta = None if writer is None else fit_metadata(config, read.ndim, read.url, read.channels,
                                                     run_channels(read))
-    return ds.map_batches(StatisticsFitter,
-                          fn_constructor_args=(config, read.ndim, run_channels(read), writer,
-                                               meta),
+    args = (config, read.ndim, run_channels(read), writer, meta)
+    return ds.map_batches(fit_statistics, fn_kwargs={"key": uuid.uuid4().hex, "args": args},
                           batch_format="pyarrow", **pool)
 
 

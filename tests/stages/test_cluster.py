@@ -225,7 +225,7 @@ def test_a_node_that_joins_during_fit_gets_work(data, tmp_path, slow_fit):
               [(lambda out, log: _executions(log) >= 1, lambda: cluster.add_node(num_cpus=1))],
               block_rows=4)
     stats = next(out.glob("runs/*/fit/_ray_data_stats.txt")).read_text()
-    assert _nodes_used(stats, "MapBatches(StatisticsFitter)") == 2, stats
+    assert _nodes_used(stats, "MapBatches(fit_statistics)") == 2, stats
 
 
 # ---------------------------------------------------------------- the stall watchdog

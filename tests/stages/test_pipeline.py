@@ -122,7 +122,7 @@ def test_summary_counts_and_layout(run):
     fit = summary["stages"]["fit"]
     assert fit["bytes_read"] == fit["input_bytes"] == sum(listing.column("size").to_pylist())
     # where each pixel and table stage's time went, as Ray Data measured it
-    assert "StatisticsFitter" in (run["out"] / "fit" / "_ray_data_stats.txt").read_text()
+    assert "fit_statistics" in (run["out"] / "fit" / "_ray_data_stats.txt").read_text()
     # the feature stage's tasks, one per fit file, say where theirs went
     features = summary["stages"]["features"]
     assert features["files"] == len(parts("fit")) and features["task_seconds"]["compute"] > 0
