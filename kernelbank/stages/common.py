@@ -1,11 +1,14 @@
-"""What every stage shares: joining Ray, the actor-pool settings, progress lines, timing."""
+"""What every stage shares: joining Ray, the task and actor-pool settings, progress lines,
+timing."""
 
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager, suppress
 from typing import Any, Callable, Iterable, Iterator
@@ -13,7 +16,8 @@ from typing import Any, Callable, Iterable, Iterator
 from ..io.storage import redact
 from .progress import info_enabled, ray_log_level
 
-__all__ = ["connect_ray", "actor_pool_args", "pool_size", "read_args", "read_table_files",
+__all__ = ["connect_ray", "actor_pool_args", "task_args", "pool_size", "read_args",
+           "read_table_files",
            "cluster_cpus", "actor_cpus", "write_stage", "log",
            "timed", "TRAIN_SPLITS", "TEST_SPLIT", "map_bounded", "make_basis", "Terminated",
            "stop_on_sigterm"]
@@ -59,6 +63,11 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _import_math_layer() -> None:
+    with suppress(Exception):         # an import error surfaces where the module is used
+        importlib.import_module("kernelbank.core.stats")
+
+
 def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str, Any]:
     """Join a cluster (``address`` or ``RAY_ADDRESS``) or start an embedded local Ray.
 
@@ -87,6 +96,9 @@ def connect_ray(address: str | None = None, *, quiet: bool = False) -> dict[str,
             ray.init(address=address, logging_level=ray_log_level())
             mode = "cluster"
         else:
+            # starting a local Ray is mostly waiting for its daemons: import the math
+            # layer the driver needs later (torch: seconds of CPU) in the meantime
+            threading.Thread(target=_import_math_layer, daemon=True).start()
             ray.init(address="local", include_dashboard=False, logging_level=ray_log_level())
             mode = "embedded"
         if callable(handler):

@@ -69,12 +69,12 @@ from ..io.manifest import list_inputs, open_manifest, save_listing
 from ..io.readers import images_from_batch, probe_channels, read_images
 from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, PartWriter, count_rows
-from .common import RAY_STATS_FILE, log, make_basis, read_args, task_args, timed
+from .common import (RAY_STATS_FILE, actor_cpus, cluster_cpus, log, make_basis, read_args,
+                     task_args, timed)
 from .table import TableMeta, flat_covariance, flat_sums, table_files
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
-           "fit_statistics",
-           "run_fit", "write_fit"]
+           "fit_statistics", "run_fit", "warm_workers", "write_fit"]
 
 FIT_META = "_kernelbank.json"
 #: The input's listing, written once per run by the fit stage (in ``fit/``).
@@ -295,6 +295,36 @@ def fit_statistics(batch: pa.Table, *, key: str, args: tuple) -> pa.Table:
         _FITTERS.clear()
         fitter = _FITTERS[key] = StatisticsFitter(*args)
     return fitter(batch)
+
+
+def _warm(config: FitConfig) -> int:
+    """Load what a fit task needs (torch, the basis, the compiled engines' caches) in this
+    worker process, by fitting two small noise images with the stage's settings."""
+    side = 2 * config.radius * max(config.dilations) * max(config.scales) + 8
+    images = np.random.default_rng(0).integers(0, 256, (2, side, side), dtype=np.uint8)
+    StatisticsFitter(config)._statistics(list(images), ["warm-0", "warm-1"])
+    return os.getpid()
+
+
+def warm_workers(config: FitConfig) -> None:
+    """Start loading the fit stage's worker processes now, one per CPU of the cluster, and
+    return at once.
+
+    A worker's first fit batch pays seconds of one-time loading (the torch import, the
+    first call of each compiled engine); started while the driver still lists the input
+    and plans the stage, that loading overlaps with the driver's work instead of
+    following it. Ray reuses the same processes for the stage's tasks (and for the
+    features stage's). A warm task that fails changes nothing: the stage loads the same
+    modules again and reports its own errors.
+    """
+    import ray
+    if config.num_gpus > 0:
+        return                      # GPU workers start where the GPUs are, not here
+    cpus = actor_cpus(config.threads_per_actor)
+    count = int(cluster_cpus()[0] // cpus)
+    task = ray.remote(num_cpus=cpus, max_retries=0)(_warm)
+    for _ in range(count):
+        task.remote(config)
 
 
 def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None, skip_ids=None,

@@ -23,7 +23,7 @@ from ..io.runs import RunWriter
 from .classify import write_classify
 from .common import connect_ray, log
 from .features import write_features
-from .fit import write_fit
+from .fit import warm_workers, write_fit
 from .reduce import write_reduce
 from .summary import scrub, stage_specs
 from .validation import check_classes
@@ -80,6 +80,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     start = time.perf_counter()
     with run:
         ray_info = connect_ray(config.ray_address)
+        warm_workers(config.fit)
         stages: dict[str, Any] = {}
         # the fit writes return the class statistics of their rows: reduce reads no table
         class_stats: dict = {}
