@@ -1,13 +1,13 @@
 """The fit stage: the only stage that reads pixels. One pass per image, one table row.
 
-``read_dataset`` (list once, fetch and decode in CPU tasks) → :class:`StatisticsFitter`
-actors (images of equal shape together, :func:`kernelbank.core.fit.image_statistics`
-on the actor's device), each actor writing through a
-:class:`~kernelbank.io.tables.PartWriter` the part files of the rows it computed:
-``fit/`` (one row per image), ``errors/`` (one row per bad record) and, when a training
-stage will follow, ``fit/_pixels/`` (the decoded integer pixels, so nothing reads the
-images again). The actors return only counts and partial class statistics (merged on the
-driver for the reduce stage).
+Ray Data tasks, each reading and decoding a block of records and passing it to the
+:class:`StatisticsFitter` its worker process keeps (images of equal shape together,
+:func:`kernelbank.core.fit.image_statistics` on the worker's device), which writes
+through a :class:`~kernelbank.io.tables.PartWriter` the part files of the rows it
+computed: ``fit/`` (one row per image), ``errors/`` (one row per bad record) and, when a
+training stage will follow, ``fit/_pixels/`` (the decoded integer pixels, so nothing
+reads the images again). The tasks return only counts and the partial class statistics
+of their fits (merged on the driver for the reduce stage).
 
 The statistics table
 --------------------
@@ -94,7 +94,7 @@ def _fixed(values: np.ndarray, dtype) -> pa.Array:
 
 
 class StatisticsFitter:
-    """Ray Data actor: the statistics row of every decoded image of a batch.
+    """The statistics row of every decoded image of a batch (what a fit task runs).
 
     Parameters
     ----------
@@ -104,19 +104,20 @@ class StatisticsFitter:
     channels : int, default=1
         Channels of every image (``(C, *spatial)`` when > 1: a vector AR model).
     writer : PartWriter, optional
-        When given, the actor writes each batch's rows itself (``fit/``, ``errors/`` and
-        the pixel cache, one part file named by the batch's ids) and returns one small
-        row per batch instead of the rows: ``result``, a dict of the write's ``counts``
-        and the partial class statistics of its train rows (``stats``: per entry
-        ``(scale, dilation)`` a :meth:`ClassStats.to_dict`), which the driver merges —
-        the rows never cross the object store, and the reduce stage reads no table.
+        When given, each batch's rows are written here (``fit/``, ``errors/`` and the
+        pixel cache, one part file named by the batch's ids) and one small row per batch
+        is returned instead of the rows: ``result``, a dict of the write's ``counts`` and
+        the partial class statistics of its train rows (``stats``: per entry ``(scale,
+        dilation)`` a :meth:`ClassStats.to_dict`, from the fits in memory), which the
+        driver merges — the rows never cross the object store, and the reduce stage
+        reads no table.
     meta : dict, optional
         The table's metadata (:func:`fit_metadata`), for the partial statistics.
 
     Notes
     -----
     Images are grouped by shape and each group is computed in chunks of at most
-    ``config.batch_pixels`` values (pixels × channels) on the actor's device (CUDA only
+    ``config.batch_pixels`` values (pixels × channels) on the worker's device (CUDA only
     when the config asks for GPUs and one is visible; host batches are pinned and copied
     without blocking). A group that fails — a bad image, a singular
     solve, a CUDA or host out-of-memory — is split in halves and retried, so only images
@@ -145,7 +146,9 @@ class StatisticsFitter:
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch
 
-    def _statistics(self, images: list[np.ndarray], ids: list[str]) -> dict[str, np.ndarray]:
+    def _statistics(self, images: list[np.ndarray], ids: list[str]):
+        """The one pass on one computation's images: ``(columns, fit)``, the table's
+        columns and the :class:`~kernelbank.core.fit.FitResult` they came from."""
         from ..core.fit import image_statistics      # the one pass kb.image_statistics runs
         faults.group_fault(ids)
         config = self.config
@@ -162,11 +165,11 @@ class StatisticsFitter:
             out["cell_sums"] = flat_sums(stats.cell_sums)
         if stats.descriptors is not None:
             out["descriptors"] = stats.descriptors.reshape(n, -1).cpu().numpy()
-        return out
+        return out, stats
 
     def _isolated(self, images: list[np.ndarray], rows: list[int], ids: list[str]):
-        """Yield ``(rows, columns)`` for groups that worked and ``(row, reason)`` for images
-        that fail alone, splitting failed groups in halves."""
+        """Yield ``(rows, (columns, fit))`` for groups that worked and ``(row, reason)``
+        for images that fail alone, splitting failed groups in halves."""
         try:
             yield rows, self._statistics(images, [ids[i] for i in rows])
         except ISOLATED_ERRORS as error:
@@ -179,6 +182,21 @@ class StatisticsFitter:
             half = len(rows) // 2
             yield from self._isolated(images[:half], rows[:half], ids)
             yield from self._isolated(images[half:], rows[half:], ids)
+
+    def _add_class_stats(self, partials: dict, fit, rows: list[int], batch: pa.Table) -> None:
+        """Add the class statistics of the train rows among ``rows`` (fitted as ``fit``)
+        to ``partials`` (per entry): from the fit in memory, not from the written sums."""
+        import kernelbank as kb
+        from .common import TRAIN_SPLITS
+        splits, labels = batch.column("split").to_pylist(), batch.column("label").to_pylist()
+        train = [j for j, row in enumerate(rows) if splits[row] in TRAIN_SPLITS]
+        if not train:
+            return
+        part = _take(fit, train)
+        for index, entry in enumerate(fit.scale_index):
+            stats = kb.ClassStats.from_fit(part, [labels[rows[j]] for j in train], scale=index)
+            entry = tuple(entry)
+            partials[entry] = partials[entry] + stats if entry in partials else stats
 
     def _maybe_fail(self, count: int) -> None:
         """Fault injection for tests: exit the process once after ``fault_kill_after`` images."""
@@ -213,6 +231,7 @@ class StatisticsFitter:
             if image is not None and reason[i] is None:
                 groups.setdefault(image.shape, []).append(i)
         columns: dict[str, np.ndarray] = {}
+        partials: dict = {}
         done = np.zeros(len(images), dtype=bool)
         ids = batch.column("id").to_pylist()
         for rows in self._chunks(groups, images):
@@ -220,6 +239,9 @@ class StatisticsFitter:
                 if isinstance(result, str):
                     stage[where], reason[where] = "fit", result
                     continue
+                result, fit = result
+                if self.writer is not None and self.meta is not None:
+                    self._add_class_stats(partials, fit, where, batch)
                 for key, values in result.items():
                     if key not in columns:
                         columns[key] = np.zeros((len(images), values.shape[1]), values.dtype)
@@ -239,20 +261,20 @@ class StatisticsFitter:
         table = pa.table(out)
         if self.writer is None:
             return table
-        return {"result": np.array([self._write(table)], dtype=object)}
-
-    def _write(self, table: pa.Table) -> dict[str, Any]:
-        """Write the batch's part files; its counts and partial class statistics."""
-        import pyarrow.compute as pc
-        from .reduce import STATS_COLUMNS, partial_stats
         counts = self.writer.write(table)
-        stats = {}
-        # the columns the reduce stage reads, so equal sums (none when no image of the
-        # batch could be fitted: then the batch has no statistics columns at all)
-        if self.meta is not None and "coef" in table.column_names:
-            good = table.filter(pc.is_null(table.column("reason")))
-            stats = partial_stats(good.select(STATS_COLUMNS), self.meta)
-        return {"counts": dict(counts), "stats": stats, "rows": table.num_rows}
+        stats = {entry: part.to_dict() for entry, part in partials.items()}
+        return {"result": np.array([{"counts": dict(counts), "stats": stats,
+                                     "rows": table.num_rows}], dtype=object)}
+
+
+def _take(fit, rows: list[int]):
+    """The images ``rows`` of a :class:`~kernelbank.core.fit.FitResult` (without sums)."""
+    import dataclasses
+    import torch
+    index = torch.as_tensor(rows)
+    picked = {f.name: getattr(fit, f.name)[index] for f in dataclasses.fields(fit)
+              if isinstance(getattr(fit, f.name), torch.Tensor)}
+    return dataclasses.replace(fit, **picked, sums=None, cell_sums=None)
 
 
 def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",

@@ -24,7 +24,7 @@ def test_fit_stage_row_is_kb_image_statistics(channels):
     rng = np.random.default_rng(channels)
     shape = (2, 20, 22) if channels == 1 else (2, channels, 20, 22)
     images = rng.integers(0, 256, size=shape, dtype=np.uint8)
-    row = StatisticsFitter(CONFIG, channels=channels)._statistics(list(images), ["a", "b"])
+    row, _ = StatisticsFitter(CONFIG, channels=channels)._statistics(list(images), ["a", "b"])
     basis = kb.Basis.full(1, channels=channels)
     stats = kb.image_statistics(images, basis, dilations=CONFIG.dilations, grid=CONFIG.grid)
     np.testing.assert_array_equal(row["coef"], stats.coef.reshape(2, -1).numpy())
