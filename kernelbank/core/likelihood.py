@@ -199,13 +199,22 @@ class LikelihoodClassifier:
         return [fit(images, m.basis, ridge=_OWN_FIT_RIDGE, normalize=self.normalize,
                     scales=m.scale) for m in self.models]
 
-    def _fits_from_sums(self, sums: Sequence[WindowSums]) -> list[FitResult]:
+    def _fits_from_sums(self, sums: Sequence[WindowSums], *, own_fit: bool = True
+                        ) -> list[FitResult]:
         sums = list(sums)
         fits = []
         for m in self.models:
             chosen = select_sums(sums, m.basis.dilation, scale=m.scale,
                                  needed_by=f"the model of {m.basis} at scale {m.scale}")
-            fits.append(fit_result_from_sums(chosen, m.basis, _OWN_FIT_RIDGE))
+            # the class scores need only each image's sums: without own_fit (no rejection
+            # by the deviation) skip solving each image's own kernel, most of the cost
+            coef = None if own_fit else torch.zeros(
+                (len(chosen),) + (() if m.basis.channels == 1 else (m.basis.channels,))
+                + (m.basis.n_components,), dtype=torch.float64)
+            mse = None if own_fit or m.basis.channels > 1 else torch.zeros(len(chosen),
+                                                                           dtype=torch.float64)
+            fits.append(fit_result_from_sums(chosen, m.basis, _OWN_FIT_RIDGE, coef=coef,
+                                             mse=mse))
         counts = {len(r) for r in fits}
         if len(counts) != 1:
             raise ValueError(f"the window sums of the models hold different numbers of images "
@@ -216,13 +225,12 @@ class LikelihoodClassifier:
     def _residual_mse(self, fits: list[FitResult]) -> torch.Tensor:
         return torch.stack([_model_scores(r, m)[0] for r, m in zip(fits, self.models)], 1)
 
-    def _scores(self, fits: list[FitResult]):
+    def _scores(self, fits: list[FitResult], deviation: bool = True):
         scores = [_model_scores(r, m) for r, m in zip(fits, self.models)]
         mse = torch.stack([s[0] for s in scores], 1)                      # (N, S, C)
         loglik = torch.stack([s[1] for s in scores], 1)                   # (N, S, C)
         n_pix = torch.stack([r.n_pixels.cpu() for r in fits], 1).to(torch.float64)  # (N, S)
-        deviation = self._deviation(mse, fits)
-        return loglik, n_pix, deviation
+        return loglik, n_pix, self._deviation(mse, fits) if deviation else None
 
     def _deviation(self, mse: torch.Tensor, fits: list[FitResult]) -> torch.Tensor:
         """(N, C): per class, the larger of the level and excess z-scores, mean over models."""
@@ -243,7 +251,7 @@ class LikelihoodClassifier:
         return torch.log_softmax(logits, dim=1)
 
     def _predict(self, fits: list[FitResult]) -> np.ndarray:
-        loglik, _, deviation = self._scores(fits)
+        loglik, _, deviation = self._scores(fits, deviation=self.z is not None)
         names = np.array(self.classes, dtype=object)[loglik.sum(1).argmax(1).numpy()]
         if self.z is not None:
             names[(deviation > self.z).all(1).numpy()] = UNKNOWN
@@ -336,7 +344,7 @@ class LikelihoodClassifier:
 
     def predict_from_sums(self, sums: Sequence[WindowSums]) -> np.ndarray:
         """:meth:`predict` from window sums instead of pixels, (N,) object array."""
-        return self._predict(self._fits_from_sums(sums))
+        return self._predict(self._fits_from_sums(sums, own_fit=self.z is not None))
 
     def calibrate_from_sums(self, sums: Sequence[WindowSums],
                             labels: Sequence[str]) -> "LikelihoodClassifier":

@@ -136,6 +136,7 @@ class TableFeaturizer:
         import torch
         import kernelbank as kb
         torch.set_num_threads(config.threads_per_actor)
+        pa.set_cpu_count(config.threads_per_actor)      # see StatisticsFitter
         self.bank = ray.get(bank) if isinstance(bank, ray.ObjectRef) else bank
         stats = ray.get(stats) if isinstance(stats, ray.ObjectRef) else stats
         entries = [e for e in meta.scale_index if e in stats]

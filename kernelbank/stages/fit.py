@@ -128,7 +128,11 @@ class StatisticsFitter:
     def __init__(self, config: FitConfig, ndim: int = 2, channels: int = 1,
                  writer: PartWriter | None = None, meta: dict | None = None):
         import torch
+        # the worker's share of CPUs for torch and for Arrow's decoding too: Arrow's pool
+        # is sized by the machine's cores, and on one CPU its threads tripled the CPU
+        # time of a Parquet read
         torch.set_num_threads(config.threads_per_actor)
+        pa.set_cpu_count(config.threads_per_actor)
         self.torch = torch
         self.config = config
         self.device = torch.device("cuda" if config.num_gpus > 0 and torch.cuda.is_available()
