@@ -57,6 +57,7 @@ own bytes (see ``bytes_per_image`` in ``summary.json``).
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, Iterator
 
 import numpy as np
@@ -74,7 +75,8 @@ from .common import (RAY_STATS_FILE, actor_cpus, cluster_cpus, log, make_basis, 
 from .table import TableMeta, flat_covariance, flat_sums, table_files
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
-           "fit_statistics", "run_fit", "warm_workers", "write_fit"]
+           "batch_results", "fit_statistics", "run_fit", "warm_workers",
+           "write_fit"]
 
 FIT_META = "_kernelbank.json"
 #: The input's listing, written once per run by the fit stage (in ``fit/``).
@@ -82,6 +84,8 @@ MANIFEST_FILE = "_inputs.parquet"
 #: Folder of the decoded pixels in ``fit/`` (``cache_pixels``), part files named as the table's.
 PIXEL_CACHE = "_pixels"
 TABLE_VERSION = 2
+#: Column of the one-row table a fit task with a writer returns (see :func:`batch_results`).
+RESULT = "result"
 #: Errors that fail a whole group on a device (a CUDA OOM is a RuntimeError) but may not
 #: fail each image of it alone: the group is split and retried before rows become errors.
 ISOLATED_ERRORS = (ValueError, RuntimeError, MemoryError)
@@ -267,8 +271,19 @@ class StatisticsFitter:
             return table
         counts = self.writer.write(table)
         stats = {entry: part.to_dict() for entry, part in partials.items()}
-        return {"result": np.array([{"counts": dict(counts), "stats": stats,
-                                     "rows": table.num_rows}], dtype=object)}
+        # pickled here: Ray Data would try to convert the dict to Arrow, fail, log that it
+        # fell back to pickling, and pickle it anyway
+        result = {"counts": dict(counts), "stats": stats, "rows": table.num_rows}
+        return pa.table({RESULT: pa.array([pickle.dumps(result)], pa.binary())})
+
+
+def batch_results(batch) -> list[dict[str, Any]]:
+    """The results in a batch a fit with a writer returned (:class:`StatisticsFitter`):
+    per input batch, ``counts``, ``stats`` and ``rows``. These bytes come from the stage's
+    own tasks, never from an output."""
+    column = batch[RESULT] if not isinstance(batch, pa.Table) else batch.column(RESULT)
+    return [pickle.loads(value if isinstance(value, bytes) else value.as_py())
+            for value in column]
 
 
 def _take(fit, rows: list[int]):
@@ -496,7 +511,7 @@ def _run_writes(ds, writer: PartWriter, fs, stage_dir: str, total: int,
     partials = 0
     with Progress("fit", total) as progress, stall_guard("fit") as watchdog:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for result in batch["result"]:
+            for result in batch_results(batch):
                 writer.add(result["counts"])
                 errors = sum(n for k, n in result["counts"].items() if k[0] == "error")
                 progress.update(result["rows"], errors)

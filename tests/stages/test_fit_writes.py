@@ -21,7 +21,7 @@ from kernelbank.io.readers import read_block
 from kernelbank.io.storage import read_filesystem
 from kernelbank.io.tables import PartWriter
 from kernelbank.stages.common import TRAIN_SPLITS
-from kernelbank.stages.fit import StatisticsFitter, fit_metadata
+from kernelbank.stages.fit import StatisticsFitter, batch_results, fit_metadata
 
 from .pipeline_data import write_dataset
 
@@ -42,7 +42,7 @@ def test_fit_writes_return_the_class_statistics_of_their_rows(decoded, tmp_path)
     writer = PartWriter(fs, str(tmp_path / "fit"), str(tmp_path / "errors"), "fit-a1")
     fitter = StatisticsFitter(CONFIG, 2, 1, writer, fit_metadata(CONFIG, 2))
     # two batches that share classes and splits (rows alternate between them)
-    results = [fitter(decoded.take(list(range(k, decoded.num_rows, 2))))["result"][0]
+    results = [batch_results(fitter(decoded.take(list(range(k, decoded.num_rows, 2)))))[0]
                for k in (0, 1)]
     # the rows are in the part files, each once, and the counts say so
     files = sorted((tmp_path / "fit").glob("fit-a1-*.parquet"))
@@ -92,7 +92,7 @@ def test_a_batch_of_error_rows_only_is_written_and_counted(decoded, tmp_path):
                            pa.array(["not decodable"] * 2, pa.string()))
     bad = bad.set_column(bad.schema.get_field_index("stage"), "stage",
                          pa.array(["decode"] * 2, pa.string()))
-    result = fitter(bad)["result"][0]
+    result, = batch_results(fitter(bad))
     assert result["stats"] == {} and result["counts"][("error", "decode")] == 2
     assert not any(k[0] == "ok" for k in result["counts"])
     assert not (tmp_path / "fit").exists() and len(list((tmp_path / "errors").iterdir())) == 1
