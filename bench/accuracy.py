@@ -324,9 +324,15 @@ class FeatureCache:
         self.folder, self.data_key = folder, data_key
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def get(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    def _path(self, key: str) -> Path:
         digest = hashlib.sha1(f"{self.data_key}|{key}".encode()).hexdigest()[:24]
-        path = self.folder / f"{digest}.npy"
+        return self.folder / f"{digest}.npy"
+
+    def has(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def get(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        path = self._path(key)
         if path.exists():
             return np.load(path)
         value = np.asarray(compute(), dtype=np.float64)
@@ -358,10 +364,13 @@ def method_features(name: str, images, cache: FeatureCache) -> dict[str, np.ndar
             images, (0.05, 0.1, 0.2, 0.4), o)) for o in (4, 6)}
     if name == "scattering":
         scattering = scattering_function()
-        if isinstance(scattering, str):
-            return scattering
-        return {f"J{J} L8 log": cache.get(f"scattering J{J} L8 log", lambda J=J: scattering(
-            images, J=J, L=8, log=True)) for J in (2, 3) if 2 ** J * 4 <= side}
+        keys = {f"J{J} L8 log": J for J in (2, 3) if 2 ** J * 4 <= side}
+        if isinstance(scattering, str):      # features cached by a run that had kymatio
+            if not all(cache.has(f"scattering {k}") for k in keys):
+                return scattering
+            scattering = None
+        return {k: cache.get(f"scattering {k}", lambda J=J: scattering(
+            images, J=J, L=8, log=True)) for k, J in keys.items()}
     raise SystemExit(f"unknown method {name!r}; choose from {METHODS}")
 
 
