@@ -34,7 +34,9 @@ Methods
                     :mod:`kernelbank.image_patterns`). Variants: ``own+res``, ``+img``,
                     ``+img1p``, ``hellinger`` (square root of every histogram column),
                     ``ri`` (rotation-invariant histograms only: no nri patterns nor
-                    co-occurrences), and ``iso ri own+res +img1p hellinger``: the same
+                    co-occurrences), ``own4`` / ``ownsym`` (the own coefficients pooled
+                    over the 8 symmetries of the window: sorted within each orbit of
+                    taps, or its mean), and ``iso ri own+res +img1p hellinger``: the same
                     from a second pass with the isotropic (rotation-invariant) basis of
                     radius 3.
     ``kernelbank_ridge`` the same variants with the head of ``kernelbank run``'s classify
@@ -254,13 +256,49 @@ def kernelbank_variant(table: np.ndarray, names: list[str], variant: str) -> np.
     out = table[:, keep]
     if "hellinger" in variant:
         out = power_normalize(out, histogram_columns(names_a[keep]))
+    if "own4+res" in tokens or "ownsym+res" in tokens:
+        out = pool_symmetries(out, list(names_a[keep]), "sort" if "own4+res" in tokens
+                              else "mean")
     return out
+
+
+def pool_symmetries(features: np.ndarray, names: list[str], how: str) -> np.ndarray:
+    """Own full-basis coefficients pooled over the 8 symmetries of the square window.
+
+    Rotations by 90° and flips permute the taps within each orbit ``{(±a, ±b), (±b, ±a)}``:
+    ``"sort"`` keeps each orbit's values sorted (invariant, same width), ``"mean"`` their
+    mean (the D4-symmetric part of the kernel: one value per orbit).
+    """
+    import re
+    out, done = [], set()
+    for j, name in enumerate(names):
+        found = re.fullmatch(r"(ar_s\d+_d\d+)_c(\d+)", name)
+        if not found:
+            out.append(features[:, j:j + 1])
+            continue
+        entry = found.group(1)
+        if entry in done:
+            continue
+        done.add(entry)
+        columns = [k for k, n in enumerate(names) if re.fullmatch(entry + r"_c\d+", n)]
+        side = int(round(np.sqrt(len(columns) + 1)))
+        r = side // 2
+        offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
+                   if (dy, dx) != (0, 0)]
+        orbits: dict = {}
+        for k, (dy, dx) in zip(columns, offsets):
+            orbits.setdefault((max(abs(dy), abs(dx)), min(abs(dy), abs(dx))), []).append(k)
+        for key in sorted(orbits):
+            block = features[:, orbits[key]]
+            out.append(np.sort(block, 1) if how == "sort" else block.mean(1, keepdims=True))
+    return np.hstack(out)
 
 
 KERNELBANK_VARIANTS = ("own+res", "own+res +img", "own+res +img hellinger",
                        "ri own+res +img hellinger", "ri own+res +img1p",
                        "own+res +img1p hellinger", "ri own+res +img1p hellinger",
-                       "iso ri own+res +img1p hellinger")
+                       "iso ri own+res +img1p hellinger", "ri own4+res +img1p hellinger",
+                       "ri ownsym+res +img1p hellinger")
 #: The heads of ``kernelbank run``'s classify stage: StandardScaler + ridge classifier
 #: (the pipeline picks alpha by CV from its streaming sums; here CV picks it).
 RIDGE_HEADS = [{"ridge": a} for a in (1.0, 10.0, 100.0)]
