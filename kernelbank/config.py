@@ -298,6 +298,10 @@ class FeatureConfig:
     power : float, default=0.5
         ``sign(h) |h|^power`` on every histogram column (sign patterns, co-occurrences):
         0.5 is the Hellinger map, 1 leaves them as they are.
+    pool_symmetries : bool, default=False
+        Replace each own full-basis kernel by its mean over the 8 symmetries of the
+        window (one coefficient per orbit of taps, ``ar_<entry>_sym<k>``): invariant to
+        90° rotations and flips of the image. One-channel 2-D tables of a full basis.
     joint : bool, default=True
         Add the joint coefficients of each dilation's bank kernels.
     ridge : float, default=1e-6
@@ -313,6 +317,7 @@ class FeatureConfig:
     groups: tuple[str, ...] = FEATURE_GROUPS
     rotation_invariant: bool = True
     power: float = 0.5
+    pool_symmetries: bool = False
     joint: bool = True
     ridge: float = 1e-6
     pixel_features: bool = False

@@ -126,6 +126,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
         feats.add_argument("--power", type=float, default=0.5,
                            help="sign(h)|h|^power on histogram features (default 0.5, the "
                                 "Hellinger map; 1: none)")
+        feats.add_argument("--pool-symmetries", action="store_true",
+                           help="own full-basis kernels averaged over the window's 8 "
+                                "symmetries (invariant to 90-degree rotations and flips)")
         feats.add_argument("--no-joint", action="store_true",
                            help="leave out the joint coefficients of the bank kernels")
         feats.add_argument("--pixel-features", action="store_true",
@@ -208,6 +211,7 @@ def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> Pi
     features = FeatureConfig(groups=tuple(get("feature_groups", FEATURE_GROUPS)),
                              rotation_invariant=not get("all_patterns", False),
                              power=get("power", 0.5),
+                             pool_symmetries=bool(get("pool_symmetries", False)),
                              joint=not get("no_joint", False),
                              pixel_features=bool(get("pixel_features", False)),
                              batch_size=get("batch_size") or 64,

@@ -130,6 +130,27 @@ def descriptor_columns(meta: TableMeta, config: FeatureConfig
     return res, img, stems, histogram
 
 
+def symmetry_pooling(meta: TableMeta) -> np.ndarray:
+    """(m, orbits) averaging matrix of the own full-basis coefficients over the 8
+    symmetries of the square window (orbits ``{(±a, ±b), (±b, ±a)}``, by ``(max, min)``)."""
+    if meta.basis != "full" or meta.ndim != 2 or meta.n_channels != 1:
+        raise ValueError(f"pool_symmetries needs a one-channel 2-D table of a full basis, got "
+                         f"basis={meta.basis!r}, ndim={meta.ndim}, channels={meta.n_channels}; "
+                         "drop --pool-symmetries")
+    import torch
+    kernels = meta.basis_at(1).to_kernels(torch.eye(meta.n_components, dtype=torch.float64))
+    r = meta.radius
+    keys = []
+    for kernel in kernels.numpy():            # each coefficient is one tap of the window
+        (y,), (x,) = np.nonzero(kernel)
+        keys.append((max(abs(y - r), abs(x - r)), min(abs(y - r), abs(x - r))))
+    orbits = sorted(set(keys))
+    pool = np.zeros((len(keys), len(orbits)))
+    for j, key in enumerate(keys):
+        pool[j, orbits.index(key)] = 1.0 / keys.count(key)
+    return pool
+
+
 def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
     """Column names of the feature table for ``config.groups``, in order."""
     from ..core.features import bank_feature_names_from_sums
@@ -141,8 +162,11 @@ def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
             width = max(2, len(str(meta.n_components - 1)))
             outputs = [f"_ch{c}" for c in range(meta.n_channels)] if meta.n_channels > 1 \
                 else [""]
-            names += [f"ar_{tag}{o}_c{j:0{width}d}" for o in outputs
-                      for j in range(meta.n_components)]
+            if config.pool_symmetries:
+                names += [f"ar_{tag}_sym{k}" for k in range(symmetry_pooling(meta).shape[1])]
+            else:
+                names += [f"ar_{tag}{o}_c{j:0{width}d}" for o in outputs
+                          for j in range(meta.n_components)]
             names += [f"ar_{tag}{o}_log_mse" for o in outputs]
             names += [f"ar_{tag}_corr_c{a}_c{b}" for a, b in _channel_pairs(meta.n_channels)]
         res, _, stems, _ = descriptor_columns(meta, config)
@@ -188,6 +212,8 @@ class TableFeaturizer:
         covariance = covariance_of_rows(column_array(table, "covariance"), meta) \
             if c > 1 and "own" in groups else None
         res, img, _, histogram = descriptor_columns(meta, self.config)
+        if self.config.pool_symmetries and "own" in groups:
+            coef = coef @ symmetry_pooling(meta)
         desc = column_array(table, "descriptors").reshape(n, s, -1) \
             if len(res) + len(img) else None
         for e in range(s):

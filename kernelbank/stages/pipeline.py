@@ -41,7 +41,8 @@ def recipe(config: PipelineConfig) -> str:
     own = (f"{fit.basis.value}{channels} radius {fit.radius} dilations {dilations}{scales}"
            + (" + residual descriptors" if fit.descriptors else "")
            + (" + image patterns" if fit.descriptors and fit.image_patterns else ""))
-    groups = "+".join(feats.groups) + (" + joint" if feats.joint else "")
+    groups = "+".join(feats.groups) + (" + joint" if feats.joint else "") \
+        + (" (own kernels pooled over the 8 symmetries)" if feats.pool_symmetries else "")
     if {"residual", "image"} & set(feats.groups):
         groups += ((" (rotation-invariant histograms" if feats.rotation_invariant
                     else " (all histograms")
@@ -122,6 +123,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                          "feature_groups": list(config.features.groups),
                          "rotation_invariant": config.features.rotation_invariant,
                          "power": config.features.power,
+                         "pool_symmetries": config.features.pool_symmetries,
                          "joint": config.features.joint,
                          "pixel_features": config.features.pixel_features,
                          "num_gpus": config.fit.num_gpus, "batch_size": config.fit.batch_size,

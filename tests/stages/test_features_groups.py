@@ -18,8 +18,9 @@ from kernelbank.stages.table import TableMeta
 IMAGES = list(np.random.default_rng(0).integers(0, 256, size=(3, 24, 26), dtype=np.uint8))
 
 
-def _features(fit: FitConfig, features: FeatureConfig) -> tuple[np.ndarray, list[str]]:
-    row = StatisticsFitter(fit)._statistics(IMAGES, ["a", "b", "c"])
+def _features(fit: FitConfig, features: FeatureConfig, images=IMAGES
+              ) -> tuple[np.ndarray, list[str]]:
+    row = StatisticsFitter(fit)._statistics(list(images), ["a", "b", "c"])
     table = pa.table({"id": ["a", "b", "c"], "path": ["a", "b", "c"], "label": ["x", "y", "x"],
                       "split": ["train"] * 3,
                       **{k: pa.array(list(row[k])) for k in ("coef", "mse", "sums",
@@ -57,3 +58,22 @@ def test_a_table_without_image_patterns_gives_the_same_residual_features():
     assert old_names == [n for n in new_names if not n.startswith("img_")]
     assert any("lbp_nri" in n for n in old_names) and len(old_names) < len(new_names)
     np.testing.assert_array_equal(old, new[:, [new_names.index(n) for n in old_names]])
+
+
+def test_symmetry_pooled_own_kernels_are_invariant_to_quarter_turns_and_flips():
+    """The own kernel of a rotated (flipped) image is the rotated (flipped) kernel, so its
+    orbit means are the same; the raw coefficients are not."""
+    fit, square = FitConfig(radius=2, dilations=(1,)), [i[:24, :24] for i in IMAGES]
+    config = FeatureConfig(groups=("own",), pool_symmetries=True)
+    pooled, names = _features(fit, config, square)
+    assert names == [f"ar_s1_d1_sym{k}" for k in range(5)] + ["ar_s1_d1_log_mse"]
+    for moved in ([np.rot90(i).copy() for i in square], [i[:, ::-1].copy() for i in square]):
+        np.testing.assert_allclose(_features(fit, config, moved)[0], pooled, rtol=1e-4,
+                                   atol=1e-6)          # float32 features
+        raw = [_features(fit, FeatureConfig(groups=("own",)), x)[0] for x in (square, moved)]
+        assert np.abs(raw[0] - raw[1]).max() > 1e-2
+    # the orbit means of the raw coefficients (each orbit holds 4 or 8 taps)
+    raw, raw_names = _features(fit, FeatureConfig(groups=("own",)), square)
+    np.testing.assert_allclose(pooled[:, 0], raw[:, [raw_names.index(f"ar_s1_d1_c{j:02d}")
+                                                     for j in (7, 11, 12, 16)]].mean(1),
+                               rtol=1e-5, atol=1e-6)
