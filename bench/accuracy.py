@@ -27,13 +27,20 @@ estimates the time alone.
 Methods
     ``kernelbank``  one pass per image: own full radius-2 kernel at dilations 1-3 (those
                     that fit), residual descriptors (moments, |e|/σ quantiles, residual
-                    LBP ri/nri, co-occurrences) and image-domain LBP (riu2, radii 1-3,
-                    :mod:`kernelbank.image_patterns`). Variants: ``own+res`` (the
-                    previous default), ``+img``, ``+img hellinger`` (square root of every
-                    histogram column), ``ri +img hellinger`` (rotation-invariant
-                    histograms only: no nri patterns nor co-occurrences), and ``iso ri
-                    own+res +img hellinger``: the same from a second pass with the
-                    isotropic (rotation-invariant) basis of radius 3.
+                    LBP ri/nri, co-occurrences), the image's own ri sign patterns at lag
+                    = dilation from the same sweep (``+img1p``: what ``kernelbank run``
+                    stores) and, from a separate pass, scikit-image's interpolated
+                    image LBP (``+img``: riu2, 8r points at radii 1-3,
+                    :mod:`kernelbank.image_patterns`). Variants: ``own+res``, ``+img``,
+                    ``+img1p``, ``hellinger`` (square root of every histogram column),
+                    ``ri`` (rotation-invariant histograms only: no nri patterns nor
+                    co-occurrences), ``own4`` / ``ownsym`` (the own coefficients pooled
+                    over the 8 symmetries of the window: sorted within each orbit of
+                    taps, or its mean), and ``iso ri own+res +img1p hellinger``: the same
+                    from a second pass with the isotropic (rotation-invariant) basis of
+                    radius 3.
+    ``kernelbank_ridge`` the same variants with the head of ``kernelbank run``'s classify
+                    stage: StandardScaler + RidgeClassifier, alpha 1, 10 or 100.
     ``kernelbank_stream`` the same variants with the heads the pipeline can stream
                     (:class:`kernelbank.heads.KernelMapRidge`: Nyström or random Fourier
                     map, 2048 components, + standardised ridge, alpha 1 or 10).
@@ -85,12 +92,17 @@ def make_head(head: dict):
     if "kernel_map" in head:
         from kernelbank.heads import KernelMapRidge
         return KernelMapRidge(**head)
+    if "ridge" in head:
+        from sklearn.linear_model import RidgeClassifier
+        return make_pipeline(StandardScaler(), RidgeClassifier(alpha=head["ridge"]))
     return make_pipeline(StandardScaler(), SVC(**head))
 
 
 def head_name(head: dict) -> str:
     if "kernel_map" in head:
         return f"stream {head['kernel_map']} ridge alpha={head['alpha']:g}"
+    if "ridge" in head:
+        return f"standardised ridge alpha={head['ridge']:g}"
     return f"svc {head['kernel']} C={head['C']:g}"
 
 
@@ -223,7 +235,8 @@ def kernelbank_table(images, radius: int = 2, basis: str = "full") -> tuple[np.n
     descriptors (``TextureFeatures``) and image-domain LBP, with column names."""
     side = min(min(np.shape(i)) for i in images)
     dilations = tuple(d for d in (1, 2, 3) if 2 * radius * d + 3 <= side)
-    texture = TextureFeatures(radius=radius, basis=basis, dilations=dilations).fit(images[:1])
+    texture = TextureFeatures(radius=radius, basis=basis, dilations=dilations,
+                              image_patterns=("ri",)).fit(images[:1])
     radii = tuple(r for r in (1, 2, 3) if 2 * r + 1 <= side)
     table = np.hstack([texture.transform(images), image_lbp_histograms(images, radii)])
     return table, list(texture.get_feature_names_out()) + image_lbp_names(radii)
@@ -232,19 +245,63 @@ def kernelbank_table(images, radius: int = 2, basis: str = "full") -> tuple[np.n
 def kernelbank_variant(table: np.ndarray, names: list[str], variant: str) -> np.ndarray:
     """Columns and maps of the shared table that make one variant (see the docstring)."""
     names_a = np.array(names)
+    tokens = variant.split()
     keep = np.ones(len(names), bool)
-    if "+img" not in variant:
+    if "+img" not in tokens:             # scikit-image's LBP, a separate pass
         keep &= ~np.char.startswith(names_a, "img_")
+    if "+img1p" not in tokens:           # the one pass's image patterns (zero kernel)
+        keep &= ~(np.char.find(names_a, "_img_") >= 0)
     if variant.startswith("ri "):
         keep &= ~(np.char.find(names_a, "_lbp_nri") >= 0) & ~(np.char.find(names_a, "_cooc") >= 0)
     out = table[:, keep]
     if "hellinger" in variant:
         out = power_normalize(out, histogram_columns(names_a[keep]))
+    if "own4+res" in tokens or "ownsym+res" in tokens:
+        out = pool_symmetries(out, list(names_a[keep]), "sort" if "own4+res" in tokens
+                              else "mean")
     return out
 
 
+def pool_symmetries(features: np.ndarray, names: list[str], how: str) -> np.ndarray:
+    """Own full-basis coefficients pooled over the 8 symmetries of the square window.
+
+    Rotations by 90° and flips permute the taps within each orbit ``{(±a, ±b), (±b, ±a)}``:
+    ``"sort"`` keeps each orbit's values sorted (invariant, same width), ``"mean"`` their
+    mean (the D4-symmetric part of the kernel: one value per orbit).
+    """
+    import re
+    out, done = [], set()
+    for j, name in enumerate(names):
+        found = re.fullmatch(r"(ar_s\d+_d\d+)_c(\d+)", name)
+        if not found:
+            out.append(features[:, j:j + 1])
+            continue
+        entry = found.group(1)
+        if entry in done:
+            continue
+        done.add(entry)
+        columns = [k for k, n in enumerate(names) if re.fullmatch(entry + r"_c\d+", n)]
+        side = int(round(np.sqrt(len(columns) + 1)))
+        r = side // 2
+        offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
+                   if (dy, dx) != (0, 0)]
+        orbits: dict = {}
+        for k, (dy, dx) in zip(columns, offsets):
+            orbits.setdefault((max(abs(dy), abs(dx)), min(abs(dy), abs(dx))), []).append(k)
+        for key in sorted(orbits):
+            block = features[:, orbits[key]]
+            out.append(np.sort(block, 1) if how == "sort" else block.mean(1, keepdims=True))
+    return np.hstack(out)
+
+
 KERNELBANK_VARIANTS = ("own+res", "own+res +img", "own+res +img hellinger",
-                       "ri own+res +img hellinger", "iso ri own+res +img hellinger")
+                       "ri own+res +img hellinger", "ri own+res +img1p",
+                       "own+res +img1p hellinger", "ri own+res +img1p hellinger",
+                       "iso ri own+res +img1p hellinger", "ri own4+res +img1p hellinger",
+                       "ri ownsym+res +img1p hellinger")
+#: The heads of ``kernelbank run``'s classify stage: StandardScaler + ridge classifier
+#: (the pipeline picks alpha by CV from its streaming sums; here CV picks it).
+RIDGE_HEADS = [{"ridge": a} for a in (1.0, 10.0, 100.0)]
 
 
 # ---------------------------------------------------------------------------- protocol
@@ -289,8 +346,11 @@ def select_and_test(variants: dict[str, tuple[np.ndarray, np.ndarray]], y_train,
         warnings.simplefilter("ignore")
         model = make_head(heads[h]).fit(train, y_train)
         accuracy = float(np.mean(model.predict(test) == y_test))
-    per_variant = {v: max(float(np.mean(table[(v, k)])) for k in range(len(heads)))
-                   for v in variants}
+    per_variant = {}            # each variant's best head: CV mean, sd, head
+    for v in variants:
+        k = max(range(len(heads)), key=lambda k: np.mean(table[(v, k)]))
+        per_variant[v] = {"cv": float(np.mean(table[(v, k)])),
+                          "cv_sd": float(np.std(table[(v, k)])), "head": head_name(heads[k])}
     return {"accuracy": accuracy, "cv": float(np.mean(cv)), "cv_sd": float(np.std(cv)),
             "recipe": f"{name} | {head_name(heads[h])}", "variants_cv": per_variant}
 
@@ -302,9 +362,15 @@ class FeatureCache:
         self.folder, self.data_key = folder, data_key
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def get(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    def _path(self, key: str) -> Path:
         digest = hashlib.sha1(f"{self.data_key}|{key}".encode()).hexdigest()[:24]
-        path = self.folder / f"{digest}.npy"
+        return self.folder / f"{digest}.npy"
+
+    def has(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def get(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        path = self._path(key)
         if path.exists():
             return np.load(path)
         value = np.asarray(compute(), dtype=np.float64)
@@ -315,10 +381,10 @@ class FeatureCache:
 def method_features(name: str, images, cache: FeatureCache) -> dict[str, np.ndarray] | str:
     """``{variant: features of images}`` of one method, or why it cannot run."""
     side = min(min(np.shape(i)) for i in images)
-    if name in ("kernelbank", "kernelbank_stream"):
+    if name in ("kernelbank", "kernelbank_stream", "kernelbank_ridge"):
         out = {}
         for basis, radius in (("full", 2), ("isotropic", 3)):
-            table = cache.get(f"kernelbank table {basis} r{radius}",
+            table = cache.get(f"kernelbank table img1p {basis} r{radius}",
                               lambda: kernelbank_table(images, radius, basis)[0])
             names = kernelbank_table(images[:2], radius, basis)[1]
             out.update({v: kernelbank_variant(table, names, v.removeprefix("iso "))
@@ -336,16 +402,21 @@ def method_features(name: str, images, cache: FeatureCache) -> dict[str, np.ndar
             images, (0.05, 0.1, 0.2, 0.4), o)) for o in (4, 6)}
     if name == "scattering":
         scattering = scattering_function()
-        if isinstance(scattering, str):
-            return scattering
-        return {f"J{J} L8 log": cache.get(f"scattering J{J} L8 log", lambda J=J: scattering(
-            images, J=J, L=8, log=True)) for J in (2, 3) if 2 ** J * 4 <= side}
+        keys = {f"J{J} L8 log": J for J in (2, 3) if 2 ** J * 4 <= side}
+        if isinstance(scattering, str):      # features cached by a run that had kymatio
+            if not all(cache.has(f"scattering {k}") for k in keys):
+                return scattering
+            scattering = None
+        return {k: cache.get(f"scattering {k}", lambda J=J: scattering(
+            images, J=J, L=8, log=True)) for k, J in keys.items()}
     raise SystemExit(f"unknown method {name!r}; choose from {METHODS}")
 
 
-METHODS = ("kernelbank", "kernelbank_stream", "lbp", "gabor", "scattering")
-FAMILY = {"kernelbank": "kernelbank", "kernelbank_stream": "kernelbank", "lbp": "peer",
-          "gabor": "peer", "scattering": "peer"}
+METHODS = ("kernelbank", "kernelbank_ridge", "kernelbank_stream", "lbp", "gabor",
+           "scattering")
+FAMILY = {"kernelbank": "kernelbank", "kernelbank_ridge": "kernelbank",
+          "kernelbank_stream": "kernelbank", "lbp": "peer", "gabor": "peer",
+          "scattering": "peer"}
 
 
 def load_builtin(data: str, patch_size: int, cache: str, n_classes: int | None = None,
@@ -447,8 +518,10 @@ def main(argv=None) -> int:
             continue
         extracted = time.perf_counter() - started
         variants = {k: (v[:n_train], v[n_train:]) for k, v in features.items()}
+        heads = STREAM_HEADS if name.endswith("_stream") else \
+            RIDGE_HEADS if name.endswith("_ridge") else HEADS
         result = select_and_test(variants, np.asarray(y_train), np.asarray(y_test), folds,
-                                 args.jobs, STREAM_HEADS if name.endswith("_stream") else HEADS)
+                                 args.jobs, heads)
         results[name] = {**result, "family": FAMILY[name], "features_seconds": extracted,
                          "seconds": time.perf_counter() - started}
         print(f"# done {name}: test {result['accuracy']:.4f}, cv {result['cv']:.4f} "
@@ -456,16 +529,17 @@ def main(argv=None) -> int:
               flush=True)
 
     n_test = len(y_test)
-    print(f"{'method':<12}{'family':<12}{'test acc':>9}{'errors':>8}{'cv mean±sd':>15}"
+    print(f"{'method':<18}{'family':<12}{'test acc':>9}{'errors':>8}{'cv mean±sd':>15}"
           f"  recipe chosen by CV (train only)")
     for name, r in results.items():
         errors = round((1 - r["accuracy"]) * n_test)
-        print(f"{name:<12}{r['family']:<12}{r['accuracy']:>9.4f}{errors:>8d}"
+        print(f"{name:<18}{r['family']:<12}{r['accuracy']:>9.4f}{errors:>8d}"
               f"{r['cv']:>9.4f}±{r['cv_sd']:.4f}  {r['recipe']}")
-        for variant, cv in r["variants_cv"].items():
-            print(f"{'':<24}{'':>17}{cv:>9.4f}        variant {variant} (best head)")
+        for variant, v in r["variants_cv"].items():
+            print(f"{'':<30}{'':>17}{v['cv']:>9.4f}±{v['cv_sd']:.4f}  variant {variant} "
+                  f"({v['head']})")
     for name, why in skipped.items():
-        print(f"{name:<12}{FAMILY[name]:<12}{'-':>9}{'-':>8}{'-':>15}  {why}")
+        print(f"{name:<18}{FAMILY[name]:<12}{'-':>9}{'-':>8}{'-':>15}  {why}")
     ours = {k: r for k, r in results.items() if r["family"] == "kernelbank"}
     peers = {k: r for k, r in results.items() if r["family"] == "peer"}
     summary = {}

@@ -165,6 +165,11 @@ class FitConfig:
         Z-score each image before fitting.
     descriptors : bool, default=True
         Also store the residual descriptors of each image's own kernel.
+    image_patterns : bool, default=True
+        With ``descriptors`` (2-D images): also store the rotation-invariant sign-pattern
+        histograms of each image itself at every dilation (the zero kernel's residual, in
+        the same sweep; columns ``img_…`` of the descriptors). Chosen by cross-validation
+        in ``bench/accuracy.py`` (see README, *Accuracy*).
     grid : int, optional
         Also store the window sums per cell of a ``grid × grid`` partition (residual
         energy maps from statistics); None stores whole-image sums only.
@@ -200,6 +205,7 @@ class FitConfig:
     ridge: float = 1e-6
     normalize: bool = True
     descriptors: bool = True
+    image_patterns: bool = True
     grid: int | None = None
     cache_pixels: bool = False
     batch_size: int | None = None
@@ -238,6 +244,14 @@ class FitConfig:
         window = 2 * self.radius * max(self.dilations) + 1 + (2 if self.descriptors else 0)
         return max(window * s - (s - 1) for s in self.scales)
 
+    def descriptor_spec(self, ndim: int):
+        """The :class:`~kernelbank.core.residual.ResidualDescriptors` the fit stage
+        stores for ``ndim``-D images, or None without descriptors."""
+        if not self.descriptors:
+            return None
+        from .core.fit import default_descriptors
+        return default_descriptors(ndim, image_patterns=self.image_patterns)
+
     @property
     def scale_index(self) -> list[tuple[int, int]]:
         """``(scale, dilation)`` of every entry of the fit table's vectors, in order."""
@@ -263,7 +277,7 @@ class ReduceConfig:
 
 
 #: Feature groups the feature stage can compute from the statistics table.
-FEATURE_GROUPS = ("own", "residual", "bank")
+FEATURE_GROUPS = ("own", "residual", "image", "bank")
 
 
 @dataclass(frozen=True)
@@ -272,10 +286,22 @@ class FeatureConfig:
 
     Parameters
     ----------
-    groups : tuple of str, default=("own", "residual", "bank")
+    groups : tuple of str, default=("own", "residual", "image", "bank")
         ``own``: own-kernel coefficients and log MSE; ``residual``: residual
-        descriptors; ``bank``: log MSE/variance, gain (and energy cells) of every bank
+        descriptors; ``image``: the image's own sign-pattern histograms (stored by the
+        fit stage with ``image_patterns``; a table without them gives none, with a
+        warning); ``bank``: log MSE/variance, gain (and energy cells) of every bank
         kernel, from the window sums.
+    rotation_invariant : bool, default=True
+        Keep only the rotation-invariant histograms of the residual descriptors: drop
+        the ``nri`` sign patterns and the (axis-bound) co-occurrences.
+    power : float, default=0.5
+        ``sign(h) |h|^power`` on every histogram column (sign patterns, co-occurrences):
+        0.5 is the Hellinger map, 1 leaves them as they are.
+    pool_symmetries : bool, default=False
+        Replace each own full-basis kernel by its mean over the 8 symmetries of the
+        window (one coefficient per orbit of taps, ``ar_<entry>_sym<k>``): invariant to
+        90° rotations and flips of the image. One-channel 2-D tables of a full basis.
     joint : bool, default=True
         Add the joint coefficients of each dilation's bank kernels.
     ridge : float, default=1e-6
@@ -289,6 +315,9 @@ class FeatureConfig:
     """
 
     groups: tuple[str, ...] = FEATURE_GROUPS
+    rotation_invariant: bool = True
+    power: float = 0.5
+    pool_symmetries: bool = False
     joint: bool = True
     ridge: float = 1e-6
     pixel_features: bool = False
@@ -306,6 +335,9 @@ class FeatureConfig:
             raise ValueError(f"feature groups must be a non-empty subset of {FEATURE_GROUPS}, "
                              f"got {self.groups!r}")
         object.__setattr__(self, "groups", groups)
+        if not 0 < self.power <= 1:
+            raise ValueError(f"power must be in (0, 1] (0.5: Hellinger, 1: none), got "
+                             f"{self.power!r}")
         if not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge!r}")
         _check_positive("grid", self.grid)

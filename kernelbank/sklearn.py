@@ -431,6 +431,9 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
         Quantised values are clipped to ``-levels … levels``.
     lags : tuple of int, default=(1,)
         Neighbour distances (residual pixels) of patterns and co-occurrences.
+    image_patterns : tuple of {"ri", "nri"}, default=()
+        Histograms of the image's own local binary patterns at lags ``lags × dilation``
+        (columns ``res_s<s>_d<d>_img_lbp_…``), from the same pass.
     ridge : float, default=1e-6
     normalize : bool, default=True
     image_shape : tuple of int, optional
@@ -462,7 +465,8 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
     def __init__(self, radius=2, basis="full", dilations=(1, 2, 3), scales=(1,),
                  coefficients=False, moments=True, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99),
                  patterns=("ri", "nri"), ternary=None, cooccurrence=2, levels=2, lags=(1,),
-                 ridge=1e-6, normalize=True, image_shape=None, channels=1, centre_mask="own"):
+                 ridge=1e-6, normalize=True, image_shape=None, channels=1, centre_mask="own",
+                 image_patterns=()):
         self.radius = radius
         self.basis = basis
         self.dilations = dilations
@@ -480,12 +484,14 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
         self.image_shape = image_shape
         self.channels = channels
         self.centre_mask = centre_mask
+        self.image_patterns = image_patterns
 
     def _descriptors(self) -> ResidualDescriptors:
         return ResidualDescriptors(
             moments=bool(self.moments), quantiles=tuple(self.quantiles),
             patterns=tuple(self.patterns), ternary=self.ternary, cooccurrence=self.cooccurrence,
-            levels=self.levels, lags=tuple(self.lags))
+            levels=self.levels, lags=tuple(self.lags),
+            image_patterns=tuple(self.image_patterns))
 
     def _own_names(self) -> list[str]:
         names = []
@@ -537,7 +543,7 @@ class TextureFeatures(ResidualFeatures):
     Parameters
     ----------
     radius, basis, dilations, scales, moments, quantiles, patterns, ternary, cooccurrence, \
-levels, lags, ridge, normalize, image_shape, channels, centre_mask
+levels, lags, ridge, normalize, image_shape, channels, centre_mask, image_patterns
         As :class:`ResidualFeatures`.
     coefficients : bool, default=True
     bank : {None, "stats", "pixels"}, default=None
@@ -564,12 +570,13 @@ levels, lags, ridge, normalize, image_shape, channels, centre_mask
                  coefficients=True, moments=True, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9, 0.99),
                  patterns=("ri", "nri"), ternary=None, cooccurrence=2, levels=2, lags=(1,),
                  bank=None, bank_joint=False, bank_grid=2, ridge=1e-6, normalize=True,
-                 image_shape=None, channels=1, centre_mask="own"):
+                 image_shape=None, channels=1, centre_mask="own", image_patterns=()):
         super().__init__(radius=radius, basis=basis, dilations=dilations, scales=scales,
                          coefficients=coefficients, moments=moments, quantiles=quantiles,
                          patterns=patterns, ternary=ternary, cooccurrence=cooccurrence,
                          levels=levels, lags=lags, ridge=ridge, normalize=normalize,
-                         image_shape=image_shape, channels=channels, centre_mask=centre_mask)
+                         image_shape=image_shape, channels=channels, centre_mask=centre_mask,
+                         image_patterns=image_patterns)
         self.bank = bank
         self.bank_joint = bank_joint
         self.bank_grid = bank_grid

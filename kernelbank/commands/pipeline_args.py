@@ -104,6 +104,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                                 "from fit/")
         model.add_argument("--no-descriptors", action="store_true",
                            help="do not store residual descriptors in the statistics table")
+        model.add_argument("--no-image-patterns", action="store_true",
+                           help="do not store the images' own sign patterns beside the "
+                                "residual descriptors")
         model.add_argument("--stats-grid", type=int, default=None, metavar="G",
                            help="also keep window sums per cell of a GxG grid (energy maps)")
     if "reduce" in stages:
@@ -117,6 +120,15 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
         feats.add_argument("--feature-groups", nargs="+", choices=FEATURE_GROUPS,
                            default=list(FEATURE_GROUPS),
                            help="feature groups (default: all of %(choices)s)")
+        feats.add_argument("--all-patterns", action="store_true",
+                           help="keep the residual's non-rotation-invariant patterns and "
+                                "co-occurrences (default: rotation-invariant histograms only)")
+        feats.add_argument("--power", type=float, default=0.5,
+                           help="sign(h)|h|^power on histogram features (default 0.5, the "
+                                "Hellinger map; 1: none)")
+        feats.add_argument("--pool-symmetries", action="store_true",
+                           help="own full-basis kernels averaged over the window's 8 "
+                                "symmetries (invariant to 90-degree rotations and flips)")
         feats.add_argument("--no-joint", action="store_true",
                            help="leave out the joint coefficients of the bank kernels")
         feats.add_argument("--pixel-features", action="store_true",
@@ -188,6 +200,7 @@ def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> Pi
     fit = FitConfig(radius=get("radius", 2), dilations=tuple(get("dilations", [1, 2, 3])),
                     scales=tuple(get("scales", [1])), basis=get("basis", "full"),
                     ridge=get("ridge", 1e-6), descriptors=not get("no_descriptors", False),
+                    image_patterns=not get("no_image_patterns", False),
                     grid=get("stats_grid"), cache_pixels=bool(get("train", False)),
                     batch_size=get("batch_size"), batch_pixels=get("batch_pixels", 1 << 19),
                     num_gpus=get("num_gpus", 0),
@@ -196,6 +209,9 @@ def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> Pi
     reduce = ReduceConfig(method=get("bank_method", "pooled"),
                           n_components=get("n_components", 2))
     features = FeatureConfig(groups=tuple(get("feature_groups", FEATURE_GROUPS)),
+                             rotation_invariant=not get("all_patterns", False),
+                             power=get("power", 0.5),
+                             pool_symmetries=bool(get("pool_symmetries", False)),
                              joint=not get("no_joint", False),
                              pixel_features=bool(get("pixel_features", False)),
                              batch_size=get("batch_size") or 64,

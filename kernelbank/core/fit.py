@@ -127,10 +127,13 @@ class FitResult:
         return channel_normal_equations(self.gram, self.basis)
 
 
-def default_descriptors(ndim: int) -> ResidualDescriptors:
+def default_descriptors(ndim: int, image_patterns: bool = False) -> ResidualDescriptors:
     """The residual descriptors of the one pass: every default for images; for volumes,
-    all but the 2-D sign patterns."""
-    return ResidualDescriptors() if ndim == 2 else ResidualDescriptors(patterns=())
+    all but the 2-D sign patterns. ``image_patterns``: also the rotation-invariant sign
+    patterns of each image itself (2-D; what ``kernelbank run`` stores)."""
+    if ndim != 2:
+        return ResidualDescriptors(patterns=())
+    return ResidualDescriptors(image_patterns=("ri",) if image_patterns else ())
 
 
 # ---------------------------------------------------------------------------- one entry
@@ -336,7 +339,8 @@ def _cat_sums(parts: list[WindowSums], order: list[int]) -> WindowSums:
 def image_statistics(images: ImageBatch, basis: Basis, *,
                      dilations: Sequence[int] | None = None,
                      scales: Sequence[int] | None = None, ridge: float = 1e-6,
-                     normalize: bool = True, descriptors: bool = True,
+                     normalize: bool = True,
+                     descriptors: bool | ResidualDescriptors = True,
                      grid: int | None = None) -> FitResult:
     """The fit stage's table: own kernels, window sums and residual descriptors, one pass.
 
@@ -352,8 +356,8 @@ def image_statistics(images: ImageBatch, basis: Basis, *,
         Entries are every (scale, dilation) pair, scale-major; default: the basis's
         dilation, scale 1.
     ridge, normalize : as :func:`fit`
-    descriptors : bool, default=True
-        Also describe each own-kernel residual (:func:`default_descriptors`).
+    descriptors : bool or ResidualDescriptors, default=True
+        Also describe each own-kernel residual (``True``: :func:`default_descriptors`).
     grid : int, optional
         Also keep the window sums per cell of a ``grid``-per-axis partition.
 
@@ -372,7 +376,9 @@ def image_statistics(images: ImageBatch, basis: Basis, *,
     ((2, 1, 3, 26), (2, 1, 3, 3))
     """
     return fit(images, basis, ridge=ridge, normalize=normalize, dilations=dilations,
-               scales=scales, return_sums=True, grid=grid, descriptors=bool(descriptors),
+               scales=scales, return_sums=True, grid=grid,
+               descriptors=descriptors if isinstance(descriptors, ResidualDescriptors)
+               else bool(descriptors),
                _keep_dtype=True, _scale_axis=True)
 
 

@@ -21,11 +21,17 @@ and in the *spatial patterns* of residual signs, which need the pixels. Per imag
     lag ``L`` pixels (see :mod:`kernelbank.core.patterns`).
 ``cooc_ax<a>_lag<L>_<v…>``
     Co-occurrences of ``clip(round(e / (q σ)), -T, T)`` along each axis of the grid.
+``img_lbp_<kind>_lag<L>_<bin>``
+    With ``image_patterns``: the same sign-pattern histograms of the (z-scored) *image*
+    ``x`` itself — the residual of a zero kernel — over the whole image at lag ``L δ``
+    (the dilation's tap spacing), so each dilation sees the image's patterns at its own
+    scale. The residual's patterns describe what the own kernel leaves; the image's what
+    it explains (edges, spots, flat areas); the bench measures the pair.
 
 Channels: with a vector AR kernel (a :class:`~kernelbank.core.basis.Basis` of ``C > 1``)
 each channel ``c`` has its residual ``e_c = x_c − Σ_{c'} k_{cc'} ⋆ x_{c'}``, and every
 descriptor above is taken of each channel's residual (columns ``c<c>_<name>``,
-channel-major).
+channel-major; then the image patterns of each channel, ``img_c<c>_lbp_…``).
 
 :func:`describe_residuals` works on a batch of same-sized, already normalised images
 with their fitted kernels (what the fit stage holds in memory in its one pass);
@@ -41,7 +47,7 @@ quantiles and co-occurrences only (asking for patterns of a volume raises).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -84,6 +90,10 @@ class ResidualDescriptors:
         Quantisation step in units of σ.
     lags : tuple of int, default=(1,)
         Distances (in residual pixels) of the pattern neighbours and tuple members.
+    image_patterns : tuple of {"ri", "nri"}, default=()
+        Sign-pattern histograms of the image itself (a zero kernel's residual) at lags
+        ``lags × dilation``, columns ``img_lbp_<kind>_lag<L>_<bin>``; empty for none. 2-D
+        only.
     """
 
     moments: bool = True
@@ -94,15 +104,16 @@ class ResidualDescriptors:
     levels: int = 2
     step: float = 1.0
     lags: tuple[int, ...] = field(default=(1,))
+    image_patterns: tuple[str, ...] = ()
 
     def __post_init__(self):
         quantiles = tuple(float(q) for q in self.quantiles)
         if any(not 0 <= q <= 1 for q in quantiles):
             raise ValueError(f"quantiles must lie in [0, 1], got {self.quantiles!r}")
-        unknown = [p for p in self.patterns if p not in _PATTERN_BINS]
-        if unknown:
-            raise ValueError(f"patterns must be a subset of {tuple(_PATTERN_BINS)}, got "
-                             f"{self.patterns!r}")
+        for name in ("patterns", "image_patterns"):
+            if any(p not in _PATTERN_BINS for p in getattr(self, name)):
+                raise ValueError(f"{name} must be a subset of {tuple(_PATTERN_BINS)}, got "
+                                 f"{getattr(self, name)!r}")
         if self.ternary is not None and not self.ternary > 0:
             raise ValueError(f"ternary must be a threshold > 0 (in units of σ) or None, got "
                              f"{self.ternary!r}")
@@ -115,12 +126,19 @@ class ResidualDescriptors:
         lags = _as_tuple(tuple(self.lags), 1, "lags")
         object.__setattr__(self, "quantiles", quantiles)
         object.__setattr__(self, "patterns", tuple(self.patterns))
+        object.__setattr__(self, "image_patterns", tuple(self.image_patterns))
         object.__setattr__(self, "lags", lags)
 
     @property
     def uses_patterns(self) -> bool:
         """Whether any 2-D-only sign-pattern histogram is asked for."""
-        return bool(self.patterns) or self.ternary is not None
+        return bool(self.patterns or self.image_patterns) or self.ternary is not None
+
+    def image_spec(self, dilation: int) -> ResidualDescriptors:
+        """The image patterns at ``dilation`` as descriptors of a zero kernel's residual
+        (lags in pixels: ``lags × dilation``)."""
+        return ResidualDescriptors(moments=False, quantiles=(), patterns=self.image_patterns,
+                                   cooccurrence=0, lags=tuple(g * dilation for g in self.lags))
 
     @property
     def max_lag(self) -> int:
@@ -146,7 +164,12 @@ class ResidualDescriptors:
                     names += [f"cooc_ax{axis}_lag{lag}_" + "_".join(t)
                               for t in np.ndindex(*([len(values)] * self.cooccurrence))
                               for t in [[values[i] for i in t]]]
-        return names
+        return names + self.image_names()
+
+    def image_names(self) -> list[str]:
+        """Names of the image patterns (the last columns of :meth:`names`)."""
+        return [f"img_lbp_{kind}_lag{lag}_{b:02d}" for lag in self.lags
+                for kind in self.image_patterns for b in range(_PATTERN_BINS[kind])]
 
     def check_ndim(self, ndim: int) -> None:
         if ndim not in (2, 3):
@@ -162,10 +185,14 @@ def residual_descriptor_names(descriptors: ResidualDescriptors | None = None,
                               ndim: int = 2, channels: int = 1) -> list[str]:
     """Column names of :func:`describe_residuals` (``descriptors`` default: all defaults);
     ``c<c>_<name>`` for each channel's residual when ``channels > 1``."""
-    names = (descriptors or ResidualDescriptors()).names(ndim)
+    spec = descriptors or ResidualDescriptors()
+    names = spec.names(ndim)
     if channels == 1:
         return names
-    return [f"c{c}_{name}" for c in range(channels) for name in names]
+    image = spec.image_names()
+    own = names[:len(names) - len(image)]
+    return ([f"c{c}_{name}" for c in range(channels) for name in own]
+            + [f"img_c{c}_{name[4:]}" for c in range(channels) for name in image])
 
 
 def _check_residual_args(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
@@ -308,6 +335,13 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     vector = kernels.ndim == batch.ndim + 1
     ndim = batch.ndim - (2 if vector else 1)
     spec.check_ndim(ndim)
+    if spec.image_patterns:        # the image's patterns: the same sweep, a zero kernel
+        own = describe_residuals(batch, kernels, dilation,
+                                 replace(spec, image_patterns=()), engine=engine)
+        zero = kernels.new_zeros(kernels.shape[:kernels.ndim - ndim] + (1,) * ndim)
+        image = describe_residuals(batch, zero, 1, spec.image_spec(int(dilation)),
+                                   engine=engine)
+        return torch.cat([own, image], 1)
     # autograd needs the torch engine (the moments are differentiable there)
     compiled = engine == "compiled" or (
         engine == "auto" and batch.device.type == "cpu"

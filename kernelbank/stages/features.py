@@ -6,7 +6,9 @@ named by prefix:
 
 ``ar_s<scale>_d<dilation>_c<j>``      own-kernel coefficients of the chosen basis
 ``ar_s<scale>_d<dilation>_log_mse``   log residual MSE of the own kernel
-``res_s<scale>_d<dilation>_<name>``   residual descriptors of the own kernel
+``res_s<scale>_d<dilation>_<name>``   residual descriptors of the own kernel (with
+                                      ``rotation_invariant``: the ri histograms only)
+``img_s<scale>_d<dilation>_<name>``   the image's own sign patterns at that dilation
 ``<kernel>_log_mse``, ``_log_var``, ``_gain``, ``_log_energy_<cell>``
                                       each bank kernel, from the window sums
 ``joint_<kernel>``                    joint coefficients of each dilation's bank kernels
@@ -17,6 +19,10 @@ own-kernel group is per output channel ``ar_<entry>_ch<c>_c<j>`` and
 ``ar_<entry>_corr_c<a>_c<b>``; descriptors are ``res_<entry>_c<c>_<name>``; bank
 features are per (kernel, output channel) ``<kernel>_c<c>_log_mse`` …; the likelihood
 uses each class's ``C × C`` residual covariance.
+
+Histogram columns (sign patterns, co-occurrences) go through ``sign(h) |h|^power``
+(``power`` 0.5: the Hellinger map, under which a linear model compares histograms as a
+χ²-like kernel does; chosen by CV in ``bench/accuracy.py``).
 
 then ``likelihood_prediction`` (the class whose pooled AR models explain the image
 best, also from the sums). Which groups a run computes is the feature config's
@@ -38,6 +44,7 @@ MAE and the win rate of a bank kernel need the pixels: ``pixel_features=True``
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -55,7 +62,7 @@ from .reduce import BANK_FILE, load_fit_meta, stats_file
 from .table import TableMeta, column_array, covariance_of_rows, sums_of_rows, table_files
 
 __all__ = ["TableFeaturizer", "PixelFeaturizer", "load_bank_and_stats", "run_features",
-           "write_features", "PREDICTION", "feature_names"]
+           "write_features", "PREDICTION", "feature_names", "descriptor_columns"]
 
 PREDICTION = "likelihood_prediction"
 _POSITIVE = ("mse", "var", "mae")
@@ -96,6 +103,54 @@ def _correlations(covariance: np.ndarray) -> np.ndarray:
     return np.where(scale > _FLOOR, covariance[:, a, b] / np.maximum(scale, _FLOOR), 0.0)
 
 
+def descriptor_columns(meta: TableMeta, config: FeatureConfig
+                       ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Which of one entry's stored descriptors the groups keep, in order.
+
+    Returns the indices of the residual descriptors, of the image patterns (``img_…``),
+    their feature-name stems (``res_<entry>_`` / ``img_<entry>_`` come first) and
+    which of them are histogram bins (they get the power map). A table written before
+    image patterns existed (or with ``--no-image-patterns``) has none: the ``image``
+    group then adds nothing (the stage logs it).
+    """
+    names = list(meta.descriptor_names)
+    is_image = np.array([n.startswith("img_") for n in names], dtype=bool)
+    keep = np.zeros(len(names), dtype=bool)
+    if "residual" in config.groups:
+        keep |= ~is_image
+    if "image" in config.groups:
+        keep |= is_image
+    if config.rotation_invariant:    # nri patterns and co-occurrences follow the grid's axes
+        keep &= np.array([not re.search(r"(^|_)(cooc_|(lbp|ltp_up|ltp_lo)_nri_)", n)
+                          for n in names], dtype=bool)
+    res, img = np.flatnonzero(keep & ~is_image), np.flatnonzero(keep & is_image)
+    stems = [names[i] for i in res] + [names[i][4:] for i in img]
+    histogram = np.array([bool(re.search(r"(^|_)(lbp|ltp|cooc)_", n)) for n in stems],
+                         dtype=bool)
+    return res, img, stems, histogram
+
+
+def symmetry_pooling(meta: TableMeta) -> np.ndarray:
+    """(m, orbits) averaging matrix of the own full-basis coefficients over the 8
+    symmetries of the square window (orbits ``{(±a, ±b), (±b, ±a)}``, by ``(max, min)``)."""
+    if meta.basis != "full" or meta.ndim != 2 or meta.n_channels != 1:
+        raise ValueError(f"pool_symmetries needs a one-channel 2-D table of a full basis, got "
+                         f"basis={meta.basis!r}, ndim={meta.ndim}, channels={meta.n_channels}; "
+                         "drop --pool-symmetries")
+    import torch
+    kernels = meta.basis_at(1).to_kernels(torch.eye(meta.n_components, dtype=torch.float64))
+    r = meta.radius
+    keys = []
+    for kernel in kernels.numpy():            # each coefficient is one tap of the window
+        (y,), (x,) = np.nonzero(kernel)
+        keys.append((max(abs(y - r), abs(x - r)), min(abs(y - r), abs(x - r))))
+    orbits = sorted(set(keys))
+    pool = np.zeros((len(keys), len(orbits)))
+    for j, key in enumerate(keys):
+        pool[j, orbits.index(key)] = 1.0 / keys.count(key)
+    return pool
+
+
 def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
     """Column names of the feature table for ``config.groups``, in order."""
     from ..core.features import bank_feature_names_from_sums
@@ -107,12 +162,15 @@ def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
             width = max(2, len(str(meta.n_components - 1)))
             outputs = [f"_ch{c}" for c in range(meta.n_channels)] if meta.n_channels > 1 \
                 else [""]
-            names += [f"ar_{tag}{o}_c{j:0{width}d}" for o in outputs
-                      for j in range(meta.n_components)]
+            if config.pool_symmetries:
+                names += [f"ar_{tag}_sym{k}" for k in range(symmetry_pooling(meta).shape[1])]
+            else:
+                names += [f"ar_{tag}{o}_c{j:0{width}d}" for o in outputs
+                          for j in range(meta.n_components)]
             names += [f"ar_{tag}{o}_log_mse" for o in outputs]
             names += [f"ar_{tag}_corr_c{a}_c{b}" for a, b in _channel_pairs(meta.n_channels)]
-        if "residual" in groups and meta.descriptor_names:
-            names += [f"res_{tag}_{n}" for n in meta.descriptor_names]
+        res, _, stems, _ = descriptor_columns(meta, config)
+        names += [f"{'res' if k < len(res) else 'img'}_{tag}_{n}" for k, n in enumerate(stems)]
     if "bank" in groups:
         bank_names = bank_feature_names_from_sums(bank, grid=meta.grid, joint=config.joint)
         names += [_log_name(n) if _is_positive(n) else n for n in bank_names]
@@ -154,15 +212,22 @@ class TableFeaturizer:
         log_mse = np.log(np.maximum(column_array(table, "mse"), _FLOOR)).reshape(n, s, c)
         covariance = covariance_of_rows(column_array(table, "covariance"), meta) \
             if c > 1 and "own" in groups else None
+        res, img, _, histogram = descriptor_columns(meta, self.config)
+        if self.config.pool_symmetries and "own" in groups:
+            coef = coef @ symmetry_pooling(meta)
         desc = column_array(table, "descriptors").reshape(n, s, -1) \
-            if "residual" in groups and meta.descriptor_names else None
+            if len(res) + len(img) else None
         for e in range(s):
             if "own" in groups:
                 parts += [coef[:, e], log_mse[:, e]]
                 if covariance is not None:
                     parts.append(_correlations(covariance[:, e]))
             if desc is not None:
-                parts.append(desc[:, e])
+                kept = desc[:, e][:, np.concatenate([res, img])].astype(np.float64)
+                if self.config.power != 1:
+                    kept[:, histogram] = np.sign(kept[:, histogram]) * \
+                        np.abs(kept[:, histogram]) ** self.config.power
+                parts.append(kept)
         sums = sums_of_rows(column_array(table, "sums"), meta)
         if "bank" in groups:
             cells = [] if meta.grid is None else \
@@ -252,7 +317,7 @@ def _table_columns(meta: TableMeta, config: FeatureConfig) -> list[str]:
     columns = ["id", "path", "label", "split", "coef", "mse", "sums"]
     if meta.n_channels > 1 and "own" in groups:
         columns.append("covariance")
-    if "residual" in groups and meta.descriptor_names:
+    if ("residual" in groups or "image" in groups) and meta.descriptor_names:
         columns.append("descriptors")
     if "bank" in groups and meta.grid is not None:
         columns.append("cell_sums")
@@ -370,6 +435,10 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
     fs_fit, fit_path = resolve(fit_url, s3_endpoint=s3_endpoint)
     meta = load_fit_meta(fs_fit, fit_path, fit_url)
     names = feature_names(meta, bank, config)
+    if "image" in config.groups and not len(descriptor_columns(meta, config)[1]):
+        log(f"features: warning: {fit_url} holds no image patterns (a table written before "
+            "they existed, or without descriptors or image patterns): the 'image' group "
+            "adds no columns; rerun the fit stage to get them")
     summary: dict[str, Any] = {}
     log(f"features: {fit_url} (no pixels) with {len(bank)} kernels, groups="
         f"{','.join(config.groups)}{' + pixel features (second read)' if config.pixel_features else ''}")

@@ -163,7 +163,8 @@ class StatisticsFitter:
         stats = image_statistics(self._to_device(images), self.basis,
                                  dilations=config.dilations, scales=config.scales,
                                  ridge=config.ridge, normalize=config.normalize,
-                                 descriptors=config.descriptors, grid=config.grid)
+                                 descriptors=config.descriptor_spec(self.ndim) or False,
+                                 grid=config.grid)
         n = len(images)
         out = {"coef": stats.coef.reshape(n, -1).cpu().numpy(),
                "mse": stats.mse.reshape(n, -1).cpu().numpy(), "sums": flat_sums(stats.sums)}
@@ -307,9 +308,8 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",
     basis = make_basis(config.basis, config.radius, ndim, n_channels)
     names: list[str] = []
     if config.descriptors:
-        from ..core.fit import default_descriptors
         from ..core.residual import residual_descriptor_names
-        names = residual_descriptor_names(default_descriptors(ndim), ndim, n_channels)
+        names = residual_descriptor_names(config.descriptor_spec(ndim), ndim, n_channels)
     from ..core.sums_rows import sums_row_length
     n_taps = (2 * config.radius + 1) ** ndim
     return {"version": TABLE_VERSION, "basis": config.basis.value, "radius": config.radius,

@@ -39,8 +39,15 @@ def recipe(config: PipelineConfig) -> str:
     scales = "" if tuple(fit.scales) == (1,) else f" scales {','.join(map(str, fit.scales))}"
     channels = "" if config.read.channels.value == "luminance" else f" {config.read.channels.value}"
     own = (f"{fit.basis.value}{channels} radius {fit.radius} dilations {dilations}{scales}"
-           + (" + residual descriptors" if fit.descriptors else ""))
-    groups = "+".join(feats.groups) + (" + joint" if feats.joint else "")
+           + (" + residual descriptors" if fit.descriptors else "")
+           + (" + image patterns" if fit.descriptors and fit.image_patterns else ""))
+    groups = "+".join(feats.groups) + (" + joint" if feats.joint else "") \
+        + (" (own kernels pooled over the 8 symmetries)" if feats.pool_symmetries else "")
+    if {"residual", "image"} & set(feats.groups):
+        groups += ((" (rotation-invariant histograms" if feats.rotation_invariant
+                    else " (all histograms")
+                   + (", Hellinger)" if feats.power == 0.5 else
+                      f", power {feats.power:g})" if feats.power != 1 else ")"))
     ridge = config.classify.ridge
     alpha = (f"alpha by {config.classify.cv_folds}-fold CV" if ridge is None
              else f"alpha {ridge:g}")
@@ -111,9 +118,13 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                          "n_channels": stages["fit"].get("n_channels", 1),
                          "radius": config.fit.radius, "dilations": list(config.fit.dilations),
                          "scales": list(config.fit.scales), "basis": config.fit.basis.value,
-                         "descriptors": config.fit.descriptors, "grid": config.fit.grid,
+                         "descriptors": config.fit.descriptors,
+                         "image_patterns": config.fit.image_patterns, "grid": config.fit.grid,
                          "bank_method": config.reduce.method.value,
                          "feature_groups": list(config.features.groups),
+                         "rotation_invariant": config.features.rotation_invariant,
+                         "power": config.features.power,
+                         "pool_symmetries": config.features.pool_symmetries,
                          "joint": config.features.joint,
                          "pixel_features": config.features.pixel_features,
                          "num_gpus": config.fit.num_gpus, "batch_size": config.fit.batch_size,

@@ -15,6 +15,7 @@ import torch
 from scipy import stats
 
 import kernelbank as kb
+from kernelbank.core.fit import default_descriptors
 from kernelbank.core.residual import ResidualDescriptors, describe_residuals
 from kernelbank.datasets import random_stable_kernel, simulate_gmrf
 
@@ -354,3 +355,49 @@ def test_colour_residual_descriptors_are_each_channels_own():
                                              descriptors=spec)
     assert feats.shape[1] == len(feat_names) == 2 * (3 * basis.n_components + len(names))
     assert feat_names[0] == "ar_s1_d1_ch0_c00" and "res_s1_d2_c2_log_mse" in feat_names
+
+
+# ---------------------------------------------------------------------------- image patterns
+def test_image_patterns_are_the_images_own_codes_at_lag_times_dilation():
+    """``image_patterns``: LBP histograms of each channel of the image itself (a zero
+    kernel's residual, the whole image) at lag ``lag × dilation``; the own kernel's
+    descriptors are unchanged beside them."""
+    rng = np.random.default_rng(11)
+    x = torch.as_tensor(rng.integers(0, 4, size=(2, 3, 17, 19)), dtype=torch.float64)  # ties
+    kernels = kb.fit(x, kb.Basis.full(1, channels=3), normalize=False).kernels
+    own = ResidualDescriptors(quantiles=(0.5,), patterns=("ri",), cooccurrence=0, lags=(1, 2))
+    spec = ResidualDescriptors(quantiles=(0.5,), patterns=("ri",), cooccurrence=0, lags=(1, 2),
+                               image_patterns=("ri", "nri"))
+    names = kb.residual_descriptor_names(spec, 2, 3)
+    for engine in ("compiled", "torch"):
+        out = describe_residuals(x, kernels, 2, spec, engine=engine).numpy()
+        assert out.shape[1] == len(names)
+        width = len(kb.residual_descriptor_names(own, 2, 3))
+        np.testing.assert_allclose(out[:, :width],
+                                   describe_residuals(x, kernels, 2, own, engine=engine),
+                                   atol=1e-12)
+        for i in range(2):
+            for c in range(3):
+                for lag in (1, 2):
+                    codes = _lbp_reference(x[i, c].numpy(), lag * 2)     # dilation 2
+                    bins = [_uniform_bins(code) for code in codes]
+                    for k, (kind, n_bins) in enumerate((("ri", 10), ("nri", 59))):
+                        hist = np.bincount([b[k] for b in bins], minlength=n_bins) / len(codes)
+                        got = out[i, _columns(names, f"img_c{c}_lbp_{kind}_lag{lag}_")]
+                        np.testing.assert_allclose(got, hist, atol=1e-15)
+
+
+def test_fit_stores_image_patterns_of_each_dilation():
+    """Through the one pass (z-scored images, two dilations): entry ``d`` holds the image's
+    codes at lag ``d``; a z-score is monotone, so the raw image's codes are the reference."""
+    rng = np.random.default_rng(12)
+    images = rng.integers(0, 6, size=(2, 16, 18)).astype(np.float32)
+    spec = default_descriptors(2, image_patterns=True)
+    result = kb.fit(images, FULL1, dilations=(1, 2), descriptors=spec)
+    columns = _columns(result.descriptor_names, "img_lbp_ri_lag1_")
+    assert len(columns) == 10 and columns[-1] == len(result.descriptor_names) - 1
+    for i in range(2):
+        for e, dilation in enumerate((1, 2)):
+            codes = _lbp_reference(images[i], dilation)
+            ri = np.bincount([_uniform_bins(c)[0] for c in codes], minlength=10) / len(codes)
+            np.testing.assert_allclose(result.descriptors[i, e, columns].numpy(), ri, atol=1e-12)

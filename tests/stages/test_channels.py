@@ -23,6 +23,7 @@ from PIL import Image
 import kernelbank as kb
 from kernelbank.cli import main
 from kernelbank import image_statistics as channel_image_statistics
+from kernelbank.core.fit import default_descriptors
 from kernelbank.core.fit import image_statistics
 from kernelbank.io.runs import open_published
 
@@ -87,7 +88,8 @@ def test_rgb_fit_rows_equal_the_core_on_the_bands(rgb_run, data):
         pq.read_table(rgb_run / "errors").num_rows == 0
     basis = kb.Basis.full(RADIUS, channels=3)
     reference = channel_image_statistics([_bands(f) for f in files], basis,
-                                         dilations=DILATIONS)
+                                         dilations=DILATIONS,      # the stage's descriptors
+                                         descriptors=default_descriptors(2, True))
     n = len(files)
     # the same uint8 pixels, z-scored in float32: the actor normalises other groups of
     # images than this call, and float32 reductions of other shapes round differently

@@ -26,7 +26,8 @@ def test_fit_stage_row_is_kb_image_statistics(channels):
     images = rng.integers(0, 256, size=shape, dtype=np.uint8)
     row, _ = StatisticsFitter(CONFIG, channels=channels)._statistics(list(images), ["a", "b"])
     basis = kb.Basis.full(1, channels=channels)
-    stats = kb.image_statistics(images, basis, dilations=CONFIG.dilations, grid=CONFIG.grid)
+    stats = kb.image_statistics(images, basis, dilations=CONFIG.dilations, grid=CONFIG.grid,
+                                descriptors=CONFIG.descriptor_spec(2))   # + image patterns
     np.testing.assert_array_equal(row["coef"], stats.coef.reshape(2, -1).numpy())
     np.testing.assert_array_equal(row["mse"], stats.mse.reshape(2, -1).numpy())
     np.testing.assert_array_equal(row["descriptors"], stats.descriptors.reshape(2, -1).numpy())

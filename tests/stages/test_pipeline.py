@@ -152,7 +152,9 @@ def test_fit_rows_equal_in_process_fit(run):
     expected = np.concatenate([kb.sums_to_rows(ws) for ws in result.sums], 1)
     np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-3)
     # the residual descriptors, against the core's own pixel path
-    descriptors, _ = kb.residual_features(images, kb.Basis.full(2), dilations=list(DILATIONS))
+    from kernelbank.core.fit import default_descriptors       # with the image patterns
+    descriptors, _ = kb.residual_features(images, kb.Basis.full(2), dilations=list(DILATIONS),
+                                          descriptors=default_descriptors(2, True))
     got = np.array([by_id[str(p)]["descriptors"] for p in files])
     np.testing.assert_allclose(got, descriptors.numpy(), rtol=1e-4, atol=1e-4)
     assert by_id[str(files[0])]["shape"] == [32, 32]
@@ -229,7 +231,10 @@ def test_features_from_the_table_equal_the_pixel_paths(run):
         np.testing.assert_allclose(got(coef), own.coef[:, e].numpy(), atol=1e-5)
         np.testing.assert_allclose(got([f"ar_s1_d{dilation}_log_mse"])[:, 0],
                                    np.log(own.mse[:, e].numpy()), rtol=1e-5)
-    assert sum(n.startswith("res_") for n in names) == 2 * len(kb.residual_descriptor_names())
+    # residual descriptors: the rotation-invariant ones; the image's ri patterns beside
+    kept = [n for n in kb.residual_descriptor_names() if "nri" not in n and "cooc" not in n]
+    assert sum(n.startswith("res_") for n in names) == 2 * len(kept)
+    assert sum(n.startswith("img_") for n in names) == 2 * 10
     assert sum(n.startswith("joint_") for n in names) == len(bank)
 
 

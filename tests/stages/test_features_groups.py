@@ -1,0 +1,79 @@
+"""The feature stage's descriptor groups on a real fit-stage table (no Ray run needed).
+
+The rows come from the fit stage's own row builder (:class:`StatisticsFitter`, what each
+actor runs); the features from :class:`TableFeaturizer`, what each feature task runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+import kernelbank as kb
+from kernelbank.config import FeatureConfig, FitConfig
+from kernelbank.stages.features import TableFeaturizer
+from kernelbank.stages.fit import StatisticsFitter, fit_metadata
+from kernelbank.stages.table import TableMeta
+
+IMAGES = list(np.random.default_rng(0).integers(0, 256, size=(3, 24, 26), dtype=np.uint8))
+
+
+def _features(fit: FitConfig, features: FeatureConfig, images=IMAGES
+              ) -> tuple[np.ndarray, list[str]]:
+    row = StatisticsFitter(fit)._statistics(list(images), ["a", "b", "c"])
+    table = pa.table({"id": ["a", "b", "c"], "path": ["a", "b", "c"], "label": ["x", "y", "x"],
+                      "split": ["train"] * 3,
+                      **{k: pa.array(list(row[k])) for k in ("coef", "mse", "sums",
+                                                               "descriptors")}})
+    out = TableFeaturizer(None, {}, TableMeta.from_json(fit_metadata(fit, 2)), features)(table)
+    names = out.column_names[4:-3]
+    return np.column_stack([out.column(n).to_numpy() for n in names]), names
+
+
+def test_default_features_hold_the_image_patterns_hellinger_mapped():
+    fit = FitConfig(radius=1, dilations=(1, 2))
+    values, names = _features(fit, FeatureConfig(groups=("own", "residual", "image")))
+    image = [n for n in names if n.startswith("img_")]
+    assert image == [f"img_s1_d{d}_lbp_ri_lag1_{b:02d}" for d in (1, 2) for b in range(10)]
+    assert not [n for n in names if "nri" in n or "cooc" in n]      # rotation-invariant only
+    stats = kb.image_statistics(np.stack(IMAGES), kb.Basis.full(1), dilations=(1, 2),
+                                descriptors=fit.descriptor_spec(2))
+    stored = stats.descriptor_names.index("img_lbp_ri_lag1_00")
+    for e, d in enumerate((1, 2)):
+        got = values[:, names.index(f"img_s1_d{d}_lbp_ri_lag1_00"):][:, :10]
+        expected = np.sqrt(stats.descriptors[:, e, stored:stored + 10].numpy())
+        np.testing.assert_allclose(got, expected, atol=1e-6)      # float32 features
+        skew = stats.descriptor_names.index("skew")                # not a histogram: as stored
+        np.testing.assert_allclose(values[:, names.index(f"res_s1_d{d}_skew")],
+                                   stats.descriptors[:, e, skew].numpy(), rtol=1e-6)
+
+
+def test_a_table_without_image_patterns_gives_the_same_residual_features():
+    """An old table (no ``img_`` descriptors) with the ``image`` group: no image columns,
+    and the residual columns are the same values as from a new table."""
+    config = FeatureConfig(groups=("residual", "image"), power=1.0, rotation_invariant=False)
+    new, new_names = _features(FitConfig(radius=1, dilations=(1, 2)), config)
+    old, old_names = _features(FitConfig(radius=1, dilations=(1, 2), image_patterns=False),
+                               config)
+    assert old_names == [n for n in new_names if not n.startswith("img_")]
+    assert any("lbp_nri" in n for n in old_names) and len(old_names) < len(new_names)
+    np.testing.assert_array_equal(old, new[:, [new_names.index(n) for n in old_names]])
+
+
+def test_symmetry_pooled_own_kernels_are_invariant_to_quarter_turns_and_flips():
+    """The own kernel of a rotated (flipped) image is the rotated (flipped) kernel, so its
+    orbit means are the same; the raw coefficients are not."""
+    fit, square = FitConfig(radius=2, dilations=(1,)), [i[:24, :24] for i in IMAGES]
+    config = FeatureConfig(groups=("own",), pool_symmetries=True)
+    pooled, names = _features(fit, config, square)
+    assert names == [f"ar_s1_d1_sym{k}" for k in range(5)] + ["ar_s1_d1_log_mse"]
+    for moved in ([np.rot90(i).copy() for i in square], [i[:, ::-1].copy() for i in square]):
+        np.testing.assert_allclose(_features(fit, config, moved)[0], pooled, rtol=1e-4,
+                                   atol=1e-6)          # float32 features
+        raw = [_features(fit, FeatureConfig(groups=("own",)), x)[0] for x in (square, moved)]
+        assert np.abs(raw[0] - raw[1]).max() > 1e-2
+    # the orbit means of the raw coefficients (each orbit holds 4 or 8 taps)
+    raw, raw_names = _features(fit, FeatureConfig(groups=("own",)), square)
+    np.testing.assert_allclose(pooled[:, 0], raw[:, [raw_names.index(f"ar_s1_d1_c{j:02d}")
+                                                     for j in (7, 11, 12, 16)]].mean(1),
+                               rtol=1e-5, atol=1e-6)
