@@ -20,7 +20,7 @@ IMAGES = list(np.random.default_rng(0).integers(0, 256, size=(3, 24, 26), dtype=
 
 def _features(fit: FitConfig, features: FeatureConfig, images=IMAGES
               ) -> tuple[np.ndarray, list[str]]:
-    row = StatisticsFitter(fit)._statistics(list(images), ["a", "b", "c"])
+    row, _ = StatisticsFitter(fit)._statistics(list(images), ["a", "b", "c"])
     table = pa.table({"id": ["a", "b", "c"], "path": ["a", "b", "c"], "label": ["x", "y", "x"],
                       "split": ["train"] * 3,
                       **{k: pa.array(list(row[k])) for k in ("coef", "mse", "sums",
