@@ -34,7 +34,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .solve import solve_normal_equations
 from .stats import ClassStats, pooled_model
 
 __all__ = ["KernelBank", "BANK_METHODS"]
@@ -256,14 +255,9 @@ class KernelBank:
         coefs, owners, variances = [], [], []
         for index, name in enumerate(stats.classes):
             part = stats[name]
-            if method == "pooled" and channel:
+            if method == "pooled":
                 rows = pooled_model(part.sum_gram, part.n_pixels, basis,
-                                            ridge)[0].flatten().numpy()[None]
-                var = [np.nan]
-            elif method == "pooled":
-                rows = solve_normal_equations(
-                    torch.from_numpy(part.sum_gram), torch.from_numpy(part.sum_rhs),
-                    torch.tensor(part.n_pixels), ridge).numpy()[None]
+                                    ridge)[0].flatten().numpy()[None]
                 var = [np.nan]
             elif method == "pca":
                 rows, var = _pca_rows(part.mean_coef, part.covariance,

@@ -173,12 +173,8 @@ class LikelihoodClassifier:
                 raise ValueError(f"every ClassStats needs the same classes; got {part.classes} "
                                  f"and {classes}")
             sums = [part[c] for c in classes]
-            gram = torch.from_numpy(np.stack([s.sum_gram for s in sums]))
-            n_pix = torch.tensor([s.n_pixels for s in sums])
-            if basis.channels == 1:      # grey statistics keep G, h, Σx²: A is their block
-                gram = augmented(gram, torch.from_numpy(np.stack([s.sum_rhs for s in sums])),
-                                 torch.tensor([s.sum_sq for s in sums], dtype=torch.float64))
-            coef, covariance = pooled_model(gram, n_pix, basis, ridge)
+            coef, covariance = pooled_model(np.stack([s.sum_gram for s in sums]),
+                                            [s.n_pixels for s in sums], basis, ridge)
             variance = generalised_variance(covariance)
             covariance = _regularised(covariance)
             mean_own = torch.tensor([s.sum_mse / s.n for s in sums], dtype=torch.float64)
