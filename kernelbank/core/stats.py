@@ -1,58 +1,46 @@
 r"""Mergeable per-class statistics of AR fits.
 
-For every class ``c`` and a fixed basis, :class:`ClassStats` keeps the sums that every
-bank method needs::
+For every class and a fixed basis, :class:`ClassStats` keeps the sums every bank method
+needs::
 
     n        number of images
-    Σα       (m,)    sum of fitted coefficients
-    Σααᵀ     (m, m)  sum of their outer products          → mean and covariance (pca)
-    ΣG, Σh   (m, m), (m,)  normal-equation sums           → pooled kernel (ΣG + λ Σn I)⁻¹ Σh
-    Σx²      ()      sum of squared (normalised) pixels    → residual variance of any kernel
-    Σn_pix   ()      number of valid pixels
-    Σmse, Σmse²      per-image residual MSE of the images' own fits
+    Σα       (k,)    sum of fitted coefficient rows (k = C m)
+    Σααᵀ     (k, k)  sum of their outer products          → mean and covariance (pca)
+    ΣA       (M, M)  sum of the images' A = Σ z zᵀ        → pooled kernel of the class
+    Σh, Σx²  (M, C), (C, C)  its regressors × targets and targets × targets blocks
+    Σn_pix   number of valid pixels
+    Σmse, Σmse²      per-image own-fit residual variance det(Σ_own)^(1/C) (the MSE for C = 1)
     reservoir        a bounded sample of coefficient rows  → kmeans
 
-These are the products of the basis's regressors ``A = Σ z zᵀ`` (:mod:`kernelbank.core.solve`),
-one format for every channel count (grey is ``C = 1``): a coefficient row is the image's
-``(C, m)`` coefficients flattened, ``ΣG`` is ``Σ A`` over the ``M`` regressor rows (grey:
-``[[G, h], [hᵀ, Σx²]]``), ``Σh`` and ``Σx²`` are its regressors × targets ``(M, C)`` and
-targets × targets ``(C, C)`` blocks, and the MSE is the own fit's generalised variance
-``det(Σ_own)^(1/C)`` (the MSE itself for one channel). The pooled class model is each
-output channel's solve on the summed ``A`` (:func:`pooled_model`).
+``A`` is the Gram of the basis's regressor rows (:mod:`kernelbank.core.solve`); one
+format serves every channel count (grey: ``A = [[G, h], [hᵀ, Σx²]]``, ``C = 1``). The
+pooled class model is each output channel's solve on the summed ``A``
+(:func:`pooled_model`).
 
-Merging is adding (``a + b``): counts and sums add, and the reservoir keeps the ``k`` rows
-of lowest *priority* among both. A row's priority is a keyed hash of its coefficient bytes
-(:func:`_priorities`), so the sample is a uniformly random subset that does not depend on
-how the images were split into batches or in which order partial statistics merged.
-``0 + stats`` is ``stats`` so ``sum(list_of_stats)`` works, and :meth:`ClassStats.empty`
-is the identity.
+Merging is adding (``a + b``): counts and sums add, and the reservoir keeps the ``k``
+rows of lowest *priority* among both, a keyed hash of the row's bytes (:func:`_priorities`),
+so the sample is a uniformly random subset whatever the batching or merge order.
+``0 + stats`` is ``stats`` so ``sum(list_of_stats)`` works.
 
 Files
 -----
 :meth:`ClassStats.to_arrays` gives the arrays of one ``.npz`` archive, which
-:func:`kernelbank.io.stats_file.save_stats` writes (no pickle; ``numpy.load(...,
-allow_pickle=False)`` reads it without kernelbank). ``C`` classes, ``m`` components::
+:func:`kernelbank.io.stats_file.save_stats` writes (no pickle)::
 
     header_json      uint8 UTF-8 JSON: format, version, scale, reservoir_size, seed,
-                     class names (in order), basis description (kind, radius, dilation,
-                     ndim, n_components, ring_distances) or null when empty
+                     class names (in order), basis description, or null when empty
     basis_regressors (M, C t) float64  basis_selection (C, m) int64  basis_targets (C,)
                      int64 (files written before bases had channels hold one channel's
                      basis_offsets (n_taps, ndim) and basis_weights (m, n_taps) instead)
-    n, n_pixels      (K,) int64, K classes; with k = C m coefficients per image:
+    n, n_pixels      (K,) int64, K classes
     sum_coef (K, k)  sum_outer (K, k, k)  sum_gram (K, M, M)  sum_rhs (K, M, C)
     sum_sq (K, C, C)  sum_mse, sum_mse_sq (K,)                                  float64
     sample           (S, k) float64, every class's reservoir rows one class after another
     sample_priority  (S,) uint64                sample_count   (K,) int64
 
 Version 1 files kept a grey class's ``G (m, m)``, ``h (m,)`` and ``Σx² ()`` instead of its
-``A``; they are read into today's format (:meth:`ClassSums.from_dict`).
-
-Notes
------
-All sums are float64 (counts int64). Integer fields and the reservoir merge exactly; the
-float sums are associative and commutative up to float64 rounding (a relative 1e-15 per
-addition), which is far below anything a bank or a classifier can see.
+``A``; they are read into today's format (:meth:`ClassSums.from_dict`). All sums are
+float64 (counts int64); they merge exactly up to float64 rounding.
 """
 
 from __future__ import annotations
