@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -125,12 +125,7 @@ class ClassSums:
             sample=rows, sample_priority=priority)
 
     def to_dict(self) -> dict:
-        return {"n": int(self.n), "sum_coef": self.sum_coef, "sum_outer": self.sum_outer,
-                "sum_gram": self.sum_gram, "sum_rhs": self.sum_rhs,
-                "sum_sq": self.sum_sq,
-                "n_pixels": int(self.n_pixels),
-                "sum_mse": float(self.sum_mse), "sum_mse_sq": float(self.sum_mse_sq),
-                "sample": self.sample, "sample_priority": self.sample_priority}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict, shapes: dict[str, tuple[int, ...]]) -> "ClassSums":
