@@ -53,13 +53,15 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torc
     """
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
-    m = gram.shape[-1]
-    eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
-    a = gram + (ridge * n_pixels.to(gram.dtype))[..., None, None] * eye
-    diag = torch.diagonal(a, dim1=-2, dim2=-1)
-    scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(a.dtype).tiny).rsqrt(),
+    # one new matrix, scaled in place (the same values as G + λnI, then D (·) D)
+    lead = gram.shape[:-2] if n_pixels.shape == gram.shape[:-2] else \
+        torch.broadcast_shapes(gram.shape[:-2], n_pixels.shape)      # (a slow Python call)
+    a_scaled = gram.expand(lead + gram.shape[-2:]).clone()
+    diag = torch.diagonal(a_scaled, dim1=-2, dim2=-1)
+    diag += (ridge * n_pixels.to(gram.dtype))[..., None]
+    scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(),
                         torch.ones_like(diag))
-    a_scaled = a * scale[..., :, None] * scale[..., None, :]
+    a_scaled.mul_(scale[..., :, None]).mul_(scale[..., None, :])
     b_scaled = rhs * scale
     factor, info = torch.linalg.cholesky_ex(a_scaled)
     solution = torch.cholesky_solve(b_scaled[..., None], factor).squeeze(-1)
@@ -92,6 +94,9 @@ def _pinv_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def channel_normal_equations(gram: torch.Tensor, basis
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``G_c = A[S_c, S_c]``, ``h_c = A[S_c, τ_c]`` and ``A[τ, τ]`` from ``A (…, M, M)``."""
+    if basis.channels == 1:     # the kernels, then the centre: blocks are views, no gather
+        m = basis.n_components
+        return gram[..., None, :m, :m], gram[..., None, :m, m], gram[..., None, m:, m]
     sel = basis.selection.to(gram.device)
     targets = basis.targets.to(gram.device)
     g = gram[..., sel[:, :, None], sel[:, None, :]]                        # (…, C, m, m)

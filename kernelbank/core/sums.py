@@ -318,12 +318,13 @@ def channel_window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[in
     """:func:`window_sums` of ``(n, C, *spatial)`` images, any ``C`` (one is grey)."""
     n, channels, ndim = batch.shape[0], batch.shape[1], batch.ndim - 2
     t = (2 * radius + 1) ** ndim
-    # Channels whose mean exceeds their spread are shifted by their mean: only there can
-    # the products' sums cancel digits. The shift actually subtracted (rounded to the
-    # batch dtype) is the one added back.
-    variance, mean = torch.var_mean(batch.reshape(n, channels, -1).to(torch.float64), dim=2,
-                                    correction=0)
-    shift = torch.where(mean.square() > variance, mean, torch.zeros_like(mean)).to(batch.dtype)
+    # Channels whose mean exceeds their spread (mean² > E[x²] − mean²) are shifted by their
+    # mean: only there can the products' sums cancel digits. The shift actually subtracted
+    # (rounded to the batch dtype) is the one added back.
+    flat = batch.reshape(n, channels, -1)
+    mean = flat.mean(2, dtype=torch.float64)
+    square = torch.linalg.vector_norm(flat, dim=2, dtype=torch.float64).square() / flat.shape[2]
+    shift = torch.where(2 * mean.square() > square, mean, torch.zeros_like(mean)).to(batch.dtype)
     offset = shift.to(torch.float64).repeat_interleave(t, dim=1)         # per tap, (n, T)
     out = []
     for dilation in dilations:
