@@ -23,7 +23,9 @@ from numba import njit
 
 __all__ = ["LANES", "compiled_lag_window_sums"]
 
-LANES = 8          # most images interleaved per layout
+# Most images interleaved per layout: measured on one thread (radius 2, dilations 1-3),
+# 16 against 8 is 17 % faster at 32², 5 % at 64² (32: no better at 32², slower at 48²).
+LANES = 16
 
 
 @njit(cache=True, nogil=True)

@@ -640,7 +640,7 @@ def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: tor
             and _compiled_wins(radius, dilation, images.shape[2:])):
         from ._fused_lags import compiled_lag_window_sums
         return compiled_lag_window_sums(images[:, 0], radius, dilation, shift[:, 0])
-    r, d, ndim = radius, dilation, images.ndim - 2
+    r, d = radius, dilation
     reach = r * d
     *lead, height, width = images.shape[2:]
     if min(lead + [height]) < 4 * reach or width // d < 4 * r:
