@@ -53,15 +53,16 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torc
     """
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
-    # one new matrix, scaled in place (the same values as G + λnI, then D (·) D)
-    lead = gram.shape[:-2] if n_pixels.shape == gram.shape[:-2] else \
-        torch.broadcast_shapes(gram.shape[:-2], n_pixels.shape)      # (a slow Python call)
-    a_scaled = gram.expand(lead + gram.shape[-2:]).clone()
-    diag = torch.diagonal(a_scaled, dim1=-2, dim2=-1)
-    diag += (ridge * n_pixels.to(gram.dtype))[..., None]
+    # the diagonal of G + λnI, then one new matrix D (G + λnI) D, scaled in place
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1) + (ridge * n_pixels.to(gram.dtype))[..., None]
     scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(),
                         torch.ones_like(diag))
-    a_scaled.mul_(scale[..., :, None]).mul_(scale[..., None, :])
+    a_scaled = gram.expand(diag.shape[:-1] + gram.shape[-2:]).clone()
+    torch.diagonal(a_scaled, dim1=-2, dim2=-1).copy_(diag)
+    if a_scaled.requires_grad:      # autograd needs the unscaled matrix
+        a_scaled = a_scaled * scale[..., :, None] * scale[..., None, :]
+    else:
+        a_scaled.mul_(scale[..., :, None]).mul_(scale[..., None, :])
     b_scaled = rhs * scale
     factor, info = torch.linalg.cholesky_ex(a_scaled)
     solution = torch.cholesky_solve(b_scaled[..., None], factor).squeeze(-1)
