@@ -17,7 +17,7 @@ and, for full (untied) bases of radius 2 and 4 at 128×128 and 576×576, on one 
 * images/s of ``kb.fit`` with a full basis at dilations 1–3 in one call and at dilation
   1 alone, against ``kb.fit`` with the isotropic basis of the same radius and dilations
   and against the previous Gram path (responses strip by strip, one dilation at a
-  time: :func:`kernelbank.core._strips.augmented_gram`), all in the same run;
+  time: :func:`kernelbank.core._strips.plane_gram`), all in the same run;
 * the ratios against the targets: full radius 4 at ≥ 0.5× isotropic radius 4, full
   radius 2 at ≥ 0.6× isotropic radius 2, isotropic no slower than the previous path.
 
@@ -56,7 +56,7 @@ import torch
 
 import kernelbank as kb
 from kernelbank.core._lags import lag_window_sums
-from kernelbank.core._strips import augmented_gram, residual_sums
+from kernelbank.core._strips import plane_gram, residual_sums
 from kernelbank.core.fit import default_descriptors
 from kernelbank.core.images import normalize_images
 from kernelbank.core.residual import describe_residuals
@@ -200,7 +200,7 @@ def previous_fit(images: torch.Tensor, basis: kb.Basis, dilations: tuple[int, ..
     for d in dilations:
         dilated = basis.with_dilation(d)
         m = dilated.n_components
-        full = augmented_gram(level, dilated)
+        full = plane_gram(level[:, None], dilated)
         valid = [s - 2 * dilated.reach for s in level.shape[1:]]
         count = torch.full((len(level),), int(np.prod(valid)), dtype=torch.int64)
         coefs.append(solve_normal_equations(full[:, :m, :m], full[:, :m, m], count))

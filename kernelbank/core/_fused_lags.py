@@ -1,33 +1,18 @@
 r"""Compiled CPU engine of the window sums: lag products summed per position class.
 
-The same sums as :func:`kernelbank.core._lags.lag_window_sums` (its module docstring
-gives the algebra): for taps ``o_a = δ a`` and the valid pixels ``V``,
-
-    cross[a, b] = Σ_{q ∈ V + o_a} x(q) x(q + δ (b − a)),      first[a] = Σ_{q ∈ V + o_a} x(q).
-
-Along an axis of ``S`` pixels, tap coordinate ``u`` (``0 … 2r``) covers the run
-``[δu, δu + S − 2R)``. The run ends cut the axis into at most ``4r + 1`` *classes* of
-positions that every run either covers whole or misses. So for each of the
+The same sums as :func:`kernelbank.core._lags.lag_window_sums` (whose docstring gives the
+algebra). Along an axis the run ends cut the positions into at most ``4r + 1``
+*classes* that every tap's run covers whole or misses, so for each of the
 ``((4r+1)² + 1) / 2`` distinct lags one sweep over the rows accumulates the lag products
-per (row class, column class) — one multiply-add per pixel and lag, nothing else — and
-every entry of ``cross`` is a sum of the class sums its two runs cover (sums of sums,
-never a difference of large prefix sums). Each lag sweeps only the rectangle its tap
-pairs read, so at large dilations small images cost less than ``t²`` per pixel.
+per (row class, column class) — one multiply-add per pixel and lag — and every entry of
+``cross`` is a sum of the class sums its runs cover. Each lag sweeps only the rectangle
+its tap pairs read. Small images are interleaved pixel by pixel, up to :data:`LANES` at
+a time (layout ``(H, W, lanes)``, float64), so a row is a long vector even at 32 × 32;
+large ones go one at a time so the layout stays in cache.
 
-Per lag, the products of a row are added elementwise into one row of partial sums (a
-contiguous multiply-add, which the compiler vectorises), reduced to column classes
-only when the row class changes. Small images are interleaved pixel by pixel, up to
-:data:`LANES` at a time (layout ``(H, W, lanes)``, float64), so that a row is a long
-vector even at 32 × 32, where a per-image loop would be all loop overhead; large ones
-go one at a time so that the layout stays in cache. Missing images of the last group
-are zeros (they add nothing).
-
-Notes
------
-Products and sums are float64 (float32 images are widened exactly when the layout is
-filled): at least as accurate as the reference, which forms products in the images'
-dtype. 2-D, one channel; :func:`kernelbank.core._lags.lag_window_sums` picks this engine
-for CPU tensors of that kind and keeps its matrix-product engine for the rest.
+Products and sums are float64 (at least as accurate as the reference). 2-D, one
+channel: :func:`kernelbank.core._lags.lag_window_sums` picks this engine for CPU tensors
+of that kind where it is measured faster and keeps its matrix products for the rest.
 """
 
 from __future__ import annotations
@@ -38,7 +23,9 @@ from numba import njit
 
 __all__ = ["LANES", "compiled_lag_window_sums"]
 
-LANES = 8          # most images interleaved per layout
+# Most images interleaved per layout: measured on one thread (radius 2, dilations 1-3),
+# 16 against 8 is 17 % faster at 32², 5 % at 64² (32: no better at 32², slower at 48²).
+LANES = 16
 
 
 @njit(cache=True, nogil=True)

@@ -1,59 +1,37 @@
 r"""Private engine: exact window sums from lag products, contracted by matrix products.
 
-For one image ``x``, a window of taps ``o_a = δ a`` (``a ∈ [-r, r]^d``) and the valid
-pixels ``V``, every entry of the window's cross-product matrix is a sum of one *lag
-product* over a shifted copy of ``V``::
+For one image ``x``, taps ``o_a = δ a`` (``a ∈ [-r, r]^d``) and the valid pixels ``V``,
+every entry of the window's cross products is a sum of one *lag product* over a shifted
+copy of ``V``::
 
     cross[a, b] = Σ_{p∈V} x(p + o_a) x(p + o_b) = Σ_{q ∈ V + o_a} x(q) x(q + L),   L = o_b − o_a
 
-Only ``((4r+1)^d + 1) / 2`` lags are distinct, and the rectangles ``V + o_a`` share a large
-core. Along an axis of ``S`` pixels, tap coordinate ``u − r`` (``u = 0 … 2r``) covers the
-*run* ``[δu, S − 2R + δu)`` (``R = rδ``): the core ``[2R, S − 2R)``, the *low* blocks
-``m ≥ u`` (``[δm, δm + δ)``, ``m < 2r``, near the start) and the *high* blocks ``m < u``
-(``S − 2R + [δm, δm + δ)``, near the end). So every run sum is
-``core + Σ low + prefix_u(high − low)`` — sums of sums, never a difference of large
-prefix sums — and each entry of the window sums is the lag product summed over
-(rows run) × (columns run) [× (planes run)]. Those box sums come from three kinds of
-work, one per region of the image:
+Only ``((4r+1)^d + 1) / 2`` lags are distinct. Along an axis of ``S`` pixels, tap
+coordinate ``u`` (``0 … 2r``) covers the *run* ``[δu, S − 2R + δu)`` (``R = rδ``): the
+core ``[2R, S − 2R)``, the *low* blocks ``m ≥ u`` near the start and the *high* blocks
+``m < u`` near the end, so every run sum is ``core + Σ low + prefix_u(high − low)`` —
+sums of sums, never a difference of large prefix sums. The box sums come from three
+kinds of work, one per region of the image:
 
-* **core rows × all columns** (nearly all pixels): for each row lag, one batched matrix
+* **core rows × all columns** (nearly all pixels): per row lag, one batched matrix
   product over the core rows of column tiles, ``X_tileᵀ · X_tile+halo``, of which the
   band of column lags ``|l| ≤ 2r`` is kept, then one product with the 0/1 matrix of
-  columns in each columns run;
-* **edge rows × core columns**: for each column lag, one batched product over the
-  columns of the ``4R`` edge rows against their partner rows;
-* **edge rows × edge columns** (the four corners): explicit products, with the images
-  innermost so that they vectorise, reduced to runs by two small matrix products.
+  the columns of each run;
+* **edge rows × core columns**: per column lag, one batched product over the columns
+  of the ``4R`` edge rows against their partner rows;
+* **edge rows × edge columns** (the four corners): explicit products, images innermost
+  so they vectorise, reduced to runs by two small matrix products.
 
-Columns are dilated by deinterleaving: the ``δ`` column phases of the image are laid side
-by side, so column lags are ``|l| ≤ 2r`` in phase units and no product pairs columns the
-window never pairs. Rows and planes are used as they are, with lags that are multiples
-of ``δ``; volumes take every plane lag in turn. Images smaller than this structure needs
-(an axis shorter than ``4R``, or column phases shorter than ``4r``) are summed directly
-from their stack of shifted windows.
+Columns are dilated by deinterleaving (the ``δ`` column phases laid side by side), so
+no product pairs columns the window never pairs; volumes take every plane lag in turn.
+Images too small for this structure are summed from their stack of shifted windows.
+For ``C`` channels the taps are ``(c, o_a)`` (channel-major) and the three regions'
+products are taken for every ordered channel pair: ``C²`` times the one-channel work.
 
-Cost: about ``(2r+1)·2(T + 4r)`` flops per pixel in matrix products (``T`` the tile
-width: 16 at radius 4, against ``(4r+1)(2r+1)`` useful multiply-adds) plus ``4·(2R)²``
-explicit products per lag in the corners, which matter only for small images at large
-dilations.
-
-Channels: for images of ``C`` channels the taps are ``(c, o_a)`` (channel-major) and every
-entry is a lag product of two channels, ``Σ x_c(q) x_{c'}(q + L)``. Each channel has its
-own layout, and the three regions' products are taken for every ordered channel pair
-(the left operand from one channel, the partner rows and columns from the other):
-``C²`` times the one-channel work, nothing else. Both orders are needed because swapping
-the taps of a cross-channel product swaps its channels. One channel is the case
-``C = 1``, operation for operation.
-
-Notes
------
-Products are formed in the images' dtype; a float32 matrix product sums at most
-``_SPAN`` products (core rows are taken in blocks) before float64 takes over, the span
-of one strip Gram of :mod:`kernelbank.core._strips`. The caller passes a shift (each
-image's mean) that is subtracted when the layout is filled, so a large offset costs no
-digits in float32 products; :func:`kernelbank.core.sums.window_sums` adds its exact
-contribution back in float64. Every operation is a device-agnostic torch operation
-(strided views, batched matrix products); nothing leaves the images' device.
+Products are formed in the images' dtype, a float32 product summing at most ``_SPAN``
+terms before float64 takes over; the caller's shift (each image's mean) is subtracted
+when the layout is filled, so a large offset costs no digits. Every operation is a
+device-agnostic torch operation: this is the reference engine and the GPU path.
 """
 
 from __future__ import annotations
@@ -662,7 +640,7 @@ def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: tor
             and _compiled_wins(radius, dilation, images.shape[2:])):
         from ._fused_lags import compiled_lag_window_sums
         return compiled_lag_window_sums(images[:, 0], radius, dilation, shift[:, 0])
-    r, d, ndim = radius, dilation, images.ndim - 2
+    r, d = radius, dilation
     reach = r * d
     *lead, height, width = images.shape[2:]
     if min(lead + [height]) < 4 * reach or width // d < 4 * r:

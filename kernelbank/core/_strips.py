@@ -1,37 +1,17 @@
 r"""Private engine: basis responses and their Gram matrices, computed strip by strip.
 
-For an image ``x`` and a basis ``b_1 … b_m`` the fit needs, over every *valid* pixel
-``p`` (one whose whole dilated window lies inside the image), the augmented Gram
-matrix of ``z(p) = (R_1(p), …, R_m(p), x(p))``::
+For images of ``C`` channels and a one-channel basis ``b_1 … b_m``, the planes of each
+channel ``z(p) = (R_1(p), …, R_m(p), x(p))`` over the valid pixels give
+``A = Σ_p z zᵀ`` (:func:`plane_gram`; grey: ``[[G, h], [hᵀ, Σx²]]``), which holds every
+regressor and target of the full and isotropic AR models. Materialising the responses
+of a whole batch costs ``m`` image-sized planes per image, so the work is done on strips
+of rows (slices for volumes) small enough to stay in cache, one batched matrix product
+per strip into the running sum. The responses of a strip are built by the plan that
+suits the basis: sparse shift-adds (a full basis: one view per component), separable
+rings (2-D isotropic: horizontal then vertical pair sums, about 34 additions per pixel
+at radius 4 instead of 80), or dense (every tap gathered once, mixed by a product).
 
-    A = Σ_p z(p) z(p)ᵀ          (m+1) × (m+1)
-
-whose blocks are ``G = Σ R Rᵀ``, ``h = Σ R x`` and ``Σ x²``. Materialising ``R`` for
-a whole batch costs ``m`` image-sized planes per image, so the work is done on strips
-of rows (slices for volumes) small enough to stay in cache: responses of one strip
-for a chunk of images, then one batched matrix product into the running sum.
-
-Three ways to build the responses of a strip, picked from the basis:
-
-* sparse shift-add: each component is a short sum of shifted views of ``x`` (full
-  basis: one view each);
-* separable rings: a 2-D isotropic basis is built from horizontal pair sums
-  ``x[j-b] + x[j+b]`` followed by vertical pair sums, about 34 additions per pixel for
-  radius 4 instead of 80;
-* dense: every tap is gathered once and mixed by a matrix product (custom bases whose
-  kernels use most taps).
-
-With ``C`` channels the planes of each channel (its responses and itself) come from the
-same plans, channel by channel on the same strip of rows, and are multiplied together
-once per strip (:func:`plane_gram`): the Gram costs ``C²`` times the one-channel Gram, the
-plane arithmetic ``C`` times. Every cross-channel product of the planes is in it, so it
-holds every regressor and target of the full and isotropic vector AR models.
-
-Notes
------
-Partial Gram matrices of one strip are formed in the input precision and summed in
-float64: a float32 sum over hundreds of thousands of pixels loses digits that the
-solve of a nearly predictable (ill-conditioned) image needs.
+Partial Grams of one strip are formed in the input precision and summed in float64.
 """
 
 from __future__ import annotations
@@ -41,7 +21,7 @@ import torch
 
 from .basis import Basis
 
-__all__ = ["augmented_gram", "plane_gram", "residual_sums"]
+__all__ = ["plane_gram", "residual_sums"]
 
 # Elements of one response plane of one strip (images × rows × columns). Measured on a
 # 2 MiB-L2 core: 64k–150k keeps the working set of ~15 planes cache-resident while
@@ -214,7 +194,7 @@ def _plan(basis: Basis, valid: tuple[int, ...], like: torch.Tensor, chunk: int, 
     return _DensePlan(basis, valid, like, chunk, rows)
 
 
-def _strips(images: torch.Tensor, basis: Basis, m: int):
+def _strips(images: torch.Tensor, basis: Basis):
     """Yield (first image, last image, strip responses (n, m+1, pixels)) over strips.
 
     The yielded tensor is a view of a reused buffer: consume it before the next one.
@@ -231,31 +211,6 @@ def _strips(images: torch.Tensor, basis: Basis, m: int):
         block = images[i0:i0 + chunk]
         for s0 in range(0, valid[0], rows):
             yield i0, i0 + block.shape[0], make(block, s0, min(valid[0], s0 + rows))
-
-
-def augmented_gram(images: torch.Tensor, basis: Basis) -> torch.Tensor:
-    """Sum over valid pixels of ``z zᵀ`` with ``z = (R_1 … R_m, x)``.
-
-    Parameters
-    ----------
-    images : torch.Tensor of shape (n, *spatial)
-        Same-sized images (2-D) or volumes (3-D), already normalised; floating dtype.
-    basis : Basis
-
-    Returns
-    -------
-    torch.Tensor of shape (n, m+1, m+1), float64, on the images' device
-    """
-    m = basis.n_components
-    out = torch.zeros((images.shape[0], m + 1, m + 1), dtype=torch.float64,
-                      device=images.device)
-    for i0, i1, flat in _strips(images, basis, m):
-        if flat.shape[0] == 1:      # a plain matrix product is faster than a batch of one
-            partial = (flat[0] @ flat[0].T)[None]
-        else:
-            partial = torch.bmm(flat, flat.transpose(1, 2))
-        out[i0:i1] += partial[:, :m + 1, :m + 1].to(torch.float64)
-    return out
 
 
 def residual_sums(images: torch.Tensor, basis: Basis, coef: torch.Tensor,
@@ -283,7 +238,7 @@ def residual_sums(images: torch.Tensor, basis: Basis, coef: torch.Tensor,
     weighted = (torch.zeros((n, m + 1, m + 1), dtype=torch.float64, device=images.device)
                 if eps is not None else None)
     c = coef.to(images.dtype)
-    for i0, i1, flat in _strips(images, basis, m):
+    for i0, i1, flat in _strips(images, basis):
         flat = flat[:, :m + 1]
         pred = torch.bmm(c[i0:i1, None, :], flat[:, :m]).squeeze(1)
         err = (flat[:, m] - pred).abs()
@@ -301,34 +256,34 @@ def plane_gram(images: torch.Tensor, basis: Basis) -> torch.Tensor:
     Parameters
     ----------
     images : torch.Tensor of shape (n, C, *spatial)
-        Same-sized images, floating dtype.
+        Same-sized images (2-D) or volumes (3-D), floating dtype.
     basis : Basis
         One-channel basis applied to every channel.
 
     Returns
     -------
     torch.Tensor of shape (n, C (m + 1), C (m + 1)), float64, on the images' device
-        Plane ``c (m + 1) + j`` is ``b_j ⋆ x_c`` for ``j < m`` and ``x_c`` for ``j = m``.
+        Plane ``c (m + 1) + j`` is ``b_j ⋆ x_c`` for ``j < m`` and ``x_c`` for ``j = m``
+        (one channel: the augmented Gram ``[[G, h], [hᵀ, Σx²]]``).
     """
     n, channels = images.shape[:2]
-    m = basis.n_components
-    per_channel = m + 1
+    per_channel = basis.n_components + 1
     size = channels * per_channel
-    if channels == 1:     # the one-channel Gram, operation for operation
-        return augmented_gram(images[:, 0], basis)
     out = torch.zeros((n, size, size), dtype=torch.float64, device=images.device)
-    streams = [_strips(images[:, c], basis, m) for c in range(channels)]
     work = None
-    for parts in zip(*streams):
-        i0, i1, _ = parts[0]
-        pixels = parts[0][2].shape[-1]
-        if work is None:
-            # the first strip is the largest (chunk of images × strip of rows); zero
-            # planes pad the count to a multiple of 8, where BLAS Grams run fastest
-            work = images.new_zeros((i1 - i0, -(-size // 8) * 8, pixels))
-        flat = work[:i1 - i0, :, :pixels]
-        for c, (_, _, planes) in enumerate(parts):
-            flat[:, c * per_channel:(c + 1) * per_channel] = planes[:, :per_channel]
-        partial = torch.bmm(flat, flat.transpose(1, 2))
+    for parts in zip(*(_strips(images[:, c], basis) for c in range(channels))):
+        i0, i1, flat = parts[0]
+        if channels > 1:          # every channel's planes side by side, in one buffer
+            pixels = flat.shape[-1]
+            if work is None:      # the first strip is the largest; zero planes pad the
+                # count to a multiple of 8, where BLAS Grams run fastest
+                work = images.new_zeros((i1 - i0, -(-size // 8) * 8, pixels))
+            flat = work[:i1 - i0, :, :pixels]
+            for c, (_, _, planes) in enumerate(parts):
+                flat[:, c * per_channel:(c + 1) * per_channel] = planes[:, :per_channel]
+        if flat.shape[0] == 1:      # a plain matrix product is faster than a batch of one
+            partial = (flat[0] @ flat[0].T)[None]
+        else:
+            partial = torch.bmm(flat, flat.transpose(1, 2))
         out[i0:i1] += partial[:, :size, :size].to(torch.float64)
     return out

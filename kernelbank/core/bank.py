@@ -3,26 +3,22 @@ r"""Kernel banks: sets of centre-masked predictors, learned per class or predefi
 From :class:`~kernelbank.core.stats.ClassStats` (basis kernels ``b_j``, per class ``c``):
 
 ``pooled``
-    The one least-squares kernel of the whole class,
-    ``α_c = (ΣG + λ Σn I)⁻¹ Σh`` — exactly the fit of all class images at once.
+    The one least-squares kernel of the whole class, each output channel's solve on the
+    class's summed ``A`` (grey: ``(ΣG + λ Σn I)⁻¹ Σh``): the fit of all its images at once.
 ``pca``
     The mean kernel ``μ_c = Σα / n`` and, for each of the top principal directions
     ``v_j`` of the class's coefficient covariance (eigenvalue ``σ_j²``), the two kernels
-    ``μ_c ± σ_j v_j``: plausible members of the class one standard deviation away from
-    the mean. Eigenvector signs are fixed (largest-magnitude entry positive).
+    ``μ_c ± σ_j v_j``, one standard deviation from the mean (eigenvector signs fixed:
+    largest-magnitude entry positive).
 ``kmeans``
     Centroids of k-means on the class's reservoir sample of coefficient rows.
 
-Every learned kernel is ``Σ_j α_j b_j`` for some coefficient vector, so its centre is
-zero by construction. With a vector AR basis (``ClassStats`` of a
-:class:`~kernelbank.core.basis.Basis` of ``C > 1`` channels) every bank entry is a vector kernel
-``(C, C, *window)`` (output channel, input channel), a coefficient vector is an image's
-``(C, m)`` coefficients flattened (pca and kmeans work on those), and the pooled kernel
-solves each output channel on the class's summed ``A``.
-
-Predefined banks: ``gabor`` (a Gaussian-windowed cosine per orientation and frequency,
-centre zeroed, unit L2 norm) and ``random`` (Gaussian taps, centre zeroed, unit L2 norm). Banks at several dilations combine with
-:meth:`KernelBank.concat`.
+Every learned kernel is ``Σ_j α_j b_j``, so its centre is zero by construction. With
+``C > 1`` channels every entry is a vector kernel ``(C, C, *window)`` (output, input
+channel) and a coefficient row is an image's ``(C, m)`` coefficients flattened.
+Predefined banks: ``gabor`` (a Gaussian-windowed cosine per orientation and frequency)
+and ``random`` (Gaussian taps), centre zeroed, unit L2 norm. Banks at several dilations
+combine with :meth:`KernelBank.concat`.
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .solve import solve_normal_equations
 from .stats import ClassStats, pooled_model
 
 __all__ = ["KernelBank", "BANK_METHODS"]
@@ -256,14 +251,9 @@ class KernelBank:
         coefs, owners, variances = [], [], []
         for index, name in enumerate(stats.classes):
             part = stats[name]
-            if method == "pooled" and channel:
+            if method == "pooled":
                 rows = pooled_model(part.sum_gram, part.n_pixels, basis,
-                                            ridge)[0].flatten().numpy()[None]
-                var = [np.nan]
-            elif method == "pooled":
-                rows = solve_normal_equations(
-                    torch.from_numpy(part.sum_gram), torch.from_numpy(part.sum_rhs),
-                    torch.tensor(part.n_pixels), ridge).numpy()[None]
+                                    ridge)[0].flatten().numpy()[None]
                 var = [np.nan]
             elif method == "pca":
                 rows, var = _pca_rows(part.mean_coef, part.covariance,

@@ -1,47 +1,27 @@
 r"""Window geometry and kernel bases of the (vector) AR model; grey is one channel.
 
-A convolutional AR model predicts channel ``c`` of an image with ``C`` channels at pixel
-``p`` from the taps ``(c', o)``, ``x_{c'}(p + δ o)``, of a window of ``t = (2r+1)^d``
-offsets ``o`` spaced by the dilation ``δ``::
+A convolutional AR model predicts channel ``c`` of a ``C``-channel image at pixel ``p``
+from the taps ``x_{c'}(p + δ o)`` of a window of ``t = (2r+1)^d`` offsets ``o`` spaced by
+the dilation ``δ``, ``x_c(p) ≈ Σ_{c'} Σ_o k_{c c'}(o) x_{c'}(p + δ o)``, with the
+predicted value itself masked, ``k_{c c}(0) = 0`` (``centre_mask="own"``: at one pixel
+the channels of a colour image are strongly correlated, which makes colour
+informative), or every centre masked (``"all"``). A *basis* is ``m`` kernels per output
+channel; the AR kernel is ``k_c = Σ_j α_{cj} b_{cj}``, fitted by least squares
+(:mod:`kernelbank.core.fit`). A grey image is ``C = 1``: one kernel with a zero centre.
 
-    x_c(p) ≈ Σ_{c'} Σ_o k_{c c'}(o) x_{c'}(p + δ o)
+Taps are numbered channel-major, centres included (tap ``c·t + a``, as in
+:class:`~kernelbank.core.sums.WindowSums`). A basis holds ``regressors`` (M, C·t), every
+distinct tap combination some output channel uses plus the ``C`` centre taps, so that one
+``M × M`` matrix ``A = Σ z zᵀ`` (``z = regressors · taps``) holds every Gram, right-hand
+side and target product; ``selection`` (C, m), the rows output channel ``c`` combines;
+and ``targets`` (C,), the row of channel ``c``'s centre. With one channel the regressors
+are the ``m`` kernels then the centre: ``A = [[G, h], [hᵀ, Σx²]]``.
 
-with the predicted value itself masked, ``k_{c c}(0) = 0`` (``centre_mask="own"``: at one
-pixel the channels of a colour image are strongly correlated, which is what makes colour
-informative), or every centre masked (``centre_mask="all"``). A grey image is the case
-``C = 1``: one kernel with a zero centre.
-
-A *basis* is ``m`` kernels per output channel; the AR kernel is ``k_c = Σ_j α_{cj} b_{cj}``
-and fitting it is least squares on the responses (:mod:`kernelbank.core.fit`).
-
-Representation
---------------
-Taps are numbered channel-major over the whole window, centres included: tap
-``c·t + a`` is channel ``c`` at window offset ``a`` (C order), as in
-:class:`~kernelbank.core.sums.WindowSums`. A basis holds
-
-* ``regressors`` (M, C·t): every distinct linear combination of taps some output channel
-  uses, plus the ``C`` centre taps (the predicted values), so that one ``M × M`` matrix
-  ``A = Σ z zᵀ`` with ``z = regressors · taps`` holds every Gram, every right-hand side
-  and every target product of the model;
-* ``selection`` (C, m): the regressor rows output channel ``c`` combines;
-* ``targets`` (C,): the regressor row that is channel ``c``'s centre.
-
-With one channel the regressors are the ``m`` kernels then the centre, so ``A`` is the
-augmented Gram ``[[G, h], [hᵀ, Σx²]]`` of the responses and the image.
-
-Three kinds are built in:
-
-``full``
-    Every allowed tap is its own coefficient: ``m = C t − 1`` (own centre masked) or
-    ``C (t − 1)`` (every centre masked); ``m = t − 1`` for one channel.
-``isotropic``
-    Taps at the same Euclidean distance share one coefficient within each (output,
-    input) channel pair: per input channel its rings, plus (own centre masked) the centre
-    of every other channel as a ring of distance 0. For ``radius=4`` in 2-D one channel
-    has 14 rings (squared distances 1, 2, 4, 5, 8, 9, 10, 13, 16, 17, 18, 20, 25, 32).
-``custom``
-    Any kernels on the window, e.g. a kernel bank (:meth:`Basis.from_kernels`).
+Kinds: ``full`` (every allowed tap its own coefficient: ``m = C t − 1``, or ``C (t − 1)``
+with every centre masked), ``isotropic`` (taps at equal Euclidean distance share one
+coefficient within each channel pair; other channels' centres are rings of distance 0;
+radius 4 in 2-D has 14 rings per channel) and ``custom`` (any kernels,
+:meth:`Basis.from_kernels`).
 """
 
 from __future__ import annotations

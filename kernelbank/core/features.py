@@ -1,82 +1,48 @@
 r"""Features of an image from a kernel bank: how well does each kernel predict it?
 
 For an image ``x`` (z-scored by default) and a bank kernel ``k`` at dilation ``δ``, the
-prediction is ``p = k ⋆ x`` (cross-correlation with taps ``δ`` pixels apart, valid
-pixels only). With the optimal scalar gain ``g = ⟨p, x⟩ / ⟨p, p⟩`` (the least-squares
-fit of ``x ≈ g p``; 0 when ``p = 0``) the residual is ``e = x - g p``, and per kernel::
+prediction is ``p = k ⋆ x`` (cross-correlation with taps ``δ`` pixels apart, over the
+kernel's own valid pixels). With the least-squares gain ``g = ⟨p, x⟩ / ⟨p, p⟩`` (0 when
+``p = 0``) and the residual ``e = x − g p``, per kernel::
 
     mae     mean |e|
     mse     mean e²
-    var     mean e² - (mean e)²
+    var     mean e² − (mean e)²
     gain    g
     energy_i_j   mean e² over cell (i, j) of a grid × grid partition of those pixels
                  (adaptive average pooling: any image size, cells differ by ≤ 1 pixel)
+    win     the fraction of pixels where this kernel has the smallest |e| of the bank,
+            on the pixels whose window fits at the bank's largest reach
+    joint_  (with ``joint=True``) the coefficients of the least-squares fit of the image
+            on the kernels of each dilation used together (``Basis.from_kernels``)
 
-over the kernel's own valid pixels (those whose window at its dilation fits inside
-the image), and per kernel ``win``: the fraction of pixels where this kernel has the
-smallest ``|e|`` of the whole bank, counted on one common region (the pixels whose
-window fits at the bank's largest reach) so every kernel competes on the same pixels.
-With ``joint=True`` the coefficients of the least-squares fit of the image on the bank
-kernels of each dilation, used together as a basis (``(PPᵀ + λnI)⁻¹ P x`` over that
-dilation's valid pixels, as :func:`~kernelbank.core.fit.fit` with
-``Basis.from_kernels`` computes them), are appended.
-
-A bank of vector kernels (``bank.channels = C > 1``, images ``(N, C, *spatial)``) predicts
-every channel ``c`` with its row ``k[c]`` over all input channels; each (kernel, output
-channel) pair is then one "kernel" above, named ``<kernel>_c<c>``, whose target is
-channel ``c``: the win counts compare the kernels on each channel's pixels, and the
-joint coefficients fit each channel on its predictions by the kernels of one dilation.
-
-:func:`ar_features` is the original ConvAR descriptor: the image's own fitted AR
-coefficients at several dilations.
+A bank of vector kernels (``bank.channels = C > 1``, images ``(N, C, *spatial)``)
+predicts channel ``c`` with its row ``k[c]`` over all input channels; each (kernel,
+output channel) pair is one "kernel" above, named ``<kernel>_c<c>``.
+:func:`ar_features` is the original ConvAR descriptor: the image's own AR coefficients
+at several dilations.
 
 From window sums
 ----------------
-:func:`bank_features_from_sums` gives the same features without pixels.
-
-For a bank kernel ``k`` at dilation ``δ``, written as a t-vector over the taps of the
-window sums at that dilation (``C`` cross, ``f`` first, ``c`` the centre tap, ``n``
-valid pixels, see :mod:`kernelbank.core.sums`), its prediction ``p = k ⋆ x`` satisfies
+:func:`bank_features_from_sums` gives the quadratic features without pixels, the same
+columns less ``mae`` and ``win``. With ``k`` a t-vector over the taps of the window sums
+(``C`` cross, ``f`` first, ``c`` the centre tap of the predicted channel, ``n`` valid
+pixels, :mod:`kernelbank.core.sums`)::
 
     ⟨p, x⟩ = kᵀ C[:, c]      ⟨p, p⟩ = kᵀ C k      Σp = kᵀ f      Σx = f_c      Σx² = C[c, c]
+    mse = (Σx² − 2 g ⟨p, x⟩ + g² ⟨p, p⟩) / n        var = mse − ((Σx − g Σp) / n)²
 
-so, with the gain ``g = ⟨p, x⟩ / ⟨p, p⟩`` (0 when ``⟨p, p⟩ = 0``) and the residual
-``e = x − g p``:
-
-    mse      Σe² / n = (Σx² − 2 g ⟨p, x⟩ + g² ⟨p, p⟩) / n
-    var      mse − (Σe / n)²,   Σe = Σx − g Σp
-    gain     g
-    energy_<cell>   the same Σe² over one cell's sums / its pixel count, with the
-                    *whole-image* gain (as the pixel path pools e² of the whole-image fit)
-    joint_<kernel>  (KᵀCK + λ n I)⁻¹ Kᵀ C[:, c] over the kernels ``K`` of one dilation:
-                    the least-squares fit of the image on those predictions together
-
-These are the quadratic features of the pixel path, with the same column names, in the
-pixel path's order less the columns that need pixels (``mae`` and ``win``).
-
-A bank of vector kernels (window sums with as many channels) does the same for each
-(kernel, output channel) pair: ``k`` is row ``c`` of the vector kernel over every
-channel's taps and ``x`` is channel ``c``, so ``C[:, c]`` above is the column of channel
-``c``'s centre tap; the joint coefficients fit each channel on its predictions.
-
-Valid pixels
-------------
-The pixel path evaluates kernel ``k`` on its own dilation's valid pixels for the bank's
-radius ``r`` (margin ``r·δ``). Window sums of radius ``r`` at ``δ`` cover exactly those,
-and the features equal the pixel path's to rounding. Sums of a larger radius ``R > r``
-cover fewer pixels (margin ``R·δ``): the features are then exact for those pixels, but
-are not the pixel path's values (:meth:`WindowSums.restrict` keeps the larger window's
-valid pixels). Compute the sums at the bank's radius to reproduce ``bank_features``.
-
-Everything is float64 on the sums' device. The MSE comes from a difference of sums,
-which loses ``log10(Σx² / Σe²)`` digits against summing ``e²`` pixel by pixel; for the
-textures a bank can tell apart that is a few digits of float64's sixteen.
+``energy_<cell>`` is the same ``Σe²`` over one cell's sums with the whole-image gain, and
+``joint_<kernel>`` is ``(KᵀCK + λ n I)⁻¹ Kᵀ C[:, c]`` over the kernels ``K`` of one dilation.
+Sums at the bank's radius cover exactly the pixel path's pixels, so the features agree
+to rounding; sums of a larger radius cover fewer pixels (:meth:`WindowSums.restrict`).
+The MSE is a difference of sums, which loses ``log10(Σx² / Σe²)`` of float64's digits.
 
 Notes
 -----
 Convolutions run in the images' dtype and device (one ``conv2d``/``conv3d`` per
-dilation with all kernels of that dilation as output channels); reductions accumulate
-in float64 and features are returned as float64.
+dilation, all kernels of that dilation as output channels); reductions and features
+are float64.
 """
 
 from __future__ import annotations

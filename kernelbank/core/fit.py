@@ -118,14 +118,6 @@ class FitResult:
     def __len__(self) -> int:
         return int(self.coef.shape[0])
 
-    def normal_equations(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each output channel's ``G (…, C, m, m)``, ``h (…, C, m)`` and the targets'
-        products ``Σ x_c x_c' (…, C, C)``, float64 (results with a channel axis)."""
-        from .solve import channel_normal_equations
-        if self.covariance is None:
-            raise ValueError("a grey result holds G, h and Σx² as .gram, .rhs and .sum_sq")
-        return channel_normal_equations(self.gram, self.basis)
-
 
 def default_descriptors(ndim: int, image_patterns: bool = False) -> ResidualDescriptors:
     """The residual descriptors of the one pass: every default for images; for volumes,

@@ -41,10 +41,6 @@ class Front:
     device: torch.device
     grey: bool
 
-    @property
-    def n_images(self) -> int:
-        return sum(len(indices) for indices, _ in self.groups)
-
 
 def _shape_error(channels: int, ndim: int, what: str, shape) -> ValueError:
     spatial = ("D, " if ndim == 3 else "") + "H, W"

@@ -1,54 +1,33 @@
 r"""A generative classifier from class statistics alone: one AR model per class.
 
-Class ``c`` is modelled by its pooled kernel ``k_c`` (coefficients ``α_c``) and the
-residual variance ``σ_c²`` of its training images under that kernel, which the
-statistics give exactly:
-
-    σ_c² = (Σx² - 2 α_cᵀ Σh + α_cᵀ ΣG α_c) / Σn
-
-For an image with its own sums ``G, h, s, n`` (one fit call, shared by all classes) the
-residual MSE under every class is a quadratic form,
-``mse_c(x) = (s - 2 α_cᵀ h + α_cᵀ G α_c) / n``, and its per-pixel average Gaussian
-log-likelihood is
-
-    ℓ_c(x) = -½ log(2π σ_c²) - mse_c(x) / (2 σ_c²)
-
-With several models (dilations or pyramid scales, one :class:`ClassStats` each) the
-per-pixel log-likelihoods add. The prediction is ``argmax_c Σ_models ℓ_c``.
-Probabilities are ``softmax(Σ_models n · ℓ)``, i.e. the full Gaussian likelihood of the
-``n`` valid pixels as if residuals were independent (a temperature of ``1/n`` on the
-per-pixel average); they are therefore very confident. Pass ``temperature=t`` for
-``softmax(Σ_models ℓ / t)`` instead.
-
-**Unknown.** Each class also keeps, over its training images, the mean and standard
-deviation of two numbers: the *level* ``log mse_c(x)`` and the *excess*
-``log(mse_c(x) / mse_own(x))``, how much worse the class kernel predicts the image than
-the image's own least-squares kernel (≥ 0). Class ``c`` explains ``x`` when both its
-``|level z-score|`` and its excess z-score (one-sided), averaged over the models, stay
-within ``z``; an image no class explains is "unknown". From statistics alone the level
-mean is ``log σ_c²``, the excess mean is ``log(σ_c² / mean own-fit mse)`` and both
-widths are the log-normal width matching the spread of the own-fit MSEs (a rough
-guess); :meth:`LikelihoodClassifier.calibrate` replaces them with the exact values
-measured on given images, which is recommended whenever the training images are at hand.
-
-**Channels: one likelihood.** Every model is the channel form below; a grey model is its
-``C = 1`` case (``Σ_c = σ_c²``, ``S_c(x) = mse_c(x)``, and ``ℓ`` reduces to the formula
-above). With a vector AR basis (``ClassStats`` of a
-a :class:`~kernelbank.core.basis.Basis` of ``C > 1`` channels) class ``c`` is its
-pooled vector kernel and the ``C × C`` residual covariance ``Σ_c`` of its training pixels;
-an image's residual covariance under it, ``S_c(x) = U_c A(x) U_cᵀ / n``, is again
-algebra on the image's own sums ``A`` (:mod:`kernelbank.core.solve`), and
+Class ``c`` is its pooled vector kernel ``α_c`` and the ``C × C`` residual covariance
+``Σ_c`` of its training pixels under it (grey: ``C = 1``, ``Σ_c = σ_c²``), which the
+statistics give exactly (:func:`~kernelbank.core.stats.pooled_model`). An image's
+residual covariance under class ``c``, ``S_c(x) = U_c A(x) U_cᵀ / n``, is algebra on the
+image's own sums ``A`` (:mod:`kernelbank.core.solve`; grey: ``mse_c(x) = (Σx² − 2α_cᵀh +
+α_cᵀGα_c) / n``), and its per-pixel Gaussian log-likelihood is
 
     ℓ_c(x) = -½ (C log 2π + log det Σ_c + tr(Σ_c⁻¹ S_c(x)))
 
-is the per-pixel Gaussian log-likelihood of the residual vector. The one-number
-"mse" of the unknown test is then the generalised variance ``det(S)^(1/C)`` (the MSE for
-one channel), for the class, the image and its own fit alike.
+With several models (dilations or pyramid scales, one :class:`ClassStats` each) the
+per-pixel log-likelihoods add; the prediction is ``argmax_c Σ_models ℓ_c``.
+Probabilities are ``softmax(Σ_models n · ℓ)``, the likelihood of the ``n`` valid pixels
+as if residuals were independent (very confident); ``temperature=t`` gives
+``softmax(Σ_models ℓ / t)`` instead.
 
-**Without pixels.** Every score needs, per model, only the image's own normal equations
-(``G, h, s, n``) and own-fit MSE, which its window sums give
-(:func:`~kernelbank.core.fit.fit_result_from_sums`); each scoring method has a ``*_from_sums`` twin
-(:meth:`LikelihoodClassifier.predict_from_sums`, …) taking the images' window sums.
+**Unknown.** The one-number "mse" is the generalised variance ``det(S)^(1/C)`` (the MSE
+for one channel). Each class keeps the mean and spread over its training images of the
+*level* ``log mse_c(x)`` and the *excess* ``log(mse_c(x) / mse_own(x))`` (≥ 0: how much
+worse the class kernel predicts the image than its own least-squares kernel). Class
+``c`` explains ``x`` when both its |level z-score| and its (one-sided) excess z-score,
+averaged over the models, stay within ``z``; an image no class explains is "unknown".
+From statistics alone the means are ``log σ_c²`` and ``log(σ_c² / mean own-fit mse)``
+and both widths the log-normal width of the own-fit MSEs (a rough guess);
+:meth:`LikelihoodClassifier.calibrate` measures them on given images (recommended).
+
+**Without pixels.** Every score needs, per model, only the image's own sums and own-fit
+MSE, which its window sums give (:func:`~kernelbank.core.fit.fit_result_from_sums`):
+each scoring method has a ``*_from_sums`` twin taking the images' window sums.
 """
 
 from __future__ import annotations
@@ -173,12 +152,8 @@ class LikelihoodClassifier:
                 raise ValueError(f"every ClassStats needs the same classes; got {part.classes} "
                                  f"and {classes}")
             sums = [part[c] for c in classes]
-            gram = torch.from_numpy(np.stack([s.sum_gram for s in sums]))
-            n_pix = torch.tensor([s.n_pixels for s in sums])
-            if basis.channels == 1:      # grey statistics keep G, h, Σx²: A is their block
-                gram = augmented(gram, torch.from_numpy(np.stack([s.sum_rhs for s in sums])),
-                                 torch.tensor([s.sum_sq for s in sums], dtype=torch.float64))
-            coef, covariance = pooled_model(gram, n_pix, basis, ridge)
+            coef, covariance = pooled_model(np.stack([s.sum_gram for s in sums]),
+                                            [s.n_pixels for s in sums], basis, ridge)
             variance = generalised_variance(covariance)
             covariance = _regularised(covariance)
             mean_own = torch.tensor([s.sum_mse / s.n for s in sums], dtype=torch.float64)

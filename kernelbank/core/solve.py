@@ -1,32 +1,18 @@
 r"""Ridge-regularised solves of many small normal equations at once.
 
-For each problem ``α = (G + λ n I)⁻¹ h``, where ``n`` is the number of pixels the sums
-ran over, so that the ridge ``λ`` means the same for a 64×64 patch and a 4k image.
+Each problem is ``α = (G + λ n I)⁻¹ h``, with ``n`` the number of pixels the sums ran
+over, so that the ridge ``λ`` means the same for a 64×64 patch and a 4k image. ``G`` is
+scaled to unit diagonal (Jacobi) before a batched Cholesky; problems whose factorisation
+fails (a constant image with ``ridge=0``, linearly dependent kernels) fall back to the
+minimum-norm solution from an eigendecomposition. Everything stays on the input's device.
 
-The solve scales ``G`` to unit diagonal (Jacobi) before a batched Cholesky. Problems
-whose factorisation fails (singular or numerically indefinite ``G``: a constant image
-with ``ridge=0``, a basis with linearly dependent kernels) fall back to a pseudo-inverse
-from an eigendecomposition, which returns the minimum-norm least-squares solution
-instead of garbage. Everything stays on the input's device.
-
-The AR model of a :class:`~kernelbank.core.basis.Basis` (``C`` channels, regressor rows
-``Z``) is algebra on one matrix ``A = Σ_p z zᵀ``: output channel ``c`` combines the rows
-``S_c`` and predicts the row ``τ_c`` (its centre), so
-
-    G_c = A[S_c, S_c]      h_c = A[S_c, τ_c]      α_c = (G_c + λ n I)⁻¹ h_c
-
-and with ``u_c`` the residual ``e_c = x_c − α_cᵀ z_{S_c}`` written over the rows
-(``u_c[τ_c] = 1``, ``u_c[S_c] = −α_c``) the residual covariance is ``Σ = U A Uᵀ / n``,
-whose diagonal is each channel's residual MSE. One channel is ``C = 1``, with ``A`` the
-augmented Gram ``[[G, h], [hᵀ, Σx²]]`` and ``Σ`` the ``1 × 1`` MSE
-``(Σx² − 2αᵀh + αᵀGα) / n``.
-
-One factorisation for every channel: when each output channel uses every row but its
-own target (full and isotropic bases with the own centre masked), the regression of row
-``τ_c`` on all the others is read off ``P = (A + λ n I)⁻¹`` as
-``α_c = −P[S_c, τ_c] / P[τ_c, τ_c]`` (the partitioned inverse; the ridge on ``τ_c``'s own
-diagonal cancels in the ratio): one Cholesky of ``A`` replaces ``C`` of the ``G_c``.
-Problems whose factorisation fails take the per-channel solves.
+The AR model of a :class:`~kernelbank.core.basis.Basis` is algebra on ``A = Σ_p z zᵀ``:
+output channel ``c`` combines the rows ``S_c`` and predicts the row ``τ_c``, so
+``G_c = A[S_c, S_c]``, ``h_c = A[S_c, τ_c]``, and with ``u_c[τ_c] = 1``, ``u_c[S_c] = −α_c``
+the residual covariance is ``Σ = U A Uᵀ / n`` (one channel: the MSE
+``(Σx² − 2αᵀh + αᵀGα) / n``). When each output channel uses every row but its own target
+(full and isotropic bases, own centre masked), ``α_c = −P[S_c, τ_c] / P[τ_c, τ_c]`` with
+``P = (A + λ n I)⁻¹`` (the partitioned inverse): one Cholesky of ``A`` replaces ``C``.
 """
 
 from __future__ import annotations
@@ -67,13 +53,16 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torc
     """
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
-    m = gram.shape[-1]
-    eye = torch.eye(m, dtype=gram.dtype, device=gram.device)
-    a = gram + (ridge * n_pixels.to(gram.dtype))[..., None, None] * eye
-    diag = torch.diagonal(a, dim1=-2, dim2=-1)
-    scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(a.dtype).tiny).rsqrt(),
+    # the diagonal of G + λnI, then one new matrix D (G + λnI) D, scaled in place
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1) + (ridge * n_pixels.to(gram.dtype))[..., None]
+    scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(),
                         torch.ones_like(diag))
-    a_scaled = a * scale[..., :, None] * scale[..., None, :]
+    a_scaled = gram.expand(diag.shape[:-1] + gram.shape[-2:]).clone()
+    torch.diagonal(a_scaled, dim1=-2, dim2=-1).copy_(diag)
+    if a_scaled.requires_grad:      # autograd needs the unscaled matrix
+        a_scaled = a_scaled * scale[..., :, None] * scale[..., None, :]
+    else:
+        a_scaled.mul_(scale[..., :, None]).mul_(scale[..., None, :])
     b_scaled = rhs * scale
     factor, info = torch.linalg.cholesky_ex(a_scaled)
     solution = torch.cholesky_solve(b_scaled[..., None], factor).squeeze(-1)
@@ -106,6 +95,9 @@ def _pinv_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def channel_normal_equations(gram: torch.Tensor, basis
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``G_c = A[S_c, S_c]``, ``h_c = A[S_c, τ_c]`` and ``A[τ, τ]`` from ``A (…, M, M)``."""
+    if basis.channels == 1:     # the kernels, then the centre: blocks are views, no gather
+        m = basis.n_components
+        return gram[..., None, :m, :m], gram[..., None, :m, m], gram[..., None, m:, m]
     sel = basis.selection.to(gram.device)
     targets = basis.targets.to(gram.device)
     g = gram[..., sel[:, :, None], sel[:, None, :]]                        # (…, C, m, m)

@@ -1,64 +1,53 @@
 r"""Mergeable per-class statistics of AR fits.
 
-For every class ``c`` and a fixed basis, :class:`ClassStats` keeps the sums that every
-bank method needs::
+For every class and a fixed basis, :class:`ClassStats` keeps the sums every bank method
+needs::
 
     n        number of images
-    Σα       (m,)    sum of fitted coefficients
-    Σααᵀ     (m, m)  sum of their outer products          → mean and covariance (pca)
-    ΣG, Σh   (m, m), (m,)  normal-equation sums           → pooled kernel (ΣG + λ Σn I)⁻¹ Σh
-    Σx²      ()      sum of squared (normalised) pixels    → residual variance of any kernel
-    Σn_pix   ()      number of valid pixels
-    Σmse, Σmse²      per-image residual MSE of the images' own fits
+    Σα       (k,)    sum of fitted coefficient rows (k = C m)
+    Σααᵀ     (k, k)  sum of their outer products          → mean and covariance (pca)
+    ΣA       (M, M)  sum of the images' A = Σ z zᵀ        → pooled kernel of the class
+    Σh, Σx²  (M, C), (C, C)  its regressors × targets and targets × targets blocks
+    Σn_pix   number of valid pixels
+    Σmse, Σmse²      per-image own-fit residual variance det(Σ_own)^(1/C) (the MSE for C = 1)
     reservoir        a bounded sample of coefficient rows  → kmeans
 
-These are the products of the basis's regressors ``A = Σ z zᵀ`` (:mod:`kernelbank.core.solve`):
-for ``C`` channels a coefficient row is the image's ``(C, m)`` coefficients flattened,
-``ΣG`` is ``Σ A`` over the ``M`` regressor rows, ``Σh`` and ``Σx²`` are its regressors ×
-targets ``(M, C)`` and targets × targets ``(C, C)`` blocks, and the MSE is the own fit's
-generalised variance ``det(Σ_own)^(1/C)``. One channel keeps the blocks of ``A`` that are
-not redundant, ``G = A[S, S]``, ``h = A[S, τ]`` and ``Σx² = A[τ, τ]``, and the MSE itself.
-The pooled class model is each output channel's solve on the summed ``A``
+``A`` is the Gram of the basis's regressor rows (:mod:`kernelbank.core.solve`); one
+format serves every channel count (grey: ``A = [[G, h], [hᵀ, Σx²]]``, ``C = 1``). The
+pooled class model is each output channel's solve on the summed ``A``
 (:func:`pooled_model`).
 
-Merging is adding (``a + b``): counts and sums add, and the reservoir keeps the ``k`` rows
-of lowest *priority* among both. A row's priority is a keyed hash of its coefficient bytes
-(:func:`_priorities`), so the sample is a uniformly random subset that does not depend on
-how the images were split into batches or in which order partial statistics merged.
-``0 + stats`` is ``stats`` so ``sum(list_of_stats)`` works, and :meth:`ClassStats.empty`
-is the identity.
+Merging is adding (``a + b``): counts and sums add, and the reservoir keeps the ``k``
+rows of lowest *priority* among both, a keyed hash of the row's bytes (:func:`_priorities`),
+so the sample is a uniformly random subset whatever the batching or merge order.
+``0 + stats`` is ``stats`` so ``sum(list_of_stats)`` works.
 
 Files
 -----
 :meth:`ClassStats.to_arrays` gives the arrays of one ``.npz`` archive, which
-:func:`kernelbank.io.stats_file.save_stats` writes (no pickle; ``numpy.load(...,
-allow_pickle=False)`` reads it without kernelbank). ``C`` classes, ``m`` components::
+:func:`kernelbank.io.stats_file.save_stats` writes (no pickle)::
 
     header_json      uint8 UTF-8 JSON: format, version, scale, reservoir_size, seed,
-                     class names (in order), basis description (kind, radius, dilation,
-                     ndim, n_components, ring_distances) or null when empty
+                     class names (in order), basis description, or null when empty
     basis_regressors (M, C t) float64  basis_selection (C, m) int64  basis_targets (C,)
                      int64 (files written before bases had channels hold one channel's
                      basis_offsets (n_taps, ndim) and basis_weights (m, n_taps) instead)
-    n, n_pixels      (C,) int64
-    sum_coef (C, m)  sum_outer (C, m, m)  sum_gram (C, m, m)  sum_rhs (C, m)   float64
-    sum_sq, sum_mse, sum_mse_sq   (C,) float64
-                     (C > 1 channels: the shapes above with a leading class axis)
-    sample           (K, m) float64, every class's reservoir rows one class after another
-    sample_priority  (K,) uint64                sample_count   (C,) int64
+    n, n_pixels      (K,) int64, K classes
+    sum_coef (K, k)  sum_outer (K, k, k)  sum_gram (K, M, M)  sum_rhs (K, M, C)
+    sum_sq (K, C, C)  sum_mse, sum_mse_sq (K,)                                  float64
+    sample           (S, k) float64, every class's reservoir rows one class after another
+    sample_priority  (S,) uint64                sample_count   (K,) int64
 
-Notes
------
-All sums are float64 (counts int64). Integer fields and the reservoir merge exactly; the
-float sums are associative and commutative up to float64 rounding (a relative 1e-15 per
-addition), which is far below anything a bank or a classifier can see.
+Version 1 files kept a grey class's ``G (m, m)``, ``h (m,)`` and ``Σx² ()`` instead of its
+``A``; they are read into today's format (:meth:`ClassSums.from_dict`). All sums are
+float64 (counts int64); they merge exactly up to float64 rounding.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -66,14 +55,14 @@ import torch
 
 from .basis import Basis
 from .fit import FitResult, fit_result_from_sums
-from .solve import generalised_variance, residual_covariance, solve_coefficients
+from .solve import augmented, generalised_variance, residual_covariance, solve_coefficients
 from .sums import WindowSums
 
 __all__ = ["ClassStats", "ClassSums"]
 
 DEFAULT_RESERVOIR = 512
 FILE_FORMAT = "kernelbank.class_stats"
-FILE_VERSION = 1
+FILE_VERSION = 2
 _PER_CLASS = ("n", "n_pixels", "sum_coef", "sum_outer", "sum_gram", "sum_rhs", "sum_sq",
               "sum_mse", "sum_mse_sq")
 
@@ -104,7 +93,7 @@ class ClassSums:
     sum_outer: np.ndarray
     sum_gram: np.ndarray
     sum_rhs: np.ndarray
-    sum_sq: float | np.ndarray    # float; (C, C) with channels
+    sum_sq: np.ndarray
     n_pixels: int
     sum_mse: float
     sum_mse_sq: float
@@ -136,39 +125,30 @@ class ClassSums:
             sample=rows, sample_priority=priority)
 
     def to_dict(self) -> dict:
-        return {"n": int(self.n), "sum_coef": self.sum_coef, "sum_outer": self.sum_outer,
-                "sum_gram": self.sum_gram, "sum_rhs": self.sum_rhs,
-                "sum_sq": float(self.sum_sq) if np.ndim(self.sum_sq) == 0 else self.sum_sq,
-                "n_pixels": int(self.n_pixels),
-                "sum_mse": float(self.sum_mse), "sum_mse_sq": float(self.sum_mse_sq),
-                "sample": self.sample, "sample_priority": self.sample_priority}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict, shapes: dict[str, tuple[int, ...]] | None = None
-                  ) -> "ClassSums":
-        """Inverse of :meth:`to_dict`; ``shapes`` (from the basis) restores flattened arrays."""
-        if shapes is None:
-            shapes = _one_channel_shapes(len(np.asarray(d["sum_coef"])))
+    def from_dict(cls, d: dict, shapes: dict[str, tuple[int, ...]]) -> "ClassSums":
+        """Inverse of :meth:`to_dict`; ``shapes`` (:func:`_field_shapes`) restores flattened
+        arrays. A grey class of version 1 (``G``, ``h``, ``Σx²``) is read as its ``A``."""
         array = lambda key: np.array(d[key], np.float64).reshape(shapes[key])  # noqa: E731
-        sum_sq = array("sum_sq")
+        if np.size(d["sum_gram"]) != np.prod(shapes["sum_gram"]):
+            m = len(np.asarray(d["sum_coef"]).reshape(-1))
+            gram = augmented(*(torch.tensor(np.asarray(d[key], np.float64)).reshape(shape)
+                               for key, shape in (("sum_gram", (m, m)), ("sum_rhs", (m,)),
+                                                  ("sum_sq", ())))).numpy()
+            d = {**d, "sum_gram": gram, "sum_rhs": gram[:, m:], "sum_sq": gram[m:, m:]}
         return cls(
             n=int(d["n"]), sum_coef=array("sum_coef"), sum_outer=array("sum_outer"),
-            sum_gram=array("sum_gram"), sum_rhs=array("sum_rhs"),
-            sum_sq=float(sum_sq) if sum_sq.ndim == 0 else sum_sq, n_pixels=int(d["n_pixels"]),
+            sum_gram=array("sum_gram"), sum_rhs=array("sum_rhs"), sum_sq=array("sum_sq"),
+            n_pixels=int(d["n_pixels"]),
             sum_mse=float(d["sum_mse"]), sum_mse_sq=float(d["sum_mse_sq"]),
             sample=array("sample"),
             sample_priority=np.array(d["sample_priority"], np.uint64).reshape(-1))
 
 
-def _one_channel_shapes(m: int) -> dict[str, tuple[int, ...]]:
-    return {"sum_coef": (m,), "sum_outer": (m, m), "sum_gram": (m, m), "sum_rhs": (m,),
-            "sum_sq": (), "sample": (-1, m)}
-
-
 def _field_shapes(basis: Basis) -> dict[str, tuple[int, ...]]:
     """Shape of each per-class array of statistics with this basis."""
-    if basis.channels == 1:
-        return _one_channel_shapes(basis.n_components)
     k, rows, channels = basis.channels * basis.n_components, len(basis.regressors), \
         basis.channels
     return {"sum_coef": (k,), "sum_outer": (k, k), "sum_gram": (rows, rows),
@@ -177,24 +157,18 @@ def _field_shapes(basis: Basis) -> dict[str, tuple[int, ...]]:
 
 def _image_rows(result: FitResult, scale: int | None) -> dict[str, np.ndarray]:
     """Per-image arrays :meth:`ClassStats.from_fit` sums, float64 numpy (see the module
-    docstring): a one-channel result with a channel axis is read as grey."""
+    docstring); a grey result's ``G``, ``h``, ``Σx²`` are read as its ``A``."""
     pick = (lambda t: t[:, scale]) if scale is not None else (lambda t: t)
     numpy = lambda t: pick(t).detach().cpu().to(torch.float64).numpy()  # noqa: E731
-    basis = result.basis
-    rows = {"n_pixels": pick(result.n_pixels).detach().cpu().numpy().astype(np.int64)}
-    if result.covariance is None:                   # grey: G, h, Σx² as fitted
-        return {**rows, "coef": numpy(result.coef), "gram": numpy(result.gram),
-                "rhs": numpy(result.rhs), "sum_sq": numpy(result.sum_sq),
-                "mse": numpy(result.mse)}
-    gram = numpy(result.gram)
-    if basis.channels == 1:                         # (N, 1, ·) results of one channel
-        m = basis.n_components
-        return {**rows, "coef": numpy(result.coef)[:, 0], "gram": gram[:, :m, :m],
-                "rhs": gram[:, :m, m], "sum_sq": gram[:, m, m], "mse": numpy(result.mse)[:, 0]}
-    targets = basis.targets.numpy()
-    return {**rows, "coef": numpy(result.coef).reshape(len(gram), -1), "gram": gram,
-            "rhs": gram[:, :, targets], "sum_sq": gram[:, targets[:, None], targets[None, :]],
-            "mse": generalised_variance(pick(result.covariance).detach().cpu()).numpy()}
+    gram = result.gram if result.covariance is not None else \
+        augmented(result.gram, result.rhs, result.sum_sq)
+    mse = result.mse if result.basis.channels == 1 else \
+        generalised_variance(result.covariance.detach().cpu())
+    gram, n = numpy(gram), len(result)
+    targets = result.basis.targets.numpy()
+    return {"n_pixels": pick(result.n_pixels).detach().cpu().numpy().astype(np.int64),
+            "coef": numpy(result.coef).reshape(n, -1), "gram": gram, "mse": numpy(mse).reshape(n),
+            "rhs": gram[:, :, targets], "sum_sq": gram[:, targets[:, None], targets[None, :]]}
 
 
 def pooled_model(sum_gram: np.ndarray | torch.Tensor, n_pixels, basis: Basis, ridge: float
@@ -284,7 +258,6 @@ class ClassStats:
         rows = _image_rows(result, scale if multi else None)
         coef, gram, rhs, sum_sq, n_pix, mse = (rows[k] for k in (
             "coef", "gram", "rhs", "sum_sq", "n_pixels", "mse"))
-        channel = basis.channels > 1
         priority = _priorities(coef, seed)
         sums = {}
         label_array = np.array(labels, dtype=object)
@@ -294,8 +267,7 @@ class ClassStats:
             sample, sample_priority = _lowest(c, priority[rows], reservoir_size)
             sums[name] = ClassSums(
                 n=len(rows), sum_coef=c.sum(0), sum_outer=c.T @ c, sum_gram=gram[rows].sum(0),
-                sum_rhs=rhs[rows].sum(0),
-                sum_sq=sum_sq[rows].sum(0) if channel else float(sum_sq[rows].sum()),
+                sum_rhs=rhs[rows].sum(0), sum_sq=sum_sq[rows].sum(0),
                 n_pixels=int(n_pix[rows].sum()), sum_mse=float(mse[rows].sum()),
                 sum_mse_sq=float((mse[rows] ** 2).sum()),
                 sample=sample, sample_priority=sample_priority)
@@ -427,7 +399,7 @@ class ClassStats:
         header = {"format": FILE_FORMAT, "version": FILE_VERSION, "scale": self.scale,
                   "reservoir_size": self.reservoir_size, "seed": self.seed,
                   "classes": names, "basis": basis}
-        shapes = _one_channel_shapes(0) if self.basis is None else _field_shapes(self.basis)
+        shapes = {"sample": (-1, 0)} if self.basis is None else _field_shapes(self.basis)
         parts = [self.sums[c] for c in names]
         arrays = {"header_json": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
         if self.basis is not None:
@@ -449,7 +421,7 @@ class ClassStats:
     def from_arrays(cls, arrays) -> "ClassStats":
         """Inverse of :meth:`to_arrays` (a dict or an open ``numpy.load`` archive)."""
         header = json.loads(bytes(np.asarray(arrays["header_json"], np.uint8)).decode())
-        if header.get("format") != FILE_FORMAT or header.get("version") != FILE_VERSION:
+        if header.get("format") != FILE_FORMAT or header.get("version") not in (1, FILE_VERSION):
             raise ValueError(f"not kernelbank class statistics: format {header.get('format')!r} "
                              f"version {header.get('version')!r}, expected {FILE_FORMAT!r} "
                              f"version {FILE_VERSION}")

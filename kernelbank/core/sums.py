@@ -1,45 +1,25 @@
 r"""Window sums: the sufficient statistics of every AR model on one window, per image.
 
-For an image ``x``, a window of ``t = (2r+1)^d`` taps at dilation ``δ`` (offsets
-``o_a``, C order, *including* the centre ``o_c = 0``) and the valid pixels ``V`` (those
-whose whole dilated window lies inside the image)::
+For images of ``C`` channels, a window of ``t = (2r+1)^d`` offsets ``o_a`` at dilation
+``δ`` (C order, centre included) and the valid pixels ``V`` (whose whole dilated window
+lies inside the image), over the ``T = C t`` taps ``(c, o_a)``, channel-major::
 
-    cross[a, b] = Σ_{p∈V} x(p + o_a) x(p + o_b)        (t × t, symmetric)
-    first[a]    = Σ_{p∈V} x(p + o_a)                    (t)
-    n_pixels    = |V|
+    cross[c t + a, c' t + b] = Σ_{p∈V} x_c(p + o_a) x_{c'}(p + o_b)      (T × T)
+    first[c t + a]           = Σ_{p∈V} x_c(p + o_a)                      (T)
+    n_pixels                 = |V|
 
-Every quantity the later stages need is algebra on these sums, with no pixels:
+Every later quantity is algebra on these sums, with no pixels: the normal equations
+``A = Z cross Zᵀ`` of any basis (:meth:`WindowSums.gram`), so the fitted coefficients
+and residual covariance of any AR model; for a kernel ``k`` (a T-vector) predicting the
+centre ``c``, ``⟨p, x⟩ = kᵀ cross[:, c]``, ``⟨p, p⟩ = kᵀ cross k`` and ``Σp = kᵀ first``
+(:func:`kernelbank.core.features.bank_features_from_sums`); with the sums per cell of a
+``grid`` partition of ``V`` (that of adaptive average pooling, as the pixel path of
+:func:`kernelbank.bank_features`), the same per cell.
 
-* the normal equations of any basis ``B`` (rows ``w_j`` over the t taps, centre weight
-  0): ``G = W cross Wᵀ``, ``h = W cross[:, c]``, ``Σx² = cross[c, c]``, ``ΣR = W first``,
-  ``Σx = first[c]``, so the fitted coefficients and residual MSE of the full, isotropic
-  or any bank basis follow (:meth:`WindowSums.gram`);
-* for a kernel ``k`` (a t-vector with ``k_c = 0``), the prediction ``p = k ⋆ x``
-  satisfies ``⟨p, x⟩ = kᵀ cross[:, c]``, ``⟨p, p⟩ = kᵀ cross k`` and ``Σp = kᵀ first``:
-  gain, MSE after gain, residual mean and variance, the joint coefficients of a bank
-  and the Gaussian likelihood (:func:`kernelbank.core.features.bank_features_from_sums`);
-* with the sums kept per cell of a ``grid × grid`` partition of ``V``, the same per
-  cell (residual energy maps).
-
-Channels
---------
-For images of ``C`` channels the window is the ``T = C t`` taps ``(c, o_a)``,
-channel-major (tap ``c t + a``), and ``cross``, ``first`` are the same sums over those
-taps: ``cross[c t + a, c' t + b] = Σ_{p∈V} x_c(p + o_a) x_{c'}(p + o_b)``. Every vector AR
-model on the window (:mod:`kernelbank.core.fit`) is algebra on them in the same
-way. One channel is the case ``C = 1``.
-
-The partition into cells follows adaptive average pooling (cell ``i`` of ``g`` along an
-axis of ``L`` valid pixels covers ``[⌊iL/g⌋, ⌈(i+1)L/g⌉)``), which is what the pixel
-path of :func:`kernelbank.bank_features` uses, so both paths agree exactly.
-
-Notes
------
-Sums are float64 whatever the image dtype: a float32 sum over hundreds of thousands
-of pixels loses digits that the solve of a nearly predictable image needs. They are
-computed from lag products (:mod:`kernelbank.core._lags`): exactly the sums of the
-explicit stack of shifted windows, at the cost of about one product per pixel and
-distinct lag instead of ``t²``.
+Sums are float64 whatever the image dtype (a float32 sum over many pixels loses digits
+the solve of a nearly predictable image needs), computed exactly from lag products by
+the private engines of :mod:`kernelbank.core._lags` (one product per pixel and distinct
+lag instead of ``t²``).
 """
 
 from __future__ import annotations
@@ -159,17 +139,20 @@ class WindowSums:
         if not 1 <= radius <= self.radius:
             raise ValueError(f"rows of a radius-{radius} window do not fit in these sums' "
                              f"window of radius {self.radius}")
-        side = 2 * self.radius + 1
-        inner = window_taps(radius, self.ndim) + self.radius
-        spatial = np.ravel_multi_index(tuple(inner.T), (side,) * self.ndim)
-        index = (np.arange(self.channels)[:, None] * self.spatial_taps
-                 + spatial[None, :]).reshape(-1)
+        index = self._inner_taps(radius)
         if rows.shape[-1] != len(index):
             raise ValueError(f"rows must have {len(index)} values (the taps of {self.channels} "
                              f"channel(s) at radius {radius}), got shape {tuple(rows.shape)}")
         placed = torch.zeros((rows.shape[0], self.n_taps), dtype=torch.float64)
         placed[:, torch.from_numpy(index)] = rows.detach().cpu().to(torch.float64)
         return placed.to(self.cross.device)
+
+    def _inner_taps(self, radius: int) -> np.ndarray:
+        """Indices of the taps of the centred window of ``radius``, channel-major."""
+        side = 2 * self.radius + 1
+        inner = window_taps(radius, self.ndim) + self.radius
+        spatial = np.ravel_multi_index(tuple(inner.T), (side,) * self.ndim)
+        return (np.arange(self.channels)[:, None] * self.spatial_taps + spatial).reshape(-1)
 
     def gram(self, basis: Basis) -> torch.Tensor:
         """``A = Z cross Zᵀ`` of the basis's regressor rows ``Z`` (…, M, M), float64.
@@ -197,12 +180,7 @@ class WindowSums:
         """The sums of the inner ``(2 radius + 1)^d`` taps (same valid pixels)."""
         if not 1 <= radius <= self.radius:
             raise ValueError(f"radius must be in 1..{self.radius}, got {radius!r}")
-        side = 2 * self.radius + 1
-        taps = window_taps(radius, self.ndim) + self.radius
-        spatial = np.ravel_multi_index(tuple(taps.T), (side,) * self.ndim)
-        index = (np.arange(self.channels)[:, None] * self.spatial_taps
-                 + spatial[None, :]).reshape(-1)
-        index = torch.from_numpy(index).to(self.cross.device)
+        index = torch.from_numpy(self._inner_taps(radius)).to(self.cross.device)
         cross = self.cross.index_select(-1, index).index_select(-2, index)
         return WindowSums(cross, self.first.index_select(-1, index), self.n_pixels, radius,
                           self.dilation, self.ndim, self.scale, self.grid, self.channels)
@@ -325,13 +303,9 @@ def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
 
     Notes
     -----
-    Computed from lag products (:mod:`kernelbank.core._lags`), exactly: the same sums as
-    the explicit stack of shifted windows, in float64, at the cost of about one product
-    per pixel and distinct lag. A channel whose mean exceeds its standard deviation has
-    its mean subtracted (in the image's dtype) before any product and its contribution
-    added back in float64, so float32 images with a large offset lose no digits to
-    cancellation. With several channels every channel pair's lag products are taken
-    (``C²`` times the one-channel work), each channel shifted the same way.
+    A channel whose mean exceeds its standard deviation has its mean subtracted (in the
+    image's dtype) before any product and its contribution added back in float64, so
+    float32 images with a large offset lose no digits to cancellation.
     """
     dilations = list(dilations)
     _check(batch, radius, dilations, grid, channels)
@@ -344,12 +318,13 @@ def channel_window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[in
     """:func:`window_sums` of ``(n, C, *spatial)`` images, any ``C`` (one is grey)."""
     n, channels, ndim = batch.shape[0], batch.shape[1], batch.ndim - 2
     t = (2 * radius + 1) ** ndim
-    # Channels whose mean exceeds their spread are shifted by their mean: only there can
-    # the products' sums cancel digits. The shift actually subtracted (rounded to the
-    # batch dtype) is the one added back.
-    variance, mean = torch.var_mean(batch.reshape(n, channels, -1).to(torch.float64), dim=2,
-                                    correction=0)
-    shift = torch.where(mean.square() > variance, mean, torch.zeros_like(mean)).to(batch.dtype)
+    # Channels whose mean exceeds their spread (mean² > E[x²] − mean²) are shifted by their
+    # mean: only there can the products' sums cancel digits. The shift actually subtracted
+    # (rounded to the batch dtype) is the one added back.
+    flat = batch.reshape(n, channels, -1)
+    mean = flat.mean(2, dtype=torch.float64)
+    square = torch.linalg.vector_norm(flat, dim=2, dtype=torch.float64).square() / flat.shape[2]
+    shift = torch.where(2 * mean.square() > square, mean, torch.zeros_like(mean)).to(batch.dtype)
     offset = shift.to(torch.float64).repeat_interleave(t, dim=1)         # per tap, (n, T)
     out = []
     for dilation in dilations:

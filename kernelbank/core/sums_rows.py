@@ -1,28 +1,13 @@
 r"""Window sums as flat float64 rows, one per image: the form a Parquet column holds.
 
-Layout of one image's row for sums of a window of ``t = (2r+1)^d`` taps (C order,
-centre included, see :mod:`kernelbank.core.sums`)::
-
-    [ cross upper triangle | first | n ]
-      t(t+1)/2 values: (0,0), (0,1) … (0,t−1), (1,1) … (t−1,t−1)   (numpy.triu_indices order)
-                         t values
-                                 1 value, the valid-pixel count (exact in float64 below 2⁵³)
-
-Per-cell sums (a ``grid``) repeat that block for every cell, cells in C order over the
-cell grid, so a row has ``cells · (t(t+1)/2 + t + 1)`` values
-(:func:`sums_row_length`). Sums of ``C`` channels have ``t = C (2r+1)^d`` taps,
-channel-major, in the same layout. The window (radius, dilation, ndim, channels), the
-pyramid scale and the grid are not in the row: they are the column's, and
-:func:`sums_from_rows` takes them back as arguments.
-
-Sizes: a 2-D radius-2 window (t = 25) is 351 values (2.8 kB) per image; radius 4
-(t = 81) is 3403 values (27 kB).
-
-Notes
------
+One image's row for sums of ``T`` taps (:mod:`kernelbank.core.sums`; ``T = C (2r+1)^d``,
+channel-major) is ``[cross upper triangle | first | n]``: ``T(T+1)/2`` values in
+``numpy.triu_indices`` order, ``T`` values, and the valid-pixel count. Per-cell sums repeat
+the block for every cell, cells in C order (:func:`sums_row_length`). The window, scale
+and grid are the column's, not the row's: :func:`sums_from_rows` takes them as arguments.
+A 2-D radius-2 grey window is 351 values (2.8 kB) per image, radius 4 is 3403 (27 kB).
 Rows are float64: the sums feed differences like ``Σx² − αᵀh`` that cancel most of
-their digits on well-predicted images, so a float32 row would cost the solve its
-accuracy. :func:`sums_from_rows` accepts any real dtype and computes in float64.
+their digits on well-predicted images.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import torch
 import kernelbank as kb
 from kernelbank import image_statistics as channel_image_statistics
 from kernelbank.core import normalize_images, pyramid_level
-from kernelbank.core._strips import augmented_gram, residual_sums
+from kernelbank.core._strips import plane_gram, residual_sums
 from kernelbank.core.residual import ResidualDescriptors, _describe, residual_descriptor_names
 
 from .reference import channel_lstsq_fit, lstsq_fit, window_sums, zscore
@@ -255,7 +255,7 @@ def test_image_chunks_of_fit_keep_order_and_values(monkeypatch):
 def _strip_sums(level, basis):
     """The previous Gram path: responses strip by strip (kernelbank.core._strips)."""
     m = basis.n_components
-    full = augmented_gram(level, basis)
+    full = plane_gram(level[:, None], basis)
     return full[:, :m, :m], full[:, :m, m], full[:, m, m]
 
 
@@ -335,7 +335,7 @@ def test_full_basis_fit_no_longer_builds_strip_responses(monkeypatch):
     import kernelbank.core.gram as equations
     calls = []
     monkeypatch.setattr(equations, "plane_gram",
-                        lambda *a: calls.append(a[1].kind) or augmented_gram(a[0][:, 0], a[1]))
+                        lambda *a: calls.append(a[1].kind) or plane_gram(*a))
     rng = np.random.default_rng(13)
     images = _images(rng, 2, (40, 40))
     kb.fit(images, kb.Basis.full(2), dilations=[1, 2])

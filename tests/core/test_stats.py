@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 
 import numpy as np
@@ -86,6 +87,28 @@ def test_identity_and_round_trip():
     _assert_same(again, stats)
     assert again.basis_meta == stats.basis_meta
     assert torch.equal(again.basis.weights, stats.basis.weights)
+
+
+def test_grey_statistics_are_the_one_channel_format_and_read_version_1_files():
+    stats = _stats(np.arange(30))
+    grey = stats["grass"]
+    m = BASIS.n_components
+    assert grey.sum_gram.shape == (m + 1, m + 1) and grey.sum_sq.shape == (1, 1)
+    # the same images with a channel axis and a one-channel basis: the same statistics
+    one = kb.ClassStats.from_fit(kb.fit(IMAGES[:, None], kb.Basis.isotropic(2, channels=1)),
+                                 LABELS, reservoir_size=4)
+    _assert_same(stats, one)
+    # a file of format version 1 kept G, h and Σx² of grey classes: read as A
+    arrays = stats.to_arrays()
+    header = json.loads(bytes(arrays["header_json"]).decode())
+    arrays["header_json"] = np.frombuffer(
+        json.dumps({**header, "version": 1}).encode(), np.uint8)
+    gram = arrays["sum_gram"]
+    arrays.update(sum_gram=gram[:, :m, :m], sum_rhs=gram[:, :m, m], sum_sq=gram[:, m, m])
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    buffer.seek(0)
+    _assert_same(kb.ClassStats.load(buffer), stats)
 
 
 def test_merge_refuses_other_basis_and_checks_labels():
