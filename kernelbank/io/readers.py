@@ -252,18 +252,22 @@ def read_images(manifest: pa.Table | SavedManifest, config: ReadConfig, *,
     blocks = plan_blocks(manifest.planning_table() if saved else manifest,
                          target_bytes=config.block_bytes, max_rows=config.block_rows,
                          min_blocks=config.override_num_blocks or _default_parallelism())
+    # from_blocks, not from_arrow: from_arrow asks one remote task per block for its
+    # metadata and waits for them, behind whatever holds the CPUs (the warming workers
+    # of a run: seconds before a small run's first read); these blocks are tiny, so their
+    # metadata is computed here
     if saved:
         # one block of row numbers per read block (8 bytes per record): Ray sizes tasks
         # and bundles by rows, so a block must have as many rows as the records it reads
         numbers = [pa.table({"row": np.arange(a, b, dtype=np.int64)}) for a, b in blocks]
-        return ray.data.from_arrow(numbers or [pa.table({"row": pa.array([], pa.int64())})]
-                                   ).map_batches(
+        return ray.data.from_blocks(numbers or [pa.table({"row": pa.array([], pa.int64())})]
+                                    ).map_batches(
             _read_saved_rows, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
             fn_kwargs={"manifest": manifest, "skip_ids": skip_ids,
                        "footers": manifest.footers(), **read_kwargs}, **(ray_remote_args or {}))
     plain = manifest.replace_schema_metadata(None)
     tables = [plain.slice(start, stop - start) for start, stop in blocks] or [plain]
-    return ray.data.from_arrow(tables).map_batches(
+    return ray.data.from_blocks(tables).map_batches(
         read_block, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
         fn_kwargs=read_kwargs, **(ray_remote_args or {}))
 

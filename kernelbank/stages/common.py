@@ -293,7 +293,7 @@ def read_table_files(files: list[str], fs, *, pool: dict[str, Any] | None = None
     if not files:
         raise ValueError("no Parquet files to read: the stage's input table is empty")
     blocks = [pa.table({"path": [f]}) for f in files]
-    return ray.data.from_arrow(blocks).map_batches(
+    return ray.data.from_blocks(blocks).map_batches(        # see io.readers.read_images
         _read_parquet_files, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
         fn_kwargs={"fs": fs, "columns": columns}, **read_args(pool or {"num_cpus": 1}))
 
