@@ -186,14 +186,16 @@ class FitConfig:
         per-call cost (measured at 32×32, default recipe, 1 thread: 64 images per call
         1,450 images/s, 512 images 2,500/s).
     num_gpus : int, default=0
-        GPUs to use: >0 gives one GPU per actor and at most this many actors. Decided
-        here, never by probing the cluster (an autoscaling cluster shows 0 GPUs at start).
+        GPUs to use: >0 gives one GPU per fit task and at most this many tasks at once.
+        Decided here, never by probing the cluster (an autoscaling cluster shows 0 GPUs
+        at start).
     max_actors : int, optional
-        Upper bound of the autoscaling CPU actor pool; default: the cluster's CPUs.
+        At most this many CPU fit tasks at once; default: as many as the cluster's CPUs
+        allow.
     threads_per_actor : int, default=1
-        ``torch.set_num_threads`` in each CPU actor, and the CPUs it reserves.
+        ``torch.set_num_threads`` in each CPU fit task's worker, and the CPUs it reserves.
     fault_kill_after : int, optional
-        Testing only: the actor exits once after this many images; ``fault_marker``
+        Testing only: the worker exits once after this many images; ``fault_marker``
         (a file) makes it happen once. Set by tests directly, or from the environment
         by :func:`kernelbank.faults.fit_fault_from_env` under the explicit test switch.
     """

@@ -81,10 +81,11 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                          help="pixels per fit computation: images of one shape are fitted "
                               "together up to this many pixels (default 524288)")
     cluster.add_argument("--max-actors", type=int, default=None,
-                         help="upper bound of each autoscaling CPU actor pool "
-                              "(default: cluster CPUs / threads)")
+                         help="at most this many fit tasks (and pixel-feature actors) at "
+                              "once (default: as many as the cluster's CPUs allow)")
     cluster.add_argument("--threads-per-actor", type=int, default=1,
-                         help="torch threads (and CPUs reserved) per actor (default 1)")
+                         help="torch threads (and CPUs reserved) per fit task or actor "
+                              "(default 1)")
     if "fit" in stages:
         model = parser.add_argument_group("AR model (the fit stage's one pass)")
         model.add_argument("--radius", type=int, default=2, help="kernel radius (default 2)")
