@@ -40,7 +40,7 @@ import torch
 
 from .basis import Basis
 from .fit import FitResult, fit, fit_result_from_sums, select_sums
-from .solve import augmented, generalised_variance, residual_covariance
+from .solve import augmented, generalised_variance, shared_residual_covariance
 from .stats import ClassStats, pooled_model
 from .sums import WindowSums
 
@@ -69,9 +69,8 @@ def _model_scores(result, model: _Model) -> tuple[torch.Tensor, torch.Tensor]:
     gram = result.gram.cpu().to(torch.float64)
     if result.covariance is None:           # a grey result: G, h, Σx² → A
         gram = augmented(gram, result.rhs.cpu(), result.sum_sq.cpu())
-    gram = gram[:, None]                                                  # (N, 1, M, M)
-    count = result.n_pixels.cpu()[:, None]
-    residual = residual_covariance(gram, count, model.basis, model.coef[None])   # (N, C, k, k)
+    residual = shared_residual_covariance(gram, result.n_pixels.cpu(), model.basis,
+                                          model.coef)                     # (N, C, k, k)
     channels = residual.shape[-1]
     trace = (torch.linalg.inv(model.covariance)[None] * residual).sum((-2, -1))
     logdet = torch.logdet(model.covariance)
