@@ -32,11 +32,17 @@ def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default(size=FONT_SIZE)
 
 
+@functools.lru_cache(maxsize=None)
+def _ruler() -> ImageDraw.ImageDraw:
+    """A drawing context used only to measure text."""
+    return ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+
 def _text_size(text: str) -> tuple[int, int]:
     if not text:
         return 0, 0
-    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox(
-        (0, 0), text, font=_font(), spacing=2)
+    left, top, right, bottom = _ruler().multiline_textbbox((0, 0), text, font=_font(),
+                                                           spacing=2)
     return right, bottom + 2
 
 

@@ -192,12 +192,13 @@ class StatisticsFitter:
             yield from self._isolated(images[:half], rows[:half], ids)
             yield from self._isolated(images[half:], rows[half:], ids)
 
-    def _add_class_stats(self, partials: dict, fit, rows: list[int], batch: pa.Table) -> None:
-        """Add the class statistics of the train rows among ``rows`` (fitted as ``fit``)
-        to ``partials`` (per entry): from the fit in memory, not from the written sums."""
+    def _add_class_stats(self, partials: dict, fit, rows: list[int], splits: list[str],
+                         labels: list[str]) -> None:
+        """Add the class statistics of the train rows among ``rows`` (fitted as ``fit``;
+        ``splits`` and ``labels`` are the batch's) to ``partials`` (per entry): from the
+        fit in memory, not from the written sums."""
         import kernelbank as kb
         from .common import TRAIN_SPLITS
-        splits, labels = batch.column("split").to_pylist(), batch.column("label").to_pylist()
         train = [j for j, row in enumerate(rows) if splits[row] in TRAIN_SPLITS]
         if not train:
             return
@@ -241,6 +242,9 @@ class StatisticsFitter:
                 groups.setdefault(image.shape, []).append(i)
         columns: dict[str, np.ndarray] = {}
         partials: dict = {}
+        keep_stats = self.writer is not None and self.meta is not None
+        if keep_stats:
+            splits, labels = batch.column("split").to_pylist(), batch.column("label").to_pylist()
         done = np.zeros(len(images), dtype=bool)
         ids = batch.column("id").to_pylist()
         for rows in self._chunks(groups, images):
@@ -249,8 +253,8 @@ class StatisticsFitter:
                     stage[where], reason[where] = "fit", result
                     continue
                 result, fit = result
-                if self.writer is not None and self.meta is not None:
-                    self._add_class_stats(partials, fit, where, batch)
+                if keep_stats:
+                    self._add_class_stats(partials, fit, where, splits, labels)
                 for key, values in result.items():
                     if key not in columns:
                         columns[key] = np.zeros((len(images), values.shape[1]), values.dtype)

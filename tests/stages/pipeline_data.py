@@ -37,6 +37,20 @@ def write_dataset(root: str | Path, *, classes: int = 3, per_class: int = 6, siz
     return summary
 
 
+def decoded_rows(root: str | Path, *, classes: int, min_side: int, per_class: int = 4,
+                 size: int = 24):
+    """:func:`write_dataset` (no bad records) under ``root``, read and decoded by the real
+    reader: the pyarrow rows a fit task receives."""
+    from kernelbank.config import ReadConfig
+    from kernelbank.io.manifest import list_inputs
+    from kernelbank.io.readers import read_block
+    from kernelbank.io.storage import read_filesystem
+    write_dataset(root, classes=classes, per_class=per_class, size=size, bad=False)
+    read = ReadConfig(str(root), min_side=min_side)
+    fs, _ = read_filesystem(str(root))
+    return read_block(list_inputs(read), fs=fs, config=read)
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     """PNG encoding of a uint8 array."""
     buffer = io.BytesIO()

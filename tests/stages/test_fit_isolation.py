@@ -14,25 +14,18 @@ import pyarrow.compute as pc
 import pytest
 
 from kernelbank import faults
-from kernelbank.config import FitConfig, ReadConfig
-from kernelbank.io.manifest import list_inputs
-from kernelbank.io.readers import read_block
-from kernelbank.io.storage import read_filesystem
+from kernelbank.config import FitConfig
 from kernelbank.stages.fit import StatisticsFitter
 
-from .pipeline_data import write_dataset
+from .pipeline_data import decoded_rows
 
 CONFIG = FitConfig(radius=1, dilations=(1, 2))
 
 
 @pytest.fixture(scope="module")
 def decoded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("isolation") / "images"
-    write_dataset(root, classes=2, per_class=4, size=24, bad=False)
-    read = ReadConfig(str(root), min_side=CONFIG.min_side)
-    manifest = list_inputs(read)
-    fs, _ = read_filesystem(str(root))
-    return read_block(manifest, fs=fs, config=read)
+    return decoded_rows(tmp_path_factory.mktemp("isolation") / "images", classes=2,
+                        min_side=CONFIG.min_side)
 
 
 def _fit(batch):

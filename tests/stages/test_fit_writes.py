@@ -14,27 +14,22 @@ import pyarrow.parquet as pq
 import pytest
 
 import kernelbank as kb
-from kernelbank.config import FitConfig, ReadConfig
+from kernelbank.config import FitConfig
 from kernelbank.io.batches import images_from_batch
-from kernelbank.io.manifest import list_inputs
-from kernelbank.io.readers import read_block
 from kernelbank.io.storage import read_filesystem
 from kernelbank.io.tables import PartWriter
 from kernelbank.stages.common import TRAIN_SPLITS
 from kernelbank.stages.fit import StatisticsFitter, batch_results, fit_metadata
 
-from .pipeline_data import write_dataset
+from .pipeline_data import decoded_rows
 
 CONFIG = FitConfig(radius=1, dilations=(1, 2))
 
 
 @pytest.fixture(scope="module")
 def decoded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fitwrites") / "images"
-    write_dataset(root, classes=3, per_class=4, size=24, bad=False)
-    read = ReadConfig(str(root), min_side=CONFIG.min_side)
-    fs, _ = read_filesystem(str(root))
-    return read_block(list_inputs(read), fs=fs, config=read)
+    return decoded_rows(tmp_path_factory.mktemp("fitwrites") / "images", classes=3,
+                        min_side=CONFIG.min_side)
 
 
 def test_fit_writes_return_the_class_statistics_of_their_rows(decoded, tmp_path):
