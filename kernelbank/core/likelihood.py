@@ -40,7 +40,7 @@ import torch
 
 from .basis import Basis
 from .fit import FitResult, fit, fit_result_from_sums, select_sums
-from .solve import augmented, generalised_variance, shared_residual_covariance
+from .solve import generalised_variance, shared_residual_covariance
 from .stats import ClassStats, pooled_model
 from .sums import WindowSums
 
@@ -66,11 +66,16 @@ class _Model:
 
 def _model_scores(result, model: _Model) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C) "mse" of every image under every class of a model, and ``ℓ``."""
-    gram = result.gram.cpu().to(torch.float64)
-    if result.covariance is None:           # a grey result: G, h, Σx² → A
-        gram = augmented(gram, result.rhs.cpu(), result.sum_sq.cpu())
-    residual = shared_residual_covariance(gram, result.n_pixels.cpu(), model.basis,
-                                          model.coef)                     # (N, C, k, k)
+    if result.covariance is None:           # grey: Σx² − 2αᵀh + αᵀGα, no augmented copy
+        coef = model.coef[:, 0].T                                         # (m, C)
+        gram, rhs = result.gram.cpu().to(torch.float64), result.rhs.cpu().to(torch.float64)
+        explained = 2 * rhs @ coef - ((gram @ coef) * coef).sum(-2)       # (N, C)
+        residual = ((result.sum_sq.cpu().to(torch.float64)[:, None] - explained)
+                    / result.n_pixels.cpu().to(torch.float64)[:, None]).clamp_min(0)
+        residual = residual[..., None, None]                              # (N, C, 1, 1)
+    else:
+        residual = shared_residual_covariance(result.gram.cpu().to(torch.float64),
+                                              result.n_pixels.cpu(), model.basis, model.coef)
     channels = residual.shape[-1]
     trace = (torch.linalg.inv(model.covariance)[None] * residual).sum((-2, -1))
     logdet = torch.logdet(model.covariance)

@@ -17,13 +17,21 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .sums import WindowSums
+from .sums import WindowSums, take_columns
 
 __all__ = ["sums_row_length", "sums_to_rows", "sums_from_rows"]
 
 
 def _block_length(n_taps: int) -> int:
     return n_taps * (n_taps + 1) // 2 + n_taps + 1
+
+
+def _symmetric_positions(n_taps: int) -> torch.Tensor:
+    """For each entry of the ``T × T`` matrix, its position in the upper-triangle row."""
+    upper = np.triu_indices(n_taps)
+    position = np.empty((n_taps, n_taps), dtype=np.int64)
+    position[upper] = position[upper[::-1]] = np.arange(len(upper[0]))
+    return torch.from_numpy(position.reshape(-1))
 
 
 def sums_row_length(radius: int, ndim: int, grid: int | None = None, channels: int = 1) -> int:
@@ -120,10 +128,8 @@ def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, ra
     if (count < 0).any() or (count != count.round()).any():
         raise ValueError("the pixel counts (last value of each block) must be non-negative "
                          "integers; these rows do not hold window sums in this layout")
-    upper = torch.triu_indices(t, t)
-    cross = blocks.new_zeros(blocks.shape[:2] + (t, t))
-    cross[..., upper[0], upper[1]] = blocks[..., :tri]
-    cross[..., upper[1], upper[0]] = blocks[..., :tri]
+    cross = take_columns(blocks.reshape(-1, blocks.shape[-1]), _symmetric_positions(t))
+    cross = cross.reshape(blocks.shape[:2] + (t, t))
     first = blocks[..., tri:tri + t]
     count = count.to(torch.int64)
     if grid is None:
