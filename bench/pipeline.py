@@ -181,15 +181,20 @@ def _in_process(load, ids: list[str], labels: list[str], splits: np.ndarray, bat
 def ray_run(root: Path, out: Path) -> dict[str, float]:
     """The whole pipeline (default settings), its per-stage rates and peak memory."""
     from kernelbank.config import PipelineConfig, ReadConfig
-    from kernelbank.stages.fit import fit_dataset
+    from kernelbank.io.manifest import save_listing
+    from kernelbank.io.storage import read_filesystem
+    from kernelbank.io.tables import PartWriter
+    from kernelbank.stages.fit import fit_blocks
     from kernelbank.stages.pipeline import run_pipeline
     read = ReadConfig(str(root))
     config = PipelineConfig(read=read, output=str(out), overwrite=True)
     start = time.perf_counter()
-    first = None
-    for _ in fit_dataset(read, config.fit).iter_batches(batch_size=None, batch_format="pyarrow"):
-        first = time.perf_counter() - start
-        break
+    scratch = out.parent / f"{out.name}-first"
+    fs, _ = read_filesystem(str(scratch))
+    manifest = save_listing(read, fs, str(scratch / "_inputs.parquet"))
+    writer = PartWriter(fs, str(scratch / "fit"), str(scratch / "errors"), "first")
+    next(fit_blocks(read, config.fit, manifest, writer=writer))
+    first = time.perf_counter() - start
     with PeakRSS() as memory:
         begin = time.perf_counter()
         summary = run_pipeline(config)

@@ -351,8 +351,8 @@ class Basis:
         t = (2 * radius + 1) ** ndim
         regressors = np.asarray(d["regressors"], np.float64).reshape(-1, channels * t)
         return cls(torch.from_numpy(regressors.copy()),
-                   torch.from_numpy(np.asarray(d["selection"], np.int64).reshape(channels, m)),
-                   torch.from_numpy(np.asarray(d["targets"], np.int64).reshape(channels)),
+                   torch.from_numpy(np.array(d["selection"], np.int64).reshape(channels, m)),
+                   torch.from_numpy(np.array(d["targets"], np.int64).reshape(channels)),
                    channels, radius, dilation, ndim, str(d["kind"]),
                    str(d.get("centre_mask", "own")), rings)
 

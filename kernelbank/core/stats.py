@@ -159,15 +159,16 @@ def _image_rows(result: FitResult, scale: int | None) -> dict[str, np.ndarray]:
     """Per-image arrays :meth:`ClassStats.from_fit` sums, float64 numpy (see the module
     docstring); a grey result's ``G``, ``h``, ``Σx²`` are read as its ``A``."""
     pick = (lambda t: t[:, scale]) if scale is not None else (lambda t: t)
-    numpy = lambda t: pick(t).detach().cpu().to(torch.float64).numpy()  # noqa: E731
-    gram = result.gram if result.covariance is not None else \
-        augmented(result.gram, result.rhs, result.sum_sq)
+    numpy = lambda t: t.detach().cpu().to(torch.float64).numpy()  # noqa: E731
+    gram = pick(result.gram) if result.covariance is not None else \
+        augmented(pick(result.gram), pick(result.rhs), pick(result.sum_sq))
     mse = result.mse if result.basis.channels == 1 else \
         generalised_variance(result.covariance.detach().cpu())
     gram, n = numpy(gram), len(result)
     targets = result.basis.targets.numpy()
     return {"n_pixels": pick(result.n_pixels).detach().cpu().numpy().astype(np.int64),
-            "coef": numpy(result.coef).reshape(n, -1), "gram": gram, "mse": numpy(mse).reshape(n),
+            "coef": numpy(pick(result.coef)).reshape(n, -1), "gram": gram,
+            "mse": numpy(pick(mse)).reshape(n),
             "rhs": gram[:, :, targets], "sum_sq": gram[:, targets[:, None], targets[None, :]]}
 
 

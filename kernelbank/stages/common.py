@@ -14,9 +14,9 @@ from contextlib import contextmanager, suppress
 from typing import Any, Callable, Iterable, Iterator
 
 from ..io.storage import redact
-from .progress import info_enabled, ray_log_level
+from .progress import configure_ray_data, info_enabled, ray_log_level
 
-__all__ = ["connect_ray", "actor_pool_args", "task_args", "pool_size", "read_args",
+__all__ = ["connect_ray", "actor_pool_args", "pool_size", "read_args",
            "read_table_files",
            "cluster_cpus", "actor_cpus", "write_stage", "log",
            "timed", "TRAIN_SPLITS", "TEST_SPLIT", "map_bounded", "make_basis", "Terminated",
@@ -202,13 +202,14 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
     """
     import ray
     import ray.data
+    configure_ray_data()
     if start is None:
         start = pool_size(num_gpus=num_gpus, max_actors=max_actors, threads=threads)
     if num_gpus > 0:
         batch_size = batch_size or GPU_BATCH_ROWS
         resources = {"num_gpus": 1, "num_cpus": 1}
         upper: int | None = num_gpus
-        _warn_without_gpu(num_gpus)
+        warn_without_gpu(num_gpus)
     else:
         resources = {"num_cpus": actor_cpus(threads)}
         upper = max_actors
@@ -218,38 +219,7 @@ def actor_pool_args(*, num_gpus: int, max_actors: int | None, threads: int,
             "batch_size": batch_size, **resources}
 
 
-def task_args(*, num_gpus: int, max_actors: int | None, threads: int,
-              batch_size: int | None) -> dict[str, Any]:
-    """``map_batches`` keyword arguments for a stage's compute as Ray Data tasks.
-
-    Tasks, not an actor pool: an actor's process dies with its pool at the end of the
-    stage, so every stage paid a process start and a torch import per CPU again; a task's
-    worker process goes back to Ray's pool, and the next stage's tasks (the features
-    stage's, on the same table) run in the processes that already hold torch and the
-    compiled engines. Nothing can hold a CPU while waiting for work, so there is nothing
-    to size up front: Ray Data runs as many tasks as the cluster has room for (at most
-    ``max_actors`` at once), including on nodes that join during the stage, and on an
-    autoscaling cluster asks for more room. A read ``map_batches`` with the same
-    resources (:func:`read_args`) is fused into each task. A task lost with its node runs
-    again (Ray Data retries tasks without limit; its part file is named by its rows, so
-    it is written once).
-
-    GPU use is decided by the config (``num_gpus``: at most that many tasks at once, one
-    GPU each), never by probing the cluster: an autoscaling cluster reports 0 GPUs until
-    a GPU node starts. GPU tasks get :data:`GPU_BATCH_ROWS` rows per call when
-    ``batch_size`` is None (whole blocks otherwise).
-    """
-    if num_gpus > 0:
-        _warn_without_gpu(num_gpus)
-        return {"num_gpus": 1, "num_cpus": 1, "concurrency": num_gpus,
-                "batch_size": batch_size or GPU_BATCH_ROWS}
-    args: dict[str, Any] = {"num_cpus": actor_cpus(threads), "batch_size": batch_size}
-    if max_actors:
-        args["concurrency"] = max_actors
-    return args
-
-
-def _warn_without_gpu(num_gpus: int) -> None:
+def warn_without_gpu(num_gpus: int) -> None:
     import ray
     if not ray.cluster_resources().get("GPU"):
         log(f"asked for {num_gpus} GPU worker(s) but the cluster has no GPU now: an "
@@ -259,7 +229,7 @@ def _warn_without_gpu(num_gpus: int) -> None:
 
 def read_args(pool: dict[str, Any]) -> dict[str, Any]:
     """Remote arguments for a read ``map_batches`` that feeds the compute ``pool``
-    (:func:`task_args` or :func:`actor_pool_args`): the same resources, so that Ray Data
+    (:func:`actor_pool_args`): the same resources, so that Ray Data
     fuses the read into the compute instead of running it as tasks that need CPUs of
     their own. GPU compute is the exception: its reads stay CPU tasks (decoding on the GPU
     worker's one CPU would starve the GPU), which needs CPUs beside the GPU workers."""
@@ -290,6 +260,7 @@ def read_table_files(files: list[str], fs, *, pool: dict[str, Any] | None = None
     """
     import pyarrow as pa
     import ray.data
+    configure_ray_data()
     if not files:
         raise ValueError("no Parquet files to read: the stage's input table is empty")
     blocks = [pa.table({"path": [f]}) for f in files]
@@ -298,25 +269,29 @@ def read_table_files(files: list[str], fs, *, pool: dict[str, Any] | None = None
         fn_kwargs={"fs": fs, "columns": columns}, **read_args(pool or {"num_cpus": 1}))
 
 
-def map_bounded(task: Callable, items: Iterable, *, max_in_flight: int | None = None
-                ) -> Iterator[Any]:
+def map_bounded(task: Callable, items: Iterable, *,
+                max_in_flight: int | Callable[[], int] | None = None) -> Iterator[Any]:
     """Results of ``task.remote(*item)`` for every item, in the order of ``items``.
 
     At most ``max_in_flight`` tasks are submitted and not yet collected (default: twice
-    the cluster's CPUs), and the driver holds one result at a time, so merging the
+    the cluster's CPUs; a callable is asked again before each submission, so a cluster
+    that grows gets more), and the driver holds one result at a time, so merging the
     partial results of a table of any number of files takes a few results' memory on
     the driver and in the object store (submitting every task at once and collecting
     with one ``ray.get`` holds them all). Results come in submission order, so a merge
-    adds them in the same order on every run.
+    adds them in the same order on every run. ``task`` may also be a plain function
+    that submits and returns an object reference.
     """
     import ray
     if max_in_flight is None:
-        max_in_flight = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        max_in_flight = lambda: 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))  # noqa: E731
+    limit = max_in_flight if callable(max_in_flight) else lambda: max_in_flight
+    submit = getattr(task, "remote", task)
     pending: collections.deque = collections.deque()
     for item in items:
-        if len(pending) >= max_in_flight:
+        while pending and len(pending) >= max(1, limit()):
             yield ray.get(pending.popleft())
-        pending.append(task.remote(*item))
+        pending.append(submit(*item))
     while pending:
         yield ray.get(pending.popleft())
 

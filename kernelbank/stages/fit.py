@@ -1,6 +1,6 @@
 """The fit stage: the only stage that reads pixels. One pass per image, one table row.
 
-Ray Data tasks, each reading and decoding a block of records and passing it to the
+Ray tasks, each reading and decoding a block of records and passing it to the
 :class:`StatisticsFitter` its worker process keeps (images of equal shape together,
 :func:`kernelbank.core.fit.image_statistics` on the worker's device), which writes
 through a :class:`~kernelbank.io.tables.PartWriter` the part files of the rows it
@@ -57,7 +57,8 @@ own bytes (see ``bytes_per_image`` in ``summary.json``).
 from __future__ import annotations
 
 import os
-import pickle
+import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -66,17 +67,17 @@ import pyarrow as pa
 from .. import faults
 from ..config import Channels, FitConfig, ReadConfig
 from ..io.layout import write_json
-from ..io.manifest import list_inputs, open_manifest, save_listing
-from ..io.readers import images_from_batch, probe_channels, read_images
+from ..io.manifest import open_manifest, save_listing
+from ..io.readers import (images_from_batch, probe_channels, read_arguments, read_blocks,
+                          read_saved_block)
 from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, PartWriter, count_rows
-from .common import (RAY_STATS_FILE, actor_cpus, cluster_cpus, log, make_basis, read_args,
-                     task_args, timed)
+from .common import (actor_cpus, cluster_cpus, log, make_basis,
+                     map_bounded, timed, warn_without_gpu)
 from .table import TableMeta, flat_covariance, flat_sums, table_files
 
-__all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_dataset", "fit_metadata",
-           "batch_results", "fit_statistics", "run_fit", "warm_workers",
-           "write_fit"]
+__all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_blocks", "fit_metadata",
+           "run_fit", "warm_workers", "write_fit"]
 
 FIT_META = "_kernelbank.json"
 #: The input's listing, written once per run by the fit stage (in ``fit/``).
@@ -84,8 +85,9 @@ MANIFEST_FILE = "_inputs.parquet"
 #: Folder of the decoded pixels in ``fit/`` (``cache_pixels``), part files named as the table's.
 PIXEL_CACHE = "_pixels"
 TABLE_VERSION = 2
-#: Column of the one-row table a fit task with a writer returns (see :func:`batch_results`).
-RESULT = "result"
+#: Times a fit task lost with its worker or node runs again (spot preemptions; a
+#: worker that crashes on the same block every time fails the stage after this many).
+TASK_RETRIES = 20
 #: Errors that fail a whole group on a device (a CUDA OOM is a RuntimeError) but may not
 #: fail each image of it alone: the group is split and retried before rows become errors.
 ISOLATED_ERRORS = (ValueError, RuntimeError, MemoryError)
@@ -109,12 +111,12 @@ class StatisticsFitter:
         Channels of every image (``(C, *spatial)`` when > 1: a vector AR model).
     writer : PartWriter, optional
         When given, each batch's rows are written here (``fit/``, ``errors/`` and the
-        pixel cache, one part file named by the batch's ids) and one small row per batch
-        is returned instead of the rows: ``result``, a dict of the write's ``counts`` and
-        the partial class statistics of its train rows (``stats``: per entry ``(scale,
-        dilation)`` a :meth:`ClassStats.to_dict`, from the fits in memory), which the
-        driver merges — the rows never cross the object store, and the reduce stage
-        reads no table.
+        pixel cache, one part file named by the batch's ids) and a small dict is returned
+        instead of the rows: the write's ``counts``, the partial class statistics of its
+        train rows (``stats``: per entry ``(scale, dilation)`` a
+        :meth:`ClassStats.to_dict`, from the fits in memory), which the driver merges, the
+        ``rows`` and the ``seconds`` of each step — the rows never cross the object store,
+        and the reduce stage reads no table.
     meta : dict, optional
         The table's metadata (:func:`fit_metadata`), for the partial statistics.
 
@@ -232,7 +234,8 @@ class StatisticsFitter:
                 yield rows[start:start + step]
 
     # ------------------------------------------------------------------ the batch
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: pa.Table) -> pa.Table | dict[str, Any]:
+        start = time.perf_counter()
         images = images_from_batch(batch)
         stage = batch.column("stage").to_pylist()
         reason = batch.column("reason").to_pylist()
@@ -274,21 +277,12 @@ class StatisticsFitter:
         table = pa.table(out)
         if self.writer is None:
             return table
+        computed = time.perf_counter()
         counts = self.writer.write(table)
         stats = {entry: part.to_dict() for entry, part in partials.items()}
-        # pickled here: Ray Data would try to convert the dict to Arrow, fail, log that it
-        # fell back to pickling, and pickle it anyway
-        result = {"counts": dict(counts), "stats": stats, "rows": table.num_rows}
-        return pa.table({RESULT: pa.array([pickle.dumps(result)], pa.binary())})
-
-
-def batch_results(batch) -> list[dict[str, Any]]:
-    """The results in a batch a fit with a writer returned (:class:`StatisticsFitter`):
-    per input batch, ``counts``, ``stats`` and ``rows``. These bytes come from the stage's
-    own tasks, never from an output."""
-    column = batch[RESULT] if not isinstance(batch, pa.Table) else batch.column(RESULT)
-    return [pickle.loads(value if isinstance(value, bytes) else value.as_py())
-            for value in column]
+        return {"counts": dict(counts), "stats": stats, "rows": table.num_rows,
+                "seconds": {"compute": computed - start,
+                            "write": time.perf_counter() - computed}}
 
 
 def _take(fit, rows: list[int]):
@@ -332,14 +326,14 @@ def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",
 _FITTERS: dict[str, StatisticsFitter] = {}
 
 
-def fit_statistics(batch: pa.Table, *, key: str, args: tuple) -> pa.Table:
-    """Ray Data task body: ``StatisticsFitter(*args)(batch)``, with the fitter this
-    worker process keeps for ``key`` (one fit stage attempt)."""
+def _fitter(key: str, args: tuple) -> StatisticsFitter:
+    """``StatisticsFitter(*args)``, built once per worker process for ``key`` (one fit
+    stage attempt)."""
     fitter = _FITTERS.get(key)
     if fitter is None:
         _FITTERS.clear()
         fitter = _FITTERS[key] = StatisticsFitter(*args)
-    return fitter(batch)
+    return fitter
 
 
 def _warm(config: FitConfig) -> int:
@@ -372,30 +366,80 @@ def warm_workers(config: FitConfig) -> None:
         task.remote(config)
 
 
-def fit_dataset(read: ReadConfig, config: FitConfig, manifest=None, skip_ids=None,
-                writer: PartWriter | None = None):
-    """The lazy Ray Dataset of statistics rows (and error rows) for ``read``'s input.
+@dataclass(frozen=True)
+class FitJob:
+    """What every task of one fit stage attempt needs (put in the object store once).
 
-    ``manifest`` is the input's listing (:func:`kernelbank.io.manifest.list_inputs`, or a
-    :class:`~kernelbank.io.manifest.SavedManifest`); listed here when not given.
-    ``skip_ids``: records already done (a resumed run). With ``writer`` the tasks write
-    the rows themselves and the dataset holds one result per batch (see
-    :class:`StatisticsFitter`). Each read task is fused with its fit
-    (:func:`fit_statistics`, see :func:`~kernelbank.stages.common.task_args`).
+    ``manifest``: the saved listing; ``skip_ids``: records already done (a resumed run);
+    ``read_kwargs``: :func:`~kernelbank.io.readers.read_arguments`; ``key`` names the
+    attempt (the worker's :class:`StatisticsFitter`) and ``fitter_args`` build it.
+    """
+
+    manifest: Any
+    skip_ids: pa.Array | None
+    read_kwargs: dict
+    key: str
+    fitter_args: tuple
+
+
+def _read(job: FitJob, start: int, stop: int) -> pa.Table:
+    return read_saved_block(job.manifest, start, stop, skip_ids=job.skip_ids,
+                            **job.read_kwargs)
+
+
+def _fit(job: FitJob, rows: pa.Table, read_seconds: float = 0.0) -> dict[str, Any]:
+    import ray
+    result = _fitter(job.key, job.fitter_args)(rows)
+    result["seconds"]["read"] = read_seconds
+    result["node"] = ray.get_runtime_context().get_node_id()
+    return result
+
+
+def _read_and_fit(job: FitJob, start: int, stop: int) -> dict[str, Any]:
+    """One CPU task: read and decode rows ``[start, stop)``, fit and write them."""
+    begin = time.perf_counter()
+    rows = _read(job, start, stop)
+    return _fit(job, rows, time.perf_counter() - begin)
+
+
+def fit_blocks(read: ReadConfig, config: FitConfig, manifest, skip_ids=None,
+               writer: PartWriter | None = None) -> Iterator[dict[str, Any]]:
+    """Run the fit of ``manifest``'s records (a saved listing) as Ray tasks; yield each
+    block's result (:class:`StatisticsFitter` with ``writer``, plus ``node``) in order.
+
+    Plain tasks, not a Ray Data pipeline: each task reads, decodes, fits and writes one
+    read block in the worker process that keeps the stage's fitter (and, after the
+    stage, serves the features stage's tasks), and returns a small dict. A Ray Data
+    execution cost a small run seconds (its planning, its statistics and autoscaling
+    actors, ``ray.data`` imported in every process) and a million-image run half a CPU
+    on the driver's scheduling loop. At most twice as many tasks as the cluster can run
+    are in flight, counted again as nodes join (a joining node gets the waiting tasks).
+    A task lost with its node runs again (up to :data:`TASK_RETRIES` times; its part
+    file is named by its rows, so it is written once). With GPUs each block is read by a CPU task and fitted
+    by a GPU task (decoding on a GPU worker's one CPU would starve its GPU).
     """
     import uuid
+    import ray
     from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
-    manifest = list_inputs(read) if manifest is None else manifest
-    read = _with_channel_count(read, manifest)
-    pool = task_args(num_gpus=config.num_gpus, max_actors=config.max_actors,
-                     threads=config.threads_per_actor, batch_size=config.batch_size)
-    ds = read_images(manifest, read, skip_ids=skip_ids, ray_remote_args=read_args(pool))
     meta = None if writer is None else fit_metadata(config, read.ndim, read.url, read.channels,
                                                     run_channels(read))
-    args = (config, read.ndim, run_channels(read), writer, meta)
-    return ds.map_batches(fit_statistics, fn_kwargs={"key": uuid.uuid4().hex, "args": args},
-                          batch_format="pyarrow", **pool)
+    job = ray.put(FitJob(manifest, skip_ids, read_arguments(manifest, read), uuid.uuid4().hex,
+                         (config, read.ndim, run_channels(read), writer, meta)))
+    if config.num_gpus > 0:
+        warn_without_gpu(config.num_gpus)
+        reader = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(_read)
+        fitter = ray.remote(num_gpus=1, num_cpus=1, max_retries=TASK_RETRIES)(_fit)
+        submit = lambda start, stop: fitter.remote(job, reader.remote(job, start, stop))  # noqa: E731
+        slots = lambda: config.num_gpus                                                    # noqa: E731
+    else:
+        cpus = actor_cpus(config.threads_per_actor)
+        task = ray.remote(num_cpus=cpus, max_retries=TASK_RETRIES)(_read_and_fit)
+        submit = lambda start, stop: task.remote(job, start, stop)                       # noqa: E731
+        slots = lambda: min(max(1, int(cluster_cpus()[0] // cpus)),                      # noqa: E731
+                            config.max_actors or 1 << 30)
+    yield from map_bounded(submit, read_blocks(manifest, read),
+                           max_in_flight=lambda: 2 * slots())
 
 
 def run_channels(read: ReadConfig) -> int:
@@ -468,8 +512,8 @@ def write_fit(read: ReadConfig, config: FitConfig, staging, *,
                             if config.cache_pixels else None)
         stats: dict | None = None if done else {}
         if manifest.rows > len(done):
-            stats = _run_writes(fit_dataset(read, config, manifest, skip, writer), writer,
-                                fs, staging.dir("fit"), manifest.rows - len(done), stats)
+            stats = _run_writes(fit_blocks(read, config, manifest, skip, writer), writer,
+                                manifest.rows - len(done), stats, summary)
         if class_stats is not None and stats:
             class_stats.update(stats)           # "stats" and "partials"
     if done:
@@ -497,40 +541,40 @@ def write_fit(read: ReadConfig, config: FitConfig, staging, *,
     return summary
 
 
-def _run_writes(ds, writer: PartWriter, fs, stage_dir: str, total: int,
-                stats: dict | None) -> dict | None:
-    """Execute the fit dataset (the actors write their parts); merge what they return.
+def _run_writes(results: Iterator[dict[str, Any]], writer: PartWriter, total: int,
+                stats: dict | None, summary: dict[str, Any]) -> dict | None:
+    """Collect the fit tasks' results (:func:`fit_blocks`; the tasks wrote their parts).
 
-    Each batch's result brings the counts of its part files (added to ``writer``) and
-    its partial class statistics, merged per entry in arrival order (the sums are exact,
+    Each result brings the counts of its part files (added to ``writer``) and its
+    partial class statistics, merged per entry in arrival order (the sums are exact,
     so the order changes nothing beyond rounding): ``{"stats": merged, "partials": n}``.
     ``stats`` None (a resumed stage, whose earlier parts' statistics are not here)
-    merges nothing and returns None.
-    Ray Data's statistics go to :data:`RAY_STATS_FILE`.
+    merges nothing and returns None. ``summary`` receives where the tasks' time went
+    (``task_seconds``: read, compute, write) and how many ``nodes`` ran them.
     """
     import kernelbank as kb
-    from ..io.atomic import write_bytes
     from .progress import Progress, stall_guard
     merged: dict = {}
     partials = 0
+    seconds: dict[str, float] = {}
+    nodes: set = set()
     with Progress("fit", total) as progress, stall_guard("fit") as watchdog:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for result in batch_results(batch):
-                writer.add(result["counts"])
-                errors = sum(n for k, n in result["counts"].items() if k[0] == "error")
-                progress.update(result["rows"], errors)
-                watchdog.observe(progress.done)
-                if stats is None:
-                    continue
-                partials += bool(result["stats"])
-                for entry, part in result["stats"].items():
-                    part = kb.ClassStats.from_dict(part)
-                    merged[entry] = merged[entry] + part if entry in merged else part
-    try:
-        text = ds.stats()
-    except Exception as error:      # statistics are a diagnostic: a Ray change must not fail a run
-        text = f"Ray Data statistics unavailable: {type(error).__name__}: {error}"
-    write_bytes(fs, join(stage_dir, RAY_STATS_FILE), text.encode())
+        for result in results:
+            writer.add(result["counts"])
+            errors = sum(n for k, n in result["counts"].items() if k[0] == "error")
+            progress.update(result["rows"], errors)
+            watchdog.observe(progress.done)
+            nodes.add(result["node"])
+            for step, value in result["seconds"].items():
+                seconds[step] = seconds.get(step, 0.0) + value
+            if stats is None:
+                continue
+            partials += bool(result["stats"])
+            for entry, part in result["stats"].items():
+                part = kb.ClassStats.from_dict(part)
+                merged[entry] = merged[entry] + part if entry in merged else part
+    summary.update({"task_seconds": {k: round(v, 2) for k, v in seconds.items()},
+                    "nodes": len(nodes)})
     return None if stats is None or not merged else {"stats": merged, "partials": partials}
 
 

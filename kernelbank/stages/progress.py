@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 __all__ = ["Progress", "track", "remote_progress", "driver_node_options", "configure_output",
+           "configure_ray_data",
            "info_enabled", "ray_log_level", "LOG_LEVELS", "LOGGER"]
 
 LOGGER = "kernelbank"
@@ -341,17 +342,30 @@ def configure_output(*, quiet: bool = False, log_level: str = "INFO",
     numeric = getattr(logging, level)
     logging.getLogger(LOGGER).setLevel(numeric)
     interactive = _interactive(stream or sys.stderr)
-    try:
-        import ray.data                    # configures Ray Data's loggers: ours come after
-    except ImportError:                    # the math layer runs without Ray
-        return not interactive and info_enabled()
+    _RAY_DATA_OUTPUT["bars"] = interactive and not quiet
+    logging.getLogger("ray").setLevel(ray_log_level())
+    if "ray.data" in sys.modules:
+        configure_ray_data()
+    return not interactive and info_enabled()
+
+
+#: What :func:`configure_output` decided for Ray Data, applied by :func:`configure_ray_data`.
+_RAY_DATA_OUTPUT = {"bars": True}
+
+
+def configure_ray_data() -> None:
+    """Apply :func:`configure_output`'s levels and bars to Ray Data; called by the code
+    paths that build Ray Data pipelines (pixel features, training), after importing it.
+
+    Not at start-up: ``import ray.data`` costs a second of CPU, and the default run
+    (fit, reduce, features from the table, classify) uses plain Ray tasks only. Importing
+    Ray Data configures its loggers, so this comes after."""
+    import ray.data
     ray_level = ray_log_level()
-    logging.getLogger("ray").setLevel(ray_level)
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):     # the console, not Ray's log file
             handler.setLevel(ray_level)
-    ray.data.DataContext.get_current().enable_progress_bars = interactive and not quiet
-    return not interactive and info_enabled()
+    ray.data.DataContext.get_current().enable_progress_bars = _RAY_DATA_OUTPUT["bars"]
 
 
 def ray_log_level() -> int:

@@ -345,6 +345,8 @@ def _decode_once(config: TrainConfig) -> str:
     from ..config import ReadConfig
     from ..io.readers import read_dataset
     from ..io.tables import PIXEL_COLUMNS, write_table
+    from .progress import configure_ray_data
+    configure_ray_data()
     fs, cache = resolve(join(config.train_url, "pixels"), s3_endpoint=config.s3_endpoint)
     if fs.exists(cache):
         fs.rm(cache, recursive=True)
@@ -399,8 +401,10 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str], dict]:
     ``config.classes`` or else the labels of the train split.
     """
     from .holdout import VALIDATION_SPLITS, carve_validation
+    from .progress import configure_ray_data
     import ray.data
     from ..io.readers import DECODED_SCHEMA
+    configure_ray_data()
     if config.pixel_cache is None and config.input is None:
         import pyarrow as pa
         rows = _texture_rows(config)

@@ -19,7 +19,7 @@ from kernelbank.io.batches import images_from_batch
 from kernelbank.io.storage import read_filesystem
 from kernelbank.io.tables import PartWriter
 from kernelbank.stages.common import TRAIN_SPLITS
-from kernelbank.stages.fit import StatisticsFitter, batch_results, fit_metadata
+from kernelbank.stages.fit import StatisticsFitter, fit_metadata
 
 from .pipeline_data import decoded_rows
 
@@ -37,8 +37,7 @@ def test_fit_writes_return_the_class_statistics_of_their_rows(decoded, tmp_path)
     writer = PartWriter(fs, str(tmp_path / "fit"), str(tmp_path / "errors"), "fit-a1")
     fitter = StatisticsFitter(CONFIG, 2, 1, writer, fit_metadata(CONFIG, 2))
     # two batches that share classes and splits (rows alternate between them)
-    results = [batch_results(fitter(decoded.take(list(range(k, decoded.num_rows, 2)))))[0]
-               for k in (0, 1)]
+    results = [fitter(decoded.take(list(range(k, decoded.num_rows, 2)))) for k in (0, 1)]
     # the rows are in the part files, each once, and the counts say so
     files = sorted((tmp_path / "fit").glob("fit-a1-*.parquet"))
     ids = [i for f in files for i in pq.read_table(f).column("id").to_pylist()]
@@ -87,7 +86,7 @@ def test_a_batch_of_error_rows_only_is_written_and_counted(decoded, tmp_path):
                            pa.array(["not decodable"] * 2, pa.string()))
     bad = bad.set_column(bad.schema.get_field_index("stage"), "stage",
                          pa.array(["decode"] * 2, pa.string()))
-    result, = batch_results(fitter(bad))
+    result = fitter(bad)
     assert result["stats"] == {} and result["counts"][("error", "decode")] == 2
     assert not any(k[0] == "ok" for k in result["counts"])
     assert not (tmp_path / "fit").exists() and len(list((tmp_path / "errors").iterdir())) == 1

@@ -121,8 +121,9 @@ def test_summary_counts_and_layout(run):
     assert listing.num_rows == 39
     fit = summary["stages"]["fit"]
     assert fit["bytes_read"] == fit["input_bytes"] == sum(listing.column("size").to_pylist())
-    # where each pixel and table stage's time went, as Ray Data measured it
-    assert "fit_statistics" in (run["out"] / "fit" / "_ray_data_stats.txt").read_text()
+    # where the fit tasks' time went, as they measured it
+    assert fit["task_seconds"]["compute"] > 0 and fit["task_seconds"]["read"] > 0
+    assert fit["nodes"] == 1
     # the feature stage's tasks, one per fit file, say where theirs went
     features = summary["stages"]["features"]
     assert features["files"] == len(parts("fit")) and features["task_seconds"]["compute"] > 0
