@@ -371,19 +371,6 @@ class KernelBank:
                    {"parts": [b.metadata for b in banks]},
                    [m for b in banks for m in b.kernel_methods], banks[0].channels)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, url: str, **storage_options) -> None:
-        """Write the bank to one ``.npz`` file: :func:`kernelbank.io.bank_file.save_bank`
-        (kept here so callers keep working; the file I/O lives in :mod:`kernelbank.io`)."""
-        from ..io.bank_file import save_bank
-        save_bank(self, url, **storage_options)
-
-    @classmethod
-    def load(cls, url: str, **storage_options) -> "KernelBank":
-        """Read a bank written by :meth:`save`: :func:`kernelbank.io.bank_file.load_bank`."""
-        from ..io.bank_file import load_bank
-        return load_bank(url, **storage_options)
-
     def __repr__(self) -> str:
         channels = f"channels={self.channels}, " if self.channels > 1 else ""
         return (f"KernelBank(method={self.method!r}, n_kernels={len(self)}, radius={self.radius}, "

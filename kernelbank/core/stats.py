@@ -22,31 +22,13 @@ rows of lowest *priority* among both, a keyed hash of the row's bytes (:func:`_p
 so the sample is a uniformly random subset whatever the batching or merge order.
 ``0 + stats`` is ``stats`` so ``sum(list_of_stats)`` works.
 
-Files
------
-:meth:`ClassStats.to_arrays` gives the arrays of one ``.npz`` archive, which
-:func:`kernelbank.io.stats_file.save_stats` writes (no pickle)::
-
-    header_json      uint8 UTF-8 JSON: format, version, scale, reservoir_size, seed,
-                     class names (in order), basis description, or null when empty
-    basis_regressors (M, C t) float64  basis_selection (C, m) int64  basis_targets (C,)
-                     int64 (files written before bases had channels hold one channel's
-                     basis_offsets (n_taps, ndim) and basis_weights (m, n_taps) instead)
-    n, n_pixels      (K,) int64, K classes
-    sum_coef (K, k)  sum_outer (K, k, k)  sum_gram (K, M, M)  sum_rhs (K, M, C)
-    sum_sq (K, C, C)  sum_mse, sum_mse_sq (K,)                                  float64
-    sample           (S, k) float64, every class's reservoir rows one class after another
-    sample_priority  (S,) uint64                sample_count   (K,) int64
-
-Version 1 files kept a grey class's ``G (m, m)``, ``h (m,)`` and ``Σx² ()`` instead of its
-``A``; they are read into today's format (:meth:`ClassSums.from_dict`). All sums are
-float64 (counts int64); they merge exactly up to float64 rounding.
+All sums are float64 (counts int64); they merge exactly up to float64 rounding. The
+file format is :mod:`kernelbank.io.stats_file`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field, fields
 from typing import Iterable, Sequence
 
@@ -61,10 +43,6 @@ from .sums import WindowSums
 __all__ = ["ClassStats", "ClassSums"]
 
 DEFAULT_RESERVOIR = 512
-FILE_FORMAT = "kernelbank.class_stats"
-FILE_VERSION = 2
-_PER_CLASS = ("n", "n_pixels", "sum_coef", "sum_outer", "sum_gram", "sum_rhs", "sum_sq",
-              "sum_mse", "sum_mse_sq")
 
 
 def _priorities(rows: np.ndarray, seed: int) -> np.ndarray:
@@ -130,14 +108,8 @@ class ClassSums:
     @classmethod
     def from_dict(cls, d: dict, shapes: dict[str, tuple[int, ...]]) -> "ClassSums":
         """Inverse of :meth:`to_dict`; ``shapes`` (:func:`_field_shapes`) restores flattened
-        arrays. A grey class of version 1 (``G``, ``h``, ``Σx²``) is read as its ``A``."""
+        arrays."""
         array = lambda key: np.array(d[key], np.float64).reshape(shapes[key])  # noqa: E731
-        if np.size(d["sum_gram"]) != np.prod(shapes["sum_gram"]):
-            m = len(np.asarray(d["sum_coef"]).reshape(-1))
-            gram = augmented(*(torch.tensor(np.asarray(d[key], np.float64)).reshape(shape)
-                               for key, shape in (("sum_gram", (m, m)), ("sum_rhs", (m,)),
-                                                  ("sum_sq", ())))).numpy()
-            d = {**d, "sum_gram": gram, "sum_rhs": gram[:, m:], "sum_sq": gram[m:, m:]}
         return cls(
             n=int(d["n"]), sum_coef=array("sum_coef"), sum_outer=array("sum_outer"),
             sum_gram=array("sum_gram"), sum_rhs=array("sum_rhs"), sum_sq=array("sum_sq"),
@@ -390,70 +362,6 @@ class ClassStats:
         shapes = None if basis is None else _field_shapes(basis)
         sums = {str(k): ClassSums.from_dict(v, shapes) for k, v in sorted(d["classes"].items())}
         return cls(basis, sums, int(d["scale"]), int(d["reservoir_size"]), int(d["seed"]))
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays only, the content of the ``.npz`` file (layout in the module docstring)."""
-        names = self.classes
-        basis = None if self.basis is None else {
-            **self.basis.describe(), "ring_distances": list(self.basis.ring_distances or [])}
-        header = {"format": FILE_FORMAT, "version": FILE_VERSION, "scale": self.scale,
-                  "reservoir_size": self.reservoir_size, "seed": self.seed,
-                  "classes": names, "basis": basis}
-        shapes = {"sample": (-1, 0)} if self.basis is None else _field_shapes(self.basis)
-        parts = [self.sums[c] for c in names]
-        arrays = {"header_json": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-        if self.basis is not None:
-            arrays["basis_regressors"] = self.basis.regressors.numpy().astype(np.float64)
-            arrays["basis_selection"] = self.basis.selection.numpy().astype(np.int64)
-            arrays["basis_targets"] = self.basis.targets.numpy().astype(np.int64)
-        for key in _PER_CLASS:
-            dtype = np.int64 if key in ("n", "n_pixels") else np.float64
-            arrays[key] = np.array([getattr(p, key) for p in parts], dtype=dtype).reshape(
-                (len(parts),) + shapes.get(key, ()))
-        arrays["sample"] = np.concatenate([p.sample for p in parts]
-                                          + [np.empty((0, shapes["sample"][1]))])
-        arrays["sample_priority"] = np.concatenate(
-            [p.sample_priority for p in parts] + [np.empty(0, np.uint64)]).astype(np.uint64)
-        arrays["sample_count"] = np.array([len(p.sample) for p in parts], dtype=np.int64)
-        return arrays
-
-    @classmethod
-    def from_arrays(cls, arrays) -> "ClassStats":
-        """Inverse of :meth:`to_arrays` (a dict or an open ``numpy.load`` archive)."""
-        header = json.loads(bytes(np.asarray(arrays["header_json"], np.uint8)).decode())
-        if header.get("format") != FILE_FORMAT or header.get("version") not in (1, FILE_VERSION):
-            raise ValueError(f"not kernelbank class statistics: format {header.get('format')!r} "
-                             f"version {header.get('version')!r}, expected {FILE_FORMAT!r} "
-                             f"version {FILE_VERSION}")
-        if header["basis"] is None:
-            return cls.empty(int(header["reservoir_size"]), int(header["seed"]))
-        names = ("regressors", "selection", "targets") if "basis_regressors" in arrays else \
-            ("offsets", "weights")       # one channel, written before bases had channels
-        basis = Basis.from_dict({**header["basis"],
-                                 **{name: arrays[f"basis_{name}"] for name in names}})
-        shapes = _field_shapes(basis)
-        ends = np.cumsum(np.asarray(arrays["sample_count"], np.int64))
-        sums = {}
-        for i, name in enumerate(header["classes"]):
-            start = 0 if i == 0 else int(ends[i - 1])
-            fields = {key: arrays[key][i] for key in _PER_CLASS}
-            fields["sample"] = arrays["sample"][start:ends[i]]
-            fields["sample_priority"] = arrays["sample_priority"][start:ends[i]]
-            sums[str(name)] = ClassSums.from_dict(fields, shapes)
-        return cls(basis, sums, int(header["scale"]), int(header["reservoir_size"]),
-                   int(header["seed"]))
-
-    def save(self, target, **storage_options) -> None:
-        """Write one ``.npz`` file: :func:`kernelbank.io.stats_file.save_stats` (kept here
-        so callers keep working; the file I/O lives in :mod:`kernelbank.io`)."""
-        from ..io.stats_file import save_stats
-        save_stats(self, target, **storage_options)
-
-    @classmethod
-    def load(cls, source, **storage_options) -> "ClassStats":
-        """Read a file written by :meth:`save`: :func:`kernelbank.io.stats_file.load_stats`."""
-        from ..io.stats_file import load_stats
-        return load_stats(source, **storage_options)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v.n}" for k, v in sorted(self.sums.items()))
