@@ -91,16 +91,13 @@ class ClassSums:
         return (cov + cov.T) / 2
 
     def merge(self, other: "ClassSums", reservoir_size: int) -> "ClassSums":
+        """Every count and sum adds; the reservoir keeps the lowest priorities of both."""
         rows, priority = _lowest(np.concatenate([self.sample, other.sample]),
                                  np.concatenate([self.sample_priority, other.sample_priority]),
                                  reservoir_size)
-        return ClassSums(
-            n=self.n + other.n, sum_coef=self.sum_coef + other.sum_coef,
-            sum_outer=self.sum_outer + other.sum_outer,
-            sum_gram=self.sum_gram + other.sum_gram, sum_rhs=self.sum_rhs + other.sum_rhs,
-            sum_sq=self.sum_sq + other.sum_sq, n_pixels=self.n_pixels + other.n_pixels,
-            sum_mse=self.sum_mse + other.sum_mse, sum_mse_sq=self.sum_mse_sq + other.sum_mse_sq,
-            sample=rows, sample_priority=priority)
+        sums = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)
+                if not f.name.startswith("sample")}
+        return ClassSums(**sums, sample=rows, sample_priority=priority)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -127,16 +124,28 @@ def _field_shapes(basis: Basis) -> dict[str, tuple[int, ...]]:
             "sum_rhs": (rows, channels), "sum_sq": (channels, channels), "sample": (-1, k)}
 
 
+def result_gram(result: FitResult) -> torch.Tensor:
+    """``A`` of every image of a fit result (a grey result keeps ``G``, ``h``, ``Σx²``)."""
+    if result.covariance is not None:
+        return result.gram
+    return augmented(result.gram, result.rhs, result.sum_sq)
+
+
+def own_variance(result: FitResult) -> torch.Tensor:
+    """Residual variance of every image's own fit, ``det(Σ_own)^(1/C)``, float64 on the CPU
+    (one channel: its MSE)."""
+    if result.basis.channels > 1:
+        return generalised_variance(result.covariance.detach().cpu())
+    mse = result.mse if result.covariance is None else result.mse[..., 0]
+    return mse.detach().cpu().to(torch.float64)
+
+
 def _image_rows(result: FitResult, scale: int | None) -> dict[str, np.ndarray]:
     """Per-image arrays :meth:`ClassStats.from_fit` sums, float64 numpy (see the module
-    docstring); a grey result's ``G``, ``h``, ``Σx²`` are read as its ``A``."""
+    docstring)."""
     pick = (lambda t: t[:, scale]) if scale is not None else (lambda t: t)
     numpy = lambda t: pick(t).detach().cpu().to(torch.float64).numpy()  # noqa: E731
-    gram = result.gram if result.covariance is not None else \
-        augmented(result.gram, result.rhs, result.sum_sq)
-    mse = result.mse if result.basis.channels == 1 else \
-        generalised_variance(result.covariance.detach().cpu())
-    gram, n = numpy(gram), len(result)
+    gram, mse, n = numpy(result_gram(result)), own_variance(result), len(result)
     targets = result.basis.targets.numpy()
     return {"n_pixels": pick(result.n_pixels).detach().cpu().numpy().astype(np.int64),
             "coef": numpy(result.coef).reshape(n, -1), "gram": gram, "mse": numpy(mse).reshape(n),
