@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import pickle
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 import kernelbank as kb
 from kernelbank.core import normalize_images
 from kernelbank.io.bank_file import load_bank, save_bank
-from kernelbank.io.stats_file import load_stats, save_stats, stats_to_arrays
+from kernelbank.io.stats_file import load_stats, save_stats
 
 from .reference import channel_design_matrix, design_matrix, zscore
 
@@ -91,7 +90,7 @@ def test_identity_and_round_trip():
     assert torch.equal(again.basis.weights, stats.basis.weights)
 
 
-def test_grey_statistics_are_the_one_channel_format_and_read_version_1_files():
+def test_grey_statistics_are_the_one_channel_format():
     stats = _stats(np.arange(30))
     grey = stats["grass"]
     m = BASIS.n_components
@@ -100,17 +99,6 @@ def test_grey_statistics_are_the_one_channel_format_and_read_version_1_files():
     one = kb.ClassStats.from_fit(kb.fit(IMAGES[:, None], kb.Basis.isotropic(2, channels=1)),
                                  LABELS, reservoir_size=4)
     _assert_same(stats, one)
-    # a file of format version 1 kept G, h and Σx² of grey classes: read as A
-    arrays = stats_to_arrays(stats)
-    header = json.loads(bytes(arrays["header_json"]).decode())
-    arrays["header_json"] = np.frombuffer(
-        json.dumps({**header, "version": 1}).encode(), np.uint8)
-    gram = arrays["sum_gram"]
-    arrays.update(sum_gram=gram[:, :m, :m], sum_rhs=gram[:, :m, m], sum_sq=gram[:, m, m])
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    buffer.seek(0)
-    _assert_same(load_stats(buffer), stats)
 
 
 def test_merge_refuses_other_basis_and_checks_labels():

@@ -30,7 +30,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import kernelbank as kb
 from kernelbank.cli import main
 from kernelbank.io.bank_file import load_bank
 from kernelbank.io.runs import NothingPublished, open_published
