@@ -10,8 +10,8 @@ whatever the files were. Banks are built per dilation (scale 1) with
 
 Outputs: ``banks/bank.npz`` (the bank), ``banks/bank.json`` (method, classes, counts,
 dilations, kernel names) and ``banks/stats_s<scale>_d<dilation>.npz`` (the merged
-statistics of every entry, :meth:`ClassStats.save`: arrays and JSON, never a pickle),
-for the likelihood classifier, the report and later analysis.
+statistics of every entry, :func:`kernelbank.io.stats_file.save_stats`: arrays and JSON,
+never a pickle), for the likelihood classifier, the report and later analysis.
 """
 
 from __future__ import annotations
