@@ -41,14 +41,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_") or "x"
 
 
-def _fixed_sign(vectors: np.ndarray) -> np.ndarray:
-    """Flip each column so its largest-magnitude entry is positive (deterministic PCA)."""
-    index = np.argmax(np.abs(vectors), axis=0)
-    signs = np.sign(vectors[index, np.arange(vectors.shape[1])])
-    signs[signs == 0] = 1
-    return vectors * signs
-
-
 def kmeans(rows: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 4,
            max_iter: int = 100) -> np.ndarray:
     """Lloyd's k-means with k-means++ seeding, best of ``n_init`` runs.
@@ -381,7 +373,10 @@ class KernelBank:
 def _pca_rows(mean: np.ndarray, cov: np.ndarray, n_components: int | float
               ) -> tuple[np.ndarray, list[float]]:
     values, vectors = np.linalg.eigh(cov)
-    values, vectors = values[::-1].clip(min=0), _fixed_sign(vectors[:, ::-1])
+    values, vectors = values[::-1].clip(min=0), vectors[:, ::-1]
+    # deterministic signs: each direction's largest-magnitude entry is positive
+    signs = np.sign(vectors[np.abs(vectors).argmax(0), np.arange(vectors.shape[1])])
+    vectors = vectors * np.where(signs == 0, 1, signs)
     if isinstance(n_components, (float, np.floating)):
         if not 0 < n_components < 1:
             raise ValueError(f"a float n_components must lie in (0, 1), got {n_components!r}")
