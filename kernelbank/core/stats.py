@@ -312,10 +312,7 @@ class ClassStats:
         return ClassStats(self.basis, dict(sorted(sums.items())), self.scale,
                           self.reservoir_size, self.seed)
 
-    def __radd__(self, other):
-        if isinstance(other, (int, float)) and other == 0:
-            return self
-        return NotImplemented
+    __radd__ = __add__          # 0 + stats, for sum(parts); merging is commutative
 
     @classmethod
     def merge(cls, parts: Iterable["ClassStats"]) -> "ClassStats":
