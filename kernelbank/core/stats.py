@@ -124,13 +124,6 @@ def _field_shapes(basis: Basis) -> dict[str, tuple[int, ...]]:
             "sum_rhs": (rows, channels), "sum_sq": (channels, channels), "sample": (-1, k)}
 
 
-def result_gram(result: FitResult) -> torch.Tensor:
-    """``A`` of every image of a fit result (a grey result keeps ``G``, ``h``, ``Σx²``)."""
-    if result.covariance is not None:
-        return result.gram
-    return augmented(result.gram, result.rhs, result.sum_sq)
-
-
 def own_variance(result: FitResult) -> torch.Tensor:
     """Residual variance of every image's own fit, ``det(Σ_own)^(1/C)``, float64 on the CPU
     (one channel: its MSE)."""
@@ -142,10 +135,12 @@ def own_variance(result: FitResult) -> torch.Tensor:
 
 def _image_rows(result: FitResult, scale: int | None) -> dict[str, np.ndarray]:
     """Per-image arrays :meth:`ClassStats.from_fit` sums, float64 numpy (see the module
-    docstring)."""
+    docstring); a grey result's ``G``, ``h``, ``Σx²`` are read as its ``A``."""
     pick = (lambda t: t[:, scale]) if scale is not None else (lambda t: t)
     numpy = lambda t: pick(t).detach().cpu().to(torch.float64).numpy()  # noqa: E731
-    gram, mse, n = numpy(result_gram(result)), own_variance(result), len(result)
+    gram = result.gram if result.covariance is not None else \
+        augmented(result.gram, result.rhs, result.sum_sq)
+    gram, mse, n = numpy(gram), own_variance(result), len(result)
     targets = result.basis.targets.numpy()
     return {"n_pixels": pick(result.n_pixels).detach().cpu().numpy().astype(np.int64),
             "coef": numpy(result.coef).reshape(n, -1), "gram": gram, "mse": numpy(mse).reshape(n),
