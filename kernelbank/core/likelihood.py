@@ -207,7 +207,7 @@ class LikelihoodClassifier:
     def _deviation(self, mse: torch.Tensor, fits: list[FitResult]) -> torch.Tensor:
         """(N, C): per class, the larger of the level and excess z-scores, mean over models."""
         stack = lambda key: torch.stack([getattr(m, key) for m in self.models])  # noqa: E731
-        own = torch.stack([own_variance(r) for r in fits], 1)                        # (N, S)
+        own = torch.stack([own_variance(r) for r in fits], 1)                    # (N, S)
         log_mse = mse.log()
         level = ((log_mse - stack("log_mean")) / stack("log_std")).abs()
         excess = (log_mse - own.clamp_min(1e-300).log()[:, :, None] - stack("excess_mean")) \
