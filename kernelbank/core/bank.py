@@ -318,19 +318,14 @@ class KernelBank:
         """
         if n_kernels < 1:
             raise ValueError(f"n_kernels must be >= 1, got {n_kernels!r}")
-        rng = np.random.default_rng(random_state)
-        lead = (n_kernels,) if channels == 1 else (n_kernels, channels, channels)
-        k = rng.normal(size=lead + (2 * radius + 1,) * ndim)
-        centre = (radius,) * ndim
-        if channels == 1:
-            k[(slice(None),) + centre] = 0
-        else:
-            k[(slice(None), np.arange(channels), np.arange(channels)) + centre] = 0
-        norm_axes = lead[:2]                       # (kernel[, output channel])
-        norm = np.linalg.norm(k.reshape(norm_axes + (-1,)), axis=-1)
-        k /= norm.reshape(norm_axes + (1,) * (k.ndim - len(norm_axes)))
-        return cls(k, [dilation] * n_kernels, [-1] * n_kernels, [], "random", None,
-                   {"radius": radius}, channels=channels)
+        rng = np.random.default_rng(random_state)      # one channel: (M, 1, 1, *window)
+        k = rng.normal(size=(n_kernels, channels, channels) + (2 * radius + 1,) * ndim)
+        own = np.arange(channels)
+        k[(slice(None), own, own) + (radius,) * ndim] = 0
+        norm = np.linalg.norm(k.reshape(n_kernels, channels, -1), axis=-1)
+        k /= norm.reshape(norm.shape + (1,) * (ndim + 1))
+        return cls(k[:, 0, 0] if channels == 1 else k, [dilation] * n_kernels, [-1] * n_kernels,
+                   [], "random", None, {"radius": radius}, channels=channels)
 
     # ------------------------------------------------------------------ combining
     @classmethod
