@@ -111,11 +111,12 @@ def main(argv=None) -> int:
     bank = results["bank_iso_r2"].pop("bank")
 
     import ray
+    from kernelbank.io.bank_file import save_bank
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as folder:
         bank_url = f"{folder}/pooled_iso_r2.npz"
-        bank.save(bank_url)
+        save_bank(bank, bank_url)
         for name, workers, init in (("e2e_gabor_w1", 1, "gabor"), ("e2e_gabor_w2", 2, "gabor"),
                                     ("e2e_random_w2", 2, "random"), ("e2e_bank_w2", 2, "bank")):
             results[name] = end_to_end(name, workers, args.epochs, args.patch_size, folder, init,

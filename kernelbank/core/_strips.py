@@ -55,10 +55,6 @@ class _Workspace:
         return flat, flat.view(n, flat.shape[1], rows, *self.plane_shape)[:, :self.planes_used]
 
 
-def _valid_shape(spatial: tuple[int, ...], reach: int) -> tuple[int, ...]:
-    return tuple(s - 2 * reach for s in spatial)
-
-
 def _view(x: torch.Tensor, start: int, stop: int, offset_px: tuple[int, ...],
           reach: int, valid: tuple[int, ...]) -> torch.Tensor:
     """Shifted view of x for output rows [start, stop) of the valid region."""
@@ -98,11 +94,6 @@ class _SparsePlan:
                 out.add_(view(o), alpha=w)
         z[:, len(self.components)].copy_(view((0,) * len(self.valid)))
         return flat
-
-
-def _is_ring_indicator(basis: Basis) -> bool:
-    return (basis.kind == "isotropic" and basis.ndim == 2
-            and bool(torch.all((basis.weights == 0) | (basis.weights == 1))))
 
 
 class _SeparableRingPlan:
@@ -186,10 +177,14 @@ class _DensePlan:
 
 
 def _plan(basis: Basis, valid: tuple[int, ...], like: torch.Tensor, chunk: int, rows: int):
-    if _is_ring_indicator(basis):
+    """The plan that builds this basis's responses fastest: measured on one thread, the
+    dense plan takes 1.5–2.7× the sparse one's time on full and 3-D ring bases, the sparse
+    plan 2× the dense one's on a custom basis of dense kernels."""
+    weights = basis.weights
+    rings = basis.kind == "isotropic" and basis.ndim == 2
+    if rings and bool(torch.all((weights == 0) | (weights == 1))):      # ring indicators
         return _SeparableRingPlan(basis, valid, like, chunk, rows)
-    nnz = int((basis.weights != 0).sum())
-    if nnz <= basis.weights.shape[1] + basis.n_components:
+    if int((weights != 0).sum()) <= weights.shape[1] + basis.n_components:
         return _SparsePlan(basis, valid, like, chunk, rows)
     return _DensePlan(basis, valid, like, chunk, rows)
 
@@ -200,7 +195,7 @@ def _strips(images: torch.Tensor, basis: Basis):
     The yielded tensor is a view of a reused buffer: consume it before the next one.
     """
     n, spatial = images.shape[0], tuple(images.shape[1:])
-    valid = _valid_shape(spatial, basis.reach)
+    valid = tuple(s - 2 * basis.reach for s in spatial)
     plane = int(np.prod(valid[1:]))
     # accelerators want big launches, not cache-sized ones (16M elements per plane)
     budget = _STRIP_ELEMENTS if images.device.type == "cpu" else 16 << 20

@@ -41,14 +41,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_") or "x"
 
 
-def _fixed_sign(vectors: np.ndarray) -> np.ndarray:
-    """Flip each column so its largest-magnitude entry is positive (deterministic PCA)."""
-    index = np.argmax(np.abs(vectors), axis=0)
-    signs = np.sign(vectors[index, np.arange(vectors.shape[1])])
-    signs[signs == 0] = 1
-    return vectors * signs
-
-
 def kmeans(rows: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 4,
            max_iter: int = 100) -> np.ndarray:
     """Lloyd's k-means with k-means++ seeding, best of ``n_init`` runs.
@@ -326,19 +318,14 @@ class KernelBank:
         """
         if n_kernels < 1:
             raise ValueError(f"n_kernels must be >= 1, got {n_kernels!r}")
-        rng = np.random.default_rng(random_state)
-        lead = (n_kernels,) if channels == 1 else (n_kernels, channels, channels)
-        k = rng.normal(size=lead + (2 * radius + 1,) * ndim)
-        centre = (radius,) * ndim
-        if channels == 1:
-            k[(slice(None),) + centre] = 0
-        else:
-            k[(slice(None), np.arange(channels), np.arange(channels)) + centre] = 0
-        norm_axes = lead[:2]                       # (kernel[, output channel])
-        norm = np.linalg.norm(k.reshape(norm_axes + (-1,)), axis=-1)
-        k /= norm.reshape(norm_axes + (1,) * (k.ndim - len(norm_axes)))
-        return cls(k, [dilation] * n_kernels, [-1] * n_kernels, [], "random", None,
-                   {"radius": radius}, channels=channels)
+        rng = np.random.default_rng(random_state)      # one channel: (M, 1, 1, *window)
+        k = rng.normal(size=(n_kernels, channels, channels) + (2 * radius + 1,) * ndim)
+        own = np.arange(channels)
+        k[(slice(None), own, own) + (radius,) * ndim] = 0
+        norm = np.linalg.norm(k.reshape(n_kernels, channels, -1), axis=-1)
+        k /= norm.reshape(norm.shape + (1,) * (ndim + 1))
+        return cls(k[:, 0, 0] if channels == 1 else k, [dilation] * n_kernels, [-1] * n_kernels,
+                   [], "random", None, {"radius": radius}, channels=channels)
 
     # ------------------------------------------------------------------ combining
     @classmethod
@@ -371,19 +358,6 @@ class KernelBank:
                    {"parts": [b.metadata for b in banks]},
                    [m for b in banks for m in b.kernel_methods], banks[0].channels)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, url: str, **storage_options) -> None:
-        """Write the bank to one ``.npz`` file: :func:`kernelbank.io.bank_file.save_bank`
-        (kept here so callers keep working; the file I/O lives in :mod:`kernelbank.io`)."""
-        from ..io.bank_file import save_bank
-        save_bank(self, url, **storage_options)
-
-    @classmethod
-    def load(cls, url: str, **storage_options) -> "KernelBank":
-        """Read a bank written by :meth:`save`: :func:`kernelbank.io.bank_file.load_bank`."""
-        from ..io.bank_file import load_bank
-        return load_bank(url, **storage_options)
-
     def __repr__(self) -> str:
         channels = f"channels={self.channels}, " if self.channels > 1 else ""
         return (f"KernelBank(method={self.method!r}, n_kernels={len(self)}, radius={self.radius}, "
@@ -394,7 +368,10 @@ class KernelBank:
 def _pca_rows(mean: np.ndarray, cov: np.ndarray, n_components: int | float
               ) -> tuple[np.ndarray, list[float]]:
     values, vectors = np.linalg.eigh(cov)
-    values, vectors = values[::-1].clip(min=0), _fixed_sign(vectors[:, ::-1])
+    values, vectors = values[::-1].clip(min=0), vectors[:, ::-1]
+    # deterministic signs: each direction's largest-magnitude entry is positive
+    signs = np.sign(vectors[np.abs(vectors).argmax(0), np.arange(vectors.shape[1])])
+    vectors = vectors * np.where(signs == 0, 1, signs)
     if isinstance(n_components, (float, np.floating)):
         if not 0 < n_components < 1:
             raise ValueError(f"a float n_components must lie in (0, 1), got {n_components!r}")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Basis", "CENTRE_MASKS", "window_taps"]
+__all__ = ["Basis", "CENTRE_MASKS", "check_window", "window_taps"]
 
 CENTRE_MASKS = ("own", "all")
 
@@ -43,20 +43,16 @@ def window_taps(radius: int, ndim: int) -> np.ndarray:
     return np.array(list(itertools.product(axis, repeat=ndim)), dtype=np.int64)
 
 
-def _check_channels(channels: int, centre_mask: str) -> None:
-    if not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
-    if centre_mask not in CENTRE_MASKS:
-        raise ValueError(f"centre_mask must be one of {CENTRE_MASKS}, got {centre_mask!r}")
-
-
-def _check_geometry(radius: int, dilation: int, ndim: int) -> None:
-    if not isinstance(radius, (int, np.integer)) or radius < 1:
-        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
-    if not isinstance(dilation, (int, np.integer)) or dilation < 1:
-        raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
+def check_window(radius: int, dilation: int, ndim: int, channels: int = 1,
+                 centre_mask: str = "own") -> None:
+    """Raise a ValueError naming the first of these window parameters that is invalid."""
+    for name, value in (("radius", radius), ("dilation", dilation), ("channels", channels)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 (images) or 3 (volumes), got {ndim!r}")
+    if centre_mask not in CENTRE_MASKS:
+        raise ValueError(f"centre_mask must be one of {CENTRE_MASKS}, got {centre_mask!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,8 +121,7 @@ class Basis:
     def full(cls, radius: int, dilation: int = 1, ndim: int = 2, *, channels: int = 1,
              centre_mask: str = "own") -> "Basis":
         """Every tap of every channel not masked is its own coefficient."""
-        _check_geometry(radius, dilation, ndim)
-        _check_channels(channels, centre_mask)
+        check_window(radius, dilation, ndim, channels, centre_mask)
         t = (2 * radius + 1) ** ndim
         if channels == 1:
             return cls._one_channel(np.eye(t - 1), radius, dilation, ndim, "full")
@@ -146,8 +141,7 @@ class Basis:
         Components are ordered by increasing distance; with channels, input channel by
         input channel (0 for another channel's centre tap, when allowed).
         """
-        _check_geometry(radius, dilation, ndim)
-        _check_channels(channels, centre_mask)
+        check_window(radius, dilation, ndim, channels, centre_mask)
         taps = window_taps(radius, ndim)
         t = len(taps)
         squared = (taps ** 2).sum(1)
@@ -201,14 +195,12 @@ class Basis:
         if m == 0:
             raise ValueError("kernels is empty: a basis needs at least one kernel")
         radius, ndim = window[0] // 2, len(window)
-        _check_geometry(radius, dilation, ndim)
-        _check_channels(channels, centre_mask)
+        check_window(radius, dilation, ndim, channels, centre_mask)
         if not torch.isfinite(k).all():
             raise ValueError("kernels contain NaN or inf values")
         centre = k[(slice(None),) * 3 + (radius,) * ndim]                   # (C, m, C)
-        masked = torch.ones(channels, channels, dtype=torch.bool)
-        if centre_mask == "own":
-            masked = torch.eye(channels, dtype=torch.bool)
+        masked = torch.eye(channels, dtype=torch.bool) if centre_mask == "own" else \
+            torch.ones(channels, channels, dtype=torch.bool)
         bad = (centre.abs() > atol) & masked[:, None, :]
         if bad.any() and channels == 1:
             found = torch.nonzero(bad[0, :, 0]).flatten().tolist()
@@ -285,7 +277,7 @@ class Basis:
 
     def with_dilation(self, dilation: int) -> "Basis":
         """The same kernels with another tap spacing."""
-        _check_geometry(self.radius, dilation, self.ndim)
+        check_window(self.radius, dilation, self.ndim)
         return Basis(self.regressors, self.selection, self.targets, self.channels,
                      self.radius, int(dilation), self.ndim, self.kind, self.centre_mask,
                      self.ring_distances)

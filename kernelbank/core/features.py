@@ -101,11 +101,6 @@ def _outputs(index: torch.Tensor, channels: int) -> torch.Tensor:
     return (index[:, None] * channels + torch.arange(channels, device=index.device)).flatten()
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    conv = F.conv2d if x.ndim == 4 else F.conv3d
-    return conv(x, weight, dilation=dilation)
-
-
 def _crop(t: torch.Tensor, margin: int, size: tuple[int, ...]) -> torch.Tensor:
     """Spatial window ``[margin, margin + size)`` of a (n, c, *spatial) tensor."""
     return t[(slice(None), slice(None)) + tuple(slice(margin, margin + v) for v in size)]
@@ -114,14 +109,15 @@ def _crop(t: torch.Tensor, margin: int, size: tuple[int, ...]) -> torch.Tensor:
 def _features_same_size(batch: torch.Tensor, bank: KernelBank, grid: int,
                         joint_ridge: float | None) -> torch.Tensor:
     """(n, F) features of same-sized, already normalised images (n, C, *spatial)."""
-    channels, x = bank.channels, batch
-    n, spatial = batch.shape[0], tuple(x.shape[2:])
+    channels = bank.channels
+    n, spatial = batch.shape[0], tuple(batch.shape[2:])
     r, reach, m = bank.radius, bank.max_reach, len(bank) * channels
     common = tuple(s - 2 * reach for s in spatial)
     # one output channel per (kernel, predicted channel), reading every input channel
     kernels = bank.kernels.to(batch.device, batch.dtype).reshape(
         (m, channels) + bank.kernels.shape[-len(spatial):])
-    pool = F.adaptive_avg_pool2d if len(spatial) == 2 else F.adaptive_avg_pool3d
+    conv, pool = (F.conv2d, F.adaptive_avg_pool2d) if len(spatial) == 2 else \
+        (F.conv3d, F.adaptive_avg_pool3d)
     per_kernel = torch.empty((n, m, len(_PER_KERNEL) + grid ** len(spatial)), dtype=torch.float64,
                              device=batch.device)
     abs_common = batch.new_empty((n, m) + common)
@@ -130,8 +126,8 @@ def _features_same_size(batch: torch.Tensor, bank: KernelBank, grid: int,
         index = _outputs(torch.nonzero(bank.dilations == d).flatten().to(batch.device),
                          channels)
         own = tuple(s - 2 * r * d for s in spatial)
-        pred = _conv(x, kernels[index], d)                         # (n, m_d, *own)
-        target = _crop(x, r * d, own)
+        pred = conv(batch, kernels[index], dilation=d)             # (n, m_d, *own)
+        target = _crop(batch, r * d, own)
         if channels > 1:       # output (kernel, c) predicts channel c
             target = target.repeat((1, len(index) // channels) + (1,) * len(own))
         flat_p, flat_t = pred.flatten(2), target.flatten(2)
@@ -333,15 +329,6 @@ def _bank_sums(sums: Sequence[WindowSums], bank: KernelBank, dilation: int, scal
     return chosen.restrict(bank.radius) if chosen.radius > bank.radius else chosen
 
 
-def _output_rows(sums: WindowSums, bank: KernelBank, index: torch.Tensor, dilation: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows over the sums' taps of the (kernel, output channel) pairs of kernels ``index``
-    (kernel-major), and the tap each predicts (its channel's centre)."""
-    rows = bank.kernels[index].reshape(len(index) * bank.channels, -1)
-    weights = sums.place_rows(rows, bank.radius)
-    return weights, sums.centres.cpu().repeat(len(index)).to(weights.device)
-
-
 def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
                             joint: bool = False, ridge: float = 1e-6, scale: int = 1
                             ) -> tuple[torch.Tensor, list[str]]:
@@ -427,7 +414,11 @@ def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
     joint_coef = []
     for d, index in zip(dilations, groups):
         own = whole[d]
-        weights, targets = _output_rows(own, bank, index, d)           # (m_d·C, T), (m_d·C,)
+        # one row over the sums' taps per (kernel, output channel), kernel-major, and the
+        # tap each row predicts (its channel's centre): (m_d·C, T), (m_d·C,)
+        weights = own.place_rows(bank.kernels[index].reshape(len(index) * channels, -1),
+                                 bank.radius)
+        targets = own.centres.cpu().repeat(len(index)).to(weights.device)
         pp, px, sum_p, gram = _kernel_sums(own, weights, targets)
         gain = torch.where(pp > 0, px / pp.clamp_min(torch.finfo(torch.float64).tiny),
                            torch.zeros_like(pp))

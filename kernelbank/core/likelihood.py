@@ -41,7 +41,7 @@ import torch
 from .basis import Basis
 from .fit import FitResult, fit, fit_result_from_sums, select_sums
 from .solve import generalised_variance, shared_residual_covariance
-from .stats import ClassStats, pooled_model
+from .stats import ClassStats, own_variance, pooled_model
 from .sums import WindowSums
 
 __all__ = ["LikelihoodClassifier", "UNKNOWN"]
@@ -81,13 +81,6 @@ def _model_scores(result, model: _Model) -> tuple[torch.Tensor, torch.Tensor]:
     logdet = torch.logdet(model.covariance)
     loglik = -0.5 * (channels * np.log(2 * np.pi) + logdet + trace)
     return generalised_variance(residual), loglik
-
-
-def _own_mse(result) -> torch.Tensor:
-    """(N,) residual variance of each image's own fit (generalised for channels)."""
-    if result.covariance is not None:
-        return generalised_variance(result.covariance.cpu())
-    return result.mse.cpu().to(torch.float64)
 
 
 class LikelihoodClassifier:
@@ -214,7 +207,7 @@ class LikelihoodClassifier:
     def _deviation(self, mse: torch.Tensor, fits: list[FitResult]) -> torch.Tensor:
         """(N, C): per class, the larger of the level and excess z-scores, mean over models."""
         stack = lambda key: torch.stack([getattr(m, key) for m in self.models])  # noqa: E731
-        own = torch.stack([_own_mse(r) for r in fits], 1)                        # (N, S)
+        own = torch.stack([own_variance(r) for r in fits], 1)                    # (N, S)
         log_mse = mse.log()
         level = ((log_mse - stack("log_mean")) / stack("log_std")).abs()
         excess = (log_mse - own.clamp_min(1e-300).log()[:, :, None] - stack("excess_mean")) \
@@ -239,7 +232,7 @@ class LikelihoodClassifier:
     def _calibrate(self, fits: list[FitResult], labels: Sequence[str]) -> "LikelihoodClassifier":
         labels = np.array([str(v) for v in labels], dtype=object)
         log_mse = self._residual_mse(fits).log()                          # (N, S, C)
-        own = torch.stack([_own_mse(r) for r in fits], 1).clamp_min(1e-300).log()
+        own = torch.stack([own_variance(r) for r in fits], 1).clamp_min(1e-300).log()
         if len(labels) != log_mse.shape[0]:
             raise ValueError(f"labels has {len(labels)} entries for {log_mse.shape[0]} images")
         for c, name in enumerate(self.classes):

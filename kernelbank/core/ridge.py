@@ -95,31 +95,27 @@ class StreamingRidge:
         return StreamingRidge(n, mean, scatter, class_n, class_sum)
 
     # ------------------------------------------------------------------ solving
-    def _scale(self) -> np.ndarray:
-        scale = np.sqrt(np.clip(np.diag(self.scatter) / self.n, 0, None))
-        return np.where(scale > 0, scale, 1.0)
-
-    def _targets(self, classes: Sequence[str], inverse: np.ndarray) -> np.ndarray:
-        """``D · 2 (S_c - n_c μ)`` per class, shape (F, C)."""
-        zero = np.zeros_like(self.mean)
-        return np.column_stack([2 * (self.class_sum.get(c, zero) - self.class_n.get(c, 0)
-                                     * self.mean) * inverse for c in classes])
-
-    def _check(self) -> None:
+    def _standardised(self, classes: Sequence[str]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Scale ``σ``, the standardised scatter ``D M D``, the targets ``D · 2 (S_c - n_c μ)``
+        (F, C) and the intercepts ``(2 n_c - n) / n`` (C,) of these statistics."""
         if self.n == 0 or not self.class_n:
             raise ValueError("no training rows in the feature table (split 'train' or "
                              "'unsplit'); nothing to classify with")
+        scale = np.sqrt(np.clip(np.diag(self.scatter) / self.n, 0, None))
+        scale = np.where(scale > 0, scale, 1.0)
+        inverse = 1.0 / scale
+        zero = np.zeros_like(self.mean)
+        targets = np.column_stack([2 * (self.class_sum.get(c, zero) - self.class_n.get(c, 0)
+                                        * self.mean) * inverse for c in classes])
+        intercept = np.array([(2 * self.class_n.get(c, 0) - self.n) / self.n for c in classes])
+        return scale, self.scatter * inverse[:, None] * inverse[None, :], targets, intercept
 
     def solve(self, alpha: float, classes: Sequence[str] | None = None) -> dict:
         """Classes, mean, scale, weights (F, C) and intercept (C,) of the classifier."""
-        self._check()
         classes = sorted(self.class_n) if classes is None else list(classes)
-        scale = self._scale()
-        inverse = 1.0 / scale
-        gram = self.scatter * inverse[:, None] * inverse[None, :]
-        weights = np.linalg.solve(gram + alpha * np.eye(len(gram)),
-                                  self._targets(classes, inverse))
-        intercept = np.array([(2 * self.class_n.get(c, 0) - self.n) / self.n for c in classes])
+        scale, gram, targets, intercept = self._standardised(classes)
+        weights = np.linalg.solve(gram + alpha * np.eye(len(gram)), targets)
         return {"classes": classes, "mean": self.mean, "scale": scale, "weights": weights,
                 "intercept": intercept, "alpha": float(alpha)}
 
@@ -150,13 +146,10 @@ class StreamingRidge:
         for k, held in enumerate(used):
             train = sum((f for j, f in enumerate(used) if j != k),
                         StreamingRidge.empty(len(held.mean)))
-            train._check()
-            scale = train._scale()
+            scale, gram, targets, intercept = train._standardised(classes)
             inverse = 1.0 / scale
-            values, vectors = np.linalg.eigh(train.scatter * inverse[:, None] * inverse[None, :])
-            projected = vectors.T @ train._targets(classes, inverse)            # (F, C)
-            intercept = np.array([(2 * train.class_n.get(c, 0) - train.n) / train.n
-                                  for c in classes])
+            values, vectors = np.linalg.eigh(gram)
+            projected = vectors.T @ targets                                     # (F, C)
             delta = held.mean - train.mean
             zz = (held.scatter + held.n * np.outer(delta, delta)) * inverse[:, None] \
                 * inverse[None, :]

@@ -22,31 +22,13 @@ rows of lowest *priority* among both, a keyed hash of the row's bytes (:func:`_p
 so the sample is a uniformly random subset whatever the batching or merge order.
 ``0 + stats`` is ``stats`` so ``sum(list_of_stats)`` works.
 
-Files
------
-:meth:`ClassStats.to_arrays` gives the arrays of one ``.npz`` archive, which
-:func:`kernelbank.io.stats_file.save_stats` writes (no pickle)::
-
-    header_json      uint8 UTF-8 JSON: format, version, scale, reservoir_size, seed,
-                     class names (in order), basis description, or null when empty
-    basis_regressors (M, C t) float64  basis_selection (C, m) int64  basis_targets (C,)
-                     int64 (files written before bases had channels hold one channel's
-                     basis_offsets (n_taps, ndim) and basis_weights (m, n_taps) instead)
-    n, n_pixels      (K,) int64, K classes
-    sum_coef (K, k)  sum_outer (K, k, k)  sum_gram (K, M, M)  sum_rhs (K, M, C)
-    sum_sq (K, C, C)  sum_mse, sum_mse_sq (K,)                                  float64
-    sample           (S, k) float64, every class's reservoir rows one class after another
-    sample_priority  (S,) uint64                sample_count   (K,) int64
-
-Version 1 files kept a grey class's ``G (m, m)``, ``h (m,)`` and ``Σx² ()`` instead of its
-``A``; they are read into today's format (:meth:`ClassSums.from_dict`). All sums are
-float64 (counts int64); they merge exactly up to float64 rounding.
+All sums are float64 (counts int64); they merge exactly up to float64 rounding. The
+file format is :mod:`kernelbank.io.stats_file`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field, fields
 from typing import Iterable, Sequence
 
@@ -61,10 +43,6 @@ from .sums import WindowSums
 __all__ = ["ClassStats", "ClassSums"]
 
 DEFAULT_RESERVOIR = 512
-FILE_FORMAT = "kernelbank.class_stats"
-FILE_VERSION = 2
-_PER_CLASS = ("n", "n_pixels", "sum_coef", "sum_outer", "sum_gram", "sum_rhs", "sum_sq",
-              "sum_mse", "sum_mse_sq")
 
 
 def _priorities(rows: np.ndarray, seed: int) -> np.ndarray:
@@ -113,16 +91,13 @@ class ClassSums:
         return (cov + cov.T) / 2
 
     def merge(self, other: "ClassSums", reservoir_size: int) -> "ClassSums":
+        """Every count and sum adds; the reservoir keeps the lowest priorities of both."""
         rows, priority = _lowest(np.concatenate([self.sample, other.sample]),
                                  np.concatenate([self.sample_priority, other.sample_priority]),
                                  reservoir_size)
-        return ClassSums(
-            n=self.n + other.n, sum_coef=self.sum_coef + other.sum_coef,
-            sum_outer=self.sum_outer + other.sum_outer,
-            sum_gram=self.sum_gram + other.sum_gram, sum_rhs=self.sum_rhs + other.sum_rhs,
-            sum_sq=self.sum_sq + other.sum_sq, n_pixels=self.n_pixels + other.n_pixels,
-            sum_mse=self.sum_mse + other.sum_mse, sum_mse_sq=self.sum_mse_sq + other.sum_mse_sq,
-            sample=rows, sample_priority=priority)
+        sums = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)
+                if not f.name.startswith("sample")}
+        return ClassSums(**sums, sample=rows, sample_priority=priority)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -130,14 +105,8 @@ class ClassSums:
     @classmethod
     def from_dict(cls, d: dict, shapes: dict[str, tuple[int, ...]]) -> "ClassSums":
         """Inverse of :meth:`to_dict`; ``shapes`` (:func:`_field_shapes`) restores flattened
-        arrays. A grey class of version 1 (``G``, ``h``, ``Σx²``) is read as its ``A``."""
+        arrays."""
         array = lambda key: np.array(d[key], np.float64).reshape(shapes[key])  # noqa: E731
-        if np.size(d["sum_gram"]) != np.prod(shapes["sum_gram"]):
-            m = len(np.asarray(d["sum_coef"]).reshape(-1))
-            gram = augmented(*(torch.tensor(np.asarray(d[key], np.float64)).reshape(shape)
-                               for key, shape in (("sum_gram", (m, m)), ("sum_rhs", (m,)),
-                                                  ("sum_sq", ())))).numpy()
-            d = {**d, "sum_gram": gram, "sum_rhs": gram[:, m:], "sum_sq": gram[m:, m:]}
         return cls(
             n=int(d["n"]), sum_coef=array("sum_coef"), sum_outer=array("sum_outer"),
             sum_gram=array("sum_gram"), sum_rhs=array("sum_rhs"), sum_sq=array("sum_sq"),
@@ -155,20 +124,28 @@ def _field_shapes(basis: Basis) -> dict[str, tuple[int, ...]]:
             "sum_rhs": (rows, channels), "sum_sq": (channels, channels), "sample": (-1, k)}
 
 
+def own_variance(result: FitResult) -> torch.Tensor:
+    """Residual variance of every image's own fit, ``det(Σ_own)^(1/C)``, float64 on the CPU
+    (one channel: its MSE)."""
+    if result.basis.channels > 1:
+        return generalised_variance(result.covariance.detach().cpu())
+    mse = result.mse if result.covariance is None else result.mse[..., 0]
+    return mse.detach().cpu().to(torch.float64)
+
+
 def _image_rows(result: FitResult, scale: int | None) -> dict[str, np.ndarray]:
     """Per-image arrays :meth:`ClassStats.from_fit` sums, float64 numpy (see the module
     docstring); a grey result's ``G``, ``h``, ``Σx²`` are read as its ``A``."""
     pick = (lambda t: t[:, scale]) if scale is not None else (lambda t: t)
     numpy = lambda t: t.detach().cpu().to(torch.float64).numpy()  # noqa: E731
+    # the scale is picked before a grey A is assembled: one copy, not one per scale
     gram = pick(result.gram) if result.covariance is not None else \
         augmented(pick(result.gram), pick(result.rhs), pick(result.sum_sq))
-    mse = result.mse if result.basis.channels == 1 else \
-        generalised_variance(result.covariance.detach().cpu())
-    gram, n = numpy(gram), len(result)
+    gram, mse, n = numpy(gram), pick(own_variance(result)), len(result)
     targets = result.basis.targets.numpy()
     return {"n_pixels": pick(result.n_pixels).detach().cpu().numpy().astype(np.int64),
             "coef": numpy(pick(result.coef)).reshape(n, -1), "gram": gram,
-            "mse": numpy(pick(mse)).reshape(n),
+            "mse": numpy(mse).reshape(n),
             "rhs": gram[:, :, targets], "sum_sq": gram[:, targets[:, None], targets[None, :]]}
 
 
@@ -332,10 +309,7 @@ class ClassStats:
         return ClassStats(self.basis, dict(sorted(sums.items())), self.scale,
                           self.reservoir_size, self.seed)
 
-    def __radd__(self, other):
-        if isinstance(other, (int, float)) and other == 0:
-            return self
-        return NotImplemented
+    __radd__ = __add__          # 0 + stats, for sum(parts); merging is commutative
 
     @classmethod
     def merge(cls, parts: Iterable["ClassStats"]) -> "ClassStats":
@@ -391,70 +365,6 @@ class ClassStats:
         shapes = None if basis is None else _field_shapes(basis)
         sums = {str(k): ClassSums.from_dict(v, shapes) for k, v in sorted(d["classes"].items())}
         return cls(basis, sums, int(d["scale"]), int(d["reservoir_size"]), int(d["seed"]))
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays only, the content of the ``.npz`` file (layout in the module docstring)."""
-        names = self.classes
-        basis = None if self.basis is None else {
-            **self.basis.describe(), "ring_distances": list(self.basis.ring_distances or [])}
-        header = {"format": FILE_FORMAT, "version": FILE_VERSION, "scale": self.scale,
-                  "reservoir_size": self.reservoir_size, "seed": self.seed,
-                  "classes": names, "basis": basis}
-        shapes = {"sample": (-1, 0)} if self.basis is None else _field_shapes(self.basis)
-        parts = [self.sums[c] for c in names]
-        arrays = {"header_json": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-        if self.basis is not None:
-            arrays["basis_regressors"] = self.basis.regressors.numpy().astype(np.float64)
-            arrays["basis_selection"] = self.basis.selection.numpy().astype(np.int64)
-            arrays["basis_targets"] = self.basis.targets.numpy().astype(np.int64)
-        for key in _PER_CLASS:
-            dtype = np.int64 if key in ("n", "n_pixels") else np.float64
-            arrays[key] = np.array([getattr(p, key) for p in parts], dtype=dtype).reshape(
-                (len(parts),) + shapes.get(key, ()))
-        arrays["sample"] = np.concatenate([p.sample for p in parts]
-                                          + [np.empty((0, shapes["sample"][1]))])
-        arrays["sample_priority"] = np.concatenate(
-            [p.sample_priority for p in parts] + [np.empty(0, np.uint64)]).astype(np.uint64)
-        arrays["sample_count"] = np.array([len(p.sample) for p in parts], dtype=np.int64)
-        return arrays
-
-    @classmethod
-    def from_arrays(cls, arrays) -> "ClassStats":
-        """Inverse of :meth:`to_arrays` (a dict or an open ``numpy.load`` archive)."""
-        header = json.loads(bytes(np.asarray(arrays["header_json"], np.uint8)).decode())
-        if header.get("format") != FILE_FORMAT or header.get("version") not in (1, FILE_VERSION):
-            raise ValueError(f"not kernelbank class statistics: format {header.get('format')!r} "
-                             f"version {header.get('version')!r}, expected {FILE_FORMAT!r} "
-                             f"version {FILE_VERSION}")
-        if header["basis"] is None:
-            return cls.empty(int(header["reservoir_size"]), int(header["seed"]))
-        names = ("regressors", "selection", "targets") if "basis_regressors" in arrays else \
-            ("offsets", "weights")       # one channel, written before bases had channels
-        basis = Basis.from_dict({**header["basis"],
-                                 **{name: arrays[f"basis_{name}"] for name in names}})
-        shapes = _field_shapes(basis)
-        ends = np.cumsum(np.asarray(arrays["sample_count"], np.int64))
-        sums = {}
-        for i, name in enumerate(header["classes"]):
-            start = 0 if i == 0 else int(ends[i - 1])
-            fields = {key: arrays[key][i] for key in _PER_CLASS}
-            fields["sample"] = arrays["sample"][start:ends[i]]
-            fields["sample_priority"] = arrays["sample_priority"][start:ends[i]]
-            sums[str(name)] = ClassSums.from_dict(fields, shapes)
-        return cls(basis, sums, int(header["scale"]), int(header["reservoir_size"]),
-                   int(header["seed"]))
-
-    def save(self, target, **storage_options) -> None:
-        """Write one ``.npz`` file: :func:`kernelbank.io.stats_file.save_stats` (kept here
-        so callers keep working; the file I/O lives in :mod:`kernelbank.io`)."""
-        from ..io.stats_file import save_stats
-        save_stats(self, target, **storage_options)
-
-    @classmethod
-    def load(cls, source, **storage_options) -> "ClassStats":
-        """Read a file written by :meth:`save`: :func:`kernelbank.io.stats_file.load_stats`."""
-        from ..io.stats_file import load_stats
-        return load_stats(source, **storage_options)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v.n}" for k, v in sorted(self.sums.items()))

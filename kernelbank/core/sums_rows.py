@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .basis import check_window
 from .sums import WindowSums, take_columns
 
 __all__ = ["sums_row_length", "sums_to_rows", "sums_from_rows"]
@@ -36,14 +37,9 @@ def _symmetric_positions(n_taps: int) -> torch.Tensor:
 
 def sums_row_length(radius: int, ndim: int, grid: int | None = None, channels: int = 1) -> int:
     """Values in one image's row for sums of this window (and grid, and channels)."""
-    if not isinstance(radius, (int, np.integer)) or radius < 1:
-        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
-    if ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
+    check_window(radius, 1, ndim, channels)
     if grid is not None and (not isinstance(grid, (int, np.integer)) or grid < 1):
         raise ValueError(f"grid must be None or an integer >= 1, got {grid!r}")
-    if not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
     cells = 1 if grid is None else grid ** ndim
     return cells * _block_length(channels * (2 * radius + 1) ** ndim)
 
@@ -99,9 +95,8 @@ def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, ra
     ValueError
         For rows of the wrong length, non-finite values or a non-integer pixel count.
     """
+    check_window(radius, dilation, ndim, channels)
     length = sums_row_length(radius, ndim, grid, channels)
-    if not isinstance(dilation, (int, np.integer)) or dilation < 1:
-        raise ValueError(f"dilation must be an integer >= 1, got {dilation!r}")
     if isinstance(rows, torch.Tensor):
         rows = rows.detach().cpu().numpy()
     if isinstance(rows, np.ndarray) and rows.dtype != object:

@@ -99,14 +99,14 @@ def _batches(fs, files: list[str], columns: list[str]):
 
 
 def _read_bank(view: RunView, data: RunData, s3_endpoint: str | None) -> None:
+    from ..io.bank_file import load_bank
     from ..io.storage import storage_options, url_of
-    import kernelbank as kb
     if not view.has("reduce"):
         return
     fs, banks = view.fs, view.stage_path("reduce")
     path = join(banks, "bank.npz")
     url = url_of(fs, path)
-    data.bank = kb.KernelBank.load(url, **storage_options(url, s3_endpoint))
+    data.bank = load_bank(url, **storage_options(url, s3_endpoint))
     data.ndim = data.bank.ndim
     if data.bank.explained_variance is not None:
         data.variance_ratio = _variance_ratio(fs, banks, data.bank, data)
@@ -114,13 +114,13 @@ def _read_bank(view: RunView, data: RunData, s3_endpoint: str | None) -> None:
 
 def _variance_ratio(fs, banks: str, bank, data: RunData) -> np.ndarray | None:
     """Explained variance over the class's total coefficient variance, per kernel."""
-    import kernelbank as kb
+    from ..io.stats_file import load_stats
     from ..stages.reduce import stats_file
     totals: dict[tuple[int, str], float] = {}
     for d in sorted(set(bank.dilations.tolist())):
         try:
             with fs.open(join(banks, stats_file(1, d)), "rb") as handle:
-                stats = kb.ClassStats.load(handle)
+                stats = load_stats(handle)
         except (FileNotFoundError, ValueError) as error:
             data.notes.append(f"no explained-variance share: {error}")
             return None

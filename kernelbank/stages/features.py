@@ -401,20 +401,21 @@ def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
     Both are read as plain arrays and JSON (``allow_pickle=False``): a file planted in
     the output can be malformed but never runs code.
     """
-    import kernelbank as kb
+    from ..io.bank_file import load_bank
     from ..io.layout import read_json
+    from ..io.stats_file import load_stats
     fs, path = resolve(banks_url, s3_endpoint=s3_endpoint)
     if not fs.exists(join(path, BANK_FILE)):
         raise FileNotFoundError(f"no bank at {banks_url!r}: run the reduce stage first")
     bank_url = url_of(fs, join(path, BANK_FILE))
-    bank = kb.KernelBank.load(bank_url, **storage_options(bank_url, s3_endpoint))
+    bank = load_bank(bank_url, **storage_options(bank_url, s3_endpoint))
     info = read_json(fs, join(path, "bank.json")) or {}
     entries = info.get("entries") or [(1, d) for d in dict.fromkeys(bank.dilations.tolist())]
     stats = {}
     for scale, dilation in entries:
         url = url_of(fs, join(path, stats_file(scale, dilation)))
-        stats[(int(scale), int(dilation))] = kb.ClassStats.load(
-            url, **storage_options(url, s3_endpoint))
+        stats[(int(scale), int(dilation))] = load_stats(url, **storage_options(url,
+                                                                            s3_endpoint))
     return bank, stats
 
 

@@ -10,8 +10,8 @@ whatever the files were. Banks are built per dilation (scale 1) with
 
 Outputs: ``banks/bank.npz`` (the bank), ``banks/bank.json`` (method, classes, counts,
 dilations, kernel names) and ``banks/stats_s<scale>_d<dilation>.npz`` (the merged
-statistics of every entry, :meth:`ClassStats.save`: arrays and JSON, never a pickle),
-for the likelihood classifier, the report and later analysis.
+statistics of every entry, :func:`kernelbank.io.stats_file.save_stats`: arrays and JSON,
+never a pickle), for the likelihood classifier, the report and later analysis.
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging, *,
     covers every entry of the table the stage only builds banks, else it merges ``fit/``
     file by file (``kernelbank reduce`` alone, a resumed fit stage).
     """
+    from ..io.bank_file import save_bank
+    from ..io.stats_file import save_stats
     summary: dict[str, Any] = {}
     fs_fit, fit_path = resolve(fit_url, s3_endpoint=s3_endpoint)
     entries = load_fit_meta(fs_fit, fit_path, fit_url).scale_index
@@ -148,10 +150,10 @@ def write_reduce(fit_url: str, config: ReduceConfig, staging, *,
     fs, banks = staging.fs, staging.dir("banks")
     fs.makedirs(banks, exist_ok=True)
     bank_url = url_of(fs, join(banks, BANK_FILE))
-    bank.save(bank_url, **storage_options(bank_url, s3_endpoint))
+    save_bank(bank, bank_url, **storage_options(bank_url, s3_endpoint))
     for (scale, dilation), part in stats.items():
         url = url_of(fs, join(banks, stats_file(scale, dilation)))
-        part.save(url, **storage_options(url, s3_endpoint))
+        save_stats(part, url, **storage_options(url, s3_endpoint))
     any_stats = next(iter(stats.values()))
     counts = {c: any_stats.count(c) for c in any_stats.classes}
     info = {"method": config.method.value, "n_kernels": len(bank),

@@ -171,10 +171,11 @@ class TrainConfig:
 def _init_kernels(config: TrainConfig) -> tuple[list | None, list | None]:
     """Kernels and dilations to start from, as plain lists (they travel in the loop config)."""
     from ..core.bank import KernelBank
+    from ..io.bank_file import load_bank
     if config.init == "random":
         return None, None
     if config.init == "bank":
-        bank = KernelBank.load(config.init_bank)
+        bank = load_bank(config.init_bank)
         if bank.radius > config.radius:
             raise ValueError(f"init bank {config.init_bank} has radius {bank.radius}, larger than "
                              f"the model radius {config.radius}; pass radius >= {bank.radius}")

@@ -60,3 +60,25 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_core_has_no_channel_twin_modules():
     assert not sorted(CORE.glob("channel_*.py"))
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    """Absolute names of every module a core file imports, lazily or not."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            package = {0: "", 1: "kernelbank.core", 2: "kernelbank"}[node.level]
+            names.add(".".join(p for p in (package, node.module or "") if p))
+    return names
+
+
+def test_core_does_no_file_io_and_imports_no_ray():
+    # saving and loading live in kernelbank.io, which imports core: core importing it back
+    # (even inside a method) is file I/O in the math layer and a hidden import cycle
+    banned = ("kernelbank.io", "ray", "pyarrow", "fsspec", "s3fs")
+    found = {path.name: sorted(name for name in _imported_modules(path)
+                               if name.split(".")[0] in banned or name.startswith(banned))
+             for path in CORE.glob("*.py")}
+    assert not {k: v for k, v in found.items() if v}, found

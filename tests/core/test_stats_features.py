@@ -1,6 +1,6 @@
 """Statistics path == pixel path: bank features, fits, class statistics and the likelihood
 classifier from window sums against the pixel functions on the same images; row and
-file round trips; bad input.
+bad input.
 
 The pixel functions (``kb.bank_features``, ``kb.fit``, the classifier's image methods) are
 the references: they are checked against brute-force per-pixel loops and explicit design
@@ -19,9 +19,6 @@ kernel ``Σ α_j k_j``, which is well determined, to 1e-9.
 """
 
 from __future__ import annotations
-
-import io
-import pickle
 
 import numpy as np
 import pytest
@@ -368,73 +365,6 @@ def test_rows_refuse_bad_input():
     broken[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         kb.sums_from_rows(broken, radius=1, dilation=1, ndim=2)
-
-
-# ---------------------------------------------------------------------------- ClassStats files
-def _rich_stats():
-    rng = np.random.default_rng(3)
-    images = rng.normal(size=(9, 16, 16)).cumsum(1)
-    labels = ["brick", "grass wall", "été"] * 3
-    return kb.ClassStats.from_fit(kb.fit(images, kb.Basis.isotropic(radius=2, dilation=2)),
-                                  labels, reservoir_size=2, seed=5)
-
-
-def _assert_identical(a: kb.ClassStats, b: kb.ClassStats):
-    assert (a.scale, a.reservoir_size, a.seed, a.classes) == (b.scale, b.reservoir_size,
-                                                              b.seed, b.classes)
-    assert a.basis.describe() == b.basis.describe()
-    assert a.basis.ring_distances == b.basis.ring_distances
-    assert torch.equal(a.basis.offsets, b.basis.offsets)
-    assert torch.equal(a.basis.weights, b.basis.weights)
-    for name in a.classes:
-        x, y = a[name].to_dict(), b[name].to_dict()
-        for key, value in x.items():
-            np.testing.assert_array_equal(value, y[key], err_msg=key)
-
-
-def test_class_stats_npz_round_trip(tmp_path):
-    stats = _rich_stats()
-    path = tmp_path / "stats_d2.npz"
-    stats.save(path)
-    _assert_identical(stats, kb.ClassStats.load(path))
-    buffer = io.BytesIO()
-    stats.save(buffer)
-    _assert_identical(stats, kb.ClassStats.load(io.BytesIO(buffer.getvalue())))
-    stats.save("memory://banks/stats_d2.npz")
-    _assert_identical(stats, kb.ClassStats.load("memory://banks/stats_d2.npz"))
-    empty = kb.ClassStats.empty(reservoir_size=7, seed=2)
-    empty.save(tmp_path / "empty.npz")
-    back = kb.ClassStats.load(tmp_path / "empty.npz")
-    assert back.basis is None and back.classes == [] and back.reservoir_size == 7
-    # plain numpy reads the documented layout without kernelbank and without pickle
-    with np.load(path, allow_pickle=False) as archive:
-        c = stats.classes.index("grass wall")
-        np.testing.assert_array_equal(archive["sum_gram"][c], stats["grass wall"].sum_gram)
-        assert archive["n"][c] == 3 and archive["sample_count"].tolist() == [2, 2, 2]
-
-
-def test_class_stats_load_refuses_pickles_and_objects(tmp_path):
-    stats = _rich_stats()
-    pickled = tmp_path / "stats.pkl"
-    pickled.write_bytes(pickle.dumps(stats.to_dict(), protocol=5))
-    with pytest.raises(ValueError, match="not a kernelbank ClassStats"):
-        kb.ClassStats.load(pickled)
-    arrays = stats.to_arrays()
-    arrays["sample"] = np.array([object()], dtype=object)
-    objects = tmp_path / "objects.npz"
-    np.savez(objects, **arrays)
-    with pytest.raises(ValueError, match="pickled data and object arrays are refused"):
-        kb.ClassStats.load(objects)
-    other = tmp_path / "bank.npz"
-    kb.KernelBank.gabor(radius=1).save(str(other))
-    with pytest.raises(ValueError, match="no header_json"):
-        kb.ClassStats.load(other)
-    arrays = stats.to_arrays()
-    del arrays["sum_gram"]
-    partial = tmp_path / "partial.npz"
-    np.savez(partial, **arrays)
-    with pytest.raises(ValueError, match="lacks the array 'sum_gram'"):
-        kb.ClassStats.load(partial)
 
 
 def test_sums_scale_is_kept(textures):

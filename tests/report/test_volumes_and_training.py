@@ -18,7 +18,9 @@ import pytest
 from PIL import Image
 
 import kernelbank as kb
+from kernelbank.io.bank_file import save_bank
 from kernelbank.io.runs import RunWriter
+from kernelbank.io.stats_file import save_stats
 from kernelbank.nn import EndToEndClassifier, ModelConfig, save_model
 from kernelbank.report import figures, write_report
 
@@ -70,8 +72,8 @@ def output(tmp_path_factory):
 
     def reduce(stage):
         Path(stage.path).mkdir(parents=True)
-        bank.save(str(Path(stage.path) / "bank.npz"))
-        stats.save(str(Path(stage.path) / "stats_s1_d1.npz"))
+        save_bank(bank, str(Path(stage.path) / "bank.npz"))
+        save_stats(stats, str(Path(stage.path) / "stats_s1_d1.npz"))
         return {}
 
     def trained(stage):

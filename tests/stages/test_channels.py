@@ -25,7 +25,9 @@ from kernelbank.cli import main
 from kernelbank import image_statistics as channel_image_statistics
 from kernelbank.core.fit import default_descriptors
 from kernelbank.core.fit import image_statistics
+from kernelbank.io.bank_file import load_bank
 from kernelbank.io.runs import open_published
+from kernelbank.io.stats_file import load_stats
 
 from .colour_data import write_colour_dataset
 
@@ -169,7 +171,7 @@ def test_reduce_equals_the_class_statistics_of_the_pixel_fit(rgb_run, data):
     images, labels = _train_images(data)
     fitted = kb.fit(images, kb.Basis.full(RADIUS, channels=3), dilations=list(DILATIONS))
     for e, d in enumerate(DILATIONS):
-        stats = kb.ClassStats.load(str(rgb_run / "banks" / f"stats_s1_d{d}.npz"))
+        stats = load_stats(str(rgb_run / "banks" / f"stats_s1_d{d}.npz"))
         expected = kb.ClassStats.from_fit(fitted, labels, scale=e)
         assert stats.classes == expected.classes == ["c0", "c1"]
         for name in stats.classes:
@@ -178,7 +180,7 @@ def test_reduce_equals_the_class_statistics_of_the_pixel_fit(rgb_run, data):
             # float32 z-scoring of other groups of images: see the first test
             np.testing.assert_allclose(got.sum_gram, want.sum_gram, rtol=1e-5, atol=1e-3)
             np.testing.assert_allclose(got.sum_coef, want.sum_coef, rtol=0, atol=1e-5)
-    bank = kb.KernelBank.load(str(rgb_run / "banks" / "bank.npz"))
+    bank = load_bank(str(rgb_run / "banks" / "bank.npz"))
     assert bank.channels == 3 and bank.kernels.shape[1:3] == (3, 3)
 
 
@@ -188,7 +190,7 @@ def test_features_and_likelihood_equal_the_pixel_paths(rgb_run, data):
     table = pq.read_table(rgb_run / "features").to_pylist()
     by_path = {r["path"].split("images/", 1)[-1]: r for r in table}
     rows = [by_path[str(f.relative_to(data["images"]))] for f in files]
-    bank = kb.KernelBank.load(str(rgb_run / "banks" / "bank.npz"))
+    bank = load_bank(str(rgb_run / "banks" / "bank.npz"))
     pixel, names = kb.bank_features(images, bank)
     for column in ("mse", "gain"):
         chosen = [i for i, n in enumerate(names) if n.endswith(f"_{column}")]
@@ -201,7 +203,7 @@ def test_features_and_likelihood_equal_the_pixel_paths(rgb_run, data):
             want = np.log(np.maximum(want, 1e-12)) if column == "mse" else want
             # float32 z-scoring of other groups of images: see the first test
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=key)
-    stats = [kb.ClassStats.load(str(rgb_run / "banks" / f"stats_s1_d{d}.npz"))
+    stats = [load_stats(str(rgb_run / "banks" / f"stats_s1_d{d}.npz"))
              for d in DILATIONS]
     classifier = kb.LikelihoodClassifier.from_stats(stats, z=None)
     assert [r["likelihood_prediction"] for r in rows] == list(classifier.predict(images))

@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import kernelbank as kb
 from kernelbank.cli import main
+from kernelbank.io.bank_file import load_bank
 from kernelbank.io.runs import NothingPublished, open_published
 from kernelbank.io.storage import resolve
 
@@ -125,7 +125,7 @@ def _bank(view):
     with fs.open(f"{view.stage_path('reduce')}/bank.npz", "rb") as handle:
         local = Path(tempfile.mkdtemp()) / "bank.npz"
         local.write_bytes(handle.read())
-    return kb.KernelBank.load(str(local))
+    return load_bank(str(local))
 
 
 def _assert_same_as_clean(view, clean) -> None:

@@ -18,7 +18,9 @@ from PIL import Image
 
 import kernelbank as kb
 from kernelbank.cli import main
+from kernelbank.io.bank_file import load_bank
 from kernelbank.io.runs import open_published
+from kernelbank.io.stats_file import load_stats
 
 from .pipeline_data import BAD_RECORDS, write_dataset
 
@@ -183,7 +185,7 @@ def test_reduce_equals_in_process_statistics_and_bank(run):
         expected = kb.ClassStats.from_fit(first, labels[:half], scale=index) + \
             kb.ClassStats.from_fit(second, labels[half:], scale=index)
         whole = kb.ClassStats.from_fit(whole_fit, labels, scale=index)
-        got = kb.ClassStats.load(str(out / f"banks/stats_s1_d{dilation}.npz"))
+        got = load_stats(str(out / f"banks/stats_s1_d{dilation}.npz"))
         assert got.classes == expected.classes == ["c0", "c1", "c2"]
         for name in got.classes:
             for field in ("sum_coef", "sum_outer", "sum_gram", "sum_rhs"):
@@ -196,7 +198,7 @@ def test_reduce_equals_in_process_statistics_and_bank(run):
                                            rtol=1e-5, atol=1e-4)
             assert got[name].n == 6 and got[name].n_pixels == whole[name].n_pixels
         banks.append(kb.KernelBank.from_stats(expected, "pooled"))
-    bank = kb.KernelBank.load(str(out / "banks/bank.npz"))
+    bank = load_bank(str(out / "banks/bank.npz"))
     reference = kb.KernelBank.concat(banks)
     np.testing.assert_allclose(bank.kernels.numpy(), reference.kernels.numpy(), atol=1e-6)
     assert bank.dilations.tolist() == [1, 1, 1, 2, 2, 2]
@@ -209,7 +211,7 @@ def test_features_from_the_table_equal_the_pixel_paths(run):
     assert table.column_names[:4] == ["id", "path", "label", "split"]
     assert table.column_names[4:-1] == names and table.column_names[-1] == "likelihood_prediction"
     assert not run["summary"]["stages"]["features"]["reads_images"]
-    bank = kb.KernelBank.load(str(out / "banks/bank.npz"))
+    bank = load_bank(str(out / "banks/bank.npz"))
     files = _good_files(run["data"])
     images = _reference_images(files)
     rows = {_local(run, r["id"]): r for r in table.to_pylist()}
