@@ -7,6 +7,7 @@ Each subcommand lives in :mod:`kernelbank.commands` as a module with two functio
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from typing import Sequence
 
@@ -56,5 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143 if isinstance(stop, Terminated) else 130
 
 
+def console() -> None:
+    """The ``kernelbank`` command: :func:`main`, then exit without the interpreter's final
+    garbage collection, which has nothing left to free and took 0.7 s with torch loaded
+    (1.3 s with the pipeline's modules) on every command."""
+    status = main()
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
