@@ -25,3 +25,26 @@ def test_map_bounded_streams_in_order(ray_local):
     # the 4th item is pulled before the 1st result is yielded, never more
     assert seen[0][1] == 4
     assert all(pulled_then <= k + 4 for k, (_, pulled_then) in enumerate(seen))
+
+
+def test_map_bounded_asks_a_callable_limit_again_before_each_submission(ray_local):
+    """A limit that grows (a node joined) lets more tasks into flight at once."""
+    from kernelbank.stages.common import map_bounded
+    echo = ray_local.remote(num_cpus=0.1)(lambda x: x)
+    asked = []
+
+    def limit():
+        asked.append(len(asked))
+        return 1 if len(asked) < 5 else 4
+    pulled = []
+
+    def items():
+        for i in range(12):
+            pulled.append(i)
+            yield (i,)
+    seen = [(result, len(pulled)) for result in map_bounded(echo, items(), max_in_flight=limit)]
+    assert [r for r, _ in seen] == list(range(12))
+    assert len(asked) >= 12                       # asked again, not once at the start
+    # one in flight at first (the 2nd item is pulled before the 1st result is handed
+    # back), four later on (the item pulled when result k is handed back is k + 5th)
+    assert seen[0][1] == 2 and max(p - k for k, (_, p) in enumerate(seen)) == 5
