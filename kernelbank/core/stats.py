@@ -28,7 +28,6 @@ file format is :mod:`kernelbank.io.stats_file`'s.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, fields
 from typing import Iterable, Sequence
 
@@ -46,14 +45,25 @@ DEFAULT_RESERVOIR = 512
 
 
 def _priorities(rows: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform 64-bit priority per row: blake2b of its float64 bytes keyed by ``seed``."""
-    key = int(seed).to_bytes(8, "little", signed=False)
-    data = np.ascontiguousarray(rows, dtype=np.float64)
-    out = np.empty(len(data), dtype=np.uint64)
-    for i, row in enumerate(data):
-        digest = hashlib.blake2b(row.tobytes(), digest_size=8, key=key).digest()
-        out[i] = int.from_bytes(digest, "little")
-    return out
+    """A uniform 64-bit priority per row: a hash of its float64 words keyed by ``seed``
+    (each word mixed into the row's state by splitmix64's finaliser, all rows at once;
+    a blake2b per row took 2.6 µs, 8 CPU-seconds of a million-image fit)."""
+    words = np.ascontiguousarray(rows, dtype=np.float64).reshape(len(rows), -1).view(np.uint64)
+    state = _mix(np.full(len(words), int(seed) & _MASK, dtype=np.uint64) ^ _GOLDEN)
+    for column in words.T:
+        state = _mix(state ^ column)
+    return state
+
+
+_MASK = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (uint64 arithmetic wraps, as the hash wants)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def _lowest(rows: np.ndarray, priority: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
