@@ -68,12 +68,13 @@ def test_engines_agree_in_2d(family, radius):
 
 @pytest.mark.parametrize("family", ["full", "isotropic"])
 def test_engines_agree_with_channels(family):
+    spec = ResidualDescriptors(image_patterns=("ri",))
     basis = getattr(kb.Basis, family)(2, channels=3)
     x = _images((2, 3, 30, 27), seed=7)
     for dilation in (1, 2, 3):
         kernels = kb.fit(x, basis.with_dilation(dilation), normalize=False).kernels
-        a, b = _both(x, kernels, dilation)
-        assert a.shape == (2, 3 * len(kb.residual_descriptor_names()))
+        a, b = _both(x, kernels, dilation, spec)
+        assert a.shape == (2, len(kb.residual_descriptor_names(spec, channels=3)))
         torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
 
 
@@ -96,13 +97,16 @@ def test_engines_agree_in_3d(family):
     ResidualDescriptors(moments=False, quantiles=(0.0, 0.5, 1.0, 0.333), patterns=("ri",),
                         cooccurrence=0, lags=(2,)),
     ResidualDescriptors(quantiles=(), patterns=(), cooccurrence=4, levels=3, step=0.3),
-], ids=["ternary-nri-lags", "ternary-triples", "quantile-ends", "quadruples"])
+    # the image's own patterns: the compiled engine takes them in the same call
+    ResidualDescriptors(image_patterns=("nri", "ri"), lags=(1, 2)),
+], ids=["ternary-nri-lags", "ternary-triples", "quantile-ends", "quadruples", "image"])
 def test_engines_agree_on_every_option(spec):
     x = _images((3, 34, 31), seed=11)
-    fitted = kb.fit(x, kb.Basis.full(2), normalize=False)
-    a, b = _both(x, fitted.kernels, 1, spec)
-    assert a.shape == (3, len(spec.names(2)))
-    torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
+    for dilation in (1, 3):
+        fitted = kb.fit(x, kb.Basis.full(2).with_dilation(dilation), normalize=False)
+        a, b = _both(x, fitted.kernels, dilation, spec)
+        assert a.shape == (3, len(spec.names(2)))
+        torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
 
 
 def test_engines_agree_on_ties():
@@ -149,6 +153,10 @@ def test_auto_picks_compiled_on_cpu_and_checks_its_arguments():
         describe_residuals(x, kernels, 1, engine="numba")
     with pytest.raises(ValueError, match="too small for lag"):
         describe_residuals(x, kernels, 1, ResidualDescriptors(lags=(9,)), engine="compiled")
+    with pytest.raises(ValueError, match="too small for lag 10"):   # the image's, lag 5 × 2
+        describe_residuals(x, kb.fit(x, kb.Basis.full(1, dilation=2)).kernels, 2,
+                           ResidualDescriptors(lags=(5,), image_patterns=("ri",), patterns=(),
+                                               cooccurrence=0), engine="compiled")
 
 
 @pytest.mark.parametrize("radius", [1, 2, 3, 4])
