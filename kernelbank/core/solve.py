@@ -54,6 +54,20 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torc
     """
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+    solve = _compiled_solve if _compiled_wins(gram, rhs, n_pixels) else _torch_solve
+    solution, failed = solve(gram, rhs, n_pixels, ridge)
+    if warn and failed:
+        warnings.warn(
+            f"{failed} of {rhs[..., 0].numel()} Gram matrices were singular; their "
+            "coefficients are minimum-norm least-squares solutions. A ridge > 0 avoids "
+            "this.", SingularGramWarning, stacklevel=2)
+    return solution
+
+
+def _torch_solve(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor,
+                 ridge: float) -> tuple[torch.Tensor, int]:
+    """Batched Cholesky of the Jacobi-scaled systems (any device, autograd); returns the
+    solutions and how many problems took the pseudo-inverse fallback."""
     # the diagonal of G + λnI, then one new matrix D (G + λnI) D, scaled in place
     diag = torch.diagonal(gram, dim1=-2, dim2=-1) + (ridge * n_pixels.to(gram.dtype))[..., None]
     scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(),
@@ -75,12 +89,37 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torc
     if failed.any():
         solution = solution.clone()
         solution[failed] = _pinv_solve(a_scaled[failed], b_scaled[failed])
-        if warn:
-            warnings.warn(
-                f"{int(failed.sum())} of {failed.numel()} Gram matrices were singular; "
-                "their coefficients are minimum-norm least-squares solutions. A ridge > 0 "
-                "avoids this.", SingularGramWarning, stacklevel=2)
-    return solution * scale
+    return solution * scale, int(failed.sum())
+
+
+def _compiled_wins(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor) -> bool:
+    """Whether the compiled CPU loop (:mod:`kernelbank.core._fused_solve`) takes the
+    batch: many small float64 problems on a CPU, no autograd, no broadcasting. Measured
+    (one thread, 1,024 problems of 24 × 24): about 8× faster than LAPACK's batched calls;
+    from m ≈ 64 LAPACK's blocked kernels win back their overheads."""
+    m = gram.shape[-1]
+    return (gram.device.type == "cpu" and gram.dtype == rhs.dtype == torch.float64
+            and not (gram.requires_grad or rhs.requires_grad) and m <= 48
+            and gram.shape[:-1] == rhs.shape and rhs.shape[:-1] == n_pixels.shape
+            and rhs[..., 0].numel() >= 8)
+
+
+def _compiled_solve(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor,
+                    ridge: float) -> tuple[torch.Tensor, int]:
+    """:func:`_torch_solve` by the compiled loop; the problems it flags are re-solved by
+    the torch path (and its pseudo-inverse fallback)."""
+    from ._fused_solve import ridge_solve        # compiled (or loaded) on first use
+
+    shape, m = rhs.shape, rhs.shape[-1]
+    g, h = gram.reshape(-1, m, m), rhs.reshape(-1, m)
+    count = n_pixels.reshape(-1).to(torch.float64)
+    out = torch.empty_like(h)
+    failed = torch.empty(len(h), dtype=torch.bool)
+    ridge_solve(g.detach().numpy(), h.detach().numpy(), count.numpy(), float(ridge),
+                ridge == 0, out.numpy(), failed.numpy())
+    if failed.any():
+        out[failed] = _torch_solve(g[failed], h[failed], count[failed], ridge)[0]
+    return out.reshape(shape), int(failed.sum())
 
 
 def _pinv_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

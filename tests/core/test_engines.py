@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,28 @@ def test_compiled_engine_is_loaded_from_its_cache_by_a_new_process():
     assert any("_window_sums" in path.name for path in engine_files), runs[1].stdout
     assert all(path.is_file() for path in engine_files)
     assert "data saved to" not in runs[1].stdout, runs[1].stdout
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-6])
+def test_solve_engines_agree_and_fall_back_alike(ridge):
+    # the compiled batched Cholesky (kernelbank.core._fused_solve) against the torch
+    # path, on real Grams (well conditioned) and singular ones (a constant image, a
+    # repeated regressor): the flagged problems take the same pseudo-inverse fallback
+    from kernelbank.core.solve import SingularGramWarning, _compiled_wins, _torch_solve
+
+    x = _images((10, 24, 23), seed=4)
+    x[3] = 1.0                                             # constant: G of rank one
+    fitted = kb.fit(x, kb.Basis.full(1), normalize=False, ridge=ridge)
+    gram, rhs = fitted.gram.clone(), fitted.rhs.clone()
+    gram[5, :, 1], gram[5, 1, :] = gram[5, :, 0], gram[5, 0, :]   # regressor 1 = 0
+    gram[5, 1, 1], rhs[5, 1] = gram[5, 0, 0], rhs[5, 0]
+    count = fitted.n_pixels
+    assert _compiled_wins(gram, rhs, count)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = kb.core.solve.solve_normal_equations(gram, rhs, count, ridge, warn=True)
+    reference, failed = _torch_solve(gram, rhs, count, ridge)
+    # singular only without a ridge; then the same problems are flagged and warned of
+    assert (failed >= 2) == (ridge == 0) == any(
+        issubclass(w.category, SingularGramWarning) for w in caught)
+    torch.testing.assert_close(compiled, reference, rtol=0, atol=1e-10)
