@@ -46,15 +46,27 @@ _HIST_BINS_MIN = 64          # bins of the selection histogram: about 4 values p
 
 
 @njit(cache=True, nogil=True)
-def _residual(xb, k, n, c, dil, full, out):
+def _widen(x, n, buffer):
+    """Image ``n`` of ``x`` (n, C, D, H, W), any float dtype, into the float64 ``buffer``
+    (an explicit loop: Numba's slice assignment across dtypes does not vectorise, 3x)."""
+    src = x[n].reshape(buffer.size)
+    dst = buffer.reshape(buffer.size)
+    for i in range(dst.size):
+        dst[i] = src[i]
+
+
+@njit(cache=True, nogil=True)
+def _residual(xb, k, n, c, dil, full, offsets, weights, out):
     """``out[z, y, x] = x_c(p) - Σ_{c', taps} k[c, c', tap] x_{c'}(p + δ tap)`` (float64).
 
     ``xb`` (C, D, H, W) is the image, widened to float64. The prediction of a plane is
-    accumulated in ``full`` on the image's full-width rows: for each tap, one
-    contiguous multiply-add of ``(vh − 1) W + vw`` values (the columns past the valid
-    ones are computed and dropped), instead of one short loop per row and tap — at
-    32² the loop overheads of 24 taps × 28 rows were most of the time. Each pixel adds
-    its taps in the same order as before, so the residual is bit for bit the same.
+    accumulated in ``full`` on the image's full-width rows, so a tap is one contiguous
+    multiply-add over ``(vh − 1) W + vw`` values (the columns past the valid ones are
+    computed and dropped) instead of one short loop per row, and four taps share one
+    pass (one load and store of the prediction for four products) — at 32² the loop
+    overheads of 24 taps × 28 rows were most of the time. Each pixel still adds its
+    non-zero taps one by one in tap order, so the residual is bit for bit the same.
+    ``offsets`` and ``weights`` (≥ taps) are scratch.
     """
     channels, kd, kh, kw = k.shape[2], k.shape[3], k.shape[4], k.shape[5]
     depth, height, width = xb.shape[1], xb.shape[2], xb.shape[3]
@@ -63,21 +75,39 @@ def _residual(xb, k, n, c, dil, full, out):
     span = (vh - 1) * width + vw
     src = xb.reshape(xb.size)
     pred = full[:span]
+    taps = 0                                 # the non-zero taps: plane-relative offsets
+    for cc in range(channels):
+        for tz in range(kd):
+            for ty in range(kh):
+                for tx in range(kw):
+                    w = k[n, c, cc, tz, ty, tx]
+                    if w != 0.0:
+                        offsets[taps] = ((cc * depth + tz * dil) * height + ty * dil) * width \
+                            + tx * dil
+                        weights[taps] = w
+                        taps += 1
     for z in range(vd):
         pred[:] = 0.0
-        for cc in range(channels):
-            for tz in range(kd):
-                for ty in range(kh):
-                    for tx in range(kw):
-                        w = k[n, c, cc, tz, ty, tx]
-                        if w != 0.0:
-                            start = (((cc * depth + z + tz * dil) * height + ty * dil) * width
-                                     + tx * dil)
-                            # a slice, so the inner index is a bare loop counter: Numba's
-                            # negative-index check then vanishes and the loop vectorises
-                            seg = src[start:start + span]
-                            for i in range(span):
-                                pred[i] += w * seg[i]
+        t = 0
+        while t < taps:
+            # slices, so the inner index is a bare loop counter: Numba's negative-index
+            # check then vanishes and the loop vectorises
+            base = z * height * width
+            if t + 4 <= taps:
+                s0 = src[base + offsets[t]:base + offsets[t] + span]
+                s1 = src[base + offsets[t + 1]:base + offsets[t + 1] + span]
+                s2 = src[base + offsets[t + 2]:base + offsets[t + 2] + span]
+                s3 = src[base + offsets[t + 3]:base + offsets[t + 3] + span]
+                w0, w1, w2, w3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
+                for i in range(span):
+                    pred[i] = (((pred[i] + w0 * s0[i]) + w1 * s1[i]) + w2 * s2[i]) + w3 * s3[i]
+                t += 4
+            else:
+                s0 = src[base + offsets[t]:base + offsets[t] + span]
+                w0 = weights[t]
+                for i in range(span):
+                    pred[i] += w0 * s0[i]
+                t += 1
         for y in range(vh):
             target = xb[c, z + rz, y + ry, rx:rx + vw]
             row = pred[y * width:y * width + vw]
@@ -135,6 +165,22 @@ def _count(codes, hist):
 
 
 @njit(cache=True, nogil=True)
+def _sort(values):
+    """Sort in place: insertion sort for the few values of a selection bin (Numba's
+    ``ndarray.sort`` costs ~0.5 µs a call even for four values), its sort beyond 32."""
+    if values.shape[0] > 32:
+        values.sort()
+        return
+    for i in range(1, values.shape[0]):
+        v = values[i]
+        j = i - 1
+        while j >= 0 and values[j] > v:
+            values[j + 1] = values[j]
+            j -= 1
+        values[j + 1] = v
+
+
+@njit(cache=True, nogil=True)
 def _select(flat, sigma, ranks, bins, work, counts, slot, out):
     """Order statistics ``sorted(|flat|)[ranks]`` (``ranks`` sorted) into ``out``, by
     histogram selection.
@@ -187,7 +233,7 @@ def _select(flat, sigma, ranks, bins, work, counts, slot, out):
         end = slot[lo]
         if end >= 0:
             start = end - (total[lo + 1] - total[lo])
-            work[start:end].sort()
+            _sort(work[start:end])
             slot[lo] = -1 - start            # sorted: remember its start as a negative
         start = -1 - slot[lo]
         out[j] = work[start + ranks[j] - total[lo]]
@@ -342,6 +388,8 @@ def describe_batch(x, k, dil, two_d, moments, ranks, low_slot, high_slot, frac, 
     e = np.empty((vd, vh, vw), dtype=np.float64)
     flat = e.reshape(size)
     full = np.empty(x.shape[3] * x.shape[4], dtype=np.float64)
+    offsets = np.empty(k[0].size, dtype=np.int64)
+    weights = np.empty(k[0].size, dtype=np.float64)
     codes = np.empty(x.shape[2] * x.shape[3] * x.shape[4], dtype=np.int32)
     lower = np.empty(codes.shape[0], dtype=np.int32)
     work = np.empty(size, dtype=np.float64)
@@ -360,13 +408,13 @@ def describe_batch(x, k, dil, two_d, moments, ranks, low_slot, high_slot, frac, 
     needs_sigma = moments or ranks.shape[0] > 0 or ternary >= 0 or cooc_order > 0
     xb = np.empty(x.shape[1:], dtype=np.float64)
     for img in range(n):
-        xb.reshape(xb.size)[:] = x[img].reshape(xb.size)       # widened to float64
+        _widen(x, img, xb)
         for c in range(channels):
             col = 0
             for li in range(image_lags.shape[0]):
                 col = _pattern_histograms(xb[c, 0], image_lags[li], image_kinds, tables,
                                           n_bins, codes, up, image_out[img, c], col)
-            _residual(xb, k, img, c, dil, full, e)
+            _residual(xb, k, img, c, dil, full, offsets, weights, e)
             row = out[img, c]
             total = square = absolute = mse = sigma = 0.0
             if needs_sigma:
