@@ -412,7 +412,9 @@ def describe_batch(x, k, dil, two_d, moments, ranks, low_slot, high_slot, frac, 
         for c in range(channels):
             col = 0
             for li in range(image_lags.shape[0]):
-                col = _pattern_histograms(xb[c, 0], image_lags[li], image_kinds, tables,
+                # from the images' own dtype: widening never changes a comparison, and
+                # float32 compares twice as many pixels per instruction
+                col = _pattern_histograms(x[img, c, 0], image_lags[li], image_kinds, tables,
                                           n_bins, codes, up, image_out[img, c], col)
             _residual(xb, k, img, c, dil, full, offsets, weights, e)
             row = out[img, c]
