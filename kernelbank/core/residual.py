@@ -389,9 +389,9 @@ def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     from . import _fused              # compiled (or loaded from its cache) on first use
 
     vector, lead, ndim, _, valid = _check_residual_args(batch, kernels, dilation)
-    image_lags = [g * int(dilation) for g in spec.lags] if spec.image_patterns else []
     spatial = tuple(batch.shape[lead:])
-    for shape, lag, at in ((valid, spec.max_lag, dilation), (spatial, max(image_lags, default=0), 1)):
+    image_lags = [g * int(dilation) for g in spec.lags] if spec.image_patterns else [0]
+    for shape, lag, at in ((valid, spec.max_lag, dilation), (spatial, max(image_lags), 1)):
         if min(shape) <= 2 * lag:
             raise ValueError(f"the residual at dilation {at} has shape {shape}, too small "
                              f"for lag {lag}; use smaller lags or dilations")
@@ -408,21 +408,17 @@ def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     ranks, low, high, frac = _quantile_positions(spec.quantiles, size) if spec.quantiles \
         else (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
               np.empty(0, np.float64))
-    def kind_index(kinds):
-        return np.array([_KIND_INDEX[kind] for kind in kinds], dtype=np.int64)
-    width = _width(spec, ndim)
-    out = np.zeros((n, channels, width), dtype=np.float64)
-    image_width = len(image_lags) * sum(_PATTERN_BINS[kind] for kind in spec.image_patterns)
-    image_out = np.zeros((n, channels, image_width), dtype=np.float64)
+    kinds = [np.array([_KIND_INDEX[kind] for kind in kinds], dtype=np.int64)
+             for kinds in (spec.patterns, spec.patterns or ("ri",), spec.image_patterns)]
+    out = np.zeros((n, channels, _width(spec, ndim)), dtype=np.float64)
+    image_out = np.zeros((n, channels, len(spec.image_names())), dtype=np.float64)
     _fused.describe_batch(x, k, int(dilation), ndim == 2, spec.moments, ranks.astype(np.int64),
-                          low.astype(np.int64), high.astype(np.int64), frac,
-                          kind_index(spec.patterns),
-                          -1.0 if spec.ternary is None else float(spec.ternary),
-                          kind_index(spec.patterns or ("ri",)), _TABLES,
-                          int(spec.cooccurrence), int(spec.levels), float(spec.step),
-                          np.asarray(spec.lags, dtype=np.int64), ndim,
-                          kind_index(spec.image_patterns), np.asarray(image_lags, np.int64),
-                          out, image_out)
+                          low.astype(np.int64), high.astype(np.int64), frac, kinds[0],
+                          -1.0 if spec.ternary is None else float(spec.ternary), kinds[1],
+                          _TABLES, int(spec.cooccurrence), int(spec.levels),
+                          float(spec.step), np.asarray(spec.lags, dtype=np.int64), ndim,
+                          kinds[2], np.asarray(image_lags if spec.image_patterns else [],
+                                               dtype=np.int64), out, image_out)
     found = np.concatenate([out.reshape(n, -1), image_out.reshape(n, -1)], 1)
     return torch.from_numpy(found).to(batch.device)
 
