@@ -5,10 +5,9 @@ radius-2 basis; 3,072 of them per 1,024 images at dilations 1-3). LAPACK's batch
 Cholesky through torch spends ~9 µs on each, for ~5k flop: call and dispatch overheads
 per matrix. This loop does the same algebra — Jacobi scaling of ``G + λ n I`` exactly as
 the torch code forms it, a Cholesky factorisation, two triangular solves — 4-8× faster
-(measured on one thread, 3,072 problems of 24 × 24), and flags the problems torch would send to the pseudo-inverse fallback
-(non-positive or, with ``ridge = 0``, tiny pivots; a non-finite solution), which the
-caller re-solves by the torch path. Agreement with the torch path is to rounding
-(summation order inside the factorisation).
+(one thread, 3,072 problems of 24 × 24), and flags the problems it leaves to the torch
+path: ill-conditioned or singular ones (:data:`MIN_PIVOT`), non-finite solutions. On
+the others the two agree to rounding (~1e-12 on the coefficients).
 """
 
 from __future__ import annotations
@@ -16,22 +15,28 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["LANES", "ridge_solve"]
+__all__ = ["LANES", "MIN_PIVOT", "ridge_solve"]
 
 
 # problems factorised side by side: every scalar step of one Cholesky becomes a step
 # on this many independent problems (one AVX2 register of float64; written out as four
 # scalars in the inner loops, which keeps them in registers)
 LANES = 4
+# Problems with a smaller pivot of the unit-diagonal matrix (condition ≳ 1e4) are left
+# to the torch path: there two factorisations' rounding orders can differ by ~1e-10 in
+# the coefficients (a 4-pixel fit held up by its ridge did), and the fit's results must
+# stay those of LAPACK to 1e-10; this path's agree to ~1e-12. Singular problems are
+# among them, and take the torch path's pseudo-inverse as before.
+MIN_PIVOT = 1e-2
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ridge_solve(gram, rhs, count, ridge, tiny_pivots, out, failed):
+def ridge_solve(gram, rhs, count, ridge, out, failed):
     """``out[p] = (G_p + ridge · count_p · I)⁻¹ h_p`` for every problem ``p``.
 
     ``gram`` (n, m, m), ``rhs`` (n, m), ``count`` (n,) float64; ``failed`` (n,) bool is
-    set where a pivot is not positive or the solution not finite (and, with
-    ``tiny_pivots``, where a pivot of the scaled matrix is below 1e-7).
+    set where a pivot of the scaled matrix is below :data:`MIN_PIVOT` or the solution
+    is not finite.
 
     One problem's Cholesky is ~m³/6 multiply-adds in loops of length < m: too short to
     vectorise, and at m = 24 their overheads cost more than the arithmetic. So
@@ -71,7 +76,7 @@ def ridge_solve(gram, rhs, count, ridge, tiny_pivots, out, failed):
                     acc[0], acc[1], acc[2], acc[3] = s0, s1, s2, s3
                     for lane in range(LANES):
                         root = np.sqrt(acc[lane])
-                        bad[lane] |= not acc[lane] > 0.0 or (tiny_pivots and root < 1e-7)
+                        bad[lane] |= not root >= MIN_PIVOT
                         a[j, j, lane] = root
                 else:
                     a[i, j, 0] = s0 / a[j, j, 0]

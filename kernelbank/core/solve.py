@@ -4,7 +4,9 @@ Each problem is ``α = (G + λ n I)⁻¹ h``, with ``n`` the number of pixels th
 over, so that the ridge ``λ`` means the same for a 64×64 patch and a 4k image. ``G`` is
 scaled to unit diagonal (Jacobi) before a batched Cholesky; problems whose factorisation
 fails (a constant image with ``ridge=0``, linearly dependent kernels) fall back to the
-minimum-norm solution from an eigendecomposition. Everything stays on the input's device.
+minimum-norm solution from an eigendecomposition. Everything stays on the input's device;
+small float64 systems on a CPU are factorised by a compiled loop
+(:mod:`kernelbank.core._fused_solve`), the rest by torch's batched LAPACK calls.
 
 The AR model of a :class:`~kernelbank.core.basis.Basis` is algebra on ``A = Σ_p z zᵀ``:
 output channel ``c`` combines the rows ``S_c`` and predicts the row ``τ_c``, so
@@ -105,8 +107,8 @@ def _compiled_wins(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor
 
 def _compiled_solve(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor,
                     ridge: float) -> tuple[torch.Tensor, int]:
-    """:func:`_torch_solve` by the compiled loop; the problems it flags are re-solved by
-    the torch path (and its pseudo-inverse fallback)."""
+    """:func:`_torch_solve` by the compiled loop; the problems it flags (ill-conditioned,
+    singular) are re-solved by the torch path, with its pseudo-inverse fallback."""
     from ._fused_solve import ridge_solve        # compiled (or loaded) on first use
 
     shape, m = rhs.shape, rhs.shape[-1]
@@ -115,10 +117,11 @@ def _compiled_solve(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tenso
     out = torch.empty_like(h)
     failed = torch.empty(len(h), dtype=torch.bool)
     ridge_solve(g.detach().numpy(), h.detach().numpy(), count.numpy(), float(ridge),
-                ridge == 0, out.numpy(), failed.numpy())
+                out.numpy(), failed.numpy())
+    singular = 0
     if failed.any():
-        out[failed] = _torch_solve(g[failed], h[failed], count[failed], ridge)[0]
-    return out.reshape(shape), int(failed.sum())
+        out[failed], singular = _torch_solve(g[failed], h[failed], count[failed], ridge)
+    return out.reshape(shape), singular
 
 
 def _pinv_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
