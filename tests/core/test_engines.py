@@ -203,9 +203,12 @@ def test_compiled_engine_is_loaded_from_its_cache_by_a_new_process():
               "describe_residuals(x, torch.zeros(2, 3, 3, dtype=torch.float64), 1, "
               "engine='compiled'); "
               "from kernelbank.core._fused_lags import compiled_lag_window_sums; "
-              "compiled_lag_window_sums(x, 2, 1, torch.zeros(2, dtype=torch.float64))")
+              "compiled_lag_window_sums(x, 2, 1, torch.zeros(2, dtype=torch.float64)); "
+              "from kernelbank.core.solve import solve_normal_equations as solve; "
+              "solve(torch.eye(3).repeat(2, 1, 1).double(), x[:, 0, :3], torch.ones(2))")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                NUMBA_DEBUG_CACHE="1")
+    engines = ("describe_batch", "_window_sums", "ridge_solve")
     runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                            text=True, timeout=600) for _ in range(2)]
     for run in runs:
@@ -213,9 +216,9 @@ def test_compiled_engine_is_loaded_from_its_cache_by_a_new_process():
     loaded = [line.split("data loaded from ", 1)[1].strip().strip("'\"")
               for line in runs[1].stdout.splitlines() if "data loaded from" in line]
     engine_files = [Path(path) for path in loaded
-                    if "describe_batch" in path or "_window_sums" in path]
-    assert any("describe_batch" in path.name for path in engine_files), runs[1].stdout
-    assert any("_window_sums" in path.name for path in engine_files), runs[1].stdout
+                    if any(name in path for name in engines)]
+    for name in engines:
+        assert any(name in path.name for path in engine_files), (name, runs[1].stdout)
     assert all(path.is_file() for path in engine_files)
     assert "data saved to" not in runs[1].stdout, runs[1].stdout
 
