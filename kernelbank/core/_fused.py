@@ -9,8 +9,8 @@ the same arithmetic in one compiled loop nest per image (Numba, ``cache=True``: 
 machine code is written next to this file on first use and loaded by every later
 process):
 
-1. the residual of each output channel, accumulated row by row in float64 straight
-   from the images' own dtype (no converted copy of the batch);
+1. the residual of each output channel in float64 straight from the images' own dtype,
+   each tap one long multiply-add over the full-width rows (:func:`_residual`);
 2. ``Σe``, ``Σe²``, ``Σ|e|`` and the centred moments (two sweeps of the cache-resident
    residual, exactly the reference's definitions);
 3. quantiles of ``|e| / σ`` by *exact selection*: a histogram of ``|e|`` on bins of
@@ -19,7 +19,13 @@ process):
    reference's (``torch.quantile``'s) to the last bit of its definition;
 4. local binary / ternary pattern codes (8 neighbours at each lag) counted in a
    256-bin histogram, mapped to the ``ri`` / ``nri`` bins by the same lookup tables;
-5. quantised co-occurrence tuples along each axis counted in their histogram.
+5. quantised co-occurrence tuples along each axis counted in their histogram;
+6. the image's own sign patterns (``image_patterns``: the residual of a zero kernel,
+   i.e. the image itself) from the same widened copy of the image, no residual formed.
+
+Every histogram is filled in two steps: a loop that only computes codes, which
+vectorises (a scattered increment in the same loop keeps it scalar: 1.6× here), then
+:func:`_count`.
 
 Notes
 -----
@@ -42,7 +48,8 @@ _HIST_BINS_MIN = 64          # bins of the selection histogram: about 4 values p
 
 @njit(cache=True, nogil=True)
 def _widen(x, n, buffer):
-    """Image ``n`` of ``x`` (n, C, D, H, W), any float dtype, into the float64 ``buffer``."""
+    """Image ``n`` of ``x`` (n, C, D, H, W), any float dtype, into the float64 ``buffer``
+    (an explicit loop: Numba's slice assignment across dtypes does not vectorise, 3x)."""
     src = x[n].reshape(buffer.size)
     dst = buffer.reshape(buffer.size)
     for i in range(dst.size):
@@ -50,33 +57,54 @@ def _widen(x, n, buffer):
 
 
 @njit(cache=True, nogil=True)
-def _residual(xb, k, n, c, dil, out):
+def _residual(xb, k, n, c, dil, full, offsets, weights, out):
     """``out[z, y, x] = x_c(p) - Σ_{c', taps} k[c, c', tap] x_{c'}(p + δ tap)`` (float64).
 
-    ``xb`` (C, D, H, W) is the image, widened to float64. Row by row: every tap adds its
-    shifted row to the prediction (a contiguous multiply-add the compiler vectorises).
+    ``xb`` (C, D, H, W) is the image, widened to float64. The prediction of a plane is
+    accumulated in ``full`` on the image's full-width rows, so a tap is one contiguous
+    multiply-add over ``(vh − 1) W + vw`` values (the columns past the valid ones are
+    computed and dropped) instead of one short loop per row, and four taps share one
+    pass (one load and store of the prediction for four products) — at 32² the loop
+    overheads of 24 taps × 28 rows were most of the time. Each pixel still adds its
+    non-zero taps one by one in tap order (the zero taps that pad their list to a
+    multiple of four add exact zeros), so the residual is bit for bit the same.
+    ``offsets`` and ``weights`` (≥ taps + 3) are scratch.
     """
     channels, kd, kh, kw = k.shape[2], k.shape[3], k.shape[4], k.shape[5]
+    depth, height, width = xb.shape[1], xb.shape[2], xb.shape[3]
     rz, ry, rx = (kd // 2) * dil, (kh // 2) * dil, (kw // 2) * dil
     vd, vh, vw = out.shape
-    row = np.empty(vw, dtype=np.float64)
+    span = (vh - 1) * width + vw
+    src = xb.reshape(xb.size)
+    pred = full[:span]
+    offsets[:] = 0                           # the non-zero taps: plane-relative offsets
+    weights[:] = 0.0
+    taps = 0
+    for cc in range(channels):
+        for tz in range(kd):
+            for ty in range(kh):
+                for tx in range(kw):
+                    if k[n, c, cc, tz, ty, tx] != 0.0:
+                        offsets[taps] = ((cc * depth + tz * dil) * height + ty * dil) * width \
+                            + tx * dil
+                        weights[taps] = k[n, c, cc, tz, ty, tx]
+                        taps += 1
     for z in range(vd):
+        pred[:] = 0.0
+        plane = z * height * width
+        for t in range(0, taps, 4):
+            # slices, so the inner index is a bare loop counter: Numba's negative-index
+            # check then vanishes and the loop vectorises
+            o0, o1, o2, o3 = (plane + offsets[t], plane + offsets[t + 1],
+                              plane + offsets[t + 2], plane + offsets[t + 3])
+            s0, s1 = src[o0:o0 + span], src[o1:o1 + span]
+            s2, s3 = src[o2:o2 + span], src[o3:o3 + span]
+            w0, w1, w2, w3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
+            for i in range(span):
+                pred[i] = (((pred[i] + w0 * s0[i]) + w1 * s1[i]) + w2 * s2[i]) + w3 * s3[i]
         for y in range(vh):
-            row[:] = 0.0
-            for cc in range(channels):
-                for tz in range(kd):
-                    for ty in range(kh):
-                        src = xb[cc, z + tz * dil, y + ty * dil]
-                        for tx in range(kw):
-                            w = k[n, c, cc, tz, ty, tx]
-                            if w != 0.0:
-                                # a slice, so the inner index is a bare loop counter:
-                                # Numba's negative-index check then vanishes and the
-                                # loop vectorises (5x here)
-                                seg = src[tx * dil:tx * dil + vw]
-                                for i in range(vw):
-                                    row[i] += w * seg[i]
             target = xb[c, z + rz, y + ry, rx:rx + vw]
+            row = pred[y * width:y * width + vw]
             dst = out[z, y]
             for i in range(vw):
                 dst[i] = target[i] - row[i]
@@ -109,112 +137,151 @@ def _sums(flat, mean):
 
 
 @njit(cache=True, nogil=True)
-def _select(flat, sigma, ranks, bins, work):
-    """Order statistics ``sorted(|flat|)[ranks]`` (``ranks`` sorted), by histogram selection.
+def _count(codes, hist):
+    """``hist[code] += 1`` for every code (``hist`` is added to)."""
+    for code in codes:
+        hist[code] += 1
+
+
+@njit(cache=True, nogil=True)
+def _sort(values):
+    """Sort in place: insertion sort for the few values of a selection bin (Numba's
+    ``ndarray.sort`` costs ~0.5 µs a call even for four values), its sort beyond 32."""
+    if values.shape[0] > 32:
+        values.sort()
+        return
+    for i in range(1, values.shape[0]):
+        v = values[i]
+        j = i - 1
+        while j >= 0 and values[j] > v:
+            values[j + 1] = values[j]
+            j -= 1
+        values[j + 1] = v
+
+
+@njit(cache=True, nogil=True)
+def _select(flat, sigma, ranks, bins, work, counts, slot, out):
+    """Order statistics ``sorted(|flat|)[ranks]`` (``ranks`` sorted) into ``out``, by
+    histogram selection.
 
     Bins ``min(⌊|v| · nb / (4σ)⌋, nb − 1)`` are monotone in ``|v|`` (a product by a
     positive constant and a floor never swap two values), so the r-th smallest value lies
     in the bin where the cumulative count passes r, and only the wanted bins are sorted
     (values past 4σ share the last bin, which a heavy tail only makes larger).
+    ``bins``, ``work`` (≥ size), ``counts`` (≥ nb + 1) and ``slot`` (≥ nb, all −1, and
+    left so) are scratch.
     """
     size = flat.shape[0]
-    out = np.empty(ranks.shape[0], dtype=np.float64)
     if sigma == 0.0:
         out[:] = 0.0
-        return out
+        return
     nb = max(_HIST_BINS_MIN, size // 4)
     scale = nb / (4.0 * sigma)
-    counts = np.zeros(nb + 1, dtype=np.int64)
     top = nb - 1
-    for i in range(size):
-        b = min(int(abs(flat[i]) * scale), top)
-        bins[i] = b
-        counts[b + 1] += 1
-    for b in range(nb):                      # counts[b] = values in bins < b
-        counts[b + 1] += counts[b]
+    b = bins[:size]
+    for i in range(size):                    # bins only: vectorises
+        b[i] = min(int(abs(flat[i]) * scale), top) + 1
+    total = counts[:nb + 1]                  # then total[b] = values in bins < b
+    total[:] = 0
+    _count(b, total)
+    for j in range(1, nb + 1):
+        total[j] += total[j - 1]
     # the bin of each rank, and a slot (start in ``work``) for each distinct wanted bin
-    slot = np.full(nb, -1, dtype=np.int64)
     rank_bin = np.empty(ranks.shape[0], dtype=np.int64)
-    fill = np.zeros(nb, dtype=np.int64)
     used = 0
     for j in range(ranks.shape[0]):
         r = ranks[j]
-        lo, hi = 0, nb                       # largest b with counts[b] <= r
+        lo, hi = 0, nb                       # largest bin with total[bin] <= r
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if counts[mid] <= r:
+            if total[mid] <= r:
                 lo = mid
             else:
                 hi = mid
         rank_bin[j] = lo
         if slot[lo] < 0:
             slot[lo] = used
-            used += counts[lo + 1] - counts[lo]
-    for i in range(size):
-        s = slot[bins[i]]
+            used += total[lo + 1] - total[lo]
+    for i in range(size):                    # the wanted bins' values, bin after bin
+        s = slot[b[i] - 1]
         if s >= 0:
-            b = bins[i]
-            work[s + fill[b]] = abs(flat[i])
-            fill[b] += 1
-    done = np.full(nb, False)
+            work[s] = abs(flat[i])
+            slot[b[i] - 1] = s + 1
+    for j in range(ranks.shape[0]):          # slot[bin] is now its end in ``work``
+        lo = rank_bin[j]
+        end = slot[lo]
+        if end >= 0:
+            start = end - (total[lo + 1] - total[lo])
+            _sort(work[start:end])
+            slot[lo] = -1 - start            # sorted: remember its start as a negative
+        start = -1 - slot[lo]
+        out[j] = work[start + ranks[j] - total[lo]]
     for j in range(ranks.shape[0]):
-        b = rank_bin[j]
-        s = slot[b]
-        m = counts[b + 1] - counts[b]
-        if not done[b]:
-            work[s:s + m].sort()
-            done[b] = True
-        out[j] = work[s + ranks[j] - counts[b]]
-    return out
+        slot[rank_bin[j]] = -1
 
 
 @njit(cache=True, nogil=True)
-def _lbp_counts(e, lag, threshold, up, lo, mode):
-    """Pattern code counts of a 2-D residual (``e`` of shape (1, H, W)) at ``lag``.
+def _pattern_codes(e, lag, threshold, mode, up, lo):
+    """Pattern codes of a 2-D array ``e`` (H, W) at ``lag`` into ``up`` (and ``lo``),
+    row after row; returns their number.
 
-    ``mode`` 0: binary codes ``[e(q) >= e(p)]`` into ``up``; mode 1: ternary codes
+    ``mode`` 0: binary codes ``[e(q) >= e(p)]``; mode 1: ternary codes
     ``[e(q) > e(p) + t]`` into ``up`` and ``[e(q) < e(p) - t]`` into ``lo``.
     Neighbour ``k`` (bit ``k``) in circular order E, NE, N, NW, W, SW, S, SE.
     """
-    h, w = e.shape[1], e.shape[2]
+    h, w = e.shape
     m = w - 2 * lag
+    k = 0
     for y in range(lag, h - lag):
         # the 9 rows of the neighbourhood as slices (indices are bare loop counters, so
         # the comparisons vectorise)
-        a0, a1, a2 = e[0, y - lag, 0:m], e[0, y - lag, lag:lag + m], e[0, y - lag, 2 * lag:]
-        b0, b1, b2 = e[0, y, 0:m], e[0, y, lag:lag + m], e[0, y, 2 * lag:]
-        c0, c1, c2 = e[0, y + lag, 0:m], e[0, y + lag, lag:lag + m], e[0, y + lag, 2 * lag:]
+        a0, a1, a2 = e[y - lag, 0:m], e[y - lag, lag:lag + m], e[y - lag, 2 * lag:]
+        b0, b1, b2 = e[y, 0:m], e[y, lag:lag + m], e[y, 2 * lag:]
+        c0, c1, c2 = e[y + lag, 0:m], e[y + lag, lag:lag + m], e[y + lag, 2 * lag:]
+        u = up[k:k + m]
         if mode == 0:
             for x in range(m):
                 p = b1[x]
-                code = (np.int64(b2[x] >= p) | (np.int64(a2[x] >= p) << 1)
-                        | (np.int64(a1[x] >= p) << 2) | (np.int64(a0[x] >= p) << 3)
-                        | (np.int64(b0[x] >= p) << 4) | (np.int64(c0[x] >= p) << 5)
-                        | (np.int64(c1[x] >= p) << 6) | (np.int64(c2[x] >= p) << 7))
-                up[code] += 1
+                u[x] = (np.int32(b2[x] >= p) | (np.int32(a2[x] >= p) << 1)
+                        | (np.int32(a1[x] >= p) << 2) | (np.int32(a0[x] >= p) << 3)
+                        | (np.int32(b0[x] >= p) << 4) | (np.int32(c0[x] >= p) << 5)
+                        | (np.int32(c1[x] >= p) << 6) | (np.int32(c2[x] >= p) << 7))
         else:
+            d = lo[k:k + m]
             for x in range(m):
                 hi_ = b1[x] + threshold
                 lo_ = b1[x] - threshold
-                code = (np.int64(b2[x] > hi_) | (np.int64(a2[x] > hi_) << 1)
-                        | (np.int64(a1[x] > hi_) << 2) | (np.int64(a0[x] > hi_) << 3)
-                        | (np.int64(b0[x] > hi_) << 4) | (np.int64(c0[x] > hi_) << 5)
-                        | (np.int64(c1[x] > hi_) << 6) | (np.int64(c2[x] > hi_) << 7))
-                up[code] += 1
-                code = (np.int64(b2[x] < lo_) | (np.int64(a2[x] < lo_) << 1)
-                        | (np.int64(a1[x] < lo_) << 2) | (np.int64(a0[x] < lo_) << 3)
-                        | (np.int64(b0[x] < lo_) << 4) | (np.int64(c0[x] < lo_) << 5)
-                        | (np.int64(c1[x] < lo_) << 6) | (np.int64(c2[x] < lo_) << 7))
-                lo[code] += 1
+                u[x] = (np.int32(b2[x] > hi_) | (np.int32(a2[x] > hi_) << 1)
+                        | (np.int32(a1[x] > hi_) << 2) | (np.int32(a0[x] > hi_) << 3)
+                        | (np.int32(b0[x] > hi_) << 4) | (np.int32(c0[x] > hi_) << 5)
+                        | (np.int32(c1[x] > hi_) << 6) | (np.int32(c2[x] > hi_) << 7))
+                d[x] = (np.int32(b2[x] < lo_) | (np.int32(a2[x] < lo_) << 1)
+                        | (np.int32(a1[x] < lo_) << 2) | (np.int32(a0[x] < lo_) << 3)
+                        | (np.int32(b0[x] < lo_) << 4) | (np.int32(c0[x] < lo_) << 5)
+                        | (np.int32(c1[x] < lo_) << 6) | (np.int32(c2[x] < lo_) << 7))
+        k += m
+    return k
 
 
 @njit(cache=True, nogil=True)
-def _pattern_histogram(row, col, counts, table, n_bins, centres):
-    """Write the 256 code counts, binned by ``table`` and divided by ``centres``, into
-    ``row[col:col + n_bins]``; returns the next column."""
+def _pattern_histograms(e, lag, kinds, tables, n_bins, codes, hist, row, col):
+    """Binary pattern histograms of ``e`` (H, W) at ``lag``, one per kind, into
+    ``row[col:…]`` as frequencies; returns the next column."""
+    m = _pattern_codes(e, lag, 0.0, 0, codes, codes)
+    hist[:] = 0
+    _count(codes[:m], hist)
+    for kind in kinds:
+        col = _pattern_histogram(row, col, hist, tables[kind], n_bins[kind], m)
+    return col
+
+
+@njit(cache=True, nogil=True)
+def _pattern_histogram(row, col, hist, table, n_bins, centres):
+    """Write the 256 code counts ``hist``, binned by ``table`` and divided by
+    ``centres``, into ``row[col:col + n_bins]``; returns the next column."""
     row[col:col + n_bins] = 0.0
     for code in range(256):
-        row[col + table[code]] += counts[code]
+        row[col + table[code]] += hist[code]
     row[col:col + n_bins] /= centres
     return col + n_bins
 
@@ -230,8 +297,9 @@ def _quantise(flat, step, levels, out):
 
 
 @njit(cache=True, nogil=True)
-def _cooccurrence(q, base, order, lag, axis, counts):
-    """Counts of ``order``-tuples of the quantised residual ``q`` (D, H, W) along ``axis``."""
+def _tuple_codes(q, base, order, lag, axis, codes):
+    """Codes ``Σ_i q(p + i lag a) base^(order-1-i)`` of the ``order``-tuples of the
+    quantised residual ``q`` (D, H, W) along ``axis`` into ``codes``; returns their number."""
     d, h, w = q.shape
     span = (order - 1) * lag
     sd = span if axis == 0 else 0
@@ -240,29 +308,32 @@ def _cooccurrence(q, base, order, lag, axis, counts):
     step_d = lag if axis == 0 else 0
     step_h = lag if axis == 1 else 0
     step_w = lag if axis == 2 else 0
-    if order == 2:
-        m = w - sw
-        for z in range(d - sd):
-            for y in range(h - sh):
+    m = w - sw
+    k = 0
+    for z in range(d - sd):
+        for y in range(h - sh):
+            out = codes[k:k + m]
+            if order == 2:
                 a = q[z, y, 0:m]
                 b = q[z + step_d, y + step_h, step_w:step_w + m]
                 for x in range(m):
-                    counts[a[x] * base + b[x]] += 1
-        return
-    for z in range(d - sd):
-        for y in range(h - sh):
-            for x in range(w - sw):
-                code = 0
-                for i in range(order):
-                    code = code * base + q[z + i * step_d, y + i * step_h, x + i * step_w]
-                counts[code] += 1
+                    out[x] = a[x] * base + b[x]
+            else:
+                for x in range(m):
+                    code = 0
+                    for i in range(order):
+                        code = code * base + q[z + i * step_d, y + i * step_h, x + i * step_w]
+                    out[x] = code
+            k += m
+    return k
 
 
 @njit(cache=True, nogil=True)
 def describe_batch(x, k, dil, two_d, moments, ranks, low_slot, high_slot, frac, kinds,
                    ternary, ternary_kinds, tables, cooc_order, levels, step, lags, n_axes,
-                   out):
-    """Residual descriptors of every image and output channel into ``out`` (n, C, F).
+                   image_kinds, image_lags, out, image_out):
+    """Residual descriptors of every image and output channel into ``out`` (n, C, F),
+    and the image's own patterns into ``image_out`` (n, C, F').
 
     Parameters (all prepared by :func:`kernelbank.core.residual._compiled_describe`)
     ----------
@@ -282,7 +353,10 @@ def describe_batch(x, k, dil, two_d, moments, ranks, low_slot, high_slot, frac, 
     step : float, quantisation step in units of σ
     lags : (L,) int64
     n_axes : int, spatial axes of the images (co-occurrence axes)
+    image_kinds : (K'',) int64, the image's own pattern histograms (empty: none; 2-D)
+    image_lags : (L'',) int64, their lags in pixels
     out : (n, C, F) float64
+    image_out : (n, C, F') float64
     """
     n, channels = x.shape[0], x.shape[1]
     kd, kh, kw = k.shape[3], k.shape[4], k.shape[5]
@@ -292,8 +366,16 @@ def describe_batch(x, k, dil, two_d, moments, ranks, low_slot, high_slot, frac, 
     size = vd * vh * vw
     e = np.empty((vd, vh, vw), dtype=np.float64)
     flat = e.reshape(size)
-    bins = np.empty(size, dtype=np.int32)
+    full = np.empty(x.shape[3] * x.shape[4], dtype=np.float64)
+    offsets = np.empty(k[0].size + 3, dtype=np.int64)
+    weights = np.empty(k[0].size + 3, dtype=np.float64)
+    codes = np.empty(x.shape[2] * x.shape[3] * x.shape[4], dtype=np.int32)
+    lower = np.empty(codes.shape[0], dtype=np.int32)
     work = np.empty(size, dtype=np.float64)
+    nb = max(_HIST_BINS_MIN, size // 4)
+    select_counts = np.empty(nb + 1, dtype=np.int64)
+    slot = np.full(nb, -1, dtype=np.int64)
+    order = np.empty(ranks.shape[0], dtype=np.float64)
     quant = np.empty((vd, vh, vw), dtype=np.int32)     # 4 bytes a pixel: stays in cache
     up = np.zeros(256, dtype=np.int64)
     lo = np.zeros(256, dtype=np.int64)
@@ -302,15 +384,24 @@ def describe_batch(x, k, dil, two_d, moments, ranks, low_slot, high_slot, frac, 
     cooc = np.zeros(max(n_cooc, 1), dtype=np.int64)
     n_bins = np.array([10, 59])
     tiny = np.finfo(np.float64).tiny
+    needs_sigma = moments or ranks.shape[0] > 0 or ternary >= 0 or cooc_order > 0
     xb = np.empty(x.shape[1:], dtype=np.float64)
     for img in range(n):
         _widen(x, img, xb)
         for c in range(channels):
-            _residual(xb, k, img, c, dil, e)
+            col = 0
+            for li in range(image_lags.shape[0]):
+                # from the images' own dtype: widening never changes a comparison, and
+                # float32 compares twice as many pixels per instruction
+                col = _pattern_histograms(x[img, c, 0], image_lags[li], image_kinds, tables,
+                                          n_bins, codes, up, image_out[img, c], col)
+            _residual(xb, k, img, c, dil, full, offsets, weights, e)
             row = out[img, c]
-            total, square, absolute = _sums(flat, None)
-            mse = square / size
-            sigma = np.sqrt(mse)
+            total = square = absolute = mse = sigma = 0.0
+            if needs_sigma:
+                total, square, absolute = _sums(flat, None)
+                mse = square / size
+                sigma = np.sqrt(mse)
             safe = max(sigma, 1e-12)
             col = 0
             if moments:
@@ -325,7 +416,7 @@ def describe_batch(x, k, dil, two_d, moments, ranks, low_slot, high_slot, frac, 
                 row[3] = m4 / (var * var)
                 col = 4
             if ranks.shape[0] > 0:
-                order = _select(flat, sigma, ranks, bins, work)
+                _select(flat, sigma, ranks, codes, work, select_counts, slot, order)
                 for j in range(frac.shape[0]):
                     a = order[low_slot[j]] / safe
                     b = order[high_slot[j]] / safe
@@ -335,32 +426,28 @@ def describe_batch(x, k, dil, two_d, moments, ranks, low_slot, high_slot, frac, 
             for li in range(lags.shape[0]):
                 lag = lags[li]
                 if two_d and kinds.shape[0] > 0:
-                    up[:] = 0
-                    _lbp_counts(e, lag, 0.0, up, lo, 0)
-                    centres = (vh - 2 * lag) * (vw - 2 * lag)
-                    for kind in kinds:
-                        col = _pattern_histogram(row, col, up, tables[kind], n_bins[kind],
-                                                 centres)
+                    col = _pattern_histograms(e[0], lag, kinds, tables, n_bins, codes, up,
+                                              row, col)
                 if two_d and ternary >= 0:
+                    m = _pattern_codes(e[0], lag, ternary * sigma, 1, codes, lower)
                     up[:] = 0
                     lo[:] = 0
-                    _lbp_counts(e, lag, ternary * sigma, up, lo, 1)
-                    centres = (vh - 2 * lag) * (vw - 2 * lag)
+                    _count(codes[:m], up)
+                    _count(lower[:m], lo)
                     for half in range(2):
                         counts = up if half == 0 else lo
                         for kind in ternary_kinds:
                             col = _pattern_histogram(row, col, counts, tables[kind],
-                                                     n_bins[kind], centres)
+                                                     n_bins[kind], m)
                 if cooc_order > 0:
                     if not quantised:
                         q_step = max(step * safe, tiny)
                         _quantise(flat, q_step, levels, quant.reshape(size))
                         quantised = True
                     for axis in range(3 - n_axes, 3):
+                        m = _tuple_codes(quant, base, cooc_order, lag, axis, codes)
                         cooc[:] = 0
-                        _cooccurrence(quant, base, cooc_order, lag, axis, cooc)
-                        span = (cooc_order - 1) * lag
-                        tuples = size // quant.shape[axis] * (quant.shape[axis] - span)
+                        _count(codes[:m], cooc)
                         for b in range(n_cooc):
-                            row[col + b] = cooc[b] / tuples
+                            row[col + b] = cooc[b] / m
                         col += n_cooc

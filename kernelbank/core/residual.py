@@ -335,13 +335,6 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     vector = kernels.ndim == batch.ndim + 1
     ndim = batch.ndim - (2 if vector else 1)
     spec.check_ndim(ndim)
-    if spec.image_patterns:        # the image's patterns: the same sweep, a zero kernel
-        own = describe_residuals(batch, kernels, dilation,
-                                 replace(spec, image_patterns=()), engine=engine)
-        zero = kernels.new_zeros(kernels.shape[:kernels.ndim - ndim] + (1,) * ndim)
-        image = describe_residuals(batch, zero, 1, spec.image_spec(int(dilation)),
-                                   engine=engine)
-        return torch.cat([own, image], 1)
     # autograd needs the torch engine (the moments are differentiable there)
     compiled = engine == "compiled" or (
         engine == "auto" and batch.device.type == "cpu"
@@ -351,6 +344,13 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
             raise ValueError(f"the compiled engine runs on CPU tensors, got a batch on "
                              f"{batch.device}; use engine='torch' (or 'auto')")
         return _compiled_describe(batch, kernels, dilation, spec)
+    if spec.image_patterns:        # the image's patterns: the same sweep, a zero kernel
+        own = describe_residuals(batch, kernels, dilation,
+                                 replace(spec, image_patterns=()), engine=engine)
+        zero = kernels.new_zeros(kernels.shape[:kernels.ndim - ndim] + (1,) * ndim)
+        image = describe_residuals(batch, zero, 1, spec.image_spec(int(dilation)),
+                                   engine=engine)
+        return torch.cat([own, image], 1)
     e = residuals(batch, kernels, dilation)
     if vector:                 # every channel's residual described as an image of its own
         n = e.shape[0]
@@ -384,16 +384,19 @@ def _width(spec: ResidualDescriptors, ndim: int) -> int:
 
 def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int,
                        spec: ResidualDescriptors) -> torch.Tensor:
-    """:func:`describe_residuals` by the fused engine of :mod:`kernelbank.core._fused`."""
+    """:func:`describe_residuals` by the fused engine of :mod:`kernelbank.core._fused`
+    (the image's own patterns in the same call: its sweep reads the same widened image)."""
     from . import _fused              # compiled (or loaded from its cache) on first use
 
     vector, lead, ndim, _, valid = _check_residual_args(batch, kernels, dilation)
-    if min(valid) <= 2 * spec.max_lag:
-        raise ValueError(f"the residual at dilation {dilation} has shape {valid}, too small "
-                         f"for lag {spec.max_lag}; use smaller lags or dilations")
+    spatial = tuple(batch.shape[lead:])
+    image_lags = [g * int(dilation) for g in spec.lags] if spec.image_patterns else [0]
+    for shape, lag, at in ((valid, spec.max_lag, dilation), (spatial, max(image_lags), 1)):
+        if min(shape) <= 2 * lag:
+            raise ValueError(f"the residual at dilation {at} has shape {shape}, too small "
+                             f"for lag {lag}; use smaller lags or dilations")
     n = batch.shape[0]
     channels = batch.shape[1] if vector else 1
-    spatial = tuple(batch.shape[lead:])
     window = tuple(kernels.shape[2 * lead - 1:])
     pad = (1,) * (3 - ndim)
     # (n, C, D, H, W) views; the kernel is rounded to the images' dtype as the torch
@@ -405,17 +408,19 @@ def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     ranks, low, high, frac = _quantile_positions(spec.quantiles, size) if spec.quantiles \
         else (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
               np.empty(0, np.float64))
-    kinds = np.array([_KIND_INDEX[kind] for kind in spec.patterns], dtype=np.int64)
-    ternary_kinds = np.array([_KIND_INDEX[kind] for kind in spec.patterns or ("ri",)],
-                             dtype=np.int64)
-    width = _width(spec, ndim)
-    out = np.zeros((n, channels, width), dtype=np.float64)
+    kinds = [np.array([_KIND_INDEX[kind] for kind in kinds], dtype=np.int64)
+             for kinds in (spec.patterns, spec.patterns or ("ri",), spec.image_patterns)]
+    out = np.zeros((n, channels, _width(spec, ndim)), dtype=np.float64)
+    image_out = np.zeros((n, channels, len(spec.image_names())), dtype=np.float64)
     _fused.describe_batch(x, k, int(dilation), ndim == 2, spec.moments, ranks.astype(np.int64),
-                          low.astype(np.int64), high.astype(np.int64), frac, kinds,
-                          -1.0 if spec.ternary is None else float(spec.ternary),
-                          ternary_kinds, _TABLES, int(spec.cooccurrence), int(spec.levels),
-                          float(spec.step), np.asarray(spec.lags, dtype=np.int64), ndim, out)
-    return torch.from_numpy(out.reshape(n, channels * width)).to(batch.device)
+                          low.astype(np.int64), high.astype(np.int64), frac, kinds[0],
+                          -1.0 if spec.ternary is None else float(spec.ternary), kinds[1],
+                          _TABLES, int(spec.cooccurrence), int(spec.levels),
+                          float(spec.step), np.asarray(spec.lags, dtype=np.int64), ndim,
+                          kinds[2], np.asarray(image_lags if spec.image_patterns else [],
+                                               dtype=np.int64), out, image_out)
+    found = np.concatenate([out.reshape(n, -1), image_out.reshape(n, -1)], 1)
+    return torch.from_numpy(found).to(batch.device)
 
 
 def _describe(e: torch.Tensor, spec: ResidualDescriptors, ndim: int,

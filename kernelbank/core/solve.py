@@ -4,7 +4,9 @@ Each problem is ``α = (G + λ n I)⁻¹ h``, with ``n`` the number of pixels th
 over, so that the ridge ``λ`` means the same for a 64×64 patch and a 4k image. ``G`` is
 scaled to unit diagonal (Jacobi) before a batched Cholesky; problems whose factorisation
 fails (a constant image with ``ridge=0``, linearly dependent kernels) fall back to the
-minimum-norm solution from an eigendecomposition. Everything stays on the input's device.
+minimum-norm solution from an eigendecomposition. Everything stays on the input's device;
+small float64 systems on a CPU are factorised by a compiled loop
+(:mod:`kernelbank.core._fused_solve`), the rest by torch's batched LAPACK calls.
 
 The AR model of a :class:`~kernelbank.core.basis.Basis` is algebra on ``A = Σ_p z zᵀ``:
 output channel ``c`` combines the rows ``S_c`` and predicts the row ``τ_c``, so
@@ -54,6 +56,20 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torc
     """
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
+    solve = _compiled_solve if _compiled_wins(gram, rhs, n_pixels) else _torch_solve
+    solution, failed = solve(gram, rhs, n_pixels, ridge)
+    if warn and failed:
+        warnings.warn(
+            f"{failed} of {rhs[..., 0].numel()} Gram matrices were singular; their "
+            "coefficients are minimum-norm least-squares solutions. A ridge > 0 avoids "
+            "this.", SingularGramWarning, stacklevel=2)
+    return solution
+
+
+def _torch_solve(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor,
+                 ridge: float) -> tuple[torch.Tensor, int]:
+    """Batched Cholesky of the Jacobi-scaled systems (any device, autograd); returns the
+    solutions and how many problems took the pseudo-inverse fallback."""
     # the diagonal of G + λnI, then one new matrix D (G + λnI) D, scaled in place
     diag = torch.diagonal(gram, dim1=-2, dim2=-1) + (ridge * n_pixels.to(gram.dtype))[..., None]
     scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(),
@@ -75,12 +91,37 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torc
     if failed.any():
         solution = solution.clone()
         solution[failed] = _pinv_solve(a_scaled[failed], b_scaled[failed])
-        if warn:
-            warnings.warn(
-                f"{int(failed.sum())} of {failed.numel()} Gram matrices were singular; "
-                "their coefficients are minimum-norm least-squares solutions. A ridge > 0 "
-                "avoids this.", SingularGramWarning, stacklevel=2)
-    return solution * scale
+    return solution * scale, int(failed.sum())
+
+
+def _compiled_wins(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor) -> bool:
+    """Whether the compiled CPU loop (:mod:`kernelbank.core._fused_solve`) takes the
+    batch: float64 problems of up to 80 unknowns (the full radius-4 basis) on a CPU, no
+    autograd, no broadcasting. Measured on one thread, 512 problems: 3.5× faster than
+    LAPACK's batched calls at m = 24, 5.4× at 48, 4.3× at 80. Not chosen by batch size,
+    so an image's coefficients do not depend on the batch it was fitted in."""
+    return (gram.device.type == "cpu" and gram.dtype == rhs.dtype == torch.float64
+            and not (gram.requires_grad or rhs.requires_grad) and gram.shape[-1] <= 80
+            and gram.shape[:-1] == rhs.shape and rhs.shape[:-1] == n_pixels.shape)
+
+
+def _compiled_solve(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor,
+                    ridge: float) -> tuple[torch.Tensor, int]:
+    """:func:`_torch_solve` by the compiled loop; the problems it flags (ill-conditioned,
+    singular) are re-solved by the torch path, with its pseudo-inverse fallback."""
+    from ._fused_solve import ridge_solve        # compiled (or loaded) on first use
+
+    shape, m = rhs.shape, rhs.shape[-1]
+    g, h = gram.reshape(-1, m, m), rhs.reshape(-1, m)
+    count = n_pixels.reshape(-1).to(torch.float64)
+    out = torch.empty_like(h)
+    failed = torch.empty(len(h), dtype=torch.bool)
+    ridge_solve(g.detach().numpy(), h.detach().numpy(), count.numpy(), float(ridge),
+                out.numpy(), failed.numpy())
+    singular = 0
+    if failed.any():
+        out[failed], singular = _torch_solve(g[failed], h[failed], count[failed], ridge)
+    return out.reshape(shape), singular
 
 
 def _pinv_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,12 +69,13 @@ def test_engines_agree_in_2d(family, radius):
 
 @pytest.mark.parametrize("family", ["full", "isotropic"])
 def test_engines_agree_with_channels(family):
+    spec = ResidualDescriptors(image_patterns=("ri",))
     basis = getattr(kb.Basis, family)(2, channels=3)
     x = _images((2, 3, 30, 27), seed=7)
     for dilation in (1, 2, 3):
         kernels = kb.fit(x, basis.with_dilation(dilation), normalize=False).kernels
-        a, b = _both(x, kernels, dilation)
-        assert a.shape == (2, 3 * len(kb.residual_descriptor_names()))
+        a, b = _both(x, kernels, dilation, spec)
+        assert a.shape == (2, len(kb.residual_descriptor_names(spec, channels=3)))
         torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
 
 
@@ -96,13 +98,16 @@ def test_engines_agree_in_3d(family):
     ResidualDescriptors(moments=False, quantiles=(0.0, 0.5, 1.0, 0.333), patterns=("ri",),
                         cooccurrence=0, lags=(2,)),
     ResidualDescriptors(quantiles=(), patterns=(), cooccurrence=4, levels=3, step=0.3),
-], ids=["ternary-nri-lags", "ternary-triples", "quantile-ends", "quadruples"])
+    # the image's own patterns: the compiled engine takes them in the same call
+    ResidualDescriptors(image_patterns=("nri", "ri"), lags=(1, 2)),
+], ids=["ternary-nri-lags", "ternary-triples", "quantile-ends", "quadruples", "image"])
 def test_engines_agree_on_every_option(spec):
     x = _images((3, 34, 31), seed=11)
-    fitted = kb.fit(x, kb.Basis.full(2), normalize=False)
-    a, b = _both(x, fitted.kernels, 1, spec)
-    assert a.shape == (3, len(spec.names(2)))
-    torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
+    for dilation in (1, 3):
+        fitted = kb.fit(x, kb.Basis.full(2).with_dilation(dilation), normalize=False)
+        a, b = _both(x, fitted.kernels, dilation, spec)
+        assert a.shape == (3, len(spec.names(2)))
+        torch.testing.assert_close(a, b, rtol=0, atol=ATOL)
 
 
 def test_engines_agree_on_ties():
@@ -132,8 +137,9 @@ def test_float32_images_are_widened_exactly():
     # torch engine rounds them) and works in float64: the same as on the widened copy
     x = _images((3, 28, 29), seed=2).to(torch.float32)
     kernels = kb.fit(x, kb.Basis.full(2), normalize=False).kernels.to(torch.float32)
-    single = describe_residuals(x, kernels, 1, engine="compiled")
-    widened = describe_residuals(x.double(), kernels.double(), 1, engine="compiled")
+    spec = ResidualDescriptors(image_patterns=("ri", "nri"))   # these read x as it is
+    single = describe_residuals(x, kernels, 1, spec, engine="compiled")
+    widened = describe_residuals(x.double(), kernels.double(), 1, spec, engine="compiled")
     assert torch.equal(single, widened)
     # and the torch engine, in float32, agrees to float32 rounding on the moments
     reference = describe_residuals(x, kernels, 1, engine="torch")
@@ -149,6 +155,10 @@ def test_auto_picks_compiled_on_cpu_and_checks_its_arguments():
         describe_residuals(x, kernels, 1, engine="numba")
     with pytest.raises(ValueError, match="too small for lag"):
         describe_residuals(x, kernels, 1, ResidualDescriptors(lags=(9,)), engine="compiled")
+    with pytest.raises(ValueError, match="too small for lag 10"):   # the image's, lag 5 × 2
+        describe_residuals(x, kb.fit(x, kb.Basis.full(1, dilation=2)).kernels, 2,
+                           ResidualDescriptors(lags=(5,), image_patterns=("ri",), patterns=(),
+                                               cooccurrence=0), engine="compiled")
 
 
 @pytest.mark.parametrize("radius", [1, 2, 3, 4])
@@ -193,9 +203,12 @@ def test_compiled_engine_is_loaded_from_its_cache_by_a_new_process():
               "describe_residuals(x, torch.zeros(2, 3, 3, dtype=torch.float64), 1, "
               "engine='compiled'); "
               "from kernelbank.core._fused_lags import compiled_lag_window_sums; "
-              "compiled_lag_window_sums(x, 2, 1, torch.zeros(2, dtype=torch.float64))")
+              "compiled_lag_window_sums(x, 2, 1, torch.zeros(2, dtype=torch.float64)); "
+              "from kernelbank.core.solve import solve_normal_equations as solve; "
+              "solve(torch.eye(3).repeat(2, 1, 1).double(), x[:, 0, :3], torch.ones(2))")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                NUMBA_DEBUG_CACHE="1")
+    engines = ("describe_batch", "_window_sums", "ridge_solve")
     runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                            text=True, timeout=600) for _ in range(2)]
     for run in runs:
@@ -203,8 +216,33 @@ def test_compiled_engine_is_loaded_from_its_cache_by_a_new_process():
     loaded = [line.split("data loaded from ", 1)[1].strip().strip("'\"")
               for line in runs[1].stdout.splitlines() if "data loaded from" in line]
     engine_files = [Path(path) for path in loaded
-                    if "describe_batch" in path or "_window_sums" in path]
-    assert any("describe_batch" in path.name for path in engine_files), runs[1].stdout
-    assert any("_window_sums" in path.name for path in engine_files), runs[1].stdout
+                    if any(name in path for name in engines)]
+    for name in engines:
+        assert any(name in path.name for path in engine_files), (name, runs[1].stdout)
     assert all(path.is_file() for path in engine_files)
     assert "data saved to" not in runs[1].stdout, runs[1].stdout
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-6])
+def test_solve_engines_agree_and_fall_back_alike(ridge):
+    # the compiled batched Cholesky (kernelbank.core._fused_solve) against the torch
+    # path, on real Grams (well conditioned) and singular ones (a constant image, a
+    # repeated regressor): the flagged problems take the same pseudo-inverse fallback
+    from kernelbank.core.solve import SingularGramWarning, _compiled_wins, _torch_solve
+
+    x = _images((10, 24, 23), seed=4)
+    x[3] = 1.0                                             # constant: G of rank one
+    fitted = kb.fit(x, kb.Basis.full(1), normalize=False, ridge=ridge)
+    gram, rhs = fitted.gram.clone(), fitted.rhs.clone()
+    gram[5, :, 1], gram[5, 1, :] = gram[5, :, 0], gram[5, 0, :]   # regressor 1 = 0
+    gram[5, 1, 1], rhs[5, 1] = gram[5, 0, 0], rhs[5, 0]
+    count = fitted.n_pixels
+    assert _compiled_wins(gram, rhs, count)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = kb.core.solve.solve_normal_equations(gram, rhs, count, ridge, warn=True)
+    reference, failed = _torch_solve(gram, rhs, count, ridge)
+    # singular only without a ridge; then the same problems are flagged and warned of
+    assert (failed >= 2) == (ridge == 0) == any(
+        issubclass(w.category, SingularGramWarning) for w in caught)
+    torch.testing.assert_close(compiled, reference, rtol=0, atol=1e-10)
