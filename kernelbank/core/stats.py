@@ -67,8 +67,10 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _lowest(rows: np.ndarray, priority: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` rows of lowest priority, sorted (ties broken by the row values)."""
-    order = np.lexsort(tuple(rows.T[::-1]) + (priority,))[:k]
+    """The ``k`` rows of lowest priority, sorted by it. Equal priorities are equal rows
+    (the priority hashes the row's bytes), so their order changes nothing; a lexsort by
+    the row values as well took 1.9 ms a merge (25 CPU-s of a million-image run)."""
+    order = np.argsort(priority, kind="stable")[:k]
     return rows[order], priority[order]
 
 
