@@ -265,7 +265,7 @@ def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: boo
     order: list[int] = []
     for indices, batch in front.groups:
         check_finite(batch, indices)
-        for _, part in chunks(batch):
+        for part in chunks(batch):
             rows = []
             for s, level in levels(part, scale_list, normalize):
                 grams, sums = regressor_grams(level, basis, dilation_list, with_sums=return_sums)
@@ -334,17 +334,14 @@ def image_statistics(images: ImageBatch, basis: Basis, *,
 
     Parameters
     ----------
-    images : as :func:`fit`
+    images, ridge, normalize, grid : as :func:`fit`
     basis : Basis
         The basis of the own-kernel coefficients; the window sums cover its full window.
     dilations, scales : sequence of int, optional
         Entries are every (scale, dilation) pair, scale-major; default: the basis's
         dilation, scale 1.
-    ridge, normalize : as :func:`fit`
     descriptors : bool or ResidualDescriptors, default=True
-        Also describe each own-kernel residual (``True``: :func:`default_descriptors`).
-    grid : int, optional
-        Also keep the window sums per cell of a ``grid``-per-axis partition.
+        As :func:`fit`, but on by default.
 
     Returns
     -------
