@@ -634,11 +634,7 @@ def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: tor
     table = int(np.prod(plan.table_shapes()["corners"]))
     # budgets per channel: one pair of channels is what a product reads
     chunk = max(1, min(_LAYOUT_ELEMENTS // images[0, 0].numel(), _TABLE_ELEMENTS // table))
-    crosses, firsts = [], []
-    for i0 in range(0, images.shape[0], chunk):
-        layouts = [_Layout(plan, images[i0:i0 + chunk, c], shift[i0:i0 + chunk, c])
-                   for c in range(images.shape[1])]
-        cross, first = _assemble(layouts)
-        crosses.append(cross)
-        firsts.append(first)
-    return torch.cat(crosses), torch.cat(firsts)
+    parts = [_assemble([_Layout(plan, images[i0:i0 + chunk, c], shift[i0:i0 + chunk, c])
+                        for c in range(images.shape[1])])
+             for i0 in range(0, images.shape[0], chunk)]
+    return torch.cat([cross for cross, _ in parts]), torch.cat([first for _, first in parts])
