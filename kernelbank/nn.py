@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core.basis import Basis
-from .core import ChannelBasis
 from .core.images import normalize_images
 
 __all__ = ["ModelConfig", "METRIC_NAMES", "residual_metrics", "ResidualMetrics",
@@ -110,19 +109,19 @@ class ResidualMetrics(nn.Module):
 
 
 # ---------------------------------------------------------------------------- the bank
-def project_kernels(kernels: torch.Tensor, basis: Basis | ChannelBasis) -> torch.Tensor:
+def project_kernels(kernels: torch.Tensor, basis: Basis) -> torch.Tensor:
     """Least-squares coefficients ``c`` with ``c @ basis.kernels ≈ kernels``.
 
     Parameters
     ----------
-    kernels : torch.Tensor of shape (M, *window), or (M, C, C, *window) for a ChannelBasis
+    kernels : torch.Tensor of shape (M, *window), or (M, C, C, *window) with C channels
         Kernels on a window of radius at most ``basis.radius`` (a smaller window is
         zero-padded to the basis window). Their (masked) centre is ignored.
-    basis : Basis or ChannelBasis
+    basis : Basis
 
     Returns
     -------
-    torch.Tensor of shape (M, basis.n_components), or (M, C, m) for a ChannelBasis, float64
+    torch.Tensor of shape (M, basis.n_components), or (M, C, m) with C channels, float64
         Exact when the kernels lie in the span of the basis (e.g. any centre-masked
         kernel with a ``full`` basis); otherwise the orthogonal projection (ring
         averages for an ``isotropic`` basis), output channel by output channel.
@@ -158,9 +157,9 @@ class LearnableKernelBank(nn.Module):
 
     Parameters
     ----------
-    basis : Basis or ChannelBasis
+    basis : Basis
         Basis of the kernels (its dilation is ignored; ``dilations`` decides). A
-        ChannelBasis of ``C`` channels makes vector kernels and takes (N, C, *spatial).
+        Basis of ``C`` channels makes vector kernels and takes (N, C, *spatial).
     dilations : sequence of int, default=(1, 2, 4)
         Tap spacings; each gets its own ``n_kernels`` kernels.
     n_kernels : int, default=8
@@ -177,11 +176,11 @@ class LearnableKernelBank(nn.Module):
         ``state_dict``
     """
 
-    def __init__(self, basis: Basis | ChannelBasis, dilations: Sequence[int] = (1, 2, 4),
+    def __init__(self, basis: Basis, dilations: Sequence[int] = (1, 2, 4),
                  n_kernels: int = 8, gain: bool = False, device=None, dtype=None):
         super().__init__()
-        if not isinstance(basis, (Basis, ChannelBasis)):
-            raise TypeError(f"basis must be a kernelbank.Basis or ChannelBasis, got "
+        if not isinstance(basis, Basis):
+            raise TypeError(f"basis must be a kernelbank.Basis, got "
                             f"{type(basis).__name__}")
         dilations = tuple(int(d) for d in dilations)
         if not dilations or min(dilations) < 1:
@@ -206,7 +205,7 @@ class LearnableKernelBank(nn.Module):
         """The current kernels, centre exactly 0 (each output channel's own centre).
 
         Shape (n_dilations, n_kernels, *window), or (n_dilations, n_kernels, C, C,
-        *window) for a ChannelBasis.
+        *window) for a Basis of C channels.
         """
         if self.basis.channels == 1:
             return torch.tensordot(self.coef, self.basis_kernels, dims=([-1], [0]))
@@ -289,9 +288,9 @@ class ModelConfig:
     dropout : float, default=0.0
     ndim : int, default=2
     channels : int, default=1
-        Channels of the images; above 1, vector kernels (a ChannelBasis).
+        Channels of the images; above 1, vector kernels (a Basis of C channels).
     centre_mask : {"own", "all"}, default="own"
-        Centre taps masked in vector kernels (see :class:`ChannelBasis`).
+        Centre taps masked in vector kernels (see :class:`~kernelbank.core.basis.Basis`).
     """
 
     class_names: tuple[str, ...]
@@ -348,7 +347,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def make_basis(self) -> Basis | ChannelBasis:
+    def make_basis(self) -> Basis:
         if self.basis == "custom":
             raise ValueError("a 'custom' basis is not described by the config; pass basis=")
         builder = Basis.isotropic if self.basis == "isotropic" else Basis.full
@@ -533,8 +532,7 @@ def load_model(path_or_file: str | BinaryIO, map_location: str | torch.device = 
     if config.basis != "custom":
         basis = config.make_basis()
     elif config.channels > 1:
-        basis = ChannelBasis.from_kernels(meta["kernels"], centre_mask=config.centre_mask,
-                                          atol=1e-12)
+        basis = Basis.from_kernels(meta["kernels"], centre_mask=config.centre_mask, atol=1e-12)
     else:
         basis = Basis.from_kernels(meta["kernels"], atol=1e-12)
     model = EndToEndClassifier(config, basis=basis)

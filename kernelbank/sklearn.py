@@ -37,7 +37,6 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from .core.bank import KernelBank
 from .core.basis import Basis
-from .core import ChannelBasis
 from .core.features import ar_feature_names, ar_features, bank_feature_names, bank_features
 from .core.fit import fit as fit_images
 from .core.likelihood import UNKNOWN, LikelihoodClassifier
@@ -92,7 +91,7 @@ class _ImageInput:
             raise ValueError(f"channels must be an integer >= 1, got {self.channels!r}")
         return int(self.channels)
 
-    def _basis(self) -> Basis | ChannelBasis:
+    def _basis(self) -> Basis:
         if self.basis not in _BASES:
             raise ValueError(f"basis must be one of {_BASES}, got {self.basis!r}")
         if not isinstance(self.radius, (int, np.integer)) or self.radius < 1:
@@ -168,7 +167,7 @@ class ARFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    basis_ : Basis or ChannelBasis
+    basis_ : Basis
     feature_names_out_ : list of str
     n_features_in_ : int
         Only when fitted on 2-D ``X``.
@@ -446,7 +445,7 @@ class ResidualFeatures(_ImageInput, _NamedFeatures, TransformerMixin, BaseEstima
 
     Attributes
     ----------
-    basis_ : Basis or ChannelBasis
+    basis_ : Basis
     descriptors_ : ResidualDescriptors
     feature_names_out_ : list of str
     n_features_in_ : int

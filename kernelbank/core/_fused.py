@@ -13,10 +13,8 @@ process):
    each tap one long multiply-add over the full-width rows (:func:`_residual`);
 2. ``Σe``, ``Σe²``, ``Σ|e|`` and the centred moments (two sweeps of the cache-resident
    residual, exactly the reference's definitions);
-3. quantiles of ``|e| / σ`` by *exact selection*: a histogram of ``|e|`` on bins of
-   width ``4σ / nb`` (monotone in the value) finds the bin of each wanted rank, and
-   only those bins' values are sorted; the linear interpolation between order statistics is the
-   reference's (``torch.quantile``'s) to the last bit of its definition;
+3. quantiles of ``|e| / σ`` by exact selection (:func:`_select`: only the histogram bins
+   holding the wanted ranks are sorted), interpolated as ``torch.quantile`` does;
 4. local binary / ternary pattern codes (8 neighbours at each lag) counted in a
    256-bin histogram, mapped to the ``ri`` / ``nri`` bins by the same lookup tables;
 5. quantised co-occurrence tuples along each axis counted in their histogram;
@@ -29,11 +27,9 @@ vectorises (a scattered increment in the same loop keeps it scalar: 1.6× here),
 
 Notes
 -----
-Everything is float64 whatever the images' dtype (float32 images are read and widened
-on the fly), so for float32 images the descriptors are those of the *exact* residual,
-while the torch reference forms it in float32: the two then agree to float32 rounding
-(a count can move by one pixel where a comparison is within rounding of a tie). For
-float64 images the engines agree to summation order (tests: 1e-9).
+Everything is float64 whatever the images' dtype (float32 images are widened on the fly);
+how far the engines then agree is in the Notes of
+:func:`~kernelbank.core.residual.describe_residuals`.
 """
 
 from __future__ import annotations

@@ -58,12 +58,6 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _tile_width(radius: int) -> int:
-    """Columns per matrix-product tile: wide enough to amortise its 4r-column halo
-    (fastest measured: 8 for radius ≤ 2, 16 for radius 4)."""
-    return max(8, 4 * radius)
-
-
 # ---------------------------------------------------------------------------- run sums
 def _runs(low: torch.Tensor, high: torch.Tensor, dim: int,
           core: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,20 +126,6 @@ class _Axis:
         return _runs(blocks[0], blocks[1], -1, core).movedim(-1, dim)
 
 
-def _plane_runs(values: torch.Tensor, dim: int, axis: _Axis | None, planes: int,
-                p0: int, p1: int) -> torch.Tensor:
-    """Run sums over planes of values given for planes ``[p0, p1)`` (2-D: one plane)."""
-    if axis is None:
-        return values.to(torch.float64)
-    if (p0, p1) != (0, planes):
-        shape = list(values.shape)
-        shape[dim] = planes
-        full = values.new_zeros(shape)
-        full.narrow(dim, p0, p1 - p0).copy_(values)
-        values = full
-    return axis.runs(values, dim)
-
-
 # ---------------------------------------------------------------------------- layout
 def _taps(radius: int, ndim: int) -> np.ndarray:
     """Window taps as (plane, row, column) coordinates in C order, shape (t, 3)."""
@@ -170,7 +150,9 @@ class _Plan:
         self.radius, self.dilation, self.ndim = r, d, ndim
         self.planes = shape[0] if ndim == 3 else 1
         self.height, image_width = shape[-2:]
-        self.tile = _tile_width(r)
+        # columns per product tile: enough to amortise the 4r-column halo (fastest
+        # measured: 8 for radius ≤ 2, 16 for radius 4)
+        self.tile = max(8, 4 * r)
         self.widths = [_ceil_div(image_width - phase, d) for phase in range(d)]
         self.offsets = [sum(self.widths[:phase]) for phase in range(d)]
         self.image_width = image_width
@@ -188,10 +170,7 @@ class _Plan:
         # 0/1 run membership of every column and row, in the images' dtype
         self.column_runs = constant(self.column_axis.membership(self.width).T)   # (Sc, width)
         self.row_runs = constant(self.row_axis.membership(self.height).T)        # (Sr, rows)
-        core = np.zeros(self.width)
-        for start, stop in self.column_axis.core:
-            core[start:stop] = 1
-        self.core_columns = constant(core)
+        self.core_columns = self.column_runs.amin(0)       # in every columns run: the core
         # corners: rows group (top, bottom) × residue × 4r (2r rows + 2r partner rows);
         # columns side (left, right) × phase × 6r (2r columns + 2r halo each side)
         reach = r * d
@@ -212,6 +191,19 @@ class _Plan:
             p0, p1 = max(0, -shift), min(self.planes, self.planes - shift)
             if p0 < p1:
                 yield index, shift, p0, p1
+
+    def plane_runs(self, values: torch.Tensor, dim: int, p0: int = 0,
+                   p1: int | None = None) -> torch.Tensor:
+        """Run sums over planes of values given for planes ``[p0, p1)`` (2-D: one plane)."""
+        if self.plane_axis is None:
+            return values.to(torch.float64)
+        if (p0, p1) not in ((0, None), (0, self.planes)):
+            shape = list(values.shape)
+            shape[dim] = self.planes
+            full = values.new_zeros(shape)
+            full.narrow(dim, p0, p1 - p0).copy_(values)
+            values = full
+        return self.plane_axis.runs(values, dim)
 
     def table_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the run tables of :class:`_RunSums`, without the image axis."""
@@ -343,7 +335,7 @@ class _Layout:
             part = part.view(-1, plan.width) @ plan.column_runs.T
             boxes = boxes + part.to(torch.float64)
         boxes = boxes.view(2 * plan.radius + 1, plan.planes, self.n, 2 * plan.radius + 1)
-        boxes = _plane_runs(boxes, 1, plan.plane_axis, plan.planes, 0, plan.planes)
+        boxes = plan.plane_runs(boxes, 1)
         return boxes.permute(0, 3, 1, 2)
 
 
@@ -379,10 +371,6 @@ class _RunSums:
         self._edge_rows()
         self._corners()
 
-    def _plane_runs(self, values: torch.Tensor, dim: int, p0: int, p1: int) -> torch.Tensor:
-        plan = self.plan
-        return _plane_runs(values, dim, plan.plane_axis, plan.planes, p0, p1)
-
     def _core_rows(self) -> None:
         """Core rows × all columns: one batched product per (row block, plane lag, row lag)."""
         lay, plan = self.layout, self.plan
@@ -416,8 +404,8 @@ class _RunSums:
                     total = runs.to(torch.float64)
                 else:
                     total += runs
-            runs = self._plane_runs(total.view(2 * r + 1, planes, n, 2 * r + 1, 4 * r + 1),
-                                    1, p0, p1)                       # (Li, Sp, n, Sc, Lj)
+            runs = plan.plane_runs(total.view(2 * r + 1, planes, n, 2 * r + 1, 4 * r + 1),
+                                   1, p0, p1)                        # (Li, Sp, n, Sc, Lj)
             self.core[lag_index] = runs.permute(0, 3, 4, 1, 2)
 
     def _edge_rows(self) -> None:
@@ -450,7 +438,7 @@ class _RunSums:
             # (Lj, δ, group, P', n, 2r, Li) → sum the δ rows of each block
             band = band.reshape(4 * r + 1, d, 2, planes, n, 2 * r, 2 * r + 1).sum(1)
             runs = _runs(band[:, 0], band[:, 1], 3)                    # (Lj, P', n, Sr, Li)
-            runs = self._plane_runs(runs, 1, p0, p1)                   # (Lj, Sp, n, Sr, Li)
+            runs = plan.plane_runs(runs, 1, p0, p1)                    # (Lj, Sp, n, Sr, Li)
             self.edge[lag_index] = runs.permute(3, 4, 0, 1, 2)
 
     def _edge_band(self, left: torch.Tensor, edge: torch.Tensor, residue: int, group: int,
@@ -470,11 +458,8 @@ class _RunSums:
         for lag_index, shift, p0, p1 in plan.plane_lags():
             parts = [self._corner_runs(region, partner, i0, i1, shift, p0, p1)
                      for i0, i1 in self._corner_groups(p1 - p0)]
-            both = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
-            if plan.plane_axis is None:                 # (Sr, Li, Sc, Lj, 1, n)
-                self.corners[lag_index].copy_(both)
-            else:
-                self.corners[lag_index] = self._plane_runs(both.to(torch.float64), 4, p0, p1)
+            both = parts[0] if len(parts) == 1 else torch.cat(parts, -1)     # (…, P', n)
+            self.corners[lag_index] = plan.plane_runs(both.to(torch.float64), 4, p0, p1)
 
     def _corner_groups(self, planes: int) -> list[tuple[int, int]]:
         """Images per corner pass, so that one corner's products stay in cache."""
@@ -649,11 +634,7 @@ def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: tor
     table = int(np.prod(plan.table_shapes()["corners"]))
     # budgets per channel: one pair of channels is what a product reads
     chunk = max(1, min(_LAYOUT_ELEMENTS // images[0, 0].numel(), _TABLE_ELEMENTS // table))
-    crosses, firsts = [], []
-    for i0 in range(0, images.shape[0], chunk):
-        layouts = [_Layout(plan, images[i0:i0 + chunk, c], shift[i0:i0 + chunk, c])
-                   for c in range(images.shape[1])]
-        cross, first = _assemble(layouts)
-        crosses.append(cross)
-        firsts.append(first)
-    return torch.cat(crosses), torch.cat(firsts)
+    parts = [_assemble([_Layout(plan, images[i0:i0 + chunk, c], shift[i0:i0 + chunk, c])
+                        for c in range(images.shape[1])])
+             for i0 in range(0, images.shape[0], chunk)]
+    return torch.cat([cross for cross, _ in parts]), torch.cat([first for _, first in parts])

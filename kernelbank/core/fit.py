@@ -1,14 +1,10 @@
 r"""The one pass: every image's own AR kernel, window sums and residual descriptors.
 
-For an image of ``C`` channels (a grey image is ``C = 1``) and a basis with regressor rows
+For images of ``C`` channels (a grey image is ``C = 1``) and a basis with regressor rows
 ``Z`` (:mod:`kernelbank.core.basis`), the least-squares AR kernel over the valid pixels
-``p`` (those whose whole dilated window lies inside the image; no padding) solves the
-normal equations held by one matrix (:mod:`kernelbank.core.solve`)
-
-    A = Σ_p z(p) z(p)ᵀ,    z(p) = Z · taps(p),    α_c = (G_c + λ n I)⁻¹ h_c
-
-(grey: ``α = (G + λ n I)⁻¹ h`` with ``G = Σ R Rᵀ``, ``h = Σ R x``, and the residual MSE
-``(Σx² − 2αᵀh + αᵀGα) / n``). No learning rate, no epochs, no random start: the result
+``p`` (whose whole dilated window lies inside the image; no padding) is algebra on one
+matrix, ``A = Σ_p z(p) z(p)ᵀ`` with ``z(p) = Z · taps(p)`` (:mod:`kernelbank.core.solve`;
+grey: ``α = (G + λ n I)⁻¹ h``). No learning rate, no epochs, no random start: the result
 is the optimum.
 
 :func:`fit` is the one batch driver; every option is a by-product of the same visit of
@@ -269,7 +265,7 @@ def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: boo
     order: list[int] = []
     for indices, batch in front.groups:
         check_finite(batch, indices)
-        for _, part in chunks(batch):
+        for part in chunks(batch):
             rows = []
             for s, level in levels(part, scale_list, normalize):
                 grams, sums = regressor_grams(level, basis, dilation_list, with_sums=return_sums)
@@ -309,12 +305,9 @@ def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: boo
 def _describe(level: torch.Tensor, basis: Basis, coef: torch.Tensor,
               spec: ResidualDescriptors) -> torch.Tensor:
     """Descriptors of the own kernel's residual; grey images are described as grey."""
-    coef = coef.to(level.dtype)
-    if basis.channels == 1:
-        kernels = basis.to_kernels(coef[:, 0])
-        found = describe_residuals(level[:, 0], kernels, basis.dilation, spec)
-    else:
-        found = describe_residuals(level, basis.to_kernels(coef), basis.dilation, spec)
+    coef, grey = coef.to(level.dtype), basis.channels == 1
+    found = describe_residuals(level[:, 0] if grey else level,
+                               basis.to_kernels(coef[:, 0] if grey else coef), basis.dilation, spec)
     return found.to(torch.float64)
 
 
@@ -341,17 +334,14 @@ def image_statistics(images: ImageBatch, basis: Basis, *,
 
     Parameters
     ----------
-    images : as :func:`fit`
+    images, ridge, normalize, grid : as :func:`fit`
     basis : Basis
         The basis of the own-kernel coefficients; the window sums cover its full window.
     dilations, scales : sequence of int, optional
         Entries are every (scale, dilation) pair, scale-major; default: the basis's
         dilation, scale 1.
-    ridge, normalize : as :func:`fit`
     descriptors : bool or ResidualDescriptors, default=True
-        Also describe each own-kernel residual (``True``: :func:`default_descriptors`).
-    grid : int, optional
-        Also keep the window sums per cell of a ``grid``-per-axis partition.
+        As :func:`fit`, but on by default.
 
     Returns
     -------
@@ -408,8 +398,6 @@ def residual_features(images: ImageBatch, basis: Basis, *,
     >>> feats.shape[1] == len(names), names[0]
     (True, 'res_s1_d1_log_mse')
     """
-    if not isinstance(basis, Basis):
-        raise TypeError(f"basis must be a kernelbank.Basis, got {type(basis).__name__}")
     spec = descriptors or ResidualDescriptors()
     result = fit(images, basis, ridge=ridge, normalize=normalize, dilations=dilations,
                  scales=scales, descriptors=spec, _scale_axis=True)

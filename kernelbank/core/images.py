@@ -146,12 +146,11 @@ def check_windows_fit(front: Front, basis, entries: Sequence[tuple[int, int]]) -
                     "use a smaller radius or dilation, or drop this image")
 
 
-def chunks(batch: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(start, part)`` of a same-shaped batch, about 4 M values per part on a CPU."""
+def chunks(batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Parts of a same-shaped batch, about 4 M values per part on a CPU."""
     budget = _CHUNK_ELEMENTS if batch.device.type == "cpu" else 16 * _CHUNK_ELEMENTS
     size = max(1, budget // max(1, batch[0].numel()))
-    for start in range(0, len(batch), size):
-        yield start, batch[start:start + size]
+    return batch.split(size)
 
 
 def levels(part: torch.Tensor, scales: Sequence[int], normalize: bool

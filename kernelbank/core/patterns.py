@@ -87,17 +87,22 @@ def _centre_and_neighbours(e: torch.Tensor, lag: int):
     return centre, views
 
 
-def binary_codes(e: torch.Tensor, lag: int) -> torch.Tensor:
-    """LBP codes of (n, H, W) residuals at ``lag``, shape (n, H - 2 lag, W - 2 lag), uint8."""
-    centre, views = _centre_and_neighbours(e, lag)
-    codes = torch.zeros(centre.shape, dtype=torch.uint8, device=e.device)
-    bit = torch.empty(centre.shape, dtype=torch.bool, device=e.device)
+def _codes(views: list[torch.Tensor], bit_of) -> torch.Tensor:
+    """8-bit codes, bit ``k`` from ``bit_of(views[k], out=bit)``, uint8."""
+    codes = torch.zeros(views[0].shape, dtype=torch.uint8, device=views[0].device)
+    bit = torch.empty(views[0].shape, dtype=torch.bool, device=views[0].device)
     # Horner's rule from the highest bit down: codes = 2 codes + bit, all in place (no
     # temporary per neighbour, which costs more than the comparison itself).
     for view in reversed(views):
-        torch.ge(view, centre, out=bit)
+        bit_of(view, out=bit)
         codes.mul_(2).add_(bit.view(torch.uint8))
     return codes
+
+
+def binary_codes(e: torch.Tensor, lag: int) -> torch.Tensor:
+    """LBP codes of (n, H, W) residuals at ``lag``, shape (n, H - 2 lag, W - 2 lag), uint8."""
+    centre, views = _centre_and_neighbours(e, lag)
+    return _codes(views, lambda view, out: torch.ge(view, centre, out=out))
 
 
 def ternary_codes(e: torch.Tensor, lag: int, threshold: torch.Tensor
@@ -105,16 +110,9 @@ def ternary_codes(e: torch.Tensor, lag: int, threshold: torch.Tensor
     """Upper and lower LTP codes of (n, H, W) residuals; ``threshold`` of shape (n,)."""
     centre, views = _centre_and_neighbours(e, lag)
     t = threshold.to(e.dtype).reshape(-1, 1, 1)
-    upper = torch.zeros(centre.shape, dtype=torch.uint8, device=e.device)
-    lower = torch.zeros_like(upper)
-    bit = torch.empty(centre.shape, dtype=torch.bool, device=e.device)
     high, low = centre + t, centre - t
-    for view in reversed(views):
-        torch.gt(view, high, out=bit)
-        upper.mul_(2).add_(bit.view(torch.uint8))
-        torch.lt(view, low, out=bit)
-        lower.mul_(2).add_(bit.view(torch.uint8))
-    return upper, lower
+    return (_codes(views, lambda view, out: torch.gt(view, high, out=out)),
+            _codes(views, lambda view, out: torch.lt(view, low, out=out)))
 
 
 def histograms(bins: torch.Tensor, n_bins: int) -> torch.Tensor:

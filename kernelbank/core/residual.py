@@ -332,9 +332,13 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
                         f"{type(batch).__name__} {getattr(batch, 'dtype', '')}")
     if engine not in ("auto", "compiled", "torch"):
         raise ValueError(f"engine must be 'auto', 'compiled' or 'torch', got {engine!r}")
-    vector = kernels.ndim == batch.ndim + 1
-    ndim = batch.ndim - (2 if vector else 1)
+    vector, lead, ndim, _, valid = _check_residual_args(batch, kernels, dilation)
     spec.check_ndim(ndim)
+    image_lag = spec.max_lag * int(dilation) if spec.image_patterns else 0
+    for shape, lag, at in ((valid, spec.max_lag, dilation), (batch.shape[lead:], image_lag, 1)):
+        if min(shape) <= 2 * lag:
+            raise ValueError(f"the residual at dilation {at} has shape {tuple(shape)}, too "
+                             f"small for lag {lag}; use smaller lags or dilations")
     # autograd needs the torch engine (the moments are differentiable there)
     compiled = engine == "compiled" or (
         engine == "auto" and batch.device.type == "cpu"
@@ -354,9 +358,8 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
     e = residuals(batch, kernels, dilation)
     if vector:                 # every channel's residual described as an image of its own
         n = e.shape[0]
-        per_channel = _describe(e.reshape((-1,) + e.shape[2:]), spec, ndim, dilation)
-        return per_channel.reshape(n, -1)
-    return _describe(e, spec, ndim, dilation)
+        return _describe(e.reshape((-1,) + e.shape[2:]), spec, ndim).reshape(n, -1)
+    return _describe(e, spec, ndim)
 
 
 def _quantile_positions(levels: Sequence[float], size: int
@@ -390,11 +393,7 @@ def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
 
     vector, lead, ndim, _, valid = _check_residual_args(batch, kernels, dilation)
     spatial = tuple(batch.shape[lead:])
-    image_lags = [g * int(dilation) for g in spec.lags] if spec.image_patterns else [0]
-    for shape, lag, at in ((valid, spec.max_lag, dilation), (spatial, max(image_lags), 1)):
-        if min(shape) <= 2 * lag:
-            raise ValueError(f"the residual at dilation {at} has shape {shape}, too small "
-                             f"for lag {lag}; use smaller lags or dilations")
+    image_lags = [g * int(dilation) for g in spec.lags] if spec.image_patterns else []
     n = batch.shape[0]
     channels = batch.shape[1] if vector else 1
     window = tuple(kernels.shape[2 * lead - 1:])
@@ -417,19 +416,14 @@ def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
                           -1.0 if spec.ternary is None else float(spec.ternary), kinds[1],
                           _TABLES, int(spec.cooccurrence), int(spec.levels),
                           float(spec.step), np.asarray(spec.lags, dtype=np.int64), ndim,
-                          kinds[2], np.asarray(image_lags if spec.image_patterns else [],
-                                               dtype=np.int64), out, image_out)
+                          kinds[2], np.asarray(image_lags, dtype=np.int64), out, image_out)
     found = np.concatenate([out.reshape(n, -1), image_out.reshape(n, -1)], 1)
     return torch.from_numpy(found).to(batch.device)
 
 
-def _describe(e: torch.Tensor, spec: ResidualDescriptors, ndim: int,
-              dilation: int) -> torch.Tensor:
+def _describe(e: torch.Tensor, spec: ResidualDescriptors, ndim: int) -> torch.Tensor:
     """Descriptors (n, F) of residual maps ``e`` (n, *valid)."""
     n = e.shape[0]
-    if min(e.shape[1:]) <= 2 * spec.max_lag:
-        raise ValueError(f"the residual at dilation {dilation} has shape {tuple(e.shape[1:])}, "
-                         f"too small for lag {spec.max_lag}; use smaller lags or dilations")
     flat = e.reshape(n, -1)
     mse = flat.square().sum(1, dtype=torch.float64) / flat.shape[1]
     sigma = mse.sqrt()

@@ -24,8 +24,7 @@ import warnings
 import torch
 
 __all__ = ["solve_normal_equations", "SingularGramWarning", "solve_coefficients",
-           "channel_normal_equations", "residual_covariance", "residual_mse",
-           "shared_residual_covariance",
+           "residual_covariance", "residual_mse", "shared_residual_covariance",
            "generalised_variance", "augmented"]
 
 
@@ -70,10 +69,8 @@ def _torch_solve(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor,
                  ridge: float) -> tuple[torch.Tensor, int]:
     """Batched Cholesky of the Jacobi-scaled systems (any device, autograd); returns the
     solutions and how many problems took the pseudo-inverse fallback."""
-    # the diagonal of G + λnI, then one new matrix D (G + λnI) D, scaled in place
-    diag = torch.diagonal(gram, dim1=-2, dim2=-1) + (ridge * n_pixels.to(gram.dtype))[..., None]
-    scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(),
-                        torch.ones_like(diag))
+    diag, scale = _jacobi(gram, n_pixels, ridge)
+    # one new matrix D (G + λnI) D, scaled in place
     a_scaled = gram.expand(diag.shape[:-1] + gram.shape[-2:]).clone()
     torch.diagonal(a_scaled, dim1=-2, dim2=-1).copy_(diag)
     if a_scaled.requires_grad:      # autograd needs the unscaled matrix
@@ -92,6 +89,15 @@ def _torch_solve(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor,
         solution = solution.clone()
         solution[failed] = _pinv_solve(a_scaled[failed], b_scaled[failed])
     return solution * scale, int(failed.sum())
+
+
+def _jacobi(gram: torch.Tensor, n_pixels: torch.Tensor, ridge: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diagonal of ``G + λ n I`` and the Jacobi scale ``D = diag^(-1/2)`` (1 where the
+    diagonal is not positive)."""
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1) + (ridge * n_pixels.to(gram.dtype))[..., None]
+    tiny = torch.finfo(gram.dtype).tiny
+    return diag, torch.where(diag > 0, diag.clamp_min(tiny).rsqrt(), torch.ones_like(diag))
 
 
 def _compiled_wins(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torch.Tensor) -> bool:
@@ -134,20 +140,6 @@ def _pinv_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- the AR model
-def channel_normal_equations(gram: torch.Tensor, basis
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``G_c = A[S_c, S_c]``, ``h_c = A[S_c, τ_c]`` and ``A[τ, τ]`` from ``A (…, M, M)``."""
-    if basis.channels == 1:     # the kernels, then the centre: blocks are views, no gather
-        m = basis.n_components
-        return gram[..., None, :m, :m], gram[..., None, :m, m], gram[..., None, m:, m]
-    sel = basis.selection.to(gram.device)
-    targets = basis.targets.to(gram.device)
-    g = gram[..., sel[:, :, None], sel[:, None, :]]                        # (…, C, m, m)
-    h = gram[..., sel, targets[:, None]]                                   # (…, C, m)
-    s = gram[..., targets[:, None], targets[None, :]]                      # (…, C, C)
-    return g, h, s
-
-
 def solve_coefficients(gram: torch.Tensor, n_pixels: torch.Tensor, basis,
                        ridge: float) -> torch.Tensor:
     """Coefficients (…, C, m) of every output channel from ``A (…, M, M)``."""
@@ -161,8 +153,14 @@ def solve_coefficients(gram: torch.Tensor, n_pixels: torch.Tensor, basis,
 
 def _solve_each(gram: torch.Tensor, n_pixels: torch.Tensor, basis, ridge: float
                 ) -> torch.Tensor:
-    """Each output channel's ridge solve on its own ``G_c``, ``h_c``."""
-    g, h, _ = channel_normal_equations(gram, basis)
+    """Each output channel's ridge solve on ``G_c = A[S_c, S_c]``, ``h_c = A[S_c, τ_c]``."""
+    if basis.channels == 1:     # the kernels, then the centre: blocks are views, no gather
+        m = basis.n_components
+        g, h = gram[..., None, :m, :m], gram[..., None, :m, m]
+    else:
+        sel, targets = basis.selection.to(gram.device), basis.targets.to(gram.device)
+        g = gram[..., sel[:, :, None], sel[:, None, :]]                        # (…, C, m, m)
+        h = gram[..., sel, targets[:, None]]                                   # (…, C, m)
     count = n_pixels[..., None].expand(h.shape[:-1])
     return solve_normal_equations(g, h, count, ridge)
 
@@ -182,10 +180,7 @@ def _solve_from_precision(gram: torch.Tensor, n_pixels: torch.Tensor, basis, rid
     """``α_c = −P[S_c, τ_c] / P[τ_c, τ_c]`` with ``P = (A + λ n I)⁻¹`` (Jacobi-scaled
     Cholesky), and which problems failed to factorise."""
     rows = gram.shape[-1]
-    diag = torch.diagonal(gram, dim1=-2, dim2=-1) + \
-        (ridge * n_pixels.to(gram.dtype))[..., None]
-    scale = torch.where(diag > 0, diag.clamp_min(torch.finfo(gram.dtype).tiny).rsqrt(),
-                        torch.ones_like(diag))
+    diag, scale = _jacobi(gram, n_pixels, ridge)
     # D (A + λnI) D, with unit diagonal, in one new matrix
     a = gram * scale[..., :, None] * scale[..., None, :]
     torch.diagonal(a, dim1=-2, dim2=-1).copy_(torch.where(diag > 0, 1.0, diag))

@@ -74,7 +74,7 @@ class TableMeta:
         return [f"c{c}" for c in range(self.n_channels)] if self.n_channels > 1 else []
 
     def basis_at(self, dilation: int):
-        """The fit basis at ``dilation`` (a ChannelBasis with channels)."""
+        """The fit basis at ``dilation`` (with its channels)."""
         from .common import make_basis
         return make_basis(self.basis, self.radius, self.ndim,
                           self.n_channels).with_dilation(dilation)
@@ -155,15 +155,14 @@ def fit_result_of(table: pa.Table, meta: TableMeta):
 def _channel_fit_result_of(table: pa.Table, meta: TableMeta):
     """:func:`fit_result_of` for a table with channels."""
     import torch
-    from ..core import ChannelFitResult, channel_fit_from_sums
+    from ..core import FitResult, fit_result_from_sums
     s, c, m = meta.n_entries, meta.n_channels, meta.n_components
     coef = torch.from_numpy(column_array(table, "coef").reshape(-1, s, c, m))
     sums = sums_of_rows(column_array(table, "sums"), meta)
-    entries = [channel_fit_from_sums(ws, meta.basis_at(d), meta.ridge, coef=coef[:, e])
+    entries = [fit_result_from_sums(ws, meta.basis_at(d), meta.ridge, coef=coef[:, e])
                for e, (ws, (_, d)) in enumerate(zip(sums, meta.scale_index))]
     basis = meta.basis_at(meta.scale_index[0][1])
     stack = lambda key: torch.stack([getattr(r, key) for r in entries], 1)  # noqa: E731
-    return ChannelFitResult(coef=coef, kernels=basis.to_kernels(coef), mse=stack("mse"),
-                            covariance=stack("covariance"), gram=stack("gram"),
-                            n_pixels=stack("n_pixels"), basis=basis,
-                            scale_index=list(meta.scale_index))
+    return FitResult(coef=coef, kernels=basis.to_kernels(coef), mse=stack("mse"),
+                     covariance=stack("covariance"), gram=stack("gram"),
+                     n_pixels=stack("n_pixels"), basis=basis, scale_index=list(meta.scale_index))

@@ -581,7 +581,7 @@ def test_descriptors_describe_each_channels_explicit_residual():
                 for dx in range(3):
                     e -= kernels[c, c2, dy, dx] * z[c2, dy:dy + 22, dx:dx + 22]
         residual.append(e)
-    expected = _describe(torch.from_numpy(np.stack(residual)), spec, 2, 1).reshape(-1)
+    expected = _describe(torch.from_numpy(np.stack(residual)), spec, 2).reshape(-1)
     # moments and shares of ~500 residuals: the coefficients differ at 1e-12 between solvers,
     # and a residual at a histogram bin edge could move bins: compare with a tolerance of one
     # pixel's share
