@@ -76,9 +76,10 @@ def end_to_end(name: str, workers: int, epochs: int, patch_size: int, folder: st
     from kernelbank.stages.train import TrainConfig, fit_end_to_end, load_train_test
     config = TrainConfig(output=f"{folder}/{name}", workers=workers, epochs=epochs,
                          patch_size=patch_size, init=init, init_bank=init_bank, random_state=0)
-    datasets, class_names, validation = load_train_test(config)
+    datasets, class_names, validation, skipped = load_train_test(config)
     began = time.perf_counter()
-    summary = fit_end_to_end(datasets, class_names, config, validation=validation)
+    summary = fit_end_to_end(datasets, class_names, config, validation=validation,
+                             skipped=skipped)
     wall = time.perf_counter() - began
     later = [h["images_per_s"] for h in summary["epochs"][1:]] or \
         [summary["epochs"][0]["images_per_s"]]

@@ -201,7 +201,8 @@ def _checkpoint_storage(config: TrainConfig, folder_url: str):
 
 
 def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConfig,
-                   folder_url: str | None = None, validation: dict | None = None) -> dict:
+                   folder_url: str | None = None, validation: dict | None = None,
+                   skipped: dict | None = None) -> dict:
     """Train on ``datasets["train"]``, select the epoch on ``datasets["validation"]``,
     export that epoch's model and score it once on ``datasets["test"]``.
 
@@ -219,6 +220,10 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
     validation : dict, optional
         How the validation rows were chosen (:func:`load_train_test` returns it); copied
         into the summary.
+    skipped : dict, optional
+        The input's undecodable train and validation rows (:func:`load_train_test`:
+        ``rows`` and a few ``examples``), reported in the first epoch's ``skipped_rows``
+        with the rows of unknown labels the workers skip.
 
     Returns
     -------
@@ -238,7 +243,8 @@ def fit_end_to_end(datasets: dict, class_names: Sequence[str], config: TrainConf
             "batch_size": max(2, config.batch_size // config.workers),
             "threads": max(1, int(config.cpus_per_worker)),
             "init_kernels": kernels, "init_dilations": dilations,
-            "fail_after_epoch": config.fail_after_epoch}
+            "fail_after_epoch": config.fail_after_epoch,
+            "skipped": skipped or {"rows": 0, "examples": []}}
     storage_fs, storage_path = _checkpoint_storage(config, folder_url)
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop,
@@ -388,9 +394,14 @@ def _mark_validation(batch: dict, ids: frozenset) -> dict:
     return batch
 
 
-def load_train_test(config: TrainConfig) -> tuple[dict, list[str], dict]:
+def load_train_test(config: TrainConfig) -> tuple[dict, list[str], dict, dict]:
     """``{"train", "validation", "test": Dataset}`` of decoded rows, the sorted class names,
-    and how the validation rows were chosen.
+    how the validation rows were chosen, and the undecodable train and validation rows
+    (``rows``, up to five ``examples`` of path and reason).
+
+    Undecodable rows are counted here, not by the workers that skip them: Ray Train splits
+    each dataset equally among its workers and drops the remainder rows, so the workers'
+    count could miss one.
 
     The images are read at most once: from the fit stage's pixel cache
     (``config.pixel_cache``), or decoded once from ``config.input`` into a Parquet cache
@@ -415,6 +426,7 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str], dict]:
         def read(split, *, ds=ds):
             return ds
         keys = [(row["id"], row["label"], row["split"]) for row in rows]
+        errors: list[dict] = []
     else:
         cache = config.pixel_cache or _decode_once(config)
         fs, path = resolve(cache, s3_endpoint=config.s3_endpoint)
@@ -430,7 +442,8 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str], dict]:
                 _assign_split, batch_format="numpy", fn_kwargs={"test_fraction": TEST_FRACTION})
         import pyarrow.dataset as pads
         dataset = pads.dataset(files, format="parquet", filesystem=ray_filesystem(fs))
-        table = dataset.to_table(columns=[c for c in ("id", "label", "split", "stage")
+        table = dataset.to_table(columns=[c for c in ("id", "label", "split", "stage", "path",
+                                                       "reason")
                                           if c in dataset.schema.names])
         # the same split rule as the rows will get (_assign_split), on ids and labels only
         splits = _assign_split({"id": table.column("id").to_pylist(),
@@ -441,6 +454,13 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str], dict]:
         keys = [(rid, label, split) for rid, label, split, stage in
                 zip(table.column("id").to_pylist(), table.column("label").to_pylist(), splits,
                     stages) if stage is None and label]
+        paths = table.column("path").to_pylist() if "path" in table.column_names \
+            else [""] * table.num_rows
+        reasons = table.column("reason").to_pylist() if "reason" in table.column_names \
+            else [""] * table.num_rows
+        errors = [{"path": str(path), "reason": str(reason)}
+                  for path, reason, split, stage in zip(paths, reasons, splits, stages)
+                  if stage is not None and split != "test"]
     train_keys = [(rid, label) for rid, label, split in keys if split == "train"]
     found = {str(label) for _, label in train_keys if label}
     wanted = set(config.classes) if config.classes is not None else found
@@ -459,7 +479,7 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str], dict]:
     datasets = {split: read(split).map_batches(_mark_validation, batch_format="numpy",
                                                fn_kwargs={"ids": ids})
                 .filter(expr=col("split") == split) for split in ("train", "validation", "test")}
-    return datasets, sorted(wanted), validation
+    return datasets, sorted(wanted), validation, {"rows": len(errors), "examples": errors[:5]}
 
 
 def run_train(config: TrainConfig, *, overwrite: bool = False) -> dict:
@@ -472,12 +492,12 @@ def run_train(config: TrainConfig, *, overwrite: bool = False) -> dict:
 
     def train(stage) -> dict:
         began = time.perf_counter()
-        datasets, class_names, validation = load_train_test(config)
+        datasets, class_names, validation, skipped = load_train_test(config)
         if len(class_names) < 2:
             raise ValueError(f"training needs at least 2 classes in the train split of "
                              f"{config.input or 'the built-in textures'}, found {class_names}")
         summary = fit_end_to_end(datasets, class_names, config, folder_url=stage.url,
-                                 validation=validation)
+                                 validation=validation, skipped=skipped)
         # the run summary's per-stage fields, like every other stage's
         return {**summary, "seconds": round(time.perf_counter() - began, 3),
                 "images_per_second": round(summary["images_per_s"], 2)}

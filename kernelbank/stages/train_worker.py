@@ -100,8 +100,9 @@ def _shape_groups(images: list[np.ndarray], labels: np.ndarray):
 def _batches(iterator, loop: dict, device, seed: int | None, errors: list | None = None):
     """Tensors ``(images (n, *spatial) float32, labels (n,) int64)`` from decoded rows.
 
-    Error rows (no pixels) are skipped; with ``errors`` given, their path and reason
-    are appended to it.
+    Error rows (no pixels) and rows of unknown labels are skipped; with ``errors`` given,
+    the path of each unknown-label row is appended to it (the driver counts the error
+    rows: :func:`kernelbank.stages.train.load_train_test`).
     """
     import torch
     from ..io.readers import images_from_batch
@@ -113,10 +114,10 @@ def _batches(iterator, loop: dict, device, seed: int | None, errors: list | None
         images = images_from_batch(batch)
         keep = [i for i, im in enumerate(images)
                 if im is not None and str(batch["label"][i]) in index]
-        if errors is not None:
-            errors.extend({"path": str(batch["path"][i]), "reason": str(batch["reason"][i])
-                           if images[i] is None else f"unknown label {batch['label'][i]!r}"}
-                          for i in range(len(images)) if i not in keep)
+        if errors is not None:          # undecodable rows are counted by the driver
+            errors.extend({"path": str(batch["path"][i]),
+                           "reason": f"unknown label {batch['label'][i]!r}"}
+                          for i in range(len(images)) if i not in keep and images[i] is not None)
         if not keep:
             continue
         labels = np.array([index[str(batch["label"][i])] for i in keep], dtype=np.int64)
@@ -242,9 +243,10 @@ def train_loop_per_worker(loop: dict) -> None:
                    "images_per_s": count / max(elapsed, 1e-9), "epoch_seconds": elapsed,
                    "optimizer_steps": steps, "workers": world, "run_start_epoch": start,
                    "lr": optimizer.param_groups[0]["lr"]}
-        if errors is not None:
-            metrics["skipped_rows"] = int(n_errors)
-            metrics["skipped_examples"] = _gather(errors[:5])[:5]
+        if errors is not None:          # the driver's undecodable rows, the workers' unknown labels
+            metrics["skipped_rows"] = loop["skipped"]["rows"] + int(n_errors)
+            metrics["skipped_examples"] = (loop["skipped"]["examples"]
+                                           + _gather(errors[:5]))[:5]
         history.append(metrics)
         if metrics["validation_accuracy"] > best["validation_accuracy"]:
             best = {"validation_accuracy": metrics["validation_accuracy"], "epoch": epoch,

@@ -57,7 +57,7 @@ def test_permuted_test_labels_leave_train_and_validation_rows_unchanged(ray_loca
     for name, root in (("original", data), ("permuted", permuted)):
         config = TrainConfig(input=str(root), output=str(tmp_path / f"out_{name}"),
                              classes=classes, random_state=3)
-        datasets, class_names, validation = load_train_test(config)
+        datasets, class_names, validation, _ = load_train_test(config)
         loaded[name] = ({split: _rows(ds) for split, ds in datasets.items()}, validation)
     (first, first_validation), (second, second_validation) = loaded["original"], \
         loaded["permuted"]
