@@ -19,7 +19,9 @@ Per N, in one run of this script:
    objects in memory, and the statistics table of 1M images is gigabytes).
 2. **Run** ``kernelbank run`` (fit → reduce → features → classify → report) on them as
    a child process (``python -m kernelbank.cli run``, through a two-line wrapper that
-   also asks Ray for its spill totals before exiting), while this script samples with
+   also asks Ray for its spill totals before exiting, where the run left its Ray running:
+   with the report, ``kernelbank run`` stops its embedded Ray itself, and the spill
+   column says n/a), while this script samples with
    psutil every 0.2 s: the driver's RSS, the summed RSS of all Ray worker processes
    (``ray::…``), the largest single worker, Ray's own daemons (raylet, GCS…), and when
    the first ``fit/`` part file appears (time to first result).
@@ -72,6 +74,8 @@ spill = {}
 try:
     import ray
     from ray._private.internal_api import memory_summary
+    if not ray.is_initialized():    # `kernelbank run` stopped its embedded Ray: asking
+        raise RuntimeError("Ray was stopped by the run")   # would start a new one
     text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     for key, pattern in (("spilled_mib", r"Spilled (\\d+) MiB"),
                          ("restored_mib", r"Restored (\\d+) MiB")):
