@@ -193,7 +193,7 @@ def ray_run(root: Path, out: Path) -> dict[str, float]:
     fs, _ = read_filesystem(str(scratch))
     manifest = save_listing(read, fs, str(scratch / "_inputs.parquet"))
     writer = PartWriter(fs, str(scratch / "fit"), str(scratch / "errors"), "first")
-    next(fit_blocks(read, config.fit, manifest, writer=writer))
+    next(fit_blocks(read, config.fit, manifest, None, writer))
     first = time.perf_counter() - start
     with PeakRSS() as memory:
         begin = time.perf_counter()

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -402,10 +402,10 @@ def _read_and_fit(job: FitJob, start: int, stop: int) -> dict[str, Any]:
     return _fit(job, rows, time.perf_counter() - begin)
 
 
-def fit_blocks(read: ReadConfig, config: FitConfig, manifest, skip_ids=None,
-               writer: PartWriter | None = None) -> Iterator[dict[str, Any]]:
+def fit_blocks(read: ReadConfig, config: FitConfig, manifest, skip_ids,
+               writer: PartWriter) -> Iterator[dict[str, Any]]:
     """Run the fit of ``manifest``'s records (a saved listing) as Ray tasks; yield each
-    block's result (:class:`StatisticsFitter` with ``writer``, plus ``node``) in order.
+    block's result (:class:`StatisticsFitter`'s dict, plus ``node``) in order.
 
     Plain tasks, not a Ray Data pipeline: each task reads, decodes, fits and writes one
     read block in the worker process that keeps the stage's fitter (and, after the
@@ -415,31 +415,37 @@ def fit_blocks(read: ReadConfig, config: FitConfig, manifest, skip_ids=None,
     on the driver's scheduling loop. At most twice as many tasks as the cluster can run
     are in flight, counted again as nodes join (a joining node gets the waiting tasks).
     A task lost with its node runs again (up to :data:`TASK_RETRIES` times; its part
-    file is named by its rows, so it is written once). With GPUs each block is read by a CPU task and fitted
-    by a GPU task (decoding on a GPU worker's one CPU would starve its GPU).
+    file is named by its rows, so it is written once). With GPUs each block is read by a
+    CPU task and fitted by a GPU task (decoding on a GPU worker's one CPU would starve
+    its GPU).
     """
     import uuid
     import ray
-    from dataclasses import replace
     read = replace(read, min_side=max(read.min_side, config.min_side))
-    meta = None if writer is None else fit_metadata(config, read.ndim, read.url, read.channels,
-                                                    run_channels(read))
+    meta = fit_metadata(config, read.ndim, read.url, read.channels, run_channels(read))
     job = ray.put(FitJob(manifest, skip_ids, read_arguments(manifest, read), uuid.uuid4().hex,
                          (config, read.ndim, run_channels(read), writer, meta)))
     if config.num_gpus > 0:
         warn_without_gpu(config.num_gpus)
         reader = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(_read)
         fitter = ray.remote(num_gpus=1, num_cpus=1, max_retries=TASK_RETRIES)(_fit)
-        submit = lambda start, stop: fitter.remote(job, reader.remote(job, start, stop))  # noqa: E731
-        slots = lambda: config.num_gpus                                                    # noqa: E731
+
+        def submit(start: int, stop: int):
+            return fitter.remote(job, reader.remote(job, start, stop))
+
+        def in_flight() -> int:
+            return 2 * config.num_gpus
     else:
         cpus = actor_cpus(config.threads_per_actor)
         task = ray.remote(num_cpus=cpus, max_retries=TASK_RETRIES)(_read_and_fit)
-        submit = lambda start, stop: task.remote(job, start, stop)                       # noqa: E731
-        slots = lambda: min(max(1, int(cluster_cpus()[0] // cpus)),                      # noqa: E731
-                            config.max_actors or 1 << 30)
-    yield from map_bounded(submit, read_blocks(manifest, read),
-                           max_in_flight=lambda: 2 * slots())
+
+        def submit(start: int, stop: int):
+            return task.remote(job, start, stop)
+
+        def in_flight() -> int:
+            slots = max(1, int(cluster_cpus()[0] // cpus))
+            return 2 * min(slots, config.max_actors or slots)
+    yield from map_bounded(submit, read_blocks(manifest, read), max_in_flight=in_flight)
 
 
 def run_channels(read: ReadConfig) -> int:

@@ -454,12 +454,9 @@ def load_train_test(config: TrainConfig) -> tuple[dict, list[str], dict, dict]:
         keys = [(rid, label, split) for rid, label, split, stage in
                 zip(table.column("id").to_pylist(), table.column("label").to_pylist(), splits,
                     stages) if stage is None and label]
-        paths = table.column("path").to_pylist() if "path" in table.column_names \
-            else [""] * table.num_rows
-        reasons = table.column("reason").to_pylist() if "reason" in table.column_names \
-            else [""] * table.num_rows
-        errors = [{"path": str(path), "reason": str(reason)}
-                  for path, reason, split, stage in zip(paths, reasons, splits, stages)
+        # error rows (in the input's decoded cache; the fit stage's cache keeps none)
+        errors = [{"path": str(table.column("path")[i]), "reason": str(table.column("reason")[i])}
+                  for i, (split, stage) in enumerate(zip(splits, stages))
                   if stage is not None and split != "test"]
     train_keys = [(rid, label) for rid, label, split in keys if split == "train"]
     found = {str(label) for _, label in train_keys if label}
