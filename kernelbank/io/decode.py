@@ -49,6 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .png import PNG_SIGNATURE, decode_png
+
 __all__ = ["IMAGE_EXTENSIONS", "VOLUME_EXTENSIONS", "ALLOWED_FORMATS", "DecodeLimits",
            "RecordRejected", "decode_bytes", "to_grey", "to_channels", "check_image",
            "decode_record", "CHANNEL_MODES"]
@@ -256,7 +258,8 @@ def _decode_pillow(data: bytes, ndim: int, limits: DecodeLimits, channels: str =
 def decode_bytes(data: bytes, name: str = "", ndim: int = 2,
                  limits: DecodeLimits | None = None, channels: str = "luminance"
                  ) -> np.ndarray:
-    """Decode one record's bytes: ``.npy`` by its header, else PNG/JPEG/TIFF via Pillow.
+    """Decode one record's bytes: ``.npy`` by its header, plain PNGs directly
+    (:mod:`kernelbank.io.png`), else PNG/JPEG/TIFF via Pillow.
 
     Parameters
     ----------
@@ -289,6 +292,10 @@ def decode_bytes(data: bytes, name: str = "", ndim: int = 2,
         return _decode_npy(data, ndim, limits, channels)
     if name.lower().endswith(".npy"):
         raise RecordRejected("named .npy but has no NumPy header")
+    if data.startswith(PNG_SIGNATURE):
+        array = decode_png(data, limits.max_pixels)
+        if array is not None:
+            return _bands(array, ndim, channels)
     return _decode_pillow(data, ndim, limits, channels)
 
 
