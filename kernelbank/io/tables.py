@@ -40,7 +40,10 @@ ACCOUNTING_COLUMNS = ("bytes_read", "read_retries")
 
 
 def _float64_values(kind: pa.DataType) -> bool:
-    """A float64 column, or a (fixed-size) list of float64."""
+    """A float64 column, a (fixed-size) list of float64, or packed float64 (fixed-size
+    binary: the window sums)."""
+    if pa.types.is_fixed_size_binary(kind):
+        return True
     while pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or \
             pa.types.is_large_list(kind):
         kind = kind.value_type

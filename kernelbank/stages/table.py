@@ -118,11 +118,29 @@ def sums_of_rows(rows: np.ndarray, meta: "TableMeta", *, cells: bool = False) ->
 
 
 def column_array(table: pa.Table, name: str, width: int | None = None) -> np.ndarray:
-    """A fixed-size list column as a writable (rows, width) numpy array."""
+    """A fixed-size list column, or a packed float64 one (the window sums of a table of
+    version 3), as a writable (rows, width) numpy array."""
     column = table.column(name).combine_chunks()
+    if pa.types.is_fixed_size_binary(column.type):
+        size = column.type.byte_width
+        flat = np.frombuffer(column.buffers()[1], "<f8", count=len(column) * size // 8,
+                             offset=column.offset * size)
+        return flat.reshape(len(column), size // 8).astype(np.float64)
     flat = column.flatten().to_numpy(zero_copy_only=False)
     width = width or (len(flat) // max(table.num_rows, 1))
     return np.array(flat, dtype=np.float64).reshape(table.num_rows, width)
+
+
+def unpack_columns(table: pa.Table) -> pa.Table:
+    """``table`` with its packed float64 columns (a statistics table's window sums) as
+    fixed-size lists of float64: what ``to_pylist`` or pandas then read as numbers."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_fixed_size_binary(field.type):
+            values = column_array(table, field.name)
+            lists = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)),
+                                                      values.shape[1])
+            table = table.set_column(i, field.name, lists)
+    return table
 
 
 def fit_result_of(table: pa.Table, meta: TableMeta):

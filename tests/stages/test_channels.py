@@ -28,6 +28,7 @@ from kernelbank.core.fit import image_statistics
 from kernelbank.io.bank_file import load_bank
 from kernelbank.io.runs import open_published
 from kernelbank.io.stats_file import load_stats
+from kernelbank.stages.table import unpack_columns
 
 from .colour_data import write_colour_dataset
 
@@ -74,7 +75,7 @@ def _bands(path: Path) -> np.ndarray:
 
 def _rows(run: Path, images: Path) -> dict[str, dict]:
     """Fit-table rows by path relative to the image folder."""
-    rows = pq.read_table(run / "fit").to_pylist()
+    rows = unpack_columns(pq.read_table(run / "fit")).to_pylist()
     return {row["path"].split("images/", 1)[-1].split("#")[0]: row for row in rows}
 
 
@@ -229,8 +230,8 @@ def test_rgb_from_packed_shards_equals_the_folder_run(ray_local, rgb_run, data):
     _cli("run", "--input", str(shards), "--output", str(out), "--channels", "rgb", "--no-report",
          *COMMON)
     packed = Path(open_published(str(out)).path)
-    folder = pq.read_table(rgb_run / "fit").to_pylist()
-    shard = pq.read_table(packed / "fit").to_pylist()
+    folder = unpack_columns(pq.read_table(rgb_run / "fit")).to_pylist()
+    shard = unpack_columns(pq.read_table(packed / "fit")).to_pylist()
     assert len(shard) == len(folder) == len(_files(data["images"]))
     key = lambda r: (r["split"], r["label"], tuple(r["sums"][:8]))  # noqa: E731
     for a, b in zip(sorted(folder, key=key), sorted(shard, key=key)):

@@ -90,3 +90,24 @@ def test_a_batch_of_error_rows_only_is_written_and_counted(decoded, tmp_path):
     assert result["stats"] == {} and result["counts"][("error", "decode")] == 2
     assert not any(k[0] == "ok" for k in result["counts"])
     assert not (tmp_path / "fit").exists() and len(list((tmp_path / "errors").iterdir())) == 1
+
+
+def test_written_window_sums_are_packed_float64_that_read_back_exactly(decoded, tmp_path):
+    import pyarrow as pa
+    from kernelbank.stages.table import column_array, unpack_columns
+    fs, _ = read_filesystem(str(tmp_path))
+    writer = PartWriter(fs, str(tmp_path / "fit"), str(tmp_path / "errors"), "fit-a1")
+    StatisticsFitter(CONFIG, 2, 1, writer)(decoded)
+    table = pq.read_table(next((tmp_path / "fit").glob("*.parquet")))
+    assert pa.types.is_fixed_size_binary(table.schema.field("sums").type)
+    images = images_from_batch(decoded)
+    ids = decoded.column("id").to_pylist()
+    order = [ids.index(i) for i in table.column("id").to_pylist()]
+    row, _ = StatisticsFitter(CONFIG)._statistics([images[i] for i in order],
+                                                  [ids[i] for i in order])
+    np.testing.assert_array_equal(column_array(table, "sums"), row["sums"])
+    # a slice (an Arrow offset into the buffer) reads its own rows
+    np.testing.assert_array_equal(column_array(table.slice(1, 2), "sums"), row["sums"][1:3])
+    listed = unpack_columns(table)
+    assert pa.types.is_fixed_size_list(listed.schema.field("sums").type)
+    np.testing.assert_array_equal(np.array(listed.column("sums").to_pylist()), row["sums"])

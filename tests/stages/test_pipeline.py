@@ -21,6 +21,7 @@ from kernelbank.cli import main
 from kernelbank.io.bank_file import load_bank
 from kernelbank.io.runs import open_published
 from kernelbank.io.stats_file import load_stats
+from kernelbank.stages.table import unpack_columns
 
 from .pipeline_data import BAD_RECORDS, write_dataset
 
@@ -141,7 +142,7 @@ def test_no_credentials_in_outputs_or_logs(run):
 
 def test_fit_rows_equal_in_process_fit(run):
     files = _good_files(run["data"])
-    fit = pq.read_table(run["out"] / "fit").to_pylist()
+    fit = unpack_columns(pq.read_table(run["out"] / "fit")).to_pylist()
     by_id = {_local(run, row["id"]): row for row in fit}
     images = _reference_images(files)
     result = kb.fit(images, kb.Basis.full(2), dilations=list(DILATIONS), return_sums=True)
