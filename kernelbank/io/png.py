@@ -63,6 +63,12 @@ def _unfilter_rows(raw: np.ndarray, out: np.ndarray, bpp: int) -> bool:
     return True
 
 
+def _pillow_limit() -> float:
+    """Pillow's decompression-bomb pixel count (a user may change it; None disables it)."""
+    from PIL import Image
+    return Image.MAX_IMAGE_PIXELS or float("inf")
+
+
 def _unfilter(raw: np.ndarray, out: np.ndarray, bpp: int) -> bool:
     global _unfilter_compiled
     if _unfilter_compiled is None:
@@ -71,27 +77,24 @@ def _unfilter(raw: np.ndarray, out: np.ndarray, bpp: int) -> bool:
     return _unfilter_compiled(raw, out, bpp)
 
 
-def _chunks(data: bytes):
-    """``(type, payload)`` of each chunk after the signature; stops at a bad checksum (a
-    broken file, left to Pillow) by yielding ``(None, b"")``."""
-    pos, end = 8, len(data)
+def _pixel_data(data: bytes) -> bytes | None:
+    """The concatenated IDAT payloads of a PNG whose IHDR was read, or ``None`` for a file
+    Pillow must judge: a bad chunk checksum (Pillow checks every chunk's but the pixel
+    data's), a chunk running past the end, or no IEND."""
+    pos, end, parts = 8, len(data), []
     while pos + 12 <= end:
         length, kind = struct.unpack_from(">I4s", data, pos)
         stop = pos + 8 + length
         if stop + 4 > end:
-            yield None, b""
-            return
-        payload = data[pos + 8:stop]
-        # Pillow checks every chunk's CRC except the pixel data's
-        if kind != b"IDAT" and zlib.crc32(data[pos + 4:stop]) != \
-                struct.unpack_from(">I", data, stop)[0]:
-            yield None, b""
-            return
-        yield kind, payload
-        if kind == b"IEND":
-            return
+            return None
+        if kind == b"IDAT":
+            parts.append(data[pos + 8:stop])
+        elif zlib.crc32(data[pos + 4:stop]) != struct.unpack_from(">I", data, stop)[0]:
+            return None
+        elif kind == b"IEND":
+            return b"".join(parts)
         pos = stop + 4
-    yield None, b""
+    return None
 
 
 def decode_png(data: bytes, max_pixels: int) -> np.ndarray | None:
@@ -110,37 +113,27 @@ def decode_png(data: bytes, max_pixels: int) -> np.ndarray | None:
         ``uint8`` ``(H, W)`` / ``(H, W, samples)`` or ``uint16`` ``(H, W)``; ``None`` for
         anything outside the plain cases this module lists, or not exactly well formed.
     """
-    from PIL import Image
-    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    chunks = _chunks(data)
-    kind, header = next(chunks)
-    if kind != b"IHDR" or len(header) != 13:
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR" or \
+            struct.unpack_from(">I", data, 8)[0] != 13:
         return None
     width, height, depth, colour, compression, filtering, interlace = \
-        struct.unpack(">IIBBBBB", header)
+        struct.unpack_from(">IIBBBBB", data, 16)
     samples = _SAMPLES.get(colour)
     plain = samples is not None and (depth == 8 or (depth == 16 and colour == 0)) and \
         compression == 0 and filtering == 0 and interlace == 0 and width and height
     pixels = width * height
-    if not plain or pixels > max_pixels or \
-            (Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS):
+    if not plain or pixels > max_pixels or pixels > _pillow_limit():
         return None                   # Pillow decodes it, or rejects it in its own words
-    compressed = []
-    for kind, payload in chunks:
-        if kind is None:
-            return None
-        if kind == b"IDAT":
-            compressed.append(payload)
-        elif kind == b"IEND":
-            break
+    compressed = _pixel_data(data)    # the IHDR's checksum included
+    if compressed is None:
+        return None
     bpp = samples * depth // 8
     stride = width * bpp
     expected = height * (stride + 1)
     inflate = zlib.decompressobj()
     try:
         # one byte more than the pixels need, so a well-formed stream reaches its end
-        raw = inflate.decompress(b"".join(compressed), expected + 1)
+        raw = inflate.decompress(compressed, expected + 1)
     except zlib.error:
         return None
     if len(raw) != expected or not inflate.eof:
