@@ -291,24 +291,37 @@ def bank_feature_names_from_sums(bank: KernelBank, grid: int | None = None,
     return names
 
 
-def _kernel_sums(sums: WindowSums, weights: torch.Tensor, targets: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``⟨p,p⟩``, ``⟨p,x⟩``, ``Σp`` (…, m) and ``K C Kᵀ`` (…, m, m) of kernel rows (m, T)
-    predicting the taps ``targets`` (m,) (the centre of the channel each row predicts)."""
-    cross_k = sums.cross @ weights.T                               # (…, T, m)
-    gram = weights @ cross_k                                       # (…, m, m)
-    pp = torch.diagonal(gram, dim1=-2, dim2=-1)
-    columns = torch.arange(len(targets), device=targets.device)
-    px = cross_k[..., targets, columns]                            # C symmetric: W C[:, c]
-    return pp, px, sums.first @ weights.T, gram
+def _kernel_sums(sums: WindowSums, weights: torch.Tensor, targets: torch.Tensor,
+                 joint: bool = False) -> dict[str, torch.Tensor]:
+    """The sums kernel features need, of kernel rows (m, T) predicting the taps
+    ``targets`` (m,) (the centre of the channel each row predicts): ``pp`` ``⟨p,p⟩``,
+    ``px`` ``⟨p,x⟩``, ``xx`` ``Σx²`` of the target, ``sum_p`` ``Σp`` (…, m) and, with
+    ``joint``, ``gram`` ``K C Kᵀ`` (…, m, m).
+
+    All are quadratic forms of ``cross``, taken in one :meth:`WindowSums.bilinear`.
+    """
+    m = len(weights)
+    centre = torch.zeros_like(weights)
+    centre[torch.arange(m), targets.to(weights.device)] = 1
+    i, j = torch.triu_indices(m, m) if joint and sums.cross is None else ([], [])
+    forms = sums.bilinear(torch.cat([weights, weights, centre, weights[i]]),
+                          torch.cat([weights, centre, centre, weights[j]]))
+    out = dict(zip(("pp", "px", "xx"), forms[..., :3 * m].split(m, -1)))
+    out["sum_p"] = sums.first @ weights.T
+    if joint and sums.cross is not None:
+        out["gram"] = weights @ sums.cross @ weights.T
+    elif joint:
+        out["gram"] = forms.new_empty(forms.shape[:-1] + (m, m))
+        out["gram"][..., i, j] = out["gram"][..., j, i] = forms[..., 3 * m:]
+    return out
 
 
-def _residual_energy(sums: WindowSums, pp: torch.Tensor, px: torch.Tensor,
-                     gain: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _residual_energy(sums: WindowSums, forms: dict[str, torch.Tensor],
+                     gain: torch.Tensor) -> torch.Tensor:
     """Mean ``e²`` of ``e = x − g p``, (…, m); ``gain`` broadcasts against ``pp``."""
-    sum_sq = sums.cross[..., targets, targets]
     count = sums.n_pixels.to(torch.float64)[..., None]
-    return ((sum_sq - 2 * gain * px + gain.square() * pp) / count).clamp_min(0)
+    return ((forms["xx"] - 2 * gain * forms["px"] + gain.square() * forms["pp"]) / count
+            ).clamp_min(0)
 
 
 def _bank_sums(sums: Sequence[WindowSums], bank: KernelBank, dilation: int, scale: int,
@@ -406,7 +419,7 @@ def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
             raise ValueError(f"the whole-image and per-cell sums at dilation {d} cover different "
                              f"pixels (radius {whole[d].radius} vs {part.radius})")
 
-    n, device = n_images.pop(), whole[dilations[0]].cross.device
+    n, device = n_images.pop(), whole[dilations[0]].first.device
     n_cells = 0 if grid is None else grid ** bank.ndim
     channels = bank.channels
     per_kernel = torch.empty((n, len(bank) * channels, len(_FROM_SUMS) + n_cells),
@@ -419,19 +432,21 @@ def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
         weights = own.place_rows(bank.kernels[index].reshape(len(index) * channels, -1),
                                  bank.radius)
         targets = own.centres.cpu().repeat(len(index)).to(weights.device)
-        pp, px, sum_p, gram = _kernel_sums(own, weights, targets)
+        forms = _kernel_sums(own, weights, targets, joint)
+        pp, px = forms["pp"], forms["px"]
         gain = torch.where(pp > 0, px / pp.clamp_min(torch.finfo(torch.float64).tiny),
                            torch.zeros_like(pp))
-        mse = _residual_energy(own, pp, px, gain, targets)
-        mean = (own.first[:, targets] - gain * sum_p) / own.n_pixels[:, None]
+        mse = _residual_energy(own, forms, gain)
+        mean = (own.first[:, targets] - gain * forms["sum_p"]) / own.n_pixels[:, None]
         columns = [mse, (mse - mean.square()).clamp_min(0), gain]
         if grid is not None:
-            cell_pp, cell_px, _, _ = _kernel_sums(cells[d], weights, targets)
-            energy = _residual_energy(cells[d], cell_pp, cell_px, gain[:, None, :], targets)
+            energy = _residual_energy(cells[d], _kernel_sums(cells[d], weights, targets),
+                                      gain[:, None, :])
             columns.extend(energy.unbind(1))
         per_kernel[:, _outputs(index, channels).to(device)] = torch.stack(columns, -1)
         if joint:
             # each channel on its own predictions: (n, m_d, C) → kernel-major columns
+            gram = forms["gram"]
             joint_coef.append(torch.stack([solve_normal_equations(
                 gram[:, c::channels, c::channels], px[:, c::channels], own.n_pixels, ridge)
                 for c in range(channels)], -1).flatten(1))

@@ -40,7 +40,8 @@ import torch
 
 from .basis import Basis
 from .fit import FitResult, fit, fit_result_from_sums, select_sums
-from .solve import generalised_variance, shared_residual_covariance
+from .solve import (generalised_variance, shared_residual_covariance,
+                    shared_residual_covariance_from_sums)
 from .stats import ClassStats, own_variance, pooled_model
 from .sums import WindowSums
 
@@ -76,6 +77,11 @@ def _model_scores(result, model: _Model) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         residual = shared_residual_covariance(result.gram.cpu().to(torch.float64),
                                               result.n_pixels.cpu(), model.basis, model.coef)
+    return _scores_of(residual, model)
+
+
+def _scores_of(residual: torch.Tensor, model: _Model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) "mse" and ``ℓ`` of residual covariances (N, C, ch, ch) under a model."""
     channels = residual.shape[-1]
     trace = (torch.linalg.inv(model.covariance)[None] * residual).sum((-2, -1))
     logdet = torch.logdet(model.covariance)
@@ -171,27 +177,21 @@ class LikelihoodClassifier:
         return [fit(images, m.basis, ridge=_OWN_FIT_RIDGE, normalize=self.normalize,
                     scales=m.scale) for m in self.models]
 
-    def _fits_from_sums(self, sums: Sequence[WindowSums], *, own_fit: bool = True
-                        ) -> list[FitResult]:
+    def _model_sums(self, sums: Sequence[WindowSums]) -> list[WindowSums]:
+        """Each model's entry of ``sums`` (its dilation and scale), of the same images."""
         sums = list(sums)
-        fits = []
-        for m in self.models:
-            chosen = select_sums(sums, m.basis.dilation, scale=m.scale,
-                                 needed_by=f"the model of {m.basis} at scale {m.scale}")
-            # the class scores need only each image's sums: without own_fit (no rejection
-            # by the deviation) skip solving each image's own kernel, most of the cost
-            coef = None if own_fit else torch.zeros(
-                (len(chosen),) + (() if m.basis.channels == 1 else (m.basis.channels,))
-                + (m.basis.n_components,), dtype=torch.float64)
-            mse = None if own_fit or m.basis.channels > 1 else torch.zeros(len(chosen),
-                                                                           dtype=torch.float64)
-            fits.append(fit_result_from_sums(chosen, m.basis, _OWN_FIT_RIDGE, coef=coef,
-                                             mse=mse))
-        counts = {len(r) for r in fits}
+        chosen = [select_sums(sums, m.basis.dilation, scale=m.scale,
+                              needed_by=f"the model of {m.basis} at scale {m.scale}")
+                  for m in self.models]
+        counts = {len(c) for c in chosen}
         if len(counts) != 1:
             raise ValueError(f"the window sums of the models hold different numbers of images "
                              f"{sorted(counts)}; pass sums of the same images for every model")
-        return fits
+        return chosen
+
+    def _fits_from_sums(self, sums: Sequence[WindowSums]) -> list[FitResult]:
+        return [fit_result_from_sums(c, m.basis, _OWN_FIT_RIDGE)
+                for c, m in zip(self._model_sums(sums), self.models)]
 
     # ------------------------------------------------------------------ scoring
     def _residual_mse(self, fits: list[FitResult]) -> torch.Tensor:
@@ -316,7 +316,11 @@ class LikelihoodClassifier:
 
     def predict_from_sums(self, sums: Sequence[WindowSums]) -> np.ndarray:
         """:meth:`predict` from window sums instead of pixels, (N,) object array."""
-        return self._predict(self._fits_from_sums(sums, own_fit=self.z is not None))
+        if self.z is None:   # the class scores alone: forms of each image's sums, no own fit
+            loglik = sum(_scores_of(shared_residual_covariance_from_sums(c, m.basis, m.coef),
+                                    m)[1] for c, m in zip(self._model_sums(sums), self.models))
+            return np.array(self.classes, dtype=object)[loglik.argmax(1).numpy()]
+        return self._predict(self._fits_from_sums(sums))
 
     def calibrate_from_sums(self, sums: Sequence[WindowSums],
                             labels: Sequence[str]) -> "LikelihoodClassifier":

@@ -201,7 +201,8 @@ def _solve_from_precision(gram: torch.Tensor, n_pixels: torch.Tensor, basis, rid
 
 
 def _residual_rows(basis, coef: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """The rows ``u_c`` (…, C, M) with ``e_c = u_cᵀ z``: ``u_c[S_c] = −α_c``, ``u_c[τ_c] = 1``."""
+    """The rows ``u_c`` (…, C, M) with ``e_c = u_cᵀ z``: ``u_c[S_c] = −α_c``, ``u_c[τ_c] = 1``
+    (``gram``: any tensor whose last side is ``M``, on the device to use)."""
     device = gram.device
     coef = coef.to(device, torch.float64)
     rows = torch.zeros(coef.shape[:-1] + (gram.shape[-1],), dtype=torch.float64,
@@ -244,6 +245,21 @@ def shared_residual_covariance(gram: torch.Tensor, n_pixels: torch.Tensor, basis
     right = (gram @ rows.reshape(k * c, m).T).reshape(len(gram), m, k, c)   # A u_d
     cov = torch.einsum("kcm,nmkd->nkcd", rows, right)
     return _covariance(cov / n_pixels.to(torch.float64)[:, None, None, None])
+
+
+def shared_residual_covariance_from_sums(sums, basis, coef: torch.Tensor) -> torch.Tensor:
+    """:func:`shared_residual_covariance` from an image's window sums (N, K, C, C), as
+    quadratic forms of its ``cross`` (:meth:`~kernelbank.core.sums.WindowSums.bilinear`)
+    with the rows ``U Z`` over the taps: no ``A`` is assembled (packed sums stay packed).
+    """
+    basis = basis.with_dilation(sums.dilation)
+    taps = sums.tap_weights(basis)                                          # (M, T)
+    rows = _residual_rows(basis, coef, taps.T) @ taps                       # (K, C, T)
+    k, c, t = rows.shape
+    cov = sums.bilinear(rows[:, :, None].expand(k, c, c, t).reshape(-1, t),
+                        rows[:, None].expand(k, c, c, t).reshape(-1, t))
+    return _covariance(cov.reshape(len(sums), k, c, c)
+                       / sums.n_pixels.to(torch.float64)[:, None, None, None])
 
 
 def residual_mse(gram: torch.Tensor, rhs: torch.Tensor, sum_sq: torch.Tensor,

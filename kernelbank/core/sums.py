@@ -24,7 +24,7 @@ lag instead of ``t²``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -52,7 +52,8 @@ class WindowSums:
 
     Attributes
     ----------
-    cross : torch.Tensor of shape (n, [cells,] T, T), float64
+    cross : torch.Tensor of shape (n, [cells,] T, T), float64, or None
+        None for packed sums (see ``upper``).
     first : torch.Tensor of shape (n, [cells,] T), float64
         ``T = channels · t`` taps, channel-major.
     n_pixels : torch.Tensor of shape (n, [cells]), int64
@@ -65,9 +66,14 @@ class WindowSums:
         order over the cell grid), None for whole-image sums.
     channels : int
         Channels of the images (1: one-channel sums, ``T = t``).
+    upper : torch.Tensor of shape (n, [cells,] T(T+1)/2), optional
+        Packed sums (read from table rows, :func:`~kernelbank.core.sums_rows.sums_from_rows`
+        with ``packed=True``): ``cross``'s upper triangle in ``numpy.triu_indices`` order,
+        with ``cross`` None. :meth:`bilinear` reads the kernel features' forms from it
+        directly; a method that needs the whole matrix builds it (:meth:`dense`).
     """
 
-    cross: torch.Tensor
+    cross: torch.Tensor | None
     first: torch.Tensor
     n_pixels: torch.Tensor
     radius: int
@@ -76,6 +82,7 @@ class WindowSums:
     scale: int = 1
     grid: int | None = None
     channels: int = 1
+    upper: torch.Tensor | None = None
 
     @property
     def spatial_taps(self) -> int:
@@ -99,7 +106,7 @@ class WindowSums:
     def centres(self) -> torch.Tensor:
         """Index of each channel's centre tap, shape (channels,), int64."""
         t = self.spatial_taps
-        return torch.arange(self.channels, device=self.cross.device) * t + t // 2
+        return torch.arange(self.channels, device=self.first.device) * t + t // 2
 
     def __len__(self) -> int:
         return int(self.n_pixels.shape[0])
@@ -146,7 +153,7 @@ class WindowSums:
                              f"channel(s) at radius {radius}), got shape {tuple(rows.shape)}")
         placed = torch.zeros((rows.shape[0], self.n_taps), dtype=torch.float64)
         placed[:, torch.from_numpy(index)] = rows.detach().cpu().to(torch.float64)
-        return placed.to(self.cross.device)
+        return placed.to(self.first.device)
 
     def _inner_taps(self, radius: int) -> np.ndarray:
         """Indices of the taps of the centred window of ``radius``, channel-major."""
@@ -160,6 +167,8 @@ class WindowSums:
 
         Picked, not multiplied, when every regressor is one tap (the full basis).
         """
+        if self.cross is None:
+            return self.dense().gram(basis)
         z = self.tap_weights(basis)
         taps = _selected_taps(z)
         if taps is None:
@@ -181,10 +190,47 @@ class WindowSums:
         """The sums of the inner ``(2 radius + 1)^d`` taps (same valid pixels)."""
         if not 1 <= radius <= self.radius:
             raise ValueError(f"radius must be in 1..{self.radius}, got {radius!r}")
+        if self.cross is None:
+            return self.dense().restrict(radius)
         index = torch.from_numpy(self._inner_taps(radius)).to(self.cross.device)
         cross = self.cross.index_select(-1, index).index_select(-2, index)
         return WindowSums(cross, self.first.index_select(-1, index), self.n_pixels, radius,
                           self.dilation, self.ndim, self.scale, self.grid, self.channels)
+
+
+    def dense(self) -> "WindowSums":
+        """These sums with ``cross`` built from ``upper`` (themselves when it is there)."""
+        if self.cross is None:
+            t = self.n_taps
+            flat = take_columns(self.upper.reshape(-1, self.upper.shape[-1]),
+                                symmetric_positions(t))
+            return replace(self, cross=flat.reshape(self.upper.shape[:-1] + (t, t)),
+                           upper=None)
+        return self
+
+    def bilinear(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``left[k]ᵀ cross right[k]`` of every image (and cell), (n, [cells,] K) float64.
+
+        ``left`` and ``right`` are (K, T) rows over the taps (kernels, centre taps). Of
+        packed sums, one product with the upper triangle: the forms are linear in it, so
+        no ``cross`` is built (the feature stage's rows, 4,096 at a time, need 3 GEMMs
+        instead of a gather into 25 × 25 matrices per image and dilation).
+        """
+        left, right = left.to(torch.float64), right.to(torch.float64)
+        if self.cross is None:
+            i, j = np.triu_indices(self.n_taps)
+            weight = left[:, i] * right[:, j] + left[:, j] * right[:, i]
+            weight[:, torch.from_numpy(i == j)] /= 2
+            return self.upper @ weight.T.to(self.upper.device)
+        return ((self.cross @ right.T) * left.T).sum(-2)
+
+
+def symmetric_positions(n_taps: int) -> torch.Tensor:
+    """For each entry of the ``T × T`` matrix, its position in the upper-triangle row."""
+    upper = np.triu_indices(n_taps)
+    position = np.empty((n_taps, n_taps), dtype=np.int64)
+    position[upper] = position[upper[::-1]] = np.arange(len(upper[0]))
+    return torch.from_numpy(position.reshape(-1))
 
 
 def _selected_taps(weights: torch.Tensor) -> torch.Tensor | None:

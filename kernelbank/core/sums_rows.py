@@ -18,21 +18,13 @@ import numpy as np
 import torch
 
 from .basis import check_window
-from .sums import WindowSums, take_columns
+from .sums import WindowSums
 
 __all__ = ["sums_row_length", "sums_to_rows", "sums_from_rows"]
 
 
 def _block_length(n_taps: int) -> int:
     return n_taps * (n_taps + 1) // 2 + n_taps + 1
-
-
-def _symmetric_positions(n_taps: int) -> torch.Tensor:
-    """For each entry of the ``T × T`` matrix, its position in the upper-triangle row."""
-    upper = np.triu_indices(n_taps)
-    position = np.empty((n_taps, n_taps), dtype=np.int64)
-    position[upper] = position[upper[::-1]] = np.arange(len(upper[0]))
-    return torch.from_numpy(position.reshape(-1))
 
 
 def sums_row_length(radius: int, ndim: int, grid: int | None = None, channels: int = 1) -> int:
@@ -69,7 +61,7 @@ def sums_to_rows(sums: WindowSums) -> np.ndarray:
 
 def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, radius: int,
                    dilation: int, ndim: int, scale: int = 1, grid: int | None = None,
-                   channels: int = 1) -> WindowSums:
+                   channels: int = 1, packed: bool = False) -> WindowSums:
     """Inverse of :func:`sums_to_rows`: the window sums of the images the rows describe.
 
     Parameters
@@ -84,11 +76,14 @@ def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, ra
         Cells per axis of per-cell sums; None for whole-image sums.
     channels : int, default=1
         Channels of the images the sums were taken on.
+    packed : bool, default=False
+        Keep the rows' upper triangles (``upper``) instead of building ``cross``: for
+        the kernel features' and the likelihood's forms (:meth:`WindowSums.bilinear`).
 
     Returns
     -------
     WindowSums
-        On the CPU; ``cross`` is symmetric.
+        On the CPU; ``cross`` is symmetric (None when ``packed``).
 
     Raises
     ------
@@ -123,11 +118,10 @@ def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, ra
     if (count < 0).any() or (count != count.round()).any():
         raise ValueError("the pixel counts (last value of each block) must be non-negative "
                          "integers; these rows do not hold window sums in this layout")
-    cross = take_columns(blocks.reshape(-1, blocks.shape[-1]), _symmetric_positions(t))
-    cross = cross.reshape(blocks.shape[:2] + (t, t))
-    first = blocks[..., tri:tri + t]
-    count = count.to(torch.int64)
+    upper, first, count = blocks[..., :tri], blocks[..., tri:tri + t], count.to(torch.int64)
     if grid is None:
-        cross, first, count = cross[:, 0], first[:, 0], count[:, 0]
-    return WindowSums(cross.contiguous(), first.contiguous(), count.contiguous(), int(radius),
-                      int(dilation), int(ndim), int(scale), grid, int(channels))
+        upper, first, count = upper[:, 0], first[:, 0], count[:, 0]
+    # views into the rows (a product reads them with their stride: no copy)
+    sums = WindowSums(None, first, count, int(radius), int(dilation), int(ndim), int(scale),
+                      grid, int(channels), upper=upper)
+    return sums if packed else sums.dense()

@@ -228,10 +228,12 @@ class TableFeaturizer:
                     kept[:, histogram] = np.sign(kept[:, histogram]) * \
                         np.abs(kept[:, histogram]) ** self.config.power
                 parts.append(kept)
-        sums = sums_of_rows(column_array(table, "sums"), meta)
+        # packed: the bank features and the class scores are quadratic forms of the sums,
+        # read from the rows' triangles without a T × T matrix per image and entry
+        sums = sums_of_rows(column_array(table, "sums"), meta, packed=True)
         if "bank" in groups:
             cells = [] if meta.grid is None else \
-                sums_of_rows(column_array(table, "cell_sums"), meta, cells=True)
+                sums_of_rows(column_array(table, "cell_sums"), meta, cells=True, packed=True)
             values, names = bank_features_from_sums(sums + cells, self.bank,
                                                     joint=self.config.joint,
                                                     ridge=self.config.ridge)

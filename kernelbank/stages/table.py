@@ -107,13 +107,15 @@ def covariance_of_rows(rows: np.ndarray, meta: "TableMeta") -> np.ndarray:
     return out
 
 
-def sums_of_rows(rows: np.ndarray, meta: "TableMeta", *, cells: bool = False) -> list:
-    """Inverse of :func:`flat_sums`: one WindowSums per entry of ``meta.scale_index``."""
+def sums_of_rows(rows: np.ndarray, meta: "TableMeta", *, cells: bool = False,
+                 packed: bool = False) -> list:
+    """Inverse of :func:`flat_sums`: one WindowSums per entry of ``meta.scale_index``
+    (``packed``: kept as upper triangles, see :func:`~kernelbank.core.sums_rows.sums_from_rows`)."""
     from ..core.sums_rows import sums_from_rows
     grid = meta.grid if cells else None
     per_entry = np.split(rows, meta.n_entries, axis=1)
     return [sums_from_rows(part, radius=meta.radius, dilation=d, ndim=meta.ndim, scale=s,
-                           grid=grid, channels=meta.n_channels)
+                           grid=grid, channels=meta.n_channels, packed=packed)
             for part, (s, d) in zip(per_entry, meta.scale_index)]
 
 
