@@ -302,14 +302,20 @@ class StatisticsFitter:
                             "write": time.perf_counter() - computed}}
 
 
+#: The fields of a fit the class statistics read (:meth:`ClassStats.from_fit`).
+_STATS_FIELDS = ("coef", "mse", "gram", "rhs", "sum_sq", "n_pixels", "covariance")
+
+
 def _take(fit, rows: list[int]):
-    """The images ``rows`` of a :class:`~kernelbank.core.fit.FitResult` (without sums)."""
+    """The images ``rows`` of a :class:`~kernelbank.core.fit.FitResult`, with the fields
+    the class statistics read (the kernels, descriptors and sums are left out)."""
     import dataclasses
     import torch
     index = torch.as_tensor(rows)
-    picked = {f.name: getattr(fit, f.name)[index] for f in dataclasses.fields(fit)
-              if isinstance(getattr(fit, f.name), torch.Tensor)}
-    return dataclasses.replace(fit, **picked, sums=None, cell_sums=None)
+    picked = {name: getattr(fit, name)[index] for name in _STATS_FIELDS
+              if isinstance(getattr(fit, name), torch.Tensor)}
+    return dataclasses.replace(fit, **picked, kernels=None, descriptors=None, mae=None,
+                               sums=None, cell_sums=None)
 
 
 def fit_metadata(config: FitConfig, ndim: int, input_url: str = "",
