@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .basis import check_window
-from .sums import WindowSums
+from .sums import WindowSums, take_columns
 
 __all__ = ["sums_row_length", "sums_to_rows", "sums_from_rows"]
 
@@ -51,8 +51,10 @@ def sums_to_rows(sums: WindowSums) -> np.ndarray:
     if not isinstance(sums, WindowSums):
         raise TypeError(f"sums must be a WindowSums, got {type(sums).__name__}")
     t = sums.n_taps
-    upper = torch.triu_indices(t, t, device=sums.cross.device)
-    cross = sums.cross[..., upper[0], upper[1]].to(torch.float64)       # (N, [cells,] t(t+1)/2)
+    upper = torch.triu_indices(t, t)
+    cross = sums.upper if sums.cross is None else take_columns(
+        sums.cross.to(torch.float64).reshape(-1, t * t), upper[0] * t + upper[1]
+    ).reshape(sums.first.shape[:-1] + (-1,))
     first = sums.first.to(torch.float64)
     count = sums.n_pixels.to(torch.float64)[..., None]
     blocks = torch.cat([cross, first, count], -1)                        # (N, [cells,] block)
