@@ -177,6 +177,20 @@ class WindowSums:
         a, m = self.gram(basis), basis.n_components
         return a[..., :m, :m], a[..., :m, m], a[..., m, m], self.n_pixels
 
+    def cut_for(self, who: str, radius: int, ndim: int, channels: int) -> "WindowSums":
+        """These sums at ``radius`` (same valid pixels, fewer taps) for ``who`` (named in
+        the errors), whose window is ``ndim``-D, of ``channels`` channels."""
+        if ndim != self.ndim:
+            raise ValueError(f"{who} is {ndim}-D but the window sums are {self.ndim}-D")
+        if channels != self.channels:
+            raise ValueError(f"{who} predicts {channels} channel(s) but the window sums at "
+                             f"dilation {self.dilation} are of {self.channels}")
+        if radius > self.radius:
+            raise ValueError(f"{who} has radius {radius} but the window sums at dilation "
+                             f"{self.dilation} have radius {self.radius}: they hold no products "
+                             f"of the outer taps. Compute the sums with a radius >= {radius}.")
+        return self.restrict(radius) if radius < self.radius else self
+
     def restrict(self, radius: int) -> "WindowSums":
         """The sums of the inner ``(2 radius + 1)^d`` taps (same valid pixels)."""
         if not 1 <= radius <= self.radius:
