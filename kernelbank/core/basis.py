@@ -202,13 +202,7 @@ class Basis:
         masked = torch.eye(channels, dtype=torch.bool) if centre_mask == "own" else \
             torch.ones(channels, channels, dtype=torch.bool)
         bad = (centre.abs() > atol) & masked[:, None, :]
-        if bad.any() and channels == 1:
-            found = torch.nonzero(bad[0, :, 0]).flatten().tolist()
-            raise ValueError(
-                f"basis kernels {found[:10]} have a non-zero centre weight (e.g. "
-                f"{float(centre[0, found[0], 0]):.3g}); an AR kernel must not use the pixel it "
-                f"predicts. Set the centre to 0 before building the basis.")
-        if bad.any():
+        if bad.any():         # an AR kernel must not use the pixel it predicts
             c, j, source = (int(v) for v in torch.nonzero(bad)[0])
             raise ValueError(
                 f"kernel {j} of output channel {c} has weight {float(centre[c, j, source]):.3g} "
