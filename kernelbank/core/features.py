@@ -226,22 +226,9 @@ def ar_features(images, basis: Basis,
                 normalize: bool = True) -> tuple[torch.Tensor, list[str]]:
     """The original ConvAR descriptor: fitted AR coefficients at several dilations.
 
-    Parameters
-    ----------
-    images : array, tensor or list of images
-    basis : Basis
-        Its dilation is replaced by each of ``dilations``; a basis of C channels takes
-        ``(N, C, *spatial)`` images and gives each output channel's coefficients.
-    dilations : sequence of int, default=(1, 2, 3, 4, 5)
-    ridge : float, default=1e-6
-    normalize : bool, default=True
-
-    Returns
-    -------
-    features : torch.Tensor of shape (N, len(dilations) * [C *] m), float64
-        Dilation-major: the m coefficients at the first dilation (of each output channel),
-        then the next.
-    names : list of str
+    :func:`~kernelbank.core.fit.fit` of ``basis`` at each of ``dilations``: features
+    (N, len(dilations) · [C ·] m), float64, dilation-major, and their names
+    (:func:`ar_feature_names`).
     """
     dilations = [int(d) for d in dilations]
     if not dilations:
@@ -300,18 +287,12 @@ def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
     Parameters
     ----------
     sums : sequence of WindowSums
-        Sums of the same N images (normalised as ``bank_features`` would, z-scored by
-        default), whole-image at every dilation of the bank; add per-cell sums (one grid)
-        at every dilation for the energy columns. Entries at other dilations, scales or
-        radii are ignored; one whole-image (and one per-cell) entry must match each
-        dilation. Radius >= the bank's (see the module docstring: equal to reproduce
-        the pixel path).
+        Sums of the same N images (normalised as ``bank_features`` would), one
+        whole-image entry at each dilation of the bank and, for the energy columns, one
+        per-cell entry (one grid); radius >= the bank's (equal to reproduce the pixel
+        path). Entries at other dilations or scales are ignored.
     bank : KernelBank
-        Kernels of any origin (full, isotropic or custom basis, gabor, random).
-    joint : bool, default=False
-        Append the joint least-squares coefficients of each dilation's kernels.
-    ridge : float, default=1e-6
-        Per-pixel ridge of the joint fit.
+    joint, ridge : as :func:`bank_features`
     scale : int, default=1
         Pyramid scale of the sums to use (1: the images themselves, as ``bank_features``).
 
@@ -320,12 +301,6 @@ def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
     features : torch.Tensor of shape (N, F), float64, on the sums' device
     names : list of str of length F
         :func:`bank_feature_names_from_sums` with the sums' grid (None without cells).
-
-    Raises
-    ------
-    ValueError
-        For sums missing a dilation of the bank, sums of a smaller radius than the bank,
-        of another dimension, of different image counts, or per-cell sums of several grids.
 
     Examples
     --------

@@ -79,9 +79,8 @@ class FitResult:
         With ``return_sums`` (``grid``): the whole-image (per-cell) window sums of each
         entry of ``scale_index``, radius of the basis, images as fitted.
     descriptors : torch.Tensor of shape (N, [S,] F) or None
-        Residual descriptors of each entry (with channels: each channel's, channel-major).
+        Residual descriptors of each entry, named by ``descriptor_names``.
     descriptor_names : list of str
-        The ``F`` names of one entry's descriptors.
     """
 
     coef: torch.Tensor
@@ -410,31 +409,16 @@ def select_sums(sums: Iterable[WindowSums], dilation: int, *, scale: int = 1,
 def fit_result_from_sums(sums: WindowSums, basis: Basis, ridge: float = 1e-6, *,
                          coef: torch.Tensor | None = None,
                          mse: torch.Tensor | None = None) -> FitResult:
-    """The :class:`FitResult` of ``basis`` from window sums, without the pixels.
+    """The :class:`FitResult` (leading shape (N,), float64, grey for one channel) of
+    ``basis`` at the sums' dilation, from whole-image window sums, without the pixels.
 
-    ``A = Z cross Zᵀ`` replaces the pixels; the solve is :func:`fit`'s. With sums taken
-    on the images as ``fit`` models them (z-scored when ``normalize=True``) and at the
-    basis's own radius, the result is ``fit``'s to rounding. Sums of a larger radius ``R``
-    cover only the pixels whose whole ``R``-window fits: the fit is then exact for those
-    pixels and differs slightly from ``fit`` of the smaller basis on the images.
-
-    Parameters
-    ----------
-    sums : WindowSums
-        Whole-image sums of N images at one dilation, ``basis.channels`` channels.
-    basis : Basis
-        Applied at the sums' dilation (its own dilation is replaced).
-    ridge : float, default=1e-6
-    coef : torch.Tensor of shape (N, [C,] m), optional
-        Coefficients already solved (e.g. read from the fit table); skips the solve.
-    mse : torch.Tensor of shape (N,), optional
-        One channel: their residual MSE; computed from the sums when not given.
-
-    Returns
-    -------
-    FitResult
-        Leading shape (N,), float64, grey for one channel; ``scale_index`` is
-        ``[(sums.scale, sums.dilation)]``.
+    ``A = Z cross Zᵀ`` replaces the pixels; the solve is :func:`fit`'s, so on sums of the
+    images as ``fit`` models them (z-scored when ``normalize=True``) at the basis's own
+    radius the result is ``fit``'s to rounding. Sums of a larger radius cover only the
+    pixels whose whole larger window fits: exact for those pixels, slightly different
+    from ``fit`` of the smaller basis. ``coef (N, [C,] m)``: coefficients already solved
+    (e.g. read from the fit table), which skips the solve; ``mse (N,)``, one channel
+    only: their residual MSE, else computed from the sums.
     """
     if not isinstance(sums, WindowSums):
         raise TypeError(f"sums must be a WindowSums, got {type(sums).__name__}")

@@ -214,22 +214,10 @@ def _check_residual_args(batch: torch.Tensor, kernels: torch.Tensor, dilation: i
 
 
 def residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int) -> torch.Tensor:
-    """``e = x - k ⋆ x`` over the valid pixels, each image with its own kernel.
-
-    Parameters
-    ----------
-    batch : torch.Tensor of shape (n, *spatial) or (n, C, *spatial), floating
-    kernels : torch.Tensor of shape (n, *window) or (n, C, C, *window)
-        One centre-masked kernel per image on an odd window (2r+1 per axis); with
-        channels, each image's vector kernel (``[c, c']``: weights of channel ``c'`` in the
-        prediction of channel ``c``).
-    dilation : int
-        Tap spacing in pixels.
-
-    Returns
-    -------
-    torch.Tensor of shape (n, [C,] *(spatial - 2 r dilation)), dtype and device of ``batch``
-    """
+    """``e = x - k ⋆ x`` over the valid pixels of images ``(n, [C,] *spatial)``, each under
+    its own kernel ``(n, *window)`` (with channels its vector kernel ``(n, C, C, *window)``,
+    ``[c, c']``: weights of channel ``c'`` in the prediction of channel ``c``) at
+    ``dilation``: (n, [C,] *(spatial - 2 r dilation)), the batch's dtype and device."""
     vector, lead, ndim, reach, valid = _check_residual_args(batch, kernels, dilation)
     k = kernels.to(batch.device, batch.dtype)
     # One grouped convolution (each image its own kernel as its own group) is ~10x
@@ -282,29 +270,17 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
         Which descriptors; default ``ResidualDescriptors()``.
     engine : {"auto", "compiled", "torch"}, default="auto"
         ``"torch"``: whole-batch tensor operations on the batch's device (the reference,
-        and what runs on a GPU); ``"compiled"``: the fused CPU engine of
-        :mod:`kernelbank.core._fused` (one compiled sweep per image and dilation);
-        ``"auto"``: compiled for CPU tensors (unless they require gradients), torch
-        elsewhere.
+        and the GPU path); ``"compiled"``: the fused CPU engine of
+        :mod:`kernelbank.core._fused`; ``"auto"``: compiled for CPU tensors that require
+        no gradients, torch elsewhere. The engines agree to summation order in float64;
+        for float32 images the compiled one forms the residual in float64, so a pattern
+        count can move by one pixel where a comparison is within rounding of a tie.
 
     Returns
     -------
     torch.Tensor of shape (n, F), float64, on the batch's device
         Columns named by :func:`residual_descriptor_names` (``descriptors``, ndim,
-        channels): with channels, each channel's descriptors, channel-major.
-
-    Raises
-    ------
-    ValueError
-        For mismatched shapes, an image smaller than the dilated window (plus the
-        largest lag), sign patterns asked of 3-D volumes, or an unknown ``engine``.
-
-    Notes
-    -----
-    The engines agree to summation order for float64 images. For float32 images the
-    compiled engine forms the residual in float64 (the torch one in float32), so the
-    two agree to float32 rounding: a pattern or co-occurrence count can move by one
-    pixel where a comparison is within rounding of a tie.
+        channels).
 
     Examples
     --------

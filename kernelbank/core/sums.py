@@ -32,7 +32,7 @@ import torch
 from numba import njit
 
 from ._lags import lag_window_sums
-from .basis import Basis, window_taps
+from .basis import Basis, check_window, window_taps
 
 __all__ = ["WindowSums", "window_sums", "window_taps", "cell_bounds"]
 
@@ -124,19 +124,9 @@ class WindowSums:
         return self.place_rows(basis.regressors, basis.radius)
 
     def place_rows(self, rows: torch.Tensor, radius: int) -> torch.Tensor:
-        """Rows over the taps of a centred window of ``radius``, as rows over these taps.
-
-        Parameters
-        ----------
-        rows : torch.Tensor of shape (k, channels · (2 radius + 1)^ndim)
-            Weights over the channel-major taps of the smaller window, centres included.
-        radius : int
-            At most the sums' radius.
-
-        Returns
-        -------
-        torch.Tensor of shape (k, T), float64, on the sums' device
-        """
+        """Rows ``(k, channels · (2 radius + 1)^ndim)`` over the channel-major taps of a
+        centred window of ``radius`` (at most the sums'), as rows (k, T) over these taps,
+        float64 on the sums' device."""
         if not 1 <= radius <= self.radius:
             raise ValueError(f"rows of a radius-{radius} window do not fit in these sums' "
                              f"window of radius {self.radius}")
@@ -156,10 +146,8 @@ class WindowSums:
         return (np.arange(self.channels)[:, None] * self.spatial_taps + spatial).reshape(-1)
 
     def gram(self, basis: Basis) -> torch.Tensor:
-        """``A = Z cross Zᵀ`` of the basis's regressor rows ``Z`` (…, M, M), float64.
-
-        Picked, not multiplied, when every regressor is one tap (the full basis).
-        """
+        """``A = Z cross Zᵀ`` of the basis's regressor rows ``Z`` (…, M, M), float64; picked,
+        not multiplied, when every regressor is one tap (the full basis)."""
         z = self.tap_weights(basis)
         taps = _selected_taps(z)
         if taps is None:
@@ -247,8 +235,7 @@ def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int
            channels: int) -> None:
     if not isinstance(batch, torch.Tensor):
         raise TypeError(f"batch must be a torch.Tensor, got {type(batch).__name__}")
-    if not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+    check_window(radius, 1, 2, channels)
     if channels == 1 and batch.ndim not in (3, 4):
         raise ValueError(f"batch must have shape (n, H, W) or (n, D, H, W), got shape "
                          f"{tuple(batch.shape)}")
@@ -259,8 +246,6 @@ def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int
         raise TypeError(f"batch must be float32 or float64, got {batch.dtype}")
     if batch.shape[0] == 0:
         raise ValueError("batch is empty: window sums need at least one image")
-    if not isinstance(radius, (int, np.integer)) or radius < 1:
-        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
     if not len(dilations) or any(not isinstance(d, (int, np.integer)) or d < 1
                                  for d in dilations):
         raise ValueError(f"dilations must be a non-empty sequence of integers >= 1, "
@@ -282,11 +267,8 @@ def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int
 
 def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
                shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sums of every cell: the window sums of the crop whose valid pixels are the cell.
-
-    Crops of equal shape of ``(n, C, *spatial)`` images are computed together; returns
-    (n, cells, …) tensors.
-    """
+    """Sums (n, cells, …) of every cell: the window sums of the crop of ``(n, C, *spatial)``
+    images whose valid pixels are the cell (crops of equal shape together)."""
     lead, channels = 2, batch.shape[1]
     n, ndim = batch.shape[0], batch.ndim - lead
     reach = radius * dilation
@@ -316,30 +298,24 @@ def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
 
 def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
                 grid: int | None = None, channels: int = 1) -> list[WindowSums]:
-    """Window sums of same-sized images at each dilation.
+    """Window sums of same-sized images at each dilation, one WindowSums per dilation.
 
     Parameters
     ----------
     batch : torch.Tensor of shape (n, *spatial) or (n, channels, *spatial)
-        Images as they should be modelled (already normalised if wanted), float32 or
-        float64; the channel axis is there when ``channels > 1``.
+        Images as they should be modelled (normalised if wanted), float32 or float64; the
+        channel axis is there when ``channels > 1``.
     radius : int
     dilations : sequence of int
     grid : int, optional
-        Also split the valid pixels into ``grid`` cells per axis and return per-cell sums
-        (a cells axis after the image axis).
+        Also return per-cell sums of ``grid`` cells per axis (a cells axis after the images).
     channels : int, default=1
-        Channels of the images: the sums are then over every tap of every channel.
-
-    Returns
-    -------
-    list of WindowSums, one per dilation, on the batch's device
 
     Notes
     -----
     A channel whose mean exceeds its standard deviation has its mean subtracted (in the
-    image's dtype) before any product and its contribution added back in float64, so
-    float32 images with a large offset lose no digits to cancellation.
+    image's dtype) before any product and added back in float64, so float32 images with
+    a large offset lose no digits to cancellation.
     """
     dilations = list(dilations)
     _check(batch, radius, dilations, grid, channels)
