@@ -43,20 +43,9 @@ def _slug(name: str) -> str:
 
 def kmeans(rows: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 4,
            max_iter: int = 100) -> np.ndarray:
-    """Lloyd's k-means with k-means++ seeding, best of ``n_init`` runs.
-
-    Parameters
-    ----------
-    rows : ndarray of shape (n, m)
-    k : int
-        Number of centroids; reduced to the number of distinct rows if larger.
-    rng : numpy Generator
-
-    Returns
-    -------
-    ndarray of shape (k', m)
-        Centroids sorted by decreasing cluster size, then lexicographically.
-    """
+    """Lloyd's k-means of ``rows (n, m)`` with k-means++ seeding, best of ``n_init`` runs:
+    ``k`` centroids (at most the distinct rows), sorted by decreasing cluster size, then
+    lexicographically."""
     distinct = np.unique(rows, axis=0)
     k = min(k, len(distinct))
     if k == len(distinct):

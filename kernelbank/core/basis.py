@@ -277,18 +277,9 @@ class Basis:
                      self.ring_distances)
 
     def to_kernels(self, coef: torch.Tensor) -> torch.Tensor:
-        """Turn coefficients into dense kernels.
-
-        Parameters
-        ----------
-        coef : torch.Tensor of shape (..., m), or (..., C, m) with channels
-
-        Returns
-        -------
-        torch.Tensor of shape (..., *window), or (..., C, C, *window) with channels
-            ``kernels[..., c, c']``: the weights output channel ``c`` puts on input channel
-            ``c'``; masked centres are zero. Dtype and device of ``coef``.
-        """
+        """Dense kernels ``(..., *window)`` of coefficients ``(..., m)``; with channels
+        ``(..., C, C, *window)`` of ``(..., C, m)``, ``[..., c, c']`` the weights output
+        channel ``c`` puts on input channel ``c'``. Dtype and device of ``coef``."""
         grey = self.channels == 1
         if grey:
             coef = coef[..., None, :]

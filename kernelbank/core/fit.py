@@ -453,18 +453,6 @@ def fit_result_from_sums(sums: WindowSums, basis: Basis, ridge: float = 1e-6, *,
 
 def fit_from_sums(sums: WindowSums, basis: Basis, ridge: float = 1e-6
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``coef (N, [C,] m)`` and ``mse (N, [C])`` (float64) of :func:`fit_result_from_sums`.
-
-    Examples
-    --------
-    >>> import numpy as np, torch, kernelbank as kb
-    >>> from kernelbank.core import normalize_images, window_sums
-    >>> images = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 20, 20)))
-    >>> basis = kb.Basis.isotropic(radius=2)
-    >>> [sums] = window_sums(normalize_images(images), 2, [1])
-    >>> coef, mse = kb.fit_from_sums(sums, basis)
-    >>> bool(torch.allclose(coef, kb.fit(images, basis).coef, rtol=1e-9, atol=1e-12))
-    True
-    """
+    """``coef (N, [C,] m)`` and ``mse (N, [C])`` (float64) of :func:`fit_result_from_sums`."""
     result = fit_result_from_sums(sums, basis, ridge)
     return result.coef, result.mse

@@ -67,22 +67,9 @@ def _planes(basis: Basis) -> tuple[Basis, torch.Tensor] | None:
 def regressor_grams(level: torch.Tensor, basis: Basis, dilations: Sequence[int], *,
                     with_sums: bool = False
                     ) -> tuple[list[torch.Tensor], list[WindowSums] | None]:
-    """``A`` of ``basis`` at each dilation for one batch of same-sized images.
-
-    Parameters
-    ----------
-    level : torch.Tensor of shape (n, C, *spatial)
-        Images as they should be modelled (normalised if wanted), ``C = basis.channels``.
-    basis : Basis
-    dilations : sequence of int
-    with_sums : bool, default=False
-        Also return the window sums (radius of the basis) of every dilation.
-
-    Returns
-    -------
-    grams : list of torch.Tensor of shape (n, M, M), float64, one per dilation
-    sums : list of WindowSums, one per dilation, or None
-    """
+    """``A`` (n, M, M), float64, of ``basis`` at each dilation for one batch of same-sized
+    images ``(n, C, *spatial)`` as they should be modelled; with ``with_sums`` also the
+    window sums (radius of the basis) of every dilation, else None."""
     shape = level.shape[2:]
     dilated = [basis.with_dilation(d) for d in dilations]
     by_sums = [d for d, b in zip(dilations, dilated)

@@ -52,20 +52,9 @@ def _shape_error(channels: int, ndim: int, what: str, shape) -> ValueError:
 
 
 def accept(images: ImageBatch, ndim: int, channels: int = 1) -> Front:
-    """Check and group images for a model of ``channels`` channels on ``ndim``-D images.
-
-    Parameters
-    ----------
-    images : array or tensor of shape (N, [C,] *spatial), or a list of ([C,] *spatial)
-        The channel axis may be left out when ``channels == 1`` (grey images).
-    ndim : int
-        2 for images, 3 for volumes.
-    channels : int, default=1
-
-    Returns
-    -------
-    Front
-    """
+    """Check and group images ``(N, [C,] *spatial)`` (or a list of ``([C,] *spatial)``) for
+    a model of ``channels`` channels on ``ndim``-D images; the channel axis may be left
+    out when ``channels == 1`` (grey images)."""
     if isinstance(images, (np.ndarray, torch.Tensor)):
         if images.ndim == ndim and channels == 1:
             raise ValueError(f"expected a batch of shape (N, {'D, ' if ndim == 3 else ''}H, W)"
@@ -195,21 +184,13 @@ def normalize_images(batch: torch.Tensor) -> torch.Tensor:
 
 
 def pyramid_level(batch: torch.Tensor, factor: int) -> torch.Tensor:
-    """Anti-aliased downsampling by an integer factor.
+    """Anti-aliased downsampling of ``(n, *spatial)`` by an integer factor, to
+    ``(n, *ceil(spatial / factor))``.
 
     Blurs each image with a separable Gaussian of ``σ = (factor - 1) / 2`` (the
     anti-aliasing rule of ``skimage.transform.rescale``; reflect padding, truncated at
     4σ) and keeps every ``factor``-th pixel along each axis. Plain ``x[::s, ::s]`` would
     alias fine texture into false low-frequency structure.
-
-    Parameters
-    ----------
-    batch : torch.Tensor of shape (n, *spatial)
-    factor : int >= 1
-
-    Returns
-    -------
-    torch.Tensor of shape (n, *ceil(spatial / factor))
     """
     if factor == 1:
         return batch

@@ -267,17 +267,8 @@ class LikelihoodClassifier:
         return self._predict(self._fits(images))
 
     def calibrate(self, images, labels: Sequence[str]) -> "LikelihoodClassifier":
-        """Replace each class's log-MSE range by the exact one measured on ``images``.
-
-        Parameters
-        ----------
-        images : images of the classes (usually the training set)
-        labels : sequence of str, one per image
-
-        Returns
-        -------
-        self
-        """
+        """Replace each class's log-MSE range by the one measured on ``images`` of the
+        classes (usually the training set) with their ``labels``; returns self."""
         return self._calibrate(self._fits(images), labels)
 
     # ------------------------------------------------------------------ from window sums
