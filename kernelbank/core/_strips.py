@@ -125,20 +125,17 @@ class _SeparableRingPlan:
                       band[:, :, reach + b * d:reach + b * d + width], out=out)
             horiz.append(out)
 
-        def up(plane, a):
-            return plane[:, reach - a * d:reach - a * d + rows]
-
-        def down(plane, a):
+        def at(plane, a):         # rows a taps below (above, a < 0) the output rows
             return plane[:, reach + a * d:reach + a * d + rows]
 
         filled = set()
         for a, b, ring in self.pairs:
             if a == 0:
-                terms = [up(horiz[b], 0), up(horiz[0], b), down(horiz[0], b)]
+                terms = [at(horiz[b], 0), at(horiz[0], -b), at(horiz[0], b)]
             elif a == b:
-                terms = [up(horiz[a], a), down(horiz[a], a)]
+                terms = [at(horiz[a], -a), at(horiz[a], a)]
             else:
-                terms = [up(horiz[b], a), down(horiz[b], a), up(horiz[a], b), down(horiz[a], b)]
+                terms = [at(horiz[b], -a), at(horiz[b], a), at(horiz[a], -b), at(horiz[a], b)]
             out = z[:, ring]
             if ring in filled:
                 for term in terms:
@@ -148,7 +145,7 @@ class _SeparableRingPlan:
                 for term in terms[2:]:
                     out.add_(term)
                 filled.add(ring)
-        z[:, self.work.planes_used - 1].copy_(up(horiz[0], 0))
+        z[:, self.work.planes_used - 1].copy_(at(horiz[0], 0))
         return flat
 
 

@@ -59,17 +59,13 @@ def check_window(radius: int, dilation: int, ndim: int, channels: int = 1,
 class Basis:
     """Kernels of a (vector) AR model on a dilated ``C``-channel window; ``C = 1`` by default.
 
-    Build one with :meth:`full`, :meth:`isotropic` or :meth:`from_kernels`. The layout is
-    described in the module docstring.
+    Build one with :meth:`full`, :meth:`isotropic` or :meth:`from_kernels`.
 
     Attributes
     ----------
-    regressors : torch.Tensor of shape (M, channels * t), float64
-        Distinct tap combinations used by some output channel, and the centre taps.
-    selection : torch.Tensor of shape (channels, m), int64
-        Rows of ``regressors`` combined by each output channel.
-    targets : torch.Tensor of shape (channels,), int64
-        Row of ``regressors`` holding each channel's centre tap (the predicted value).
+    regressors, selection, targets : torch.Tensor
+        ``(M, channels · t)`` float64, ``(channels, m)`` and ``(channels,)`` int64: the
+        layout of the module docstring.
     channels, radius, dilation, ndim : int
         The window: ``(2 radius + 1)^ndim`` taps per channel, ``dilation`` pixels apart.
     kind : {"full", "isotropic", "custom"}

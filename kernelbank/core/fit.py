@@ -209,13 +209,9 @@ def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: boo
     Returns
     -------
     FitResult
-        With a scale axis when ``dilations`` or ``scales`` is a sequence.
-
-    Raises
-    ------
-    ValueError
-        For an empty batch, wrong dimensions or channel count, NaN/inf values, or an
-        image smaller than the dilated window at some scale; the message names the image.
+        With a scale axis when ``dilations`` or ``scales`` is a sequence. A ValueError
+        naming the image for an empty batch, wrong dimensions or channel count, NaN/inf
+        values, or an image smaller than the dilated window at some scale.
 
     Examples
     --------

@@ -213,21 +213,11 @@ class ClassStats:
     @classmethod
     def from_fit(cls, result, labels: Sequence[str], *, scale: int | None = None,
                  reservoir_size: int = DEFAULT_RESERVOIR, seed: int = 0) -> "ClassStats":
-        """Per-class statistics of a :class:`~kernelbank.core.fit.FitResult`.
-
-        Parameters
-        ----------
-        result : FitResult
-            With leading shape (N,), or (N, S) together with ``scale``.
-        labels : sequence of str of length N
-            Class of each image (converted with ``str``).
-        scale : int, optional
-            Index into ``result.scale_index`` when the result has a scale axis.
-        reservoir_size : int, default=512
-            Rows of coefficients sampled per class (for kmeans banks).
-        seed : int, default=0
-            Key of the row priorities of the reservoir sample.
-        """
+        """Per-class statistics of a :class:`~kernelbank.core.fit.FitResult` of N images
+        with their ``labels`` (converted with ``str``); ``scale``: the index into
+        ``result.scale_index`` when the result has a scale axis. ``reservoir_size`` rows of
+        coefficients are sampled per class (for kmeans banks), by priorities keyed by
+        ``seed``."""
         labels = [str(v) for v in labels]
         n = len(result)
         if len(labels) != n:
