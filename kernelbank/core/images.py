@@ -4,14 +4,12 @@ Every image is a ``(C, *spatial)`` array: a grey image ``(H, W)`` (or a volume
 ``(D, H, W)``) becomes ``(1, H, W)`` here, and the results of the one pass are squeezed
 back for it on the way out (:mod:`kernelbank.core.fit`). The steps, in order:
 
-* **accept**: one array or tensor ``(N, [C,] *spatial)``, or a list of images of any sizes;
-* **group by shape**: images of equal shape are computed together (a single array is one
-  group, not copied unless its dtype changes; integer images are computed in float32);
-* **chunk**: a group is split into chunks of about 4 M values, so the normalised copies
-  of a batch of any size stay bounded in memory and same-sized buffers are recycled;
-* **check**: NaN/inf values and images smaller than the dilated window at some scale
-  raise a ``ValueError`` naming the image;
-* **pyramid and z-score**, per channel (:func:`pyramid_level`, :func:`normalize_images`).
+**accept** one array or tensor ``(N, [C,] *spatial)``, or a list of images of any sizes;
+**group** images of equal shape (a single array is one group, copied only to change its
+dtype; integer images are computed in float32); **chunk** a group into about 4 M values,
+so the normalised copies stay bounded in memory; **check** for NaN/inf values and images
+smaller than the dilated window at some scale (a ``ValueError`` naming the image); then
+the **pyramid and z-score**, per channel (:func:`pyramid_level`, :func:`normalize_images`).
 """
 
 from __future__ import annotations

@@ -12,15 +12,12 @@ needs::
     Σmse, Σmse²      per-image own-fit residual variance det(Σ_own)^(1/C) (the MSE for C = 1)
     reservoir        a bounded sample of coefficient rows  → kmeans
 
-``A`` is the Gram of the basis's regressor rows (:mod:`kernelbank.core.solve`); one
-format serves every channel count (grey: ``A = [[G, h], [hᵀ, Σx²]]``, ``C = 1``). The
-pooled class model is each output channel's solve on the summed ``A``
-(:func:`pooled_model`).
-
-Merging is adding (``a + b``): counts and sums add, and the reservoir keeps the ``k``
-rows of lowest *priority* among both, a keyed hash of the row's bytes (:func:`_priorities`),
-so the sample is a uniformly random subset whatever the batching or merge order.
-``0 + stats`` is ``stats`` so ``sum(list_of_stats)`` works.
+``A`` is the Gram of the basis's regressor rows (:mod:`kernelbank.core.solve`; grey:
+``[[G, h], [hᵀ, Σx²]]``); the pooled class model is each output channel's solve on the
+summed ``A`` (:func:`pooled_model`). Merging is adding (``a + b``, ``sum(parts)``): the
+reservoir keeps the ``k`` rows of lowest *priority* among both, a keyed hash of the
+row's bytes (:func:`_priorities`), so the sample is a uniformly random subset whatever
+the batching or merge order.
 
 All sums are float64 (counts int64); they merge exactly up to float64 rounding. The
 file format is :mod:`kernelbank.io.stats_file`'s.
