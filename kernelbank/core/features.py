@@ -195,9 +195,8 @@ def bank_features(images, bank: KernelBank, grid: int = 2, normalize: bool = Tru
         raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
     front = accept(images, bank.ndim, bank.channels)
     check_windows_fit(front, bank, [(1, int(bank.dilations.max()))])
-    n_images = sum(len(indices) for indices, _ in front.groups)
-    out = torch.empty((n_images, len(bank_feature_names(bank, grid, joint))),
-                      dtype=torch.float64, device=front.device)
+    n_images, names = sum(len(i) for i, _ in front.groups), bank_feature_names(bank, grid, joint)
+    out = torch.empty((n_images, len(names)), dtype=torch.float64, device=front.device)
     for indices, batch in front.groups:
         check_finite(batch, indices)
         [(_, batch)] = levels(batch, [1], normalize)
@@ -208,7 +207,7 @@ def bank_features(images, bank: KernelBank, grid: int = 2, normalize: bool = Tru
             rows = torch.tensor(indices[i0:i0 + chunk], device=front.device)
             out[rows] = _features_same_size(batch[i0:i0 + chunk], bank, grid,
                                             ridge if joint else None)
-    return out, bank_feature_names(bank, grid, joint)
+    return out, names
 
 
 def ar_feature_names(basis: Basis, dilations: Sequence[int] = (1, 2, 3, 4, 5)
