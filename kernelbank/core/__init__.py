@@ -5,8 +5,7 @@ the one pass over the pixels (own kernel, window sums, residual descriptors).
 
 Names are imported on first use (PEP 562): ``import kernelbank.core`` costs nothing, and
 a module that needs one numpy-only helper (``kernelbank.core.ridge``) does not import
-torch through this package. :data:`_EXPORTS` maps each public name to the submodule
-that defines it — one line per name, so adding or moving one is a one-line change.
+torch through this package. :data:`_MODULES` lists the public names of each submodule.
 """
 
 from __future__ import annotations
@@ -16,37 +15,25 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-#: Public name -> submodule of ``kernelbank.core`` that defines it.
-_EXPORTS: dict[str, str] = {
-    "Basis": "basis",
-    "ClassStats": "stats",
-    "FitResult": "fit",
-    "KernelBank": "bank",
-    "LikelihoodClassifier": "likelihood",
-    "ResidualDescriptors": "residual",
-    "SingularGramWarning": "solve",
-    "WindowSums": "sums",
-    "ar_features": "features",
-    "bank_feature_names_from_sums": "features",
-    "bank_features": "features",
-    "bank_features_from_sums": "features",
-    "describe_residuals": "residual",
-    "fit": "fit",
-    "fit_from_sums": "fit",
-    "fit_result_from_sums": "fit",
-    "image_statistics": "fit",
-    "normalize_images": "images",
-    "pyramid_level": "images",
-    "residual_descriptor_names": "residual",
-    "residual_features": "fit",
-    "residual_mse": "solve",
-    "select_sums": "fit",
-    "solve_normal_equations": "solve",
-    "sums_from_rows": "sums_rows",
-    "sums_row_length": "sums_rows",
-    "sums_to_rows": "sums_rows",
-    "window_sums": "sums",
+#: Submodule of ``kernelbank.core`` -> the public names it defines.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "bank": ("KernelBank",),
+    "basis": ("Basis",),
+    "features": ("ar_features", "bank_feature_names_from_sums", "bank_features",
+                 "bank_features_from_sums"),
+    "fit": ("FitResult", "fit", "fit_from_sums", "fit_result_from_sums", "image_statistics",
+            "residual_features", "select_sums"),
+    "images": ("normalize_images", "pyramid_level"),
+    "likelihood": ("LikelihoodClassifier",),
+    "residual": ("ResidualDescriptors", "describe_residuals", "residual_descriptor_names"),
+    "solve": ("SingularGramWarning", "residual_mse", "solve_normal_equations"),
+    "stats": ("ClassStats",),
+    "sums": ("WindowSums", "window_sums"),
+    "sums_rows": ("sums_from_rows", "sums_row_length", "sums_to_rows"),
 }
+#: Public name -> submodule that defines it.
+_EXPORTS: dict[str, str] = {name: module for module, names in _MODULES.items()
+                            for name in names}
 
 #: Deprecated names of the grey/colour split -> the name they stand for now: a Basis takes
 #: ``channels=``, one FitResult serves every channel count, fit_result_from_sums any basis.

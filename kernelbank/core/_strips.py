@@ -125,20 +125,17 @@ class _SeparableRingPlan:
                       band[:, :, reach + b * d:reach + b * d + width], out=out)
             horiz.append(out)
 
-        def up(plane, a):
-            return plane[:, reach - a * d:reach - a * d + rows]
-
-        def down(plane, a):
+        def at(plane, a):         # rows a taps below (above, a < 0) the output rows
             return plane[:, reach + a * d:reach + a * d + rows]
 
         filled = set()
         for a, b, ring in self.pairs:
             if a == 0:
-                terms = [up(horiz[b], 0), up(horiz[0], b), down(horiz[0], b)]
+                terms = [at(horiz[b], 0), at(horiz[0], -b), at(horiz[0], b)]
             elif a == b:
-                terms = [up(horiz[a], a), down(horiz[a], a)]
+                terms = [at(horiz[a], -a), at(horiz[a], a)]
             else:
-                terms = [up(horiz[b], a), down(horiz[b], a), up(horiz[a], b), down(horiz[a], b)]
+                terms = [at(horiz[b], -a), at(horiz[b], a), at(horiz[a], -b), at(horiz[a], b)]
             out = z[:, ring]
             if ring in filled:
                 for term in terms:
@@ -148,7 +145,7 @@ class _SeparableRingPlan:
                 for term in terms[2:]:
                     out.add_(term)
                 filled.add(ring)
-        z[:, self.work.planes_used - 1].copy_(up(horiz[0], 0))
+        z[:, self.work.planes_used - 1].copy_(at(horiz[0], 0))
         return flat
 
 
@@ -210,23 +207,10 @@ def _strips(images: torch.Tensor, basis: Basis):
 
 def residual_sums(images: torch.Tensor, basis: Basis, coef: torch.Tensor,
                   eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residual statistics of given coefficients, optionally reweighted for L1.
-
-    Parameters
-    ----------
-    images : torch.Tensor of shape (n, *spatial)
-    basis : Basis
-    coef : torch.Tensor of shape (n, m)
-    eps : float, optional
-        When given, also return the augmented Gram matrix weighted per pixel by
-        ``1 / max(|e|, eps)`` (one iteratively-reweighted least-squares step).
-
-    Returns
-    -------
-    abs_sum : torch.Tensor of shape (n,), float64
-        ``Σ |x - Σ_j coef_j R_j|`` over valid pixels.
-    weighted_gram : torch.Tensor of shape (n, m+1, m+1) or None
-    """
+    """``Σ |x − Σ_j coef_j R_j|`` over the valid pixels of one-channel images
+    ``(n, *spatial)`` under ``coef (n, m)``, float64 (n,); with ``eps`` also the augmented
+    Gram weighted per pixel by ``1 / max(|e|, eps)`` (one reweighted least-squares step,
+    (n, m+1, m+1)), else None."""
     m = basis.n_components
     n = images.shape[0]
     abs_sum = torch.zeros(n, dtype=torch.float64, device=images.device)
@@ -246,21 +230,10 @@ def residual_sums(images: torch.Tensor, basis: Basis, coef: torch.Tensor,
 
 
 def plane_gram(images: torch.Tensor, basis: Basis) -> torch.Tensor:
-    """Sum over valid pixels of ``z zᵀ`` for the planes of every channel.
-
-    Parameters
-    ----------
-    images : torch.Tensor of shape (n, C, *spatial)
-        Same-sized images (2-D) or volumes (3-D), floating dtype.
-    basis : Basis
-        One-channel basis applied to every channel.
-
-    Returns
-    -------
-    torch.Tensor of shape (n, C (m + 1), C (m + 1)), float64, on the images' device
-        Plane ``c (m + 1) + j`` is ``b_j ⋆ x_c`` for ``j < m`` and ``x_c`` for ``j = m``
-        (one channel: the augmented Gram ``[[G, h], [hᵀ, Σx²]]``).
-    """
+    """``Σ z zᵀ`` over the valid pixels of same-sized images ``(n, C, *spatial)`` for the
+    planes of a one-channel basis on every channel: (n, C (m + 1), C (m + 1)), float64.
+    Plane ``c (m + 1) + j`` is ``b_j ⋆ x_c`` for ``j < m`` and ``x_c`` for ``j = m`` (one
+    channel: the augmented Gram ``[[G, h], [hᵀ, Σx²]]``)."""
     n, channels = images.shape[:2]
     per_channel = basis.n_components + 1
     size = channels * per_channel

@@ -43,20 +43,9 @@ def _slug(name: str) -> str:
 
 def kmeans(rows: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 4,
            max_iter: int = 100) -> np.ndarray:
-    """Lloyd's k-means with k-means++ seeding, best of ``n_init`` runs.
-
-    Parameters
-    ----------
-    rows : ndarray of shape (n, m)
-    k : int
-        Number of centroids; reduced to the number of distinct rows if larger.
-    rng : numpy Generator
-
-    Returns
-    -------
-    ndarray of shape (k', m)
-        Centroids sorted by decreasing cluster size, then lexicographically.
-    """
+    """Lloyd's k-means of ``rows (n, m)`` with k-means++ seeding, best of ``n_init`` runs:
+    ``k`` centroids (at most the distinct rows), sorted by decreasing cluster size, then
+    lexicographically."""
     distinct = np.unique(rows, axis=0)
     k = min(k, len(distinct))
     if k == len(distinct):
@@ -94,9 +83,8 @@ class KernelBank:
     Attributes
     ----------
     kernels : torch.Tensor of shape (M, *window) or (M, C, C, *window), float64
-        The kernels; every centre weight is zero. With ``channels = C > 1``, vector
-        kernels: ``kernels[j, c, c']`` are the weights output channel ``c`` puts on input
-        channel ``c'``, and the centre of each output channel's own input is zero.
+        Centre zero; with ``channels = C > 1`` vector kernels, ``[j, c, c']`` the weights
+        output channel ``c`` puts on input channel ``c'`` (zero at its own centre).
     dilations : torch.Tensor of shape (M,), int64
         Tap spacing each kernel is applied with.
     class_index : torch.Tensor of shape (M,), int64
@@ -214,7 +202,8 @@ class KernelBank:
     def from_stats(cls, stats: ClassStats, method: str = "pooled", *,
                    n_components: int | float | None = None, ridge: float = 1e-6,
                    random_state: int | np.random.Generator | None = 0) -> "KernelBank":
-        """Build a bank from per-class statistics.
+        """A bank of ``method`` (see the module docstring) from per-class statistics,
+        kernels grouped by class in ``stats.classes`` order.
 
         Parameters
         ----------
@@ -224,16 +213,10 @@ class KernelBank:
             ``pca``: an int is the number of principal directions per class (default 2);
             a float in (0, 1) keeps the fewest directions explaining that fraction of
             the coefficient variance. ``kmeans``: centroids per class (default 4).
-            Ignored for ``pooled``.
         ridge : float, default=1e-6
             Per-pixel ridge of the pooled solve.
         random_state : int, Generator or None, default=0
             Seeds k-means.
-
-        Returns
-        -------
-        KernelBank
-            Kernels grouped by class in ``stats.classes`` order.
         """
         if method not in BANK_METHODS:
             raise ValueError(f"method must be one of {BANK_METHODS}, got {method!r}")

@@ -59,17 +59,13 @@ def check_window(radius: int, dilation: int, ndim: int, channels: int = 1,
 class Basis:
     """Kernels of a (vector) AR model on a dilated ``C``-channel window; ``C = 1`` by default.
 
-    Build one with :meth:`full`, :meth:`isotropic` or :meth:`from_kernels`. The layout is
-    described in the module docstring.
+    Build one with :meth:`full`, :meth:`isotropic` or :meth:`from_kernels`.
 
     Attributes
     ----------
-    regressors : torch.Tensor of shape (M, channels * t), float64
-        Distinct tap combinations used by some output channel, and the centre taps.
-    selection : torch.Tensor of shape (channels, m), int64
-        Rows of ``regressors`` combined by each output channel.
-    targets : torch.Tensor of shape (channels,), int64
-        Row of ``regressors`` holding each channel's centre tap (the predicted value).
+    regressors, selection, targets : torch.Tensor
+        ``(M, channels · t)`` float64, ``(channels, m)`` and ``(channels,)`` int64: the
+        layout of the module docstring.
     channels, radius, dilation, ndim : int
         The window: ``(2 radius + 1)^ndim`` taps per channel, ``dilation`` pixels apart.
     kind : {"full", "isotropic", "custom"}
@@ -202,13 +198,7 @@ class Basis:
         masked = torch.eye(channels, dtype=torch.bool) if centre_mask == "own" else \
             torch.ones(channels, channels, dtype=torch.bool)
         bad = (centre.abs() > atol) & masked[:, None, :]
-        if bad.any() and channels == 1:
-            found = torch.nonzero(bad[0, :, 0]).flatten().tolist()
-            raise ValueError(
-                f"basis kernels {found[:10]} have a non-zero centre weight (e.g. "
-                f"{float(centre[0, found[0], 0]):.3g}); an AR kernel must not use the pixel it "
-                f"predicts. Set the centre to 0 before building the basis.")
-        if bad.any():
+        if bad.any():         # an AR kernel must not use the pixel it predicts
             c, j, source = (int(v) for v in torch.nonzero(bad)[0])
             raise ValueError(
                 f"kernel {j} of output channel {c} has weight {float(centre[c, j, source]):.3g} "
@@ -283,18 +273,9 @@ class Basis:
                      self.ring_distances)
 
     def to_kernels(self, coef: torch.Tensor) -> torch.Tensor:
-        """Turn coefficients into dense kernels.
-
-        Parameters
-        ----------
-        coef : torch.Tensor of shape (..., m), or (..., C, m) with channels
-
-        Returns
-        -------
-        torch.Tensor of shape (..., *window), or (..., C, C, *window) with channels
-            ``kernels[..., c, c']``: the weights output channel ``c`` puts on input channel
-            ``c'``; masked centres are zero. Dtype and device of ``coef``.
-        """
+        """Dense kernels ``(..., *window)`` of coefficients ``(..., m)``; with channels
+        ``(..., C, C, *window)`` of ``(..., C, m)``, ``[..., c, c']`` the weights output
+        channel ``c`` puts on input channel ``c'``. Dtype and device of ``coef``."""
         grey = self.channels == 1
         if grey:
             coef = coef[..., None, :]

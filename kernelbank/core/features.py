@@ -1,33 +1,24 @@
 r"""Features of an image from a kernel bank: how well does each kernel predict it?
 
 For an image ``x`` (z-scored by default) and a bank kernel ``k`` at dilation ``δ``, the
-prediction is ``p = k ⋆ x`` (cross-correlation with taps ``δ`` pixels apart, over the
-kernel's own valid pixels). With the least-squares gain ``g = ⟨p, x⟩ / ⟨p, p⟩`` (0 when
-``p = 0``) and the residual ``e = x − g p``, per kernel::
+prediction is ``p = k ⋆ x`` over the kernel's own valid pixels (one ``conv2d``/``conv3d``
+per dilation in the images' dtype; reductions in float64). With the least-squares gain
+``g = ⟨p, x⟩ / ⟨p, p⟩`` (0 when ``p = 0``) and the residual ``e = x − g p``, per kernel:
+``mae`` (mean |e|), ``mse`` (mean e²), ``var`` (mean e² − (mean e)²), ``gain`` (g),
+``energy_i_j`` (mean e² over cell (i, j) of a grid × grid partition: adaptive average
+pooling), ``win`` (the fraction of pixels, those whose window fits at the bank's largest
+reach, where this kernel has the smallest |e| of the bank) and, with ``joint=True``,
+``joint_`` (the least-squares coefficients of the kernels of each dilation used
+together). A bank of vector kernels (``bank.channels = C > 1``, images
+``(N, C, *spatial)``) predicts channel ``c`` with its row ``k[c]`` over all input
+channels; each (kernel, output channel) pair is one "kernel", named ``<kernel>_c<c>``.
+:func:`ar_features` is the original ConvAR descriptor: the own AR coefficients at
+several dilations.
 
-    mae     mean |e|
-    mse     mean e²
-    var     mean e² − (mean e)²
-    gain    g
-    energy_i_j   mean e² over cell (i, j) of a grid × grid partition of those pixels
-                 (adaptive average pooling: any image size, cells differ by ≤ 1 pixel)
-    win     the fraction of pixels where this kernel has the smallest |e| of the bank,
-            on the pixels whose window fits at the bank's largest reach
-    joint_  (with ``joint=True``) the coefficients of the least-squares fit of the image
-            on the kernels of each dilation used together (``Basis.from_kernels``)
-
-A bank of vector kernels (``bank.channels = C > 1``, images ``(N, C, *spatial)``)
-predicts channel ``c`` with its row ``k[c]`` over all input channels; each (kernel,
-output channel) pair is one "kernel" above, named ``<kernel>_c<c>``.
-:func:`ar_features` is the original ConvAR descriptor: the image's own AR coefficients
-at several dilations.
-
-From window sums
-----------------
-:func:`bank_features_from_sums` gives the quadratic features without pixels, the same
-columns less ``mae`` and ``win``. With ``k`` a t-vector over the taps of the window sums
-(``C`` cross, ``f`` first, ``c`` the centre tap of the predicted channel, ``n`` valid
-pixels, :mod:`kernelbank.core.sums`)::
+**From window sums**, :func:`bank_features_from_sums` gives the same columns less ``mae``
+and ``win``, with no pixels. With ``k`` a vector over the taps of the sums (``C`` cross,
+``f`` first, ``c`` the centre tap of the predicted channel, ``n`` valid pixels,
+:mod:`kernelbank.core.sums`)::
 
     ⟨p, x⟩ = kᵀ C[:, c]      ⟨p, p⟩ = kᵀ C k      Σp = kᵀ f      Σx = f_c      Σx² = C[c, c]
     mse = (Σx² − 2 g ⟨p, x⟩ + g² ⟨p, p⟩) / n        var = mse − ((Σx − g Σp) / n)²
@@ -35,14 +26,8 @@ pixels, :mod:`kernelbank.core.sums`)::
 ``energy_<cell>`` is the same ``Σe²`` over one cell's sums with the whole-image gain, and
 ``joint_<kernel>`` is ``(KᵀCK + λ n I)⁻¹ Kᵀ C[:, c]`` over the kernels ``K`` of one dilation.
 Sums at the bank's radius cover exactly the pixel path's pixels, so the features agree
-to rounding; sums of a larger radius cover fewer pixels (:meth:`WindowSums.restrict`).
-The MSE is a difference of sums, which loses ``log10(Σx² / Σe²)`` of float64's digits.
-
-Notes
------
-Convolutions run in the images' dtype and device (one ``conv2d``/``conv3d`` per
-dilation, all kernels of that dilation as output channels); reductions and features
-are float64.
+to rounding (the MSE, a difference of sums, loses ``log10(Σx² / Σe²)`` digits); sums of a
+larger radius cover fewer pixels (:meth:`WindowSums.restrict`).
 """
 
 from __future__ import annotations
@@ -57,7 +42,7 @@ import torch.nn.functional as F
 from .bank import KernelBank
 from .basis import Basis
 from .fit import fit, select_sums
-from .images import accept, check_finite, normalize_images
+from .images import accept, check_finite, check_windows_fit, levels
 from .solve import solve_normal_equations
 from .sums import WindowSums
 
@@ -80,12 +65,15 @@ def bank_feature_names(bank: KernelBank, grid: int = 2, joint: bool = False) -> 
     ``<name>_win`` for every kernel, then ``joint_<name>`` when ``joint``; for vector
     kernels ``<name>`` is each of :attr:`KernelBank.output_names`.
     """
-    per = [f"{n}_{s}" for n in bank.output_names
-           for s in list(_PER_KERNEL) + [f"energy_{c}" for c in _cells(grid, bank.ndim)]]
-    names = per + [f"{n}_win" for n in bank.output_names]
-    if joint:
-        names += [f"joint_{n}" for n in _joint_order(bank)[1]]
-    return names
+    return _names(bank, _PER_KERNEL, grid, joint, win=True)
+
+
+def _names(bank: KernelBank, columns: Sequence[str], grid: int | None, joint: bool,
+           win: bool = False) -> list[str]:
+    cells = [] if grid is None else [f"energy_{c}" for c in _cells(grid, bank.ndim)]
+    names = [f"{n}_{s}" for n in bank.output_names for s in [*columns, *cells]]
+    names += [f"{n}_win" for n in bank.output_names] if win else []
+    return names + ([f"joint_{n}" for n in _joint_order(bank)[1]] if joint else [])
 
 
 def _joint_order(bank: KernelBank) -> tuple[list[torch.Tensor], list[str]]:
@@ -205,32 +193,21 @@ def bank_features(images, bank: KernelBank, grid: int = 2, normalize: bool = Tru
         raise TypeError(f"bank must be a kernelbank.KernelBank, got {type(bank).__name__}")
     if not isinstance(grid, (int, np.integer)) or grid < 1:
         raise ValueError(f"grid must be an integer >= 1, got {grid!r}")
-    channels = bank.channels
-    front = accept(images, bank.ndim, channels)
-    groups, device = front.groups, front.device
-    need = 2 * bank.max_reach + 1
-    for indices, batch in groups:
-        if min(batch.shape[2:]) < need:
-            raise ValueError(
-                f"image {indices[0]} has shape {tuple(batch.shape[2:])}, smaller than the "
-                f"{need}-pixel window of the bank (radius {bank.radius}, largest dilation "
-                f"{int(bank.dilations.max())}); drop it or use a bank with smaller dilations")
-    n_images = sum(len(indices) for indices, _ in groups)
-    n_cols = len(bank) * channels * (len(_PER_KERNEL) + grid ** bank.ndim + 1 + int(joint))
-    out = torch.empty((n_images, n_cols), dtype=torch.float64, device=device)
-    for indices, batch in groups:
-        shape = tuple(batch.shape[2:])
+    front = accept(images, bank.ndim, bank.channels)
+    check_windows_fit(front, bank, [(1, int(bank.dilations.max()))])
+    n_images, names = sum(len(i) for i, _ in front.groups), bank_feature_names(bank, grid, joint)
+    out = torch.empty((n_images, len(names)), dtype=torch.float64, device=front.device)
+    for indices, batch in front.groups:
         check_finite(batch, indices)
-        if normalize:       # each channel on its own
-            batch = normalize_images(batch.reshape((-1,) + shape)).reshape(batch.shape)
-        per_image = len(bank) * channels * int(np.prod([s - 2 * bank.max_reach
-                                                       for s in shape]))
+        [(_, batch)] = levels(batch, [1], normalize)
+        per_image = len(bank) * bank.channels * int(np.prod([s - 2 * bank.max_reach
+                                                            for s in batch.shape[2:]]))
         chunk = max(1, _BLOCK_ELEMENTS // max(1, per_image))
         for i0 in range(0, len(indices), chunk):
-            rows = torch.tensor(indices[i0:i0 + chunk], device=device)
+            rows = torch.tensor(indices[i0:i0 + chunk], device=front.device)
             out[rows] = _features_same_size(batch[i0:i0 + chunk], bank, grid,
                                             ridge if joint else None)
-    return out, bank_feature_names(bank, grid, joint)
+    return out, names
 
 
 def ar_feature_names(basis: Basis, dilations: Sequence[int] = (1, 2, 3, 4, 5)
@@ -248,22 +225,9 @@ def ar_features(images, basis: Basis,
                 normalize: bool = True) -> tuple[torch.Tensor, list[str]]:
     """The original ConvAR descriptor: fitted AR coefficients at several dilations.
 
-    Parameters
-    ----------
-    images : array, tensor or list of images
-    basis : Basis
-        Its dilation is replaced by each of ``dilations``; a basis of C channels takes
-        ``(N, C, *spatial)`` images and gives each output channel's coefficients.
-    dilations : sequence of int, default=(1, 2, 3, 4, 5)
-    ridge : float, default=1e-6
-    normalize : bool, default=True
-
-    Returns
-    -------
-    features : torch.Tensor of shape (N, len(dilations) * [C *] m), float64
-        Dilation-major: the m coefficients at the first dilation (of each output channel),
-        then the next.
-    names : list of str
+    :func:`~kernelbank.core.fit.fit` of ``basis`` at each of ``dilations``: features
+    (N, len(dilations) · [C ·] m), float64, dilation-major, and their names
+    (:func:`ar_feature_names`).
     """
     dilations = [int(d) for d in dilations]
     if not dilations:
@@ -284,22 +248,14 @@ def bank_feature_names_from_sums(bank: KernelBank, grid: int | None = None,
     ``joint_<name>`` when ``joint``. Each is the name of the same value in
     :func:`~kernelbank.core.features.bank_feature_names`.
     """
-    cells = [] if grid is None else [f"energy_{c}" for c in _cells(grid, bank.ndim)]
-    names = [f"{n}_{s}" for n in bank.output_names for s in _FROM_SUMS + tuple(cells)]
-    if joint:
-        names += [f"joint_{n}" for n in _joint_order(bank)[1]]
-    return names
+    return _names(bank, _FROM_SUMS, grid, joint)
 
 
 def _kernel_sums(sums: WindowSums, weights: torch.Tensor, targets: torch.Tensor,
                  joint: bool = False) -> dict[str, torch.Tensor]:
-    """The sums kernel features need, of kernel rows (m, T) predicting the taps
-    ``targets`` (m,) (the centre of the channel each row predicts): ``pp`` ``⟨p,p⟩``,
-    ``px`` ``⟨p,x⟩``, ``xx`` ``Σx²`` of the target, ``sum_p`` ``Σp`` (…, m) and, with
-    ``joint``, ``gram`` ``K C Kᵀ`` (…, m, m).
-
-    All are quadratic forms of ``cross``, taken in one :meth:`WindowSums.bilinear`.
-    """
+    """``pp`` ⟨p,p⟩, ``px`` ⟨p,x⟩, ``xx`` Σx² of the target, ``sum_p`` Σp (…, m) and with
+    ``joint`` ``gram`` K C Kᵀ (…, m, m) of kernel rows (m, T) predicting the taps
+    ``targets`` (their channels' centres): quadratic forms of ``cross``, one product."""
     m = len(weights)
     centre = torch.zeros_like(weights)
     centre[torch.arange(m), targets.to(weights.device)] = 1
@@ -328,18 +284,7 @@ def _bank_sums(sums: Sequence[WindowSums], bank: KernelBank, dilation: int, scal
                grid: int | None, kernel: str) -> WindowSums:
     """The sums kernel features at ``dilation`` need, checked and cut to the bank's radius."""
     chosen = select_sums(sums, dilation, scale=scale, grid=grid, needed_by=f"bank kernel {kernel}")
-    if chosen.ndim != bank.ndim:
-        raise ValueError(f"the bank is {bank.ndim}-D but the window sums at dilation {dilation} "
-                         f"are {chosen.ndim}-D")
-    if chosen.channels != bank.channels:
-        raise ValueError(f"the bank's kernels predict {bank.channels} channel(s) but the window "
-                         f"sums at dilation {dilation} are of {chosen.channels}")
-    if bank.radius > chosen.radius:
-        raise ValueError(f"the bank has radius {bank.radius} but the window sums at dilation "
-                         f"{dilation} have radius {chosen.radius}: they hold no products of "
-                         f"the outer taps. Compute the sums with a radius >= {bank.radius}.")
-    # same valid pixels (those of the sums' radius), fewer taps
-    return chosen.restrict(bank.radius) if chosen.radius > bank.radius else chosen
+    return chosen.cut_for("the bank", bank.radius, bank.ndim, bank.channels)
 
 
 def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
@@ -350,18 +295,12 @@ def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
     Parameters
     ----------
     sums : sequence of WindowSums
-        Sums of the same N images (normalised as ``bank_features`` would, z-scored by
-        default), whole-image at every dilation of the bank; add per-cell sums (one grid)
-        at every dilation for the energy columns. Entries at other dilations, scales or
-        radii are ignored; one whole-image (and one per-cell) entry must match each
-        dilation. Radius >= the bank's (see the module docstring: equal to reproduce
-        the pixel path).
+        Sums of the same N images (normalised as ``bank_features`` would), one
+        whole-image entry at each dilation of the bank and, for the energy columns, one
+        per-cell entry (one grid); radius >= the bank's (equal to reproduce the pixel
+        path). Entries at other dilations or scales are ignored.
     bank : KernelBank
-        Kernels of any origin (full, isotropic or custom basis, gabor, random).
-    joint : bool, default=False
-        Append the joint least-squares coefficients of each dilation's kernels.
-    ridge : float, default=1e-6
-        Per-pixel ridge of the joint fit.
+    joint, ridge : as :func:`bank_features`
     scale : int, default=1
         Pyramid scale of the sums to use (1: the images themselves, as ``bank_features``).
 
@@ -370,12 +309,6 @@ def bank_features_from_sums(sums: Sequence[WindowSums], bank: KernelBank, *,
     features : torch.Tensor of shape (N, F), float64, on the sums' device
     names : list of str of length F
         :func:`bank_feature_names_from_sums` with the sums' grid (None without cells).
-
-    Raises
-    ------
-    ValueError
-        For sums missing a dilation of the bank, sums of a smaller radius than the bank,
-        of another dimension, of different image counts, or per-cell sums of several grids.
 
     Examples
     --------

@@ -1,33 +1,22 @@
 r"""The one pass: every image's own AR kernel, window sums and residual descriptors.
 
-For images of ``C`` channels (a grey image is ``C = 1``) and a basis with regressor rows
-``Z`` (:mod:`kernelbank.core.basis`), the least-squares AR kernel over the valid pixels
-``p`` (whose whole dilated window lies inside the image; no padding) is algebra on one
-matrix, ``A = Σ_p z(p) z(p)ᵀ`` with ``z(p) = Z · taps(p)`` (:mod:`kernelbank.core.solve`;
-grey: ``α = (G + λ n I)⁻¹ h``). No learning rate, no epochs, no random start: the result
-is the optimum.
+For images of ``C`` channels (grey is ``C = 1``) and a basis with regressor rows ``Z``
+(:mod:`kernelbank.core.basis`), the least-squares AR kernel over the valid pixels (whose
+whole dilated window lies inside the image; no padding) is algebra on one matrix,
+``A = Σ_p z(p) z(p)ᵀ`` with ``z(p) = Z · taps(p)`` (:mod:`kernelbank.core.solve`; grey:
+``α = (G + λ n I)⁻¹ h``), taken by the faster exact engine (:mod:`kernelbank.core.gram`).
+No learning rate, no epochs, no random start: the result is the optimum.
 
-:func:`fit` is the one batch driver; every option is a by-product of the same visit of
-the pixels, per image and per (pyramid scale, dilation) entry:
+:func:`fit` is the one batch driver. Per image and (pyramid scale, dilation) entry, the
+window sums (``return_sums``, per cell with ``grid``; :mod:`kernelbank.core.sums`) and
+the own kernel's residual descriptors (``descriptors``; :mod:`kernelbank.core.residual`)
+are by-products of the same visit of the pixels. :func:`image_statistics` (the fit
+stage's table) and :func:`residual_features` are this pass with options set;
+:func:`fit_result_from_sums` is its solve on sums already taken.
 
-* the own kernel: coefficients, kernels, residual MSE (with channels the ``C × C``
-  residual covariance); ``A`` from the faster exact engine (:mod:`kernelbank.core.gram`);
-* ``return_sums``: the window sums of the full window (:class:`~kernelbank.core.sums.WindowSums`),
-  from which any bank's features, the pooled class kernels and the likelihood follow
-  with no pixels; ``grid``: the same per cell of a ``grid``-per-axis partition;
-* ``descriptors``: the shape and sign patterns of the own kernel's residual
-  (:mod:`kernelbank.core.residual`), higher-order and so not in the sums.
-
-:func:`image_statistics` (the fit stage's table) and :func:`residual_features` are this
-pass with options set; :func:`fit_result_from_sums` is its solve on sums already taken.
-
-Multi-scale fits run the same operation on several dilations of the basis (taps spaced
-1, 2, 3 … pixels apart) and several levels of an anti-aliased pyramid
-(:func:`~kernelbank.core.images.pyramid_level`).
-
-A robust fit (``robust=True``, one channel only) minimises the L1 error ``Σ_p |e(p)|``, as
-the original Adam loop did, by iteratively reweighted least squares (a few solves with
-weights ``1 / max(|e|, ε)``); about ``robust_iterations + 1`` times slower.
+A robust fit (``robust=True``, one channel only) minimises ``Σ_p |e(p)|``, as the
+original Adam loop did, by iteratively reweighted least squares (weights
+``1 / max(|e|, ε)``); about ``robust_iterations + 1`` times slower.
 """
 
 from __future__ import annotations
@@ -90,9 +79,8 @@ class FitResult:
         With ``return_sums`` (``grid``): the whole-image (per-cell) window sums of each
         entry of ``scale_index``, radius of the basis, images as fitted.
     descriptors : torch.Tensor of shape (N, [S,] F) or None
-        Residual descriptors of each entry (with channels: each channel's, channel-major).
+        Residual descriptors of each entry, named by ``descriptor_names``.
     descriptor_names : list of str
-        The ``F`` names of one entry's descriptors.
     """
 
     coef: torch.Tensor
@@ -221,13 +209,9 @@ def fit(images: ImageBatch, basis: Basis, *, ridge: float = 1e-6, normalize: boo
     Returns
     -------
     FitResult
-        With a scale axis when ``dilations`` or ``scales`` is a sequence.
-
-    Raises
-    ------
-    ValueError
-        For an empty batch, wrong dimensions or channel count, NaN/inf values, or an
-        image smaller than the dilated window at some scale; the message names the image.
+        With a scale axis when ``dilations`` or ``scales`` is a sequence. A ValueError
+        naming the image for an empty batch, wrong dimensions or channel count, NaN/inf
+        values, or an image smaller than the dilated window at some scale.
 
     Examples
     --------
@@ -327,27 +311,10 @@ def image_statistics(images: ImageBatch, basis: Basis, *,
                      normalize: bool = True,
                      descriptors: bool | ResidualDescriptors = True,
                      grid: int | None = None) -> FitResult:
-    """The fit stage's table: own kernels, window sums and residual descriptors, one pass.
-
-    :func:`fit` with ``return_sums=True`` and the default descriptors, always with a scale
-    axis and float64 coefficients; the Ray fit stage runs exactly this on each batch.
-
-    Parameters
-    ----------
-    images, ridge, normalize, grid : as :func:`fit`
-    basis : Basis
-        The basis of the own-kernel coefficients; the window sums cover its full window.
-    dilations, scales : sequence of int, optional
-        Entries are every (scale, dilation) pair, scale-major; default: the basis's
-        dilation, scale 1.
-    descriptors : bool or ResidualDescriptors, default=True
-        As :func:`fit`, but on by default.
-
-    Returns
-    -------
-    FitResult
-        ``coef (N, S, [C,] m)``, ``mse (N, S, [C])``, ``sums``, ``cell_sums``,
-        ``descriptors (N, S, F)``, ``descriptor_names``; with channels ``covariance``.
+    """The fit stage's table: :func:`fit` with ``return_sums=True`` and the descriptors on
+    by default, always with a scale axis and float64 coefficients. The Ray fit stage runs
+    exactly this on each batch. Parameters are :func:`fit`'s; the window sums cover the
+    basis's full window.
 
     Examples
     --------
@@ -372,23 +339,16 @@ def residual_features(images: ImageBatch, basis: Basis, *,
                       ) -> tuple[torch.Tensor, list[str]]:
     """Each image's own AR kernel at every dilation and scale, and its residual descriptors.
 
-    Parameters
-    ----------
-    images, basis, dilations, scales, ridge, normalize
-        As :func:`fit` (full basis: orientation-aware; isotropic: rotation-invariant).
-    coefficients : bool, default=False
-        Also return the fitted coefficients (``ar_s<scale>_d<dilation>_c<j>``) before the
-        descriptors of each scale and dilation.
-    descriptors : ResidualDescriptors, optional
-        Default ``ResidualDescriptors()``.
+    Parameters are :func:`fit`'s, and ``coefficients`` (default False: also return the
+    fitted coefficients, ``ar_s<scale>_d<dilation>[_ch<c>]_c<j>``, before the descriptors
+    of each entry) and ``descriptors`` (default ``ResidualDescriptors()``).
 
     Returns
     -------
     features : torch.Tensor of shape (N, F), float64, on the images' device
         Per (scale, dilation), scale-major: [coefficients,] descriptors.
     names : list of str of length F
-        ``res_s<scale>_d<dilation>_<descriptor>``; with channels
-        ``res_s<s>_d<d>_c<c>_<descriptor>`` and coefficients ``ar_s<s>_d<d>_ch<c>_c<j>``.
+        ``res_s<scale>_d<dilation>_<descriptor>`` (descriptor names of each channel).
 
     Examples
     --------
@@ -422,23 +382,9 @@ def _describe_sums(sums: WindowSums) -> str:
 
 def select_sums(sums: Iterable[WindowSums], dilation: int, *, scale: int = 1,
                 grid: int | None = None, needed_by: str = "") -> WindowSums:
-    """The one entry of ``sums`` taken at ``dilation``, ``scale`` and ``grid``.
-
-    Parameters
-    ----------
-    sums : iterable of WindowSums
-        Sums of the same images at any mix of dilations, scales and grids.
-    dilation, scale : int
-    grid : int or None, default=None
-        None picks whole-image sums, an int the per-cell sums of that grid.
-    needed_by : str, optional
-        What needs them, for the error message (e.g. "bank kernel k03_brick_d2").
-
-    Raises
-    ------
-    ValueError
-        When no entry, or more than one (e.g. two radii), matches.
-    """
+    """The one entry of ``sums`` (any mix of dilations, scales and grids) taken at
+    ``dilation``, ``scale`` and ``grid`` (None: whole-image sums); a ValueError naming
+    ``needed_by`` (e.g. "bank kernel k03_brick_d2") when none, or several, match."""
     sums = list(sums)
     for entry in sums:
         if not isinstance(entry, WindowSums):
@@ -459,31 +405,16 @@ def select_sums(sums: Iterable[WindowSums], dilation: int, *, scale: int = 1,
 def fit_result_from_sums(sums: WindowSums, basis: Basis, ridge: float = 1e-6, *,
                          coef: torch.Tensor | None = None,
                          mse: torch.Tensor | None = None) -> FitResult:
-    """The :class:`FitResult` of ``basis`` from window sums, without the pixels.
+    """The :class:`FitResult` (leading shape (N,), float64, grey for one channel) of
+    ``basis`` at the sums' dilation, from whole-image window sums, without the pixels.
 
-    ``A = Z cross Zᵀ`` replaces the pixels; the solve is :func:`fit`'s. With sums taken
-    on the images as ``fit`` models them (z-scored when ``normalize=True``) and at the
-    basis's own radius, the result is ``fit``'s to rounding. Sums of a larger radius ``R``
-    cover only the pixels whose whole ``R``-window fits: the fit is then exact for those
-    pixels and differs slightly from ``fit`` of the smaller basis on the images.
-
-    Parameters
-    ----------
-    sums : WindowSums
-        Whole-image sums of N images at one dilation, ``basis.channels`` channels.
-    basis : Basis
-        Applied at the sums' dilation (its own dilation is replaced).
-    ridge : float, default=1e-6
-    coef : torch.Tensor of shape (N, [C,] m), optional
-        Coefficients already solved (e.g. read from the fit table); skips the solve.
-    mse : torch.Tensor of shape (N,), optional
-        One channel: their residual MSE; computed from the sums when not given.
-
-    Returns
-    -------
-    FitResult
-        Leading shape (N,), float64, grey for one channel; ``scale_index`` is
-        ``[(sums.scale, sums.dilation)]``.
+    ``A = Z cross Zᵀ`` replaces the pixels; the solve is :func:`fit`'s, so on sums of the
+    images as ``fit`` models them (z-scored when ``normalize=True``) at the basis's own
+    radius the result is ``fit``'s to rounding. Sums of a larger radius cover only the
+    pixels whose whole larger window fits: exact for those pixels, slightly different
+    from ``fit`` of the smaller basis. ``coef (N, [C,] m)``: coefficients already solved
+    (e.g. read from the fit table), which skips the solve; ``mse (N,)``, one channel
+    only: their residual MSE, else computed from the sums.
     """
     if not isinstance(sums, WindowSums):
         raise TypeError(f"sums must be a WindowSums, got {type(sums).__name__}")
@@ -494,14 +425,7 @@ def fit_result_from_sums(sums: WindowSums, basis: Basis, ridge: float = 1e-6, *,
     if sums.grid is not None:
         raise ValueError(f"a fit needs whole-image window sums, got per-cell sums "
                          f"({_describe_sums(sums)})")
-    if basis.ndim != sums.ndim:
-        raise ValueError(f"{basis} is {basis.ndim}-D but the window sums are {sums.ndim}-D")
-    if basis.radius > sums.radius:
-        raise ValueError(f"{basis} needs taps up to radius {basis.radius}, but the window "
-                         f"sums stop at radius {sums.radius}; compute the sums with a "
-                         f"radius >= {basis.radius}")
-    if sums.radius > basis.radius:       # same valid pixels, fewer taps: cheaper algebra
-        sums = sums.restrict(basis.radius)
+    sums = sums.cut_for(str(basis), basis.radius, basis.ndim, basis.channels)
     basis = basis.with_dilation(sums.dilation)
     grey = basis.channels == 1
     gram = sums.gram(basis)
@@ -525,23 +449,6 @@ def fit_result_from_sums(sums: WindowSums, basis: Basis, ridge: float = 1e-6, *,
 
 def fit_from_sums(sums: WindowSums, basis: Basis, ridge: float = 1e-6
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """AR coefficients and residual MSE of ``basis`` from window sums, as ``fit`` gives them.
-
-    Returns
-    -------
-    coef : torch.Tensor of shape (N, [C,] m), float64
-    mse : torch.Tensor of shape (N, [C]), float64
-
-    Examples
-    --------
-    >>> import numpy as np, torch, kernelbank as kb
-    >>> from kernelbank.core import normalize_images, window_sums
-    >>> images = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 20, 20)))
-    >>> basis = kb.Basis.isotropic(radius=2)
-    >>> [sums] = window_sums(normalize_images(images), 2, [1])
-    >>> coef, mse = kb.fit_from_sums(sums, basis)
-    >>> bool(torch.allclose(coef, kb.fit(images, basis).coef, rtol=1e-9, atol=1e-12))
-    True
-    """
+    """``coef (N, [C,] m)`` and ``mse (N, [C])`` (float64) of :func:`fit_result_from_sums`."""
     result = fit_result_from_sums(sums, basis, ridge)
     return result.coef, result.mse

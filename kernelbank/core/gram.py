@@ -1,22 +1,12 @@
 r"""The Gram ``A = Σ_p z zᵀ`` of a basis's regressors, by whichever exact engine is faster.
 
-For images of ``C`` channels and a :class:`~kernelbank.core.basis.Basis` with regressor
-rows ``Z`` the fit needs ``A`` over the valid pixels (:mod:`kernelbank.core.solve`). Two
-private engines give it, equal to float64 rounding:
-
-* **window sums** (:mod:`kernelbank.core.sums` over :mod:`kernelbank.core._lags`): the
-  full window's sums from lag products (about one product per pixel and distinct lag),
-  then ``A = Z cross Zᵀ`` for any basis (picked, not multiplied, for the full basis).
-  One call serves every dilation, and the sums themselves are what the later stages are
-  algebra on.
-* **response strips** (:mod:`kernelbank.core._strips`): the planes of a one-channel
-  basis on every channel, a strip of rows at a time, and their Gram; cost grows with
-  ``(C (m + 1))²`` per pixel. Serves any one-channel basis, and the full and isotropic
-  bases of several channels (whose regressors are such planes).
-
-Which engine, per basis and image size (:func:`prefers_window_sums`), was measured on one
-thread (CPU time per image, window sums + ``Z cross Zᵀ`` against strips, busy 2-core
-machine, so ±30 %; 2-D: real textures, 3-D: noise volumes):
+Two private engines give ``A`` (:mod:`kernelbank.core.solve`), equal to float64 rounding:
+the **window sums** (:mod:`kernelbank.core.sums` over the lag engine
+:mod:`kernelbank.core._lags`), then ``A = Z cross Zᵀ`` for any basis, every dilation in
+one call; and the **response strips** (:mod:`kernelbank.core._strips`): the planes of a
+one-channel basis on every channel, a strip of rows at a time, and their Gram, whose cost
+grows with ``(C (m + 1))²`` per pixel. :func:`prefers_window_sums` picks by these
+measurements (one thread, strip time / window-sum time; 2-D: real textures, 3-D: noise):
 
 =====================  ===============================================  ===============
 basis                  measured (strip time / window-sum time)           engine
@@ -27,7 +17,8 @@ full, 3-D              radius 1: 0.2–0.5×; radius 2–3: 0.3–0.5× up to   
                        24³, 1.2–3.1× from 40³ (when side > 10·reach)    radius ≥ 2, side
                                                                         ≥ 40 and > 10·reach
 full, C > 1            the cross-channel products are the sums' own      window sums
-isotropic, custom      2-D: 0.15–0.93×, 3-D: 0.03–0.18×                 strips
+isotropic, custom      2-D: 0.15–0.93×, 3-D: 0.03–0.18×;                strips
+                       C = 3 isotropic: 0.15–0.8× (64²–256², r 1–4)
 custom, C > 1          (regressors mix channels: no planes)             window sums
 =====================  ===============================================  ===============
 
@@ -48,10 +39,7 @@ __all__ = ["prefers_window_sums", "regressor_grams"]
 
 
 def prefers_window_sums(basis: Basis, shape: Sequence[int]) -> bool:
-    """Whether the window-sum engine is the faster one for this basis and image shape.
-
-    See the table in the module docstring for the measurements behind the rule.
-    """
+    """Whether the window-sum engine is the faster one (the module docstring's table)."""
     if basis.kind != "full":
         return _planes(basis) is None
     if basis.ndim == 2 or basis.channels > 1:
@@ -79,22 +67,9 @@ def _planes(basis: Basis) -> tuple[Basis, torch.Tensor] | None:
 def regressor_grams(level: torch.Tensor, basis: Basis, dilations: Sequence[int], *,
                     with_sums: bool = False
                     ) -> tuple[list[torch.Tensor], list[WindowSums] | None]:
-    """``A`` of ``basis`` at each dilation for one batch of same-sized images.
-
-    Parameters
-    ----------
-    level : torch.Tensor of shape (n, C, *spatial)
-        Images as they should be modelled (normalised if wanted), ``C = basis.channels``.
-    basis : Basis
-    dilations : sequence of int
-    with_sums : bool, default=False
-        Also return the window sums (radius of the basis) of every dilation.
-
-    Returns
-    -------
-    grams : list of torch.Tensor of shape (n, M, M), float64, one per dilation
-    sums : list of WindowSums, one per dilation, or None
-    """
+    """``A`` (n, M, M), float64, of ``basis`` at each dilation for one batch of same-sized
+    images ``(n, C, *spatial)`` as they should be modelled; with ``with_sums`` also the
+    window sums (radius of the basis) of every dilation, else None."""
     shape = level.shape[2:]
     dilated = [basis.with_dilation(d) for d in dilations]
     by_sums = [d for d, b in zip(dilations, dilated)

@@ -4,14 +4,12 @@ Every image is a ``(C, *spatial)`` array: a grey image ``(H, W)`` (or a volume
 ``(D, H, W)``) becomes ``(1, H, W)`` here, and the results of the one pass are squeezed
 back for it on the way out (:mod:`kernelbank.core.fit`). The steps, in order:
 
-* **accept**: one array or tensor ``(N, [C,] *spatial)``, or a list of images of any sizes;
-* **group by shape**: images of equal shape are computed together (a single array is one
-  group, not copied unless its dtype changes; integer images are computed in float32);
-* **chunk**: a group is split into chunks of about 4 M values, so the normalised copies
-  of a batch of any size stay bounded in memory and same-sized buffers are recycled;
-* **check**: NaN/inf values and images smaller than the dilated window at some scale
-  raise a ``ValueError`` naming the image;
-* **pyramid and z-score**, per channel (:func:`pyramid_level`, :func:`normalize_images`).
+**accept** one array or tensor ``(N, [C,] *spatial)``, or a list of images of any sizes;
+**group** images of equal shape (a single array is one group, copied only to change its
+dtype; integer images are computed in float32); **chunk** a group into about 4 M values,
+so the normalised copies stay bounded in memory; **check** for NaN/inf values and images
+smaller than the dilated window at some scale (a ``ValueError`` naming the image); then
+the **pyramid and z-score**, per channel (:func:`pyramid_level`, :func:`normalize_images`).
 """
 
 from __future__ import annotations
@@ -52,20 +50,9 @@ def _shape_error(channels: int, ndim: int, what: str, shape) -> ValueError:
 
 
 def accept(images: ImageBatch, ndim: int, channels: int = 1) -> Front:
-    """Check and group images for a model of ``channels`` channels on ``ndim``-D images.
-
-    Parameters
-    ----------
-    images : array or tensor of shape (N, [C,] *spatial), or a list of ([C,] *spatial)
-        The channel axis may be left out when ``channels == 1`` (grey images).
-    ndim : int
-        2 for images, 3 for volumes.
-    channels : int, default=1
-
-    Returns
-    -------
-    Front
-    """
+    """Check and group images ``(N, [C,] *spatial)`` (or a list of ``([C,] *spatial)``) for
+    a model of ``channels`` channels on ``ndim``-D images; the channel axis may be left
+    out when ``channels == 1`` (grey images)."""
     if isinstance(images, (np.ndarray, torch.Tensor)):
         if images.ndim == ndim and channels == 1:
             raise ValueError(f"expected a batch of shape (N, {'D, ' if ndim == 3 else ''}H, W)"
@@ -195,21 +182,13 @@ def normalize_images(batch: torch.Tensor) -> torch.Tensor:
 
 
 def pyramid_level(batch: torch.Tensor, factor: int) -> torch.Tensor:
-    """Anti-aliased downsampling by an integer factor.
+    """Anti-aliased downsampling of ``(n, *spatial)`` by an integer factor, to
+    ``(n, *ceil(spatial / factor))``.
 
     Blurs each image with a separable Gaussian of ``σ = (factor - 1) / 2`` (the
     anti-aliasing rule of ``skimage.transform.rescale``; reflect padding, truncated at
     4σ) and keeps every ``factor``-th pixel along each axis. Plain ``x[::s, ::s]`` would
     alias fine texture into false low-frequency structure.
-
-    Parameters
-    ----------
-    batch : torch.Tensor of shape (n, *spatial)
-    factor : int >= 1
-
-    Returns
-    -------
-    torch.Tensor of shape (n, *ceil(spatial / factor))
     """
     if factor == 1:
         return batch

@@ -15,19 +15,17 @@ Probabilities are ``softmax(Σ_models n · ℓ)``, the likelihood of the ``n`` v
 as if residuals were independent (very confident); ``temperature=t`` gives
 ``softmax(Σ_models ℓ / t)`` instead.
 
-**Unknown.** The one-number "mse" is the generalised variance ``det(S)^(1/C)`` (the MSE
-for one channel). Each class keeps the mean and spread over its training images of the
-*level* ``log mse_c(x)`` and the *excess* ``log(mse_c(x) / mse_own(x))`` (≥ 0: how much
-worse the class kernel predicts the image than its own least-squares kernel). Class
-``c`` explains ``x`` when both its |level z-score| and its (one-sided) excess z-score,
-averaged over the models, stay within ``z``; an image no class explains is "unknown".
-From statistics alone the means are ``log σ_c²`` and ``log(σ_c² / mean own-fit mse)``
-and both widths the log-normal width of the own-fit MSEs (a rough guess);
-:meth:`LikelihoodClassifier.calibrate` measures them on given images (recommended).
+**Unknown.** With the one-number "mse" ``det(S)^(1/C)`` (the MSE for one channel), each
+class keeps the mean and spread over its training images of the *level* ``log mse_c(x)``
+and the *excess* ``log(mse_c(x) / mse_own(x))`` (≥ 0: how much worse the class kernel
+predicts the image than its own kernel). Class ``c`` explains ``x`` when its |level
+z-score| and (one-sided) excess z-score, averaged over the models, stay within ``z``;
+an image no class explains is "unknown". From statistics alone the means are
+``log σ_c²`` and ``log(σ_c² / mean own-fit mse)`` and both widths the log-normal width
+of the own-fit MSEs (a rough guess); :meth:`LikelihoodClassifier.calibrate` measures them.
 
-**Without pixels.** Every score needs, per model, only the image's own sums and own-fit
-MSE, which its window sums give (:func:`~kernelbank.core.fit.fit_result_from_sums`):
-each scoring method has a ``*_from_sums`` twin taking the images' window sums.
+**Without pixels.** Every score needs only each image's own sums and own-fit MSE, so each
+scoring method has a ``*_from_sums`` twin taking the images' window sums.
 """
 
 from __future__ import annotations
@@ -40,7 +38,7 @@ import torch
 
 from .basis import Basis
 from .fit import FitResult, fit, fit_result_from_sums, select_sums
-from .solve import (generalised_variance, shared_residual_covariance,
+from .solve import (augmented, generalised_variance, shared_residual_covariance,
                     shared_residual_covariance_from_sums)
 from .stats import ClassStats, own_variance, pooled_model
 from .sums import WindowSums
@@ -67,16 +65,9 @@ class _Model:
 
 def _model_scores(result, model: _Model) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, C) "mse" of every image under every class of a model, and ``ℓ``."""
-    if result.covariance is None:           # grey: Σx² − 2αᵀh + αᵀGα, no augmented copy
-        coef = model.coef[:, 0].T                                         # (m, C)
-        gram, rhs = result.gram.cpu().to(torch.float64), result.rhs.cpu().to(torch.float64)
-        explained = 2 * rhs @ coef - ((gram @ coef) * coef).sum(-2)       # (N, C)
-        residual = ((result.sum_sq.cpu().to(torch.float64)[:, None] - explained)
-                    / result.n_pixels.cpu().to(torch.float64)[:, None]).clamp_min(0)
-        residual = residual[..., None, None]                              # (N, C, 1, 1)
-    else:
-        residual = shared_residual_covariance(result.gram.cpu().to(torch.float64),
-                                              result.n_pixels.cpu(), model.basis, model.coef)
+    gram = result.gram.cpu() if result.covariance is not None else \
+        augmented(result.gram.cpu(), result.rhs.cpu(), result.sum_sq.cpu())     # grey: A
+    residual = shared_residual_covariance(gram, result.n_pixels.cpu(), model.basis, model.coef)
     return _scores_of(residual, model)
 
 
@@ -170,9 +161,8 @@ class LikelihoodClassifier:
         return cls(classes, models, z, temperature, normalize)
 
     # ------------------------------------------------------------------ own fits
-    # Every score is a function of each image's own fit per model (its sums G, h, Σx²,
-    # n and own-fit MSE): from the pixels (_fits) or from window sums (_fits_from_sums),
-    # then the same private scoring below. Each public method has a *_from_sums twin.
+    # each image's own fit per model, from the pixels or from window sums, then the same
+    # private scoring below
     def _fits(self, images) -> list[FitResult]:
         return [fit(images, m.basis, ridge=_OWN_FIT_RIDGE, normalize=self.normalize,
                     scales=m.scale) for m in self.models]
@@ -277,23 +267,13 @@ class LikelihoodClassifier:
         return self._predict(self._fits(images))
 
     def calibrate(self, images, labels: Sequence[str]) -> "LikelihoodClassifier":
-        """Replace each class's log-MSE range by the exact one measured on ``images``.
-
-        Parameters
-        ----------
-        images : images of the classes (usually the training set)
-        labels : sequence of str, one per image
-
-        Returns
-        -------
-        self
-        """
+        """Replace each class's log-MSE range by the one measured on ``images`` of the
+        classes (usually the training set) with their ``labels``; returns self."""
         return self._calibrate(self._fits(images), labels)
 
     # ------------------------------------------------------------------ from window sums
-    # ``sums``: WindowSums of the images (normalised as ``normalize`` says), whole-image,
-    # one entry at each model's dilation and scale with a radius >= its basis's (equal
-    # to reproduce the pixel methods: see kernelbank.core.fit.fit_result_from_sums); others are ignored.
+    # ``sums``: whole-image WindowSums of the images (normalised as ``normalize`` says) at
+    # each model's dilation and scale and a radius >= its basis's; others are ignored
     def residual_mse_from_sums(self, sums: Sequence[WindowSums]) -> torch.Tensor:
         """:meth:`residual_mse` from window sums instead of pixels, (N, n_models, C)."""
         return self._residual_mse(self._fits_from_sums(sums))

@@ -136,26 +136,10 @@ def quantise(e: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Tensor:
 
 def cooccurrence_codes(values: torch.Tensor, levels: int, order: int, lag: int,
                        axis: int) -> torch.Tensor:
-    """Codes of the quantised ``order``-tuples along one spatial ``axis`` (0-based).
-
-    Parameters
-    ----------
-    values : torch.Tensor of shape (n, *spatial), int64
-        Quantised residual from :func:`quantise` (values ``0 … 2T``).
-    levels : int
-        ``T``.
-    order : int
-        Tuple length (2 = pairs).
-    lag : int
-        Pixels between consecutive members of a tuple.
-    axis : int
-        Spatial axis the tuples run along.
-
-    Returns
-    -------
-    torch.Tensor of shape (n, *cropped), int64, values in ``[0, (2T+1)^order)``
-        ``Σ_i v(p + i lag a) (2T+1)^(order-1-i)``.
-    """
+    """Codes ``Σ_i v(p + i lag a) (2T+1)^(order-1-i)`` in ``[0, (2T+1)^order)`` of the
+    ``order``-tuples, ``lag`` pixels apart along spatial ``axis`` ``a`` (0-based), of a
+    residual quantised by :func:`quantise` ((n, *spatial) int64, values ``0 … 2T``,
+    ``levels = T``): (n, *cropped) int64."""
     span = (order - 1) * lag
     length = values.shape[1 + axis]
     if length <= span:

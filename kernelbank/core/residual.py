@@ -22,27 +22,17 @@ and in the *spatial patterns* of residual signs, which need the pixels. Per imag
 ``cooc_ax<a>_lag<L>_<v…>``
     Co-occurrences of ``clip(round(e / (q σ)), -T, T)`` along each axis of the grid.
 ``img_lbp_<kind>_lag<L>_<bin>``
-    With ``image_patterns``: the same sign-pattern histograms of the (z-scored) *image*
-    ``x`` itself — the residual of a zero kernel — over the whole image at lag ``L δ``
-    (the dilation's tap spacing), so each dilation sees the image's patterns at its own
-    scale. The residual's patterns describe what the own kernel leaves; the image's what
-    it explains (edges, spots, flat areas); the bench measures the pair.
+    With ``image_patterns``: the same histograms of the (z-scored) *image* itself (the
+    residual of a zero kernel) at lag ``L δ``: what the own kernel explains (edges, spots,
+    flat areas), where the residual's patterns describe what it leaves.
 
-Channels: with a vector AR kernel (a :class:`~kernelbank.core.basis.Basis` of ``C > 1``)
-each channel ``c`` has its residual ``e_c = x_c − Σ_{c'} k_{cc'} ⋆ x_{c'}``, and every
-descriptor above is taken of each channel's residual (columns ``c<c>_<name>``,
-channel-major; then the image patterns of each channel, ``img_c<c>_lbp_…``).
-
-:func:`describe_residuals` works on a batch of same-sized, already normalised images
-with their fitted kernels (what the fit stage holds in memory in its one pass);
-:func:`kernelbank.fit` with ``descriptors=`` (and :func:`~kernelbank.core.fit.residual_features`)
-fits the kernels itself in the one pass, at several dilations and pyramid scales.
-
-Notes
------
-The residual is formed in the images' dtype and device; moments and histograms are
+With a vector AR kernel (``C > 1`` channels) every descriptor is taken of each channel's
+residual ``e_c = x_c − Σ_{c'} k_{cc'} ⋆ x_{c'}`` (columns ``c<c>_<name>``, channel-major;
+then each channel's image patterns, ``img_c<c>_lbp_…``). Moments and histograms are
 accumulated in float64. Sign patterns need a 2-D grid; 3-D volumes get the moments,
-quantiles and co-occurrences only (asking for patterns of a volume raises).
+quantiles and co-occurrences only. :func:`describe_residuals` takes images and kernels
+already in memory; :func:`kernelbank.fit` with ``descriptors=`` fits the kernels in the
+same pass.
 """
 
 from __future__ import annotations
@@ -224,22 +214,10 @@ def _check_residual_args(batch: torch.Tensor, kernels: torch.Tensor, dilation: i
 
 
 def residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int) -> torch.Tensor:
-    """``e = x - k ⋆ x`` over the valid pixels, each image with its own kernel.
-
-    Parameters
-    ----------
-    batch : torch.Tensor of shape (n, *spatial) or (n, C, *spatial), floating
-    kernels : torch.Tensor of shape (n, *window) or (n, C, C, *window)
-        One centre-masked kernel per image on an odd window (2r+1 per axis); with
-        channels, each image's vector kernel (``[c, c']``: weights of channel ``c'`` in the
-        prediction of channel ``c``).
-    dilation : int
-        Tap spacing in pixels.
-
-    Returns
-    -------
-    torch.Tensor of shape (n, [C,] *(spatial - 2 r dilation)), dtype and device of ``batch``
-    """
+    """``e = x - k ⋆ x`` over the valid pixels of images ``(n, [C,] *spatial)``, each under
+    its own kernel ``(n, *window)`` (with channels its vector kernel ``(n, C, C, *window)``,
+    ``[c, c']``: weights of channel ``c'`` in the prediction of channel ``c``) at
+    ``dilation``: (n, [C,] *(spatial - 2 r dilation)), the batch's dtype and device."""
     vector, lead, ndim, reach, valid = _check_residual_args(batch, kernels, dilation)
     k = kernels.to(batch.device, batch.dtype)
     # One grouped convolution (each image its own kernel as its own group) is ~10x
@@ -292,29 +270,17 @@ def describe_residuals(batch: torch.Tensor, kernels: torch.Tensor, dilation: int
         Which descriptors; default ``ResidualDescriptors()``.
     engine : {"auto", "compiled", "torch"}, default="auto"
         ``"torch"``: whole-batch tensor operations on the batch's device (the reference,
-        and what runs on a GPU); ``"compiled"``: the fused CPU engine of
-        :mod:`kernelbank.core._fused` (one compiled sweep per image and dilation);
-        ``"auto"``: compiled for CPU tensors (unless they require gradients), torch
-        elsewhere.
+        and the GPU path); ``"compiled"``: the fused CPU engine of
+        :mod:`kernelbank.core._fused`; ``"auto"``: compiled for CPU tensors that require
+        no gradients, torch elsewhere. The engines agree to summation order in float64;
+        for float32 images the compiled one forms the residual in float64, so a pattern
+        count can move by one pixel where a comparison is within rounding of a tie.
 
     Returns
     -------
     torch.Tensor of shape (n, F), float64, on the batch's device
         Columns named by :func:`residual_descriptor_names` (``descriptors``, ndim,
-        channels): with channels, each channel's descriptors, channel-major.
-
-    Raises
-    ------
-    ValueError
-        For mismatched shapes, an image smaller than the dilated window (plus the
-        largest lag), sign patterns asked of 3-D volumes, or an unknown ``engine``.
-
-    Notes
-    -----
-    The engines agree to summation order for float64 images. For float32 images the
-    compiled engine forms the residual in float64 (the torch one in float32), so the
-    two agree to float32 rounding: a pattern or co-occurrence count can move by one
-    pixel where a comparison is within rounding of a tie.
+        channels).
 
     Examples
     --------
@@ -376,13 +342,8 @@ def _quantile_positions(levels: Sequence[float], size: int
 
 
 def _width(spec: ResidualDescriptors, ndim: int) -> int:
-    """``len(spec.names(ndim))`` without building the names (per call of the engine)."""
-    per_lag = sum(_PATTERN_BINS[kind] for kind in spec.patterns)
-    if spec.ternary is not None:
-        per_lag += 2 * sum(_PATTERN_BINS[kind] for kind in spec.patterns or ("ri",))
-    if spec.cooccurrence:
-        per_lag += ndim * (2 * spec.levels + 1) ** spec.cooccurrence
-    return 4 * spec.moments + len(spec.quantiles) + len(spec.lags) * per_lag
+    """Columns of the residual's own descriptors (the image patterns come after)."""
+    return len(spec.names(ndim)) - len(spec.image_names())
 
 
 def _compiled_describe(batch: torch.Tensor, kernels: torch.Tensor, dilation: int,

@@ -122,20 +122,9 @@ class StreamingRidge:
     @staticmethod
     def choose_alpha(folds: Sequence["StreamingRidge"], alphas: Sequence[float] = ALPHAS
                      ) -> tuple[float, dict[float, float]]:
-        """The α of least k-fold held-out squared loss, and the loss of every α.
-
-        Parameters
-        ----------
-        folds : sequence of StreamingRidge
-            One per fold (at least 2 non-empty).
-        alphas : sequence of float
-
-        Returns
-        -------
-        alpha : float
-        losses : dict of float to float
-            Mean held-out squared loss per row, summed over classes.
-        """
+        """The α of least k-fold held-out squared loss over ``folds`` (one StreamingRidge
+        per fold, at least 2 non-empty), and every α's mean held-out squared loss per row,
+        summed over classes."""
         used = [f for f in folds if f.n > 0]
         if len(used) < 2:
             raise ValueError("choosing alpha needs at least 2 non-empty folds; give a ridge "

@@ -36,22 +36,10 @@ def solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor, n_pixels: torc
                            ridge: float = 1e-6, *, warn: bool = False) -> torch.Tensor:
     """Solve ``(G + ridge * n * I) α = h`` for a batch of problems.
 
-    Parameters
-    ----------
-    gram : torch.Tensor of shape (..., m, m)
-        Symmetric positive semi-definite matrices ``G``.
-    rhs : torch.Tensor of shape (..., m)
-        Right-hand sides ``h``.
-    n_pixels : torch.Tensor of shape (...)
-        Number of pixels summed into each problem.
-    ridge : float, default=1e-6
-        Per-pixel ridge ``λ >= 0``.
-    warn : bool, default=False
-        Emit :class:`SingularGramWarning` when a fallback was needed.
-
-    Returns
-    -------
-    torch.Tensor of shape (..., m), dtype of ``gram``
+    ``gram (..., m, m)`` symmetric positive semi-definite, ``rhs (..., m)``, ``n_pixels
+    (...)`` the pixels summed into each problem, ``ridge >= 0`` per pixel; returns
+    ``α (..., m)`` in the dtype of ``gram``. ``warn``: emit :class:`SingularGramWarning`
+    when a fallback was needed.
     """
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge!r}")
@@ -248,10 +236,8 @@ def shared_residual_covariance(gram: torch.Tensor, n_pixels: torch.Tensor, basis
 
 
 def shared_residual_covariance_from_sums(sums, basis, coef: torch.Tensor) -> torch.Tensor:
-    """:func:`shared_residual_covariance` from an image's window sums (N, K, C, C), as
-    quadratic forms of its ``cross`` (:meth:`~kernelbank.core.sums.WindowSums.bilinear`)
-    with the rows ``U Z`` over the taps: no ``A`` is assembled (packed sums stay packed).
-    """
+    """:func:`shared_residual_covariance` from window sums (N, K, C, C): forms of each
+    ``cross`` with the rows ``U Z`` over the taps (:meth:`WindowSums.bilinear`), no ``A``."""
     basis = basis.with_dilation(sums.dilation)
     taps = sums.tap_weights(basis)                                          # (M, T)
     rows = _residual_rows(basis, coef, taps.T) @ taps                       # (K, C, T)
@@ -264,16 +250,9 @@ def shared_residual_covariance_from_sums(sums, basis, coef: torch.Tensor) -> tor
 
 def residual_mse(gram: torch.Tensor, rhs: torch.Tensor, sum_sq: torch.Tensor,
                  n_pixels: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """Mean squared residual of ``coef`` from one channel's sums: ``(Σx² − 2αᵀh + αᵀGα) / n``.
-
-    Parameters
-    ----------
-    gram : (..., m, m), rhs : (..., m), sum_sq : (...), n_pixels : (...), coef : (..., m)
-
-    Returns
-    -------
-    torch.Tensor of shape (...), float64, clamped at 0 (rounding can make it negative)
-    """
+    """Mean squared residual ``(Σx² − 2αᵀh + αᵀGα) / n`` of ``coef (..., m)`` from one
+    channel's ``gram (..., m, m)``, ``rhs (..., m)``, ``sum_sq`` and ``n_pixels (...)``:
+    (...), float64, clamped at 0 (rounding can make it negative)."""
     coef = coef.to(torch.float64)
     explained = 2 * (coef * rhs).sum(-1) - (coef[..., None, :] @ gram @ coef[..., None]
                                             ).squeeze(-1).squeeze(-1)

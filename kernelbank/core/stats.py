@@ -12,15 +12,12 @@ needs::
     Σmse, Σmse²      per-image own-fit residual variance det(Σ_own)^(1/C) (the MSE for C = 1)
     reservoir        a bounded sample of coefficient rows  → kmeans
 
-``A`` is the Gram of the basis's regressor rows (:mod:`kernelbank.core.solve`); one
-format serves every channel count (grey: ``A = [[G, h], [hᵀ, Σx²]]``, ``C = 1``). The
-pooled class model is each output channel's solve on the summed ``A``
-(:func:`pooled_model`).
-
-Merging is adding (``a + b``): counts and sums add, and the reservoir keeps the ``k``
-rows of lowest *priority* among both, a keyed hash of the row's bytes (:func:`_priorities`),
-so the sample is a uniformly random subset whatever the batching or merge order.
-``0 + stats`` is ``stats`` so ``sum(list_of_stats)`` works.
+``A`` is the Gram of the basis's regressor rows (:mod:`kernelbank.core.solve`; grey:
+``[[G, h], [hᵀ, Σx²]]``); the pooled class model is each output channel's solve on the
+summed ``A`` (:func:`pooled_model`). Merging is adding (``a + b``, ``sum(parts)``): the
+reservoir keeps the ``k`` rows of lowest *priority* among both, a keyed hash of the
+row's bytes (:func:`_priorities`), so the sample is a uniformly random subset whatever
+the batching or merge order.
 
 All sums are float64 (counts int64); they merge exactly up to float64 rounding. The
 file format is :mod:`kernelbank.io.stats_file`'s.
@@ -118,14 +115,10 @@ class ClassSums:
     def from_dict(cls, d: dict, shapes: dict[str, tuple[int, ...]]) -> "ClassSums":
         """Inverse of :meth:`to_dict`; ``shapes`` (:func:`_field_shapes`) restores flattened
         arrays."""
-        array = lambda key: np.array(d[key], np.float64).reshape(shapes[key])  # noqa: E731
-        return cls(
-            n=int(d["n"]), sum_coef=array("sum_coef"), sum_outer=array("sum_outer"),
-            sum_gram=array("sum_gram"), sum_rhs=array("sum_rhs"), sum_sq=array("sum_sq"),
-            n_pixels=int(d["n_pixels"]),
-            sum_mse=float(d["sum_mse"]), sum_mse_sq=float(d["sum_mse_sq"]),
-            sample=array("sample"),
-            sample_priority=np.array(d["sample_priority"], np.uint64).reshape(-1))
+        arrays = {key: np.array(d[key], np.float64).reshape(shape) for key, shape in shapes.items()}
+        return cls(n=int(d["n"]), n_pixels=int(d["n_pixels"]), sum_mse=float(d["sum_mse"]),
+                   sum_mse_sq=float(d["sum_mse_sq"]), **arrays,
+                   sample_priority=np.array(d["sample_priority"], np.uint64).reshape(-1))
 
 
 def _field_shapes(basis: Basis) -> dict[str, tuple[int, ...]]:
@@ -217,21 +210,11 @@ class ClassStats:
     @classmethod
     def from_fit(cls, result, labels: Sequence[str], *, scale: int | None = None,
                  reservoir_size: int = DEFAULT_RESERVOIR, seed: int = 0) -> "ClassStats":
-        """Per-class statistics of a :class:`~kernelbank.core.fit.FitResult`.
-
-        Parameters
-        ----------
-        result : FitResult
-            With leading shape (N,), or (N, S) together with ``scale``.
-        labels : sequence of str of length N
-            Class of each image (converted with ``str``).
-        scale : int, optional
-            Index into ``result.scale_index`` when the result has a scale axis.
-        reservoir_size : int, default=512
-            Rows of coefficients sampled per class (for kmeans banks).
-        seed : int, default=0
-            Key of the row priorities of the reservoir sample.
-        """
+        """Per-class statistics of a :class:`~kernelbank.core.fit.FitResult` of N images
+        with their ``labels`` (converted with ``str``); ``scale``: the index into
+        ``result.scale_index`` when the result has a scale axis. ``reservoir_size`` rows of
+        coefficients are sampled per class (for kmeans banks), by priorities keyed by
+        ``seed``."""
         labels = [str(v) for v in labels]
         n = len(result)
         if len(labels) != n:
@@ -268,28 +251,12 @@ class ClassStats:
                   ridge: float = 1e-6, coef: torch.Tensor | None = None,
                   mse: torch.Tensor | None = None, reservoir_size: int = DEFAULT_RESERVOIR,
                   seed: int = 0) -> "ClassStats":
-        """Per-class statistics of ``basis`` from window sums, without the pixels.
-
-        Equal to ``from_fit(fit(images, basis, ridge=ridge), labels)`` when the sums were
-        taken on the images as ``fit`` models them and at the basis's radius (see
-        :func:`~kernelbank.core.fit.fit_result_from_sums`).
-
-        Parameters
-        ----------
-        sums : WindowSums
-            Whole-image sums of N images at one dilation and scale; the basis is applied
-            at that dilation, and the statistics are at that scale.
-        labels : sequence of str of length N
-        basis : Basis
-            Of as many channels as the sums.
-        ridge : float, default=1e-6
-            Per-pixel ridge of the images' own fits.
-        coef, mse : torch.Tensor of shapes (N, [C,] m) and (N,), optional
-            The images' own fits when already solved (e.g. read from the fit table);
-            ``mse`` only for one channel (with channels the covariance comes from the sums).
-        reservoir_size, seed : int
-            As in :meth:`from_fit`.
-        """
+        """Per-class statistics of ``basis`` from the whole-image window sums of N images,
+        without the pixels: :meth:`from_fit` of
+        :func:`~kernelbank.core.fit.fit_result_from_sums` (``sums, basis, ridge, coef,
+        mse``: its arguments; ``mse`` one channel only), hence equal to
+        ``from_fit(fit(images, basis, ridge=ridge), labels)`` on sums of the images as
+        ``fit`` models them at the basis's radius."""
         if basis.channels > 1 and mse is not None:
             raise ValueError("mse is not used with several channels (the residual covariance "
                              "comes from the sums); pass coef alone")
@@ -326,10 +293,8 @@ class ClassStats:
     @classmethod
     def merge(cls, parts: Iterable["ClassStats"]) -> "ClassStats":
         """Sum of any number of statistics (the identity when ``parts`` is empty)."""
-        total = None
-        for part in parts:
-            total = part if total is None else total + part
-        return cls.empty() if total is None else total
+        parts = list(parts)
+        return sum(parts[1:], parts[0]) if parts else cls.empty()
 
     # ------------------------------------------------------------------ access
     @property

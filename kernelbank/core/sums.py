@@ -32,7 +32,7 @@ import torch
 from numba import njit
 
 from ._lags import lag_window_sums
-from .basis import Basis, window_taps
+from .basis import Basis, check_window, window_taps
 
 __all__ = ["WindowSums", "window_sums", "window_taps", "cell_bounds"]
 
@@ -67,10 +67,8 @@ class WindowSums:
     channels : int
         Channels of the images (1: one-channel sums, ``T = t``).
     upper : torch.Tensor of shape (n, [cells,] T(T+1)/2), optional
-        Packed sums (read from table rows, :func:`~kernelbank.core.sums_rows.sums_from_rows`
-        with ``packed=True``): ``cross``'s upper triangle in ``numpy.triu_indices`` order,
-        with ``cross`` None. :meth:`bilinear` reads the kernel features' forms from it
-        directly; a method that needs the whole matrix builds it (:meth:`dense`).
+        Packed sums (table rows read with ``packed=True``): ``cross``'s upper triangle
+        (``numpy.triu_indices`` order) instead of ``cross``; see :meth:`bilinear`.
     """
 
     cross: torch.Tensor | None
@@ -131,19 +129,9 @@ class WindowSums:
         return self.place_rows(basis.regressors, basis.radius)
 
     def place_rows(self, rows: torch.Tensor, radius: int) -> torch.Tensor:
-        """Rows over the taps of a centred window of ``radius``, as rows over these taps.
-
-        Parameters
-        ----------
-        rows : torch.Tensor of shape (k, channels · (2 radius + 1)^ndim)
-            Weights over the channel-major taps of the smaller window, centres included.
-        radius : int
-            At most the sums' radius.
-
-        Returns
-        -------
-        torch.Tensor of shape (k, T), float64, on the sums' device
-        """
+        """Rows ``(k, channels · (2 radius + 1)^ndim)`` over the channel-major taps of a
+        centred window of ``radius`` (at most the sums'), as rows (k, T) over these taps,
+        float64 on the sums' device."""
         if not 1 <= radius <= self.radius:
             raise ValueError(f"rows of a radius-{radius} window do not fit in these sums' "
                              f"window of radius {self.radius}")
@@ -163,10 +151,8 @@ class WindowSums:
         return (np.arange(self.channels)[:, None] * self.spatial_taps + spatial).reshape(-1)
 
     def gram(self, basis: Basis) -> torch.Tensor:
-        """``A = Z cross Zᵀ`` of the basis's regressor rows ``Z`` (…, M, M), float64.
-
-        Picked, not multiplied, when every regressor is one tap (the full basis).
-        """
+        """``A = Z cross Zᵀ`` of the basis's regressor rows ``Z`` (…, M, M), float64; picked,
+        not multiplied, when every regressor is one tap (the full basis)."""
         if self.cross is None:
             return self.dense().gram(basis)
         z = self.tap_weights(basis)
@@ -186,6 +172,20 @@ class WindowSums:
         a, m = self.gram(basis), basis.n_components
         return a[..., :m, :m], a[..., :m, m], a[..., m, m], self.n_pixels
 
+    def cut_for(self, who: str, radius: int, ndim: int, channels: int) -> "WindowSums":
+        """These sums at ``radius`` (same valid pixels, fewer taps) for ``who`` (named in
+        the errors), whose window is ``ndim``-D, of ``channels`` channels."""
+        if ndim != self.ndim:
+            raise ValueError(f"{who} is {ndim}-D but the window sums are {self.ndim}-D")
+        if channels != self.channels:
+            raise ValueError(f"{who} predicts {channels} channel(s) but the window sums at "
+                             f"dilation {self.dilation} are of {self.channels}")
+        if radius > self.radius:
+            raise ValueError(f"{who} has radius {radius} but the window sums at dilation "
+                             f"{self.dilation} have radius {self.radius}: they hold no products "
+                             f"of the outer taps. Compute the sums with a radius >= {radius}.")
+        return self.restrict(radius) if radius < self.radius else self
+
     def restrict(self, radius: int) -> "WindowSums":
         """The sums of the inner ``(2 radius + 1)^d`` taps (same valid pixels)."""
         if not 1 <= radius <= self.radius:
@@ -200,22 +200,19 @@ class WindowSums:
 
     def dense(self) -> "WindowSums":
         """These sums with ``cross`` built from ``upper`` (themselves when it is there)."""
-        if self.cross is None:
-            t = self.n_taps
-            flat = take_columns(self.upper.reshape(-1, self.upper.shape[-1]),
-                                symmetric_positions(t))
-            return replace(self, cross=flat.reshape(self.upper.shape[:-1] + (t, t)),
-                           upper=None)
-        return self
+        if self.cross is not None:
+            return self
+        t, upper = self.n_taps, np.triu_indices(self.n_taps)
+        position = np.empty((t, t), dtype=np.int64)
+        position[upper] = position[upper[::-1]] = np.arange(len(upper[0]))
+        flat = take_columns(self.upper.reshape(-1, self.upper.shape[-1]),
+                            torch.from_numpy(position.reshape(-1)))
+        return replace(self, cross=flat.reshape(self.upper.shape[:-1] + (t, t)), upper=None)
 
     def bilinear(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """``left[k]ᵀ cross right[k]`` of every image (and cell), (n, [cells,] K) float64.
-
-        ``left`` and ``right`` are (K, T) rows over the taps (kernels, centre taps). Of
-        packed sums, one product with the upper triangle: the forms are linear in it, so
-        no ``cross`` is built (the feature stage's rows, 4,096 at a time, need 3 GEMMs
-        instead of a gather into 25 × 25 matrices per image and dilation).
-        """
+        """``left[k]ᵀ cross right[k]`` per image (and cell), (n, [cells,] K) float64, for
+        rows (K, T) over the taps. Packed sums need no ``cross``: the forms are linear in
+        its upper triangle, one product (the feature stage's kernel features and scores)."""
         left, right = left.to(torch.float64), right.to(torch.float64)
         if self.cross is None:
             i, j = np.triu_indices(self.n_taps)
@@ -223,14 +220,6 @@ class WindowSums:
             weight[:, torch.from_numpy(i == j)] /= 2
             return self.upper @ weight.T.to(self.upper.device)
         return ((self.cross @ right.T) * left.T).sum(-2)
-
-
-def symmetric_positions(n_taps: int) -> torch.Tensor:
-    """For each entry of the ``T × T`` matrix, its position in the upper-triangle row."""
-    upper = np.triu_indices(n_taps)
-    position = np.empty((n_taps, n_taps), dtype=np.int64)
-    position[upper] = position[upper[::-1]] = np.arange(len(upper[0]))
-    return torch.from_numpy(position.reshape(-1))
 
 
 def _selected_taps(weights: torch.Tensor) -> torch.Tensor | None:
@@ -279,8 +268,7 @@ def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int
            channels: int) -> None:
     if not isinstance(batch, torch.Tensor):
         raise TypeError(f"batch must be a torch.Tensor, got {type(batch).__name__}")
-    if not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+    check_window(radius, 1, 2, channels)
     if channels == 1 and batch.ndim not in (3, 4):
         raise ValueError(f"batch must have shape (n, H, W) or (n, D, H, W), got shape "
                          f"{tuple(batch.shape)}")
@@ -291,8 +279,6 @@ def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int
         raise TypeError(f"batch must be float32 or float64, got {batch.dtype}")
     if batch.shape[0] == 0:
         raise ValueError("batch is empty: window sums need at least one image")
-    if not isinstance(radius, (int, np.integer)) or radius < 1:
-        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
     if not len(dilations) or any(not isinstance(d, (int, np.integer)) or d < 1
                                  for d in dilations):
         raise ValueError(f"dilations must be a non-empty sequence of integers >= 1, "
@@ -314,11 +300,8 @@ def _check(batch: torch.Tensor, radius: int, dilations: Sequence[int], grid: int
 
 def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
                shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sums of every cell: the window sums of the crop whose valid pixels are the cell.
-
-    Crops of equal shape of ``(n, C, *spatial)`` images are computed together; returns
-    (n, cells, …) tensors.
-    """
+    """Sums (n, cells, …) of every cell: the window sums of the crop of ``(n, C, *spatial)``
+    images whose valid pixels are the cell (crops of equal shape together)."""
     lead, channels = 2, batch.shape[1]
     n, ndim = batch.shape[0], batch.ndim - lead
     reach = radius * dilation
@@ -348,30 +331,24 @@ def _cell_sums(batch: torch.Tensor, radius: int, dilation: int, grid: int,
 
 def window_sums(batch: torch.Tensor, radius: int, dilations: Sequence[int], *,
                 grid: int | None = None, channels: int = 1) -> list[WindowSums]:
-    """Window sums of same-sized images at each dilation.
+    """Window sums of same-sized images at each dilation, one WindowSums per dilation.
 
     Parameters
     ----------
     batch : torch.Tensor of shape (n, *spatial) or (n, channels, *spatial)
-        Images as they should be modelled (already normalised if wanted), float32 or
-        float64; the channel axis is there when ``channels > 1``.
+        Images as they should be modelled (normalised if wanted), float32 or float64; the
+        channel axis is there when ``channels > 1``.
     radius : int
     dilations : sequence of int
     grid : int, optional
-        Also split the valid pixels into ``grid`` cells per axis and return per-cell sums
-        (a cells axis after the image axis).
+        Also return per-cell sums of ``grid`` cells per axis (a cells axis after the images).
     channels : int, default=1
-        Channels of the images: the sums are then over every tap of every channel.
-
-    Returns
-    -------
-    list of WindowSums, one per dilation, on the batch's device
 
     Notes
     -----
     A channel whose mean exceeds its standard deviation has its mean subtracted (in the
-    image's dtype) before any product and its contribution added back in float64, so
-    float32 images with a large offset lose no digits to cancellation.
+    image's dtype) before any product and added back in float64, so float32 images with
+    a large offset lose no digits to cancellation.
     """
     dilations = list(dilations)
     _check(batch, radius, dilations, grid, channels)

@@ -37,17 +37,8 @@ def sums_row_length(radius: int, ndim: int, grid: int | None = None, channels: i
 
 
 def sums_to_rows(sums: WindowSums) -> np.ndarray:
-    """One flat float64 row per image (layout in the module docstring).
-
-    Parameters
-    ----------
-    sums : WindowSums
-        Whole-image or per-cell sums of N images.
-
-    Returns
-    -------
-    np.ndarray of shape (N, sums_row_length(radius, ndim, grid, channels)), float64
-    """
+    """One flat float64 row per image of whole-image or per-cell sums (the module
+    docstring's layout): (N, sums_row_length(radius, ndim, grid, channels))."""
     if not isinstance(sums, WindowSums):
         raise TypeError(f"sums must be a WindowSums, got {type(sums).__name__}")
     t = sums.n_taps
@@ -66,31 +57,12 @@ def sums_from_rows(rows: np.ndarray | torch.Tensor | Sequence[np.ndarray], *, ra
                    channels: int = 1, packed: bool = False) -> WindowSums:
     """Inverse of :func:`sums_to_rows`: the window sums of the images the rows describe.
 
-    Parameters
-    ----------
-    rows : array of shape (N, L), or a sequence of N arrays of length L
-        E.g. a Parquet list column as numpy; any real dtype.
-    radius, dilation, ndim : int
-        The window the sums were taken on.
-    scale : int, default=1
-        Pyramid scale of the images the sums were taken on.
-    grid : int or None, default=None
-        Cells per axis of per-cell sums; None for whole-image sums.
-    channels : int, default=1
-        Channels of the images the sums were taken on.
-    packed : bool, default=False
-        Keep the rows' upper triangles (``upper``) instead of building ``cross``: for
-        the kernel features' and the likelihood's forms (:meth:`WindowSums.bilinear`).
-
-    Returns
-    -------
-    WindowSums
-        On the CPU; ``cross`` is symmetric (None when ``packed``).
-
-    Raises
-    ------
-    ValueError
-        For rows of the wrong length, non-finite values or a non-integer pixel count.
+    ``rows``: (N, L) or N arrays of length L (e.g. a Parquet list column), any real
+    dtype; the other arguments describe the sums (the attributes of
+    :class:`~kernelbank.core.sums.WindowSums`). The sums are on the CPU, ``cross``
+    symmetric; with ``packed`` they keep the rows' upper triangles (``upper``, no
+    ``cross``) for the quadratic forms of :meth:`WindowSums.bilinear`. A ValueError for
+    rows of the wrong length, non-finite values or a non-integer pixel count.
     """
     check_window(radius, dilation, ndim, channels)
     length = sums_row_length(radius, ndim, grid, channels)

@@ -221,7 +221,7 @@ def test_vector_bank_features_from_sums_equal_the_pixel_path():
     index = [names.index(n) for n in stat_names]
     # differences of float64 sums vs sums of squares: ~1e-12 relative on these images
     assert torch.allclose(feats, pixel[:, index], rtol=1e-9, atol=1e-11)
-    with pytest.raises(ValueError, match="predict 2 channel"):
+    with pytest.raises(ValueError, match="predicts 2 channel"):
         kb.bank_features_from_sums(kb.window_sums(level[:, 0], 1, [1, 2]), bank)
 
 

@@ -261,7 +261,7 @@ def test_fit_and_class_stats_equal_pixel_path(textures, kind, dilation):
 def test_fit_from_sums_refuses_bad_input(textures):
     images = textures["train"][:2]
     [sums] = _sums(images, 1, (1,))
-    with pytest.raises(ValueError, match="stop at radius 1"):
+    with pytest.raises(ValueError, match="have radius 1"):
         kb.fit_from_sums(sums, kb.Basis.full(radius=2))
     [cells] = _sums(images, 1, (1,), grid=2)
     with pytest.raises(ValueError, match="per-cell"):
