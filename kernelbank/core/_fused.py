@@ -273,10 +273,9 @@ def _pattern_histograms(e, lag, kinds, tables, n_bins, codes, hist, binned, row,
 
 @njit(cache=True, nogil=True)
 def _pattern_histogram(row, col, hist, table, n_bins, centres, binned):
-    """Write the 256 code counts ``hist``, binned by ``table`` and divided by
-    ``centres``, into ``row[col:col + n_bins]``; returns the next column. The bins are
-    summed as integers in ``binned`` (scratch): float adds into the row, one chain of
-    load-add-store per code, were 15 % of the descriptors' time."""
+    """Write the 256 code counts ``hist``, binned by ``table`` (as integers, in the
+    scratch ``binned``: float adds into ``row`` were 15 % of the descriptors' time) and
+    divided by ``centres``, into ``row[col:col + n_bins]``; returns the next column."""
     acc = binned[:n_bins]
     acc[:] = 0
     for code in range(256):

@@ -191,9 +191,8 @@ def _lanes(height: int, width: int, n: int) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _plan(height: int, width: int, radius: int, dilation: int) -> tuple:
-    """Everything of a call but the pixels, once per shape (the NumPy calls building it
-    cost ~3 % of the engine at 32²): the lags, each one's rows ``[0, row_hi)`` and column
-    classes ``[col_lo, col_hi)`` (the union of the runs of its first taps), the classes."""
+    """A call's arguments but the pixels, once per shape (~3 % of the engine at 32²): the
+    lags, the rows and column classes each sweeps (its first taps' runs), the classes."""
     side, d = 2 * radius + 1, dilation
     lags = _lags(radius)
     row_bounds, row_class, row_cover = _classes(height, radius, d)
@@ -214,9 +213,8 @@ def compiled_lag_window_sums(images: torch.Tensor, radius: int, dilation: int,
     """
     n, h, w = images.shape
     t = (2 * radius + 1) ** 2
-    x = images.detach().contiguous().numpy()
-    s = shift.detach().reshape(n).contiguous().numpy()
     cross, first = np.empty((n, t, t)), np.empty((n, t))
-    _window_sums(x, s, int(dilation), _lanes(h, w, n), *_plan(h, w, radius, int(dilation)),
-                 cross, first)
+    _window_sums(images.detach().contiguous().numpy(),
+                 shift.detach().reshape(n).contiguous().numpy(), int(dilation),
+                 _lanes(h, w, n), *_plan(h, w, radius, int(dilation)), cross, first)
     return torch.from_numpy(cross), torch.from_numpy(first)
