@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 from .core.ridge import StreamingRidge
 
 __all__ = ["KernelMap", "KernelMapRidge", "KERNEL_MAPS", "fit_kernel_head", "kernel_head_scores",
-           "sample_keys", "bottom_rows"]
+           "sample_keys", "bottom_rows", "KernelHead"]
 
 KERNEL_MAPS = (None, "chi2", "rbf", "nystroem")
 
@@ -300,3 +300,47 @@ def kernel_head_scores(model: dict, x: np.ndarray, block_rows: int = 4096) -> np
         np.exp(-model["gamma"] * d2, out=d2)
         out[start:start + block_rows] = d2 @ model["weights"] + model["intercept"]
     return out
+
+
+class KernelHead(ClassifierMixin, BaseEstimator):
+    """The classify stage's ``--head nystroem`` in memory (for benchmarks and notebooks).
+
+    :func:`fit_kernel_head` on at most ``sample_per_class`` rows of each class (the rows
+    of least :func:`sample_keys`), with ids ``"row<i>"`` by position unless ``fit`` gets
+    them; α by exact ``cv_folds``-fold CV unless given.
+
+    Parameters
+    ----------
+    n_components : int, default=1024
+    sample_per_class : int, default=256
+    alpha : float, optional
+    cv_folds : int, default=5
+    random_state : int, default=0
+    """
+
+    def __init__(self, n_components=1024, sample_per_class=256, alpha=None, cv_folds=5,
+                 random_state=0):
+        self.n_components = n_components
+        self.sample_per_class = sample_per_class
+        self.alpha = alpha
+        self.cv_folds = cv_folds
+        self.random_state = random_state
+
+    def fit(self, X, y, ids=None):
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y).astype(str).astype(object)
+        ids = np.array([f"row{i}" for i in range(len(X))] if ids is None
+                       else [str(i) for i in ids], dtype=object)
+        rows = bottom_rows(sample_keys(ids), ids, y, self.sample_per_class)
+        self.model_ = fit_kernel_head(X[rows], y[rows], ids[rows],
+                                      n_components=self.n_components, alpha=self.alpha,
+                                      cv_folds=self.cv_folds, random_state=self.random_state)
+        self.classes_ = np.array(self.model_["classes"])
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return kernel_head_scores(self.model_, np.asarray(X, dtype=np.float64))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
