@@ -72,30 +72,32 @@ def test_kernel_head_equals_sklearn_nystroem_pipeline():
     assert model["n_components"] == 50 and model["n_sample"] == len(X)
 
 
-def test_kernel_head_alpha_by_cv_from_fold_sums():
+def test_kernel_head_alpha_by_cv_accuracy_from_fold_sums():
     from sklearn.kernel_approximation import Nystroem
     from kernelbank.core.ridge import fold_of
     from kernelbank.heads import fit_kernel_head
     X, y = _table(seed=4)
     ids = np.array([f"r{i}" for i in range(len(X))])
     model = fit_kernel_head(X, y, ids, n_components=40, cv_folds=4)
-    # the same choice from scikit-learn: held-out squared loss of ±1 targets, per alpha
+    # the same choice from scikit-learn: held-out accuracy per alpha, refitted per fold
     order = np.argsort(ids)
     X, y, ids = X[order], y[order], ids[order]
     mapped = make_pipeline(StandardScaler(), Nystroem(gamma=1 / 9, n_components=40,
                                                       random_state=0)).fit_transform(X)
     fold = fold_of(list(ids), 4)
-    targets = np.where(y[:, None] == np.unique(y)[None, :], 1.0, -1.0)
-    losses = {}
-    for key, held in model["cv_losses"].items():
-        loss = 0.0
+    accuracy = {}
+    for key, got in model["cv_accuracy"].items():
+        right = 0
         for k in range(4):
             fit = make_pipeline(StandardScaler(), RidgeClassifier(alpha=float(key)))
             fit.fit(mapped[fold != k], y[fold != k])
-            loss += ((fit.decision_function(mapped[fold == k]) - targets[fold == k]) ** 2).sum()
-        losses[key] = loss / len(X)
-        np.testing.assert_allclose(held, losses[key], rtol=1e-6)
-    assert model["alpha"] == pytest.approx(float(min(losses, key=losses.get)), rel=1e-5)
+            right += int((fit.predict(mapped[fold == k]) == y[fold == k]).sum())
+        accuracy[key] = right / len(X)
+        assert got == pytest.approx(accuracy[key], abs=1e-12)
+    best = max(accuracy.values())
+    assert model["alpha"] == pytest.approx(max(float(a) for a, v in accuracy.items()
+                                               if v == best), rel=1e-5)
+    assert len(set(accuracy.values())) > 1          # the grid's alphas do differ here
 
 
 def test_sample_is_the_same_however_the_rows_are_split():

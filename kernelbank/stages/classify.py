@@ -17,7 +17,7 @@ instead gathers a bounded sample of the train rows — in each class the
 ``sample_per_class`` rows of least :func:`~kernelbank.heads.sample_keys` (a hash of the
 id: a uniform sample that does not depend on how the table is split into files) — and
 the driver fits an RBF kernel head on it (Nyström landmarks + standardised ridge, α by
-exact CV from the fold sums of the mapped sample, :func:`~kernelbank.heads.fit_kernel_head`).
+held-out accuracy over CV folds of the sample, :func:`~kernelbank.heads.fit_kernel_head`).
 The second pass scores every row with it. The fit costs the same at a thousand rows
 or a million (a sample of at most ``classes · sample_per_class`` rows); the scoring is
 one ``(rows, F) × (F, m)`` block of kernel values per file block.
@@ -237,8 +237,7 @@ def _too_few_classes(classes, features_url: str) -> None:
 def _alpha_described(config: ClassifyConfig, alpha: float, losses) -> dict[str, Any]:
     return {"alpha": alpha, "alpha_chosen_by": "given" if losses is None else
             f"{config.cv_folds}-fold CV (held-out squared loss)",
-            "cv_losses": None if losses is None else
-            {(a if isinstance(a, str) else f"{a:g}"): v for a, v in losses.items()}}
+            "cv_losses": None if losses is None else {f"{a:g}": v for a, v in losses.items()}}
 
 
 def _fit_ridge(fs, files: list[str], names: list[str], config: ClassifyConfig,
@@ -281,7 +280,9 @@ def _fit_kernel(fs, files: list[str], names: list[str], config: ClassifyConfig,
         "head": config.head.value,
         "model": f"StandardScaler + Nystroem(rbf, gamma {model['gamma']:.3g}, {m} landmarks) "
                  "+ StandardScaler + RidgeClassifier",
-        **_alpha_described(config, model["alpha"], model["cv_losses"]),
+        "alpha": model["alpha"], "alpha_chosen_by": "given" if config.ridge is not None else
+        f"{config.cv_folds}-fold CV on the sample (held-out accuracy)",
+        "cv_accuracy": model["cv_accuracy"],
         "sample_rows": model["n_sample"], "sample_per_class": config.sample_per_class,
         "n_components": m, "gamma": model["gamma"],
         "sample_seconds": round(sampled - began, 3),
