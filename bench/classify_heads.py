@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--file-rows", type=int, default=50_000)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--runs", default="ridge (pipeline),ridge (alone),nystroem m=1024,"
+                        "nystroem m=512", help="comma-separated subset of the runs (the "
+                        "first is the baseline of the ratios)")
     parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) /
                                                 "kernelbank-bench-heads"))
     args = parser.parse_args(argv)
@@ -100,11 +103,13 @@ def main(argv=None) -> int:
                 ("ridge (alone)", ClassifyConfig(), None),
                 ("nystroem m=1024", ClassifyConfig(head="nystroem"), None),
                 ("nystroem m=512", ClassifyConfig(head="nystroem", n_components=512), None)]
+        wanted = args.runs.split(",")
+        runs = sorted((r for r in runs if r[0] in wanted), key=lambda r: wanted.index(r[0]))
         results = {}
         for name, config, given in runs:
             start = time.perf_counter()
-            summary = classify_table(url, config, predictions_dir=str(folder / name.split()[0]
-                                                                      / "predictions"),
+            summary = classify_table(url, config, predictions_dir=str(folder / "predictions" /
+                                                                      name.replace(" ", "_")),
                                      folds=given)
             results[name] = (time.perf_counter() - start, summary)
             extra = "" if config.head.value == "ridge" else \
@@ -113,9 +118,9 @@ def main(argv=None) -> int:
             print(f"{name:<18} {results[name][0]:7.1f} s  test acc "
                   f"{summary['test_accuracy']:.4f}  alpha {summary['alpha']:g}{extra}",
                   flush=True)
-        base = results["ridge (pipeline)"][0]
+        first = runs[0][0]
         for name, (seconds, _) in results.items():
-            print(f"# {name}: {seconds / base:.2f}x ridge (pipeline)")
+            print(f"# {name}: {seconds / results[first][0]:.2f}x {first}")
         print(f"# machine shared: load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     finally:
         ray.shutdown()
