@@ -3,7 +3,8 @@
 Usage::
 
     python bench/accuracy.py [ROOT] [--data textures|hard] [--patch-size 32] [--json FILE]
-                             [--methods a,b] [--repeats 2] [--folds 5] [--jobs 2]
+                             [--methods a,b] [--variants "v1;v2"] [--augment K]
+                             [--repeats 2] [--folds 5] [--jobs 2]
 
 ``ROOT`` is any ``root/{train,test}/<class>/<image>`` folder (PNG/JPEG/TIFF/.npy);
 default: the built-in data, ``--data textures`` (six photographs, split by position,
@@ -17,6 +18,13 @@ stratified group folds of the **train split only** is refitted on all of it and 
 once on the test split (groups: ten bands of each class in file order, so neighbouring
 patches of one photograph fall in the same fold). The test split plays no part in any
 choice. ``cv`` is that pair's mean ± sd over all folds.
+
+Augmentation (``--augment K``, ``--data hard`` only): every train patch gets K views
+resampled from its centre in its own train tile at any angle and scale 0.75-1.33, relit
+(:func:`kernelbank.datasets.hard_textures.hard_train_augmentations`). The same for every
+method: each fit (every CV fold's, and the final refit) adds the views of its own training
+rows only; validation rows and the test split are never augmented. A method whose
+features of the views cannot be computed (scattering without kymatio) is not run.
 
 Speed: every variant's features are computed once for train and test (one pass of the
 AR fit serves every kernelbank variant: variants are column subsets and maps of one
@@ -36,14 +44,18 @@ Methods
                     ``ri`` (rotation-invariant histograms only: no nri patterns nor
                     co-occurrences), ``own4`` / ``ownsym`` (the own coefficients pooled
                     over the 8 symmetries of the window: sorted within each orbit of
-                    taps, or its mean), and ``iso ri own+res +img1p hellinger``: the same
-                    from a second pass with the isotropic (rotation-invariant) basis of
-                    radius 3.
+                    taps, or its mean), ``dpool`` (every per-dilation column averaged
+                    over the dilations: scale pooling), and ``iso ri own+res +img1p
+                    hellinger``: the same from a second pass with the isotropic
+                    (rotation-invariant) basis of radius 3. ``--variants`` runs a subset.
     ``kernelbank_ridge`` the same variants with the head of ``kernelbank run``'s classify
                     stage: StandardScaler + RidgeClassifier, alpha 1, 10 or 100.
     ``kernelbank_stream`` the same variants with the heads the pipeline can stream
                     (:class:`kernelbank.heads.KernelMapRidge`: Nyström or random Fourier
                     map, 2048 components, + standardised ridge, alpha 1 or 10).
+    ``kernelbank_nystroem`` the same variants with ``kernelbank run --head nystroem``'s
+                    head as one head (:class:`kernelbank.heads.KernelHead`: 1024 Nyström
+                    landmarks, <= 256 rows per class, alpha by its own inner CV).
     ``lbp``         LBP histograms (skimage), 8r points at radii 1-3: uniform (whole image
                     or 2x2 cells) or nri_uniform.
     ``gabor``       Gabor energy (mean, std of the magnitude), 4 or 6 orientations.
