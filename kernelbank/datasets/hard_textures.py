@@ -22,6 +22,12 @@ This set separates them:
   0.75-1.33. Every patch gets an illumination change: gain 0.6-1.4, gamma 0.7-1.4 and a
   linear ramp of up to ±20 % across the patch.
 
+* **Augmentation, on request.** :func:`hard_train_augmentations` gives extra views of the
+  train patches, resampled from their centres in their own train tiles the way test
+  patches are (any angle, scale 0.75-1.33, relit), with the index of each view's source
+  patch, so that a cross-validation can keep a view in its source's folds
+  (``bench/accuracy.py --augment``). The train and test patches do not change.
+
 Everything is drawn from ``numpy.random.default_rng`` with fixed seeds, so the same
 arguments give the same patches, bit for bit, on every machine (the test builds the set
 twice and compares checksums).
