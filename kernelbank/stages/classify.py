@@ -234,12 +234,6 @@ def _too_few_classes(classes, features_url: str) -> None:
                          "needs at least 2 (its accuracy would be meaningless)")
 
 
-def _alpha_described(config: ClassifyConfig, alpha: float, losses) -> dict[str, Any]:
-    return {"alpha": alpha, "alpha_chosen_by": "given" if losses is None else
-            f"{config.cv_folds}-fold CV (held-out squared loss)",
-            "cv_losses": None if losses is None else {f"{a:g}": v for a, v in losses.items()}}
-
-
 def _fit_ridge(fs, files: list[str], names: list[str], config: ClassifyConfig,
                features_url: str, folds: list[StreamingRidge] | None
                ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -260,7 +254,10 @@ def _fit_ridge(fs, files: list[str], names: list[str], config: ClassifyConfig,
         alpha = config.ridge
     model = total.solve(alpha)
     return model, {"head": config.head.value, "model": "StandardScaler + RidgeClassifier",
-                   **_alpha_described(config, alpha, losses)}
+                   "alpha": alpha, "alpha_chosen_by": "given" if losses is None else
+                   f"{config.cv_folds}-fold CV (held-out squared loss)",
+                   "cv_losses": None if losses is None else
+                   {f"{a:g}": v for a, v in losses.items()}}
 
 
 def _fit_kernel(fs, files: list[str], names: list[str], config: ClassifyConfig,
