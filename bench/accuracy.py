@@ -335,10 +335,6 @@ KERNELBANK_VARIANTS = ("own+res", "own+res +img", "own+res +img hellinger",
                        "iso ri own+res +img1p hellinger", "ri own4+res +img1p hellinger",
                        "ri ownsym+res +img1p hellinger", "ri own+res +img1p hellinger dpool",
                        "ri ownsym+res +img1p hellinger dpool")
-#: ``kernelbank run --head nystroem``'s head (kernelbank.heads.KernelHead: Nyström map and
-#: ridge on <= 256 rows per class, alpha by its own exact CV on the fold sums): one head,
-#: its inner choices made inside each outer CV fit like the pipeline makes them.
-NYSTROEM_HEADS = [{"pipeline_kernel": 1024}]
 #: The heads of ``kernelbank run``'s classify stage: StandardScaler + ridge classifier
 #: (the pipeline picks alpha by CV from its streaming sums; here CV picks it).
 RIDGE_HEADS = [{"ridge": a} for a in (1.0, 10.0, 100.0)]
@@ -562,6 +558,9 @@ def main(argv=None) -> int:
                         help="--data hard: add this many views of every train patch at "
                              "test-like angles and scales (from the patch's own train tile) "
                              "to every fit, for every method (CV: to the training folds only)")
+    parser.add_argument("--head-components", type=int, default=1024,
+                        help="kernelbank_nystroem: Nystroem landmarks (default 1024, the "
+                             "pipeline's --head-components)")
     parser.add_argument("--repeats", type=int, default=2, help="CV repeats (default 2)")
     parser.add_argument("--folds", type=int, default=5, help="CV folds (default 5)")
     parser.add_argument("--jobs", type=int, default=2, help="processes for the CV fits")
@@ -625,7 +624,9 @@ def main(argv=None) -> int:
         variants = {k: (v[:n_train], v[n_train:]) for k, v in features.items()}
         heads = STREAM_HEADS if name.endswith("_stream") else \
             RIDGE_HEADS if name.endswith("_ridge") else \
-            NYSTROEM_HEADS if name.endswith("_nystroem") else HEADS
+            [{"pipeline_kernel": args.head_components}] if name.endswith("_nystroem") else \
+            HEADS     # the Nyström head is one head: it picks alpha inside each fit, as the
+        # pipeline does (kernelbank.heads.KernelHead: <= 256 rows per class, inner CV)
         result = select_and_test(variants, np.asarray(y_train), np.asarray(y_test), folds,
                                  args.jobs, heads, views, view_labels, view_source)
         results[name] = {**result, "family": FAMILY[name], "features_seconds": extracted,
