@@ -3,7 +3,8 @@
 Usage::
 
     python bench/accuracy.py [ROOT] [--data textures|hard] [--patch-size 32] [--json FILE]
-                             [--methods a,b] [--repeats 2] [--folds 5] [--jobs 2]
+                             [--methods a,b] [--variants "v1;v2"] [--augment K]
+                             [--repeats 2] [--folds 5] [--jobs 2]
 
 ``ROOT`` is any ``root/{train,test}/<class>/<image>`` folder (PNG/JPEG/TIFF/.npy);
 default: the built-in data, ``--data textures`` (six photographs, split by position,
@@ -17,6 +18,13 @@ stratified group folds of the **train split only** is refitted on all of it and 
 once on the test split (groups: ten bands of each class in file order, so neighbouring
 patches of one photograph fall in the same fold). The test split plays no part in any
 choice. ``cv`` is that pair's mean ± sd over all folds.
+
+Augmentation (``--augment K``, ``--data hard`` only): every train patch gets K views
+resampled from its centre in its own train tile at any angle and scale 0.75-1.33, relit
+(:func:`kernelbank.datasets.hard_textures.hard_train_augmentations`). The same for every
+method: each fit (every CV fold's, and the final refit) adds the views of its own training
+rows only; validation rows and the test split are never augmented. A method whose
+features of the views cannot be computed (scattering without kymatio) is not run.
 
 Speed: every variant's features are computed once for train and test (one pass of the
 AR fit serves every kernelbank variant: variants are column subsets and maps of one
@@ -36,14 +44,18 @@ Methods
                     ``ri`` (rotation-invariant histograms only: no nri patterns nor
                     co-occurrences), ``own4`` / ``ownsym`` (the own coefficients pooled
                     over the 8 symmetries of the window: sorted within each orbit of
-                    taps, or its mean), and ``iso ri own+res +img1p hellinger``: the same
-                    from a second pass with the isotropic (rotation-invariant) basis of
-                    radius 3.
+                    taps, or its mean), ``dpool`` (every per-dilation column averaged
+                    over the dilations: scale pooling), and ``iso ri own+res +img1p
+                    hellinger``: the same from a second pass with the isotropic
+                    (rotation-invariant) basis of radius 3. ``--variants`` runs a subset.
     ``kernelbank_ridge`` the same variants with the head of ``kernelbank run``'s classify
                     stage: StandardScaler + RidgeClassifier, alpha 1, 10 or 100.
     ``kernelbank_stream`` the same variants with the heads the pipeline can stream
                     (:class:`kernelbank.heads.KernelMapRidge`: Nyström or random Fourier
                     map, 2048 components, + standardised ridge, alpha 1 or 10).
+    ``kernelbank_nystroem`` the same variants with ``kernelbank run --head nystroem``'s
+                    head as one head (:class:`kernelbank.heads.KernelHead`: 1024 Nyström
+                    landmarks, <= 256 rows per class, alpha by its own inner CV).
     ``lbp``         LBP histograms (skimage), 8r points at radii 1-3: uniform (whole image
                     or 2x2 cells) or nri_uniform.
     ``gabor``       Gabor energy (mean, std of the magnitude), 4 or 6 orientations.
@@ -92,6 +104,9 @@ def make_head(head: dict):
     if "kernel_map" in head:
         from kernelbank.heads import KernelMapRidge
         return KernelMapRidge(**head)
+    if "pipeline_kernel" in head:
+        from kernelbank.heads import KernelHead
+        return KernelHead(n_components=head["pipeline_kernel"])
     if "ridge" in head:
         from sklearn.linear_model import RidgeClassifier
         return make_pipeline(StandardScaler(), RidgeClassifier(alpha=head["ridge"]))
@@ -101,6 +116,9 @@ def make_head(head: dict):
 def head_name(head: dict) -> str:
     if "kernel_map" in head:
         return f"stream {head['kernel_map']} ridge alpha={head['alpha']:g}"
+    if "pipeline_kernel" in head:
+        return (f"--head nystroem ({head['pipeline_kernel']} landmarks, <= 256 rows per class, "
+                "alpha by CV)")
     if "ridge" in head:
         return f"standardised ridge alpha={head['ridge']:g}"
     return f"svc {head['kernel']} C={head['C']:g}"
@@ -256,10 +274,27 @@ def kernelbank_variant(table: np.ndarray, names: list[str], variant: str) -> np.
     out = table[:, keep]
     if "hellinger" in variant:
         out = power_normalize(out, histogram_columns(names_a[keep]))
+    kept = list(names_a[keep])
+    if "dpool" in tokens:
+        out, kept = pool_dilations(out, kept)
     if "own4+res" in tokens or "ownsym+res" in tokens:
-        out = pool_symmetries(out, list(names_a[keep]), "sort" if "own4+res" in tokens
-                              else "mean")
+        out = pool_symmetries(out, kept, "sort" if "own4+res" in tokens else "mean")
     return out
+
+
+def pool_dilations(features: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Every per-dilation column averaged over the dilations (``_d<k>_`` -> ``_d0_``).
+
+    A rescaled texture moves its structure from one dilation to the next; the mean over
+    dilations is the part of each feature that such a move leaves (roughly) unchanged.
+    Columns without a dilation are kept as they are.
+    """
+    import re
+    groups: dict[str, list[int]] = {}
+    for j, name in enumerate(names):
+        groups.setdefault(re.sub(r"_d\d+_", "_d0_", name), []).append(j)
+    return (np.column_stack([features[:, js].mean(1) for js in groups.values()]),
+            list(groups))
 
 
 def pool_symmetries(features: np.ndarray, names: list[str], how: str) -> np.ndarray:
@@ -298,7 +333,8 @@ KERNELBANK_VARIANTS = ("own+res", "own+res +img", "own+res +img hellinger",
                        "ri own+res +img hellinger", "ri own+res +img1p",
                        "own+res +img1p hellinger", "ri own+res +img1p hellinger",
                        "iso ri own+res +img1p hellinger", "ri own4+res +img1p hellinger",
-                       "ri ownsym+res +img1p hellinger")
+                       "ri ownsym+res +img1p hellinger", "ri own+res +img1p hellinger dpool",
+                       "ri ownsym+res +img1p hellinger dpool")
 #: The heads of ``kernelbank run``'s classify stage: StandardScaler + ridge classifier
 #: (the pipeline picks alpha by CV from its streaming sums; here CV picks it).
 RIDGE_HEADS = [{"ridge": a} for a in (1.0, 10.0, 100.0)]
@@ -322,21 +358,41 @@ def cv_folds(labels: np.ndarray, repeats: int, folds: int) -> list[tuple[np.ndar
     return out
 
 
-def _score(features, labels, fit_index, val_index, head) -> float:
+def _with_views(features, labels, index, views):
+    """The rows ``index`` of the train split plus the augmented views of those rows
+    (``views``: ``(view features, view labels, source index)`` or None)."""
+    if views is None:
+        return features[index], labels[index]
+    extra = np.isin(views[2], index)
+    return (np.vstack([features[index], views[0][extra]]),
+            np.concatenate([labels[index], views[1][extra]]))
+
+
+def _score(features, labels, fit_index, val_index, head, views=None) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = make_head(head).fit(features[fit_index], labels[fit_index])
+        model = make_head(head).fit(*_with_views(features, labels, fit_index, views))
         return float(np.mean(model.predict(features[val_index]) == labels[val_index]))
 
 
 def select_and_test(variants: dict[str, tuple[np.ndarray, np.ndarray]], y_train, y_test,
-                    folds, jobs: int, heads: list[dict] = HEADS) -> dict:
-    """Pick (variant, head) by CV on train; refit on train; score once on test."""
+                    folds, jobs: int, heads: list[dict] = HEADS, views: dict | None = None,
+                    view_labels=None, view_source=None) -> dict:
+    """Pick (variant, head) by CV on train; refit on train; score once on test.
+
+    With ``views`` (``{variant: features of the augmented train views}``), every fit —
+    each CV fold's and the final one — adds the views of its own train rows
+    (``view_source`` indexes them); validation and test rows are never augmented.
+    """
     from joblib import Parallel, delayed
+
+    def of(name):
+        return None if views is None else (views[name], view_labels, view_source)
     tasks = [(name, h, f) for name in variants for h in range(len(heads))
              for f in range(len(folds))]
     scores = Parallel(n_jobs=jobs)(
-        delayed(_score)(variants[name][0], y_train, *folds[f], heads[h]) for name, h, f in tasks)
+        delayed(_score)(variants[name][0], y_train, *folds[f], heads[h], of(name))
+        for name, h, f in tasks)
     table: dict[tuple[str, int], list[float]] = {}
     for (name, h, _), score in zip(tasks, scores):
         table.setdefault((name, h), []).append(score)
@@ -344,7 +400,8 @@ def select_and_test(variants: dict[str, tuple[np.ndarray, np.ndarray]], y_train,
     train, test = variants[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = make_head(heads[h]).fit(train, y_train)
+        model = make_head(heads[h]).fit(*_with_views(train, y_train, np.arange(len(train)),
+                                                     of(name)))
         accuracy = float(np.mean(model.predict(test) == y_test))
     per_variant = {}            # each variant's best head: CV mean, sd, head
     for v in variants:
@@ -378,17 +435,23 @@ class FeatureCache:
         return value
 
 
-def method_features(name: str, images, cache: FeatureCache) -> dict[str, np.ndarray] | str:
-    """``{variant: features of images}`` of one method, or why it cannot run."""
+def method_features(name: str, images, cache: FeatureCache, variants: tuple[str, ...] = ()
+                    ) -> dict[str, np.ndarray] | str:
+    """``{variant: features of images}`` of one method, or why it cannot run
+    (``variants``: a subset of the kernelbank variants; default all)."""
     side = min(min(np.shape(i)) for i in images)
-    if name in ("kernelbank", "kernelbank_stream", "kernelbank_ridge"):
+    if name in ("kernelbank", "kernelbank_stream", "kernelbank_ridge", "kernelbank_nystroem"):
         out = {}
         for basis, radius in (("full", 2), ("isotropic", 3)):
+            if variants and not any(v.startswith("iso ") == (basis != "full")
+                                    for v in variants):
+                continue
             table = cache.get(f"kernelbank table img1p {basis} r{radius}",
                               lambda: kernelbank_table(images, radius, basis)[0])
             names = kernelbank_table(images[:2], radius, basis)[1]
             out.update({v: kernelbank_variant(table, names, v.removeprefix("iso "))
-                        for v in KERNELBANK_VARIANTS if v.startswith("iso ") == (basis != "full")})
+                        for v in variants or KERNELBANK_VARIANTS
+                        if v.startswith("iso ") == (basis != "full")})
         return out
     if name == "lbp":
         radii = tuple(r for r in (1, 2, 3) if 2 * r + 1 <= side)
@@ -412,11 +475,11 @@ def method_features(name: str, images, cache: FeatureCache) -> dict[str, np.ndar
     raise SystemExit(f"unknown method {name!r}; choose from {METHODS}")
 
 
-METHODS = ("kernelbank", "kernelbank_ridge", "kernelbank_stream", "lbp", "gabor",
-           "scattering")
+METHODS = ("kernelbank", "kernelbank_ridge", "kernelbank_stream", "kernelbank_nystroem",
+           "lbp", "gabor", "scattering")
 FAMILY = {"kernelbank": "kernelbank", "kernelbank_ridge": "kernelbank",
-          "kernelbank_stream": "kernelbank", "lbp": "peer", "gabor": "peer",
-          "scattering": "peer"}
+          "kernelbank_stream": "kernelbank", "kernelbank_nystroem": "kernelbank",
+          "lbp": "peer", "gabor": "peer", "scattering": "peer"}
 
 
 def load_builtin(data: str, patch_size: int, cache: str, n_classes: int | None = None,
@@ -440,6 +503,18 @@ def load_builtin(data: str, patch_size: int, cache: str, n_classes: int | None =
     train, y_train = load_split(root, "train")
     test, y_test = load_split(root, "test")
     return as_batch(train), y_train, as_batch(test), y_test, str(root)
+
+
+def augment_builtin(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(views, labels, source) of ``--augment`` on the built-in hard set."""
+    from kernelbank.datasets.hard_textures import HARD_CLASSES, hard_train_augmentations
+    fits = [c for c in HARD_CLASSES if args.patch_size <= 55 or
+            c not in ("china", "coffee", "flower", "rocket")]
+    classes = tuple(fits[:args.n_classes] if args.n_classes else fits)
+    views, labels, source = hard_train_augmentations(
+        patch_size=args.patch_size, classes=classes, n_train=args.per_class,
+        n_test=args.per_class // 2, copies=args.augment)
+    return views.astype(np.float32), labels, source
 
 
 def _cpu_seconds() -> float:
@@ -477,6 +552,15 @@ def main(argv=None) -> int:
                         help="--data hard: the first N classes (default all 28)")
     parser.add_argument("--per-class", type=int, default=60,
                         help="--data hard: train patches per class (test: half; default 60)")
+    parser.add_argument("--variants", help="';'-separated subset of the kernelbank variants "
+                        "(default all)")
+    parser.add_argument("--augment", type=int, default=0,
+                        help="--data hard: add this many views of every train patch at "
+                             "test-like angles and scales (from the patch's own train tile) "
+                             "to every fit, for every method (CV: to the training folds only)")
+    parser.add_argument("--head-components", type=int, default=1024,
+                        help="kernelbank_nystroem: Nystroem landmarks (default 1024, the "
+                             "pipeline's --head-components)")
     parser.add_argument("--repeats", type=int, default=2, help="CV repeats (default 2)")
     parser.add_argument("--folds", type=int, default=5, help="CV folds (default 5)")
     parser.add_argument("--jobs", type=int, default=2, help="processes for the CV fits")
@@ -499,6 +583,13 @@ def main(argv=None) -> int:
                                                            args.n_classes, args.per_class)
     classes = sorted(set(y_train))
     print(f"# {where}: {len(y_train)} train / {len(y_test)} test images, {len(classes)} classes")
+    view_images = view_labels = view_source = None
+    if args.augment:
+        if args.root or args.data != "hard":
+            raise SystemExit("--augment needs --data hard (the views come from the train tiles)")
+        view_images, view_labels, view_source = augment_builtin(args)
+        print(f"# augmented: {len(view_labels)} views of the train patches (any angle, scale "
+              f"0.75-1.33, relit), added to every fit; validation and test rows are not")
     images = list(train) + list(test)
     if len({np.shape(i) for i in images}) == 1:
         images = np.stack(images)
@@ -508,20 +599,36 @@ def main(argv=None) -> int:
     cache = FeatureCache(Path(args.cache) / "features", digest.hexdigest())
     folds = cv_folds(np.asarray(y_train), args.repeats, args.folds)
     chosen = METHODS if not args.methods else tuple(args.methods.split(","))
+    subset = tuple(v.strip() for v in args.variants.split(";")) if args.variants else ()
+    unknown = [v for v in subset if v not in KERNELBANK_VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {KERNELBANK_VARIANTS}")
+    view_cache = None
+    if view_images is not None:
+        digest_views = hashlib.sha1(np.ascontiguousarray(view_images, np.float32).tobytes())
+        view_cache = FeatureCache(Path(args.cache) / "features", digest_views.hexdigest())
     n_train = len(y_train)
     results, skipped = {}, {}
     for name in chosen:
         started = time.perf_counter()
-        features = method_features(name, images, cache)
+        features = method_features(name, images, cache, subset)
+        views = None
+        if view_cache is not None and not isinstance(features, str):
+            views = method_features(name, view_images, view_cache, subset)
+            if isinstance(views, str):
+                features = "skipped: no features of the augmented views: " + views
         if isinstance(features, str):
             skipped[name] = features
             continue
         extracted = time.perf_counter() - started
         variants = {k: (v[:n_train], v[n_train:]) for k, v in features.items()}
         heads = STREAM_HEADS if name.endswith("_stream") else \
-            RIDGE_HEADS if name.endswith("_ridge") else HEADS
+            RIDGE_HEADS if name.endswith("_ridge") else \
+            [{"pipeline_kernel": args.head_components}] if name.endswith("_nystroem") else \
+            HEADS     # the Nyström head is one head: it picks alpha inside each fit, as the
+        # pipeline does (kernelbank.heads.KernelHead: <= 256 rows per class, inner CV)
         result = select_and_test(variants, np.asarray(y_train), np.asarray(y_test), folds,
-                                 args.jobs, heads)
+                                 args.jobs, heads, views, view_labels, view_source)
         results[name] = {**result, "family": FAMILY[name], "features_seconds": extracted,
                          "seconds": time.perf_counter() - started}
         print(f"# done {name}: test {result['accuracy']:.4f}, cv {result['cv']:.4f} "

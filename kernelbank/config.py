@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field
 
 __all__ = ["BasisKind", "BankMethod", "Channels", "InputFormat", "ReadConfig", "FitConfig",
-           "ReduceConfig", "FeatureConfig", "FEATURE_GROUPS", "ClassifyConfig", "PipelineConfig"]
+           "ReduceConfig", "FeatureConfig", "FEATURE_GROUPS", "ClassifierHead", "ClassifyConfig",
+           "PipelineConfig"]
 
 
 class BasisKind(str, enum.Enum):
@@ -348,16 +349,32 @@ class FeatureConfig:
         _check_positive("threads_per_actor", self.threads_per_actor)
 
 
+class ClassifierHead(str, enum.Enum):
+    """The classify stage's model (``--head``)."""
+
+    RIDGE = "ridge"
+    NYSTROEM = "nystroem"
+
+
 @dataclass(frozen=True)
 class ClassifyConfig:
-    """The classify stage: streaming ridge classifier on standardized features.
+    """The classify stage: a streaming classifier on the standardized features.
 
     ``ridge`` is the ``alpha`` of scikit-learn's ``RidgeClassifier``; None (default)
     chooses it by exact ``cv_folds``-fold cross-validation from the streaming sums.
+
+    ``head`` picks the model: ``ridge`` (default), the linear ridge fitted from sums
+    over every train row; ``nystroem``, an RBF kernel approximated by ``n_components``
+    Nyström landmarks, the map and the ridge fitted on at most ``sample_per_class``
+    train rows of each class (a uniform sample by a hash of the id), then every row
+    scored (see :func:`kernelbank.heads.fit_kernel_head`).
     """
 
     ridge: float | None = None
     cv_folds: int = 5
+    head: ClassifierHead = ClassifierHead.RIDGE
+    sample_per_class: int = 256
+    n_components: int = 1024
 
     def __post_init__(self) -> None:
         if self.ridge is not None and not self.ridge > 0:
@@ -365,6 +382,15 @@ class ClassifyConfig:
                              f"{self.ridge!r}")
         if not isinstance(self.cv_folds, int) or self.cv_folds < 2:
             raise ValueError(f"cv_folds must be an integer >= 2, got {self.cv_folds!r}")
+        try:
+            object.__setattr__(self, "head", ClassifierHead(self.head))
+        except ValueError:
+            raise ValueError(f"head must be one of {[h.value for h in ClassifierHead]}, got "
+                             f"{self.head!r}") from None
+        for name in ("sample_per_class", "n_components"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)

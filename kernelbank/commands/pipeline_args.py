@@ -15,9 +15,9 @@ import argparse
 import os
 from pathlib import Path
 
-from ..config import (FEATURE_GROUPS, BankMethod, BasisKind, Channels, ClassifyConfig,
-                      FeatureConfig, FitConfig, InputFormat, PipelineConfig, ReadConfig,
-                      ReduceConfig)
+from ..config import (FEATURE_GROUPS, BankMethod, BasisKind, Channels, ClassifierHead,
+                      ClassifyConfig, FeatureConfig, FitConfig, InputFormat, PipelineConfig,
+                      ReadConfig, ReduceConfig)
 from ..faults import fit_fault_from_env
 from ..stages.progress import LOG_LEVELS, configure_output
 
@@ -139,6 +139,17 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
         parser.add_argument("--alpha", type=float, default=None,
                             help="ridge alpha of the classifier (default: chosen by exact "
                                  "5-fold cross-validation on the train split)")
+        parser.add_argument("--head", choices=[h.value for h in ClassifierHead],
+                            default="ridge",
+                            help="classifier: ridge (linear, fitted from sums over every "
+                                 "train row; default) or nystroem (RBF kernel: Nystroem "
+                                 "landmarks + ridge fitted on a bounded sample of train "
+                                 "rows per class, then every row scored)")
+        parser.add_argument("--head-sample", type=int, default=256,
+                            help="--head nystroem: train rows sampled per class (default "
+                                 "256)")
+        parser.add_argument("--head-components", type=int, default=1024,
+                            help="--head nystroem: Nystroem landmarks (default 1024)")
 
 
 def resolve_output(output: str | None, overwrite: bool) -> tuple[str, bool]:
@@ -220,5 +231,7 @@ def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> Pi
                              threads_per_actor=get("threads_per_actor", 1),
                              num_gpus=get("num_gpus", 0))
     return PipelineConfig(read=read, output=output, fit=fit, reduce=reduce, features=features,
-                          classify=ClassifyConfig(ridge=get("alpha")),
+                          classify=ClassifyConfig(ridge=get("alpha"), head=get("head", "ridge"),
+                                                  sample_per_class=get("head_sample", 256),
+                                                  n_components=get("head_components", 1024)),
                           overwrite=overwrite, ray_address=get("ray_address"))

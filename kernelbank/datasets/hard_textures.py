@@ -22,6 +22,12 @@ This set separates them:
   0.75-1.33. Every patch gets an illumination change: gain 0.6-1.4, gamma 0.7-1.4 and a
   linear ramp of up to ±20 % across the patch.
 
+* **Augmentation, on request.** :func:`hard_train_augmentations` gives extra views of the
+  train patches, resampled from their centres in their own train tiles the way test
+  patches are (any angle, scale 0.75-1.33, relit), with the index of each view's source
+  patch, so that a cross-validation can keep a view in its source's folds
+  (``bench/accuracy.py --augment``). The train and test patches do not change.
+
 Everything is drawn from ``numpy.random.default_rng`` with fixed seeds, so the same
 arguments give the same patches, bit for bit, on every machine (the test builds the set
 twice and compares checksums).
@@ -34,7 +40,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["HARD_CLASSES", "load_hard_textures", "hard_texture_image"]
+__all__ = ["HARD_CLASSES", "load_hard_textures", "hard_train_augmentations",
+           "hard_texture_image"]
 
 GRID = 4
 TEST_TILES = 5
@@ -199,6 +206,52 @@ def load_hard_textures(patch_size: int = 32, n_train: int = 60, n_test: int = 30
     splits : np.ndarray of shape (n_patches,), str
         ``"train"`` (first, per class) or ``"test"``.
     """
+    images, labels, splits, _ = _draw(patch_size, n_train, n_test, classes, random_state)
+    return images, labels, splits
+
+
+def hard_train_augmentations(patch_size: int = 32, n_train: int = 60, n_test: int = 30,
+                             classes: Sequence[str] | None = None, random_state: int = 0,
+                             copies: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Extra views of the train patches of :func:`load_hard_textures` (same arguments),
+    transformed the way test patches are: from each train patch's centre in its own
+    (train) tile, ``copies`` new patches at any angle (0-360°) and scale 0.75-1.33, each
+    relit. No pixel of a test tile is read. The train and test patches themselves are
+    unchanged (the views come from their own generator, seeded by ``random_state``, the
+    class name and 1).
+
+    Returns
+    -------
+    images : np.ndarray of shape (n_train_patches * copies, patch_size, patch_size), uint8
+    labels : np.ndarray of shape (n_train_patches * copies,), str
+    source : np.ndarray of shape (n_train_patches * copies,), int
+        Index of the view's train patch among the train patches of
+        :func:`load_hard_textures` (in their order), so that a cross-validation can put
+        a view in the folds of its source.
+    """
+    if not isinstance(copies, (int, np.integer)) or copies < 1:
+        raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
+    _, labels, splits, centres = _draw(patch_size, n_train, n_test, classes, random_state)
+    train = np.flatnonzero(splits == "train")
+    images, out_labels, source = [], [], []
+    for name in dict.fromkeys(labels[train]):
+        image = hard_texture_image(name)
+        rng = np.random.default_rng([random_state, zlib.crc32(name.encode()), 1])
+        for k, index in enumerate(train):
+            if labels[index] != name:
+                continue
+            for _ in range(copies):
+                angle = rng.uniform(0, 2 * np.pi)
+                scale = np.exp(rng.uniform(np.log(0.75), np.log(1.33)))
+                patch = _patch(image, centres[index], patch_size, angle, scale)
+                images.append(_illuminate(patch, rng))
+                out_labels.append(name)
+                source.append(k)
+    return np.stack(images), np.array(out_labels), np.array(source)
+
+
+def _draw(patch_size, n_train, n_test, classes, random_state):
+    """:func:`load_hard_textures`'s patches, labels, splits and patch centres."""
     if not isinstance(patch_size, (int, np.integer)) or not 8 <= patch_size <= 64:
         raise ValueError(f"patch_size must be an integer in [8, 64], got {patch_size!r}")
     names = list(HARD_CLASSES) if classes is None else list(classes)
@@ -208,7 +261,7 @@ def load_hard_textures(patch_size: int = 32, n_train: int = 60, n_test: int = 30
                          f"{list(classes) if classes is not None else None}")
     test_tiles = set(np.random.default_rng(random_state).choice(GRID * GRID, TEST_TILES,
                                                                 replace=False).tolist())
-    images, labels, splits = [], [], []
+    images, labels, splits, centres = [], [], [], []
     for name in names:
         image = hard_texture_image(name)
         tile = min(image.shape) // GRID
@@ -234,4 +287,5 @@ def load_hard_textures(patch_size: int = 32, n_train: int = 60, n_test: int = 30
                 images.append(_illuminate(patch, rng))
                 labels.append(name)
                 splits.append(split)
-    return np.stack(images), np.array(labels), np.array(splits)
+                centres.append(centre)
+    return np.stack(images), np.array(labels), np.array(splits), centres

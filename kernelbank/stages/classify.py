@@ -11,6 +11,16 @@ likelihood_prediction``) and returning confusion counts per split. The table may
 larger than any node; partial sums travel through Ray's object store, never as files.
 The likelihood classifier's prediction (a column written by the feature stage) is
 scored in the same pass.
+
+With ``head=nystroem`` (:class:`~kernelbank.config.ClassifierHead`) the first pass
+instead gathers a bounded sample of the train rows — in each class the
+``sample_per_class`` rows of least :func:`~kernelbank.heads.sample_keys` (a hash of the
+id: a uniform sample that does not depend on how the table is split into files) — and
+the driver fits an RBF kernel head on it (Nyström landmarks + standardised ridge, α by
+held-out accuracy over CV folds of the sample, :func:`~kernelbank.heads.fit_kernel_head`).
+The second pass scores every row with it. The fit costs the same at a thousand rows
+or a million (a sample of at most ``classes · sample_per_class`` rows); the scoring is
+one ``(rows, F) × (F, m)`` block of kernel values per file block.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..config import ClassifyConfig
+from ..config import ClassifierHead, ClassifyConfig
 from ..core.ridge import StreamingRidge, fold_of
 from ..io.layout import read_json, write_json
 from ..io.storage import join, resolve
@@ -71,6 +81,49 @@ def train_sums(table: pa.Table, names: list[str], folds: int) -> list[StreamingR
             for k in range(folds)]
 
 
+def _sample_file(fs, path: str, names: list[str], per_class: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The file's part of the kernel head's sample: in each class, the ``per_class``
+    finite train rows of least sample key. Returns ``(keys, ids, labels, x)``."""
+    import pyarrow.compute as pc
+    from ..heads import bottom_rows, sample_keys
+    table = _read_features(fs, path, ["id", "split", "label"] + names)
+    table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(TRAIN_SPLITS)))
+    ids = np.array(table.column("id").to_pylist(), dtype=object)
+    labels = np.array(table.column("label").to_pylist(), dtype=object)
+    keys = sample_keys(ids)
+    x = _matrix(table, names)
+    keep = np.flatnonzero(_finite_rows(x))
+    chosen = keep[bottom_rows(keys[keep], ids[keep], labels[keep], per_class)]
+    return keys[chosen], ids[chosen], labels[chosen], x[chosen]
+
+
+def _kernel_sample(fs, files: list[str], names: list[str], per_class: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, labels, x)`` of the kernel head's sample of the whole table: the files'
+    parts merged on the driver, which never holds more than two parts' rows."""
+    import ray
+    from ..heads import bottom_rows
+    sample = ray.remote(num_cpus=1)(_sample_file)
+    merged = None
+    for part in map_bounded(sample, ((fs, p, names, per_class) for p in files)):
+        if merged is not None:
+            part = tuple(np.concatenate([a, b]) for a, b in zip(merged, part))
+        chosen = bottom_rows(part[0], part[1], part[2], per_class)
+        merged = tuple(a[chosen] for a in part)
+    if merged is None:
+        return np.zeros(0, object), np.zeros(0, object), np.zeros((0, len(names)))
+    return merged[1], merged[2], merged[3]
+
+
+def _scores(model: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """Class scores of either head's model, shape (rows, classes)."""
+    if model.get("head") == ClassifierHead.NYSTROEM.value:
+        from ..heads import kernel_head_scores
+        return kernel_head_scores(model, x)
+    return ((x - model["mean"]) / model["scale"]) @ model["weights"] + model["intercept"]
+
+
 def _score_file(fs, path: str, names: list[str], model: dict[str, Any], out_path: str
                 ) -> dict[tuple, int]:
     """Predict every row of one features file; write its predictions; confusion counts."""
@@ -78,8 +131,7 @@ def _score_file(fs, path: str, names: list[str], model: dict[str, Any], out_path
     table = _read_features(fs, path, ["id", "path", "split", "label", PREDICTION] + names)
     x = _matrix(table, names)
     keep = _finite_rows(x)
-    scores = ((np.nan_to_num(x) - model["mean"]) / model["scale"]) @ model["weights"] + \
-        model["intercept"]
+    scores = _scores(model, np.nan_to_num(x))
     predicted = np.asarray(model["classes"], dtype=object)[scores.argmax(1)]
     predicted[~keep] = "<non-finite>"
     likelihood = table.column(PREDICTION).to_pylist() if PREDICTION in table.column_names \
@@ -152,22 +204,10 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     files = table_files(fs, path)
     if not files:
         raise ValueError(f"the features table {features_url!r} is empty")
-    if folds is None or len(folds) != config.cv_folds:
-        train = ray.remote(num_cpus=1)(_train_file)
-        folds = [StreamingRidge.empty(len(names)) for _ in range(config.cv_folds)]
-        for parts in map_bounded(train, ((fs, p, names, config.cv_folds) for p in files)):
-            folds = [a + b for a, b in zip(folds, parts)]
-    total = sum(folds, StreamingRidge.empty(len(names)))
-    if len(total.class_n) < 2:
-        raise ValueError(f"the train split of the features table {features_url!r} has "
-                         f"{len(total.class_n)} class(es) {sorted(total.class_n)}; a classifier "
-                         "needs at least 2 (its accuracy would be meaningless)")
-    losses = None
-    if config.ridge is None:
-        alpha, losses = StreamingRidge.choose_alpha(folds)
+    if config.head is ClassifierHead.NYSTROEM:
+        model, described = _fit_kernel(fs, files, names, config, features_url)
     else:
-        alpha = config.ridge
-    model = total.solve(alpha)
+        model, described = _fit_ridge(fs, files, names, config, features_url, folds)
     if fs_out is None:
         fs_out, predictions_dir = fs, predictions_dir or join(path.rsplit("/", 1)[0],
                                                               "predictions")
@@ -181,14 +221,69 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
             counts[key] = counts.get(key, 0) + n
     report = _accuracy_report(counts, model["classes"])
     train_acc = [report[s]["accuracy"] for s in TRAIN_SPLITS if s in report]
-    return {"classes": model["classes"], "model": "StandardScaler + RidgeClassifier",
-            "alpha": alpha, "alpha_chosen_by": "given" if losses is None else
-            f"{config.cv_folds}-fold CV (held-out squared loss)",
-            "cv_losses": None if losses is None else {f"{a:g}": v for a, v in losses.items()},
-            "n_features": len(names),
+    return {"classes": model["classes"], **described, "n_features": len(names),
             "test_accuracy": report.get(TEST_SPLIT, {}).get("accuracy"),
             "likelihood_test_accuracy": report.get(TEST_SPLIT, {}).get("likelihood_accuracy"),
             "train_accuracy": train_acc[0] if train_acc else None, "splits": report}
+
+
+def _too_few_classes(classes, features_url: str) -> None:
+    if len(classes) < 2:
+        raise ValueError(f"the train split of the features table {features_url!r} has "
+                         f"{len(classes)} class(es) {sorted(classes)}; a classifier "
+                         "needs at least 2 (its accuracy would be meaningless)")
+
+
+def _fit_ridge(fs, files: list[str], names: list[str], config: ClassifyConfig,
+               features_url: str, folds: list[StreamingRidge] | None
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The linear head from the per-fold sums of every train row (summed here unless
+    the feature writes returned them)."""
+    import ray
+    if folds is None or len(folds) != config.cv_folds:
+        train = ray.remote(num_cpus=1)(_train_file)
+        folds = [StreamingRidge.empty(len(names)) for _ in range(config.cv_folds)]
+        for parts in map_bounded(train, ((fs, p, names, config.cv_folds) for p in files)):
+            folds = [a + b for a, b in zip(folds, parts)]
+    total = sum(folds, StreamingRidge.empty(len(names)))
+    _too_few_classes(total.class_n, features_url)
+    losses = None
+    if config.ridge is None:
+        alpha, losses = StreamingRidge.choose_alpha(folds)
+    else:
+        alpha = config.ridge
+    model = total.solve(alpha)
+    return model, {"head": config.head.value, "model": "StandardScaler + RidgeClassifier",
+                   "alpha": alpha, "alpha_chosen_by": "given" if losses is None else
+                   f"{config.cv_folds}-fold CV (held-out squared loss)",
+                   "cv_losses": None if losses is None else
+                   {f"{a:g}": v for a, v in losses.items()}}
+
+
+def _fit_kernel(fs, files: list[str], names: list[str], config: ClassifyConfig,
+                features_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Nyström kernel head, fitted on the driver from a bounded sample of train rows."""
+    import time
+    from ..heads import fit_kernel_head
+    began = time.perf_counter()
+    ids, labels, x = _kernel_sample(fs, files, names, config.sample_per_class)
+    sampled = time.perf_counter()
+    _too_few_classes(set(labels), features_url)
+    model = fit_kernel_head(x, labels, ids, n_components=config.n_components,
+                            alpha=config.ridge, cv_folds=config.cv_folds)
+    model["head"] = config.head.value
+    m = model["n_components"]
+    return model, {
+        "head": config.head.value,
+        "model": f"StandardScaler + Nystroem(rbf, gamma {model['gamma']:.3g}, {m} landmarks) "
+                 "+ StandardScaler + RidgeClassifier",
+        "alpha": model["alpha"], "alpha_chosen_by": "given" if config.ridge is not None else
+        f"{config.cv_folds}-fold CV on the sample (held-out accuracy)",
+        "cv_accuracy": model["cv_accuracy"],
+        "sample_rows": model["n_sample"], "sample_per_class": config.sample_per_class,
+        "n_components": m, "gamma": model["gamma"],
+        "sample_seconds": round(sampled - began, 3),
+        "fit_seconds": round(time.perf_counter() - sampled, 3)}
 
 
 def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None = None,
@@ -208,7 +303,7 @@ def write_classify(features_url: str, config: ClassifyConfig, stage, *,
     """Run :func:`classify_table` into the classify stage's folder (``predictions/``,
     ``result.json``) with timing; ``folds``: the feature writes' ridge sums."""
     summary: dict[str, Any] = {}
-    log(f"classify: {features_url} ridge alpha="
+    log(f"classify: {features_url} {config.head.value} head, ridge alpha="
         f"{'by CV' if config.ridge is None else config.ridge}")
     with timed(summary):
         summary.update(classify_table(features_url, config, fs_out=stage.fs,

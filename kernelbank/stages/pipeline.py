@@ -51,9 +51,12 @@ def recipe(config: PipelineConfig) -> str:
     ridge = config.classify.ridge
     alpha = (f"alpha by {config.classify.cv_folds}-fold CV" if ridge is None
              else f"alpha {ridge:g}")
+    classify = config.classify
+    head = "standardised ridge classifier" if classify.head.value == "ridge" else \
+        (f"Nystroem RBF kernel head ({classify.n_components} landmarks, <= "
+         f"{classify.sample_per_class} train rows per class)")
     return (f"{own}; {config.reduce.method.value} bank; features {groups}"
-            f"{' + pixel features' if feats.pixel_features else ''}; "
-            f"standardised ridge classifier ({alpha})")
+            f"{' + pixel features' if feats.pixel_features else ''}; {head} ({alpha})")
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """Run every stage on ``config.read.url`` and publish a run of ``config.output``.
@@ -126,6 +129,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                          "power": config.features.power,
                          "pool_symmetries": config.features.pool_symmetries,
                          "joint": config.features.joint,
+                         "head": config.classify.head.value,
                          "pixel_features": config.features.pixel_features,
                          "num_gpus": config.fit.num_gpus, "batch_size": config.fit.batch_size,
                          "batch_pixels": config.fit.batch_pixels},

@@ -39,3 +39,22 @@ def test_classes_and_arguments_are_checked():
         load_hard_textures(classes=("brick", "nope"))
     with pytest.raises(ValueError, match="patch_size"):
         load_hard_textures(patch_size=100)
+
+
+def test_train_augmentations_are_deterministic_views_of_their_sources():
+    from kernelbank.datasets.hard_textures import hard_train_augmentations
+    images, labels, splits = load_hard_textures(patch_size=16, n_train=6, n_test=4,
+                                                classes=SOME)
+    views, view_labels, source = hard_train_augmentations(patch_size=16, n_train=6, n_test=4,
+                                                          classes=SOME, copies=2)
+    again = hard_train_augmentations(patch_size=16, n_train=6, n_test=4, classes=SOME,
+                                     copies=2)
+    assert np.array_equal(views, again[0]) and np.array_equal(source, again[2])
+    train_labels = labels[splits == "train"]
+    assert views.shape == (36, 16, 16) and np.bincount(source).tolist() == [2] * 18
+    assert list(view_labels) == list(train_labels[source])
+    # a view is a new patch (any angle, rescaled, relit), not a copy of its source
+    assert not any(np.array_equal(v, images[splits == "train"][s])
+                   for v, s in zip(views, source))
+    with pytest.raises(ValueError, match="copies"):
+        hard_train_augmentations(copies=0)
