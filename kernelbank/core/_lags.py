@@ -597,28 +597,13 @@ def _compiled_wins(radius: int, dilation: int, shape: tuple[int, ...]) -> bool:
 def lag_window_sums(images: torch.Tensor, radius: int, dilation: int, shift: torch.Tensor,
                     *, engine: str = "auto"
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window sums of ``images - shift`` over the valid pixels of one dilation.
-
-    Parameters
-    ----------
-    images : torch.Tensor of shape (n, C, H, W) or (n, C, D, H, W)
-        Same-sized images, float32 or float64, each side at least ``2 radius dilation
-        + 1``.
-    radius, dilation : int
-    shift : torch.Tensor of shape (n, C), dtype of ``images``
-        Subtracted from each channel before any product (its mean, say).
-    engine : {"auto", "torch"}, default="auto"
-        ``"auto"`` takes the compiled CPU engine of :mod:`kernelbank.core._fused_lags` for
-        one-channel 2-D CPU images where it is measured faster (:func:`_compiled_wins`);
-        ``"torch"`` always the matrix products below (the reference, and the GPU path).
-
-    Returns
-    -------
-    cross : torch.Tensor of shape (n, T, T), float64
-    first : torch.Tensor of shape (n, T), float64
-        With ``T = C · t`` taps, channel-major, each channel's ``t = (2 radius + 1)^ndim``
-        in C order, centre included; the sums of the shifted images (see
-        :mod:`kernelbank.core.sums` for the unshifted ones).
+    """Window sums ``cross`` (n, T, T) and ``first`` (n, T), float64, of ``images − shift``
+    over the valid pixels of one dilation (:mod:`kernelbank.core.sums`; ``T = C t`` taps,
+    channel-major, centres included). ``images`` (n, C, *spatial), float32 or float64, each
+    side at least ``2 radius dilation + 1``; ``shift`` (n, C), each channel's mean, say.
+    ``engine="auto"`` takes the compiled CPU engine of :mod:`kernelbank.core._fused_lags`
+    for one-channel 2-D CPU images where it is measured faster (:func:`_compiled_wins`);
+    ``"torch"`` always the matrix products below (the reference, and the GPU path).
     """
     if (engine == "auto" and images.shape[1] == 1 and images.ndim == 4
             and images.device.type == "cpu" and not images.requires_grad

@@ -259,14 +259,12 @@ def _kernel_sums(sums: WindowSums, weights: torch.Tensor, targets: torch.Tensor,
     m = len(weights)
     centre = torch.zeros_like(weights)
     centre[torch.arange(m), targets.to(weights.device)] = 1
-    i, j = torch.triu_indices(m, m) if joint and sums.cross is None else ([], [])
+    i, j = torch.triu_indices(m, m) if joint else ([], [])
     forms = sums.bilinear(torch.cat([weights, weights, centre, weights[i]]),
                           torch.cat([weights, centre, centre, weights[j]]))
     out = dict(zip(("pp", "px", "xx"), forms[..., :3 * m].split(m, -1)))
     out["sum_p"] = sums.first @ weights.T
-    if joint and sums.cross is not None:
-        out["gram"] = weights @ sums.cross @ weights.T
-    elif joint:
+    if joint:
         out["gram"] = forms.new_empty(forms.shape[:-1] + (m, m))
         out["gram"][..., i, j] = out["gram"][..., j, i] = forms[..., 3 * m:]
     return out

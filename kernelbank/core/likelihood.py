@@ -173,10 +173,10 @@ class LikelihoodClassifier:
         chosen = [select_sums(sums, m.basis.dilation, scale=m.scale,
                               needed_by=f"the model of {m.basis} at scale {m.scale}")
                   for m in self.models]
-        counts = {len(c) for c in chosen}
-        if len(counts) != 1:
+        if len({len(c) for c in chosen}) != 1:
             raise ValueError(f"the window sums of the models hold different numbers of images "
-                             f"{sorted(counts)}; pass sums of the same images for every model")
+                             f"{sorted({len(c) for c in chosen})}; pass sums of the same "
+                             "images for every model")
         return chosen
 
     def _fits_from_sums(self, sums: Sequence[WindowSums]) -> list[FitResult]:

@@ -93,14 +93,6 @@ class WindowSums:
         return self.channels * self.spatial_taps
 
     @property
-    def centre(self) -> int:
-        """Index of the centre tap (the predicted pixel itself) of one-channel sums."""
-        if self.channels != 1:
-            raise ValueError(f"these window sums have {self.channels} channels, hence one "
-                             f"centre per channel: use .centres")
-        return self.n_taps // 2
-
-    @property
     def centres(self) -> torch.Tensor:
         """Index of each channel's centre tap, shape (channels,), int64."""
         t = self.spatial_taps
