@@ -227,9 +227,10 @@ def stall_guard(stage: str, stall_timeout: float | None = None) -> Iterator[Any]
 
     def loop() -> None:
         while not stop.wait(1.0):
-            if watchdog.check() is not None:
+            # again every second until the stage ends: one interrupt can land where Ray
+            # swallows it (a stage that waited for a missing GPU once hung instead of failing)
+            if watchdog.message is not None or watchdog.check() is not None:
                 watchdog.interrupt()
-                return
     thread = threading.Thread(target=loop, name=f"kernelbank-{stage}-watchdog", daemon=True)
     thread.start()
     try:
