@@ -86,6 +86,12 @@ def cluster_waits() -> dict[str, Any] | None:
         return None
 
 
+def _infeasible(bundle: dict[str, float], total: dict[str, float]) -> bool:
+    """More of some resource than the whole cluster has (e.g. a GPU on CPU nodes)."""
+    return any(v > total.get(k, 0.0) for k, v in bundle.items()
+               if not k.startswith("node:") and k not in ("memory", "object_store_memory"))
+
+
 def describe_wait(stage: str, seconds: float, waits: dict[str, Any]) -> str:
     """The stall message: what the stage waits for, what the cluster has, what to do."""
     needs = "; ".join(f"{n} task{'s' if n != 1 else ''} or actor{'s' if n != 1 else ''} "
@@ -164,7 +170,10 @@ class StallWatchdog:
         if self._first is None:
             self._first = (now, waits["demands"])
             return None
-        lasting = [d for d in waits["demands"] if d in self._first[1]]
+        # a demand no node of the cluster could ever hold (a GPU where there is none)
+        # lasts whatever its count does; others must be the same demands as at first sight
+        lasting = [d for d in waits["demands"]
+                   if d in self._first[1] or _infeasible(d[0], waits["total"])]
         if not lasting:
             self._first = (now, waits["demands"])
             return None
