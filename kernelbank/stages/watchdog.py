@@ -21,6 +21,7 @@ progress, however slowly, never stalls; nor does one whose cluster is adding nod
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -82,8 +83,18 @@ def cluster_waits() -> dict[str, Any] | None:
                 "nodes": len(status.active_nodes) + len(status.idle_nodes),
                 "total": dict(status.total_resources()),
                 "free": dict(status.available_resources())}
-    except Exception:                       # a private API of Ray: never fatal
+    except Exception as error:              # a private API of Ray: never fatal
+        global _BLIND
+        if not _BLIND:                      # say once why a stall cannot be seen
+            _BLIND = True
+            print(f"[kernelbank] the stall watchdog cannot read the cluster's status "
+                  f"({type(error).__name__}: {error}): a stage that waits forever for "
+                  "resources will not be failed", file=sys.stderr, flush=True)
         return None
+
+
+#: Whether :func:`cluster_waits` has failed in this process (said once).
+_BLIND = False
 
 
 def _infeasible(bundle: dict[str, float], total: dict[str, float]) -> bool:
