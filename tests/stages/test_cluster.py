@@ -300,7 +300,9 @@ def test_a_stage_waiting_for_a_gpu_the_cluster_lacks_fails_with_a_message(data, 
              str(tmp_path / "out"), "--radius", "2", "--num-gpus", "1"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired as hung:      # what the driver said while it waited
-        pytest.fail(f"the stalled fit did not fail in 240 s:\n{(hung.stderr or '')[-3000:]}")
+        said = hung.stderr.decode(errors="replace") if isinstance(hung.stderr, bytes) \
+            else hung.stderr or ""
+        pytest.fail(f"the stalled fit did not fail in 240 s:\n{said[-3000:]}")
     message = done.stderr.split("kernelbank fit: error: ", 1)[-1]
     assert done.returncode == 3, done.stderr[-3000:]
     assert message.startswith("fit: no progress for")
