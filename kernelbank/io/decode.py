@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .png import PNG_SIGNATURE, decode_png
+from .png import decode_png
 
 __all__ = ["IMAGE_EXTENSIONS", "VOLUME_EXTENSIONS", "ALLOWED_FORMATS", "DecodeLimits",
            "RecordRejected", "decode_bytes", "to_grey", "to_channels", "check_image",
@@ -292,10 +292,9 @@ def decode_bytes(data: bytes, name: str = "", ndim: int = 2,
         return _decode_npy(data, ndim, limits, channels)
     if name.lower().endswith(".npy"):
         raise RecordRejected("named .npy but has no NumPy header")
-    if data.startswith(PNG_SIGNATURE):
-        array = decode_png(data, limits.max_pixels)
-        if array is not None:
-            return _bands(array, ndim, channels)
+    array = decode_png(data, limits.max_pixels)     # None: not a plain PNG
+    if array is not None:
+        return _bands(array, ndim, channels)
     return _decode_pillow(data, ndim, limits, channels)
 
 

@@ -74,7 +74,8 @@ from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, PartWriter, count_rows
 from .common import (actor_cpus, cluster_cpus, log, make_basis,
                      map_bounded, timed, warn_without_gpu)
-from .table import TableMeta, flat_covariance, flat_sums, table_files
+from .table import (TableMeta, flat_covariance, flat_sums, list_column, packed_column,
+                    table_files)
 
 __all__ = ["StatisticsFitter", "FIT_META", "TABLE_VERSION", "fit_blocks", "fit_metadata",
            "run_fit", "warm_workers", "write_fit"]
@@ -94,25 +95,6 @@ TASK_RETRIES = 20
 #: Errors that fail a whole group on a device (a CUDA OOM is a RuntimeError) but may not
 #: fail each image of it alone: the group is split and retried before rows become errors.
 ISOLATED_ERRORS = (ValueError, RuntimeError, MemoryError)
-
-
-def _fixed(values: np.ndarray, dtype) -> pa.Array:
-    """Rows of a 2-D array as a fixed-size list column."""
-    values = np.ascontiguousarray(values, dtype=dtype)
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-
-
-def _packed(values: np.ndarray) -> pa.Array:
-    """Rows of a 2-D float64 array as a fixed-size binary column (little-endian float64).
-
-    For the window sums: hundreds of values per row that only the table stages read
-    (through :func:`~kernelbank.stages.table.column_array`). Parquet writes a list column
-    value by value with its repetition levels; one binary value per row took the write of
-    a 4,096-row part from 101 to 57 ms and its read from 101 to 53 ms.
-    """
-    values = np.ascontiguousarray(values, dtype="<f8")
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(values.shape[1] * 8), len(values),
-                                                [None, pa.py_buffer(values)])
 
 
 class StatisticsFitter:
@@ -287,8 +269,8 @@ class StatisticsFitter:
         out = {name: batch.column(name) for name in keep}
         for key, values in columns.items():
             values[~done] = np.nan
-            out[key] = _packed(values) if key in PACKED_COLUMNS else \
-                _fixed(values, np.float32 if key == "descriptors" else np.float64)
+            out[key] = packed_column(values) if key in PACKED_COLUMNS else \
+                list_column(values, np.float32 if key == "descriptors" else np.float64)
         out["stage"] = pa.array(stage, pa.string())
         out["reason"] = pa.array(reason, pa.string())
         table = pa.table(out)

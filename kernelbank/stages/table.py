@@ -119,6 +119,25 @@ def sums_of_rows(rows: np.ndarray, meta: "TableMeta", *, cells: bool = False,
             for part, (s, d) in zip(per_entry, meta.scale_index)]
 
 
+def list_column(values: np.ndarray, dtype) -> pa.Array:
+    """Rows of a 2-D array as a fixed-size list column of ``dtype``."""
+    values = np.ascontiguousarray(values, dtype=dtype)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+def packed_column(values: np.ndarray) -> pa.Array:
+    """Rows of a 2-D float64 array as a fixed-size binary column (little-endian float64).
+
+    For the window sums: hundreds of values per row that only the table stages read
+    (through :func:`column_array`). Parquet writes a list column value by value with its
+    repetition levels; one binary value per row took the write of a real 4,096-row fit
+    part from 125 to 88 ms.
+    """
+    values = np.ascontiguousarray(values, dtype="<f8")
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(values.shape[1] * 8), len(values),
+                                                [None, pa.py_buffer(values)])
+
+
 def column_array(table: pa.Table, name: str, width: int | None = None) -> np.ndarray:
     """A fixed-size list column, or a packed float64 one (the window sums of a table of
     version 3), as a writable (rows, width) numpy array."""
@@ -138,10 +157,8 @@ def unpack_columns(table: pa.Table) -> pa.Table:
     fixed-size lists of float64: what ``to_pylist`` or pandas then read as numbers."""
     for i, field in enumerate(table.schema):
         if pa.types.is_fixed_size_binary(field.type):
-            values = column_array(table, field.name)
-            lists = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)),
-                                                      values.shape[1])
-            table = table.set_column(i, field.name, lists)
+            table = table.set_column(i, field.name, list_column(
+                column_array(table, field.name), np.float64))
     return table
 
 

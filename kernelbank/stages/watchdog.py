@@ -53,10 +53,14 @@ def stall_seconds() -> float:
                          f"watchdog off), got {raw!r}") from None
 
 
+def _countable(bundle: dict[str, float]) -> dict[str, float]:
+    """The resources a bundle asks for, less Ray's implicit node and memory ones."""
+    return {k: v for k, v in bundle.items()
+            if not k.startswith("node:") and k not in ("memory", "object_store_memory")}
+
+
 def _resources(bundle: dict[str, float]) -> str:
-    shown = {k: v for k, v in bundle.items()
-             if not k.startswith("node:") and k not in ("memory", "object_store_memory")}
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(_countable(bundle).items())) + "}"
 
 
 def cluster_waits() -> dict[str, Any] | None:
@@ -99,8 +103,7 @@ _BLIND = False
 
 def _infeasible(bundle: dict[str, float], total: dict[str, float]) -> bool:
     """More of some resource than the whole cluster has (e.g. a GPU on CPU nodes)."""
-    return any(v > total.get(k, 0.0) for k, v in bundle.items()
-               if not k.startswith("node:") and k not in ("memory", "object_store_memory"))
+    return any(v > total.get(k, 0.0) for k, v in _countable(bundle).items())
 
 
 def describe_wait(stage: str, seconds: float, waits: dict[str, Any]) -> str:
