@@ -83,3 +83,29 @@ def test_fault_switch_needs_the_explicit_test_flag(monkeypatch, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert done.stdout.strip() == "alive"
+
+
+def test_an_output_another_driver_claims_during_the_check_is_shared_not_refused(tmp_path):
+    """Two runs start on one empty output: the other driver creates the ownership marker
+    (and its run folder) between this driver's marker check and its listing."""
+    import fsspec.implementations.local as local
+
+    from kernelbank.io.layout import MARKER
+    from kernelbank.io.output_safety import check_output
+
+    root = tmp_path / "out"
+    root.mkdir()
+
+    class OtherDriverWinsTheRace(local.LocalFileSystem):
+        def exists(self, path, **kwargs):
+            answer = super().exists(path, **kwargs)
+            if path.endswith(MARKER) and not answer:
+                (root / MARKER).write_text("{}")
+                (root / "runs").mkdir()
+            return answer
+
+    assert check_output(OtherDriverWinsTheRace(skip_instance_cache=True), str(root), str(root))
+    (root / "stranger.txt").write_text("x")
+    (root / MARKER).unlink()
+    with pytest.raises(FileExistsError, match="is not a kernelbank output"):
+        check_output(local.LocalFileSystem(), str(root), str(root))
