@@ -30,6 +30,9 @@ __all__ = ["StageStalled", "StallWatchdog", "stall_seconds", "cluster_waits",
            "DEFAULT_STALL_SECONDS", "STALL_ENV"]
 
 STALL_ENV = "KERNELBANK_STALL_SECONDS"
+#: Set (to anything) to print every progress change and every look at the cluster to
+#: stderr: how to see why a stage that hangs was not failed.
+DEBUG_ENV = "KERNELBANK_STALL_DEBUG"
 #: Seconds without progress, while Ray reports demands it cannot place, before a stage
 #: fails. Long enough for an actor's start (torch import) and a large GPU batch.
 DEFAULT_STALL_SECONDS = 300.0
@@ -163,7 +166,13 @@ class StallWatchdog:
     def observe(self, done: int) -> None:
         """The stage's progress count now; a change restarts the clock."""
         if done != self._seen:
+            self._debug(f"progress {self._seen} -> {done}")
             self._seen, self._since, self._first = done, self.clock(), None
+
+    def _debug(self, what: str) -> None:
+        if os.environ.get(DEBUG_ENV):
+            print(f"[kernelbank] stall watchdog ({self.stage}): {what}", file=sys.stderr,
+                  flush=True)
 
     def check(self) -> str | None:
         """The stall message when the stage has stalled (once), else None.
@@ -178,6 +187,7 @@ class StallWatchdog:
         if now - self._since < self.timeout:
             return None
         waits = self.waits()
+        self._debug(f"no progress for {now - self._since:.1f} s; cluster: {waits}")
         if waits is None or not waits["demands"] or waits["launching"]:
             self._first = None              # slow, or the cluster is growing: not a hang
             return None

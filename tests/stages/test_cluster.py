@@ -293,7 +293,7 @@ def test_a_stage_waiting_for_a_gpu_the_cluster_lacks_fails_with_a_message(data, 
     # the command a user runs, with its own embedded Ray: in the test session's shared Ray
     # (after the whole suite) this once waited on without the watchdog firing
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(KERNELBANK_STALL_SECONDS="3", PYTHONPATH=str(ROOT))
+    env.update(KERNELBANK_STALL_SECONDS="3", KERNELBANK_STALL_DEBUG="1", PYTHONPATH=str(ROOT))
     try:
         done = subprocess.run(
             [sys.executable, "-m", "kernelbank.cli", "fit", "--input", str(data), "--output",
