@@ -232,6 +232,7 @@ def stall_guard(stage: str, stall_timeout: float | None = None) -> Iterator[Any]
             if watchdog.message is not None or watchdog.check() is not None:
                 watchdog.interrupt()
     thread = threading.Thread(target=loop, name=f"kernelbank-{stage}-watchdog", daemon=True)
+    release = watchdog.catch()
     thread.start()
     try:
         yield watchdog
@@ -243,6 +244,7 @@ def stall_guard(stage: str, stall_timeout: float | None = None) -> Iterator[Any]
     finally:
         stop.set()
         thread.join()
+        release()
 
 
 #: Seconds the driver waits for the counter's last totals at the end of a stage.

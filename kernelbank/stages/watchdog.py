@@ -21,6 +21,7 @@ progress, however slowly, never stalls; nor does one whose cluster is adding nod
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -38,6 +39,8 @@ DEBUG_ENV = "KERNELBANK_STALL_DEBUG"
 DEFAULT_STALL_SECONDS = 300.0
 #: Seconds the same demands must stay unplaced, after the timeout, before a stage fails.
 CONFIRM_SECONDS = 10.0
+#: The signal number whose handler :meth:`StallWatchdog.interrupt` runs in the main thread.
+STALL_SIGNAL = getattr(signal, "SIGUSR2", signal.SIGINT)
 
 
 class StageStalled(RuntimeError):
@@ -207,11 +210,30 @@ class StallWatchdog:
                                      dict(waits, demands=lasting))
         return self.message
 
+    def catch(self) -> Callable[[], None]:
+        """Make :meth:`interrupt` raise ``KeyboardInterrupt`` in this (the main) thread
+        once the stage has stalled; returns what undoes it.
+
+        The interrupt is :data:`STALL_SIGNAL` simulated by :func:`_thread.interrupt_main`
+        (no signal reaches the process), not SIGINT: a process started with SIGINT
+        ignored (a background job of a shell, a supervisor's child) ignores a simulated
+        SIGINT too, and its stalled stage hung instead of failing.
+        """
+        def on_stall(signum, frame) -> None:
+            if self.message is not None:
+                raise KeyboardInterrupt
+        try:
+            previous = signal.signal(STALL_SIGNAL, on_stall)
+        except ValueError:                  # not the main thread: nothing to interrupt
+            return lambda: None
+        return lambda: signal.signal(STALL_SIGNAL, previous)
+
     @staticmethod
     def interrupt() -> bool:
-        """Interrupt the main thread (where the stage runs); False when this is it."""
+        """Interrupt the main thread (where the stage runs, after :meth:`catch`); False
+        when this is it."""
         if threading.current_thread() is threading.main_thread():
             return False
         import _thread
-        _thread.interrupt_main()
+        _thread.interrupt_main(STALL_SIGNAL)
         return True
