@@ -30,15 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import BinaryIO, Callable, TypeVar
 
 from .fetch import RetryPolicy, call_with_retries
 from .storage import is_local
 
-__all__ = ["write_bytes", "create_exclusive", "read_versioned", "replace_if", "Versioned",
+__all__ = ["write_bytes", "write_with", "create_exclusive", "read_versioned", "replace_if", "Versioned",
            "read_bytes", "remove_tree", "supports_conditional_writes", "retried",
            "WRITE_RETRIES"]
 
@@ -86,18 +87,20 @@ def _fsync_dir(folder: str) -> None:
             os.close(fd)
 
 
-def _local_temp(path: str, data: bytes) -> str:
+def _local_temp(path: str, data: bytes | Callable[[BinaryIO], object]) -> str:
+    """A complete, synced hidden file beside ``path`` holding ``data`` (or what the
+    callable writes to the open file)."""
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     temp = os.path.join(folder, f".{name}{_TMP}{uuid.uuid4().hex[:12]}")
     with open(temp, "wb") as handle:
-        handle.write(data)
+        data(handle) if callable(data) else handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     return temp
 
 
-def _local_write(path: str, data: bytes) -> None:
+def _local_write(path: str, data: bytes | Callable[[BinaryIO], object]) -> None:
     temp = _local_temp(path, data)
     try:
         os.replace(temp, path)
@@ -198,6 +201,20 @@ def write_bytes(fs, path: str, data: bytes) -> None:
     else:
         retried(lambda: fs.pipe_file(path, data))
         fs.invalidate_cache(path)
+
+
+def write_with(fs, path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Replace ``path`` atomically with what ``write(file)`` writes (as :func:`write_bytes`).
+
+    Locally the callable writes straight into the temporary file, so a large file (a
+    fit part: tens of MB) is never also held in memory; object stores get its bytes.
+    """
+    if is_local(fs):
+        retried(lambda: _local_write(path, write))
+        return
+    buffer = io.BytesIO()
+    write(buffer)
+    write_bytes(fs, path, buffer.getvalue())
 
 
 def read_bytes(fs, path: str) -> bytes | None:

@@ -18,7 +18,6 @@ the standard way and never pass through this code.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import Counter
 from typing import Any
 
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import retried, write_bytes
+from .atomic import retried, write_with
 from .storage import join
 
 __all__ = ["ERROR_COLUMNS", "SplitParquetSink", "PartWriter", "write_split", "part_name",
@@ -53,8 +52,9 @@ def _float64_values(kind: pa.DataType) -> bool:
 def write_table(table: pa.Table, fs, path: str) -> None:
     """Write one Parquet file with ``fs``, whole or not at all (retried on transient errors).
 
-    The file is encoded in memory (one part file is one write task's rows, so bounded)
-    and written with :func:`kernelbank.io.atomic.write_bytes`. Only string columns are
+    The file is encoded straight into a hidden temporary file beside ``path`` (locally;
+    in memory for object stores) and renamed into place
+    (:func:`kernelbank.io.atomic.write_with`). Only string columns are
     dictionary-encoded: ids, labels and splits repeat, while window sums, features and
     pixel bytes never do, and trying a dictionary on them doubled the time of a write
     (4,096 fit rows: 0.95 s against 0.46 s, and a slightly larger file). float64 columns
@@ -62,12 +62,11 @@ def write_table(table: pa.Table, fs, path: str) -> None:
     saved 5 % of their bytes for twice the CPU of their write and read; everything else
     (strings, float32 features and descriptors) is zstd-compressed.
     """
-    buffer = io.BytesIO()
     strings = [f.name for f in table.schema
                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     codecs = {f.name: "none" if _float64_values(f.type) else "zstd" for f in table.schema}
-    pq.write_table(table, buffer, compression=codecs, use_dictionary=strings)
-    write_bytes(fs, path, buffer.getvalue())
+    write_with(fs, path, lambda handle: pq.write_table(table, handle, compression=codecs,
+                                                       use_dictionary=strings))
 
 
 def count_rows(fs, ok_files: list[str], error_files: list[str]) -> Counter:
@@ -241,8 +240,10 @@ def write_split(table: pa.Table, fs, ok_dir: str, errors_dir: str, name: str, *,
             counts[("read", column)] += int(pc.sum(table.column(column)).as_py() or 0)
             table = table.drop_columns([column])
     failed = pc.is_valid(table.column("reason"))
-    good = table.filter(pc.invert(failed))
-    bad = table.filter(failed)
+    if table.column("reason").null_count == table.num_rows:     # no copy of a clean batch
+        good, bad = table, table.slice(0, 0)
+    else:
+        good, bad = table.filter(pc.invert(failed)), table.filter(failed)
     if good.num_rows:
         good = good.drop_columns(["stage", "reason"])
         pixel_columns = [c for c in PIXEL_COLUMNS if c in good.column_names]

@@ -65,6 +65,8 @@ __all__ = ["TableFeaturizer", "PixelFeaturizer", "load_bank_and_stats", "run_fea
            "write_features", "PREDICTION", "feature_names", "descriptor_columns"]
 
 PREDICTION = "likelihood_prediction"
+#: Rows a feature task computes at a time.
+SLICE_ROWS = 1024
 _POSITIVE = ("mse", "var", "mae")
 _FLOOR = 1e-12
 
@@ -353,7 +355,11 @@ def _features_of_file(key: str, featurizer_args: tuple, fs_in, path: str, writer
     start = time.perf_counter()
     table = retried(read)
     seconds["read"] = time.perf_counter() - start
-    out = featurizer(table)
+    # slices of SLICE_ROWS rows: a 4,096-row file's intermediates in one call made its
+    # worker the largest of a million-image run
+    out = pa.concat_tables([featurizer(table.slice(at, SLICE_ROWS))
+                            for at in range(0, table.num_rows, SLICE_ROWS)]) \
+        if table.num_rows else featurizer(table)
     del table
     seconds["compute"] = time.perf_counter() - start - seconds["read"]
     start = time.perf_counter()

@@ -77,3 +77,35 @@ def test_symmetry_pooled_own_kernels_are_invariant_to_quarter_turns_and_flips():
     np.testing.assert_allclose(pooled[:, 0], raw[:, [raw_names.index(f"ar_s1_d1_c{j:02d}")
                                                      for j in (7, 11, 12, 16)]].mean(1),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_feature_task_computes_its_file_in_slices_with_the_same_rows(tmp_path, monkeypatch):
+    """A feature task computes a large statistics file :data:`SLICE_ROWS` rows at a time
+    (its memory then does not grow with the file); the rows it writes are the same."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from kernelbank.io.tables import PartWriter
+    from kernelbank.stages import features
+
+    fit = FitConfig(radius=1, dilations=(1, 2))
+    images = list(np.random.default_rng(1).integers(0, 256, size=(7, 24, 26), dtype=np.uint8))
+    row, _ = StatisticsFitter(fit)._statistics(images, [str(i) for i in range(7)])
+    ids = [f"i{i}" for i in range(7)]
+    table = pa.table({"id": ids, "path": ids, "label": list("xyxyxyx"), "split": ["train"] * 7,
+                      **{k: pa.array(list(row[k])) for k in ("coef", "mse", "sums",
+                                                               "descriptors")}})
+    path = str(tmp_path / "fit-0.parquet")
+    pq.write_table(table, path)
+    fs = fsspec.filesystem("file")
+    args = (None, {}, TableMeta.from_json(fit_metadata(fit, 2)),
+            FeatureConfig(groups=("own", "residual", "image")))
+    written = {}
+    for rows in (3, 1024):
+        monkeypatch.setattr(features, "SLICE_ROWS", rows)
+        writer = PartWriter(fs, str(tmp_path / f"out{rows}"), str(tmp_path / f"err{rows}"),
+                            "features")
+        result = features._features_of_file(f"slices-{rows}", args, fs, path, writer, 5)
+        assert result["rows"] == 7 and result["folds"] is not None
+        written[rows] = pq.read_table(str(tmp_path / f"out{rows}"))
+    assert written[3].num_rows == 7 and written[3].equals(written[1024])
