@@ -348,20 +348,24 @@ def _features_of_file(key: str, featurizer_args: tuple, fs_in, path: str, writer
         featurizer = _FEATURIZERS[key] = TableFeaturizer(*featurizer_args)
     seconds = {"setup": time.perf_counter() - start}
 
-    def read() -> pa.Table:
-        with fs_in.open(path, "rb") as handle:
-            return pq.read_table(handle, columns=_table_columns(featurizer.meta,
-                                                                 featurizer.config))
-    start = time.perf_counter()
-    table = retried(read)
-    seconds["read"] = time.perf_counter() - start
-    # slices of SLICE_ROWS rows: a 4,096-row file's intermediates in one call made its
-    # worker the largest of a million-image run
-    out = pa.concat_tables([featurizer(table.slice(at, SLICE_ROWS))
-                            for at in range(0, table.num_rows, SLICE_ROWS)]) \
-        if table.num_rows else featurizer(table)
-    del table
-    seconds["compute"] = time.perf_counter() - start - seconds["read"]
+    columns = _table_columns(featurizer.meta, featurizer.config)
+    seconds["read"] = seconds["compute"] = 0.0
+    outs, table = [], None
+    # one row group, and at most SLICE_ROWS rows, at a time: a 4,096-row file read and
+    # computed whole made its worker the largest of a million-image run
+    with retried(lambda: fs_in.open(path, "rb")) as handle:
+        parquet = retried(lambda: pq.ParquetFile(handle))
+        for group in range(parquet.num_row_groups):
+            start = time.perf_counter()
+            table = retried(lambda: parquet.read_row_group(group, columns=columns))
+            seconds["read"] += time.perf_counter() - start
+            start = time.perf_counter()
+            outs += [featurizer(table.slice(at, SLICE_ROWS))
+                     for at in range(0, table.num_rows, SLICE_ROWS)]
+            seconds["compute"] += time.perf_counter() - start
+        del table
+    out = pa.concat_tables(outs) if outs else featurizer(
+        parquet.schema_arrow.empty_table().select(columns))
     start = time.perf_counter()
     counts = writer.write(out, part_name(writer.prefix, [path.rsplit("/", 1)[-1]]))
     seconds["write"] = time.perf_counter() - start
