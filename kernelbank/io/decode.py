@@ -256,8 +256,8 @@ def _decode_pillow(data: bytes, ndim: int, limits: DecodeLimits, channels: str =
 
 
 def decode_bytes(data: bytes, name: str = "", ndim: int = 2,
-                 limits: DecodeLimits | None = None, channels: str = "luminance"
-                 ) -> np.ndarray:
+                 limits: DecodeLimits | None = None, channels: str = "luminance",
+                 compiled_png: bool = True) -> np.ndarray:
     """Decode one record's bytes: ``.npy`` by its header, plain PNGs directly
     (:mod:`kernelbank.io.png`), else PNG/JPEG/TIFF via Pillow.
 
@@ -272,6 +272,10 @@ def decode_bytes(data: bytes, name: str = "", ndim: int = 2,
         Default: :class:`DecodeLimits` ``()`` (64 MP, 1 GiB).
     channels : {"luminance", "rgb", "all"}, default="luminance"
         One grey channel, or the bands as ``(C, H, W)`` (see :func:`to_channels`).
+    compiled_png : bool, default=True
+        ``False``: Pillow decodes plain PNGs too. For a process that decodes a handful of
+        images (the report's samples): the compiled decoder's first call loads Numba for
+        most of a second, Pillow's costs nothing; the pixels are the same.
 
     Returns
     -------
@@ -292,7 +296,7 @@ def decode_bytes(data: bytes, name: str = "", ndim: int = 2,
         return _decode_npy(data, ndim, limits, channels)
     if name.lower().endswith(".npy"):
         raise RecordRejected("named .npy but has no NumPy header")
-    array = decode_png(data, limits.max_pixels)     # None: not a plain PNG
+    array = decode_png(data, limits.max_pixels) if compiled_png else None  # None: Pillow
     if array is not None:
         return _bands(array, ndim, channels)
     return _decode_pillow(data, ndim, limits, channels)
@@ -317,8 +321,8 @@ def check_image(array: np.ndarray, ndim: int, min_side: int, channels: bool = Fa
 
 
 def decode_record(data: bytes | np.ndarray, name: str, ndim: int, min_side: int,
-                  limits: DecodeLimits | None = None, channels: str = "luminance"
-                  ) -> tuple[np.ndarray | None, str | None]:
+                  limits: DecodeLimits | None = None, channels: str = "luminance",
+                  compiled_png: bool = True) -> tuple[np.ndarray | None, str | None]:
     """Decode and check one record.
 
     Parameters
@@ -332,6 +336,8 @@ def decode_record(data: bytes | np.ndarray, name: str, ndim: int, min_side: int,
     limits : DecodeLimits, optional
     channels : {"luminance", "rgb", "all"}, default="luminance"
         See :func:`decode_bytes`; an array cell is ``(H, W)`` or ``(H, W, bands)``.
+    compiled_png : bool, default=True
+        See :func:`decode_bytes`.
 
     Returns
     -------
@@ -344,7 +350,7 @@ def decode_record(data: bytes | np.ndarray, name: str, ndim: int, min_side: int,
     limits = limits or DecodeLimits()
     try:
         if isinstance(data, (bytes, bytearray, memoryview)):
-            image = decode_bytes(bytes(data), name, ndim, limits, channels)
+            image = decode_bytes(bytes(data), name, ndim, limits, channels, compiled_png)
         else:
             array = np.asarray(data)
             if array.size > limits.max_pixels:

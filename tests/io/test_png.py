@@ -79,6 +79,8 @@ def test_pillow_written_pngs_decode_the_same_on_both_paths(mode):
         fast = decode_bytes(data, channels=channels)
         slow = _decode_pillow(data, 2, DecodeLimits(), channels)
         assert fast.dtype == slow.dtype and np.array_equal(fast, slow), channels
+        asked = decode_bytes(data, channels=channels, compiled_png=False)     # the report's
+        assert asked.dtype == slow.dtype and np.array_equal(asked, slow), channels
 
 
 @pytest.mark.parametrize("image", [
