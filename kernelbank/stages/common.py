@@ -50,7 +50,10 @@ def stop_on_sigterm() -> Iterator[None]:
     completed stage and part file in place, so the same command resumes at once
     (``ray job stop`` gives a driver a few seconds before it sends SIGKILL).
     """
+    received: list[int] = []
+
     def stop(signum, frame):
+        received.append(signum)
         raise Terminated(f"received signal {signum}")
     try:
         previous = signal.signal(signal.SIGTERM, stop)
@@ -59,6 +62,12 @@ def stop_on_sigterm() -> Iterator[None]:
         return
     try:
         yield
+    except KeyboardInterrupt as error:
+        # a handler's exception raised inside a Ray wait comes out as a bare
+        # KeyboardInterrupt (Ray 2.60): it was the SIGTERM all the same
+        if received and not isinstance(error, Terminated):
+            raise Terminated(f"received signal {received[0]}") from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -48,3 +48,31 @@ def test_map_bounded_asks_a_callable_limit_again_before_each_submission(ray_loca
     # one in flight at first (the 2nd item is pulled before the 1st result is handed
     # back), four later on (the item pulled when result k is handed back is k + 5th)
     assert seen[0][1] == 2 and max(p - k for k, (_, p) in enumerate(seen)) == 5
+
+
+@pytest.mark.ray
+def test_sigterm_inside_a_ray_wait_stops_as_terminated(ray_local):
+    """SIGTERM (``ray job stop``) must exit 143 wherever it lands; Ray 2.60 turns a signal
+    handler's exception raised inside its wait into a bare KeyboardInterrupt (exit 130)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from kernelbank.stages.common import Terminated, stop_on_sigterm
+
+    @ray_local.remote(num_cpus=0)
+    def forever():
+        time.sleep(120)
+
+    ref = forever.remote()
+    stopped = None
+    try:
+        with stop_on_sigterm():
+            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            ray_local.wait([ref], timeout=30)       # the signal lands in here
+    except KeyboardInterrupt as error:              # caught here: a bare one must not
+        stopped = error                             # end the test session
+    finally:
+        ray_local.cancel(ref, force=True)
+    assert type(stopped) is Terminated and "received signal" in str(stopped), repr(stopped)
