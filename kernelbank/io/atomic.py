@@ -203,14 +203,20 @@ def write_bytes(fs, path: str, data: bytes) -> None:
         fs.invalidate_cache(path)
 
 
-def write_with(fs, path: str, write: Callable[[BinaryIO], object]) -> None:
+def write_with(fs, path: str, write: Callable[[BinaryIO], object], *,
+               retry: bool = True) -> None:
     """Replace ``path`` atomically with what ``write(file)`` writes (as :func:`write_bytes`).
 
     Locally the callable writes straight into the temporary file, so a large file (a
     fit part: tens of MB) is never also held in memory; object stores get its bytes.
+    ``retry=False``: the callable is called once (it consumes an iterator), and a local
+    failure is raised as it is.
     """
     if is_local(fs):
-        retried(lambda: _local_write(path, write))
+        if retry:
+            retried(lambda: _local_write(path, write))
+        else:
+            _local_write(path, write)
         return
     buffer = io.BytesIO()
     write(buffer)

@@ -18,8 +18,9 @@ the standard way and never pass through this code.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -64,12 +65,46 @@ def write_table(table: pa.Table, fs, path: str, row_group_rows: int | None = Non
     saved 5 % of their bytes for twice the CPU of their write and read; everything else
     (strings, float32 features and descriptors) is zstd-compressed.
     """
-    strings = [f.name for f in table.schema
-               if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    codecs = {f.name: "none" if _float64_values(f.type) else "zstd" for f in table.schema}
-    write_with(fs, path, lambda handle: pq.write_table(
-        table, handle, compression=codecs, use_dictionary=strings,
-        row_group_size=row_group_rows or 1 << 20))
+    write_with(fs, path, lambda handle: _write_parquet(handle, [table], row_group_rows))
+
+
+def write_tables(tables: Iterator[pa.Table], fs, path: str, row_group_rows: int | None = None,
+                 before_rename: Callable[[], None] = lambda: None) -> bool:
+    """Write the tables of an iterator (computed as they are written, one schema) as one
+    Parquet file, as :func:`write_table` does; nothing when it yields none. Returns
+    whether a file was written.
+
+    Memory holds one table and one row group, not the file. ``before_rename`` runs once
+    every table is written, before the file appears under ``path``. Not retried: the
+    iterator is consumed once (a failure fails the caller, whose task Ray retries).
+    """
+    first = next(tables, None)
+    if first is None:
+        return False
+
+    def stream(handle) -> None:
+        _write_parquet(handle, itertools.chain([first], tables), row_group_rows)
+        before_rename()
+    write_with(fs, path, stream, retry=False)
+    return True
+
+
+def _write_parquet(handle, tables: Iterable[pa.Table], row_group_rows: int | None) -> None:
+    """The tables (one schema: the first's) as one Parquet file, encoded as
+    :func:`write_table` says."""
+    writer = None
+    for table in tables:
+        if writer is None:
+            schema = table.schema
+            strings = [f.name for f in schema
+                       if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+            codecs = {f.name: "none" if _float64_values(f.type) else "zstd" for f in schema}
+            writer = pq.ParquetWriter(handle, schema, compression=codecs,
+                                      use_dictionary=strings)
+        writer.write_table(table if table.schema.equals(schema) else table.cast(schema),
+                           row_group_size=row_group_rows or 1 << 20)
+    if writer is not None:
+        writer.close()
 
 
 def count_rows(fs, ok_files: list[str], error_files: list[str]) -> Counter:
@@ -227,41 +262,62 @@ def part_name(prefix: str, ids: list[str]) -> str:
     return f"{prefix}-{digest}.parquet"
 
 
-def write_split(table: pa.Table, fs, ok_dir: str, errors_dir: str, name: str, *,
-                cache_dir: str | None = None, row_group_rows: int | None = None) -> Counter:
+def write_split(tables: pa.Table | Iterator[pa.Table], fs, ok_dir: str, errors_dir: str,
+                name: str, *, cache_dir: str | None = None,
+                row_group_rows: int | None = None) -> Counter:
     """Write a stage's rows as ``ok_dir/name`` (good rows) and ``errors_dir/name`` (error
-    rows), each file whole (:func:`write_table`); the counts of what was written.
+    rows), each file whole; the counts of what was written.
 
-    ``table`` carries ``stage``/``reason`` (null for good rows) and may carry the
-    reader's accounting columns (summed into the counts, written nowhere) and decoded
-    pixels (written to ``cache_dir/name`` when given, never to the table). Counts are
-    keyed ``("ok", split, label)``, ``("error", stage)`` and ``("read", column)``.
+    ``tables``: one table, or an iterator of tables (one batch's slices, computed as they
+    are written: the good rows go to their file one table at a time,
+    :func:`write_tables`). Each carries ``stage``/``reason`` (null for good rows) and
+    may carry the reader's accounting columns (summed into the counts, written nowhere)
+    and decoded pixels (written to ``cache_dir/name`` when given, never to the table,
+    and before the table's file appears: rows are done only with their pixels). Counts
+    are keyed ``("ok", split, label)``, ``("error", stage)`` and ``("read", column)``.
     """
     counts: Counter = Counter()
-    for column in ACCOUNTING_COLUMNS:
-        if column in table.column_names:
-            counts[("read", column)] += int(pc.sum(table.column(column)).as_py() or 0)
-            table = table.drop_columns([column])
-    failed = pc.is_valid(table.column("reason"))
-    if table.column("reason").null_count == table.num_rows:     # no copy of a clean batch
-        good, bad = table, table.slice(0, 0)
+    errors: list[pa.Table] = []
+    cache: list[pa.Table] = []
+
+    def good_rows() -> Iterator[pa.Table]:
+        for table in [tables] if isinstance(tables, pa.Table) else tables:
+            for column in ACCOUNTING_COLUMNS:
+                if column in table.column_names:
+                    counts[("read", column)] += int(pc.sum(table.column(column)).as_py() or 0)
+                    table = table.drop_columns([column])
+            failed = pc.is_valid(table.column("reason"))
+            if table.column("reason").null_count == table.num_rows:   # no copy when clean
+                good, bad = table, table.slice(0, 0)
+            else:
+                good, bad = table.filter(pc.invert(failed)), table.filter(failed)
+            if bad.num_rows:
+                errors.append(bad.select(ERROR_COLUMNS))
+                for stage in bad.column("stage").to_pylist():
+                    counts[("error", stage)] += 1
+            if not good.num_rows:
+                continue
+            good = good.drop_columns(["stage", "reason"])
+            pixel_columns = [c for c in PIXEL_COLUMNS if c in good.column_names]
+            if cache_dir is not None and pixel_columns:
+                cache.append(good.select(["id", "label", "split", "shape"] + pixel_columns))
+            for split, label in zip(good.column("split").to_pylist(),
+                                    good.column("label").to_pylist()):
+                counts[("ok", split, label)] += 1
+            yield good.drop_columns(pixel_columns)
+
+    def pixels_first() -> None:
+        if cache:
+            write_table(pa.concat_tables(cache), fs, join(cache_dir, name))
+    if isinstance(tables, pa.Table):    # whole: retried on transient errors
+        rows = list(good_rows())
+        if rows:
+            pixels_first()
+            write_table(rows[0], fs, join(ok_dir, name), row_group_rows)
     else:
-        good, bad = table.filter(pc.invert(failed)), table.filter(failed)
-    if good.num_rows:
-        good = good.drop_columns(["stage", "reason"])
-        pixel_columns = [c for c in PIXEL_COLUMNS if c in good.column_names]
-        if cache_dir is not None and pixel_columns:
-            cache = good.select(["id", "label", "split", "shape"] + pixel_columns)
-            write_table(cache, fs, join(cache_dir, name))
-        good = good.drop_columns(pixel_columns)
-        write_table(good, fs, join(ok_dir, name), row_group_rows)
-        for split, label in zip(good.column("split").to_pylist(),
-                                good.column("label").to_pylist()):
-            counts[("ok", split, label)] += 1
-    if bad.num_rows:
-        write_table(bad.select(ERROR_COLUMNS), fs, join(errors_dir, name))
-        for stage in bad.column("stage").to_pylist():
-            counts[("error", stage)] += 1
+        write_tables(good_rows(), fs, join(ok_dir, name), row_group_rows, pixels_first)
+    if errors:
+        write_table(pa.concat_tables(errors), fs, join(errors_dir, name))
     return counts
 
 
@@ -281,7 +337,9 @@ class PartWriter(CountSummaries):
         self.cache_dir, self.row_group_rows = cache_dir, row_group_rows
         self.counts: Counter = Counter()
 
-    def write(self, table: pa.Table, name: str | None = None) -> Counter:
+    def write(self, table: pa.Table | Iterator[pa.Table], name: str | None = None) -> Counter:
+        """Write ``table`` (or an iterator of tables: ``name`` is then required) as the
+        part ``name`` (default: :func:`part_name` of its ids); its counts."""
         name = name or part_name(self.prefix, table.column("id").to_pylist())
         return write_split(table, self.fs, self.ok_dir, self.errors_dir, name,
                            cache_dir=self.cache_dir, row_group_rows=self.row_group_rows)

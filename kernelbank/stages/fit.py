@@ -71,7 +71,7 @@ from ..io.manifest import open_manifest, save_listing
 from ..io.readers import (images_from_batch, probe_channels, read_arguments, read_blocks,
                           read_saved_block)
 from ..io.storage import join, redact
-from ..io.tables import ACCOUNTING_COLUMNS, PartWriter, count_rows
+from ..io.tables import ACCOUNTING_COLUMNS, PartWriter, count_rows, part_name
 from .common import (actor_cpus, cluster_cpus, log, make_basis,
                      map_bounded, timed, warn_without_gpu)
 from .table import (TableMeta, flat_covariance, flat_sums, list_column, packed_column,
@@ -233,7 +233,30 @@ class StatisticsFitter:
 
     # ------------------------------------------------------------------ the batch
     def __call__(self, batch: pa.Table) -> pa.Table | dict[str, Any]:
-        start = time.perf_counter()
+        """The batch's statistics rows; with a writer, written as one part file,
+        :data:`ROW_GROUP_ROWS` rows computed and written at a time (memory holds one
+        slice's columns, not the block's), and the small dict of the class docstring."""
+        if self.writer is None:
+            return self._rows(batch, None)
+        start, partials = time.perf_counter(), {}
+        computing = [0.0]
+
+        def slices() -> Iterator[pa.Table]:
+            for at in range(0, batch.num_rows, ROW_GROUP_ROWS):
+                began = time.perf_counter()
+                rows = self._rows(batch.slice(at, ROW_GROUP_ROWS), partials)
+                computing[0] += time.perf_counter() - began
+                yield rows
+        name = part_name(self.writer.prefix, batch.column("id").to_pylist())
+        counts = self.writer.write(slices(), name)
+        stats = {entry: part.to_dict() for entry, part in partials.items()}
+        return {"counts": dict(counts), "stats": stats, "rows": batch.num_rows,
+                "seconds": {"compute": computing[0],
+                            "write": time.perf_counter() - start - computing[0]}}
+
+    def _rows(self, batch: pa.Table, partials: dict | None) -> pa.Table:
+        """The statistics rows of ``batch`` (the class statistics of its train rows added
+        to ``partials`` when given)."""
         images = images_from_batch(batch)
         stage = batch.column("stage").to_pylist()
         reason = batch.column("reason").to_pylist()
@@ -242,8 +265,7 @@ class StatisticsFitter:
             if image is not None and reason[i] is None:
                 groups.setdefault(image.shape, []).append(i)
         columns: dict[str, np.ndarray] = {}
-        partials: dict = {}
-        keep_stats = self.writer is not None and self.meta is not None
+        keep_stats = partials is not None and self.meta is not None
         if keep_stats:
             splits, labels = batch.column("split").to_pylist(), batch.column("label").to_pylist()
         done = np.zeros(len(images), dtype=bool)
@@ -273,15 +295,7 @@ class StatisticsFitter:
                 list_column(values, np.float32 if key == "descriptors" else np.float64)
         out["stage"] = pa.array(stage, pa.string())
         out["reason"] = pa.array(reason, pa.string())
-        table = pa.table(out)
-        if self.writer is None:
-            return table
-        computed = time.perf_counter()
-        counts = self.writer.write(table)
-        stats = {entry: part.to_dict() for entry, part in partials.items()}
-        return {"counts": dict(counts), "stats": stats, "rows": table.num_rows,
-                "seconds": {"compute": computed - start,
-                            "write": time.perf_counter() - computed}}
+        return pa.table(out)
 
 
 #: The fields of a fit the class statistics read (:meth:`ClassStats.from_fit`).

@@ -111,3 +111,52 @@ def test_written_window_sums_are_packed_float64_that_read_back_exactly(decoded, 
     listed = unpack_columns(table)
     assert pa.types.is_fixed_size_list(listed.schema.field("sums").type)
     np.testing.assert_array_equal(np.array(listed.column("sums").to_pylist()), row["sums"])
+
+
+def test_a_batch_is_computed_and_written_in_slices_as_one_part(decoded, tmp_path, monkeypatch):
+    """A block of more than ``ROW_GROUP_ROWS`` rows is computed and written a slice at a
+    time (memory holds one slice's columns): one part file in row groups of the slice,
+    the same rows, statistics and counts as computing the block whole, an error row in
+    the middle in ``errors/``, and every good row's pixels in the cache."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from kernelbank.stages import fit as fit_stage
+    config = dataclasses.replace(CONFIG, cache_pixels=True)
+    where = decoded.schema.get_field_index
+    reason = [None] * decoded.num_rows
+    stage = [None] * decoded.num_rows
+    reason[4], stage[4] = "not decodable", "decode"
+    batch = decoded.set_column(where("reason"), "reason", pa.array(reason, pa.string()))
+    batch = batch.set_column(where("stage"), "stage", pa.array(stage, pa.string()))
+    whole = StatisticsFitter(config, 2, 1)(batch)             # no writer: the rows in memory
+    results = {}
+    for rows in (3, 1 << 20):
+        monkeypatch.setattr(fit_stage, "ROW_GROUP_ROWS", rows)
+        folder = tmp_path / str(rows)
+        fs, _ = read_filesystem(str(folder))
+        writer = PartWriter(fs, str(folder / "fit"), str(folder / "errors"), "fit-a1",
+                            cache_dir=str(folder / "cache"), row_group_rows=rows)
+        results[rows] = StatisticsFitter(config, 2, 1, writer, fit_metadata(config, 2))(batch)
+    files = list((tmp_path / "3" / "fit").glob("*.parquet"))
+    assert len(files) == 1
+    part = pq.ParquetFile(files[0])
+    groups = [part.metadata.row_group(g).num_rows for g in range(part.metadata.num_row_groups)]
+    assert groups == [sum(r is None for r in reason[at:at + 3])
+                      for at in range(0, decoded.num_rows, 3)]      # one per slice: 3, 2, 3, …
+    table = part.read()
+    good = whole.filter(pa.compute.is_null(whole.column("reason")))
+    assert table.column("id").to_pylist() == good.column("id").to_pylist()
+    np.testing.assert_array_equal(np.stack(table.column("coef").to_numpy(zero_copy_only=False)),
+                                  np.stack(good.column("coef").to_numpy(zero_copy_only=False)))
+    errors = pq.read_table(next((tmp_path / "3" / "errors").glob("*.parquet")))
+    assert errors.column("id").to_pylist() == [decoded.column("id")[4].as_py()]
+    cache = pq.read_table(next((tmp_path / "3" / "cache").glob("*.parquet")))
+    assert cache.column("id").to_pylist() == good.column("id").to_pylist()
+    sliced, single = results[3], results[1 << 20]
+    assert sliced["counts"] == single["counts"] and sliced["rows"] == decoded.num_rows
+    for entry, stats in single["stats"].items():
+        a, b = kb.ClassStats.from_dict(sliced["stats"][entry]), kb.ClassStats.from_dict(stats)
+        for name in b.classes:
+            np.testing.assert_allclose(a[name].sum_gram, b[name].sum_gram, rtol=1e-10)
