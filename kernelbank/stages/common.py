@@ -20,7 +20,7 @@ __all__ = ["connect_ray", "actor_pool_args", "pool_size", "read_args",
            "read_table_files",
            "cluster_cpus", "actor_cpus", "write_stage", "log",
            "timed", "TRAIN_SPLITS", "TEST_SPLIT", "map_bounded", "make_basis", "Terminated",
-           "stop_on_sigterm"]
+           "stop_on_sigterm", "release_memory"]
 
 #: Splits whose images build the banks and train the classifier.
 TRAIN_SPLITS = ("train", "unsplit")
@@ -314,6 +314,30 @@ def _get(ref) -> Any:
     while not ray.wait([ref], timeout=1.0)[0]:
         pass
     return ray.get(ref)
+
+
+def release_memory() -> None:
+    """Hand memory freed by a finished task back to the operating system: Arrow's pool,
+    and the C heap where glibc's ``malloc_trim`` exists (as Dask's workers do). Without
+    it a worker's resident size creeps up over hundreds of tasks (freed blocks stay
+    with the process), and a million-image run's workers ended a fifth larger than a
+    small run's."""
+    import ctypes
+    import ctypes.util
+    import pyarrow as pa
+    pa.default_memory_pool().release_unused()
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):       # not glibc (macOS, musl): nothing to trim
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+#: glibc's ``malloc_trim`` once looked up (``False`` where there is none).
+_TRIM = None
 
 
 def make_basis(kind: str, radius: int, ndim: int = 2, channels: int = 1):

@@ -56,7 +56,8 @@ from ..io.layout import write_json
 from ..io.readers import images_from_batch, read_dataset
 from ..io.storage import join, resolve, storage_options, url_of
 from ..io.tables import PartWriter, table_rows
-from .common import actor_pool_args, log, read_table_files, timed, write_stage
+from .common import (actor_pool_args, log, read_table_files, release_memory, timed,
+                     write_stage)
 from .progress import remote_progress
 from .reduce import BANK_FILE, load_fit_meta, stats_file
 from .table import TableMeta, column_array, covariance_of_rows, sums_of_rows, table_files
@@ -377,7 +378,7 @@ def _features_of_file(key: str, featurizer_args: tuple, fs_in, path: str, writer
         seconds["ridge_sums"] = time.perf_counter() - start
     rows = out.num_rows
     del out
-    pa.default_memory_pool().release_unused()      # hand the file's Arrow pages back
+    release_memory()
     return {"counts": dict(counts), "rows": rows, "folds": sums, "seconds": seconds}
 
 

@@ -73,7 +73,7 @@ from ..io.readers import (images_from_batch, probe_channels, read_arguments, rea
 from ..io.storage import join, redact
 from ..io.tables import ACCOUNTING_COLUMNS, PartWriter, count_rows, part_name
 from .common import (actor_cpus, cluster_cpus, log, make_basis,
-                     map_bounded, timed, warn_without_gpu)
+                     map_bounded, release_memory, timed, warn_without_gpu)
 from .table import (TableMeta, flat_covariance, flat_sums, list_column, packed_column,
                     table_files)
 
@@ -250,6 +250,7 @@ class StatisticsFitter:
         name = part_name(self.writer.prefix, batch.column("id").to_pylist())
         counts = self.writer.write(slices(), name)
         stats = {entry: part.to_dict() for entry, part in partials.items()}
+        release_memory()
         return {"counts": dict(counts), "stats": stats, "rows": batch.num_rows,
                 "seconds": {"compute": computing[0],
                             "write": time.perf_counter() - start - computing[0]}}
