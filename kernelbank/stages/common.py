@@ -323,8 +323,8 @@ def release_memory(slack: int = 32 << 20) -> None:
 
     Freed blocks otherwise stay with the process, and a worker's resident size crept up
     over hundreds of tasks (a million-image run's workers ended a fifth larger than a
-    small run's). Not after every task: the next task faults the returned pages in
-    again, which cost the fit tasks of a 1M run 9 % more CPU.
+    small run's). Not after every task: the next task would fault the returned pages
+    in again.
     """
     import ctypes
     import ctypes.util
