@@ -226,7 +226,9 @@ class StallWatchdog:
             previous = signal.signal(STALL_SIGNAL, on_stall)
         except ValueError:                  # not the main thread: nothing to interrupt
             return lambda: None
-        return lambda: signal.signal(STALL_SIGNAL, previous)
+        # a handler installed from C reads as None, which signal.signal refuses back
+        return lambda: signal.signal(STALL_SIGNAL, signal.SIG_DFL if previous is None
+                                     else previous)
 
     @staticmethod
     def interrupt() -> bool:
