@@ -69,10 +69,9 @@ def write_table(table: pa.Table, fs, path: str, row_group_rows: int | None = Non
 
 
 def write_tables(tables: Iterator[pa.Table], fs, path: str, row_group_rows: int | None = None,
-                 before_rename: Callable[[], None] = lambda: None) -> bool:
+                 before_rename: Callable[[], None] = lambda: None) -> None:
     """Write the tables of an iterator (computed as they are written, one schema) as one
-    Parquet file, as :func:`write_table` does; nothing when it yields none. Returns
-    whether a file was written.
+    Parquet file, as :func:`write_table` does; nothing when it yields none.
 
     Memory holds one table and one row group, not the file. ``before_rename`` runs once
     every table is written, before the file appears under ``path``. Not retried: the
@@ -80,13 +79,12 @@ def write_tables(tables: Iterator[pa.Table], fs, path: str, row_group_rows: int 
     """
     first = next(tables, None)
     if first is None:
-        return False
+        return
 
     def stream(handle) -> None:
         _write_parquet(handle, itertools.chain([first], tables), row_group_rows)
         before_rename()
     write_with(fs, path, stream, retry=False)
-    return True
 
 
 def _write_parquet(handle, tables: Iterable[pa.Table], row_group_rows: int | None) -> None:
@@ -309,13 +307,7 @@ def write_split(tables: pa.Table | Iterator[pa.Table], fs, ok_dir: str, errors_d
     def pixels_first() -> None:
         if cache:
             write_table(pa.concat_tables(cache), fs, join(cache_dir, name))
-    if isinstance(tables, pa.Table):    # whole: retried on transient errors
-        rows = list(good_rows())
-        if rows:
-            pixels_first()
-            write_table(rows[0], fs, join(ok_dir, name), row_group_rows)
-    else:
-        write_tables(good_rows(), fs, join(ok_dir, name), row_group_rows, pixels_first)
+    write_tables(good_rows(), fs, join(ok_dir, name), row_group_rows, pixels_first)
     if errors:
         write_table(pa.concat_tables(errors), fs, join(errors_dir, name))
     return counts

@@ -299,21 +299,10 @@ def map_bounded(task: Callable, items: Iterable, *,
     pending: collections.deque = collections.deque()
     for item in items:
         while pending and len(pending) >= max(1, limit()):
-            yield _get(pending.popleft())
+            yield ray.get(pending.popleft())
         pending.append(submit(*item))
     while pending:
-        yield _get(pending.popleft())
-
-
-def _get(ref) -> Any:
-    """``ray.get(ref)``, back in Python every second while it waits: an interrupt (Ctrl-C,
-    or the stall watchdog's :func:`_thread.interrupt_main`) is raised here, where a plain
-    ``ray.get`` could keep it waiting inside Ray's own loop for a task that never runs
-    (seen: a stage waiting for a GPU the cluster lacks hung instead of failing)."""
-    import ray
-    while not ray.wait([ref], timeout=1.0)[0]:
-        pass
-    return ray.get(ref)
+        yield ray.get(pending.popleft())
 
 
 def release_memory(slack: int = 32 << 20) -> None:

@@ -351,7 +351,7 @@ def _features_of_file(key: str, featurizer_args: tuple, fs_in, path: str, writer
 
     columns = _table_columns(featurizer.meta, featurizer.config)
     seconds["read"] = seconds["compute"] = 0.0
-    outs, table = [], None
+    outs = []
     # one row group, and at most SLICE_ROWS rows, at a time: a 4,096-row file read and
     # computed whole made its worker the largest of a million-image run
     with retried(lambda: fs_in.open(path, "rb")) as handle:
@@ -364,7 +364,6 @@ def _features_of_file(key: str, featurizer_args: tuple, fs_in, path: str, writer
             outs += [featurizer(table.slice(at, SLICE_ROWS))
                      for at in range(0, table.num_rows, SLICE_ROWS)]
             seconds["compute"] += time.perf_counter() - start
-        del table
     out = pa.concat_tables(outs) if outs else featurizer(
         parquet.schema_arrow.empty_table().select(columns))
     start = time.perf_counter()

@@ -227,10 +227,9 @@ def stall_guard(stage: str, stall_timeout: float | None = None) -> Iterator[Any]
 
     def loop() -> None:
         while not stop.wait(1.0):
-            # again every second until the stage ends: one interrupt can land where Ray
-            # swallows it (a stage that waited for a missing GPU once hung instead of failing)
-            if watchdog.message is not None or watchdog.check() is not None:
-                watchdog.interrupt()
+            if watchdog.check() is not None:
+                watchdog.interrupt()        # once: a second one could cut the cleanup short
+                return
     thread = threading.Thread(target=loop, name=f"kernelbank-{stage}-watchdog", daemon=True)
     release = watchdog.catch()
     thread.start()

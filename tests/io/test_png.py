@@ -79,8 +79,6 @@ def test_pillow_written_pngs_decode_the_same_on_both_paths(mode):
         fast = decode_bytes(data, channels=channels)
         slow = _decode_pillow(data, 2, DecodeLimits(), channels)
         assert fast.dtype == slow.dtype and np.array_equal(fast, slow), channels
-        asked = decode_bytes(data, channels=channels, compiled_png=False)     # the report's
-        assert asked.dtype == slow.dtype and np.array_equal(asked, slow), channels
 
 
 @pytest.mark.parametrize("image", [
@@ -127,3 +125,21 @@ def test_broken_files_get_pillows_errors_and_limits_still_hold():
     assert decode_record(truncated, "x.png", 2, 1)[0] is None
     image, reason = decode_record(good, "x.png", 2, 1, DecodeLimits(max_pixels=100))
     assert image is None and "max_pixels=100" in reason
+
+
+def test_the_reports_decode_leaves_numba_unloaded():
+    """``compiled_png=False`` (the report's few samples) decodes a plain PNG with Pillow:
+    the compiled decoder's first call loads Numba (most of a second in the driver)."""
+    import subprocess
+    import sys
+    script = (
+        "import io, sys, numpy as np; from PIL import Image; "
+        "from kernelbank.io.decode import decode_bytes, _decode_pillow, DecodeLimits; "
+        "b = io.BytesIO(); Image.fromarray(np.arange(40 * 33, dtype=np.uint8).reshape(40, 33))"
+        ".save(b, format='PNG'); data = b.getvalue(); "
+        "pixels = decode_bytes(data, compiled_png=False); "
+        "assert np.array_equal(pixels, _decode_pillow(data, 2, DecodeLimits())); "
+        "print('numba' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
