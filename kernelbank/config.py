@@ -281,6 +281,9 @@ class ReduceConfig:
 
 #: Feature groups the feature stage can compute from the statistics table.
 FEATURE_GROUPS = ("own", "residual", "image", "bank")
+#: How the ``own`` group gives each own kernel: ``auto`` is ``spectrum`` on one-channel 2-D
+#: tables and ``coefficients`` on the others.
+OWN_KERNEL_FORMS = ("auto", "coefficients", "symmetric", "spectrum")
 
 
 @dataclass(frozen=True)
@@ -301,10 +304,15 @@ class FeatureConfig:
     power : float, default=0.5
         ``sign(h) |h|^power`` on every histogram column (sign patterns, co-occurrences):
         0.5 is the Hellinger map, 1 leaves them as they are.
-    pool_symmetries : bool, default=False
-        Replace each own full-basis kernel by its mean over the 8 symmetries of the
-        window (one coefficient per orbit of taps, ``ar_<entry>_sym<k>``): invariant to
-        90° rotations and flips of the image. One-channel 2-D tables of a full basis.
+    own_kernel : {"auto", "coefficients", "symmetric", "spectrum"}, default="auto"
+        What the ``own`` group keeps of each own kernel. ``coefficients``: the basis
+        coefficients (``ar_<entry>_c<j>``). ``symmetric``: each full-basis kernel's mean
+        over the 8 symmetries of the window (one value per orbit of taps,
+        ``ar_<entry>_sym<k>``; invariant to quarter turns and flips). ``spectrum``: the
+        rotation-invariant spectral descriptors of :mod:`kernelbank.core.spectrum`
+        (``ar_<entry>_spec_r<i>_h<k>``; any basis). Both need one-channel 2-D tables.
+        ``auto``: ``spectrum`` where it applies, ``coefficients`` elsewhere (colour,
+        volumes).
     joint : bool, default=True
         Add the joint coefficients of each dilation's bank kernels.
     ridge : float, default=1e-6
@@ -320,7 +328,7 @@ class FeatureConfig:
     groups: tuple[str, ...] = FEATURE_GROUPS
     rotation_invariant: bool = True
     power: float = 0.5
-    pool_symmetries: bool = False
+    own_kernel: str = "auto"
     joint: bool = True
     ridge: float = 1e-6
     pixel_features: bool = False
@@ -343,6 +351,9 @@ class FeatureConfig:
                              f"{self.power!r}")
         if not self.ridge >= 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge!r}")
+        if self.own_kernel not in OWN_KERNEL_FORMS:
+            raise ValueError(f"own_kernel must be one of {OWN_KERNEL_FORMS}, got "
+                             f"{self.own_kernel!r}")
         _check_positive("grid", self.grid)
         _check_positive("batch_size", self.batch_size)
         _check_positive("max_actors", self.max_actors, allow_none=True)

@@ -15,9 +15,9 @@ import argparse
 import os
 from pathlib import Path
 
-from ..config import (FEATURE_GROUPS, BankMethod, BasisKind, Channels, ClassifierHead,
-                      ClassifyConfig, FeatureConfig, FitConfig, InputFormat, PipelineConfig,
-                      ReadConfig, ReduceConfig)
+from ..config import (FEATURE_GROUPS, OWN_KERNEL_FORMS, BankMethod, BasisKind, Channels,
+                      ClassifierHead, ClassifyConfig, FeatureConfig, FitConfig, InputFormat,
+                      PipelineConfig, ReadConfig, ReduceConfig)
 from ..faults import fit_fault_from_env
 from ..stages.progress import LOG_LEVELS, configure_output
 
@@ -127,9 +127,13 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
         feats.add_argument("--power", type=float, default=0.5,
                            help="sign(h)|h|^power on histogram features (default 0.5, the "
                                 "Hellinger map; 1: none)")
-        feats.add_argument("--pool-symmetries", action="store_true",
-                           help="own full-basis kernels averaged over the window's 8 "
-                                "symmetries (invariant to 90-degree rotations and flips)")
+        feats.add_argument("--own-kernel", choices=OWN_KERNEL_FORMS, default="auto",
+                           help="what the own group keeps of each own kernel: its "
+                                "coefficients, their mean over the window's 8 symmetries, "
+                                "or its rotation-invariant spectral descriptors (default "
+                                "auto: spectrum on grey 2-D images, coefficients otherwise)")
+        feats.add_argument("--pool-symmetries", dest="own_kernel", action="store_const",
+                           const="symmetric", help="the same as --own-kernel symmetric")
         feats.add_argument("--no-joint", action="store_true",
                            help="leave out the joint coefficients of the bank kernels")
         feats.add_argument("--pixel-features", action="store_true",
@@ -223,7 +227,7 @@ def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> Pi
     features = FeatureConfig(groups=tuple(get("feature_groups", FEATURE_GROUPS)),
                              rotation_invariant=not get("all_patterns", False),
                              power=get("power", 0.5),
-                             pool_symmetries=bool(get("pool_symmetries", False)),
+                             own_kernel=get("own_kernel", "auto"),
                              joint=not get("no_joint", False),
                              pixel_features=bool(get("pixel_features", False)),
                              batch_size=get("batch_size") or 64,

@@ -27,6 +27,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "likelihood": ("LikelihoodClassifier",),
     "residual": ("ResidualDescriptors", "describe_residuals", "residual_descriptor_names"),
     "solve": ("SingularGramWarning", "residual_mse", "solve_normal_equations"),
+    "spectrum": ("spectral_invariant_names", "spectral_invariants", "spectrum_operator"),
     "stats": ("ClassStats",),
     "sums": ("WindowSums", "window_sums"),
     "sums_rows": ("sums_from_rows", "sums_row_length", "sums_to_rows"),

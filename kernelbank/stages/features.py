@@ -4,7 +4,12 @@
 statistics go to the object store once) → ``features/*.parquet``. Per image, in groups
 named by prefix:
 
-``ar_s<scale>_d<dilation>_c<j>``      own-kernel coefficients of the chosen basis
+``ar_s<scale>_d<dilation>_spec_r<i>_h<k>``
+                                      rotation-invariant spectral descriptors of the
+                                      own kernel (``own_kernel`` spectrum, the default
+                                      on grey 2-D tables; :mod:`kernelbank.core.spectrum`)
+``ar_s<scale>_d<dilation>_c<j>``      or its coefficients in the chosen basis
+                                      (``_sym<k>``: their orbit means, ``symmetric``)
 ``ar_s<scale>_d<dilation>_log_mse``   log residual MSE of the own kernel
 ``res_s<scale>_d<dilation>_<name>``   residual descriptors of the own kernel (with
                                       ``rotation_invariant``: the ri histograms only)
@@ -133,18 +138,49 @@ def descriptor_columns(meta: TableMeta, config: FeatureConfig
     return res, img, stems, histogram
 
 
-def symmetry_pooling(meta: TableMeta) -> np.ndarray:
-    """(m, orbits) averaging matrix of the own full-basis coefficients over the 8
-    symmetries of the square window (orbits ``{(±a, ±b), (±b, ±a)}``, by ``(max, min)``)."""
-    if meta.basis != "full" or meta.ndim != 2 or meta.n_channels != 1:
-        raise ValueError(f"pool_symmetries needs a one-channel 2-D table of a full basis, got "
-                         f"basis={meta.basis!r}, ndim={meta.ndim}, channels={meta.n_channels}; "
-                         "drop --pool-symmetries")
+def own_kernel_form(meta: TableMeta, config: FeatureConfig) -> str:
+    """The form of the own kernels that ``config.own_kernel`` gives on this table
+    (``auto`` resolved); a form the table cannot give raises, naming the option."""
+    simple = meta.ndim == 2 and meta.n_channels == 1
+    if config.own_kernel == "auto":
+        return "spectrum" if simple else "coefficients"
+    if config.own_kernel in ("symmetric", "spectrum") and not simple or \
+            config.own_kernel == "symmetric" and meta.basis != "full":
+        raise ValueError(f"own_kernel={config.own_kernel!r} needs a one-channel 2-D table"
+                         + (" of a full basis" if config.own_kernel == "symmetric" else "")
+                         + f", got basis={meta.basis!r}, ndim={meta.ndim}, channels="
+                         f"{meta.n_channels}; use --own-kernel coefficients (or auto)")
+    return config.own_kernel
+
+
+def _basis_kernels(meta: TableMeta) -> np.ndarray:
+    """(m, h, w) kernel of each basis coefficient at dilation 1: a coefficient means the
+    same taps, spread by the dilation, in every entry."""
     import torch
-    kernels = meta.basis_at(1).to_kernels(torch.eye(meta.n_components, dtype=torch.float64))
-    r = meta.radius
+    eye = torch.eye(meta.n_components, dtype=torch.float64)
+    return meta.basis_at(1).to_kernels(eye).numpy()
+
+
+def own_kernel_map(meta: TableMeta, form: str):
+    """Coefficients (n, m) -> the ``form`` of the own kernels, or None
+    (``coefficients``: kept as they are)."""
+    if form == "spectrum":
+        from ..core.spectrum import spectral_invariants, spectrum_operator
+        operator = spectrum_operator(_basis_kernels(meta))
+        return lambda coef: spectral_invariants(coef, operator)
+    if form == "symmetric":
+        pool = symmetry_pooling(_basis_kernels(meta))
+        return lambda coef: coef @ pool
+    return None
+
+
+def symmetry_pooling(kernels: np.ndarray) -> np.ndarray:
+    """(m, orbits) averaging matrix of full-basis coefficients (one tap each: ``kernels``)
+    over the 8 symmetries of the square window (orbits ``{(±a, ±b), (±b, ±a)}``, by
+    ``(max, min)``)."""
+    r = kernels.shape[-1] // 2
     keys = []
-    for kernel in kernels.numpy():            # each coefficient is one tap of the window
+    for kernel in kernels:
         (y,), (x,) = np.nonzero(kernel)
         keys.append((max(abs(y - r), abs(x - r)), min(abs(y - r), abs(x - r))))
     orbits = sorted(set(keys))
@@ -154,22 +190,30 @@ def symmetry_pooling(meta: TableMeta) -> np.ndarray:
     return pool
 
 
+def _own_names(meta: TableMeta, form: str, tag: str) -> list[str]:
+    if form == "spectrum":
+        from ..core.spectrum import spectral_invariant_names
+        return spectral_invariant_names(f"ar_{tag}")
+    if form == "symmetric":
+        return [f"ar_{tag}_sym{k}"
+                for k in range(symmetry_pooling(_basis_kernels(meta)).shape[1])]
+    width = max(2, len(str(meta.n_components - 1)))
+    outputs = [f"_ch{c}" for c in range(meta.n_channels)] if meta.n_channels > 1 else [""]
+    return [f"ar_{tag}{o}_c{j:0{width}d}" for o in outputs for j in range(meta.n_components)]
+
+
 def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
     """Column names of the feature table for ``config.groups``, in order."""
     from ..core.features import bank_feature_names_from_sums
     names: list[str] = []
     groups = config.groups
+    form = own_kernel_form(meta, config) if "own" in groups else None
     for scale, dilation in meta.scale_index:
         tag = _entry_tag(scale, dilation)
         if "own" in groups:
-            width = max(2, len(str(meta.n_components - 1)))
             outputs = [f"_ch{c}" for c in range(meta.n_channels)] if meta.n_channels > 1 \
                 else [""]
-            if config.pool_symmetries:
-                names += [f"ar_{tag}_sym{k}" for k in range(symmetry_pooling(meta).shape[1])]
-            else:
-                names += [f"ar_{tag}{o}_c{j:0{width}d}" for o in outputs
-                          for j in range(meta.n_components)]
+            names += _own_names(meta, form, tag)
             names += [f"ar_{tag}{o}_log_mse" for o in outputs]
             names += [f"ar_{tag}_corr_c{a}_c{b}" for a, b in _channel_pairs(meta.n_channels)]
         res, _, stems, _ = descriptor_columns(meta, config)
@@ -205,6 +249,8 @@ class TableFeaturizer:
             [stats[e] for e in entries], z=None, normalize=meta.normalize) if entries else None
         self.meta, self.config = meta, config
         self.names = feature_names(meta, self.bank, config)
+        self.own_form = own_kernel_map(meta, own_kernel_form(meta, config)) \
+            if "own" in config.groups else None
 
     def _columns(self, table: pa.Table) -> tuple[np.ndarray, list[str]]:
         from ..core.features import bank_features_from_sums
@@ -216,13 +262,12 @@ class TableFeaturizer:
         covariance = covariance_of_rows(column_array(table, "covariance"), meta) \
             if c > 1 and "own" in groups else None
         res, img, _, histogram = descriptor_columns(meta, self.config)
-        if self.config.pool_symmetries and "own" in groups:
-            coef = coef @ symmetry_pooling(meta)
         desc = column_array(table, "descriptors").reshape(n, s, -1) \
             if len(res) + len(img) else None
         for e in range(s):
             if "own" in groups:
-                parts += [coef[:, e], log_mse[:, e]]
+                own = coef[:, e] if self.own_form is None else self.own_form(coef[:, e])
+                parts += [own, log_mse[:, e]]
                 if covariance is not None:
                     parts.append(_correlations(covariance[:, e]))
             if desc is not None:

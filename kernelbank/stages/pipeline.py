@@ -42,7 +42,9 @@ def recipe(config: PipelineConfig) -> str:
            + (" + residual descriptors" if fit.descriptors else "")
            + (" + image patterns" if fit.descriptors and fit.image_patterns else ""))
     groups = "+".join(feats.groups) + (" + joint" if feats.joint else "") \
-        + (" (own kernels pooled over the 8 symmetries)" if feats.pool_symmetries else "")
+        + ("" if "own" not in feats.groups else
+           " (own kernels: rotation-invariant spectra on grey 2-D images)"
+           if feats.own_kernel == "auto" else f" (own kernels: {feats.own_kernel})")
     if {"residual", "image"} & set(feats.groups):
         groups += ((" (rotation-invariant histograms" if feats.rotation_invariant
                     else " (all histograms")
@@ -127,7 +129,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                          "feature_groups": list(config.features.groups),
                          "rotation_invariant": config.features.rotation_invariant,
                          "power": config.features.power,
-                         "pool_symmetries": config.features.pool_symmetries,
+                         "own_kernel": config.features.own_kernel,
                          "joint": config.features.joint,
                          "head": config.classify.head.value,
                          "pixel_features": config.features.pixel_features,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 import kernelbank as kb
 from kernelbank.config import FeatureConfig, FitConfig
@@ -64,19 +65,52 @@ def test_symmetry_pooled_own_kernels_are_invariant_to_quarter_turns_and_flips():
     """The own kernel of a rotated (flipped) image is the rotated (flipped) kernel, so its
     orbit means are the same; the raw coefficients are not."""
     fit, square = FitConfig(radius=2, dilations=(1,)), [i[:24, :24] for i in IMAGES]
-    config = FeatureConfig(groups=("own",), pool_symmetries=True)
+    config = FeatureConfig(groups=("own",), own_kernel="symmetric")
     pooled, names = _features(fit, config, square)
     assert names == [f"ar_s1_d1_sym{k}" for k in range(5)] + ["ar_s1_d1_log_mse"]
     for moved in ([np.rot90(i).copy() for i in square], [i[:, ::-1].copy() for i in square]):
         np.testing.assert_allclose(_features(fit, config, moved)[0], pooled, rtol=1e-4,
                                    atol=1e-6)          # float32 features
-        raw = [_features(fit, FeatureConfig(groups=("own",)), x)[0] for x in (square, moved)]
+        raw = [_features(fit, FeatureConfig(groups=("own",), own_kernel="coefficients"), x)[0]
+               for x in (square, moved)]
         assert np.abs(raw[0] - raw[1]).max() > 1e-2
     # the orbit means of the raw coefficients (each orbit holds 4 or 8 taps)
-    raw, raw_names = _features(fit, FeatureConfig(groups=("own",)), square)
+    raw, raw_names = _features(fit, FeatureConfig(groups=("own",), own_kernel="coefficients"),
+                               square)
     np.testing.assert_allclose(pooled[:, 0], raw[:, [raw_names.index(f"ar_s1_d1_c{j:02d}")
                                                      for j in (7, 11, 12, 16)]].mean(1),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_default_own_features_are_the_kernels_spectra_invariant_to_turns_and_flips():
+    """By default a grey table gives each own kernel as its spectral descriptors
+    (:mod:`kernelbank.core.spectrum`), computed from the stored coefficients: the same for
+    a quarter-turned or flipped image, which the coefficients are not."""
+    from kernelbank.core.spectrum import spectral_invariants, spectrum_operator
+    fit, square = FitConfig(radius=2, dilations=(1, 2)), [i[:24, :24] for i in IMAGES]
+    spectra, names = _features(fit, FeatureConfig(groups=("own",)), square)
+    assert names[:2] == ["ar_s1_d1_spec_r0_h0", "ar_s1_d1_spec_r0_h2"] and len(names) == 50
+    raw, raw_names = _features(fit, FeatureConfig(groups=("own",), own_kernel="coefficients"),
+                               square)
+    operator = spectrum_operator(kb.Basis.full(2).kernels.numpy())
+    for d in (1, 2):
+        coef = raw[:, [raw_names.index(f"ar_s1_d{d}_c{j:02d}") for j in range(24)]]
+        got = spectra[:, [names.index(n) for n in names if n.startswith(f"ar_s1_d{d}_spec")]]
+        np.testing.assert_allclose(got, spectral_invariants(coef, operator), rtol=1e-4,
+                                   atol=1e-5)
+    for moved in ([np.rot90(i).copy() for i in square], [i.T.copy() for i in square]):
+        np.testing.assert_allclose(_features(fit, FeatureConfig(groups=("own",)), moved)[0],
+                                   spectra, rtol=1e-4, atol=1e-5)
+
+
+def test_own_kernel_forms_a_table_cannot_give_fail_naming_the_option():
+    fit = FitConfig(radius=1, dilations=(1,), basis="isotropic")
+    with pytest.raises(ValueError, match="own_kernel='symmetric' needs .* full basis"):
+        _features(fit, FeatureConfig(groups=("own",), own_kernel="symmetric"))
+    values, names = _features(fit, FeatureConfig(groups=("own",), own_kernel="spectrum"))
+    assert names[0] == "ar_s1_d1_spec_r0_h0" and np.isfinite(values).all()
+    with pytest.raises(ValueError, match="own_kernel must be one of"):
+        FeatureConfig(own_kernel="rotated")
 
 
 def test_a_feature_task_computes_its_file_in_slices_with_the_same_rows(tmp_path, monkeypatch):
