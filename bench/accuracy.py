@@ -531,6 +531,9 @@ def method_features(name: str, images, cache: FeatureCache, variants: tuple[str,
 
 METHODS = ("kernelbank", "kernelbank_ridge", "kernelbank_stream", "kernelbank_nystroem",
            "lbp", "gabor", "scattering")
+#: What a run compares unless ``--methods`` says otherwise: ``kernelbank_stream`` (the
+#: streaming kernel maps the Nyström head of the pipeline replaced) costs the most CV fits.
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "kernelbank_stream")
 FAMILY = {"kernelbank": "kernelbank", "kernelbank_ridge": "kernelbank",
           "kernelbank_stream": "kernelbank", "kernelbank_nystroem": "kernelbank",
           "lbp": "peer", "gabor": "peer", "scattering": "peer"}
@@ -600,7 +603,8 @@ def main(argv=None) -> int:
                         help="built-in set when ROOT is not given (default textures; gmrf "
                              "with --channels rgb only)")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} "
+                        f"(default: all but kernelbank_stream)")
     parser.add_argument("--patch-size", type=int, default=32, help="built-in data only")
     parser.add_argument("--n-classes", type=int, default=None,
                         help="--data hard: the first N classes (default all 28)")
@@ -661,7 +665,7 @@ def main(argv=None) -> int:
         digest.update(np.ascontiguousarray(image, dtype=np.float32).tobytes())
     cache = FeatureCache(Path(args.cache) / "features", digest.hexdigest())
     folds = cv_folds(np.asarray(y_train), args.repeats, args.folds)
-    chosen = METHODS if not args.methods else tuple(args.methods.split(","))
+    chosen = DEFAULT_METHODS if not args.methods else tuple(args.methods.split(","))
     subset = tuple(v.strip() for v in args.variants.split(";")) if args.variants else ()
     unknown = [v for v in subset if v not in KERNELBANK_VARIANTS]
     if unknown:
@@ -701,17 +705,17 @@ def main(argv=None) -> int:
 
     n_test = len(y_test)
     scored_on = "views" if args.views else "rows"
-    print(f"{'method':<18}{'family':<12}{'test acc':>9}{'errors':>8}{'cv mean±sd':>15}"
+    print(f"{'method':<20}{'family':<12}{'test acc':>9}{'errors':>8}{'cv mean±sd':>15}"
           f"{'cv rows':>9}  recipe chosen by CV (train only; folds scored on their {scored_on})")
     for name, r in results.items():
         errors = round((1 - r["accuracy"]) * n_test)
-        print(f"{name:<18}{r['family']:<12}{r['accuracy']:>9.4f}{errors:>8d}"
+        print(f"{name:<20}{r['family']:<12}{r['accuracy']:>9.4f}{errors:>8d}"
               f"{r['cv']:>9.4f}±{r['cv_sd']:.4f}{r['cv_rows']:>9.4f}  {r['recipe']}")
         for variant, v in r["variants_cv"].items():
-            print(f"{'':<30}{'':>17}{v['cv']:>9.4f}±{v['cv_sd']:.4f}{v['cv_rows']:>9.4f}  "
+            print(f"{'':<32}{'':>17}{v['cv']:>9.4f}±{v['cv_sd']:.4f}{v['cv_rows']:>9.4f}  "
                   f"variant {variant} ({v['head']})")
     for name, why in skipped.items():
-        print(f"{name:<18}{FAMILY[name]:<12}{'-':>9}{'-':>8}{'-':>15}  {why}")
+        print(f"{name:<20}{FAMILY[name]:<12}{'-':>9}{'-':>8}{'-':>15}  {why}")
     ours = {k: r for k, r in results.items() if r["family"] == "kernelbank"}
     peers = {k: r for k, r in results.items() if r["family"] == "peer"}
     summary = {}

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field
 
 __all__ = ["BasisKind", "BankMethod", "Channels", "InputFormat", "ReadConfig", "FitConfig",
-           "ReduceConfig", "FeatureConfig", "FEATURE_GROUPS", "ClassifierHead", "ClassifyConfig",
-           "PipelineConfig"]
+           "ReduceConfig", "FeatureConfig", "FEATURE_GROUPS", "DEFAULT_FEATURE_GROUPS",
+           "OWN_KERNEL_FORMS", "ClassifierHead", "ClassifyConfig", "PipelineConfig"]
 
 
 class BasisKind(str, enum.Enum):
@@ -281,6 +281,9 @@ class ReduceConfig:
 
 #: Feature groups the feature stage can compute from the statistics table.
 FEATURE_GROUPS = ("own", "residual", "image", "bank")
+#: The groups of ``kernelbank run`` with no options: the recipe ``bench/accuracy.py``
+#: chooses by CV (the bank group adds the class kernels' fits, which turn with the image).
+DEFAULT_FEATURE_GROUPS = ("own", "residual", "image")
 #: How the ``own`` group gives each own kernel: ``auto`` is ``spectrum`` on one-channel 2-D
 #: tables and ``coefficients`` on the others.
 OWN_KERNEL_FORMS = ("auto", "coefficients", "symmetric", "spectrum")
@@ -292,7 +295,7 @@ class FeatureConfig:
 
     Parameters
     ----------
-    groups : tuple of str, default=("own", "residual", "image", "bank")
+    groups : tuple of str, default=("own", "residual", "image")
         ``own``: own-kernel coefficients and log MSE; ``residual``: residual
         descriptors; ``image``: the image's own sign-pattern histograms (stored by the
         fit stage with ``image_patterns``; a table without them gives none, with a
@@ -325,7 +328,7 @@ class FeatureConfig:
         table's grid).
     """
 
-    groups: tuple[str, ...] = FEATURE_GROUPS
+    groups: tuple[str, ...] = DEFAULT_FEATURE_GROUPS
     rotation_invariant: bool = True
     power: float = 0.5
     own_kernel: str = "auto"
@@ -374,16 +377,16 @@ class ClassifyConfig:
     ``ridge`` is the ``alpha`` of scikit-learn's ``RidgeClassifier``; None (default)
     chooses it by exact ``cv_folds``-fold cross-validation from the streaming sums.
 
-    ``head`` picks the model: ``ridge`` (default), the linear ridge fitted from sums
-    over every train row; ``nystroem``, an RBF kernel approximated by ``n_components``
-    Nyström landmarks, the map and the ridge fitted on at most ``sample_per_class``
-    train rows of each class (a uniform sample by a hash of the id), then every row
-    scored (see :func:`kernelbank.heads.fit_kernel_head`).
+    ``head`` picks the model: ``nystroem`` (default), an RBF kernel approximated by
+    ``n_components`` Nyström landmarks, the map and the ridge fitted on at most
+    ``sample_per_class`` train rows of each class (a uniform sample by a hash of the id),
+    then every row scored (see :func:`kernelbank.heads.fit_kernel_head`); ``ridge``, the
+    linear ridge fitted from sums over every train row.
     """
 
     ridge: float | None = None
     cv_folds: int = 5
-    head: ClassifierHead = ClassifierHead.RIDGE
+    head: ClassifierHead = ClassifierHead.NYSTROEM
     sample_per_class: int = 256
     n_components: int = 1024
 

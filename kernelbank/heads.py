@@ -326,7 +326,7 @@ def _choose_alpha_by_accuracy(mapped: np.ndarray, labels: np.ndarray, fold: np.n
     return best, accuracy
 
 
-def kernel_head_scores(model: dict, x: np.ndarray, block_rows: int = 4096) -> np.ndarray:
+def kernel_head_scores(model: dict, x: np.ndarray, block_rows: int = 1024) -> np.ndarray:
     """Class scores of :func:`fit_kernel_head`'s model, shape (n, C), ``block_rows`` rows
     at a time (memory O(block_rows · m))."""
     landmarks = model["landmarks"]

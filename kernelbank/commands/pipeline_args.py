@@ -15,9 +15,9 @@ import argparse
 import os
 from pathlib import Path
 
-from ..config import (FEATURE_GROUPS, OWN_KERNEL_FORMS, BankMethod, BasisKind, Channels,
-                      ClassifierHead, ClassifyConfig, FeatureConfig, FitConfig, InputFormat,
-                      PipelineConfig, ReadConfig, ReduceConfig)
+from ..config import (DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, OWN_KERNEL_FORMS, BankMethod,
+                      BasisKind, Channels, ClassifierHead, ClassifyConfig, FeatureConfig,
+                      FitConfig, InputFormat, PipelineConfig, ReadConfig, ReduceConfig)
 from ..faults import fit_fault_from_env
 from ..stages.progress import LOG_LEVELS, configure_output
 
@@ -119,8 +119,9 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
     if "features" in stages:
         feats = parser.add_argument_group("features (from the statistics table)")
         feats.add_argument("--feature-groups", nargs="+", choices=FEATURE_GROUPS,
-                           default=list(FEATURE_GROUPS),
-                           help="feature groups (default: all of %(choices)s)")
+                           default=list(DEFAULT_FEATURE_GROUPS),
+                           help="feature groups, of %(choices)s (default: own residual "
+                                "image)")
         feats.add_argument("--all-patterns", action="store_true",
                            help="keep the residual's non-rotation-invariant patterns and "
                                 "co-occurrences (default: rotation-invariant histograms only)")
@@ -144,11 +145,11 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                             help="ridge alpha of the classifier (default: chosen by exact "
                                  "5-fold cross-validation on the train split)")
         parser.add_argument("--head", choices=[h.value for h in ClassifierHead],
-                            default="ridge",
-                            help="classifier: ridge (linear, fitted from sums over every "
-                                 "train row; default) or nystroem (RBF kernel: Nystroem "
-                                 "landmarks + ridge fitted on a bounded sample of train "
-                                 "rows per class, then every row scored)")
+                            default="nystroem",
+                            help="classifier: nystroem (RBF kernel: Nystroem landmarks + "
+                                 "ridge fitted on a bounded sample of train rows per class, "
+                                 "then every row scored; default) or ridge (linear, fitted "
+                                 "from sums over every train row)")
         parser.add_argument("--head-sample", type=int, default=256,
                             help="--head nystroem: train rows sampled per class (default "
                                  "256)")
@@ -224,7 +225,7 @@ def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> Pi
                     **fit_fault_from_env())
     reduce = ReduceConfig(method=get("bank_method", "pooled"),
                           n_components=get("n_components", 2))
-    features = FeatureConfig(groups=tuple(get("feature_groups", FEATURE_GROUPS)),
+    features = FeatureConfig(groups=tuple(get("feature_groups", DEFAULT_FEATURE_GROUPS)),
                              rotation_invariant=not get("all_patterns", False),
                              power=get("power", 0.5),
                              own_kernel=get("own_kernel", "auto"),
@@ -235,7 +236,7 @@ def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> Pi
                              threads_per_actor=get("threads_per_actor", 1),
                              num_gpus=get("num_gpus", 0))
     return PipelineConfig(read=read, output=output, fit=fit, reduce=reduce, features=features,
-                          classify=ClassifyConfig(ridge=get("alpha"), head=get("head", "ridge"),
+                          classify=ClassifyConfig(ridge=get("alpha"), head=get("head", "nystroem"),
                                                   sample_per_class=get("head_sample", 256),
                                                   n_components=get("head_components", 1024)),
                           overwrite=overwrite, ray_address=get("ray_address"))

@@ -81,13 +81,14 @@ def train_sums(table: pa.Table, names: list[str], folds: int) -> list[StreamingR
             for k in range(folds)]
 
 
-def _sample_file(fs, path: str, names: list[str], per_class: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The file's part of the kernel head's sample: in each class, the ``per_class``
-    finite train rows of least sample key. Returns ``(keys, ids, labels, x)``."""
+def sample_of_table(table: pa.Table, names: list[str], per_class: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A features table's part of the kernel head's sample: in each class, the
+    ``per_class`` finite train rows of least sample key. Returns ``(keys, ids, labels,
+    x)``. The feature stage calls it on the rows it writes; the first pass of
+    :func:`classify_table` on each file."""
     import pyarrow.compute as pc
     from ..heads import bottom_rows, sample_keys
-    table = _read_features(fs, path, ["id", "split", "label"] + names)
     table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(TRAIN_SPLITS)))
     ids = np.array(table.column("id").to_pylist(), dtype=object)
     labels = np.array(table.column("label").to_pylist(), dtype=object)
@@ -98,22 +99,57 @@ def _sample_file(fs, path: str, names: list[str], per_class: int
     return keys[chosen], ids[chosen], labels[chosen], x[chosen]
 
 
-def _kernel_sample(fs, files: list[str], names: list[str], per_class: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ids, labels, x)`` of the kernel head's sample of the whole table: the files'
-    parts merged on the driver, which never holds more than two parts' rows."""
-    import ray
+def merge_samples(merged: tuple | None, part: tuple, per_class: int) -> tuple:
+    """Two parts of the sample (:func:`sample_of_table`) as one: the bottom rows of both
+    (the result does not depend on the order the parts come in)."""
     from ..heads import bottom_rows
+    if merged is not None:
+        part = tuple(np.concatenate([a, b]) for a, b in zip(merged, part))
+    chosen = bottom_rows(part[0], part[1], part[2], per_class)
+    return tuple(a[chosen] for a in part)
+
+
+def head_input(config: ClassifyConfig) -> tuple[str, int]:
+    """What the feature writes gather from their train rows for ``config``'s head:
+    ``("folds", k)``, the linear head's per-fold sums, or ``("sample", n)``, the kernel
+    head's sample of ``n`` rows per class."""
+    if config.head is ClassifierHead.NYSTROEM:
+        return "sample", config.sample_per_class
+    return "folds", config.cv_folds
+
+
+def gather_head_input(table: pa.Table, names: list[str], wanted: tuple[str, int]):
+    """:func:`train_sums` or :func:`sample_of_table` of ``table``, as ``wanted`` says."""
+    kind, n = wanted
+    return train_sums(table, names, n) if kind == "folds" else sample_of_table(table, names, n)
+
+
+def merge_head_input(merged, part, wanted: tuple[str, int]):
+    """Two files' :func:`gather_head_input` as one."""
+    kind, n = wanted
+    if kind == "folds":
+        return part if merged is None else [a + b for a, b in zip(merged, part)]
+    return merge_samples(merged, part, n)
+
+
+def _sample_file(fs, path: str, names: list[str], per_class: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return sample_of_table(_read_features(fs, path, ["id", "split", "label"] + names), names,
+                           per_class)
+
+
+def _kernel_sample(fs, files: list[str], names: list[str], per_class: int) -> tuple:
+    """``(keys, ids, labels, x)`` of the kernel head's sample of the whole table: the
+    files' parts merged on the driver, which never holds more than two parts' rows."""
+    import ray
     sample = ray.remote(num_cpus=1)(_sample_file)
     merged = None
     for part in map_bounded(sample, ((fs, p, names, per_class) for p in files)):
-        if merged is not None:
-            part = tuple(np.concatenate([a, b]) for a, b in zip(merged, part))
-        chosen = bottom_rows(part[0], part[1], part[2], per_class)
-        merged = tuple(a[chosen] for a in part)
+        merged = merge_samples(merged, part, per_class)
     if merged is None:
-        return np.zeros(0, object), np.zeros(0, object), np.zeros((0, len(names)))
-    return merged[1], merged[2], merged[3]
+        return (np.zeros(0), np.zeros(0, object), np.zeros(0, object),
+                np.zeros((0, len(names))))
+    return merged
 
 
 def _scores(model: dict[str, Any], x: np.ndarray) -> np.ndarray:
@@ -171,7 +207,8 @@ def _accuracy_report(counts: dict[tuple, int], classes: list[str]) -> dict[str, 
 def classify_table(features_url: str, config: ClassifyConfig, *,
                    predictions_dir: str | None = None, fs_out=None,
                    s3_endpoint: str | None = None,
-                   folds: list[StreamingRidge] | None = None) -> dict[str, Any]:
+                   folds: list[StreamingRidge] | None = None,
+                   sample: tuple | None = None) -> dict[str, Any]:
     """Train on the train split of a features table and score every split.
 
     Parameters
@@ -184,6 +221,10 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     folds : list of StreamingRidge, optional
         The per-fold sums of the train rows (``config.cv_folds`` of them), as the feature
         stage's writes returned them; without them a first pass over the table sums them.
+    sample : tuple, optional
+        The kernel head's sample (``--head nystroem``; :func:`sample_of_table`), as the
+        feature stage's writes returned it; without it a first pass over the table
+        gathers it.
 
     Returns
     -------
@@ -205,7 +246,7 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     if not files:
         raise ValueError(f"the features table {features_url!r} is empty")
     if config.head is ClassifierHead.NYSTROEM:
-        model, described = _fit_kernel(fs, files, names, config, features_url)
+        model, described = _fit_kernel(fs, files, names, config, features_url, sample)
     else:
         model, described = _fit_ridge(fs, files, names, config, features_url, folds)
     if fs_out is None:
@@ -261,12 +302,16 @@ def _fit_ridge(fs, files: list[str], names: list[str], config: ClassifyConfig,
 
 
 def _fit_kernel(fs, files: list[str], names: list[str], config: ClassifyConfig,
-                features_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Nyström kernel head, fitted on the driver from a bounded sample of train rows."""
+                features_url: str, sample: tuple | None
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Nyström kernel head, fitted on the driver from a bounded sample of train rows
+    (``sample``, or gathered by a first pass)."""
     import time
     from ..heads import fit_kernel_head
     began = time.perf_counter()
-    ids, labels, x = _kernel_sample(fs, files, names, config.sample_per_class)
+    if sample is None:
+        sample = _kernel_sample(fs, files, names, config.sample_per_class)
+    _, ids, labels, x = sample
     sampled = time.perf_counter()
     _too_few_classes(set(labels), features_url)
     model = fit_kernel_head(x, labels, ids, n_components=config.n_components,
@@ -286,6 +331,12 @@ def _fit_kernel(fs, files: list[str], names: list[str], config: ClassifyConfig,
         "fit_seconds": round(time.perf_counter() - sampled, 3)}
 
 
+def _gathered_as_arguments(config: ClassifyConfig, gathered) -> dict[str, Any]:
+    if gathered is None:
+        return {}
+    return {"folds" if head_input(config)[0] == "folds" else "sample": gathered}
+
+
 def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None = None,
                  overwrite: bool = False) -> dict[str, Any]:
     """The classify stage alone: reads the published ``features/``, publishes a run with
@@ -298,17 +349,18 @@ def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None
 
 
 def write_classify(features_url: str, config: ClassifyConfig, stage, *,
-                   s3_endpoint: str | None = None,
-                   folds: list[StreamingRidge] | None = None) -> dict[str, Any]:
+                   s3_endpoint: str | None = None, gathered=None) -> dict[str, Any]:
     """Run :func:`classify_table` into the classify stage's folder (``predictions/``,
-    ``result.json``) with timing; ``folds``: the feature writes' ridge sums."""
+    ``result.json``) with timing; ``gathered``: what the feature writes gathered for the
+    head (:func:`head_input`), or None."""
     summary: dict[str, Any] = {}
     log(f"classify: {features_url} {config.head.value} head, ridge alpha="
         f"{'by CV' if config.ridge is None else config.ridge}")
     with timed(summary):
         summary.update(classify_table(features_url, config, fs_out=stage.fs,
                                       predictions_dir=join(stage.path, "predictions"),
-                                      s3_endpoint=s3_endpoint, folds=folds))
+                                      s3_endpoint=s3_endpoint,
+                                      **_gathered_as_arguments(config, gathered)))
     images = sum(s["images"] for s in summary["splits"].values())
     summary["images_per_second"] = round(images / max(summary["seconds"], 1e-9), 2)
     acc = summary["test_accuracy"]

@@ -375,13 +375,16 @@ def _table_columns(meta: TableMeta, config: FeatureConfig) -> list[str]:
 
 
 def _features_of_file(key: str, featurizer_args: tuple, fs_in, path: str, writer,
-                      folds: int | None) -> dict[str, Any]:
-    """One statistics file's feature rows, written as one part file; counts and sums.
+                      wanted: tuple[str, int] | None) -> dict[str, Any]:
+    """One statistics file's feature rows, written as one part file; counts and what the
+    classifier needs of them.
 
     ``featurizer_args`` holds the bank and class statistics as object references; the
     featurizer is built once per worker process (:data:`_FEATURIZERS`, keyed by the
-    stage attempt ``key``). ``folds``: also return the per-fold ridge sums of the train
-    rows, computed from the float32 values the file holds (what a scoring pass reads).
+    stage attempt ``key``). ``wanted`` (:func:`kernelbank.stages.classify.head_input`):
+    also return the head's input from the train rows — the linear head's per-fold sums
+    or the kernel head's sample — computed from the float32 values the file holds (what
+    a scoring pass reads).
     """
     import pyarrow.parquet as pq
     from ..io.atomic import retried
@@ -414,41 +417,42 @@ def _features_of_file(key: str, featurizer_args: tuple, fs_in, path: str, writer
     start = time.perf_counter()
     counts = writer.write(out, part_name(writer.prefix, [path.rsplit("/", 1)[-1]]))
     seconds["write"] = time.perf_counter() - start
-    sums = None
-    if folds:
-        from .classify import train_sums
+    gathered = None
+    if wanted:
+        from .classify import gather_head_input
         start = time.perf_counter()
-        sums = train_sums(out, featurizer.names, folds)
-        seconds["ridge_sums"] = time.perf_counter() - start
+        gathered = gather_head_input(out, featurizer.names, wanted)
+        seconds["head_input"] = time.perf_counter() - start
     rows = out.num_rows
     del out
     release_memory()
-    return {"counts": dict(counts), "rows": rows, "folds": sums, "seconds": seconds}
+    return {"counts": dict(counts), "rows": rows, "head_input": gathered, "seconds": seconds}
 
 
 def _write_file_by_file(files: list[str], fs_fit, writer, featurizer_args: tuple,
-                        config: FeatureConfig, folds: int | None, total: int,
-                        task_seconds: dict) -> list | None:
-    """Run :func:`_features_of_file` on every file (bounded in flight); merged fold sums.
+                        config: FeatureConfig, wanted: tuple[str, int] | None, total: int,
+                        task_seconds: dict):
+    """Run :func:`_features_of_file` on every file (bounded in flight); the head's input
+    of all the files, merged (None unless ``wanted``).
 
     ``task_seconds`` receives the tasks' summed seconds per step (setup, read, compute,
-    write, ridge_sums): where the stage's time went."""
+    write, head_input): where the stage's time went."""
     import ray
+    from .classify import merge_head_input
     from .common import map_bounded
     from .progress import Progress
     task = ray.remote(num_cpus=config.threads_per_actor)(_features_of_file)
     merged = None
     with Progress("features", total) as progress:
         for result in map_bounded(task, ((writer.prefix, featurizer_args, fs_fit, p, writer,
-                                          folds) for p in files)):
+                                          wanted) for p in files)):
             writer.add(result["counts"])
             for step, value in result["seconds"].items():
                 task_seconds[step] = round(task_seconds.get(step, 0.0) + value, 3)
             progress.update(result["rows"], sum(n for k, n in result["counts"].items()
                                                 if k[0] == "error"))
-            if result["folds"] is not None:
-                merged = result["folds"] if merged is None else \
-                    [a + b for a, b in zip(merged, result["folds"])]
+            if result["head_input"] is not None:
+                merged = merge_head_input(merged, result["head_input"], wanted)
     return merged
 
 
@@ -478,14 +482,15 @@ def load_bank_and_stats(banks_url: str, *, s3_endpoint: str | None = None):
 
 def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging, *,
                    read: ReadConfig | None = None, s3_endpoint: str | None = None,
-                   ridge_folds: int | None = None, ridge_sums: dict | None = None
+                   head_input: tuple[str, int] | None = None, gathered: dict | None = None
                    ) -> dict[str, Any]:
     """Run the feature stage into ``staging`` (``features/`` and ``errors/features-*``).
 
     ``read`` is needed only with ``config.pixel_features`` (the second read).
-    ``ridge_folds`` and ``ridge_sums``: when both are given (and no pixel features), the
-    writes also sum the train rows per CV fold for the classifier, and
-    ``ridge_sums["folds"]`` receives them (see
+    ``head_input`` and ``gathered``: when both are given (and no pixel features), the
+    writes also gather what the classifier's head needs of the train rows
+    (:func:`kernelbank.stages.classify.head_input`: per-fold sums or a sample), and
+    ``gathered["head_input"]`` receives it (see
     :func:`kernelbank.stages.classify.classify_table`).
     """
     import ray
@@ -497,22 +502,23 @@ def write_features(fit_url: str, banks_url: str, config: FeatureConfig, staging,
         log(f"features: warning: {fit_url} holds no image patterns (a table written before "
             "they existed, or without descriptors or image patterns): the 'image' group "
             "adds no columns; rerun the fit stage to get them")
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"own_kernel": own_kernel_form(meta, config)
+                               if "own" in config.groups else None}
     log(f"features: {fit_url} (no pixels) with {len(bank)} kernels, groups="
         f"{','.join(config.groups)}{' + pixel features (second read)' if config.pixel_features else ''}")
     files = table_files(fs_fit, fit_path)
     if not config.pixel_features:
         writer = PartWriter(staging.fs, staging.dir("features"), staging.dir("errors"),
                             staging.part_prefix)
-        folds = ridge_folds if ridge_sums is not None else None
+        wanted = head_input if gathered is not None else None
         steps: dict[str, float] = {}
         with timed(summary):
-            sums = _write_file_by_file(files, fs_fit, writer,
-                                       (ray.put(bank), ray.put(stats), meta, config), config,
-                                       folds, table_rows(fs_fit, files), steps)
+            merged = _write_file_by_file(files, fs_fit, writer,
+                                         (ray.put(bank), ray.put(stats), meta, config),
+                                         config, wanted, table_rows(fs_fit, files), steps)
         summary.update({"files": len(files), "task_seconds": steps})
-        if sums is not None:
-            ridge_sums["folds"] = sums
+        if merged is not None:
+            gathered["head_input"] = merged
         return _finish(staging, config, names, writer, summary)
     from ..io.tables import SplitParquetSink        # imports ray.data: only on this path
     with timed(summary), remote_progress("features", table_rows(fs_fit, files)) as counter:
@@ -546,7 +552,8 @@ def _finish(staging, config: FeatureConfig, names: list[str], sink, summary: dic
     """The stage's ``_kernelbank.json`` and summary (counts from the writes)."""
     write_json(staging.fs, join(staging.dir("features"), "_kernelbank.json"),
                {"feature_names": names, "prediction_column": PREDICTION,
-                "groups": list(config.groups), "joint": config.joint,
+                "groups": list(config.groups), "own_kernel": summary["own_kernel"],
+                "joint": config.joint,
                 "pixel_features": config.pixel_features})
     counts = sink.per_split_and_class()
     images = sum(sum(v.values()) for v in counts.values())

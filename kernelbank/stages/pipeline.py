@@ -41,7 +41,8 @@ def recipe(config: PipelineConfig) -> str:
     own = (f"{fit.basis.value}{channels} radius {fit.radius} dilations {dilations}{scales}"
            + (" + residual descriptors" if fit.descriptors else "")
            + (" + image patterns" if fit.descriptors and fit.image_patterns else ""))
-    groups = "+".join(feats.groups) + (" + joint" if feats.joint else "") \
+    groups = "+".join(feats.groups) + (" + joint" if feats.joint and "bank" in feats.groups
+                                       else "") \
         + ("" if "own" not in feats.groups else
            " (own kernels: rotation-invariant spectra on grey 2-D images)"
            if feats.own_kernel == "auto" else f" (own kernels: {feats.own_kernel})")
@@ -105,17 +106,21 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         stages["reduce"] = run.stage("reduce").run_once(
             lambda stage: write_reduce(run.stage_url("fit"), config.reduce, stage,
                                        s3_endpoint=endpoint, class_stats=class_stats))
-        # the feature writes return the classifier's per-fold sums: classify only solves
-        # and scores (a resumed run, whose features are on disk, sums them from there)
-        ridge: dict = {}
+        # the feature writes return what the classifier's head needs of the train rows
+        # (per-fold sums or a sample): classify only fits and scores (a resumed run, whose
+        # features are on disk, gathers it from there)
+        from .classify import head_input
+        gathered: dict = {}
         stages["features"] = run.stage("features").run_once(
             lambda stage: write_features(run.stage_url("fit"), run.stage_url("reduce"),
                                          config.features, stage, read=config.read,
                                          s3_endpoint=endpoint,
-                                         ridge_folds=config.classify.cv_folds, ridge_sums=ridge))
+                                         head_input=head_input(config.classify),
+                                         gathered=gathered))
         stages["classify"] = run.stage("classify").run_once(
             lambda stage: write_classify(run.stage_url("features"), config.classify, stage,
-                                         s3_endpoint=endpoint, folds=ridge.get("folds")))
+                                         s3_endpoint=endpoint,
+                                         gathered=gathered.get("head_input")))
         errors = sum(sum(s.get("errors", {}).values()) for s in stages.values())
         summary = scrub({
             "input": config.read.url, "output": config.output, "recipe": recipe(config),

@@ -73,7 +73,7 @@ def test_kernel_head_stage_equals_sklearn_on_its_sample(ray_local, tmp_path):
     assert summary["test_accuracy"] == pytest.approx(float((expected[test] ==
                                                             labels[test]).mean()))
     # the kernel head sees the radial boundary the linear head cannot
-    linear = classify_table(str(features), ClassifyConfig(),
+    linear = classify_table(str(features), ClassifyConfig(head="ridge"),
                             predictions_dir=str(tmp_path / "pred_ridge"))
     assert summary["test_accuracy"] > linear["test_accuracy"] + 0.2
 
@@ -110,3 +110,34 @@ def test_run_with_the_kernel_head_names_it(ray_local, tmp_path):
     written = pq.read_table(f"{out}/classify/predictions").to_pandas().set_index("id")
     assert list(written.loc[table.id, "predicted"]) == \
         list(reference.predict(table[names].to_numpy(np.float64)))
+
+
+def test_the_sample_the_feature_writes_gather_is_the_whole_tables_in_any_order():
+    """The feature tasks each return their file's part of the sample
+    (:func:`sample_of_table`) and the driver merges them as they come: the same rows as
+    the independent statement of the sample on the whole table, in any order."""
+    from kernelbank.stages.classify import merge_samples, sample_of_table
+    rng = np.random.default_rng(3)
+    n = 200
+    ids = [f"img/{i:03d}" for i in rng.permutation(n)]
+    labels = np.array(["a", "b", "c"])[rng.integers(0, 3, n)]
+    split = np.where(rng.random(n) < 0.7, "train", "test")
+    x = rng.normal(size=(n, len(NAMES))).astype(np.float32)
+    x[7, 2] = np.nan                                          # a non-finite row is never drawn
+    table = pa.table({"id": ids, "label": labels, "split": split,
+                      **{f: x[:, j] for j, f in enumerate(NAMES)}})
+    parts = [sample_of_table(table.slice(start, 50), NAMES, 6) for start in range(0, n, 50)]
+    merged = {}
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2]):
+        got = None
+        for k in order:
+            got = merge_samples(got, parts[k], 6)
+        merged[tuple(order)] = got
+    train = [i for i in np.flatnonzero(split == "train") if i != 7]
+    expected = sorted(ids[train[i]] for i in _sample([ids[i] for i in train],
+                                                     list(labels[train]), 6))
+    for keys, got_ids, got_labels, got_x in merged.values():
+        assert sorted(got_ids) == expected and len(got_ids) == 18
+        rows = [ids.index(i) for i in got_ids]
+        np.testing.assert_array_equal(got_x, x[rows].astype(np.float64))
+        assert list(got_labels) == list(labels[rows])

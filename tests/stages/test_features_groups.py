@@ -140,7 +140,8 @@ def test_a_feature_task_computes_its_file_in_slices_with_the_same_rows(tmp_path,
         monkeypatch.setattr(features, "SLICE_ROWS", rows)
         writer = PartWriter(fs, str(tmp_path / f"out{rows}"), str(tmp_path / f"err{rows}"),
                             "features")
-        result = features._features_of_file(f"slices-{rows}", args, fs, path, writer, 5)
-        assert result["rows"] == 7 and result["folds"] is not None
+        result = features._features_of_file(f"slices-{rows}", args, fs, path, writer,
+                                            ("folds", 5))
+        assert result["rows"] == 7 and len(result["head_input"]) == 5
         written[rows] = pq.read_table(str(tmp_path / f"out{rows}"))
     assert written[2].num_rows == 7 and written[2].equals(written[1024])

@@ -50,7 +50,10 @@ def run(ray_local, s3_endpoint, tmp_path_factory):
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         code = main(["run", "--input", f"s3://{bucket}/images", "--output", f"s3://{bucket}/out",
                      "--radius", "2", "--dilations", *map(str, DILATIONS),
-                     "--batch-size", "4", "--max-actors", "2", "--bank-method", "pooled"])
+                     "--batch-size", "4", "--max-actors", "2", "--bank-method", "pooled",
+                     # the bank features and the linear head (not the defaults): equal to
+                     # their pixel paths and scikit-learn below
+                     "--feature-groups", "own", "residual", "image", "bank", "--head", "ridge"])
     log.write_text(printed.getvalue())
     assert code == 0, printed.getvalue()[-3000:]
     fs.invalidate_cache()
@@ -212,6 +215,7 @@ def test_features_from_the_table_equal_the_pixel_paths(run):
     assert table.column_names[:4] == ["id", "path", "label", "split"]
     assert table.column_names[4:-1] == names and table.column_names[-1] == "likelihood_prediction"
     assert not run["summary"]["stages"]["features"]["reads_images"]
+    assert run["summary"]["stages"]["features"]["own_kernel"] == "spectrum"
     bank = load_bank(str(out / "banks/bank.npz"))
     files = _good_files(run["data"])
     images = _reference_images(files)
@@ -228,11 +232,15 @@ def test_features_from_the_table_equal_the_pixel_paths(run):
     gains = [n for n in pixel_names if n.endswith("_gain")]
     np.testing.assert_allclose(got(gains), pixel[:, [pixel_names.index(c) for c in gains]],
                                rtol=1e-5, atol=1e-5)
-    # own kernels and their log MSE: kb.fit on the pixels
+    # own kernels (their spectral descriptors, by default) and log MSE: kb.fit on the pixels
+    from kernelbank.core.spectrum import spectral_invariants, spectrum_operator
     own = kb.fit(images, kb.Basis.full(2), dilations=list(DILATIONS))
+    operator = spectrum_operator(kb.Basis.full(2).kernels.numpy())
     for e, dilation in enumerate(DILATIONS):
-        coef = [n for n in names if n.startswith(f"ar_s1_d{dilation}_c")]
-        np.testing.assert_allclose(got(coef), own.coef[:, e].numpy(), atol=1e-5)
+        spectra = [n for n in names if n.startswith(f"ar_s1_d{dilation}_spec_")]
+        np.testing.assert_allclose(got(spectra),
+                                   spectral_invariants(own.coef[:, e].numpy(), operator),
+                                   rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(got([f"ar_s1_d{dilation}_log_mse"])[:, 0],
                                    np.log(own.mse[:, e].numpy()), rtol=1e-5)
     # residual descriptors: the rotation-invariant ones; the image's ri patterns beside
