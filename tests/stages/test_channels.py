@@ -57,7 +57,7 @@ def data(tmp_path_factory) -> dict:
 def rgb_run(ray_local, data) -> Path:
     out = data["root"] / "rgb"
     _cli("run", "--input", str(data["images"]), "--output", str(out), "--channels", "rgb",
-         *COMMON)
+         *COMMON, "--feature-groups", "own", "residual", "image", "bank")   # bank: tested below
     return Path(open_published(str(out)).path)
 
 
