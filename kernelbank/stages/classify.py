@@ -1,8 +1,9 @@
-"""The classify stage: a standardised ridge classifier trained by streaming sums.
+"""The classify stage: a kernel head on a bounded sample, or a standardised ridge
+classifier trained by streaming sums.
 
-The math is :class:`kernelbank.core.ridge.StreamingRidge` (scikit-learn's
-``StandardScaler`` + ``RidgeClassifier``). A first pass (one Ray task per features
-file) sums the train split into per-fold statistics (folds by a hash of the image id);
+With ``head=ridge`` the math is :class:`kernelbank.core.ridge.StreamingRidge`
+(scikit-learn's ``StandardScaler`` + ``RidgeClassifier``). A first pass (one Ray task per
+features file; in ``kernelbank run``, the feature writes) sums the train split into per-fold statistics (folds by a hash of the image id);
 the driver merges them, chooses the ridge α of least held-out squared loss by exact
 k-fold CV from those sums (unless ``--alpha`` fixes it) and solves. A second pass scores
 every row, ``argmax((x - μ) D W + b)``, writing the per-image predictions
@@ -12,8 +13,9 @@ larger than any node; partial sums travel through Ray's object store, never as f
 The likelihood classifier's prediction (a column written by the feature stage) is
 scored in the same pass.
 
-With ``head=nystroem`` (:class:`~kernelbank.config.ClassifierHead`) the first pass
-instead gathers a bounded sample of the train rows — in each class the
+With ``head=nystroem`` (:class:`~kernelbank.config.ClassifierHead`, the default) the
+first pass (in ``kernelbank run``: the feature writes) instead gathers a bounded sample of
+the train rows — in each class the
 ``sample_per_class`` rows of least :func:`~kernelbank.heads.sample_keys` (a hash of the
 id: a uniform sample that does not depend on how the table is split into files) — and
 the driver fits an RBF kernel head on it (Nyström landmarks + standardised ridge, α by
