@@ -3,9 +3,9 @@ classifier trained by streaming sums.
 
 With ``head=ridge`` the math is :class:`kernelbank.core.ridge.StreamingRidge`
 (scikit-learn's ``StandardScaler`` + ``RidgeClassifier``). A first pass (one Ray task per
-features file; in ``kernelbank run``, the feature writes) sums the train split into per-fold statistics (folds by a hash of the image id);
-the driver merges them, chooses the ridge α of least held-out squared loss by exact
-k-fold CV from those sums (unless ``--alpha`` fixes it) and solves. A second pass scores
+features file; in ``kernelbank run``, the feature writes) sums the train split into
+per-fold statistics (folds by a hash of the image id); the driver merges them, chooses the
+ridge α of least held-out squared loss by exact k-fold CV from those sums (unless ``--alpha`` fixes it) and solves. A second pass scores
 every row, ``argmax((x - μ) D W + b)``, writing the per-image predictions
 (``predictions/*.parquet``: ``id, path, label, split, predicted,
 likelihood_prediction``) and returning confusion counts per split. The table may be
