@@ -31,6 +31,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .core.ridge import StreamingRidge
+from .sampling import bottom_rows, sample_keys  # noqa: F401  (part of this module's API)
 
 __all__ = ["KernelMap", "KernelMapRidge", "KERNEL_MAPS", "fit_kernel_head", "kernel_head_scores",
            "sample_keys", "bottom_rows", "KernelHead"]
@@ -195,28 +196,6 @@ class KernelMapRidge(ClassifierMixin, BaseEstimator):
 # kernel head: a Nyström map and ridge fitted on a bounded sample of the train rows, then
 # folded into one linear map of the kernel values, so that scoring a million rows costs
 # F · m + m · C per row (one block of kernel evaluations) and no m × m product.
-
-def sample_keys(ids: Sequence[str]) -> np.ndarray:
-    """A stable pseudo-random key per row id (CRC-32 of ``"sample:" + id``).
-
-    The rows of a class with the smallest keys are a uniform sample of it that does not
-    depend on how the table is split into files, nor on the order the files are read
-    (the prefix keeps the key independent of the CV fold, which is the CRC-32 of the id).
-    """
-    import zlib
-    return np.array([zlib.crc32(b"sample:" + str(i).encode()) for i in ids], dtype=np.int64)
-
-
-def bottom_rows(keys: np.ndarray, ids: np.ndarray, labels: np.ndarray, per_class: int
-                ) -> np.ndarray:
-    """Indices of the ``per_class`` rows of least ``(key, id)`` in every class."""
-    chosen = []
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        order = np.lexsort((ids[rows], keys[rows]))        # key first, id breaks ties
-        chosen.append(rows[order[:per_class]])
-    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-
 
 def fit_kernel_head(x: np.ndarray, labels: Sequence[str], ids: Sequence[str], *,
                     n_components: int = 1024, gamma: float | None = None,

@@ -90,7 +90,7 @@ def sample_of_table(table: pa.Table, names: list[str], per_class: int
     x)``. The feature stage calls it on the rows it writes; the first pass of
     :func:`classify_table` on each file."""
     import pyarrow.compute as pc
-    from ..heads import bottom_rows, sample_keys
+    from ..sampling import bottom_rows, sample_keys
     table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(TRAIN_SPLITS)))
     ids = np.array(table.column("id").to_pylist(), dtype=object)
     labels = np.array(table.column("label").to_pylist(), dtype=object)
@@ -104,7 +104,7 @@ def sample_of_table(table: pa.Table, names: list[str], per_class: int
 def merge_samples(merged: tuple | None, part: tuple, per_class: int) -> tuple:
     """Two parts of the sample (:func:`sample_of_table`) as one: the bottom rows of both
     (the result does not depend on the order the parts come in)."""
-    from ..heads import bottom_rows
+    from ..sampling import bottom_rows
     if merged is not None:
         part = tuple(np.concatenate([a, b]) for a, b in zip(merged, part))
     chosen = bottom_rows(part[0], part[1], part[2], per_class)
