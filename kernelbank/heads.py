@@ -31,7 +31,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .core.ridge import StreamingRidge
-from .sampling import bottom_rows, sample_keys  # noqa: F401  (part of this module's API)
+# the numpy-only parts the Ray tasks run, part of this module's API
+from .kernel_head import bottom_rows, kernel_head_scores, sample_keys  # noqa: F401
 
 __all__ = ["KernelMap", "KernelMapRidge", "KERNEL_MAPS", "fit_kernel_head", "kernel_head_scores",
            "sample_keys", "bottom_rows", "KernelHead"]
@@ -303,22 +304,6 @@ def _choose_alpha_by_accuracy(mapped: np.ndarray, labels: np.ndarray, fold: np.n
     accuracy = {a: c / rows for a, c in correct.items()}
     best = max(accuracy, key=lambda a: (accuracy[a], a))
     return best, accuracy
-
-
-def kernel_head_scores(model: dict, x: np.ndarray, block_rows: int = 1024) -> np.ndarray:
-    """Class scores of :func:`fit_kernel_head`'s model, shape (n, C), ``block_rows`` rows
-    at a time (memory O(block_rows · m))."""
-    landmarks = model["landmarks"]
-    squared = (landmarks ** 2).sum(1)
-    out = np.empty((len(x), len(model["classes"])))
-    for start in range(0, len(x), block_rows):
-        z = (np.asarray(x[start:start + block_rows], dtype=np.float64) - model["x_mean"]) \
-            / model["x_scale"]
-        # ‖z - l‖² = ‖z‖² + ‖l‖² - 2 z·l, clipped at 0 like scikit-learn's euclidean_distances
-        d2 = np.maximum((z ** 2).sum(1)[:, None] + squared[None, :] - 2 * z @ landmarks.T, 0)
-        np.exp(-model["gamma"] * d2, out=d2)
-        out[start:start + block_rows] = d2 @ model["weights"] + model["intercept"]
-    return out
 
 
 class KernelHead(ClassifierMixin, BaseEstimator):

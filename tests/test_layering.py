@@ -53,14 +53,19 @@ def test_lazy_names_are_the_definitions():
     assert "has no attribute 'no_such_name'" in missing.stderr
 
 
-def test_the_feature_tasks_gather_the_kernel_heads_sample_without_scikit_learn():
-    # every feature task gathers its file's part of the sample: importing scikit-learn
-    # there cost each worker about a second (the features stage of a small run tripled)
+def test_the_kernel_heads_tasks_import_no_scikit_learn():
+    # every feature task gathers its file's part of the sample, every scoring task scores
+    # its rows: importing scikit-learn there cost each worker about a second (the
+    # features stage of a small run tripled)
     code = ("import sys, pyarrow as pa; "
             "from kernelbank.stages.classify import gather_head_input; "
             "t = pa.table({'id': ['a', 'b'], 'label': ['x', 'y'], 'split': ['train'] * 2, "
             "'f': [1.0, 2.0]}); "
             "part = gather_head_input(t, ['f'], ('sample', 1)); assert len(part[1]) == 2; "
+            "import numpy as np; from kernelbank.stages.classify import _scores; "
+            "model = {'head': 'nystroem', 'landmarks': np.ones((3, 1)), 'x_mean': 0.0, "
+            "'x_scale': 1.0, 'gamma': 1.0, 'weights': np.ones((3, 2)), 'intercept': 0.0, "
+            "'classes': ['x', 'y']}; assert _scores(model, np.ones((4, 1))).shape == (4, 2); "
             "bad = [m for m in ('sklearn', 'torch') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = _run(code)

@@ -90,7 +90,7 @@ def sample_of_table(table: pa.Table, names: list[str], per_class: int
     x)``. The feature stage calls it on the rows it writes; the first pass of
     :func:`classify_table` on each file."""
     import pyarrow.compute as pc
-    from ..sampling import bottom_rows, sample_keys
+    from ..kernel_head import bottom_rows, sample_keys
     table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(TRAIN_SPLITS)))
     ids = np.array(table.column("id").to_pylist(), dtype=object)
     labels = np.array(table.column("label").to_pylist(), dtype=object)
@@ -104,7 +104,7 @@ def sample_of_table(table: pa.Table, names: list[str], per_class: int
 def merge_samples(merged: tuple | None, part: tuple, per_class: int) -> tuple:
     """Two parts of the sample (:func:`sample_of_table`) as one: the bottom rows of both
     (the result does not depend on the order the parts come in)."""
-    from ..sampling import bottom_rows
+    from ..kernel_head import bottom_rows
     if merged is not None:
         part = tuple(np.concatenate([a, b]) for a, b in zip(merged, part))
     chosen = bottom_rows(part[0], part[1], part[2], per_class)
@@ -157,7 +157,7 @@ def _kernel_sample(fs, files: list[str], names: list[str], per_class: int) -> tu
 def _scores(model: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """Class scores of either head's model, shape (rows, classes)."""
     if model.get("head") == ClassifierHead.NYSTROEM.value:
-        from ..heads import kernel_head_scores
+        from ..kernel_head import kernel_head_scores
         return kernel_head_scores(model, x)
     return ((x - model["mean"]) / model["scale"]) @ model["weights"] + model["intercept"]
 
