@@ -294,14 +294,10 @@ def kernelbank_variant(table: np.ndarray, names: list[str], variant: str) -> np.
     return out
 
 
-def own_spectra(features: np.ndarray, names: list[str]) -> np.ndarray:
-    """Each entry's own full-basis coefficients replaced by the kernel's rotation-invariant
-    spectral descriptors (:mod:`kernelbank.core.spectrum`, as ``kernelbank run`` computes
-    them); other columns as they are."""
+def _map_own_kernels(features: np.ndarray, names: list[str], transform) -> np.ndarray:
+    """Each entry's own full-basis coefficients (``ar_<entry>_c<j>``, row-major taps of a
+    square window) replaced by ``transform(block, radius)``; other columns as they are."""
     import re
-
-    import kernelbank as kb
-    from kernelbank.core.spectrum import spectral_invariants, spectrum_operator
     out, done = [], set()
     for j, name in enumerate(names):
         found = re.fullmatch(r"(ar_s\d+_d\d+)_c(\d+)", name)
@@ -312,10 +308,39 @@ def own_spectra(features: np.ndarray, names: list[str]) -> np.ndarray:
             continue
         done.add(found.group(1))
         columns = [k for k, n in enumerate(names) if re.fullmatch(found.group(1) + r"_c\d+", n)]
-        radius = int(round(np.sqrt(len(columns) + 1))) // 2
-        operator = spectrum_operator(kb.Basis.full(radius).kernels.numpy())
-        out.append(spectral_invariants(features[:, columns], operator))
+        out.append(transform(features[:, columns], int(round(np.sqrt(len(columns) + 1))) // 2))
     return np.hstack(out)
+
+
+def own_spectra(features: np.ndarray, names: list[str]) -> np.ndarray:
+    """Each entry's own kernel as its rotation-invariant spectral descriptors
+    (:mod:`kernelbank.core.spectrum`, as ``kernelbank run`` computes them)."""
+    import kernelbank as kb
+    from kernelbank.core.spectrum import spectral_invariants, spectrum_operator
+
+    def spectra(block, radius):
+        return spectral_invariants(block, spectrum_operator(kb.Basis.full(radius)
+                                                            .kernels.numpy()))
+    return _map_own_kernels(features, names, spectra)
+
+
+def pool_symmetries(features: np.ndarray, names: list[str], how: str) -> np.ndarray:
+    """Own full-basis coefficients pooled over the 8 symmetries of the square window.
+
+    Rotations by 90° and flips permute the taps within each orbit ``{(±a, ±b), (±b, ±a)}``:
+    ``"sort"`` keeps each orbit's values sorted (invariant, same width), ``"mean"`` their
+    mean (the D4-symmetric part of the kernel: one value per orbit).
+    """
+    def pooled(block, r):
+        offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
+                   if (dy, dx) != (0, 0)]
+        orbits: dict = {}
+        for k, (dy, dx) in enumerate(offsets):
+            orbits.setdefault((max(abs(dy), abs(dx)), min(abs(dy), abs(dx))), []).append(k)
+        return np.hstack([np.sort(block[:, orbits[key]], 1) if how == "sort" else
+                          block[:, orbits[key]].mean(1, keepdims=True)
+                          for key in sorted(orbits)])
+    return _map_own_kernels(features, names, pooled)
 
 
 def pool_dilations(features: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -331,38 +356,6 @@ def pool_dilations(features: np.ndarray, names: list[str]) -> tuple[np.ndarray, 
         groups.setdefault(re.sub(r"_d\d+_", "_d0_", name), []).append(j)
     return (np.column_stack([features[:, js].mean(1) for js in groups.values()]),
             list(groups))
-
-
-def pool_symmetries(features: np.ndarray, names: list[str], how: str) -> np.ndarray:
-    """Own full-basis coefficients pooled over the 8 symmetries of the square window.
-
-    Rotations by 90° and flips permute the taps within each orbit ``{(±a, ±b), (±b, ±a)}``:
-    ``"sort"`` keeps each orbit's values sorted (invariant, same width), ``"mean"`` their
-    mean (the D4-symmetric part of the kernel: one value per orbit).
-    """
-    import re
-    out, done = [], set()
-    for j, name in enumerate(names):
-        found = re.fullmatch(r"(ar_s\d+_d\d+)_c(\d+)", name)
-        if not found:
-            out.append(features[:, j:j + 1])
-            continue
-        entry = found.group(1)
-        if entry in done:
-            continue
-        done.add(entry)
-        columns = [k for k, n in enumerate(names) if re.fullmatch(entry + r"_c\d+", n)]
-        side = int(round(np.sqrt(len(columns) + 1)))
-        r = side // 2
-        offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
-                   if (dy, dx) != (0, 0)]
-        orbits: dict = {}
-        for k, (dy, dx) in zip(columns, offsets):
-            orbits.setdefault((max(abs(dy), abs(dx)), min(abs(dy), abs(dx))), []).append(k)
-        for key in sorted(orbits):
-            block = features[:, orbits[key]]
-            out.append(np.sort(block, 1) if how == "sort" else block.mean(1, keepdims=True))
-    return np.hstack(out)
 
 
 KERNELBANK_VARIANTS = ("own+res", "own+res +img", "own+res +img hellinger",
