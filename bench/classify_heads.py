@@ -14,8 +14,10 @@ train), then times, on one local Ray of ``--cpus`` CPUs, in one run:
   per-fold sums handed in, as ``kernelbank run`` does (the feature writes sum them);
 * ``ridge (alone)``: the same with the sums computed by the stage's first pass
   (``kernelbank classify`` alone);
-* ``nystroem``: ``--head nystroem`` (sample pass, fit on the sample, scoring pass), at
-  the default 256 rows per class and 1024 landmarks, and at 512 landmarks.
+* ``nystroem (pipeline)``: ``--head nystroem`` (the default) with the sample handed in, as
+  ``kernelbank run`` does (the feature writes gather it): fit on the sample, scoring pass;
+* ``nystroem m=1024`` / ``m=512``: the same with the stage's own sample pass, at the
+  default 256 rows per class and 1024 landmarks, and at 512 landmarks.
 
 Prints seconds per head and the ratio to ``ridge (pipeline)``. The machine is shared:
 ratios measured in the same run, not absolute times, are the figure.
@@ -67,7 +69,8 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--file-rows", type=int, default=50_000)
     parser.add_argument("--cpus", type=int, default=2)
-    parser.add_argument("--runs", default="ridge (pipeline),ridge (alone),nystroem m=1024,"
+    parser.add_argument("--runs", default="ridge (pipeline),ridge (alone),nystroem (pipeline),"
+                        "nystroem m=1024,"
                         "nystroem m=512", help="comma-separated subset of the runs (the "
                         "first is the baseline of the ratios)")
     parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) /
@@ -99,10 +102,15 @@ def main(argv=None) -> int:
         folds = [StreamingRidge.empty(len(names)) for _ in range(5)]
         for parts in map_bounded(train, ((fs, p, names, 5) for p in table_files(fs, url))):
             folds = [a + b for a, b in zip(folds, parts)]
-        runs = [("ridge (pipeline)", ClassifyConfig(), folds),
-                ("ridge (alone)", ClassifyConfig(), None),
-                ("nystroem m=1024", ClassifyConfig(head="nystroem"), None),
-                ("nystroem m=512", ClassifyConfig(head="nystroem", n_components=512), None)]
+        # and the kernel head's sample, which the feature writes gather the same way
+        from kernelbank.stages.classify import _kernel_sample
+        sample = _kernel_sample(fs, table_files(fs, url), names,
+                                ClassifyConfig().sample_per_class)
+        runs = [("ridge (pipeline)", ClassifyConfig(head="ridge"), {"folds": folds}),
+                ("ridge (alone)", ClassifyConfig(head="ridge"), {}),
+                ("nystroem (pipeline)", ClassifyConfig(head="nystroem"), {"sample": sample}),
+                ("nystroem m=1024", ClassifyConfig(head="nystroem"), {}),
+                ("nystroem m=512", ClassifyConfig(head="nystroem", n_components=512), {})]
         wanted = args.runs.split(",")
         runs = sorted((r for r in runs if r[0] in wanted), key=lambda r: wanted.index(r[0]))
         results = {}
@@ -110,7 +118,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             summary = classify_table(url, config, predictions_dir=str(folder / "predictions" /
                                                                       name.replace(" ", "_")),
-                                     folds=given)
+                                     **given)
             results[name] = (time.perf_counter() - start, summary)
             extra = "" if config.head.value == "ridge" else \
                 (f"; sample {summary['sample_rows']} rows in {summary['sample_seconds']:.1f} s, "
