@@ -24,8 +24,8 @@ _CORE_NAMES = (
     "SingularGramWarning", "WindowSums", "ar_features", "bank_feature_names_from_sums",
     "bank_features", "bank_features_from_sums", "channel_fit_from_sums",
     "describe_residuals", "fit", "fit_from_sums", "fit_result_from_sums", "image_statistics",
-    "residual_descriptor_names", "residual_features", "sums_from_rows", "sums_to_rows",
-    "window_sums",
+    "residual_descriptor_names", "residual_features", "spectral_invariants",
+    "spectrum_operator", "sums_from_rows", "sums_to_rows", "window_sums",
 )
 
 __all__ = [*_CORE_NAMES, "__version__"]
