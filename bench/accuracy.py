@@ -53,11 +53,12 @@ Methods
                     what ``kernelbank run`` computes by default), ``own4`` / ``ownsym``
                     (the own coefficients pooled over the 8 symmetries of the window:
                     sorted within each orbit of taps, or its mean), ``dpool`` (every
-                    per-dilation column averaged over the dilations: scale pooling), and ``iso ri own+res +img1p
-                    hellinger``: the same from a second pass with the isotropic
-                    (rotation-invariant) basis of radius 3. By default the five variants of
-                    :data:`DEFAULT_VARIANTS` (a short menu: selection noise grows with
-                    it); ``--variants`` names others (:data:`KERNELBANK_VARIANTS`).
+                    per-dilation column averaged over the dilations: scale pooling),
+                    and ``iso ri own+res +img1p hellinger``: the same from a second pass
+                    with the isotropic (rotation-invariant) basis of radius 3. By default
+                    the five variants of :data:`DEFAULT_VARIANTS` (a short menu:
+                    selection noise grows with it); ``--variants`` names others
+                    (:data:`KERNELBANK_VARIANTS`).
     ``kernelbank_ridge`` the same variants with the head of ``kernelbank run``'s classify
                     stage: StandardScaler + RidgeClassifier, alpha 1, 10 or 100.
     ``kernelbank_stream`` the same variants with the heads the pipeline can stream

@@ -106,11 +106,11 @@ def main(argv=None) -> int:
         from kernelbank.stages.classify import _kernel_sample
         sample = _kernel_sample(fs, table_files(fs, url), names,
                                 ClassifyConfig().sample_per_class)
-        runs = [("ridge (pipeline)", ClassifyConfig(head="ridge"), {"folds": folds}),
-                ("ridge (alone)", ClassifyConfig(head="ridge"), {}),
-                ("nystroem (pipeline)", ClassifyConfig(head="nystroem"), {"sample": sample}),
-                ("nystroem m=1024", ClassifyConfig(head="nystroem"), {}),
-                ("nystroem m=512", ClassifyConfig(head="nystroem", n_components=512), {})]
+        runs = [("ridge (pipeline)", ClassifyConfig(head="ridge"), folds),
+                ("ridge (alone)", ClassifyConfig(head="ridge"), None),
+                ("nystroem (pipeline)", ClassifyConfig(head="nystroem"), sample),
+                ("nystroem m=1024", ClassifyConfig(head="nystroem"), None),
+                ("nystroem m=512", ClassifyConfig(head="nystroem", n_components=512), None)]
         wanted = args.runs.split(",")
         runs = sorted((r for r in runs if r[0] in wanted), key=lambda r: wanted.index(r[0]))
         results = {}
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             summary = classify_table(url, config, predictions_dir=str(folder / "predictions" /
                                                                       name.replace(" ", "_")),
-                                     **given)
+                                     gathered=given)
             results[name] = (time.perf_counter() - start, summary)
             extra = "" if config.head.value == "ridge" else \
                 (f"; sample {summary['sample_rows']} rows in {summary['sample_seconds']:.1f} s, "

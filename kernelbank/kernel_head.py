@@ -41,15 +41,16 @@ def bottom_rows(keys: np.ndarray, ids: np.ndarray, labels: np.ndarray, per_class
 
 
 def kernel_head_scores(model: dict, x: np.ndarray, block_rows: int = 1024) -> np.ndarray:
-    """Class scores of :func:`kernelbank.heads.fit_kernel_head`'s model, shape (n, C), ``block_rows`` rows
-    at a time (memory O(block_rows · m))."""
+    """Class scores of :func:`kernelbank.heads.fit_kernel_head`'s model, shape (n, C),
+    ``block_rows`` rows at a time (memory O(block_rows · m))."""
     landmarks = model["landmarks"]
     squared = (landmarks ** 2).sum(1)
     out = np.empty((len(x), len(model["classes"])))
     for start in range(0, len(x), block_rows):
         z = (np.asarray(x[start:start + block_rows], dtype=np.float64) - model["x_mean"]) \
             / model["x_scale"]
-        # ‖z - l‖² = ‖z‖² + ‖l‖² - 2 z·l, clipped at 0 like scikit-learn's euclidean_distances
+        # ‖z - l‖² = ‖z‖² + ‖l‖² - 2 z·l, clipped at 0 as scikit-learn's
+        # euclidean_distances clips it
         d2 = np.maximum((z ** 2).sum(1)[:, None] + squared[None, :] - 2 * z @ landmarks.T, 0)
         np.exp(-model["gamma"] * d2, out=d2)
         out[start:start + block_rows] = d2 @ model["weights"] + model["intercept"]

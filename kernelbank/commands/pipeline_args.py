@@ -128,7 +128,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
         feats.add_argument("--power", type=float, default=0.5,
                            help="sign(h)|h|^power on histogram features (default 0.5, the "
                                 "Hellinger map; 1: none)")
-        feats.add_argument("--own-kernel", choices=OWN_KERNEL_FORMS, default="auto",
+        feats.add_argument("--own-kernel", choices=OWN_KERNEL_FORMS,
+                           default=FeatureConfig.own_kernel,
                            help="what the own group keeps of each own kernel: its "
                                 "coefficients, their mean over the window's 8 symmetries, "
                                 "or its rotation-invariant spectral descriptors (default "
@@ -145,7 +146,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser,
                             help="ridge alpha of the classifier (default: chosen by exact "
                                  "5-fold cross-validation on the train split)")
         parser.add_argument("--head", choices=[h.value for h in ClassifierHead],
-                            default="nystroem",
+                            default=ClassifyConfig.head.value,
                             help="classifier: nystroem (RBF kernel: Nystroem landmarks + "
                                  "ridge fitted on a bounded sample of train rows per class, "
                                  "then every row scored; default) or ridge (linear, fitted "
@@ -228,7 +229,7 @@ def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> Pi
     features = FeatureConfig(groups=tuple(get("feature_groups", DEFAULT_FEATURE_GROUPS)),
                              rotation_invariant=not get("all_patterns", False),
                              power=get("power", 0.5),
-                             own_kernel=get("own_kernel", "auto"),
+                             own_kernel=get("own_kernel", FeatureConfig.own_kernel),
                              joint=not get("no_joint", False),
                              pixel_features=bool(get("pixel_features", False)),
                              batch_size=get("batch_size") or 64,
@@ -236,7 +237,8 @@ def pipeline_config(args: argparse.Namespace, *, check_input: bool = True) -> Pi
                              threads_per_actor=get("threads_per_actor", 1),
                              num_gpus=get("num_gpus", 0))
     return PipelineConfig(read=read, output=output, fit=fit, reduce=reduce, features=features,
-                          classify=ClassifyConfig(ridge=get("alpha"), head=get("head", "nystroem"),
+                          classify=ClassifyConfig(ridge=get("alpha"),
+                                                  head=get("head", ClassifyConfig.head),
                                                   sample_per_class=get("head_sample", 256),
                                                   n_components=get("head_components", 1024)),
                           overwrite=overwrite, ray_address=get("ray_address"))

@@ -5,18 +5,18 @@ With ``head=ridge`` the math is :class:`kernelbank.core.ridge.StreamingRidge`
 (scikit-learn's ``StandardScaler`` + ``RidgeClassifier``). A first pass (one Ray task per
 features file; in ``kernelbank run``, the feature writes) sums the train split into
 per-fold statistics (folds by a hash of the image id); the driver merges them, chooses the
-ridge α of least held-out squared loss by exact k-fold CV from those sums (unless ``--alpha`` fixes it) and solves. A second pass scores
-every row, ``argmax((x - μ) D W + b)``, writing the per-image predictions
-(``predictions/*.parquet``: ``id, path, label, split, predicted,
-likelihood_prediction``) and returning confusion counts per split. The table may be
-larger than any node; partial sums travel through Ray's object store, never as files.
-The likelihood classifier's prediction (a column written by the feature stage) is
-scored in the same pass.
+ridge α of least held-out squared loss by exact k-fold CV from those sums (unless
+``--alpha`` fixes it) and solves. A second pass scores every row,
+``argmax((x - μ) D W + b)``, writing the per-image predictions (``predictions/*.parquet``:
+``id, path, label, split, predicted, likelihood_prediction``) and returning confusion
+counts per split. The table may be larger than any node; partial sums travel through Ray's
+object store, never as files. The likelihood classifier's prediction (a column written by
+the feature stage) is scored in the same pass.
 
 With ``head=nystroem`` (:class:`~kernelbank.config.ClassifierHead`, the default) the
 first pass (in ``kernelbank run``: the feature writes) instead gathers a bounded sample of
 the train rows — in each class the
-``sample_per_class`` rows of least :func:`~kernelbank.heads.sample_keys` (a hash of the
+``sample_per_class`` rows of least :func:`~kernelbank.kernel_head.sample_keys` (a hash of the
 id: a uniform sample that does not depend on how the table is split into files) — and
 the driver fits an RBF kernel head on it (Nyström landmarks + standardised ridge, α by
 held-out accuracy over CV folds of the sample, :func:`~kernelbank.heads.fit_kernel_head`).
@@ -209,8 +209,7 @@ def _accuracy_report(counts: dict[tuple, int], classes: list[str]) -> dict[str, 
 def classify_table(features_url: str, config: ClassifyConfig, *,
                    predictions_dir: str | None = None, fs_out=None,
                    s3_endpoint: str | None = None,
-                   folds: list[StreamingRidge] | None = None,
-                   sample: tuple | None = None) -> dict[str, Any]:
+                   gathered=None) -> dict[str, Any]:
     """Train on the train split of a features table and score every split.
 
     Parameters
@@ -220,13 +219,11 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     predictions_dir : str, optional
         Protocol-free folder on ``fs_out`` for ``predictions/*.parquet``; default: next
         to the features (``features/../predictions``).
-    folds : list of StreamingRidge, optional
-        The per-fold sums of the train rows (``config.cv_folds`` of them), as the feature
-        stage's writes returned them; without them a first pass over the table sums them.
-    sample : tuple, optional
-        The kernel head's sample (``--head nystroem``; :func:`sample_of_table`), as the
-        feature stage's writes returned it; without it a first pass over the table
-        gathers it.
+    gathered : optional
+        What the head needs of the train rows (:func:`head_input`), as the feature
+        stage's writes returned it: the linear head's per-fold sums (``config.cv_folds``
+        :class:`StreamingRidge`) or the kernel head's sample (:func:`sample_of_table`);
+        without it a first pass over the table gathers it.
 
     Returns
     -------
@@ -248,9 +245,9 @@ def classify_table(features_url: str, config: ClassifyConfig, *,
     if not files:
         raise ValueError(f"the features table {features_url!r} is empty")
     if config.head is ClassifierHead.NYSTROEM:
-        model, described = _fit_kernel(fs, files, names, config, features_url, sample)
+        model, described = _fit_kernel(fs, files, names, config, features_url, gathered)
     else:
-        model, described = _fit_ridge(fs, files, names, config, features_url, folds)
+        model, described = _fit_ridge(fs, files, names, config, features_url, gathered)
     if fs_out is None:
         fs_out, predictions_dir = fs, predictions_dir or join(path.rsplit("/", 1)[0],
                                                               "predictions")
@@ -333,12 +330,6 @@ def _fit_kernel(fs, files: list[str], names: list[str], config: ClassifyConfig,
         "fit_seconds": round(time.perf_counter() - sampled, 3)}
 
 
-def _gathered_as_arguments(config: ClassifyConfig, gathered) -> dict[str, Any]:
-    if gathered is None:
-        return {}
-    return {"folds" if head_input(config)[0] == "folds" else "sample": gathered}
-
-
 def run_classify(output: str, config: ClassifyConfig, *, s3_endpoint: str | None = None,
                  overwrite: bool = False) -> dict[str, Any]:
     """The classify stage alone: reads the published ``features/``, publishes a run with
@@ -361,8 +352,7 @@ def write_classify(features_url: str, config: ClassifyConfig, stage, *,
     with timed(summary):
         summary.update(classify_table(features_url, config, fs_out=stage.fs,
                                       predictions_dir=join(stage.path, "predictions"),
-                                      s3_endpoint=s3_endpoint,
-                                      **_gathered_as_arguments(config, gathered)))
+                                      s3_endpoint=s3_endpoint, gathered=gathered))
     images = sum(s["images"] for s in summary["splits"].values())
     summary["images_per_second"] = round(images / max(summary["seconds"], 1e-9), 2)
     acc = summary["test_accuracy"]

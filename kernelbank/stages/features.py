@@ -190,16 +190,16 @@ def symmetry_pooling(kernels: np.ndarray) -> np.ndarray:
     return pool
 
 
-def _own_names(meta: TableMeta, form: str, tag: str) -> list[str]:
+def _own_names(meta: TableMeta, form: str) -> list[str]:
+    """Column-name suffixes of one entry's own kernel in ``form`` (after ``ar_<entry>``)."""
     if form == "spectrum":
         from ..core.spectrum import spectral_invariant_names
-        return spectral_invariant_names(f"ar_{tag}")
+        return spectral_invariant_names("")            # "_spec_r<i>_h<k>"
     if form == "symmetric":
-        return [f"ar_{tag}_sym{k}"
-                for k in range(symmetry_pooling(_basis_kernels(meta)).shape[1])]
+        return [f"_sym{k}" for k in range(symmetry_pooling(_basis_kernels(meta)).shape[1])]
     width = max(2, len(str(meta.n_components - 1)))
     outputs = [f"_ch{c}" for c in range(meta.n_channels)] if meta.n_channels > 1 else [""]
-    return [f"ar_{tag}{o}_c{j:0{width}d}" for o in outputs for j in range(meta.n_components)]
+    return [f"{o}_c{j:0{width}d}" for o in outputs for j in range(meta.n_components)]
 
 
 def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
@@ -207,13 +207,13 @@ def feature_names(meta: TableMeta, bank, config: FeatureConfig) -> list[str]:
     from ..core.features import bank_feature_names_from_sums
     names: list[str] = []
     groups = config.groups
-    form = own_kernel_form(meta, config) if "own" in groups else None
+    own = _own_names(meta, own_kernel_form(meta, config)) if "own" in groups else []
     for scale, dilation in meta.scale_index:
         tag = _entry_tag(scale, dilation)
         if "own" in groups:
             outputs = [f"_ch{c}" for c in range(meta.n_channels)] if meta.n_channels > 1 \
                 else [""]
-            names += _own_names(meta, form, tag)
+            names += [f"ar_{tag}{suffix}" for suffix in own]
             names += [f"ar_{tag}{o}_log_mse" for o in outputs]
             names += [f"ar_{tag}_corr_c{a}_c{b}" for a, b in _channel_pairs(meta.n_channels)]
         res, _, stems, _ = descriptor_columns(meta, config)

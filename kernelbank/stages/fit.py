@@ -238,22 +238,22 @@ class StatisticsFitter:
         slice's columns, not the block's), and the small dict of the class docstring."""
         if self.writer is None:
             return self._rows(batch, None)
-        start, partials = time.perf_counter(), {}
-        computing = [0.0]
+        start, partials, computing = time.perf_counter(), {}, 0.0
 
         def slices() -> Iterator[pa.Table]:
+            nonlocal computing
             for at in range(0, batch.num_rows, ROW_GROUP_ROWS):
                 began = time.perf_counter()
                 rows = self._rows(batch.slice(at, ROW_GROUP_ROWS), partials)
-                computing[0] += time.perf_counter() - began
+                computing += time.perf_counter() - began
                 yield rows
         name = part_name(self.writer.prefix, batch.column("id").to_pylist())
         counts = self.writer.write(slices(), name)
         stats = {entry: part.to_dict() for entry, part in partials.items()}
         release_memory()
         return {"counts": dict(counts), "stats": stats, "rows": batch.num_rows,
-                "seconds": {"compute": computing[0],
-                            "write": time.perf_counter() - start - computing[0]}}
+                "seconds": {"compute": computing,
+                            "write": time.perf_counter() - start - computing}}
 
     def _rows(self, batch: pa.Table, partials: dict | None) -> pa.Table:
         """The statistics rows of ``batch`` (the class statistics of its train rows added

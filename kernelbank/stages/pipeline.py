@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import PipelineConfig
 from ..io.runs import RunWriter
-from .classify import write_classify
+from .classify import head_input, write_classify
 from .common import connect_ray, log
 from .features import write_features
 from .fit import warm_workers, write_fit
@@ -109,7 +109,6 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         # the feature writes return what the classifier's head needs of the train rows
         # (per-fold sums or a sample): classify only fits and scores (a resumed run, whose
         # features are on disk, gathers it from there)
-        from .classify import head_input
         gathered: dict = {}
         stages["features"] = run.stage("features").run_once(
             lambda stage: write_features(run.stage_url("fit"), run.stage_url("reduce"),
